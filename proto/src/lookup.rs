@@ -1,0 +1,185 @@
+//! The lookup document: everything the filter needs about one token, in one
+//! small JSON answer from the store's gateway listener.
+//!
+//! `GET /v1/lookup/{sha256-hex of token}` with `authorization: Bearer <gateway token>`
+//! answers 200 with a [`Lookup`] for every well-formed digest, known or not, so
+//! that the filter can cache negative answers exactly like positive ones.
+//!
+//! `GET /v1/changes?since=N` answers a [`Changes`]: the digests whose answer may
+//! have changed since store version N (or `all: true`).
+
+use serde::{Deserialize, Serialize};
+
+/// Schema version of these documents; bumped on incompatible change.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Disabled,
+    Expired,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lookup {
+    /// Schema version ([`SCHEMA`]).
+    pub schema: u32,
+    /// Store-wide change counter at the time of the answer.
+    pub version: u64,
+    pub status: KeyStatus,
+    /// Present when the key exists (whatever its status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyInfo>,
+    /// Scope. Present only for `active` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+    /// One entry per provider the key may reach (allowed by `access.providers`),
+    /// with credentials in routing order. Present only for `active` keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<ProviderPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    pub id: String,
+    #[serde(default)]
+    pub config_id: Option<String>,
+    /// Unix seconds after which this token stops working (key expiry or the end
+    /// of a rotation grace period, whichever is first).
+    #[serde(default)]
+    pub valid_until: Option<i64>,
+}
+
+/// Allow-lists. `None` = allow all on that dimension; `Some([])` = allow none.
+/// Model entries are provider-qualified (`openai/gpt-4o`) and may end in `*`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Access {
+    #[serde(default)]
+    pub providers: Option<Vec<String>>,
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+/// Wire format of a provider's API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Openai,
+    Anthropic,
+}
+
+/// How the provider expects its credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI and compatible).
+    Bearer,
+    /// `x-api-key: <key>` plus a default `anthropic-version`.
+    XApiKey,
+    /// `x-goog-api-key: <key>` (Google's native API).
+    XGoogApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderPlan {
+    /// Provider id, e.g. `openai`, or a custom provider's id.
+    pub id: String,
+    pub format: Format,
+    pub auth: AuthStyle,
+    /// `http(s)://host[:port][/path]`; the path is the API root, the one that
+    /// the client's `/v1` maps onto.
+    pub base_url: String,
+    /// Bare-model patterns this provider serves (`gpt-*`), used to resolve an
+    /// unqualified model. May be empty.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Routes, most specific first: a route with `model` applies to that
+    /// (provider-local) model name or pattern; the route without `model` is the
+    /// provider default. Each route lists credentials in failover order.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub keys: Vec<Credential>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Provider key id (`pk_…`): safe to log and to return to clients.
+    pub id: String,
+    /// The decrypted secret. Never logged: `Debug` hides it.
+    pub value: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential").field("id", &self.id).field("value", &"<redacted>").finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Changes {
+    /// The store's current version; ask again with `since` = this.
+    pub version: u64,
+    /// Every cached answer may be stale (configuration, provider or provider-key
+    /// change, or `since` older than the store's change log).
+    #[serde(default)]
+    pub all: bool,
+    /// Token digests whose answer may have changed.
+    #[serde(default)]
+    pub digests: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_document_is_tiny() {
+        let doc = Lookup {
+            schema: SCHEMA,
+            version: 7,
+            status: KeyStatus::Unknown,
+            key: None,
+            access: None,
+            providers: vec![],
+        };
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(json, r#"{"schema":1,"version":7,"status":"unknown"}"#);
+        assert_eq!(serde_json::from_str::<Lookup>(&json).unwrap(), doc);
+    }
+
+    #[test]
+    fn credential_debug_hides_the_value() {
+        let c = Credential { id: "pk_1".into(), value: "sk-secret".into() };
+        let shown = format!("{c:?}");
+        assert!(shown.contains("pk_1") && !shown.contains("sk-secret"));
+    }
+
+    #[test]
+    fn active_document_round_trips() {
+        let json = r#"{"schema":1,"version":3,"status":"active",
+          "key":{"id":"ak_1","configId":null,"validUntil":null},
+          "access":{"providers":["openai"],"models":null},
+          "providers":[{"id":"openai","format":"openai","auth":"bearer",
+            "baseUrl":"https://api.openai.com/v1","models":["gpt-*"],
+            "routes":[{"model":null,"keys":[{"id":"pk_1","value":"sk-x"}]}]}]}"#;
+        let doc: Lookup = serde_json::from_str(json).unwrap();
+        assert_eq!(doc.providers[0].auth, AuthStyle::Bearer);
+        assert_eq!(doc.access.unwrap().models, None);
+    }
+}
