@@ -1,1 +1,16 @@
-//! placeholder
+//! keygate's Envoy filter.
+//!
+//! The pure logic (everything but `filter`) has no proxy-wasm dependency and
+//! is unit-tested natively; `filter` is the thin glue to the host.
+
+pub mod access;
+pub mod cache;
+pub mod config;
+pub mod decide;
+pub mod errors;
+pub mod keys;
+pub mod model_json;
+pub mod upstream;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,352 @@
+//! The decision for one request: given what the request says and what the
+//! store says about its key, either where and how to forward it, or a refusal.
+//! Pure: no host calls, so every rule here is unit-tested natively.
+
+use keygate_proto::lookup::{Credential, Format, KeyStatus, Lookup, ProviderPlan};
+
+use crate::access::{allows, pattern_matches};
+use crate::errors::{Denial, Dialect};
+use crate::upstream::{parse_base_url, upstream_path, Endpoint};
+
+/// The `model` of the request body, as `json_to_metadata` reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelField {
+    Absent,
+    Str(String),
+    NotString,
+    InvalidJson,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// `:path` as the client sent it (with query).
+    pub path: &'a str,
+    pub dialect: Dialect,
+    pub has_body: bool,
+    pub model: &'a ModelField,
+}
+
+/// Where a request goes.
+#[derive(Debug, PartialEq)]
+pub struct Forward<'a> {
+    pub key_id: &'a str,
+    pub provider: &'a ProviderPlan,
+    /// Candidate credentials in failover order (never empty).
+    pub credentials: &'a [Credential],
+    pub endpoint: Endpoint,
+    pub upstream_path: String,
+    /// The provider's own name for the model, when the request names one.
+    pub model: Option<String>,
+    /// Set when the body's `model` must be rewritten to the provider's name.
+    pub rewrite_model: bool,
+}
+
+pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) -> Result<Forward<'a>, Denial> {
+    let key = check_key(lookup, now_secs)?;
+    let access = lookup.access.clone().unwrap_or_default();
+
+    let model = match (facts.has_body, facts.model) {
+        (_, ModelField::Str(m)) if m.trim().is_empty() => return Err(Denial::new(400, "invalid_model", "`model` must not be empty")),
+        (_, ModelField::Str(m)) => Some(m.as_str()),
+        (_, ModelField::InvalidJson) => return Err(Denial::new(400, "invalid_json", "the request body is not valid JSON")),
+        (_, ModelField::NotString) => return Err(Denial::new(400, "invalid_model", "`model` must be a string")),
+        (true, ModelField::Absent) => return Err(Denial::new(400, "missing_model", "the request body must name a `model`")),
+        (false, ModelField::Absent) => None,
+    };
+
+    let (provider, local_model, qualified) = match model {
+        Some(m) => resolve_model(lookup, facts.dialect, m, access.providers.as_deref())?,
+        None => (default_provider(lookup, facts.dialect)?, None, false),
+    };
+
+    if !allows(access.providers.as_deref(), &provider.id) {
+        return Err(Denial::new(403, "provider_not_allowed", format!("this access key may not use provider `{}`", provider.id)));
+    }
+    if let Some(local) = local_model {
+        let qualified_name = format!("{}/{}", provider.id, local);
+        if !allows(access.models.as_deref(), &qualified_name) {
+            return Err(Denial::new(403, "model_not_allowed", format!("this access key may not use model `{qualified_name}`")));
+        }
+    }
+    let wanted = match facts.dialect {
+        Dialect::Anthropic => Format::Anthropic,
+        Dialect::OpenAi => Format::Openai,
+    };
+    if provider.format != wanted {
+        let hint = match provider.format {
+            Format::Anthropic => "the Anthropic Messages API (/v1/messages)",
+            Format::Openai => "the OpenAI API (e.g. /v1/chat/completions)",
+        };
+        return Err(Denial::new(400, "unsupported_api", format!("provider `{}` is reached through {hint}", provider.id)));
+    }
+
+    let credentials = route_credentials(provider, local_model);
+    if credentials.is_empty() {
+        return Err(Denial::new(400, "no_provider_credentials", format!("no provider key is configured for provider `{}`", provider.id)));
+    }
+    let endpoint = parse_base_url(&provider.base_url)
+        .ok_or_else(|| Denial::new(502, "bad_provider_endpoint", format!("provider `{}` has an unusable base URL", provider.id)))?;
+    let upstream_path = upstream_path(facts.path, &endpoint.path_prefix)
+        .ok_or_else(|| Denial::new(404, "unsupported_path", "keygate serves the provider APIs under /v1/"))?;
+
+    Ok(Forward { key_id: &key.id, provider, credentials, endpoint, upstream_path, model: local_model.map(str::to_string), rewrite_model: qualified })
+}
+
+/// 401 unless the key is active and within its validity.
+pub fn check_key(lookup: &Lookup, now_secs: i64) -> Result<&keygate_proto::lookup::KeyInfo, Denial> {
+    let denied = |code, msg: &str| Err(Denial::new(401, code, msg));
+    match (lookup.status, &lookup.key) {
+        (KeyStatus::Active, Some(key)) if key.valid_until.is_none_or(|t| now_secs < t) => Ok(key),
+        (KeyStatus::Active | KeyStatus::Expired, Some(_)) => denied("access_key_expired", "the access key has expired"),
+        (KeyStatus::Disabled, _) => denied("access_key_disabled", "the access key is disabled"),
+        _ => denied("invalid_access_key", "the access key is not valid (unknown or deleted)"),
+    }
+}
+
+/// `openai/gpt-4o` and `openai:gpt-4o` are qualified when the prefix is a
+/// provider; anything else is a bare model name resolved through the catalog.
+fn resolve_model<'a, 'm>(
+    lookup: &'a Lookup,
+    dialect: Dialect,
+    model: &'m str,
+    allowed_providers: Option<&[String]>,
+) -> Result<(&'a ProviderPlan, Option<&'m str>, bool), Denial> {
+    if let Some(i) = model.find(['/', ':']) {
+        let (prefix, rest) = (model.get(..i).unwrap_or_default(), model.get(i + 1..).unwrap_or_default());
+        if let Some(p) = lookup.providers.iter().find(|p| p.id == prefix) {
+            if rest.is_empty() {
+                return Err(Denial::new(400, "invalid_model", format!("`{model}` names a provider but no model")));
+            }
+            return Ok((p, Some(rest), true));
+        }
+    }
+    // Bare name: the API surface narrows the format, the catalog the provider,
+    // and a provider the key may use wins over one it may not.
+    let serves = |p: &&ProviderPlan| p.models.iter().any(|pat| pattern_matches(pat, model));
+    let mut candidates = lookup.providers.iter().filter(serves);
+    let first = candidates.clone().next();
+    let allowed = candidates.find(|p| allows(allowed_providers, &p.id));
+    if let Some(p) = allowed.or(first) {
+        return Ok((p, Some(model), false));
+    }
+    if dialect == Dialect::Anthropic {
+        if let Some(p) = lookup.providers.iter().find(|p| p.id == "anthropic") {
+            return Ok((p, Some(model), false));
+        }
+    }
+    Err(Denial::new(
+        400,
+        "unknown_model",
+        format!("model `{model}` is not in the provider catalog; name it as provider/model (e.g. openai/{model})"),
+    ))
+}
+
+/// For requests without a body (e.g. `GET /v1/models`): the dialect's provider.
+fn default_provider(lookup: &Lookup, dialect: Dialect) -> Result<&ProviderPlan, Denial> {
+    let id = match dialect {
+        Dialect::Anthropic => "anthropic",
+        Dialect::OpenAi => "openai",
+    };
+    lookup
+        .providers
+        .iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| Denial::new(400, "missing_model", "the request names no model and no default provider is available"))
+}
+
+/// The credentials of the most specific route: a model route, else the
+/// provider's default route.
+fn route_credentials<'a>(provider: &'a ProviderPlan, local_model: Option<&str>) -> &'a [Credential] {
+    let model_route = local_model.and_then(|m| {
+        provider.routes.iter().find(|r| r.model.as_deref().is_some_and(|pat| pattern_matches(pat, m)))
+    });
+    model_route
+        .or_else(|| provider.routes.iter().find(|r| r.model.is_none()))
+        .map(|r| r.keys.as_slice())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_proto::lookup::{Access, AuthStyle, KeyInfo, Route};
+
+    fn cred(id: &str) -> Credential {
+        Credential { id: id.into(), value: format!("secret-{id}") }
+    }
+
+    fn provider(id: &str, format: Format, base: &str, models: &[&str], routes: Vec<Route>) -> ProviderPlan {
+        ProviderPlan {
+            id: id.into(),
+            format,
+            auth: if format == Format::Anthropic { AuthStyle::XApiKey } else { AuthStyle::Bearer },
+            base_url: base.into(),
+            models: models.iter().map(|s| s.to_string()).collect(),
+            routes,
+        }
+    }
+
+    fn default_route(ids: &[&str]) -> Route {
+        Route { model: None, keys: ids.iter().map(|i| cred(i)).collect() }
+    }
+
+    fn lookup(access: Access) -> Lookup {
+        Lookup {
+            schema: 1,
+            version: 1,
+            status: KeyStatus::Active,
+            key: Some(KeyInfo { id: "ak_1".into(), config_id: None, valid_until: None }),
+            access: Some(access),
+            providers: vec![
+                provider("openai", Format::Openai, "https://api.openai.com/v1", &["gpt-*"], vec![
+                    Route { model: Some("gpt-4o-mini".into()), keys: vec![cred("pk_mini")] },
+                    default_route(&["pk_oa1", "pk_oa2"]),
+                ]),
+                provider("anthropic", Format::Anthropic, "http://127.0.0.1:18102/v1", &["claude-*"], vec![default_route(&["pk_an"])]),
+                provider("my-vllm", Format::Openai, "http://10.0.0.5:8000/v1", &[], vec![default_route(&["pk_vllm"])]),
+                provider("azure", Format::Openai, "https://az.example/openai", &["gpt-*"], vec![default_route(&["pk_az"])]),
+                provider("groq", Format::Openai, "https://api.groq.com/openai/v1", &[], vec![]),
+            ],
+        }
+    }
+
+    fn all() -> Lookup {
+        lookup(Access::default())
+    }
+
+    fn s(v: &[&str]) -> Option<Vec<String>> {
+        Some(v.iter().map(|x| x.to_string()).collect())
+    }
+
+    fn chat(model: &str) -> ModelField {
+        ModelField::Str(model.into())
+    }
+
+    fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
+        let facts = RequestFacts { path, dialect: Dialect::from_path(path), has_body: *model != ModelField::Absent, model };
+        decide(facts, l, 1_000)
+    }
+
+    fn code(r: Result<Forward<'_>, Denial>) -> &'static str {
+        r.err().map(|d| d.code).unwrap_or("forwarded")
+    }
+
+    #[test]
+    fn qualified_models_are_rewritten_to_the_providers_name() {
+        let l = all();
+        for m in ["openai/gpt-4o", "openai:gpt-4o"] {
+            let f = run(&l, "/v1/chat/completions", &chat(m)).unwrap();
+            assert_eq!(f.provider.id, "openai");
+            assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+            assert!(f.rewrite_model);
+            assert_eq!(f.upstream_path, "/v1/chat/completions");
+            assert_eq!(f.endpoint.authority, "api.openai.com");
+            assert_eq!(f.credentials.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["pk_oa1", "pk_oa2"]);
+        }
+    }
+
+    #[test]
+    fn bare_models_resolve_through_the_catalog_and_the_api_surface() {
+        let l = all();
+        let f = run(&l, "/v1/chat/completions", &chat("gpt-4o")).unwrap();
+        assert_eq!((f.provider.id.as_str(), f.rewrite_model), ("openai", false));
+        let f = run(&l, "/v1/messages", &chat("claude-sonnet-4-6")).unwrap();
+        assert_eq!(f.provider.id, "anthropic");
+        assert_eq!(f.upstream_path, "/v1/messages");
+        // Anthropic surface: a model outside the catalog still goes to anthropic.
+        assert_eq!(run(&l, "/v1/messages", &chat("some-new-model")).unwrap().provider.id, "anthropic");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("llama-3"))), "unknown_model");
+        // A slash that is not a provider prefix is part of a bare name.
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("meta-llama/llama-3"))), "unknown_model");
+    }
+
+    #[test]
+    fn bare_model_prefers_a_provider_the_key_may_use() {
+        let l = lookup(Access { providers: s(&["azure"]), models: None });
+        let f = run(&l, "/v1/chat/completions", &chat("gpt-4o")).unwrap();
+        assert_eq!(f.provider.id, "azure");
+        assert_eq!(f.upstream_path, "/openai/chat/completions");
+    }
+
+    #[test]
+    fn custom_provider() {
+        let l = all();
+        let f = run(&l, "/v1/chat/completions", &chat("my-vllm/llama-3")).unwrap();
+        assert_eq!(f.provider.id, "my-vllm");
+        assert_eq!(f.model.as_deref(), Some("llama-3"));
+        assert!(!f.endpoint.tls);
+        assert_eq!(f.endpoint.authority, "10.0.0.5:8000");
+    }
+
+    #[test]
+    fn allow_lists_refuse_with_distinct_codes() {
+        let l = lookup(Access { providers: s(&["openai"]), models: s(&["openai/gpt-4o", "openai/o3*"]) });
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("openai/gpt-4o"))), "forwarded");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("o3-mini"))), "unknown_model");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("openai/o3-mini"))), "forwarded");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("openai/gpt-4o-mini"))), "model_not_allowed");
+        assert_eq!(code(run(&l, "/v1/messages", &chat("anthropic/claude-sonnet-4-6"))), "provider_not_allowed");
+        let none = lookup(Access { providers: Some(vec![]), models: None });
+        assert_eq!(code(run(&none, "/v1/chat/completions", &chat("gpt-4o"))), "provider_not_allowed");
+        let no_models = lookup(Access { providers: None, models: Some(vec![]) });
+        assert_eq!(code(run(&no_models, "/v1/chat/completions", &chat("gpt-4o"))), "model_not_allowed");
+        let wild = lookup(Access { providers: None, models: s(&["anthropic/claude-*"]) });
+        assert_eq!(code(run(&wild, "/v1/messages", &chat("claude-haiku-4-5"))), "forwarded");
+        assert_eq!(code(run(&wild, "/v1/chat/completions", &chat("gpt-4o"))), "model_not_allowed");
+    }
+
+    #[test]
+    fn model_routes_win_over_the_provider_route() {
+        let l = all();
+        let f = run(&l, "/v1/chat/completions", &chat("gpt-4o-mini")).unwrap();
+        assert_eq!(f.credentials[0].id, "pk_mini");
+    }
+
+    #[test]
+    fn body_problems() {
+        let l = all();
+        assert_eq!(code(run(&l, "/v1/chat/completions", &ModelField::InvalidJson)), "invalid_json");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &ModelField::NotString)), "invalid_model");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat(" "))), "invalid_model");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("openai/"))), "invalid_model");
+        let facts = RequestFacts { path: "/v1/chat/completions", dialect: Dialect::OpenAi, has_body: true, model: &ModelField::Absent };
+        assert_eq!(code(decide(facts, &l, 0)), "missing_model");
+    }
+
+    #[test]
+    fn body_less_requests_use_the_dialects_provider() {
+        let l = all();
+        let f = run(&l, "/v1/models", &ModelField::Absent).unwrap();
+        assert_eq!((f.provider.id.as_str(), f.model), ("openai", None));
+        let l = lookup(Access { providers: s(&["anthropic"]), models: None });
+        assert_eq!(code(run(&l, "/v1/models", &ModelField::Absent)), "provider_not_allowed");
+    }
+
+    #[test]
+    fn wrong_api_surface_and_missing_credentials() {
+        let l = all();
+        assert_eq!(code(run(&l, "/v1/messages", &chat("openai/gpt-4o"))), "unsupported_api");
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("claude-sonnet-4-6"))), "unsupported_api");
+        let d = run(&l, "/v1/chat/completions", &chat("groq/llama-3")).unwrap_err();
+        assert_eq!((d.status, d.code), (400, "no_provider_credentials"));
+        assert!(d.message.contains("groq"));
+        assert_eq!(code(run(&l, "/v2/chat/completions", &chat("gpt-4o"))), "unsupported_path");
+    }
+
+    #[test]
+    fn key_status() {
+        let mut l = all();
+        l.status = KeyStatus::Disabled;
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_disabled");
+        l.status = KeyStatus::Unknown;
+        l.key = None;
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "invalid_access_key");
+        let mut l = all();
+        l.key.as_mut().unwrap().valid_until = Some(1_000);
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_expired");
+        l.key.as_mut().unwrap().valid_until = Some(1_001);
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "forwarded");
+        l.status = KeyStatus::Expired;
+        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_expired");
+    }
+}

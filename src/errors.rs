@@ -1,0 +1,135 @@
+//! Refusals, rendered in the dialect of the API the client called, so that
+//! the OpenAI and Anthropic SDKs raise their proper exception classes.
+
+/// Which API family the client speaks, from the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    pub fn from_path(path: &str) -> Dialect {
+        let path = path.split('?').next().unwrap_or(path);
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
+/// A local reply: nothing goes upstream. `code` is stable and documented;
+/// `message` never contains a token or a provider key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, for 429/503 answers that should be retried later.
+    pub retry_after: Option<u64>,
+}
+
+impl Denial {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Denial {
+        Denial { status, code, message: message.into(), retry_after: None }
+    }
+
+    pub fn body(&self, dialect: Dialect) -> String {
+        let message = json_string(&self.message);
+        match dialect {
+            Dialect::OpenAi => format!(
+                r#"{{"error":{{"message":{message},"type":"{}","param":null,"code":"{}"}}}}"#,
+                openai_type(self.status),
+                self.code
+            ),
+            Dialect::Anthropic => format!(
+                r#"{{"type":"error","error":{{"type":"{}","message":{message},"code":"{}"}}}}"#,
+                anthropic_type(self.status),
+                self.code
+            ),
+        }
+    }
+}
+
+fn openai_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "insufficient_quota",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// JSON string literal, without pulling serde into this hot path.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dialect_follows_the_path() {
+        assert_eq!(Dialect::from_path("/v1/messages"), Dialect::Anthropic);
+        assert_eq!(Dialect::from_path("/v1/messages?beta=true"), Dialect::Anthropic);
+        assert_eq!(Dialect::from_path("/v1/messages/count_tokens"), Dialect::Anthropic);
+        assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
+        assert_eq!(Dialect::from_path("/v1/messagesx"), Dialect::OpenAi);
+    }
+
+    #[test]
+    fn openai_shape() {
+        let d = Denial::new(403, "model_not_allowed", "model \"x\" is not allowed");
+        let v: serde_json::Value = serde_json::from_str(&d.body(Dialect::OpenAi)).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_allowed");
+        assert_eq!(v["error"]["type"], "permission_error");
+        assert_eq!(v["error"]["message"], "model \"x\" is not allowed");
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let d = Denial::new(401, "invalid_access_key", "unknown key\n");
+        let v: serde_json::Value = serde_json::from_str(&d.body(Dialect::Anthropic)).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["message"], "unknown key\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let s = json_string("a\u{1}b");
+        assert_eq!(serde_json::from_str::<String>(&s).unwrap(), "a\u{1}b");
+    }
+}

@@ -1,0 +1,144 @@
+//! Rewriting the top-level `"model"` of a JSON request body in place, leaving
+//! every other byte as the client sent it (no re-serialisation, no reordering).
+
+/// Byte range of the value of the top-level key `key` (including quotes for a
+/// string), or `None` when absent or the document is not a JSON object.
+pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
+    let mut i = skip_ws(doc, 0);
+    if doc.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    loop {
+        i = skip_ws(doc, i);
+        match doc.get(i)? {
+            b'}' => return None,
+            b',' => {
+                i += 1;
+                continue;
+            }
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = skip_string(doc, i)?;
+        let this_key = doc.get(i + 1..key_end - 1)?;
+        i = skip_ws(doc, key_end);
+        if doc.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(doc, i + 1);
+        let end = skip_value(doc, start)?;
+        if this_key == key.as_bytes() {
+            return Some((start, end));
+        }
+        i = end;
+    }
+}
+
+/// Replaces the top-level `"model"` value with `new_model` (a JSON string).
+pub fn rewrite_model(doc: &[u8], new_model: &str) -> Option<Vec<u8>> {
+    let (start, end) = find_top_level_value(doc, "model")?;
+    let literal = crate::errors::json_string(new_model);
+    let mut out = Vec::with_capacity(doc.len() + literal.len());
+    out.extend_from_slice(doc.get(..start)?);
+    out.extend_from_slice(literal.as_bytes());
+    out.extend_from_slice(doc.get(end..)?);
+    Some(out)
+}
+
+fn skip_ws(doc: &[u8], mut i: usize) -> usize {
+    while matches!(doc.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// `i` at an opening quote; returns the index after the closing quote.
+fn skip_string(doc: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match doc.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Returns the index after the value starting at `i`.
+fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
+    match doc.get(i)? {
+        b'"' => skip_string(doc, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match doc.get(j)? {
+                    b'"' => {
+                        j = skip_string(doc, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while let Some(b) = doc.get(j) {
+                if matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+                    break;
+                }
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(doc: &str, m: &str) -> Option<String> {
+        rewrite_model(doc.as_bytes(), m).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn rewrites_only_the_top_level_model() {
+        let doc = r#"{"messages":[{"role":"user","content":"say \"model\": x","model":"inner"}],"model" : "openai/gpt-4o","stream":true}"#;
+        let out = rewrite(doc, "gpt-4o").unwrap();
+        assert_eq!(out, doc.replace(r#""openai/gpt-4o""#, r#""gpt-4o""#));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["messages"][0]["model"], "inner");
+    }
+
+    #[test]
+    fn escapes_and_nesting() {
+        let doc = "{\"a\":{\"b\":[1,{\"model\":2}],\"c\":\"}\\\"\"},\n \"model\":\"x\\\"y\"}";
+        assert_eq!(rewrite(doc, "z").unwrap(), "{\"a\":{\"b\":[1,{\"model\":2}],\"c\":\"}\\\"\"},\n \"model\":\"z\"}");
+    }
+
+    #[test]
+    fn absent_or_not_an_object() {
+        assert_eq!(rewrite(r#"{"messages":[]}"#, "x"), None);
+        assert_eq!(rewrite(r#"["model"]"#, "x"), None);
+        assert_eq!(rewrite("", "x"), None);
+        assert_eq!(rewrite(r#"{"model":"#, "x"), None);
+        assert_eq!(rewrite(r#"{"model":"unterminated}"#, "x"), None);
+    }
+
+    #[test]
+    fn never_panics_on_junk() {
+        for junk in ["{", "{\"", "{\"a\"", "{\"a\":", "{\"a\":[", "{\"a\":\"\\", "}}}}", "{\"a\":]]]", "{,,,}"] {
+            let _ = rewrite(junk, "x");
+        }
+    }
+}

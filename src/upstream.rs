@@ -1,0 +1,134 @@
+//! Where a request goes and how it authenticates there.
+
+use keygate_proto::lookup::AuthStyle;
+
+/// Request headers that carry a client credential or could steer Envoy; all
+/// are removed before anything goes upstream.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] = ["authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization"];
+
+/// True for a request header the client must not pass through: a credential,
+/// an `x-envoy-*` control header, or one of keygate's own.
+pub fn is_stripped_header(name: &str) -> bool {
+    CLIENT_CREDENTIAL_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || starts_with_ignore_case(name, "x-envoy-")
+        || starts_with_ignore_case(name, "x-keygate-")
+}
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+/// A provider's base URL, split for Envoy: the scheme picks the cluster, the
+/// authority becomes `:authority`, and the path is prefixed to the request's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub authority: String,
+    pub path_prefix: String,
+}
+
+pub fn parse_base_url(url: &str) -> Option<Endpoint> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        (false, url.strip_prefix("http://")?)
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let valid = !authority.is_empty()
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+    if !valid || path.contains(['?', '#']) {
+        return None;
+    }
+    Some(Endpoint { tls, authority: authority.to_string(), path_prefix: path.trim_end_matches('/').to_string() })
+}
+
+/// Maps the client's path (which addresses keygate's `/v1` API root) onto the
+/// provider's API root: `/v1/chat/completions?x` + `/openai/v1` →
+/// `/openai/v1/chat/completions?x`. `None` for paths outside `/v1`.
+pub fn upstream_path(client_path: &str, path_prefix: &str) -> Option<String> {
+    let rest = client_path.strip_prefix("/v1")?;
+    if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+        return None;
+    }
+    let mut out = String::with_capacity(path_prefix.len() + rest.len() + 1);
+    out.push_str(path_prefix);
+    if !rest.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// The headers that carry a provider credential in that provider's style.
+/// `has_anthropic_version`: whether the client already sent one.
+pub fn credential_headers(style: AuthStyle, value: &str, has_anthropic_version: bool, anthropic_version: &str) -> Vec<(&'static str, String)> {
+    match style {
+        AuthStyle::Bearer => vec![("authorization", format!("Bearer {value}"))],
+        AuthStyle::XApiKey => {
+            let mut headers = vec![("x-api-key", value.to_string())];
+            if !has_anthropic_version {
+                headers.push(("anthropic-version", anthropic_version.to_string()));
+            }
+            headers
+        }
+        AuthStyle::XGoogApiKey => vec![("x-goog-api-key", value.to_string())],
+        AuthStyle::ApiKey => vec![("api-key", value.to_string())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            parse_base_url("https://api.openai.com/v1"),
+            Some(Endpoint { tls: true, authority: "api.openai.com".into(), path_prefix: "/v1".into() })
+        );
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:18101/"),
+            Some(Endpoint { tls: false, authority: "127.0.0.1:18101".into(), path_prefix: "".into() })
+        );
+        assert_eq!(parse_base_url("ftp://x"), None);
+        assert_eq!(parse_base_url("http:///v1"), None);
+        assert_eq!(parse_base_url("http://a b/"), None);
+        assert_eq!(parse_base_url("http://a/v1?x=1"), None);
+    }
+
+    #[test]
+    fn paths_map_onto_the_provider_root() {
+        assert_eq!(upstream_path("/v1/chat/completions", "/v1").as_deref(), Some("/v1/chat/completions"));
+        assert_eq!(upstream_path("/v1/chat/completions?a=b", "/openai/v1").as_deref(), Some("/openai/v1/chat/completions?a=b"));
+        assert_eq!(upstream_path("/v1/messages", "").as_deref(), Some("/messages"));
+        assert_eq!(upstream_path("/v1?x", "/api").as_deref(), Some("/api/?x"));
+        assert_eq!(upstream_path("/v2/chat", "/v1"), None);
+        assert_eq!(upstream_path("/v1x/chat", "/v1"), None);
+        assert_eq!(upstream_path("/admin", "/v1"), None);
+    }
+
+    #[test]
+    fn credentials_in_each_providers_style() {
+        assert_eq!(credential_headers(AuthStyle::Bearer, "sk-1", false, "v"), vec![("authorization", "Bearer sk-1".to_string())]);
+        assert_eq!(
+            credential_headers(AuthStyle::XApiKey, "sk-ant", false, "2023-06-01"),
+            vec![("x-api-key", "sk-ant".to_string()), ("anthropic-version", "2023-06-01".to_string())]
+        );
+        assert_eq!(credential_headers(AuthStyle::XApiKey, "sk-ant", true, "2023-06-01"), vec![("x-api-key", "sk-ant".to_string())]);
+        assert_eq!(credential_headers(AuthStyle::XGoogApiKey, "g", false, "v"), vec![("x-goog-api-key", "g".to_string())]);
+        assert_eq!(credential_headers(AuthStyle::ApiKey, "az", false, "v"), vec![("api-key", "az".to_string())]);
+    }
+
+    #[test]
+    fn stripped_headers() {
+        for h in ["Authorization", "x-api-key", "X-Goog-Api-Key", "api-key", "x-envoy-max-retries", "X-Envoy-Upstream-Rq-Timeout-Ms", "x-keygate-cluster"] {
+            assert!(is_stripped_header(h), "{h}");
+        }
+        for h in ["content-type", "anthropic-version", "x-request-id", "openai-organization"] {
+            assert!(!is_stripped_header(h), "{h}");
+        }
+    }
+}
