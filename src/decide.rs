@@ -46,11 +46,17 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     let access = lookup.access.clone().unwrap_or_default();
 
     let model = match (facts.has_body, facts.model) {
-        (_, ModelField::Str(m)) if m.trim().is_empty() => return Err(Denial::new(400, "invalid_model", "`model` must not be empty")),
+        (_, ModelField::Str(m)) if m.trim().is_empty() => {
+            return Err(Denial::new(400, "invalid_model", "`model` must not be empty"))
+        }
         (_, ModelField::Str(m)) => Some(m.as_str()),
-        (_, ModelField::InvalidJson) => return Err(Denial::new(400, "invalid_json", "the request body is not valid JSON")),
+        (_, ModelField::InvalidJson) => {
+            return Err(Denial::new(400, "invalid_json", "the request body is not valid JSON"))
+        }
         (_, ModelField::NotString) => return Err(Denial::new(400, "invalid_model", "`model` must be a string")),
-        (true, ModelField::Absent) => return Err(Denial::new(400, "missing_model", "the request body must name a `model`")),
+        (true, ModelField::Absent) => {
+            return Err(Denial::new(400, "missing_model", "the request body must name a `model`"))
+        }
         (false, ModelField::Absent) => None,
     };
 
@@ -60,12 +66,20 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     };
 
     if !allows(access.providers.as_deref(), &provider.id) {
-        return Err(Denial::new(403, "provider_not_allowed", format!("this access key may not use provider `{}`", provider.id)));
+        return Err(Denial::new(
+            403,
+            "provider_not_allowed",
+            format!("this access key may not use provider `{}`", provider.id),
+        ));
     }
     if let Some(local) = local_model {
         let qualified_name = format!("{}/{}", provider.id, local);
         if !allows(access.models.as_deref(), &qualified_name) {
-            return Err(Denial::new(403, "model_not_allowed", format!("this access key may not use model `{qualified_name}`")));
+            return Err(Denial::new(
+                403,
+                "model_not_allowed",
+                format!("this access key may not use model `{qualified_name}`"),
+            ));
         }
     }
     let wanted = match facts.dialect {
@@ -77,19 +91,36 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
             Format::Anthropic => "the Anthropic Messages API (/v1/messages)",
             Format::Openai => "the OpenAI API (e.g. /v1/chat/completions)",
         };
-        return Err(Denial::new(400, "unsupported_api", format!("provider `{}` is reached through {hint}", provider.id)));
+        return Err(Denial::new(
+            400,
+            "unsupported_api",
+            format!("provider `{}` is reached through {hint}", provider.id),
+        ));
     }
 
     let credentials = route_credentials(provider, local_model);
     if credentials.is_empty() {
-        return Err(Denial::new(400, "no_provider_credentials", format!("no provider key is configured for provider `{}`", provider.id)));
+        return Err(Denial::new(
+            400,
+            "no_provider_credentials",
+            format!("no provider key is configured for provider `{}`", provider.id),
+        ));
     }
-    let endpoint = parse_base_url(&provider.base_url)
-        .ok_or_else(|| Denial::new(502, "bad_provider_endpoint", format!("provider `{}` has an unusable base URL", provider.id)))?;
+    let endpoint = parse_base_url(&provider.base_url).ok_or_else(|| {
+        Denial::new(502, "bad_provider_endpoint", format!("provider `{}` has an unusable base URL", provider.id))
+    })?;
     let upstream_path = upstream_path(facts.path, &endpoint.path_prefix)
         .ok_or_else(|| Denial::new(404, "unsupported_path", "keygate serves the provider APIs under /v1/"))?;
 
-    Ok(Forward { key_id: &key.id, provider, credentials, endpoint, upstream_path, model: local_model.map(str::to_string), rewrite_model: qualified })
+    Ok(Forward {
+        key_id: &key.id,
+        provider,
+        credentials,
+        endpoint,
+        upstream_path,
+        model: local_model.map(str::to_string),
+        rewrite_model: qualified,
+    })
 }
 
 /// 401 unless the key is active and within its validity.
@@ -147,19 +178,16 @@ fn default_provider(lookup: &Lookup, dialect: Dialect) -> Result<&ProviderPlan, 
         Dialect::Anthropic => "anthropic",
         Dialect::OpenAi => "openai",
     };
-    lookup
-        .providers
-        .iter()
-        .find(|p| p.id == id)
-        .ok_or_else(|| Denial::new(400, "missing_model", "the request names no model and no default provider is available"))
+    lookup.providers.iter().find(|p| p.id == id).ok_or_else(|| {
+        Denial::new(400, "missing_model", "the request names no model and no default provider is available")
+    })
 }
 
 /// The credentials of the most specific route: a model route, else the
 /// provider's default route.
 fn route_credentials<'a>(provider: &'a ProviderPlan, local_model: Option<&str>) -> &'a [Credential] {
-    let model_route = local_model.and_then(|m| {
-        provider.routes.iter().find(|r| r.model.as_deref().is_some_and(|pat| pattern_matches(pat, m)))
-    });
+    let model_route = local_model
+        .and_then(|m| provider.routes.iter().find(|r| r.model.as_deref().is_some_and(|pat| pattern_matches(pat, m))));
     model_route
         .or_else(|| provider.routes.iter().find(|r| r.model.is_none()))
         .map(|r| r.keys.as_slice())
@@ -198,13 +226,31 @@ mod tests {
             key: Some(KeyInfo { id: "ak_1".into(), config_id: None, valid_until: None }),
             access: Some(access),
             providers: vec![
-                provider("openai", Format::Openai, "https://api.openai.com/v1", &["gpt-*"], vec![
-                    Route { model: Some("gpt-4o-mini".into()), keys: vec![cred("pk_mini")] },
-                    default_route(&["pk_oa1", "pk_oa2"]),
-                ]),
-                provider("anthropic", Format::Anthropic, "http://127.0.0.1:18102/v1", &["claude-*"], vec![default_route(&["pk_an"])]),
+                provider(
+                    "openai",
+                    Format::Openai,
+                    "https://api.openai.com/v1",
+                    &["gpt-*"],
+                    vec![
+                        Route { model: Some("gpt-4o-mini".into()), keys: vec![cred("pk_mini")] },
+                        default_route(&["pk_oa1", "pk_oa2"]),
+                    ],
+                ),
+                provider(
+                    "anthropic",
+                    Format::Anthropic,
+                    "http://127.0.0.1:18102/v1",
+                    &["claude-*"],
+                    vec![default_route(&["pk_an"])],
+                ),
                 provider("my-vllm", Format::Openai, "http://10.0.0.5:8000/v1", &[], vec![default_route(&["pk_vllm"])]),
-                provider("azure", Format::Openai, "https://az.example/openai", &["gpt-*"], vec![default_route(&["pk_az"])]),
+                provider(
+                    "azure",
+                    Format::Openai,
+                    "https://az.example/openai",
+                    &["gpt-*"],
+                    vec![default_route(&["pk_az"])],
+                ),
                 provider("groq", Format::Openai, "https://api.groq.com/openai/v1", &[], vec![]),
             ],
         }
@@ -223,7 +269,8 @@ mod tests {
     }
 
     fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
-        let facts = RequestFacts { path, dialect: Dialect::from_path(path), has_body: *model != ModelField::Absent, model };
+        let facts =
+            RequestFacts { path, dialect: Dialect::from_path(path), has_body: *model != ModelField::Absent, model };
         decide(facts, l, 1_000)
     }
 
@@ -309,7 +356,12 @@ mod tests {
         assert_eq!(code(run(&l, "/v1/chat/completions", &ModelField::NotString)), "invalid_model");
         assert_eq!(code(run(&l, "/v1/chat/completions", &chat(" "))), "invalid_model");
         assert_eq!(code(run(&l, "/v1/chat/completions", &chat("openai/"))), "invalid_model");
-        let facts = RequestFacts { path: "/v1/chat/completions", dialect: Dialect::OpenAi, has_body: true, model: &ModelField::Absent };
+        let facts = RequestFacts {
+            path: "/v1/chat/completions",
+            dialect: Dialect::OpenAi,
+            has_body: true,
+            model: &ModelField::Absent,
+        };
         assert_eq!(code(decide(facts, &l, 0)), "missing_model");
     }
 

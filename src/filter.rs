@@ -1,0 +1,544 @@
+//! The glue between Envoy (proxy-wasm ABI) and the pure logic.
+//!
+//! Every host call goes through `proxy_wasm::hostcalls` and its `Result`: the
+//! SDK's trait helpers unwrap host errors, and a panic kills the VM.
+//!
+//! One VM runs per Envoy worker thread; `VM` below is that worker's state:
+//! its cache, the lookups in flight (so concurrent requests for one uncached
+//! key cause one store call), and the change-feed position.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use keygate_proto::lookup::{Changes, Lookup};
+use keygate_proto::token;
+use log::{debug, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+
+use crate::cache::{Cache, Freshness};
+use crate::config::Config;
+use crate::decide::{decide, ModelField, RequestFacts};
+use crate::errors::{Denial, Dialect};
+use crate::keys::{self, KeyError};
+use crate::model_json;
+use crate::upstream::{credential_headers, is_stripped_header};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+const REQUEST_ID_HEADER: &str = "x-keygate-request-id";
+
+/// Per-VM (per-worker) state shared by the root and the request contexts.
+struct Vm {
+    cache: Cache,
+    /// Lookups in flight, by token digest.
+    pending: HashMap<String, Pending>,
+    /// Lookups whose owning request went away before the answer: the root
+    /// context asks again on its next tick for the requests still waiting.
+    orphans: Vec<String>,
+    feed_version: u64,
+}
+
+/// A store lookup in flight and the requests waiting for it.
+struct Pending {
+    /// The context whose callout this is (0 = the root context).
+    owner: u32,
+    waiters: Vec<(u32, Rc<RefCell<RequestState>>)>,
+}
+
+thread_local! {
+    static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
+}
+
+fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
+    VM.with(|vm| vm.borrow_mut().as_mut().map(f))
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Root {
+    config: Option<Rc<Config>>,
+    gateway_token: Rc<String>,
+    poll_token: Option<u32>,
+    /// Orphaned lookups the root re-asked, by callout token.
+    root_lookups: HashMap<u32, String>,
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        if self.poll_token == Some(token_id) {
+            self.poll_token = None;
+            if let Some(changes) = read_json::<Changes>(body_size) {
+                apply_changes(&changes);
+            }
+        } else if let Some(digest) = self.root_lookups.remove(&token_id) {
+            let answer = read_json::<Lookup>(body_size);
+            complete_lookup(&digest, answer.map(Rc::new), self.config.as_deref());
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(Some(b)) => b,
+            _ => {
+                log::error!("keygate: no plugin configuration");
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("keygate: {e}");
+                return false;
+            }
+        };
+        let token = match std::env::var(&config.gateway_token_env) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                log::error!(
+                    "keygate: plugin configuration: gatewayTokenEnv: environment variable {} is not set for the VM (vm_config.environment_variables)",
+                    config.gateway_token_env
+                );
+                return false;
+            }
+        };
+        VM.with(|vm| {
+            *vm.borrow_mut() = Some(Vm {
+                cache: Cache::new(config.cache_max_entries, config.cache_ttl_ms, config.stale_if_error_ms),
+                pending: HashMap::new(),
+                orphans: Vec::new(),
+                feed_version: 0,
+            })
+        });
+        if hostcalls::set_tick_period(Duration::from_millis(config.poll_interval_ms)).is_err() {
+            log::error!("keygate: cannot set the tick period");
+            return false;
+        }
+        self.gateway_token = Rc::new(token);
+        self.config = Some(Rc::new(config));
+        info!("keygate: configured");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(config) = self.config.clone() else { return };
+        let now = now_ms();
+        with_vm(|vm| vm.cache.purge_expired(now));
+        if self.poll_token.is_none() {
+            let since = with_vm(|vm| vm.feed_version).unwrap_or(0);
+            let path = format!("/v1/changes?since={since}");
+            self.poll_token = store_call(&config, &self.gateway_token, &path).ok();
+        }
+        for digest in with_vm(|vm| std::mem::take(&mut vm.orphans)).unwrap_or_default() {
+            let path = format!("/v1/lookup/{digest}");
+            match store_call(&config, &self.gateway_token, &path) {
+                Ok(token) => {
+                    with_vm(|vm| {
+                        if let Some(p) = vm.pending.get_mut(&digest) {
+                            p.owner = 0;
+                        }
+                    });
+                    self.root_lookups.insert(token, digest);
+                }
+                Err(()) => complete_lookup(&digest, None, Some(&config)),
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        Some(Box::new(Request {
+            id: context_id,
+            config,
+            gateway_token: self.gateway_token.clone(),
+            state: Rc::new(RefCell::new(RequestState::default())),
+            digest: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn store_call(config: &Config, gateway_token: &str, path: &str) -> Result<u32, ()> {
+    let auth = format!("Bearer {gateway_token}");
+    let headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", config.store_authority.as_str()),
+        ("authorization", auth.as_str()),
+    ];
+    hostcalls::dispatch_http_call(
+        &config.store_cluster,
+        headers,
+        None,
+        vec![],
+        Duration::from_millis(config.callout_timeout_ms),
+    )
+    .map_err(|e| warn!("keygate: store callout could not be dispatched: {e:?}"))
+}
+
+/// The body of a store answer, if it is a 200 with a document we understand.
+fn read_json<T: serde::de::DeserializeOwned>(body_size: usize) -> Option<T> {
+    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+    if status.as_deref() != Some("200") {
+        warn!("keygate: key store answered {}", status.as_deref().unwrap_or("nothing (timeout or connection failure)"));
+        return None;
+    }
+    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten()?;
+    serde_json::from_slice(&body).map_err(|e| warn!("keygate: unreadable key store answer: {e}")).ok()
+}
+
+fn apply_changes(changes: &Changes) {
+    with_vm(|vm| {
+        if changes.all {
+            vm.cache.clear();
+        } else if !changes.digests.is_empty() {
+            vm.cache.invalidate(&changes.digests, changes.version);
+        }
+        vm.feed_version = vm.feed_version.max(changes.version);
+    });
+}
+
+/// What a request context knows about its request while it waits.
+#[derive(Default)]
+struct RequestState {
+    request_id: String,
+    dialect: Option<Dialect>,
+    path: String,
+    has_body: bool,
+    model: Option<ModelField>,
+    has_anthropic_version: bool,
+    /// A cached approval past its TTL, usable if the store cannot be reached.
+    stale: Option<Rc<Lookup>>,
+    /// The provider's model name to write into the body, once decided.
+    rewrite_model: Option<String>,
+}
+
+struct Request {
+    id: u32,
+    config: Rc<Config>,
+    gateway_token: Rc<String>,
+    state: Rc<RefCell<RequestState>>,
+    /// Set while this request waits on a lookup.
+    digest: Option<String>,
+}
+
+impl Context for Request {
+    fn on_http_call_response(&mut self, _token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some(digest) = self.digest.take() else { return };
+        let answer = read_json::<Lookup>(body_size);
+        complete_lookup(&digest, answer.map(Rc::new), Some(&self.config));
+    }
+
+    fn on_done(&mut self) -> bool {
+        if let Some(digest) = self.digest.take() {
+            let id = self.id;
+            with_vm(|vm| {
+                if let Some(p) = vm.pending.get_mut(&digest) {
+                    p.waiters.retain(|(w, _)| *w != id);
+                    if p.waiters.is_empty() {
+                        vm.pending.remove(&digest);
+                    } else if p.owner == id {
+                        vm.orphans.push(digest);
+                    }
+                }
+            });
+        }
+        true
+    }
+}
+
+impl HttpContext for Request {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let header = |name: &str| hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten();
+        let path = header(":path").unwrap_or_default();
+        let dialect = Dialect::from_path(&path);
+        let request_id = header("x-request-id").unwrap_or_default();
+        {
+            let mut st = self.state.borrow_mut();
+            st.request_id = request_id;
+            st.dialect = Some(dialect);
+            st.has_anthropic_version = header("anthropic-version").is_some();
+        }
+
+        let authorization = header("authorization");
+        let x_api_key = header("x-api-key");
+        let token = match keys::extract(authorization.as_deref(), x_api_key.as_deref()) {
+            Ok(t) => t,
+            Err(e) => return self.deny(key_denial(e)),
+        };
+        let digest = token::digest(token);
+
+        let content_length = header("content-length").and_then(|v| v.trim().parse::<u64>().ok());
+        if content_length.is_some_and(|n| n > self.config.max_body_bytes) {
+            return self.deny(too_large(self.config.max_body_bytes));
+        }
+        let has_body = !end_of_stream;
+        let model = if has_body { read_model(&self.config.metadata_namespace) } else { ModelField::Absent };
+        {
+            let mut st = self.state.borrow_mut();
+            st.path = path;
+            st.has_body = has_body;
+            st.model = Some(model);
+        }
+
+        let now = now_ms();
+        let cached = with_vm(|vm| vm.cache.get(&digest, now)).flatten();
+        match cached {
+            Some((lookup, Freshness::Fresh)) => {
+                return if forward_or_deny(&self.config, &self.state, &lookup) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Some((lookup, Freshness::Stale)) => self.state.borrow_mut().stale = Some(lookup),
+            None => {}
+        }
+
+        // Miss: join a lookup in flight for this key, or start one.
+        let id = self.id;
+        let joined = with_vm(|vm| match vm.pending.get_mut(&digest) {
+            Some(p) => {
+                p.waiters.push((id, self.state.clone()));
+                true
+            }
+            None => false,
+        })
+        .unwrap_or(false);
+        if !joined {
+            match store_call(&self.config, &self.gateway_token, &format!("/v1/lookup/{digest}")) {
+                Ok(_) => {
+                    with_vm(|vm| {
+                        vm.pending
+                            .insert(digest.clone(), Pending { owner: id, waiters: vec![(id, self.state.clone())] })
+                    });
+                }
+                Err(()) => return self.store_unavailable(),
+            }
+        }
+        debug!("keygate: request {} waits for a key lookup", self.state.borrow().request_id);
+        self.digest = Some(digest);
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.state.borrow().rewrite_model.is_none() {
+            return Action::Continue;
+        }
+        if body_size as u64 > self.config.max_body_bytes {
+            // Cannot happen behind Envoy's buffer limit; refuse rather than forward.
+            return self.deny(too_large(self.config.max_body_bytes));
+        }
+        if !end_of_stream {
+            return Action::Pause; // buffer until the whole body is here
+        }
+        let Some(model) = self.state.borrow_mut().rewrite_model.take() else { return Action::Continue };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        match model_json::rewrite_model(&body, &model) {
+            Some(new_body) => {
+                if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body).is_err() {
+                    warn!("keygate: could not rewrite the request body");
+                }
+            }
+            None => warn!("keygate: request body has no top-level model to rewrite"),
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let st = self.state.borrow();
+        if !st.request_id.is_empty() {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, REQUEST_ID_HEADER, Some(&st.request_id));
+        }
+        Action::Continue
+    }
+}
+
+impl Request {
+    fn deny(&self, denial: Denial) -> Action {
+        send_denial(&self.state.borrow(), &denial);
+        Action::Pause
+    }
+
+    fn store_unavailable(&self) -> Action {
+        self.deny(store_unavailable())
+    }
+}
+
+fn store_unavailable() -> Denial {
+    let mut d = Denial::new(503, "key_store_unavailable", "the key store is unavailable; try again shortly");
+    d.retry_after = Some(1);
+    d
+}
+
+fn too_large(limit: u64) -> Denial {
+    Denial::new(413, "request_too_large", format!("the request body exceeds the limit of {limit} bytes"))
+}
+
+fn key_denial(e: KeyError) -> Denial {
+    match e {
+        KeyError::Missing => Denial::new(
+            401,
+            "missing_access_key",
+            "no access key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
+        ),
+        KeyError::Ambiguous => {
+            Denial::new(401, "ambiguous_access_key", "`Authorization` and `x-api-key` carry different keys; send one")
+        }
+        KeyError::NotBearer => {
+            Denial::new(401, "malformed_access_key", "the `Authorization` header must be `Bearer <key>`")
+        }
+        KeyError::Malformed(t) => {
+            Denial::new(401, "malformed_access_key", format!("malformed access key: {}", t.as_str()))
+        }
+    }
+}
+
+/// `model` as `json_to_metadata` put it in dynamic metadata. Envoy hands a
+/// string value over as its raw bytes and anything else in a binary form, and
+/// `json_to_metadata` records `model_error` when the body is not JSON.
+fn read_model(namespace: &str) -> ModelField {
+    let prop = |key: &str| hostcalls::get_property(vec!["metadata", "filter_metadata", namespace, key]).ok().flatten();
+    if prop("body_error").is_some() {
+        return ModelField::InvalidJson;
+    }
+    let Some(raw) = prop("model") else { return ModelField::Absent };
+    if prop("model_type").is_some_and(|t| t != b"string") {
+        return ModelField::NotString;
+    }
+    match String::from_utf8(raw) {
+        Ok(s) if !s.chars().any(char::is_control) => ModelField::Str(s),
+        _ => ModelField::NotString,
+    }
+}
+
+/// Decides for the request whose context is effective now and acts: forwards
+/// (returns true) or sends a local reply (returns false).
+fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Lookup) -> bool {
+    let now_secs = (now_ms() / 1000) as i64;
+    let mut st = state.borrow_mut();
+    let model = st.model.clone().unwrap_or(ModelField::Absent);
+    let facts = RequestFacts {
+        path: &st.path,
+        dialect: st.dialect.unwrap_or(Dialect::OpenAi),
+        has_body: st.has_body,
+        model: &model,
+    };
+    let forward = match decide(facts, lookup, now_secs) {
+        Ok(f) => f,
+        Err(denial) => {
+            info!("keygate: request {} refused: {}", st.request_id, denial.code);
+            send_denial(&st, &denial);
+            return false;
+        }
+    };
+    let Some(credential) = forward.credentials.first() else {
+        send_denial(&st, &Denial::new(500, "internal_error", "no credential"));
+        return false;
+    };
+
+    let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+    for (name, _) in headers.iter().filter(|(n, _)| is_stripped_header(n)) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    let cluster = if forward.endpoint.tls { &config.upstream_cluster_https } else { &config.upstream_cluster_http };
+    let mut sets: Vec<(&str, String)> = vec![
+        (":authority", forward.endpoint.authority.clone()),
+        (":path", forward.upstream_path.clone()),
+        (config.cluster_header.as_str(), cluster.clone()),
+    ];
+    sets.extend(credential_headers(
+        forward.provider.auth,
+        &credential.value,
+        st.has_anthropic_version,
+        &config.anthropic_version,
+    ));
+    if forward.rewrite_model {
+        sets.push(("content-length", String::new()));
+        st.rewrite_model = forward.model.clone();
+    }
+    for (name, value) in &sets {
+        let value = (!value.is_empty()).then_some(value.as_str());
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
+            warn!("keygate: request {}: could not set header {name}", st.request_id);
+            send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
+            return false;
+        }
+    }
+    if hostcalls::call_foreign_function("clear_route_cache", None).is_err() {
+        warn!("keygate: clear_route_cache is not available");
+    }
+    info!(
+        "keygate: request {} key={} provider={} model={} credential={}",
+        st.request_id,
+        forward.key_id,
+        forward.provider.id,
+        forward.model.as_deref().unwrap_or("-"),
+        credential.id
+    );
+    true
+}
+
+fn send_denial(st: &RequestState, denial: &Denial) {
+    let dialect = st.dialect.unwrap_or(Dialect::OpenAi);
+    let body = denial.body(dialect);
+    let retry_after = denial.retry_after.map(|s| s.to_string());
+    let mut headers = vec![("content-type", "application/json"), ("x-keygate-error", denial.code)];
+    if !st.request_id.is_empty() {
+        headers.push((REQUEST_ID_HEADER, st.request_id.as_str()));
+    }
+    if let Some(r) = retry_after.as_deref() {
+        headers.push(("retry-after", r));
+    }
+    if hostcalls::send_http_response(u32::from(denial.status), headers, Some(body.as_bytes())).is_err() {
+        warn!("keygate: could not send a local reply");
+    }
+}
+
+/// A lookup finished (answer `None`: the store could not be reached or gave no
+/// usable answer). Caches it and completes every request waiting for it.
+fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Config>) {
+    let now = now_ms();
+    let waiters = with_vm(|vm| {
+        if let Some(a) = &answer {
+            vm.cache.insert(digest, a.clone(), now);
+        }
+        vm.pending.remove(digest).map(|p| p.waiters).unwrap_or_default()
+    })
+    .unwrap_or_default();
+    let Some(config) = config else { return };
+    for (context_id, state) in waiters {
+        if hostcalls::set_effective_context(context_id).is_err() {
+            continue; // that request is gone
+        }
+        let lookup = answer.clone().or_else(|| state.borrow().stale.clone());
+        let resume = match lookup {
+            Some(l) => forward_or_deny(config, &state, &l),
+            None => {
+                send_denial(&state.borrow(), &store_unavailable());
+                false
+            }
+        };
+        if resume && hostcalls::resume_http_request().is_err() {
+            warn!("keygate: could not resume a request");
+        }
+    }
+}

