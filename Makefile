@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build wasm store venv test test-unit test-e2e lint run bench clean
+.PHONY: all build wasm wasm-fault store venv test test-unit test-e2e lint run bench clean
 
 all: build
 
@@ -17,6 +17,10 @@ build: wasm store
 
 wasm:
 	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter
+
+# A test-only build with a fault-injection header (tests prove a VM crash never fails open).
+wasm-fault:
+	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter --features fault-injection --target-dir target/fault
 
 store:
 	cargo build --release --locked -p keygate-store
@@ -36,7 +40,7 @@ lint:
 test-unit:
 	cargo test --locked --workspace
 
-test-e2e: build venv
+test-e2e: build wasm-fault venv
 	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint test-unit test-e2e

@@ -5,7 +5,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
-    /// Envoy cluster of the key store's lookup listener.
+    /// `downstream` (the HTTP filter: authenticate, authorize, route) or
+    /// `upstream` (the cluster filter: put each attempt's credential on it).
+    #[serde(default)]
+    pub role: Role,
+    /// Envoy cluster of the key store's lookup listener (downstream role).
+    #[serde(default)]
     pub store_cluster: String,
     /// `:authority` sent on store callouts.
     #[serde(default = "defaults::store_authority")]
@@ -49,6 +54,32 @@ pub struct Config {
     /// `anthropic-version` sent upstream when the client sent none.
     #[serde(default = "defaults::anthropic_version")]
     pub anthropic_version: String,
+    /// How long a provider key that answered 429 is skipped when the provider
+    /// gave no `Retry-After`.
+    #[serde(default = "defaults::cooldown_rate_limited_ms")]
+    pub cooldown_rate_limited_ms: u64,
+    /// How long a provider key that answered 401/403 is skipped.
+    #[serde(default = "defaults::cooldown_auth_failure_ms")]
+    pub cooldown_auth_failure_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Role {
+    #[default]
+    Downstream,
+    Upstream,
+}
+
+impl TryFrom<String> for Role {
+    type Error = String;
+    fn try_from(s: String) -> Result<Role, String> {
+        match s.as_str() {
+            "downstream" => Ok(Role::Downstream),
+            "upstream" => Ok(Role::Upstream),
+            _ => Err(format!("role must be \"downstream\" or \"upstream\", got {s:?}")),
+        }
+    }
 }
 
 mod defaults {
@@ -88,6 +119,12 @@ mod defaults {
     pub fn anthropic_version() -> String {
         "2023-06-01".into()
     }
+    pub fn cooldown_rate_limited_ms() -> u64 {
+        30_000
+    }
+    pub fn cooldown_auth_failure_ms() -> u64 {
+        300_000
+    }
 }
 
 impl Config {
@@ -99,8 +136,10 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.role == Role::Downstream && self.store_cluster.trim().is_empty() {
+            return Err("plugin configuration: storeCluster must be set (the key store's Envoy cluster)".into());
+        }
         let non_empty = [
-            ("storeCluster", &self.store_cluster),
             ("storeAuthority", &self.store_authority),
             ("gatewayTokenEnv", &self.gateway_token_env),
             ("upstreamClusterHttp", &self.upstream_cluster_http),
@@ -120,6 +159,8 @@ impl Config {
             ("cacheTtlMs", self.cache_ttl_ms, 100, 5_000),
             ("pollIntervalMs", self.poll_interval_ms, 10, 5_000),
             ("staleIfErrorMs", self.stale_if_error_ms, 0, 86_400_000),
+            ("cooldownRateLimitedMs", self.cooldown_rate_limited_ms, 0, 86_400_000),
+            ("cooldownAuthFailureMs", self.cooldown_auth_failure_ms, 0, 86_400_000),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
@@ -149,17 +190,21 @@ mod tests {
         assert_eq!(c.callout_timeout_ms, 500);
         assert_eq!(c.cluster_header, "x-keygate-cluster");
         assert_eq!(c.stale_if_error_ms, 0);
+        assert_eq!(c.role, Role::Downstream);
+        let up = Config::parse(br#"{"role":"upstream"}"#).unwrap();
+        assert_eq!(up.role, Role::Upstream);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (b"{}", "storeCluster"),
             (br#"{"storeCluster":"s","calloutTimeoutMs":0}"#, "calloutTimeoutMs"),
             (br#"{"storeCluster":"s","cacheTtlMs":60000}"#, "cacheTtlMs"),
             (br#"{"storeCluster":"s","bogus":1}"#, "bogus"),
             (br#"{"storeCluster":""}"#, "storeCluster"),
             (br#"{"storeCluster":"s","calloutTimeoutMs":"fast"}"#, "invalid type"),
+            (br#"{"role":"sideways"}"#, "role"),
         ];
         for (input, needle) in cases {
             let err = Config::parse(input).unwrap_err();

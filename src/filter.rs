@@ -7,12 +7,12 @@
 //! its cache, the lookups in flight (so concurrent requests for one uncached
 //! key cause one store call), and the change-feed position.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate_proto::lookup::{Changes, Lookup};
+use keygate_proto::lookup::{AuthStyle, Changes, Credential, Lookup};
 use keygate_proto::token;
 use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
@@ -20,12 +20,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 
 use crate::cache::{Cache, Freshness};
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::decide::{decide, ModelField, RequestFacts};
 use crate::errors::{Denial, Dialect};
+use crate::failover::{self, Attempt};
 use crate::keys::{self, KeyError};
+use crate::metrics;
 use crate::model_json;
-use crate::upstream::{credential_headers, is_stripped_header};
+use crate::upstream::{credential_header, is_stripped_header, CLIENT_CREDENTIAL_HEADERS};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -52,12 +54,34 @@ struct Pending {
     waiters: Vec<(u32, Rc<RefCell<RequestState>>)>,
 }
 
-thread_local! {
-    static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
+/// What the downstream filter decided for one request, handed to the upstream
+/// filter (which runs once per attempt, on the same worker, in the same VM).
+/// Only its id travels, in filter state; the credentials stay in VM memory.
+struct Plan {
+    auth: AuthStyle,
+    /// Candidate credentials, in the order attempts use them.
+    keys: Vec<Credential>,
+    attempts: Vec<Attempt>,
 }
 
+thread_local! {
+    static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
+    static PLANS: RefCell<HashMap<u64, Rc<RefCell<Plan>>>> = RefCell::new(HashMap::new());
+    static NEXT_PLAN: Cell<u64> = const { Cell::new(1) };
+}
+
+const PLAN_PROPERTY: &str = "keygate_plan";
+const HEALTH_PREFIX: &str = "keygate.cooldown.";
+
 fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
-    VM.with(|vm| vm.borrow_mut().as_mut().map(f))
+    VM.with(|vm| {
+        let mut vm = vm.borrow_mut();
+        let vm = vm.as_mut()?;
+        let before = vm.cache.len();
+        let out = f(vm);
+        metrics::gauge_add("cache.entries", vm.cache.len() as i64 - before as i64);
+        Some(out)
+    })
 }
 
 fn now_ms() -> u64 {
@@ -81,8 +105,9 @@ impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if self.poll_token == Some(token_id) {
             self.poll_token = None;
-            if let Some(changes) = read_json::<Changes>(body_size) {
-                apply_changes(&changes);
+            match read_json::<Changes>(body_size) {
+                Some(changes) => apply_changes(&changes),
+                None => metrics::count("store.poll_errors"),
             }
         } else if let Some(digest) = self.root_lookups.remove(&token_id) {
             let answer = read_json::<Lookup>(body_size);
@@ -109,6 +134,7 @@ impl RootContext for Root {
         };
         let token = match std::env::var(&config.gateway_token_env) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ if config.role == Role::Upstream => String::new(),
             _ => {
                 log::error!(
                     "keygate: plugin configuration: gatewayTokenEnv: environment variable {} is not set for the VM (vm_config.environment_variables)",
@@ -117,6 +143,11 @@ impl RootContext for Root {
                 return false;
             }
         };
+        if config.role == Role::Upstream {
+            self.config = Some(Rc::new(config));
+            info!("keygate: configured (upstream)");
+            return true;
+        }
         VM.with(|vm| {
             *vm.borrow_mut() = Some(Vm {
                 cache: Cache::new(config.cache_max_entries, config.cache_ttl_ms, config.stale_if_error_ms),
@@ -162,6 +193,9 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
+        if config.role == Role::Upstream {
+            return Some(Box::new(UpstreamAttempt { config, plan: None }));
+        }
         Some(Box::new(Request {
             id: context_id,
             config,
@@ -229,6 +263,10 @@ struct RequestState {
     stale: Option<Rc<Lookup>>,
     /// The provider's model name to write into the body, once decided.
     rewrite_model: Option<String>,
+    /// The forwarding plan, once decided.
+    plan: Option<(u64, Rc<RefCell<Plan>>)>,
+    /// The upstream answer is replaced by keygate's own error (every key failed).
+    replace_response: Option<String>,
 }
 
 struct Request {
@@ -244,10 +282,16 @@ impl Context for Request {
     fn on_http_call_response(&mut self, _token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let Some(digest) = self.digest.take() else { return };
         let answer = read_json::<Lookup>(body_size);
+        if answer.is_none() {
+            metrics::count("store.errors");
+        }
         complete_lookup(&digest, answer.map(Rc::new), Some(&self.config));
     }
 
     fn on_done(&mut self) -> bool {
+        if let Some((plan_id, _)) = self.state.borrow_mut().plan.take() {
+            PLANS.with(|p| p.borrow_mut().remove(&plan_id));
+        }
         if let Some(digest) = self.digest.take() {
             let id = self.id;
             with_vm(|vm| {
@@ -268,6 +312,11 @@ impl Context for Request {
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let header = |name: &str| hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten();
+        #[cfg(feature = "fault-injection")]
+        #[allow(clippy::panic)]
+        if header("x-keygate-test-panic").is_some() {
+            panic!("keygate: fault injection"); // allow-panic: test builds only
+        }
         let path = header(":path").unwrap_or_default();
         let dialect = Dialect::from_path(&path);
         let request_id = header("x-request-id").unwrap_or_default();
@@ -318,12 +367,14 @@ impl HttpContext for Request {
         let joined = with_vm(|vm| match vm.pending.get_mut(&digest) {
             Some(p) => {
                 p.waiters.push((id, self.state.clone()));
+                metrics::count("store.coalesced");
                 true
             }
             None => false,
         })
         .unwrap_or(false);
         if !joined {
+            metrics::count("store.lookups");
             match store_call(&self.config, &self.gateway_token, &format!("/v1/lookup/{digest}")) {
                 Ok(_) => {
                     with_vm(|vm| {
@@ -364,12 +415,135 @@ impl HttpContext for Request {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let st = self.state.borrow();
+        let mut st = self.state.borrow_mut();
+        let set = |name: &str, value: &str| {
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+        };
         if !st.request_id.is_empty() {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, REQUEST_ID_HEADER, Some(&st.request_id));
+            set(REQUEST_ID_HEADER, &st.request_id);
+        }
+        let Some((_, plan)) = st.plan.clone() else { return Action::Continue };
+        let plan = plan.borrow();
+        set("x-keygate-attempts", &plan.attempts.len().to_string());
+        if let Some(last) = plan.attempts.last() {
+            set("x-keygate-provider-key", &last.key_id);
+        }
+        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
+        if failover::is_failover_status(status) {
+            // Every candidate was tried (Envoy stops retrying only then, or on
+            // the total timeout): answer in the client's dialect, by key id.
+            let denial = failover::exhausted(&plan.attempts, status);
+            info!("keygate: request {} failed: {}", st.request_id, denial.message);
+            metrics::count("failover.exhausted");
+            let body = denial.body(st.dialect.unwrap_or(Dialect::OpenAi));
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None);
+            set("content-type", "application/json");
+            set("x-keygate-error", denial.code);
+            st.replace_response = Some(body);
         }
         Action::Continue
     }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.state.borrow().replace_response.is_none() {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        if let Some(body) = self.state.borrow_mut().replace_response.take() {
+            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
+        }
+        Action::Continue
+    }
+}
+
+/// The upstream (cluster) filter: runs once per attempt and puts that
+/// attempt's credential, and only that one, on the request.
+struct UpstreamAttempt {
+    config: Rc<Config>,
+    plan: Option<Rc<RefCell<Plan>>>,
+}
+
+impl Context for UpstreamAttempt {}
+
+impl HttpContext for UpstreamAttempt {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // Whatever an earlier attempt put on the (reused) header map goes first.
+        for name in CLIENT_CREDENTIAL_HEADERS {
+            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        }
+        let plan = hostcalls::get_property(vec!["filter_state", &format!("wasm.{PLAN_PROPERTY}")])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(|id| PLANS.with(|p| p.borrow().get(&id).cloned()));
+        let Some(plan) = plan else {
+            warn!("keygate: upstream attempt without a plan: sent without credentials");
+            return Action::Continue;
+        };
+        let attempt = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-envoy-attempt-count")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        {
+            let mut p = plan.borrow_mut();
+            let Some(key) = p.keys.get(attempt.saturating_sub(1)).cloned() else {
+                warn!("keygate: attempt {attempt} has no credential left");
+                return Action::Continue;
+            };
+            let (name, value) = credential_header(p.auth, &key.value);
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(&value)).is_err() {
+                warn!("keygate: could not set the credential of attempt {attempt}");
+            }
+            if attempt > 1 {
+                metrics::count("failover.retries");
+            }
+            p.attempts.push(Attempt { key_id: key.id, status: None });
+        }
+        self.plan = Some(plan);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(plan) = &self.plan else { return Action::Continue };
+        let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
+        let status = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        let mut p = plan.borrow_mut();
+        let Some(attempt) = p.attempts.last_mut() else { return Action::Continue };
+        attempt.status = Some(status);
+        let cooldown = failover::cooldown_ms(
+            status,
+            header("retry-after-ms").as_deref(),
+            header("retry-after").as_deref(),
+            self.config.cooldown_rate_limited_ms,
+            self.config.cooldown_auth_failure_ms,
+        );
+        if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
+            // Process-wide: every worker skips this key until then.
+            let until = (now_ms() + ms).to_string();
+            let _ =
+                hostcalls::set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), Some(until.as_bytes()), None);
+            info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
+            metrics::count("failover.cooldowns");
+        }
+        Action::Continue
+    }
+}
+
+fn cooldown_until(key_id: &str) -> u64 {
+    hostcalls::get_shared_data(&format!("{HEALTH_PREFIX}{key_id}"))
+        .ok()
+        .and_then(|(v, _)| v)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Request {
@@ -450,10 +624,15 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
             return false;
         }
     };
-    let Some(credential) = forward.credentials.first() else {
+    let now = now_ms();
+    let cool: Vec<u64> = forward.credentials.iter().map(|c| cooldown_until(&c.id)).collect();
+    let keys: Vec<Credential> =
+        failover::order(&cool, now).into_iter().filter_map(|i| forward.credentials.get(i).cloned()).collect();
+    let Some(first) = keys.first() else {
         send_denial(&st, &Denial::new(500, "internal_error", "no credential"));
         return false;
     };
+    let first_id = first.id.clone();
 
     let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
     for (name, _) in headers.iter().filter(|(n, _)| is_stripped_header(n)) {
@@ -465,12 +644,12 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
         (":path", forward.upstream_path.clone()),
         (config.cluster_header.as_str(), cluster.clone()),
     ];
-    sets.extend(credential_headers(
-        forward.provider.auth,
-        &credential.value,
-        st.has_anthropic_version,
-        &config.anthropic_version,
-    ));
+    // The credential itself is set per attempt by the upstream filter; here
+    // only what is not secret.
+    if forward.provider.auth == AuthStyle::XApiKey && !st.has_anthropic_version {
+        sets.push(("anthropic-version", config.anthropic_version.clone()));
+    }
+    sets.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
     if forward.rewrite_model {
         sets.push(("content-length", String::new()));
         st.rewrite_model = forward.model.clone();
@@ -483,21 +662,37 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
             return false;
         }
     }
+    let plan_id = NEXT_PLAN.with(|n| {
+        let id = n.get();
+        n.set(id.wrapping_add(1));
+        id
+    });
+    if hostcalls::set_property(vec![PLAN_PROPERTY], Some(plan_id.to_string().as_bytes())).is_err() {
+        send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
+        return false;
+    }
+    let plan = Rc::new(RefCell::new(Plan { auth: forward.provider.auth, keys, attempts: Vec::new() }));
+    PLANS.with(|p| p.borrow_mut().insert(plan_id, plan.clone()));
+    st.plan = Some((plan_id, plan));
     if hostcalls::call_foreign_function("clear_route_cache", None).is_err() {
         warn!("keygate: clear_route_cache is not available");
     }
+    metrics::count("requests.allowed");
+    metrics::count(&format!("provider.{}.requests", forward.provider.id));
     info!(
         "keygate: request {} key={} provider={} model={} credential={}",
         st.request_id,
         forward.key_id,
         forward.provider.id,
         forward.model.as_deref().unwrap_or("-"),
-        credential.id
+        first_id
     );
     true
 }
 
 fn send_denial(st: &RequestState, denial: &Denial) {
+    metrics::count("requests.denied");
+    metrics::count(&format!("denied.{}", denial.code));
     let dialect = st.dialect.unwrap_or(Dialect::OpenAi);
     let body = denial.body(dialect);
     let retry_after = denial.retry_after.map(|s| s.to_string());
@@ -529,7 +724,11 @@ fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Con
         if hostcalls::set_effective_context(context_id).is_err() {
             continue; // that request is gone
         }
-        let lookup = answer.clone().or_else(|| state.borrow().stale.clone());
+        let stale = state.borrow().stale.clone();
+        if answer.is_none() && stale.is_some() {
+            metrics::count("cache.stale_served");
+        }
+        let lookup = answer.clone().or(stale);
         let resume = match lookup {
             Some(l) => forward_or_deny(config, &state, &l),
             None => {

@@ -8,9 +8,12 @@ pub mod cache;
 pub mod config;
 pub mod decide;
 pub mod errors;
+pub mod failover;
 pub mod keys;
 pub mod model_json;
 pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
+#[cfg(target_arch = "wasm32")]
+mod metrics;

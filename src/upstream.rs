@@ -63,25 +63,13 @@ pub fn upstream_path(client_path: &str, path_prefix: &str) -> Option<String> {
     Some(out)
 }
 
-/// The headers that carry a provider credential in that provider's style.
-/// `has_anthropic_version`: whether the client already sent one.
-pub fn credential_headers(
-    style: AuthStyle,
-    value: &str,
-    has_anthropic_version: bool,
-    anthropic_version: &str,
-) -> Vec<(&'static str, String)> {
+/// The header that carries a provider credential in that provider's style.
+pub fn credential_header(style: AuthStyle, value: &str) -> (&'static str, String) {
     match style {
-        AuthStyle::Bearer => vec![("authorization", format!("Bearer {value}"))],
-        AuthStyle::XApiKey => {
-            let mut headers = vec![("x-api-key", value.to_string())];
-            if !has_anthropic_version {
-                headers.push(("anthropic-version", anthropic_version.to_string()));
-            }
-            headers
-        }
-        AuthStyle::XGoogApiKey => vec![("x-goog-api-key", value.to_string())],
-        AuthStyle::ApiKey => vec![("api-key", value.to_string())],
+        AuthStyle::Bearer => ("authorization", format!("Bearer {value}")),
+        AuthStyle::XApiKey => ("x-api-key", value.to_string()),
+        AuthStyle::XGoogApiKey => ("x-goog-api-key", value.to_string()),
+        AuthStyle::ApiKey => ("api-key", value.to_string()),
     }
 }
 
@@ -121,23 +109,10 @@ mod tests {
 
     #[test]
     fn credentials_in_each_providers_style() {
-        assert_eq!(
-            credential_headers(AuthStyle::Bearer, "sk-1", false, "v"),
-            vec![("authorization", "Bearer sk-1".to_string())]
-        );
-        assert_eq!(
-            credential_headers(AuthStyle::XApiKey, "sk-ant", false, "2023-06-01"),
-            vec![("x-api-key", "sk-ant".to_string()), ("anthropic-version", "2023-06-01".to_string())]
-        );
-        assert_eq!(
-            credential_headers(AuthStyle::XApiKey, "sk-ant", true, "2023-06-01"),
-            vec![("x-api-key", "sk-ant".to_string())]
-        );
-        assert_eq!(
-            credential_headers(AuthStyle::XGoogApiKey, "g", false, "v"),
-            vec![("x-goog-api-key", "g".to_string())]
-        );
-        assert_eq!(credential_headers(AuthStyle::ApiKey, "az", false, "v"), vec![("api-key", "az".to_string())]);
+        assert_eq!(credential_header(AuthStyle::Bearer, "sk-1"), ("authorization", "Bearer sk-1".to_string()));
+        assert_eq!(credential_header(AuthStyle::XApiKey, "sk-ant"), ("x-api-key", "sk-ant".to_string()));
+        assert_eq!(credential_header(AuthStyle::XGoogApiKey, "g"), ("x-goog-api-key", "g".to_string()));
+        assert_eq!(credential_header(AuthStyle::ApiKey, "az"), ("api-key", "az".to_string()));
     }
 
     #[test]

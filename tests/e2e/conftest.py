@@ -17,22 +17,17 @@ def mocks():
         m.stop()
 
 
-@pytest.fixture(scope="session")
-def store(tmp_path_factory, mocks):
-    s = Store(tmp_path_factory.mktemp("store") / "data").start()
-    STACKS.append(s)
-    s.ok("PATCH", "/providers/openai", {"baseUrl": mocks["openai"].base + "/v1"})
-    s.ok("PATCH", "/providers/anthropic", {"baseUrl": mocks["anthropic"].base + "/v1"})
-    s.ok("POST", "/providers", {"providerId": "my-vllm", "name": "Self-hosted vLLM", "baseUrl": mocks["vllm"].base + "/v1", "format": "openai"})
-    yield s
-    s.stop()
+def provision(store, mocks):
+    """Points the built-in providers at the mocks, registers a custom provider,
+    and creates managed (default) credentials. Returns the provider-key ids."""
+    store.ok("PATCH", "/providers/openai", {"baseUrl": mocks["openai"].base + "/v1"})
+    store.ok("PATCH", "/providers/anthropic", {"baseUrl": mocks["anthropic"].base + "/v1"})
+    store.ok("POST", "/providers", {"providerId": "my-vllm", "name": "Self-hosted vLLM", "baseUrl": mocks["vllm"].base + "/v1", "format": "openai"})
 
-
-@pytest.fixture(scope="session")
-def provider_keys(store):
-    """Managed (default) credentials for the built-in providers, one for the custom one."""
     def make(provider, value, managed=True):
-        return store.ok("POST", "/provider-keys", {"providerId": provider, "name": f"{provider} key", "value": value, "managed": managed})["id"]
+        body = {"providerId": provider, "name": f"{provider} key", "value": value, "managed": managed}
+        return store.ok("POST", "/provider-keys", body)["id"]
+
     return {
         "openai": make("openai", "sk-openai-managed-" + uuid.uuid4().hex),
         "anthropic": make("anthropic", "sk-ant-managed-" + uuid.uuid4().hex),
@@ -40,10 +35,42 @@ def provider_keys(store):
     }
 
 
+def start_store(tmp_path_factory_or_path, mocks):
+    base = tmp_path_factory_or_path
+    path = base.mktemp("store") if hasattr(base, "mktemp") else base / "store"
+    s = Store(path / "data").start()
+    STACKS.append(s)
+    keys = provision(s, mocks)
+    return s, keys
+
+
+def start_gateway(workdir, store, **env):
+    e = Envoy(workdir, store.lookup_port, store.gateway_token, concurrency=env.pop("concurrency", 2),
+              extra_env={k: str(v) for k, v in env.items()}).start()
+    STACKS.append(e)
+    return e
+
+
+@pytest.fixture(scope="session")
+def _store_and_keys(tmp_path_factory, mocks):
+    s, keys = start_store(tmp_path_factory, mocks)
+    yield s, keys
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def store(_store_and_keys):
+    return _store_and_keys[0]
+
+
+@pytest.fixture(scope="session")
+def provider_keys(_store_and_keys):
+    return _store_and_keys[1]
+
+
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory, store, provider_keys):
-    e = Envoy(tmp_path_factory.mktemp("envoy"), store.lookup_port, store.gateway_token, concurrency=2).start()
-    STACKS.append(e)
+    e = start_gateway(tmp_path_factory.mktemp("envoy"), store)
     yield e
     e.stop()
 
