@@ -53,7 +53,9 @@ class MockProvider:
 
     def script(self, credential, *responses):
         """Answer the next requests carrying `credential` with these
-        (status, headers, body) tuples, then normally."""
+        (status, headers, body) tuples, then normally. A fourth element may
+        hold options: {"delay": seconds} before answering, or {"cut": True}
+        to start a 200 event stream and drop the connection mid-way."""
         with self.lock:
             self.scripts.setdefault(credential, []).extend(responses)
 
@@ -105,6 +107,18 @@ class MockProvider:
                     time.sleep(0.01)
                 self.wfile.write(b"0\r\n\r\n")
 
+            def _cut_stream(self):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                chunk = b'data: {"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"partial"},"finish_reason":null}]}\n\n'
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+                time.sleep(0.05)
+                self.close_connection = True
+                self.connection.shutdown(2)
+
             def _handle(self):
                 raw = self._body()
                 headers = {k.lower(): v for k, v in self.headers.items()}
@@ -117,7 +131,11 @@ class MockProvider:
                     mock.requests.append(record)
                 scripted = mock._next_scripted(credential_of(headers))
                 if scripted:
-                    status, extra, payload = scripted
+                    status, extra, payload = scripted[:3]
+                    options = scripted[3] if len(scripted) > 3 else {}
+                    time.sleep(options.get("delay", 0))
+                    if options.get("cut"):
+                        return self._cut_stream()
                     return self._send(status, payload, extra)
                 path = self.path.split("?")[0]
                 if path.endswith("/chat/completions"):

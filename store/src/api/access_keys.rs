@@ -1,0 +1,133 @@
+//! `/access-keys`: tokens are generated here, shown once, and only their
+//! digest reaches the store.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use keygate_proto::token;
+
+use super::extract::{ApiJson, ApiJsonOrEmpty, Id, Paging};
+use super::{page_response, run, AppState, PageBody};
+use crate::error::ApiError;
+use crate::ids::{new_access_token, now_secs, parse_rfc3339};
+use crate::model::{
+    check_description, check_metadata, check_name, is_plausible_id, AccessKey, CreateAccessKey, PatchAccessKey,
+    RotateAccessKey, MAX_GRACE_SECONDS,
+};
+use crate::storage::{AccessKeyChanges, NewAccessKey};
+
+fn parse_expiry(s: &str) -> Result<i64, ApiError> {
+    let t =
+        parse_rfc3339(s).ok_or_else(|| ApiError::invalid("expiresAt", "expiresAt must be an RFC 3339 timestamp"))?;
+    if t <= now_secs() {
+        return Err(ApiError::invalid("expiresAt", "expiresAt must be in the future"));
+    }
+    Ok(t)
+}
+
+fn check_config_id(id: &str) -> Result<(), ApiError> {
+    if is_plausible_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("accessKeyConfigurationId", "not a configuration id"))
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateAccessKey>,
+) -> Result<(StatusCode, Json<AccessKey>), ApiError> {
+    check_name("name", &req.name)?;
+    let description = req.description.unwrap_or_default();
+    let metadata = req.metadata.unwrap_or_default();
+    check_description(&description)?;
+    check_metadata(&metadata)?;
+    if let Some(c) = &req.access_key_configuration_id {
+        check_config_id(c)?;
+    }
+    let expires_at = req.expires_at.as_deref().map(parse_expiry).transpose()?;
+    let tok = new_access_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let new = NewAccessKey {
+        name: req.name,
+        description,
+        metadata,
+        config_id: req.access_key_configuration_id,
+        expires_at,
+        disabled: req.disabled,
+        digest: token::digest(&tok),
+        redacted: token::redact(&tok),
+    };
+    let mut key = run(&state, move |s| s.create_access_key(&new)).await?;
+    key.token = Some(tok);
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+pub async fn list(State(state): State<AppState>, Paging(page): Paging) -> Result<Json<PageBody<AccessKey>>, ApiError> {
+    let p = page.clone();
+    let items = run(&state, move |s| s.list_access_keys(&p)).await?;
+    page_response("accessKeys", "/access-keys", items, &page, |k| &k.id)
+}
+
+pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<AccessKey>, ApiError> {
+    Ok(Json(run(&state, move |s| s.get_access_key(&id)).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Id(id): Id,
+    ApiJson(req): ApiJson<PatchAccessKey>,
+) -> Result<Json<AccessKey>, ApiError> {
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    let description = req.description.map(Option::unwrap_or_default);
+    let metadata = req.metadata.map(Option::unwrap_or_default);
+    if let Some(d) = &description {
+        check_description(d)?;
+    }
+    if let Some(m) = &metadata {
+        check_metadata(m)?;
+    }
+    if let Some(Some(c)) = &req.access_key_configuration_id {
+        check_config_id(c)?;
+    }
+    let expires_at = match req.expires_at {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(s)) => Some(Some(parse_expiry(&s)?)),
+    };
+    let changes = AccessKeyChanges {
+        name: req.name,
+        description,
+        metadata,
+        config_id: req.access_key_configuration_id,
+        expires_at,
+        disabled: req.disabled,
+    };
+    Ok(Json(run(&state, move |s| s.update_access_key(&id, &changes)).await?))
+}
+
+pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
+    run(&state, move |s| s.delete_access_key(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    Id(id): Id,
+    ApiJsonOrEmpty(req): ApiJsonOrEmpty<RotateAccessKey>,
+) -> Result<Json<AccessKey>, ApiError> {
+    let grace = req.grace_period_seconds.unwrap_or(0);
+    if grace > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid(
+            "gracePeriodSeconds",
+            format!("gracePeriodSeconds must be at most {MAX_GRACE_SECONDS} (30 days)"),
+        ));
+    }
+    let grace = i64::try_from(grace).unwrap_or(0);
+    let tok = new_access_token().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (digest, redacted) = (token::digest(&tok), token::redact(&tok));
+    let mut key = run(&state, move |s| s.rotate_access_key(&id, &digest, &redacted, grace)).await?;
+    key.token = Some(tok);
+    Ok(Json(key))
+}

@@ -1,0 +1,68 @@
+//! `/access-key-configurations`: allow-lists and routers.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+
+use super::extract::{ApiJson, Id, Paging};
+use super::{page_response, run, AppState, PageBody};
+use crate::error::ApiError;
+use crate::model::{
+    check_config_syntax, check_description, check_metadata, check_name, AccessKeyConfiguration, CreateConfig,
+    PatchConfig,
+};
+use crate::storage::{ConfigChanges, NewConfig};
+
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateConfig>,
+) -> Result<(StatusCode, Json<AccessKeyConfiguration>), ApiError> {
+    check_name("name", &req.name)?;
+    let description = req.description.unwrap_or_default();
+    let metadata = req.metadata.unwrap_or_default();
+    check_description(&description)?;
+    check_metadata(&metadata)?;
+    check_config_syntax(req.access.as_ref(), req.router.as_ref())?;
+    let new = NewConfig { name: req.name, description, metadata, access: req.access, router: req.router };
+    let config = run(&state, move |s| s.create_config(&new)).await?;
+    Ok((StatusCode::CREATED, Json(config)))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Paging(page): Paging,
+) -> Result<Json<PageBody<AccessKeyConfiguration>>, ApiError> {
+    let p = page.clone();
+    let items = run(&state, move |s| s.list_configs(&p)).await?;
+    page_response("accessKeyConfigurations", "/access-key-configurations", items, &page, |c| &c.id)
+}
+
+pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<AccessKeyConfiguration>, ApiError> {
+    Ok(Json(run(&state, move |s| s.get_config(&id)).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Id(id): Id,
+    ApiJson(req): ApiJson<PatchConfig>,
+) -> Result<Json<AccessKeyConfiguration>, ApiError> {
+    if let Some(n) = &req.name {
+        check_name("name", n)?;
+    }
+    let description = req.description.map(Option::unwrap_or_default);
+    let metadata = req.metadata.map(Option::unwrap_or_default);
+    if let Some(d) = &description {
+        check_description(d)?;
+    }
+    if let Some(m) = &metadata {
+        check_metadata(m)?;
+    }
+    check_config_syntax(req.access.as_ref().and_then(Option::as_ref), req.router.as_ref().and_then(Option::as_ref))?;
+    let changes = ConfigChanges { name: req.name, description, metadata, access: req.access, router: req.router };
+    Ok(Json(run(&state, move |s| s.update_config(&id, &changes)).await?))
+}
+
+pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
+    run(&state, move |s| s.delete_config(&id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

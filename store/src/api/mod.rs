@@ -1,0 +1,311 @@
+//! HTTP: the management API ([`management_app`]) and the gateway lookup API
+//! ([`gateway_app`]), on separate listeners, sharing one [`AppState`].
+
+pub mod access_keys;
+pub mod configs;
+pub mod extract;
+pub mod gateway;
+pub mod provider_keys;
+pub mod providers;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler;
+use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{on, MethodFilter};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{ApiError, StoreResult};
+use crate::ids::secret_eq;
+use crate::storage::{PageRequest, Store};
+
+/// Largest accepted request body (bytes).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The OpenAPI document of the management API (kept in the repository).
+pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub lookups: AtomicU64,
+    pub changes: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    admin_token: Arc<str>,
+    gateway_token: Arc<str>,
+    pub stats: Arc<Stats>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, admin_token: &str, gateway_token: &str) -> Self {
+        AppState { store, admin_token: admin_token.into(), gateway_token: gateway_token.into(), stats: Arc::default() }
+    }
+}
+
+/// Runs a storage call on the blocking pool.
+pub async fn run<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn Store) -> StoreResult<T> + Send + 'static,
+{
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("storage task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+// ------------------------------------------------------------ route table
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum M {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl M {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            M::Get => "get",
+            M::Post => "post",
+            M::Patch => "patch",
+            M::Delete => "delete",
+        }
+    }
+
+    fn filter(self) -> MethodFilter {
+        match self {
+            M::Get => MethodFilter::GET,
+            M::Post => MethodFilter::POST,
+            M::Patch => MethodFilter::PATCH,
+            M::Delete => MethodFilter::DELETE,
+        }
+    }
+}
+
+/// Builds a router while recording its (method, path) table, so a test can
+/// check the OpenAPI document against what is really served.
+pub struct Routes {
+    public: Router<AppState>,
+    protected: Router<AppState>,
+    pub table: Vec<(M, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes { public: Router::new(), protected: Router::new(), table: Vec::new() }
+    }
+
+    /// A route that needs the listener's bearer token.
+    fn auth<H, T>(mut self, m: M, path: &'static str, h: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.protected = self.protected.route(path, on(m.filter(), h));
+        self.table.push((m, path));
+        self
+    }
+
+    /// A route without authentication.
+    fn open<H, T>(mut self, m: M, path: &'static str, h: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.public = self.public.route(path, on(m.filter(), h));
+        self.table.push((m, path));
+        self
+    }
+
+    fn finish(self, state: AppState, guard: Guard) -> Router {
+        let protected = self
+            .protected
+            .route_layer(from_fn_with_state((state.clone(), guard), require_token))
+            .route_layer(from_fn(tag_route));
+        let public = self.public.route_layer(from_fn(tag_route));
+        public
+            .merge(protected)
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(from_fn(log_requests))
+            .with_state(state)
+    }
+}
+
+/// Which bearer token a listener's protected routes accept.
+#[derive(Debug, Clone, Copy)]
+enum Guard {
+    Admin,
+    Gateway,
+}
+
+/// Every route of the management API.
+pub fn management_routes() -> Routes {
+    Routes::new()
+        .open(M::Get, "/healthz", healthz)
+        .open(M::Get, "/openapi.json", openapi)
+        .auth(M::Get, "/access-keys", access_keys::list)
+        .auth(M::Post, "/access-keys", access_keys::create)
+        .auth(M::Get, "/access-keys/{id}", access_keys::get)
+        .auth(M::Patch, "/access-keys/{id}", access_keys::update)
+        .auth(M::Delete, "/access-keys/{id}", access_keys::delete)
+        .auth(M::Post, "/access-keys/{id}/rotate", access_keys::rotate)
+        .auth(M::Get, "/provider-keys", provider_keys::list)
+        .auth(M::Post, "/provider-keys", provider_keys::create)
+        .auth(M::Get, "/provider-keys/{id}", provider_keys::get)
+        .auth(M::Patch, "/provider-keys/{id}", provider_keys::update)
+        .auth(M::Delete, "/provider-keys/{id}", provider_keys::delete)
+        .auth(M::Post, "/provider-keys/{id}/rotate", provider_keys::rotate)
+        .auth(M::Get, "/access-key-configurations", configs::list)
+        .auth(M::Post, "/access-key-configurations", configs::create)
+        .auth(M::Get, "/access-key-configurations/{id}", configs::get)
+        .auth(M::Patch, "/access-key-configurations/{id}", configs::update)
+        .auth(M::Delete, "/access-key-configurations/{id}", configs::delete)
+        .auth(M::Get, "/providers", providers::list)
+        .auth(M::Post, "/providers", providers::create)
+        .auth(M::Get, "/providers/{id}", providers::get)
+        .auth(M::Patch, "/providers/{id}", providers::update)
+        .auth(M::Delete, "/providers/{id}", providers::delete)
+}
+
+/// Every route of the gateway listener.
+pub fn gateway_routes() -> Routes {
+    Routes::new()
+        .open(M::Get, "/healthz", healthz)
+        .open(M::Get, "/v1/stats", gateway::stats)
+        .auth(M::Get, "/v1/lookup/{digest}", gateway::lookup)
+        .auth(M::Get, "/v1/changes", gateway::changes)
+}
+
+/// The management API (admin token).
+pub fn management_app(state: AppState) -> Router {
+    management_routes().finish(state, Guard::Admin)
+}
+
+/// The gateway lookup API (gateway token).
+pub fn gateway_app(state: AppState) -> Router {
+    gateway_routes().finish(state, Guard::Gateway)
+}
+
+// ------------------------------------------------------------ middleware
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Constant-time check of the listener's bearer token. The admin and gateway
+/// tokens are distinct (checked at startup), so neither works on the other
+/// listener, and access keys work on neither.
+async fn require_token(State((state, guard)): State<(AppState, Guard)>, req: Request, next: Next) -> Response {
+    let expected = match guard {
+        Guard::Admin => &state.admin_token,
+        Guard::Gateway => &state.gateway_token,
+    };
+    match bearer(&req) {
+        Some(t) if secret_eq(t, expected) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// The route template a response came from, for the request log.
+#[derive(Clone)]
+struct RouteTemplate(Arc<str>);
+
+async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(RouteTemplate(path.as_str().into()));
+    resp
+}
+
+/// Logs method, route template (never the raw path: it may hold a digest) and status.
+async fn log_requests(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let route = resp.extensions().get::<RouteTemplate>().map(|t| t.0.clone());
+    tracing::info!(
+        method = %method,
+        route = route.as_deref().unwrap_or("<no route>"),
+        status = resp.status().as_u16(),
+        micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    resp
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+// ------------------------------------------------------------ shared handlers
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    match run(&state, |s| s.ping()).await {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(e) => {
+            tracing::error!(error = ?e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable" }))).into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+/// A list answer: `{<key>: [...], "uri": base, "nextPageUri": ...}`.
+pub struct PageBody<T> {
+    key: &'static str,
+    items: Vec<T>,
+    uri: &'static str,
+    next: Option<String>,
+}
+
+impl<T: Serialize> Serialize for PageBody<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry(self.key, &self.items)?;
+        m.serialize_entry("uri", self.uri)?;
+        m.serialize_entry("nextPageUri", &self.next)?;
+        m.end()
+    }
+}
+
+/// Shapes a list answer. `items` holds up to `limit + 1` entries (the extra
+/// one only says that there is a next page).
+pub fn page_response<T: Serialize>(
+    key: &'static str,
+    base: &'static str,
+    mut items: Vec<T>,
+    page: &PageRequest,
+    id_of: impl Fn(&T) -> &str,
+) -> Result<Json<PageBody<T>>, ApiError> {
+    let more = items.len() > page.limit;
+    items.truncate(page.limit);
+    let next = match (more, items.last()) {
+        (true, Some(last)) => Some(format!("{base}?limit={}&beforeId={}", page.limit, id_of(last))),
+        _ => None,
+    };
+    Ok(Json(PageBody { key, items, uri: base, next }))
+}

@@ -1,0 +1,457 @@
+//! Command line: `keygate serve` and admin subcommands that call the
+//! management API over HTTP and print its JSON answers.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+
+#[derive(Parser)]
+#[command(name = "keygate", version, about = "keygate key store: access keys for AI traffic")]
+pub struct Cli {
+    /// Management API base URL.
+    #[arg(long, env = "KEYGATE_API_URL", default_value = "http://127.0.0.1:8081", global = true)]
+    pub api_url: String,
+    /// Admin token (default: read from <data dir>/admin-token).
+    #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    /// Data directory (database, generated secrets).
+    #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the key store (management API and gateway lookup API).
+    Serve(ServeArgs),
+    /// Manage access keys.
+    #[command(subcommand)]
+    AccessKeys(AccessKeysCmd),
+    /// Manage provider keys (upstream credentials).
+    #[command(subcommand)]
+    ProviderKeys(ProviderKeysCmd),
+    /// Manage access key configurations.
+    #[command(subcommand)]
+    Configs(ConfigsCmd),
+    /// Manage providers.
+    #[command(subcommand)]
+    Providers(ProvidersCmd),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address both listeners bind to.
+    #[arg(long, env = "KEYGATE_BIND", default_value = "127.0.0.1")]
+    pub bind: IpAddr,
+    /// Management API port.
+    #[arg(long, env = "KEYGATE_API_PORT", default_value_t = 8081)]
+    pub api_port: u16,
+    /// Gateway lookup API port.
+    #[arg(long, env = "KEYGATE_LOOKUP_PORT", default_value_t = 8082)]
+    pub lookup_port: u16,
+    /// AES-256 key for provider-key values, 64 hex characters (env only).
+    #[arg(long, env = "KEYGATE_MASTER_KEY", hide_env_values = true, hide = true)]
+    pub master_key: Option<String>,
+    /// Token of the Envoy filter on the lookup API (env only).
+    #[arg(long, env = "KEYGATE_GATEWAY_TOKEN", hide_env_values = true, hide = true)]
+    pub gateway_token: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Page size (1..=100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Continue below this id (from nextPageUri).
+    #[arg(long)]
+    pub before_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AccessKeysCmd {
+    /// Create an access key; prints its token (shown only once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Access key configuration id (omit for allow-all).
+        #[arg(long)]
+        config: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        /// RFC 3339 expiry, e.g. 2030-01-01T00:00:00Z.
+        #[arg(long)]
+        expires_at: Option<String>,
+        #[arg(long)]
+        disabled: bool,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+    /// Issue a new token; the old one works for --grace-seconds more.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long, conflicts_with = "no_config")]
+        config: Option<String>,
+        /// Remove the configuration (allow-all).
+        #[arg(long)]
+        no_config: bool,
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires_at: Option<String>,
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProviderKeysCmd {
+    /// Create a provider key; the value is read from stdin.
+    Create {
+        #[arg(long)]
+        provider: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        /// Default credential of the provider.
+        #[arg(long)]
+        managed: bool,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+    /// Replace the value (read from stdin), keeping the id.
+    Rotate {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+        #[arg(long, conflicts_with = "unmanaged")]
+        managed: bool,
+        #[arg(long)]
+        unmanaged: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigsCmd {
+    /// Create from a JSON file (`-` = stdin) with the API's request body.
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProvidersCmd {
+    List,
+    Get {
+        id: String,
+    },
+    Create {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+/// A management API client.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Client {
+    pub fn new(api_url: &str, token: String) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .new_agent();
+        Client { agent, base: api_url.trim_end_matches('/').to_string(), token }
+    }
+
+    fn call(&self, verb: Verb, path: &str, body: Option<Value>) -> Result<Option<Value>, String> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let result = match (verb, body) {
+            (Verb::Get, _) => self.agent.get(&url).header("authorization", &auth).call(),
+            (Verb::Delete, _) => self.agent.delete(&url).header("authorization", &auth).call(),
+            (Verb::Post, Some(b)) => self.agent.post(&url).header("authorization", &auth).send_json(&b),
+            (Verb::Post, None) => self.agent.post(&url).header("authorization", &auth).send_empty(),
+            (Verb::Patch, b) => {
+                self.agent.patch(&url).header("authorization", &auth).send_json(b.unwrap_or_else(|| json!({})))
+            }
+        };
+        let mut resp = result.map_err(|e| format!("cannot reach the key store at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().map_err(|e| format!("reading the response: {e}"))?;
+        if (200..300).contains(&status) {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            return serde_json::from_str(&text).map(Some).map_err(|e| format!("bad JSON from the key store: {e}"));
+        }
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) if v.get("msg").is_some() => {
+                let text = |p: &str| v.pointer(p).and_then(Value::as_str);
+                let mut msg =
+                    format!("error {status} {}: {}", text("/errorCode").unwrap_or("error"), text("/msg").unwrap_or(""));
+                if let Some(f) = text("/details/field") {
+                    msg.push_str(&format!(" (field: {f})"));
+                }
+                Err(msg)
+            }
+            _ => Err(format!("error {status}")),
+        }
+    }
+}
+
+fn read_token_file(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join("admin-token");
+    std::fs::read_to_string(&path).map(|s| s.trim().to_string()).map_err(|e| {
+        format!("no admin token: set KEYGATE_ADMIN_TOKEN or --admin-token (could not read {}: {e})", path.display())
+    })
+}
+
+fn read_stdin_value() -> Result<String, String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading stdin: {e}"))?;
+    let v = s.trim_end_matches(['\n', '\r']).to_string();
+    if v.is_empty() {
+        return Err("expected the provider key value on stdin".into());
+    }
+    Ok(v)
+}
+
+fn read_json_file(path: &Path) -> Result<Value, String> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading stdin: {e}"))?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?
+    };
+    serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))
+}
+
+fn list_path(base: &str, a: &ListArgs) -> String {
+    let mut q = Vec::new();
+    if let Some(l) = a.limit {
+        q.push(format!("limit={l}"));
+    }
+    if let Some(b) = &a.before_id {
+        q.push(format!("beforeId={b}"));
+    }
+    if q.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", q.join("&"))
+    }
+}
+
+fn seg(id: &str) -> Result<&str, String> {
+    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')) {
+        Ok(id)
+    } else {
+        Err(format!("{id:?} is not a valid id"))
+    }
+}
+
+fn put_opt(m: &mut Map<String, Value>, k: &str, v: Option<String>) {
+    if let Some(v) = v {
+        m.insert(k.into(), Value::String(v));
+    }
+}
+
+/// Runs an admin subcommand; returns what to print.
+pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
+    let token = match cli.admin_token.clone() {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => read_token_file(&cli.data_dir)?,
+    };
+    let c = Client::new(&cli.api_url, token);
+    let deleted = |id: &str| Some(json!({ "id": id, "deleted": true }));
+    match cli.command {
+        Command::Serve(_) => Err("serve is not an admin command".into()),
+        Command::AccessKeys(cmd) => match cmd {
+            AccessKeysCmd::Create { name, config, description, metadata, expires_at, disabled } => {
+                let mut b = Map::new();
+                b.insert("name".into(), Value::String(name));
+                put_opt(&mut b, "accessKeyConfigurationId", config);
+                put_opt(&mut b, "description", description);
+                put_opt(&mut b, "metadata", metadata);
+                put_opt(&mut b, "expiresAt", expires_at);
+                if disabled {
+                    b.insert("disabled".into(), Value::Bool(true));
+                }
+                c.call(Verb::Post, "/access-keys", Some(Value::Object(b)))
+            }
+            AccessKeysCmd::List(a) => c.call(Verb::Get, &list_path("/access-keys", &a), None),
+            AccessKeysCmd::Get { id } => c.call(Verb::Get, &format!("/access-keys/{}", seg(&id)?), None),
+            AccessKeysCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/access-keys/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+            AccessKeysCmd::Rotate { id, grace_seconds } => c.call(
+                Verb::Post,
+                &format!("/access-keys/{}/rotate", seg(&id)?),
+                Some(json!({ "gracePeriodSeconds": grace_seconds })),
+            ),
+            AccessKeysCmd::Update {
+                id,
+                name,
+                description,
+                metadata,
+                config,
+                no_config,
+                expires_at,
+                no_expiry,
+                disable,
+                enable,
+            } => {
+                let mut b = Map::new();
+                put_opt(&mut b, "name", name);
+                put_opt(&mut b, "description", description);
+                put_opt(&mut b, "metadata", metadata);
+                put_opt(&mut b, "accessKeyConfigurationId", config);
+                if no_config {
+                    b.insert("accessKeyConfigurationId".into(), Value::Null);
+                }
+                put_opt(&mut b, "expiresAt", expires_at);
+                if no_expiry {
+                    b.insert("expiresAt".into(), Value::Null);
+                }
+                if disable || enable {
+                    b.insert("disabled".into(), Value::Bool(disable));
+                }
+                c.call(Verb::Patch, &format!("/access-keys/{}", seg(&id)?), Some(Value::Object(b)))
+            }
+        },
+        Command::ProviderKeys(cmd) => match cmd {
+            ProviderKeysCmd::Create { provider, name, description, metadata, managed } => {
+                let value = read_stdin_value()?;
+                let mut b = Map::new();
+                b.insert("providerId".into(), Value::String(provider));
+                b.insert("name".into(), Value::String(name));
+                b.insert("value".into(), Value::String(value));
+                put_opt(&mut b, "description", description);
+                put_opt(&mut b, "metadata", metadata);
+                b.insert("managed".into(), Value::Bool(managed));
+                c.call(Verb::Post, "/provider-keys", Some(Value::Object(b)))
+            }
+            ProviderKeysCmd::List(a) => c.call(Verb::Get, &list_path("/provider-keys", &a), None),
+            ProviderKeysCmd::Get { id } => c.call(Verb::Get, &format!("/provider-keys/{}", seg(&id)?), None),
+            ProviderKeysCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/provider-keys/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+            ProviderKeysCmd::Rotate { id } => {
+                let path = format!("/provider-keys/{}/rotate", seg(&id)?);
+                let value = read_stdin_value()?;
+                c.call(Verb::Post, &path, Some(json!({ "value": value })))
+            }
+            ProviderKeysCmd::Update { id, name, description, metadata, managed, unmanaged } => {
+                let mut b = Map::new();
+                put_opt(&mut b, "name", name);
+                put_opt(&mut b, "description", description);
+                put_opt(&mut b, "metadata", metadata);
+                if managed || unmanaged {
+                    b.insert("managed".into(), Value::Bool(managed));
+                }
+                c.call(Verb::Patch, &format!("/provider-keys/{}", seg(&id)?), Some(Value::Object(b)))
+            }
+        },
+        Command::Configs(cmd) => match cmd {
+            ConfigsCmd::Create { file } => {
+                c.call(Verb::Post, "/access-key-configurations", Some(read_json_file(&file)?))
+            }
+            ConfigsCmd::List(a) => c.call(Verb::Get, &list_path("/access-key-configurations", &a), None),
+            ConfigsCmd::Get { id } => c.call(Verb::Get, &format!("/access-key-configurations/{}", seg(&id)?), None),
+            ConfigsCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/access-key-configurations/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+            ConfigsCmd::Update { id, file } => {
+                c.call(Verb::Patch, &format!("/access-key-configurations/{}", seg(&id)?), Some(read_json_file(&file)?))
+            }
+        },
+        Command::Providers(cmd) => match cmd {
+            ProvidersCmd::List => c.call(Verb::Get, "/providers", None),
+            ProvidersCmd::Get { id } => c.call(Verb::Get, &format!("/providers/{}", seg(&id)?), None),
+            ProvidersCmd::Create { file } => c.call(Verb::Post, "/providers", Some(read_json_file(&file)?)),
+            ProvidersCmd::Update { id, file } => {
+                c.call(Verb::Patch, &format!("/providers/{}", seg(&id)?), Some(read_json_file(&file)?))
+            }
+            ProvidersCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/providers/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+        },
+    }
+}

@@ -1,0 +1,750 @@
+//! API resources, request bodies and their validation.
+//!
+//! Request bodies reject unknown fields. Types that carry secrets (a token, a
+//! provider-key value) do not implement `Debug`.
+
+use keygate_proto::lookup::{AuthStyle, Format};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::StoreError;
+
+pub const NAME_MAX: usize = 255;
+pub const DESCRIPTION_MAX: usize = 255;
+pub const METADATA_MAX: usize = 4096;
+pub const PROVIDER_KEY_VALUE_MAX: usize = 8192;
+pub const MAX_GRACE_SECONDS: u64 = 30 * 24 * 3600;
+const LIST_MAX: usize = 1000;
+
+/// `Option<Option<T>>` for PATCH: absent = `None`, `null` = `Some(None)`.
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// For PATCH fields that may be absent but not `null`.
+pub fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+// ---------------------------------------------------------------- resources
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKey {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used: Option<String>,
+    pub key_redacted: String,
+    pub access_key_configuration: Option<ConfigRef>,
+    pub expires_at: Option<String>,
+    pub disabled: bool,
+    /// Only in the create and rotate responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderKey {
+    pub id: String,
+    pub provider_id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub managed: bool,
+    pub key_redacted: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub format: Format,
+    pub auth: AuthStyle,
+    pub models: Vec<String>,
+    pub built_in: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyConfiguration {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub access: Option<AccessSpec>,
+    pub router: Option<RouterSpec>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<AllowList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<AllowList>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowList {
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouterSpec {
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StepSpec {
+    #[serde(rename_all = "camelCase")]
+    User {
+        #[serde(default)]
+        key_selection_strategy: KeySelectionStrategy,
+        keys: Vec<KeyRef>,
+    },
+    Managed {},
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySelectionStrategy {
+    #[default]
+    Ordered,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    #[serde(flatten)]
+    pub items: T,
+    pub uri: String,
+    pub next_page_uri: Option<String>,
+}
+
+// ---------------------------------------------------------------- requests
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateAccessKey {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<String>,
+    #[serde(default)]
+    pub access_key_configuration_id: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchAccessKey {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub metadata: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub access_key_configuration_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub disabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotateAccessKey {
+    #[serde(default)]
+    pub grace_period_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateProviderKey {
+    pub provider_id: String,
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<String>,
+    #[serde(default)]
+    pub managed: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchProviderKey {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub metadata: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub managed: Option<bool>,
+    /// Refused: the value changes only through `rotate`.
+    #[serde(default)]
+    pub value: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RotateProviderKey {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateConfig {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<String>,
+    #[serde(default)]
+    pub access: Option<AccessSpec>,
+    #[serde(default)]
+    pub router: Option<RouterSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchConfig {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub description: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub metadata: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub access: Option<Option<AccessSpec>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub router: Option<Option<RouterSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateProvider {
+    pub provider_id: String,
+    pub name: String,
+    pub base_url: String,
+    pub format: Format,
+    #[serde(default)]
+    pub auth: Option<AuthStyle>,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchProvider {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub base_url: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub format: Option<Format>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub auth: Option<AuthStyle>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub models: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------- validation
+
+type V<T> = Result<T, StoreError>;
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+/// A required, non-blank name of at most [`NAME_MAX`] characters.
+pub fn check_name(field: &str, s: &str) -> V<()> {
+    if s.trim().is_empty() {
+        return Err(StoreError::invalid(field, format!("{field} must not be empty")));
+    }
+    check_len(field, s, NAME_MAX)
+}
+
+pub fn check_len(field: &str, s: &str, max: usize) -> V<()> {
+    if chars(s) > max {
+        return Err(StoreError::invalid(field, format!("{field} is longer than {max} characters")));
+    }
+    Ok(())
+}
+
+pub fn check_description(s: &str) -> V<()> {
+    check_len("description", s, DESCRIPTION_MAX)
+}
+
+pub fn check_metadata(s: &str) -> V<()> {
+    check_len("metadata", s, METADATA_MAX)
+}
+
+/// Provider ids: `[a-z0-9][a-z0-9._-]{0,62}`.
+pub fn is_provider_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    matches!(b.first(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// Resource ids as we issue them (`ak_…`, `pk_…`, `akc_…`): short, `[a-z0-9_]`.
+pub fn is_plausible_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+}
+
+/// A model pattern: non-empty, no whitespace, `*` only as the last character.
+pub fn check_model_pattern(field: &str, s: &str) -> V<()> {
+    if s.is_empty() {
+        return Err(StoreError::invalid(field, format!("{field}: empty model name")));
+    }
+    check_len(field, s, NAME_MAX)?;
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(StoreError::invalid(field, format!("{field}: model names contain no whitespace")));
+    }
+    if let Some(pos) = s.find('*') {
+        if pos + 1 != s.len() {
+            return Err(StoreError::invalid(
+                field,
+                format!("{field}: `*` is allowed only at the end of a model pattern"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A provider-qualified model (`openai/gpt-4o`, `anthropic/claude-*`):
+/// returns `(provider, provider-local model)`.
+pub fn split_qualified_model<'a>(field: &str, s: &'a str) -> V<(&'a str, &'a str)> {
+    let Some((provider, model)) = s.split_once('/') else {
+        return Err(StoreError::invalid(field, format!("{field}: models are provider-qualified, e.g. openai/gpt-4o")));
+    };
+    if !is_provider_id(provider) {
+        return Err(StoreError::invalid(field, format!("{field}: `{provider}` is not a valid provider id")));
+    }
+    check_model_pattern(field, model)?;
+    check_len(field, s, NAME_MAX)?;
+    Ok((provider, model))
+}
+
+pub fn check_models(field: &str, models: &[String]) -> V<()> {
+    if models.len() > LIST_MAX {
+        return Err(StoreError::invalid(field, format!("{field}: at most {LIST_MAX} entries")));
+    }
+    for (i, m) in models.iter().enumerate() {
+        check_model_pattern(&format!("{field}[{i}]"), m)?;
+    }
+    Ok(())
+}
+
+/// Normalizes a provider base URL: `http(s)://host[:port][/path]`, no query,
+/// fragment or user info; trailing slashes removed.
+pub fn normalize_base_url(s: &str) -> V<String> {
+    let field = "baseUrl";
+    let bad = |why: &str| StoreError::invalid(field, format!("baseUrl {why}"));
+    if chars(s) > 2048 {
+        return Err(bad("is too long"));
+    }
+    let rest = if let Some(r) = s.strip_prefix("https://") {
+        r
+    } else if let Some(r) = s.strip_prefix("http://") {
+        r
+    } else {
+        return Err(bad("must start with http:// or https://"));
+    };
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must not contain whitespace"));
+    }
+    if s.contains('?') || s.contains('#') {
+        return Err(bad("must not have a query or fragment"));
+    }
+    let (authority, _path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(bad("must not contain user info"));
+    }
+    let host_ok = if let Some(v6) = authority.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((h, port)) => {
+                !h.is_empty()
+                    && h.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+                    && (port.is_empty() || port.strip_prefix(':').is_some_and(valid_port))
+            }
+            None => false,
+        }
+    } else {
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+            && port.is_none_or(valid_port)
+    };
+    if !host_ok {
+        return Err(bad("must have a valid host (and optional port)"));
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+/// The default credential style of a wire format.
+pub fn default_auth(format: Format) -> AuthStyle {
+    match format {
+        Format::Openai => AuthStyle::Bearer,
+        Format::Anthropic => AuthStyle::XApiKey,
+    }
+}
+
+/// Redacted form of a provider-key value: first 3 + `...` + last 4 characters
+/// when the value is long enough (≥ 16 characters), else `...`.
+pub fn redact_value(value: &str) -> String {
+    let n = chars(value);
+    if n >= 16 {
+        let head: String = value.chars().take(3).collect();
+        let tail: String = value.chars().skip(n - 4).collect();
+        format!("{head}...{tail}")
+    } else {
+        "...".to_string()
+    }
+}
+
+impl RuleSpec {
+    /// The provider this rule is about (from `provider` or the model's prefix).
+    pub fn provider_id(&self) -> Option<&str> {
+        self.provider.as_deref().or_else(|| self.model.as_deref().and_then(|m| m.split_once('/').map(|(p, _)| p)))
+    }
+
+    /// The provider-local model (pattern) of a model rule.
+    pub fn local_model(&self) -> Option<&str> {
+        self.model.as_deref().and_then(|m| m.split_once('/').map(|(_, l)| l))
+    }
+}
+
+/// Syntax checks of a configuration's `access` and `router` (no lookups).
+pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSpec>) -> V<()> {
+    if let Some(a) = access {
+        if let Some(p) = &a.providers {
+            if p.allow.len() > LIST_MAX {
+                return Err(StoreError::invalid("access.providers.allow", "too many entries"));
+            }
+            for (i, id) in p.allow.iter().enumerate() {
+                if !is_provider_id(id) {
+                    return Err(StoreError::invalid(
+                        format!("access.providers.allow[{i}]"),
+                        format!("`{id}` is not a valid provider id"),
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &a.models {
+            if m.allow.len() > LIST_MAX {
+                return Err(StoreError::invalid("access.models.allow", "too many entries"));
+            }
+            for (i, model) in m.allow.iter().enumerate() {
+                split_qualified_model(&format!("access.models.allow[{i}]"), model)?;
+            }
+        }
+    }
+    if let Some(r) = router {
+        if r.rules.len() > LIST_MAX {
+            return Err(StoreError::invalid("router.rules", "too many rules"));
+        }
+        let mut scopes: Vec<(Option<&str>, Option<&str>)> = Vec::new();
+        for (i, rule) in r.rules.iter().enumerate() {
+            let f = format!("router.rules[{i}]");
+            if let Some(p) = &rule.provider {
+                if !is_provider_id(p) {
+                    return Err(StoreError::invalid(
+                        format!("{f}.provider"),
+                        format!("`{p}` is not a valid provider id"),
+                    ));
+                }
+            }
+            match (&rule.provider, &rule.model) {
+                (None, None) => {
+                    return Err(StoreError::invalid(&f, format!("{f} needs a provider and/or a model")));
+                }
+                (p, Some(m)) => {
+                    let (mp, _) = split_qualified_model(&format!("{f}.model"), m)?;
+                    if let Some(p) = p {
+                        if p != mp {
+                            return Err(StoreError::invalid(
+                                format!("{f}.model"),
+                                format!("{f}: model `{m}` does not belong to provider `{p}`"),
+                            ));
+                        }
+                    }
+                }
+                (Some(_), None) => {}
+            }
+            let scope = (rule.provider_id(), rule.model.as_deref());
+            if scopes.contains(&scope) {
+                return Err(StoreError::invalid(&f, format!("{f} repeats the scope of an earlier rule")));
+            }
+            scopes.push(scope);
+            if rule.steps.is_empty() {
+                return Err(StoreError::invalid(format!("{f}.steps"), format!("{f} needs at least one step")));
+            }
+            for (j, step) in rule.steps.iter().enumerate() {
+                if let StepSpec::User { keys, .. } = step {
+                    if keys.is_empty() {
+                        return Err(StoreError::invalid(
+                            format!("{f}.steps[{j}].keys"),
+                            "a user step needs at least one key",
+                        ));
+                    }
+                    for (k, key) in keys.iter().enumerate() {
+                        if !is_plausible_id(&key.id) {
+                            return Err(StoreError::invalid(
+                                format!("{f}.steps[{j}].keys[{k}].id"),
+                                "not a provider key id",
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reference checks of a configuration: every provider exists, every user-step
+/// key exists and belongs to its rule's provider.
+pub fn check_config_refs(
+    access: Option<&AccessSpec>,
+    router: Option<&RouterSpec>,
+    mut provider_exists: impl FnMut(&str) -> V<bool>,
+    mut key_provider: impl FnMut(&str) -> V<Option<String>>,
+) -> V<()> {
+    if let Some(a) = access {
+        if let Some(p) = &a.providers {
+            for (i, id) in p.allow.iter().enumerate() {
+                if !provider_exists(id)? {
+                    return Err(StoreError::invalid(
+                        format!("access.providers.allow[{i}]"),
+                        format!("unknown provider `{id}`"),
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &a.models {
+            for (i, model) in m.allow.iter().enumerate() {
+                let f = format!("access.models.allow[{i}]");
+                let (p, _) = split_qualified_model(&f, model)?;
+                if !provider_exists(p)? {
+                    return Err(StoreError::invalid(f, format!("unknown provider `{p}` in `{model}`")));
+                }
+            }
+        }
+    }
+    if let Some(r) = router {
+        for (i, rule) in r.rules.iter().enumerate() {
+            let f = format!("router.rules[{i}]");
+            let Some(p) = rule.provider_id() else { continue };
+            if !provider_exists(p)? {
+                return Err(StoreError::invalid(
+                    if rule.provider.is_some() { format!("{f}.provider") } else { format!("{f}.model") },
+                    format!("unknown provider `{p}`"),
+                ));
+            }
+            for (j, step) in rule.steps.iter().enumerate() {
+                let StepSpec::User { keys, .. } = step else { continue };
+                for (k, key) in keys.iter().enumerate() {
+                    let kf = format!("{f}.steps[{j}].keys[{k}].id");
+                    match key_provider(&key.id)? {
+                        None => {
+                            return Err(StoreError::invalid(kf, format!("unknown provider key `{}`", key.id)));
+                        }
+                        Some(kp) if kp != p => {
+                            return Err(StoreError::invalid(
+                                kf,
+                                format!("provider key `{}` belongs to `{kp}`, not `{p}`", key.id),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a configuration mentions a provider anywhere.
+pub fn config_mentions_provider(access: Option<&AccessSpec>, router: Option<&RouterSpec>, id: &str) -> bool {
+    let in_access = access.is_some_and(|a| {
+        a.providers.as_ref().is_some_and(|p| p.allow.iter().any(|x| x == id))
+            || a.models
+                .as_ref()
+                .is_some_and(|m| m.allow.iter().any(|x| x.split_once('/').is_some_and(|(p, _)| p == id)))
+    });
+    in_access || router.is_some_and(|r| r.rules.iter().any(|rule| rule.provider_id() == Some(id)))
+}
+
+/// Whether a configuration's router uses a provider key.
+pub fn config_mentions_key(router: Option<&RouterSpec>, key_id: &str) -> bool {
+    router.is_some_and(|r| {
+        r.rules.iter().flat_map(|rule| rule.steps.iter()).any(|s| match s {
+            StepSpec::User { keys, .. } => keys.iter().any(|k| k.id == key_id),
+            StepSpec::Managed {} => false,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(normalize_base_url("https://api.openai.com/v1/").unwrap(), "https://api.openai.com/v1");
+        assert_eq!(normalize_base_url("http://127.0.0.1:9999").unwrap(), "http://127.0.0.1:9999");
+        assert_eq!(normalize_base_url("http://[::1]:80/x").unwrap(), "http://[::1]:80/x");
+        for bad in [
+            "ftp://x",
+            "https://",
+            "https:///v1",
+            "https://a b",
+            "https://x/v1?q=1",
+            "https://x#f",
+            "https://u:p@x",
+            "https://x:99999",
+            "https://x:",
+            "api.openai.com",
+        ] {
+            assert!(normalize_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn model_patterns() {
+        assert!(check_model_pattern("m", "gpt-*").is_ok());
+        assert!(check_model_pattern("m", "*").is_ok());
+        assert!(check_model_pattern("m", "g*t").is_err());
+        assert!(check_model_pattern("m", "").is_err());
+        assert_eq!(split_qualified_model("m", "openai/gpt-4o").unwrap(), ("openai", "gpt-4o"));
+        assert_eq!(split_qualified_model("m", "openrouter/openai/gpt-4o").unwrap(), ("openrouter", "openai/gpt-4o"));
+        assert!(split_qualified_model("m", "gpt-4o").is_err());
+        assert!(split_qualified_model("m", "open*/gpt").is_err());
+        assert!(split_qualified_model("m", "openai/").is_err());
+    }
+
+    #[test]
+    fn provider_ids() {
+        assert!(is_provider_id("openai"));
+        assert!(is_provider_id("my-vllm.local_1"));
+        assert!(!is_provider_id("-x"));
+        assert!(!is_provider_id("OpenAI"));
+        assert!(!is_provider_id(""));
+        assert!(!is_provider_id(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_value("sk-proj-abcdefghijklmnop1234"), "sk-...1234");
+        assert_eq!(redact_value("short"), "...");
+    }
+
+    #[test]
+    fn step_parsing() {
+        let r: RouterSpec = serde_json::from_str(
+            r#"{"rules":[{"provider":"openai","steps":[{"type":"user","keys":[{"id":"pk_1"}]},{"type":"managed"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.rules[0].steps[0],
+            StepSpec::User {
+                key_selection_strategy: KeySelectionStrategy::Ordered,
+                keys: vec![KeyRef { id: "pk_1".into() }]
+            }
+        );
+        assert!(serde_json::from_str::<StepSpec>(r#"{"type":"managed","keys":[]}"#).is_err());
+        assert!(serde_json::from_str::<StepSpec>(r#"{"type":"user","keys":[],"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<StepSpec>(r#"{"type":"user","keySelectionStrategy":"random","keys":[]}"#).is_err()
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["rules"][0]["steps"][0]["keySelectionStrategy"], "ordered");
+        assert_eq!(json["rules"][0]["steps"][1], serde_json::json!({"type":"managed"}));
+    }
+
+    #[test]
+    fn config_syntax() {
+        let rule = |p: Option<&str>, m: Option<&str>| RuleSpec {
+            provider: p.map(String::from),
+            model: m.map(String::from),
+            steps: vec![StepSpec::Managed {}],
+        };
+        let ok = RouterSpec { rules: vec![rule(Some("openai"), None), rule(None, Some("openai/gpt-4o"))] };
+        assert!(check_config_syntax(None, Some(&ok)).is_ok());
+        let mismatch = RouterSpec { rules: vec![rule(Some("openai"), Some("anthropic/claude-*"))] };
+        assert!(check_config_syntax(None, Some(&mismatch)).is_err());
+        let neither = RouterSpec { rules: vec![rule(None, None)] };
+        assert!(check_config_syntax(None, Some(&neither)).is_err());
+        let dup = RouterSpec { rules: vec![rule(Some("openai"), None), rule(Some("openai"), None)] };
+        assert!(check_config_syntax(None, Some(&dup)).is_err());
+        let access = AccessSpec { providers: None, models: Some(AllowList { allow: vec!["openai/g*4".into()] }) };
+        let err = check_config_syntax(Some(&access), None).unwrap_err();
+        assert!(matches!(err, StoreError::Invalid { field, .. } if field == "access.models.allow[0]"));
+    }
+}

@@ -1,0 +1,268 @@
+//! `keygate serve`: secrets, storage, both listeners, graceful shutdown.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{gateway_app, management_app, AppState};
+use crate::crypto::Cipher;
+use crate::ids::random_hex;
+use crate::storage::SqliteStore;
+
+#[derive(Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub bind: IpAddr,
+    pub api_port: u16,
+    pub lookup_port: u16,
+    pub admin_token: Option<String>,
+    pub master_key: Option<String>,
+    pub gateway_token: Option<String>,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("data_dir", &self.data_dir)
+            .field("bind", &self.bind)
+            .field("api_port", &self.api_port)
+            .field("lookup_port", &self.lookup_port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a secret file, or creates it (mode 0600) with `generate()`.
+/// Returns the secret and whether it was just created.
+fn load_or_create_secret(path: &Path, generate: impl FnOnce() -> io::Result<String>) -> io::Result<(String, bool)> {
+    match read_secret(path) {
+        Ok(s) => Ok((s, false)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = generate()?;
+            // Write a temporary file, then link it into place: a crash never
+            // leaves a half-written secret, and a concurrent creator wins cleanly.
+            let tmp = path.with_extension(format!("tmp-{}", random_hex(6)?));
+            let written = (|| {
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+                f.write_all(secret.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.sync_all()
+            })();
+            let linked = written.and_then(|()| fs::hard_link(&tmp, path));
+            let _ = fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return read_secret(path).map(|s| (s, false)),
+                Err(e) => return Err(e),
+            }
+            if let Some(dir) = path.parent() {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok((secret, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn read_secret(path: &Path) -> io::Result<String> {
+    let s = fs::read_to_string(path)?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(io::Error::other(format!("{} is empty", path.display())));
+    }
+    if let Ok(meta) = fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "secret file is readable by group or others; chmod 600 it");
+        }
+    }
+    Ok(s)
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// The three secrets and the opened store.
+pub struct Prepared {
+    pub state: AppState,
+}
+
+/// Creates the data directory, resolves the secrets and opens the database.
+pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
+    if !cfg.data_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.data_dir)
+            .map_err(|e| fail(&format!("creating {}", cfg.data_dir.display()), e))?;
+    } else if let Ok(meta) = fs::metadata(&cfg.data_dir) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(dir = %cfg.data_dir.display(), "the data directory is accessible to group or others; chmod 700 it");
+        }
+    }
+
+    let cipher = match &cfg.master_key {
+        Some(k) => Cipher::from_hex(k).map_err(|e| fail("KEYGATE_MASTER_KEY", e))?,
+        None => {
+            let path = cfg.data_dir.join("master.key");
+            let (hex_key, _) =
+                load_or_create_secret(&path, || random_hex(32)).map_err(|e| fail(&path.display().to_string(), e))?;
+            Cipher::from_hex(&hex_key).map_err(|e| fail(&path.display().to_string(), e))?
+        }
+    };
+
+    let admin_token = match &cfg.admin_token {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Some(_) => return Err("KEYGATE_ADMIN_TOKEN is set but empty".into()),
+        None => {
+            let path = cfg.data_dir.join("admin-token");
+            let (token, created) = load_or_create_secret(&path, || random_hex(32).map(|h| format!("kgadmin-{h}")))
+                .map_err(|e| fail(&path.display().to_string(), e))?;
+            if created {
+                eprintln!(
+                    "keygate: generated the admin token (saved to {}, mode 0600; shown only this once):\n{token}",
+                    path.display()
+                );
+            }
+            token
+        }
+    };
+
+    let gateway_token = match &cfg.gateway_token {
+        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Some(_) => return Err("KEYGATE_GATEWAY_TOKEN is set but empty".into()),
+        None => {
+            let path = cfg.data_dir.join("gateway-token");
+            load_or_create_secret(&path, || random_hex(32).map(|h| format!("kggw-{h}")))
+                .map_err(|e| fail(&path.display().to_string(), e))?
+                .0
+        }
+    };
+    if admin_token == gateway_token {
+        return Err("the admin token and the gateway token must differ".into());
+    }
+    if keygate_proto::token::validate(&admin_token).is_ok() || keygate_proto::token::validate(&gateway_token).is_ok() {
+        return Err("the admin and gateway tokens must not look like access keys (kg-...)".into());
+    }
+
+    let db = cfg.data_dir.join("keygate.db");
+    // Create the database file 0600 ourselves: SQLite gives -wal and -shm the
+    // same permissions.
+    if let Err(e) = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&db) {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(fail(&db.display().to_string(), e));
+        }
+    }
+    let store = SqliteStore::open(&db, cipher).map_err(|e| fail(&db.display().to_string(), e))?;
+    Ok(Prepared { state: AppState::new(Arc::new(store), &admin_token, &gateway_token) })
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+}
+
+/// Runs the store until SIGTERM/SIGINT.
+pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
+    let prepared = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || prepare(&cfg)).await.map_err(|e| e.to_string())??
+    };
+    let api = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.api_port))
+        .await
+        .map_err(|e| fail(&format!("binding the management API to {}:{}", cfg.bind, cfg.api_port), e))?;
+    let lookup = TcpListener::bind(SocketAddr::new(cfg.bind, cfg.lookup_port))
+        .await
+        .map_err(|e| fail(&format!("binding the lookup API to {}:{}", cfg.bind, cfg.lookup_port), e))?;
+    let api_addr = api.local_addr().map_err(|e| e.to_string())?;
+    let lookup_addr = lookup.local_addr().map_err(|e| e.to_string())?;
+
+    let (tx, rx) = watch::channel(false);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_server = axum::serve(api, management_app(prepared.state.clone())).with_graceful_shutdown(wait(rx.clone()));
+    let lookup_server = axum::serve(lookup, gateway_app(prepared.state)).with_graceful_shutdown(wait(rx));
+    tokio::spawn(shutdown_signal(tx));
+
+    println!("keygate store ready: api={api_addr} lookup={lookup_addr} data={}", cfg.data_dir.display());
+    let _ = io::stdout().flush();
+    tracing::info!(api = %api_addr, lookup = %lookup_addr, "keygate store ready");
+
+    let (a, b) = tokio::join!(api_server, lookup_server);
+    a.map_err(|e| fail("management API", e))?;
+    b.map_err(|e| fail("lookup API", e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_created_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let (a, created) = load_or_create_secret(&path, || Ok("one".into())).unwrap();
+        assert!(created);
+        let (b, created) = load_or_create_secret(&path, || Ok("two".into())).unwrap();
+        assert!(!created);
+        assert_eq!((a.as_str(), b.as_str()), ("one", "one"));
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn prepare_generates_distinct_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServeConfig {
+            data_dir: dir.path().join("data"),
+            bind: IpAddr::from([127, 0, 0, 1]),
+            api_port: 0,
+            lookup_port: 0,
+            admin_token: None,
+            master_key: None,
+            gateway_token: None,
+        };
+        let prepared = prepare(&cfg).map_err(|e| e.to_string()).unwrap();
+        assert_eq!(fs::metadata(&cfg.data_dir).unwrap().permissions().mode() & 0o777, 0o700);
+        for f in ["admin-token", "gateway-token", "master.key", "keygate.db", "keygate.db-wal"] {
+            let p = cfg.data_dir.join(f);
+            assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        let admin = fs::read_to_string(cfg.data_dir.join("admin-token")).unwrap();
+        let gw = fs::read_to_string(cfg.data_dir.join("gateway-token")).unwrap();
+        assert_ne!(admin, gw);
+        drop(prepared);
+        // A different master key is refused rather than silently breaking decryption.
+        let other = ServeConfig { master_key: Some("11".repeat(32)), ..cfg.clone() };
+        assert!(prepare(&other).is_err());
+        let same = ServeConfig { gateway_token: Some(admin.trim().to_string()), ..cfg };
+        assert!(prepare(&same).is_err());
+    }
+}

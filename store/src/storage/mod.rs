@@ -1,0 +1,142 @@
+//! Storage behind a trait, so that another backend can follow the SQLite one.
+//!
+//! The trait is synchronous; the HTTP layer calls it from
+//! `tokio::task::spawn_blocking`. Every mutation bumps the store-wide version
+//! and records which token digests it may have changed (see [`Store::changes`]).
+
+pub mod sqlite;
+
+use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup};
+
+use crate::error::StoreResult;
+use crate::model::{AccessKey, AccessKeyConfiguration, AccessSpec, Provider, ProviderKey, RouterSpec};
+
+pub use sqlite::SqliteStore;
+
+/// A page request: at most `limit` items with ids below `before_id`, newest first.
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: usize,
+    pub before_id: Option<String>,
+}
+
+/// A new access key. The token itself never reaches the store: only its digest
+/// and redacted form.
+#[derive(Debug, Clone)]
+pub struct NewAccessKey {
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub config_id: Option<String>,
+    /// Unix seconds.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub digest: String,
+    pub redacted: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccessKeyChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<String>,
+    pub config_id: Option<Option<String>>,
+    pub expires_at: Option<Option<i64>>,
+    pub disabled: Option<bool>,
+}
+
+/// A new provider key; `value` is encrypted by the store. No `Debug`.
+#[derive(Clone)]
+pub struct NewProviderKey {
+    pub provider_id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub managed: bool,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProviderKeyChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<String>,
+    pub managed: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConfig {
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub access: Option<AccessSpec>,
+    pub router: Option<RouterSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ConfigChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub metadata: Option<String>,
+    pub access: Option<Option<AccessSpec>>,
+    pub router: Option<Option<RouterSpec>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewProvider {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub format: Format,
+    pub auth: AuthStyle,
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ProviderChanges {
+    pub name: Option<String>,
+    pub base_url: Option<String>,
+    pub format: Option<Format>,
+    pub auth: Option<AuthStyle>,
+    pub models: Option<Vec<String>>,
+}
+
+/// The key store. Lists return up to `limit + 1` items so that the caller can
+/// tell whether there is a next page.
+pub trait Store: Send + Sync + 'static {
+    /// Cheap readiness check.
+    fn ping(&self) -> StoreResult<()>;
+
+    fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey>;
+    fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>>;
+    fn get_access_key(&self, id: &str) -> StoreResult<AccessKey>;
+    fn update_access_key(&self, id: &str, changes: &AccessKeyChanges) -> StoreResult<AccessKey>;
+    fn delete_access_key(&self, id: &str) -> StoreResult<()>;
+    /// Installs a new token digest; the previous one keeps working for
+    /// `grace_seconds` (replacing any earlier grace token).
+    fn rotate_access_key(&self, id: &str, digest: &str, redacted: &str, grace_seconds: i64) -> StoreResult<AccessKey>;
+
+    fn create_provider_key(&self, new: &NewProviderKey) -> StoreResult<ProviderKey>;
+    fn list_provider_keys(&self, page: &PageRequest) -> StoreResult<Vec<ProviderKey>>;
+    fn get_provider_key(&self, id: &str) -> StoreResult<ProviderKey>;
+    fn update_provider_key(&self, id: &str, changes: &ProviderKeyChanges) -> StoreResult<ProviderKey>;
+    fn delete_provider_key(&self, id: &str) -> StoreResult<()>;
+    fn rotate_provider_key(&self, id: &str, value: &str) -> StoreResult<ProviderKey>;
+
+    fn create_config(&self, new: &NewConfig) -> StoreResult<AccessKeyConfiguration>;
+    fn list_configs(&self, page: &PageRequest) -> StoreResult<Vec<AccessKeyConfiguration>>;
+    fn get_config(&self, id: &str) -> StoreResult<AccessKeyConfiguration>;
+    fn update_config(&self, id: &str, changes: &ConfigChanges) -> StoreResult<AccessKeyConfiguration>;
+    fn delete_config(&self, id: &str) -> StoreResult<()>;
+
+    fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider>;
+    fn list_providers(&self) -> StoreResult<Vec<Provider>>;
+    fn get_provider(&self, id: &str) -> StoreResult<Provider>;
+    fn update_provider(&self, id: &str, changes: &ProviderChanges) -> StoreResult<Provider>;
+    fn delete_provider(&self, id: &str) -> StoreResult<()>;
+
+    /// The lookup document of a token digest (64 lowercase hex).
+    fn lookup(&self, digest: &str) -> StoreResult<Lookup>;
+    /// Digests whose lookup answer may have changed since version `since`.
+    fn changes(&self, since: u64) -> StoreResult<Changes>;
+}

@@ -1,0 +1,972 @@
+//! SQLite backend: WAL journal, `synchronous=FULL` (an acknowledged write is on
+//! disk), one writer connection and one read connection for the gateway
+//! lookups, both behind mutexes (callers use `spawn_blocking`).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use keygate_proto::lookup::{AuthStyle, Changes, Format, KeyInfo, KeyStatus, Lookup, SCHEMA};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+
+use super::{
+    AccessKeyChanges, ConfigChanges, NewAccessKey, NewConfig, NewProvider, NewProviderKey, PageRequest,
+    ProviderChanges, ProviderKeyChanges, Store,
+};
+use crate::catalog::BUILT_INS;
+use crate::crypto::Cipher;
+use crate::error::{StoreError, StoreResult};
+use crate::ids::{new_id, now_ms, now_secs, rfc3339_ms, rfc3339_secs};
+use crate::model::{
+    check_config_refs, config_mentions_key, config_mentions_provider, redact_value, AccessKey, AccessKeyConfiguration,
+    AccessSpec, ConfigRef, Provider, ProviderKey, RouterSpec,
+};
+use crate::plan::{self, KeyRow, ProviderRow};
+
+const SCHEMA_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value ANY NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS providers (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    name        TEXT NOT NULL,
+    base_url    TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    auth        TEXT NOT NULL,
+    models_json TEXT NOT NULL,
+    built_in    INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS provider_keys (
+    id          TEXT PRIMARY KEY,
+    provider_id TEXT NOT NULL REFERENCES providers(id),
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    managed     INTEGER NOT NULL,
+    secret      BLOB NOT NULL,
+    redacted    TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provider_keys_provider ON provider_keys(provider_id, managed);
+CREATE TABLE IF NOT EXISTS configs (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    access_json TEXT,
+    router_json TEXT,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    config_id   TEXT REFERENCES configs(id),
+    expires_at  INTEGER,
+    disabled    INTEGER NOT NULL,
+    digest      TEXT NOT NULL UNIQUE,
+    redacted    TEXT NOT NULL,
+    prev_digest TEXT UNIQUE,
+    prev_until  INTEGER,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_keys_config ON access_keys(config_id);
+CREATE TABLE IF NOT EXISTS change_log (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL,
+    digest  TEXT
+);
+CREATE INDEX IF NOT EXISTS change_log_version ON change_log(version);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0);
+"#;
+
+const KEY_CHECK_AAD: &str = "keygate-master-key-check";
+
+/// Tunables (tests shrink the change log).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Change-log entries kept; `changes(since)` older than that answers `all`.
+    pub change_log_limit: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { change_log_limit: 10_000 }
+    }
+}
+
+/// Read connections for the gateway listener (lookups run in parallel with
+/// each other and with management writes: WAL readers do not block).
+const READERS: usize = 4;
+
+pub struct SqliteStore {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    cipher: Cipher,
+    opts: Options,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn lock(m: &Mutex<Connection>) -> StoreResult<MutexGuard<'_, Connection>> {
+    m.lock().map_err(|_| StoreError::Internal("database mutex poisoned".into()))
+}
+
+fn format_str(f: Format) -> &'static str {
+    match f {
+        Format::Openai => "openai",
+        Format::Anthropic => "anthropic",
+    }
+}
+
+fn auth_str(a: AuthStyle) -> &'static str {
+    match a {
+        AuthStyle::Bearer => "bearer",
+        AuthStyle::XApiKey => "x-api-key",
+        AuthStyle::XGoogApiKey => "x-goog-api-key",
+        AuthStyle::ApiKey => "api-key",
+    }
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(s: String) -> StoreResult<T> {
+    Ok(serde_json::from_value(serde_json::Value::String(s))?)
+}
+
+fn json_opt<T: serde::de::DeserializeOwned>(s: Option<String>) -> StoreResult<Option<T>> {
+    s.map(|s| serde_json::from_str(&s)).transpose().map_err(StoreError::from)
+}
+
+fn to_json_opt<T: serde::Serialize>(v: Option<&T>) -> StoreResult<Option<String>> {
+    v.map(serde_json::to_string).transpose().map_err(StoreError::from)
+}
+
+fn limit_i64(page: &PageRequest) -> i64 {
+    i64::try_from(page.limit).unwrap_or(100).saturating_add(1)
+}
+
+fn configure(conn: &Connection) -> StoreResult<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!("could not enable WAL (journal_mode={mode})")));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path, cipher: Cipher) -> StoreResult<Self> {
+        Self::open_with(path, cipher, Options::default())
+    }
+
+    pub fn open_with(path: &Path, cipher: Cipher, opts: Options) -> StoreResult<Self> {
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        {
+            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute_batch(SCHEMA_SQL)?;
+            // The master key must be the one the data was written with.
+            let check: Option<Vec<u8>> =
+                tx.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0)).optional()?;
+            match check {
+                Some(sealed) => {
+                    cipher.decrypt(KEY_CHECK_AAD, &sealed).map_err(|_| {
+                        StoreError::Internal(
+                            "the master key does not match the one this database was written with".into(),
+                        )
+                    })?;
+                }
+                None => {
+                    let sealed = cipher.encrypt(KEY_CHECK_AAD, b"ok")?;
+                    tx.execute("INSERT INTO meta(key, value) VALUES ('key_check', ?1)", params![sealed])?;
+                }
+            }
+            let now = now_ms();
+            let mut added = 0;
+            for b in BUILT_INS {
+                let models = serde_json::to_string(b.models)?;
+                added += tx.execute(
+                    "INSERT OR IGNORE INTO providers(id, name, base_url, format, auth, models_json, built_in, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?7)",
+                    params![b.id, b.name, b.base_url, format_str(b.format), auth_str(b.auth), models, now],
+                )?;
+            }
+            if added > 0 && current_version(&tx)? > 0 {
+                bump(&tx, &[None], opts.change_log_limit)?;
+            }
+            tx.commit()?;
+        }
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            configure(&reader)?;
+            reader.pragma_update(None, "query_only", "ON")?;
+            readers.push(Mutex::new(reader));
+        }
+        Ok(SqliteStore { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0), cipher, opts })
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = lock(&self.writer)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = lock(&self.writer)?;
+        let tx = conn.transaction()?;
+        f(&tx)
+    }
+
+    fn read_gateway<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
+        let reader = self.readers.get(n).ok_or_else(|| StoreError::Internal("no read connection".into()))?;
+        let mut conn = lock(reader)?;
+        let tx = conn.transaction()?;
+        f(&tx)
+    }
+
+    fn bump(&self, tx: &Transaction<'_>, digests: &[Option<String>]) -> StoreResult<i64> {
+        bump(tx, digests, self.opts.change_log_limit)
+    }
+}
+
+fn current_version(tx: &Transaction<'_>) -> StoreResult<i64> {
+    Ok(tx.prepare_cached("SELECT value FROM meta WHERE key = 'version'")?.query_row([], |r| r.get(0))?)
+}
+
+/// Bumps the version and logs the digests whose answers change (`None` = all).
+fn bump(tx: &Transaction<'_>, digests: &[Option<String>], limit: i64) -> StoreResult<i64> {
+    let version: i64 = tx
+        .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value")?
+        .query_row([], |r| r.get(0))?;
+    {
+        let mut ins = tx.prepare_cached("INSERT INTO change_log(version, digest) VALUES (?1, ?2)")?;
+        for d in digests {
+            ins.execute(params![version, d])?;
+        }
+    }
+    let (min, max): (Option<i64>, Option<i64>) =
+        tx.query_row("SELECT MIN(seq), MAX(seq) FROM change_log", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if let (Some(min), Some(max)) = (min, max) {
+        if max - min + 1 > limit {
+            let cut = max - limit;
+            let trimmed: Option<i64> =
+                tx.query_row("SELECT MAX(version) FROM change_log WHERE seq <= ?1", params![cut], |r| r.get(0))?;
+            tx.execute("DELETE FROM change_log WHERE seq <= ?1", params![cut])?;
+            if let Some(t) = trimmed {
+                tx.execute("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'trimmed_through'", params![t])?;
+            }
+        }
+    }
+    Ok(version)
+}
+
+// ------------------------------------------------------------ row mapping
+
+const ACCESS_KEY_COLS: &str = "a.id, a.name, a.description, a.metadata, a.created_ms, a.updated_ms, a.redacted,
+     a.config_id, c.name, a.expires_at, a.disabled
+     FROM access_keys a LEFT JOIN configs c ON c.id = a.config_id";
+
+fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
+    let config_id: Option<String> = r.get(7)?;
+    let config_name: Option<String> = r.get(8)?;
+    Ok(AccessKey {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        metadata: r.get(3)?,
+        created_at: rfc3339_ms(r.get(4)?),
+        updated_at: rfc3339_ms(r.get(5)?),
+        last_used: None,
+        key_redacted: r.get(6)?,
+        access_key_configuration: config_id.map(|id| ConfigRef { id, name: config_name.unwrap_or_default() }),
+        expires_at: r.get::<_, Option<i64>>(9)?.map(rfc3339_secs),
+        disabled: r.get(10)?,
+        token: None,
+    })
+}
+
+const PROVIDER_KEY_COLS: &str =
+    "id, provider_id, name, description, metadata, managed, redacted, created_ms, updated_ms FROM provider_keys";
+
+fn provider_key_row(r: &Row<'_>) -> rusqlite::Result<ProviderKey> {
+    Ok(ProviderKey {
+        id: r.get(0)?,
+        provider_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        metadata: r.get(4)?,
+        managed: r.get(5)?,
+        key_redacted: r.get(6)?,
+        created_at: rfc3339_ms(r.get(7)?),
+        updated_at: rfc3339_ms(r.get(8)?),
+        last_used: None,
+    })
+}
+
+const CONFIG_COLS: &str =
+    "id, name, description, metadata, access_json, router_json, created_ms, updated_ms FROM configs";
+
+type ConfigRaw = (String, String, String, String, Option<String>, Option<String>, i64, i64);
+
+fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+}
+
+fn config_from_raw(raw: ConfigRaw) -> StoreResult<AccessKeyConfiguration> {
+    let (id, name, description, metadata, access, router, created, updated) = raw;
+    Ok(AccessKeyConfiguration {
+        id,
+        name,
+        description,
+        metadata,
+        access: json_opt(access)?,
+        router: json_opt(router)?,
+        created_at: rfc3339_ms(created),
+        updated_at: rfc3339_ms(updated),
+    })
+}
+
+const PROVIDER_COLS: &str =
+    "id, name, base_url, format, auth, models_json, built_in, created_ms, updated_ms FROM providers";
+
+type ProviderRaw = (String, String, String, String, String, String, bool, i64, i64);
+
+fn provider_raw(r: &Row<'_>) -> rusqlite::Result<ProviderRaw> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+}
+
+fn provider_from_raw(raw: ProviderRaw) -> StoreResult<Provider> {
+    let (id, name, base_url, format, auth, models, built_in, created, updated) = raw;
+    Ok(Provider {
+        id,
+        name,
+        base_url,
+        format: parse_enum(format)?,
+        auth: parse_enum(auth)?,
+        models: serde_json::from_str(&models)?,
+        built_in,
+        created_at: rfc3339_ms(created),
+        updated_at: rfc3339_ms(updated),
+    })
+}
+
+fn get_access_key(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKey> {
+    tx.prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
+        .query_row(params![id], access_key_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))
+}
+
+fn get_provider_key(tx: &Transaction<'_>, id: &str) -> StoreResult<ProviderKey> {
+    tx.prepare_cached(&format!("SELECT {PROVIDER_KEY_COLS} WHERE id = ?1"))?
+        .query_row(params![id], provider_key_row)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("provider key {id} not found")))
+}
+
+fn get_config(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKeyConfiguration> {
+    let raw = tx
+        .prepare_cached(&format!("SELECT {CONFIG_COLS} WHERE id = ?1"))?
+        .query_row(params![id], config_raw)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("access key configuration {id} not found")))?;
+    config_from_raw(raw)
+}
+
+fn get_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Provider> {
+    let raw = tx
+        .prepare_cached(&format!("SELECT {PROVIDER_COLS} WHERE id = ?1"))?
+        .query_row(params![id], provider_raw)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("provider {id} not found")))?;
+    provider_from_raw(raw)
+}
+
+fn exists(tx: &Transaction<'_>, sql: &str, id: &str) -> StoreResult<bool> {
+    Ok(tx.prepare_cached(sql)?.query_row(params![id], |_| Ok(())).optional()?.is_some())
+}
+
+fn provider_exists(tx: &Transaction<'_>, id: &str) -> StoreResult<bool> {
+    exists(tx, "SELECT 1 FROM providers WHERE id = ?1", id)
+}
+
+fn key_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<String>> {
+    Ok(tx
+        .prepare_cached("SELECT provider_id FROM provider_keys WHERE id = ?1")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?)
+}
+
+fn check_refs(tx: &Transaction<'_>, access: Option<&AccessSpec>, router: Option<&RouterSpec>) -> StoreResult<()> {
+    check_config_refs(access, router, |p| provider_exists(tx, p), |k| key_provider(tx, k))
+}
+
+/// Current and grace digests of an access key.
+fn digests_of_key(tx: &Transaction<'_>, id: &str) -> StoreResult<Vec<Option<String>>> {
+    let (d, p): (String, Option<String>) = tx
+        .prepare_cached("SELECT digest, prev_digest FROM access_keys WHERE id = ?1")?
+        .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))?;
+    Ok([Some(d), p].into_iter().flatten().map(Some).collect())
+}
+
+/// Digests of every access key using a configuration.
+fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> StoreResult<Vec<Option<String>>> {
+    let mut stmt = tx.prepare_cached("SELECT digest, prev_digest FROM access_keys WHERE config_id = ?1")?;
+    let rows = stmt.query_map(params![config_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (d, p) = row?;
+        out.push(Some(d));
+        if let Some(p) = p {
+            out.push(Some(p));
+        }
+    }
+    Ok(out)
+}
+
+fn all_configs(tx: &Transaction<'_>) -> StoreResult<Vec<AccessKeyConfiguration>> {
+    let mut stmt = tx.prepare_cached(&format!("SELECT {CONFIG_COLS}"))?;
+    let raws = stmt.query_map([], config_raw)?.collect::<Result<Vec<_>, _>>()?;
+    raws.into_iter().map(config_from_raw).collect()
+}
+
+fn name_conflict(tx: &Transaction<'_>, name: &str, except: Option<&str>) -> StoreResult<()> {
+    let other: Option<String> = tx
+        .prepare_cached("SELECT id FROM configs WHERE name = ?1")?
+        .query_row(params![name], |r| r.get(0))
+        .optional()?;
+    match other {
+        Some(o) if Some(o.as_str()) != except => {
+            Err(StoreError::Conflict(format!("an access key configuration named {name:?} already exists")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_config_id(tx: &Transaction<'_>, id: &str) -> StoreResult<()> {
+    if exists(tx, "SELECT 1 FROM configs WHERE id = ?1", id)? {
+        Ok(())
+    } else {
+        Err(StoreError::invalid("accessKeyConfigurationId", format!("access key configuration {id} does not exist")))
+    }
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> StoreResult<()> {
+        self.read_gateway(|tx| current_version(tx).map(|_| ()))
+    }
+
+    // -------------------------------------------------------- access keys
+
+    fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey> {
+        let id = new_id("ak_")?;
+        self.write(|tx| {
+            if let Some(c) = &new.config_id {
+                check_config_id(tx, c)?;
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+                params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now],
+            )?;
+            self.bump(tx, &[Some(new.digest.clone())])?;
+            get_access_key(tx, &id)
+        })
+    }
+
+    fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ACCESS_KEY_COLS} WHERE (?1 IS NULL OR a.id < ?1) ORDER BY a.id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![page.before_id, limit_i64(page)], access_key_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn get_access_key(&self, id: &str) -> StoreResult<AccessKey> {
+        self.read(|tx| get_access_key(tx, id))
+    }
+
+    fn update_access_key(&self, id: &str, ch: &AccessKeyChanges) -> StoreResult<AccessKey> {
+        self.write(|tx| {
+            let digests = digests_of_key(tx, id)?;
+            if let Some(Some(c)) = &ch.config_id {
+                check_config_id(tx, c)?;
+            }
+            let now = now_ms();
+            if let Some(v) = &ch.name {
+                tx.execute("UPDATE access_keys SET name = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.description {
+                tx.execute("UPDATE access_keys SET description = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.metadata {
+                tx.execute("UPDATE access_keys SET metadata = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.config_id {
+                tx.execute("UPDATE access_keys SET config_id = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.expires_at {
+                tx.execute("UPDATE access_keys SET expires_at = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.disabled {
+                tx.execute("UPDATE access_keys SET disabled = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            tx.execute("UPDATE access_keys SET updated_ms = ?2 WHERE id = ?1", params![id, now])?;
+            self.bump(tx, &digests)?;
+            get_access_key(tx, id)
+        })
+    }
+
+    fn delete_access_key(&self, id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            let digests = digests_of_key(tx, id)?;
+            tx.execute("DELETE FROM access_keys WHERE id = ?1", params![id])?;
+            self.bump(tx, &digests)?;
+            Ok(())
+        })
+    }
+
+    fn rotate_access_key(&self, id: &str, digest: &str, redacted: &str, grace_seconds: i64) -> StoreResult<AccessKey> {
+        self.write(|tx| {
+            let mut digests = digests_of_key(tx, id)?;
+            let now = now_ms();
+            let until = now_secs().saturating_add(grace_seconds.max(0));
+            tx.execute(
+                "UPDATE access_keys SET prev_digest = digest, prev_until = ?2, digest = ?3, redacted = ?4, updated_ms = ?5
+                 WHERE id = ?1",
+                params![id, until, digest, redacted, now],
+            )?;
+            digests.push(Some(digest.to_string()));
+            self.bump(tx, &digests)?;
+            get_access_key(tx, id)
+        })
+    }
+
+    // -------------------------------------------------------- provider keys
+
+    fn create_provider_key(&self, new: &NewProviderKey) -> StoreResult<ProviderKey> {
+        let id = new_id("pk_")?;
+        let sealed = self.cipher.encrypt(&id, new.value.as_bytes())?;
+        let redacted = redact_value(&new.value);
+        self.write(|tx| {
+            if !provider_exists(tx, &new.provider_id)? {
+                return Err(StoreError::invalid(
+                    "providerId",
+                    format!("provider {} does not exist", new.provider_id),
+                ));
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO provider_keys(id, provider_id, name, description, metadata, managed, secret, redacted, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                params![id, new.provider_id, new.name, new.description, new.metadata, new.managed, sealed, redacted, now],
+            )?;
+            self.bump(tx, &[None])?;
+            get_provider_key(tx, &id)
+        })
+    }
+
+    fn list_provider_keys(&self, page: &PageRequest) -> StoreResult<Vec<ProviderKey>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {PROVIDER_KEY_COLS} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![page.before_id, limit_i64(page)], provider_key_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn get_provider_key(&self, id: &str) -> StoreResult<ProviderKey> {
+        self.read(|tx| get_provider_key(tx, id))
+    }
+
+    fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges) -> StoreResult<ProviderKey> {
+        self.write(|tx| {
+            get_provider_key(tx, id)?;
+            if let Some(v) = &ch.name {
+                tx.execute("UPDATE provider_keys SET name = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.description {
+                tx.execute("UPDATE provider_keys SET description = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.metadata {
+                tx.execute("UPDATE provider_keys SET metadata = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            if let Some(v) = &ch.managed {
+                tx.execute("UPDATE provider_keys SET managed = ?2 WHERE id = ?1", params![id, v])?;
+            }
+            tx.execute("UPDATE provider_keys SET updated_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
+            self.bump(tx, &[None])?;
+            get_provider_key(tx, id)
+        })
+    }
+
+    fn delete_provider_key(&self, id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            get_provider_key(tx, id)?;
+            let users: Vec<String> = all_configs(tx)?
+                .into_iter()
+                .filter(|c| config_mentions_key(c.router.as_ref(), id))
+                .map(|c| c.id)
+                .collect();
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "provider key {id} is used by the router of access key configuration(s) {}",
+                    users.join(", ")
+                )));
+            }
+            tx.execute("DELETE FROM provider_keys WHERE id = ?1", params![id])?;
+            self.bump(tx, &[None])?;
+            Ok(())
+        })
+    }
+
+    fn rotate_provider_key(&self, id: &str, value: &str) -> StoreResult<ProviderKey> {
+        let sealed = self.cipher.encrypt(id, value.as_bytes())?;
+        let redacted = redact_value(value);
+        self.write(|tx| {
+            get_provider_key(tx, id)?;
+            tx.execute(
+                "UPDATE provider_keys SET secret = ?2, redacted = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![id, sealed, redacted, now_ms()],
+            )?;
+            self.bump(tx, &[None])?;
+            get_provider_key(tx, id)
+        })
+    }
+
+    // -------------------------------------------------------- configurations
+
+    fn create_config(&self, new: &NewConfig) -> StoreResult<AccessKeyConfiguration> {
+        let id = new_id("akc_")?;
+        self.write(|tx| {
+            name_conflict(tx, &new.name, None)?;
+            check_refs(tx, new.access.as_ref(), new.router.as_ref())?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO configs(id, name, description, metadata, access_json, router_json, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![
+                    id,
+                    new.name,
+                    new.description,
+                    new.metadata,
+                    to_json_opt(new.access.as_ref())?,
+                    to_json_opt(new.router.as_ref())?,
+                    now
+                ],
+            )?;
+            self.bump(tx, &[])?;
+            get_config(tx, &id)
+        })
+    }
+
+    fn list_configs(&self, page: &PageRequest) -> StoreResult<Vec<AccessKeyConfiguration>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {CONFIG_COLS} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let raws =
+                stmt.query_map(params![page.before_id, limit_i64(page)], config_raw)?.collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(config_from_raw).collect()
+        })
+    }
+
+    fn get_config(&self, id: &str) -> StoreResult<AccessKeyConfiguration> {
+        self.read(|tx| get_config(tx, id))
+    }
+
+    fn update_config(&self, id: &str, ch: &ConfigChanges) -> StoreResult<AccessKeyConfiguration> {
+        self.write(|tx| {
+            let current = get_config(tx, id)?;
+            if let Some(name) = &ch.name {
+                name_conflict(tx, name, Some(id))?;
+            }
+            let access = ch.access.clone().unwrap_or(current.access);
+            let router = ch.router.clone().unwrap_or(current.router);
+            check_refs(tx, access.as_ref(), router.as_ref())?;
+            tx.execute(
+                "UPDATE configs SET name = ?2, description = ?3, metadata = ?4, access_json = ?5, router_json = ?6, updated_ms = ?7
+                 WHERE id = ?1",
+                params![
+                    id,
+                    ch.name.as_deref().unwrap_or(&current.name),
+                    ch.description.as_deref().unwrap_or(&current.description),
+                    ch.metadata.as_deref().unwrap_or(&current.metadata),
+                    to_json_opt(access.as_ref())?,
+                    to_json_opt(router.as_ref())?,
+                    now_ms()
+                ],
+            )?;
+            let digests = digests_of_config(tx, id)?;
+            self.bump(tx, &digests)?;
+            get_config(tx, id)
+        })
+    }
+
+    fn delete_config(&self, id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            get_config(tx, id)?;
+            let users: i64 =
+                tx.query_row("SELECT COUNT(*) FROM access_keys WHERE config_id = ?1", params![id], |r| r.get(0))?;
+            if users > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "access key configuration {id} is used by {users} access key(s)"
+                )));
+            }
+            tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
+            self.bump(tx, &[])?;
+            Ok(())
+        })
+    }
+
+    // -------------------------------------------------------- providers
+
+    fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider> {
+        self.write(|tx| {
+            if provider_exists(tx, &new.id)? {
+                return Err(StoreError::Conflict(format!("provider {} already exists", new.id)));
+            }
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO providers(id, name, base_url, format, auth, models_json, built_in, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
+                params![
+                    new.id,
+                    new.name,
+                    new.base_url,
+                    format_str(new.format),
+                    auth_str(new.auth),
+                    serde_json::to_string(&new.models)?,
+                    now
+                ],
+            )?;
+            self.bump(tx, &[None])?;
+            get_provider(tx, &new.id)
+        })
+    }
+
+    fn list_providers(&self) -> StoreResult<Vec<Provider>> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!("SELECT {PROVIDER_COLS} ORDER BY seq"))?;
+            let raws = stmt.query_map([], provider_raw)?.collect::<Result<Vec<_>, _>>()?;
+            raws.into_iter().map(provider_from_raw).collect()
+        })
+    }
+
+    fn get_provider(&self, id: &str) -> StoreResult<Provider> {
+        self.read(|tx| get_provider(tx, id))
+    }
+
+    fn update_provider(&self, id: &str, ch: &ProviderChanges) -> StoreResult<Provider> {
+        self.write(|tx| {
+            let current = get_provider(tx, id)?;
+            if current.built_in && ch.format.is_some_and(|f| f != current.format) {
+                return Err(StoreError::invalid("format", "the format of a built-in provider cannot change"));
+            }
+            tx.execute(
+                "UPDATE providers SET name = ?2, base_url = ?3, format = ?4, auth = ?5, models_json = ?6, updated_ms = ?7
+                 WHERE id = ?1",
+                params![
+                    id,
+                    ch.name.as_deref().unwrap_or(&current.name),
+                    ch.base_url.as_deref().unwrap_or(&current.base_url),
+                    format_str(ch.format.unwrap_or(current.format)),
+                    auth_str(ch.auth.unwrap_or(current.auth)),
+                    serde_json::to_string(ch.models.as_ref().unwrap_or(&current.models))?,
+                    now_ms()
+                ],
+            )?;
+            self.bump(tx, &[None])?;
+            get_provider(tx, id)
+        })
+    }
+
+    fn delete_provider(&self, id: &str) -> StoreResult<()> {
+        self.write(|tx| {
+            let current = get_provider(tx, id)?;
+            if current.built_in {
+                return Err(StoreError::Conflict(format!("provider {id} is built in and cannot be deleted")));
+            }
+            let keys: i64 =
+                tx.query_row("SELECT COUNT(*) FROM provider_keys WHERE provider_id = ?1", params![id], |r| r.get(0))?;
+            if keys > 0 {
+                return Err(StoreError::Conflict(format!("provider {id} has {keys} provider key(s)")));
+            }
+            let users: Vec<String> = all_configs(tx)?
+                .into_iter()
+                .filter(|c| config_mentions_provider(c.access.as_ref(), c.router.as_ref(), id))
+                .map(|c| c.id)
+                .collect();
+            if !users.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "provider {id} is used by access key configuration(s) {}",
+                    users.join(", ")
+                )));
+            }
+            tx.execute("DELETE FROM providers WHERE id = ?1", params![id])?;
+            self.bump(tx, &[None])?;
+            Ok(())
+        })
+    }
+
+    // -------------------------------------------------------- gateway
+
+    fn lookup(&self, digest: &str) -> StoreResult<Lookup> {
+        self.read_gateway(|tx| {
+            let version = u64::try_from(current_version(tx)?).unwrap_or(0);
+            let mut doc = Lookup { schema: SCHEMA, version, status: KeyStatus::Unknown, key: None, access: None, providers: vec![] };
+            type KeyHit = (String, Option<String>, Option<i64>, bool, Option<i64>);
+            let map = |r: &Row<'_>| -> rusqlite::Result<KeyHit> {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            };
+            let current = tx
+                .prepare_cached("SELECT id, config_id, expires_at, disabled, NULL FROM access_keys WHERE digest = ?1")?
+                .query_row(params![digest], map)
+                .optional()?;
+            let hit = match current {
+                Some(h) => Some((h, false)),
+                None => tx
+                    .prepare_cached(
+                        "SELECT id, config_id, expires_at, disabled, prev_until FROM access_keys WHERE prev_digest = ?1",
+                    )?
+                    .query_row(params![digest], map)
+                    .optional()?
+                    .map(|h| (h, true)),
+            };
+            let Some(((id, config_id, expires_at, disabled, prev_until), is_prev)) = hit else {
+                return Ok(doc);
+            };
+            let now = now_secs();
+            let grace_until = if is_prev { Some(prev_until.unwrap_or(0)) } else { None };
+            let valid_until = match (expires_at, grace_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            doc.status = if grace_until.is_some_and(|g| g <= now) {
+                KeyStatus::Expired
+            } else if disabled {
+                KeyStatus::Disabled
+            } else if expires_at.is_some_and(|e| e <= now) {
+                KeyStatus::Expired
+            } else {
+                KeyStatus::Active
+            };
+            doc.key = Some(KeyInfo { id, config_id: config_id.clone(), valid_until });
+            if doc.status != KeyStatus::Active {
+                return Ok(doc);
+            }
+            let (access, router): (Option<AccessSpec>, Option<RouterSpec>) = match &config_id {
+                Some(c) => {
+                    let (a, r): (Option<String>, Option<String>) = tx
+                        .prepare_cached("SELECT access_json, router_json FROM configs WHERE id = ?1")?
+                        .query_row(params![c], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                    (json_opt(a)?, json_opt(r)?)
+                }
+                None => (None, None),
+            };
+            let providers = {
+                let mut stmt =
+                    tx.prepare_cached("SELECT id, format, auth, base_url, models_json FROM providers ORDER BY seq")?;
+                let raws = stmt
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                raws.into_iter()
+                    .map(|(id, format, auth, base_url, models)| {
+                        Ok(ProviderRow {
+                            id,
+                            format: parse_enum(format)?,
+                            auth: parse_enum(auth)?,
+                            base_url,
+                            models: serde_json::from_str(&models)?,
+                        })
+                    })
+                    .collect::<StoreResult<Vec<_>>>()?
+            };
+            let keys = {
+                let mut stmt = tx.prepare_cached("SELECT id, provider_id, managed FROM provider_keys ORDER BY id")?;
+                let rows = stmt
+                    .query_map([], |r| Ok(KeyRow { id: r.get(0)?, provider_id: r.get(1)?, managed: r.get(2)? }))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                rows
+            };
+            let mut secret_stmt = tx.prepare_cached("SELECT secret FROM provider_keys WHERE id = ?1")?;
+            let cipher = &self.cipher;
+            doc.providers = plan::build(&providers, &keys, access.as_ref(), router.as_ref(), |key_id| {
+                let sealed: Option<Vec<u8>> = secret_stmt.query_row(params![key_id], |r| r.get(0)).optional()?;
+                match sealed {
+                    None => Ok(None),
+                    Some(s) => {
+                        let plain = cipher.decrypt(key_id, &s)?;
+                        String::from_utf8(plain)
+                            .map(Some)
+                            .map_err(|_| StoreError::Internal("provider key value is not UTF-8".into()))
+                    }
+                }
+            })?;
+            doc.access = Some(plan::access_of(access.as_ref()));
+            Ok(doc)
+        })
+    }
+
+    fn changes(&self, since: u64) -> StoreResult<Changes> {
+        self.read_gateway(|tx| {
+            let version = current_version(tx)?;
+            let since = i64::try_from(since).unwrap_or(i64::MAX);
+            let mut out = Changes { version: u64::try_from(version).unwrap_or(0), all: false, digests: vec![] };
+            if since >= version {
+                return Ok(out);
+            }
+            let trimmed: i64 = tx
+                .prepare_cached("SELECT value FROM meta WHERE key = 'trimmed_through'")?
+                .query_row([], |r| r.get(0))?;
+            if since < trimmed {
+                out.all = true;
+                return Ok(out);
+            }
+            let mut stmt = tx.prepare_cached("SELECT digest FROM change_log WHERE version > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![since], |r| r.get::<_, Option<String>>(0))?;
+            let mut seen = std::collections::HashSet::new();
+            for row in rows {
+                match row? {
+                    None => {
+                        out.all = true;
+                        out.digests.clear();
+                        return Ok(out);
+                    }
+                    Some(d) => {
+                        if seen.insert(d.clone()) {
+                            out.digests.push(d);
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,181 @@
+//! CLI round trip against a running `keygate serve`.
+// Helpers outside #[test] functions unwrap too: these are tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod server;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use serde_json::{json, Value};
+use server::*;
+
+struct Cli<'a> {
+    dir: &'a Path,
+    api: String,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut c = command(self.dir);
+        c.env("KEYGATE_API_URL", &self.api).args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        let mut child = c.spawn().unwrap();
+        if let Some(input) = stdin {
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> (Value, String) {
+        let out = self.run(args, stdin);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "keygate {args:?} failed: {stderr}");
+        (serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}")), stdout)
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args, None);
+        assert_eq!(out.status.code(), Some(1), "keygate {args:?} should fail");
+        assert!(out.stdout.is_empty());
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+#[test]
+fn cli_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    // No admin token configured: one is generated, printed once to stderr.
+    let server = Server::start(&dir, &[]);
+    let cli = Cli { dir: &dir, api: server.api.clone() };
+
+    let (providers, _) = cli.ok(&["providers", "list"], None);
+    assert!(providers["providers"].as_array().unwrap().iter().any(|p| p["id"] == "openai"));
+    let (p, _) = cli.ok(&["providers", "get", "anthropic"], None);
+    assert_eq!(p["format"], "anthropic");
+
+    // Provider key value via stdin; never printed.
+    let secret = "sk-cli-secret-value-0123456789";
+    let (pk, out) = cli.ok(
+        &["provider-keys", "create", "--provider", "openai", "--name", "main", "--managed"],
+        Some(&format!("{secret}\n")),
+    );
+    assert!(!out.contains(secret));
+    let pk_id = pk["id"].as_str().unwrap().to_string();
+    assert_eq!(pk["managed"], true);
+    assert_eq!(pk["keyRedacted"], "sk-...6789");
+    let (_, out) = cli.ok(&["provider-keys", "list"], None);
+    assert!(out.contains(&pk_id) && !out.contains(secret));
+
+    // Access keys.
+    let (k, _) = cli.ok(&["access-keys", "create", "--name", "laptop", "--description", "dev box"], None);
+    let id = k["id"].as_str().unwrap().to_string();
+    let token = k["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("kg-"));
+    let (got, out) = cli.ok(&["access-keys", "get", &id], None);
+    assert!(!out.contains(&token));
+    assert_eq!(got["description"], "dev box");
+    let (list, _) = cli.ok(&["access-keys", "list", "--limit", "5"], None);
+    assert_eq!(list["accessKeys"][0]["id"], id.as_str());
+
+    // The lookup listener serves the managed key (decrypted, trimmed).
+    let gw = std::fs::read_to_string(dir.join("gateway-token")).unwrap();
+    let mut r = agent()
+        .get(&format!("{}/v1/lookup/{}", server.lookup, keygate_proto::token::digest(&token)))
+        .header("authorization", &format!("Bearer {}", gw.trim()))
+        .call()
+        .unwrap();
+    let doc: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(doc["status"], "active");
+    assert_eq!(doc["providers"][0]["routes"][0]["keys"][0], json!({"id": pk_id, "value": secret}));
+
+    // Configurations from a file.
+    let file = tmp.path().join("cfg.json");
+    std::fs::write(
+        &file,
+        json!({"name": "only-openai", "access": {"providers": {"allow": ["openai"]}},
+               "router": {"rules": [{"provider": "openai", "steps": [{"type": "user", "keys": [{"id": pk_id}]}]}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let (cfg, _) = cli.ok(&["configs", "create", "--file", file.to_str().unwrap()], None);
+    let cid = cfg["id"].as_str().unwrap().to_string();
+    let err = cli.fails(&["configs", "create", "--file", file.to_str().unwrap()]);
+    assert!(err.contains("conflict"), "{err}");
+    let (upd, _) = cli.ok(&["access-keys", "update", &id, "--config", &cid, "--disable", "--name", "laptop2"], None);
+    assert_eq!(upd["accessKeyConfiguration"]["id"], cid.as_str());
+    assert_eq!(upd["disabled"], true);
+    assert_eq!(upd["name"], "laptop2");
+    let err = cli.fails(&["configs", "delete", &cid]);
+    assert!(err.contains("conflict"), "{err}");
+    let err = cli.fails(&["provider-keys", "delete", &pk_id]);
+    assert!(err.contains("conflict"), "{err}");
+    let (upd, _) = cli.ok(&["access-keys", "update", &id, "--no-config", "--enable"], None);
+    assert_eq!(upd["accessKeyConfiguration"], Value::Null);
+    assert_eq!(upd["disabled"], false);
+    std::fs::write(&file, json!({"description": "changed"}).to_string()).unwrap();
+    let (cfg2, _) = cli.ok(&["configs", "update", &cid, "--file", file.to_str().unwrap()], None);
+    assert_eq!(cfg2["description"], "changed");
+    let (cfgs, _) = cli.ok(&["configs", "list"], None);
+    assert_eq!(cfgs["accessKeyConfigurations"].as_array().unwrap().len(), 1);
+    cli.ok(&["configs", "get", &cid], None);
+    cli.ok(&["configs", "delete", &cid], None);
+
+    // Rotation.
+    let (rot, _) = cli.ok(&["access-keys", "rotate", &id, "--grace-seconds", "60"], None);
+    let token2 = rot["token"].as_str().unwrap();
+    assert_ne!(token2, token);
+    let new_secret = "sk-cli-rotated-value-99998888";
+    let (rpk, out) = cli.ok(&["provider-keys", "rotate", &pk_id], Some(new_secret));
+    assert!(!out.contains(new_secret));
+    assert_eq!(rpk["keyRedacted"], "sk-...8888");
+    let (upk, _) = cli.ok(&["provider-keys", "update", &pk_id, "--unmanaged", "--name", "main2"], None);
+    assert_eq!(upk["managed"], false);
+    cli.ok(&["provider-keys", "get", &pk_id], None);
+
+    // Custom providers.
+    std::fs::write(
+        &file,
+        json!({"providerId": "local", "name": "Local", "baseUrl": "http://127.0.0.1:1/v1", "format": "openai"})
+            .to_string(),
+    )
+    .unwrap();
+    let (lp, _) = cli.ok(&["providers", "create", "--file", file.to_str().unwrap()], None);
+    assert_eq!(lp["id"], "local");
+    std::fs::write(&file, json!({"name": "Local 2"}).to_string()).unwrap();
+    let (lp, _) = cli.ok(&["providers", "update", "local", "--file", file.to_str().unwrap()], None);
+    assert_eq!(lp["name"], "Local 2");
+    cli.ok(&["providers", "delete", "local"], None);
+
+    // Errors: message on stderr, exit code 1.
+    let (del, _) = cli.ok(&["access-keys", "delete", &id], None);
+    assert_eq!(del["deleted"], true);
+    let err = cli.fails(&["access-keys", "get", &id]);
+    assert!(err.contains("not_found"), "{err}");
+    let err = cli.fails(&["access-keys", "create", "--name", "x", "--expires-at", "2001-01-01T00:00:00Z"]);
+    assert!(err.contains("expiresAt"), "{err}");
+    let out = cli.run(&["access-keys", "list", "--admin-token", "wrong"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+    let out = Cli { dir: &tmp.path().join("nowhere"), api: server.api.clone() }.run(&["access-keys", "list"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("KEYGATE_ADMIN_TOKEN"));
+    let out = Cli { dir: &dir, api: "http://127.0.0.1:1".into() }.run(&["access-keys", "list"], None);
+    assert_eq!(out.status.code(), Some(1));
+
+    // The admin token was printed once, at generation; logs hold no secrets.
+    let admin = std::fs::read_to_string(dir.join("admin-token")).unwrap().trim().to_string();
+    let stderr = server.stop();
+    assert_eq!(stderr.matches(&admin).count(), 1, "{stderr}");
+    for s in [token.as_str(), token2, secret, new_secret, gw.trim()] {
+        assert!(!stderr.contains(s), "secret in log: {s}");
+    }
+    assert!(stderr.contains("route=\"/v1/lookup/{digest}\""), "{stderr}");
+    assert!(!stderr.contains(&keygate_proto::token::digest(&token)));
+    let server = Server::start(&dir, &[]);
+    let stderr = server.stop();
+    assert!(!stderr.contains(&admin), "admin token printed again");
+}
