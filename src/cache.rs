@@ -98,11 +98,15 @@ impl Cache {
         false
     }
 
-    /// The change feed says these digests changed at store `version`.
-    pub fn invalidate(&mut self, digests: &[String], version: u64) {
-        for d in digests {
-            self.entries.remove(d);
-            self.invalidated.insert(d.clone(), version);
+    /// The change feed says digest `d` changed at store version `v`. An
+    /// entry fetched at that version or later already shows it.
+    pub fn invalidate<'a>(&mut self, changes: impl IntoIterator<Item = (&'a String, u64)>) {
+        for (d, version) in changes {
+            if self.entries.get(d).is_some_and(|e| e.lookup.version < version) {
+                self.entries.remove(d);
+            }
+            let known = self.invalidated.entry(d.clone()).or_insert(version);
+            *known = (*known).max(version);
         }
         // Bounded: an answer older than the TTL is never in flight anyway.
         if self.invalidated.len() > self.max_entries {
@@ -110,10 +114,13 @@ impl Cache {
         }
     }
 
-    /// Drops everything (the change feed said "all", e.g. a provider changed).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.order.clear();
+    /// The change feed said "anything may have changed up to `version`" (e.g.
+    /// a provider changed): drops every entry fetched before it.
+    pub fn invalidate_all(&mut self, version: u64) {
+        self.entries.retain(|_, e| e.lookup.version >= version);
+        if self.entries.is_empty() {
+            self.order.clear();
+        }
     }
 
     /// Drops entries that can no longer be used at all.
@@ -156,13 +163,26 @@ mod tests {
     fn invalidation_removes_and_blocks_older_answers() {
         let mut c = Cache::new(10, 1_000, 5_000);
         c.insert("a", doc(KeyStatus::Active, 1), 0);
-        c.invalidate(&["a".to_string()], 5);
+        c.invalidate([(&"a".to_string(), 5)]);
         assert!(c.get("a", 1).is_none());
         // An answer fetched before the change (version 4) raced it: not cached.
         assert!(!c.insert("a", doc(KeyStatus::Active, 4), 2));
         assert!(c.get("a", 3).is_none());
         assert!(c.insert("a", doc(KeyStatus::Disabled, 5), 4));
         assert!(c.get("a", 5).is_some());
+        // A change the entry already reflects does not drop it.
+        c.invalidate([(&"a".to_string(), 5)]);
+        assert!(c.get("a", 5).is_some());
+    }
+
+    #[test]
+    fn invalidate_all_keeps_answers_newer_than_the_change() {
+        let mut c = Cache::new(10, 1_000, 0);
+        c.insert("old", doc(KeyStatus::Active, 3), 0);
+        c.insert("new", doc(KeyStatus::Active, 9), 0);
+        c.invalidate_all(9);
+        assert!(c.get("old", 1).is_none());
+        assert!(c.get("new", 1).is_some());
     }
 
     #[test]
@@ -199,7 +219,7 @@ mod tests {
         c.insert("b", doc(KeyStatus::Active, 1), 900);
         c.purge_expired(1_500);
         assert_eq!(c.len(), 1);
-        c.clear();
+        c.invalidate_all(2);
         assert!(c.is_empty());
     }
 }

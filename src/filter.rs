@@ -242,10 +242,11 @@ fn read_json<T: serde::de::DeserializeOwned>(body_size: usize) -> Option<T> {
 fn apply_changes(changes: &Changes) {
     with_vm(|vm| {
         if changes.all {
-            vm.cache.clear();
-        } else if !changes.digests.is_empty() {
-            vm.cache.invalidate(&changes.digests, changes.version);
+            vm.cache.invalidate_all(if changes.all_at > 0 { changes.all_at } else { changes.version });
         }
+        // Older stores send no per-digest versions: then the feed's version.
+        let version_of = |i: usize| changes.digest_versions.get(i).copied().unwrap_or(changes.version);
+        vm.cache.invalidate(changes.digests.iter().enumerate().map(|(i, d)| (d, version_of(i))));
         vm.feed_version = vm.feed_version.max(changes.version);
     });
 }
@@ -382,7 +383,21 @@ impl HttpContext for Request {
                             .insert(digest.clone(), Pending { owner: id, waiters: vec![(id, self.state.clone())] })
                     });
                 }
-                Err(()) => return self.store_unavailable(),
+                Err(()) => {
+                    metrics::count("store.errors");
+                    let stale = self.state.borrow().stale.clone();
+                    return match stale {
+                        Some(lookup) => {
+                            metrics::count("cache.stale_served");
+                            if forward_or_deny(&self.config, &self.state, &lookup) {
+                                Action::Continue
+                            } else {
+                                Action::Pause
+                            }
+                        }
+                        None => self.store_unavailable(),
+                    };
+                }
             }
         }
         debug!("keygate: request {} waits for a key lookup", self.state.borrow().request_id);

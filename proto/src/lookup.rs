@@ -135,13 +135,20 @@ impl std::fmt::Debug for Credential {
 pub struct Changes {
     /// The store's current version; ask again with `since` = this.
     pub version: u64,
-    /// Every cached answer may be stale (configuration, provider or provider-key
-    /// change, or `since` older than the store's change log).
+    /// Every cached answer fetched before store version `allAt` may be stale
+    /// (a provider or provider-key change, or `since` older than the store's
+    /// change log). Answers fetched at `allAt` or later already reflect it.
     #[serde(default)]
     pub all: bool,
+    #[serde(default)]
+    pub all_at: u64,
     /// Token digests whose answer may have changed.
     #[serde(default)]
     pub digests: Vec<String>,
+    /// For each of `digests`, the store version of its latest change: a cached
+    /// answer fetched at that version or later is still current.
+    #[serde(default)]
+    pub digest_versions: Vec<u64>,
 }
 
 #[cfg(test)]

@@ -162,30 +162,28 @@ pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
     Ok(Prepared { state: AppState::new(Arc::new(store), &admin_token, &gateway_token) })
 }
 
-async fn shutdown_signal(tx: watch::Sender<bool>) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+/// Waits for SIGINT or SIGTERM. The handlers are installed before this
+/// returns its future, so a signal sent right after "ready" is not missed.
+fn shutdown_signal(tx: watch::Sender<bool>) -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (mut int, mut term) = match (int, term) {
+            (Ok(i), Ok(t)) => (i, t),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGINT/SIGTERM");
                 std::future::pending::<()>().await;
+                return;
             }
+        };
+        tokio::select! {
+            _ = int.recv() => {},
+            _ = term.recv() => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
     }
-    tracing::info!("shutting down");
-    let _ = tx.send(true);
 }
 
 /// Runs the store until SIGTERM/SIGINT.

@@ -248,16 +248,20 @@ async fn changes(h: &H, since: u64) -> Changes {
 async fn changes_feed() {
     let h = harness();
     let c0 = changes(&h, 0).await;
-    assert_eq!(c0, Changes { version: 0, all: false, digests: vec![] });
+    assert_eq!(c0, Changes { version: 0, all: false, all_at: 0, digests: vec![], digest_versions: vec![] });
     let (id1, t1) = key(&h, json!({"name": "a"})).await;
     let (_, t2) = key(&h, json!({"name": "b"})).await;
     let c = changes(&h, 0).await;
     assert_eq!(c.version, 2);
     assert!(!c.all);
     assert_eq!(c.digests, [digest(&t1), digest(&t2)]);
+    assert_eq!(c.digest_versions, [1, 2], "each digest carries the version of its change");
     let v2 = c.version;
     assert_eq!(changes(&h, v2).await.digests, Vec::<String>::new());
-    assert_eq!(changes(&h, v2 + 100).await, Changes { version: v2, all: false, digests: vec![] });
+    assert_eq!(
+        changes(&h, v2 + 100).await,
+        Changes { version: v2, all: false, all_at: 0, digests: vec![], digest_versions: vec![] }
+    );
 
     // Update and rotate list the old and new digests.
     h.ok("PATCH", &format!("/access-keys/{id1}"), Some(json!({"disabled": true}))).await;
@@ -291,6 +295,14 @@ async fn changes_feed() {
     let c = changes(&h, v6).await;
     assert!(c.all);
     assert_eq!(c.version, v6 + 1);
+    assert_eq!(c.all_at, v6 + 1, "an all-wide change is reported by its version");
+    // Per-key changes after it are still listed one by one.
+    let (_, t9) = key(&h, json!({"name": "after"})).await;
+    let c = changes(&h, v6).await;
+    assert!(c.all && c.all_at == v6 + 1);
+    assert_eq!(c.digests, vec![digest(&t9)]);
+    let c = changes(&h, c.version).await;
+    assert!(!c.all && c.digests.is_empty());
     let v7 = c.version;
     let pk_id = pk(&h, "openai", "sk-openai-xxxxxxxxxxx", true).await;
     assert!(changes(&h, v7).await.all);

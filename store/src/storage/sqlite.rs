@@ -938,7 +938,13 @@ impl Store for SqliteStore {
         self.read_gateway(|tx| {
             let version = current_version(tx)?;
             let since = i64::try_from(since).unwrap_or(i64::MAX);
-            let mut out = Changes { version: u64::try_from(version).unwrap_or(0), all: false, digests: vec![] };
+            let mut out = Changes {
+                version: u64::try_from(version).unwrap_or(0),
+                all: false,
+                all_at: 0,
+                digests: vec![],
+                digest_versions: vec![],
+            };
             if since >= version {
                 return Ok(out);
             }
@@ -947,23 +953,36 @@ impl Store for SqliteStore {
                 .query_row([], |r| r.get(0))?;
             if since < trimmed {
                 out.all = true;
+                out.all_at = out.version;
                 return Ok(out);
             }
-            let mut stmt = tx.prepare_cached("SELECT digest FROM change_log WHERE version > ?1 ORDER BY seq")?;
-            let rows = stmt.query_map(params![since], |r| r.get::<_, Option<String>>(0))?;
-            let mut seen = std::collections::HashSet::new();
+            // An all-wide change (NULL digest) is reported by its version, so
+            // that answers fetched after it stay cached; per-key changes after
+            // it are listed.
+            let mut stmt =
+                tx.prepare_cached("SELECT version, digest FROM change_log WHERE version > ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![since], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?;
+            let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
             for row in rows {
-                match row? {
+                let (v, digest) = row?;
+                let v = u64::try_from(v).unwrap_or(0);
+                match digest {
                     None => {
                         out.all = true;
-                        out.digests.clear();
-                        return Ok(out);
+                        out.all_at = out.all_at.max(v);
                     }
-                    Some(d) => {
-                        if seen.insert(d.clone()) {
-                            out.digests.push(d);
+                    Some(d) => match seen.get(&d) {
+                        Some(&i) => {
+                            if let Some(slot) = out.digest_versions.get_mut(i) {
+                                *slot = (*slot).max(v);
+                            }
                         }
-                    }
+                        None => {
+                            seen.insert(d.clone(), out.digests.len());
+                            out.digests.push(d);
+                            out.digest_versions.push(v);
+                        }
+                    },
                 }
             }
             Ok(out)
