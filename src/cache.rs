@@ -138,7 +138,16 @@ mod tests {
     use super::*;
 
     fn doc(status: KeyStatus, version: u64) -> Rc<Lookup> {
-        Rc::new(Lookup { schema: 1, version, status, key: None, access: None, providers: vec![] })
+        Rc::new(Lookup {
+            schema: 1,
+            version,
+            status,
+            key: None,
+            access: None,
+            providers: vec![],
+            limits: None,
+            budgeted: false,
+        })
     }
 
     #[test]

@@ -253,6 +253,8 @@ mod tests {
                 ),
                 provider("groq", Format::Openai, "https://api.groq.com/openai/v1", &[], vec![]),
             ],
+            limits: None,
+            budgeted: false,
         }
     }
 

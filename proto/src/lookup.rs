@@ -40,6 +40,23 @@ pub struct Lookup {
     /// with credentials in routing order. Present only for `active` keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub providers: Vec<ProviderPlan>,
+    /// Per-key rate limits from the key's configuration (active keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// A budget or the gateway-wide credit balance applies to this key: every
+    /// request must reserve before it goes upstream (`POST /v1/reserve`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub budgeted: bool,
+}
+
+/// Rate limits per access key, enforced by each Envoy across its workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +147,80 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// `POST /v1/reserve`: hold an estimate against every budget that applies
+/// before the request goes upstream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReserveRequest {
+    pub request_id: String,
+    pub access_key_id: String,
+    #[serde(default)]
+    pub config_id: Option<String>,
+    pub provider: String,
+    /// The provider's own model name, if the request names one.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Upper estimates: prompt tokens from the body size, output from `max_tokens`.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReserveResponse {
+    pub ok: bool,
+    /// Present when `ok`: quote it when the usage is reported, to settle.
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+    /// When refused: `key`, `configuration` or `credits`.
+    #[serde(default)]
+    pub refused_by: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/usage`: what the gateway observed, in batches. Idempotent per
+/// (requestId, attempt), so a batch may be sent again after a failure.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageBatch {
+    pub records: Vec<UsageRecord>,
+}
+
+/// One upstream attempt (or, with `attempt` 0, a request refused before any).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecord {
+    pub request_id: String,
+    pub access_key_id: String,
+    #[serde(default)]
+    pub config_id: Option<String>,
+    pub provider: String,
+    /// The model as served (the provider's name).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub provider_key_id: Option<String>,
+    pub attempt: u32,
+    /// The attempt whose answer went to the client.
+    pub final_attempt: bool,
+    /// Upstream status; 0 when no response came (connection failure, timeout).
+    pub status: u16,
+    pub streaming: bool,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    /// On the final record: the reservation this request settles (released
+    /// and replaced by the real cost).
+    #[serde(default)]
+    pub reservation_id: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Changes {
@@ -164,6 +255,8 @@ mod tests {
             key: None,
             access: None,
             providers: vec![],
+            limits: None,
+            budgeted: false,
         };
         let json = serde_json::to_string(&doc).unwrap();
         assert_eq!(json, r#"{"schema":1,"version":7,"status":"unknown"}"#);

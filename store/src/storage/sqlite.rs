@@ -838,7 +838,16 @@ impl Store for SqliteStore {
     fn lookup(&self, digest: &str) -> StoreResult<Lookup> {
         self.read_gateway(|tx| {
             let version = u64::try_from(current_version(tx)?).unwrap_or(0);
-            let mut doc = Lookup { schema: SCHEMA, version, status: KeyStatus::Unknown, key: None, access: None, providers: vec![] };
+            let mut doc = Lookup {
+                schema: SCHEMA,
+                version,
+                status: KeyStatus::Unknown,
+                key: None,
+                access: None,
+                providers: vec![],
+                limits: None,
+                budgeted: false,
+            };
             type KeyHit = (String, Option<String>, Option<i64>, bool, Option<i64>);
             let map = |r: &Row<'_>| -> rusqlite::Result<KeyHit> {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
