@@ -58,6 +58,9 @@ pub struct Config {
     /// gave no `Retry-After`.
     #[serde(default = "defaults::cooldown_rate_limited_ms")]
     pub cooldown_rate_limited_ms: u64,
+    /// Length of a rate-limit window: limits are "per minute" by default.
+    #[serde(default = "defaults::rate_limit_window_ms")]
+    pub rate_limit_window_ms: u64,
     /// How long a provider key that answered 401/403 is skipped.
     #[serde(default = "defaults::cooldown_auth_failure_ms")]
     pub cooldown_auth_failure_ms: u64,
@@ -122,6 +125,9 @@ mod defaults {
     pub fn cooldown_rate_limited_ms() -> u64 {
         30_000
     }
+    pub fn rate_limit_window_ms() -> u64 {
+        60_000
+    }
     pub fn cooldown_auth_failure_ms() -> u64 {
         300_000
     }
@@ -161,6 +167,7 @@ impl Config {
             ("staleIfErrorMs", self.stale_if_error_ms, 0, 86_400_000),
             ("cooldownRateLimitedMs", self.cooldown_rate_limited_ms, 0, 86_400_000),
             ("cooldownAuthFailureMs", self.cooldown_auth_failure_ms, 0, 86_400_000),
+            ("rateLimitWindowMs", self.rate_limit_window_ms, 1_000, 3_600_000),
         ];
         for (field, value, min, max) in ranges {
             if !(min..=max).contains(&value) {

@@ -28,11 +28,13 @@ pub struct Denial {
     pub message: String,
     /// Seconds, for 429/503 answers that should be retried later.
     pub retry_after: Option<u64>,
+    /// Further response headers (e.g. `x-ratelimit-*`).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Denial {
     pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Denial {
-        Denial { status, code, message: message.into(), retry_after: None }
+        Denial { status, code, message: message.into(), retry_after: None, headers: Vec::new() }
     }
 
     pub fn body(&self, dialect: Dialect) -> String {

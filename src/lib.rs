@@ -11,7 +11,9 @@ pub mod errors;
 pub mod failover;
 pub mod keys;
 pub mod model_json;
+pub mod ratelimit;
 pub mod upstream;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -24,17 +24,24 @@ fn id(kind: MetricType, name: &str) -> Option<u32> {
 
 /// Adds one to the counter `keygate.<name>`.
 pub fn count(name: &str) {
-    add(MetricType::Counter, name, 1);
+    add_metric(MetricType::Counter, name, 1);
+}
+
+/// Adds `n` to the counter `keygate.<name>`.
+pub fn add(name: &str, n: u64) {
+    if n > 0 {
+        add_metric(MetricType::Counter, name, i64::try_from(n).unwrap_or(i64::MAX));
+    }
 }
 
 /// Moves the gauge `keygate.<name>` by `delta` (each worker adds its share).
 pub fn gauge_add(name: &str, delta: i64) {
     if delta != 0 {
-        add(MetricType::Gauge, name, delta);
+        add_metric(MetricType::Gauge, name, delta);
     }
 }
 
-fn add(kind: MetricType, name: &str, delta: i64) {
+fn add_metric(kind: MetricType, name: &str, delta: i64) {
     if let Some(id) = id(kind, name) {
         let _ = hostcalls::increment_metric(id, delta);
     }

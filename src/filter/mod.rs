@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate_proto::lookup::{AuthStyle, Changes, Credential, Lookup};
+use keygate_proto::lookup::{AuthStyle, Changes, Credential, Lookup, UsageRecord};
 use keygate_proto::token;
 use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
@@ -28,6 +28,10 @@ use crate::keys::{self, KeyError};
 use crate::metrics;
 use crate::model_json;
 use crate::upstream::{credential_header, is_stripped_header, CLIENT_CREDENTIAL_HEADERS};
+
+mod accounting;
+
+use accounting::RateState;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -45,6 +49,12 @@ struct Vm {
     /// context asks again on its next tick for the requests still waiting.
     orphans: Vec<String>,
     feed_version: u64,
+    /// Reservation callouts in flight: token -> (dispatching context, waiting request).
+    reserves: HashMap<u32, (u32, Rc<RefCell<RequestState>>)>,
+    /// Usage records waiting to be sent to the store (bounded).
+    usage: Vec<UsageRecord>,
+    gateway_token: Rc<String>,
+    config: Rc<Config>,
 }
 
 /// A store lookup in flight and the requests waiting for it.
@@ -99,10 +109,31 @@ struct Root {
     poll_token: Option<u32>,
     /// Orphaned lookups the root re-asked, by callout token.
     root_lookups: HashMap<u32, String>,
+    /// A usage batch in flight, kept until the store acknowledges it.
+    flush: Option<(u32, Vec<UsageRecord>)>,
+    last_flush_ms: u64,
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        accounting::running(0);
+        if accounting::on_reserve_response(token_id, body_size) {
+            return;
+        }
+        if let Some((token, batch)) = self.flush.take() {
+            if token == token_id {
+                let ok = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+                if ok.as_deref() != Some("200") {
+                    warn!(
+                        "keygate: usage batch not accepted ({}): kept for the next flush",
+                        ok.as_deref().unwrap_or("no answer")
+                    );
+                    accounting::requeue(batch);
+                }
+                return;
+            }
+            self.flush = Some((token, batch));
+        }
         if self.poll_token == Some(token_id) {
             self.poll_token = None;
             match read_json::<Changes>(body_size) {
@@ -148,36 +179,47 @@ impl RootContext for Root {
             info!("keygate: configured (upstream)");
             return true;
         }
+        let config = Rc::new(config);
+        let token = Rc::new(token);
         VM.with(|vm| {
             *vm.borrow_mut() = Some(Vm {
                 cache: Cache::new(config.cache_max_entries, config.cache_ttl_ms, config.stale_if_error_ms),
                 pending: HashMap::new(),
                 orphans: Vec::new(),
                 feed_version: 0,
+                reserves: HashMap::new(),
+                usage: Vec::new(),
+                gateway_token: token.clone(),
+                config: config.clone(),
             })
         });
         if hostcalls::set_tick_period(Duration::from_millis(config.poll_interval_ms)).is_err() {
             log::error!("keygate: cannot set the tick period");
             return false;
         }
-        self.gateway_token = Rc::new(token);
-        self.config = Some(Rc::new(config));
+        self.gateway_token = token;
+        self.config = Some(config);
         info!("keygate: configured");
         true
     }
 
     fn on_tick(&mut self) {
+        accounting::running(0);
         let Some(config) = self.config.clone() else { return };
         let now = now_ms();
         with_vm(|vm| vm.cache.purge_expired(now));
         if self.poll_token.is_none() {
             let since = with_vm(|vm| vm.feed_version).unwrap_or(0);
             let path = format!("/v1/changes?since={since}");
-            self.poll_token = store_call(&config, &self.gateway_token, &path).ok();
+            self.poll_token = store_call(&config, &self.gateway_token, "GET", &path, None).ok();
+        }
+        if self.flush.is_none() && now.saturating_sub(self.last_flush_ms) >= accounting::FLUSH_INTERVAL_MS {
+            self.last_flush_ms = now;
+            self.flush = accounting::flush(&config, &self.gateway_token);
         }
         for digest in with_vm(|vm| std::mem::take(&mut vm.orphans)).unwrap_or_default() {
             let path = format!("/v1/lookup/{digest}");
-            match store_call(&config, &self.gateway_token, &path) {
+            match store_call(&config, &self.gateway_token, "GET", &path, None) {
                 Ok(token) => {
                     with_vm(|vm| {
                         if let Some(p) = vm.pending.get_mut(&digest) {
@@ -196,11 +238,12 @@ impl RootContext for Root {
         if config.role == Role::Upstream {
             return Some(Box::new(UpstreamAttempt { config, plan: None }));
         }
+        let state = RequestState { context_id, ..RequestState::default() };
         Some(Box::new(Request {
             id: context_id,
             config,
             gateway_token: self.gateway_token.clone(),
-            state: Rc::new(RefCell::new(RequestState::default())),
+            state: Rc::new(RefCell::new(state)),
             digest: None,
         }))
     }
@@ -210,18 +253,21 @@ impl RootContext for Root {
     }
 }
 
-fn store_call(config: &Config, gateway_token: &str, path: &str) -> Result<u32, ()> {
+fn store_call(config: &Config, gateway_token: &str, method: &str, path: &str, body: Option<&[u8]>) -> Result<u32, ()> {
     let auth = format!("Bearer {gateway_token}");
-    let headers = vec![
-        (":method", "GET"),
+    let mut headers = vec![
+        (":method", method),
         (":path", path),
         (":authority", config.store_authority.as_str()),
         ("authorization", auth.as_str()),
     ];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
     hostcalls::dispatch_http_call(
         &config.store_cluster,
         headers,
-        None,
+        body,
         vec![],
         Duration::from_millis(config.callout_timeout_ms),
     )
@@ -268,6 +314,25 @@ struct RequestState {
     plan: Option<(u64, Rc<RefCell<Plan>>)>,
     /// The upstream answer is replaced by keygate's own error (every key failed).
     replace_response: Option<String>,
+    context_id: u32,
+    started_ms: u64,
+    /// `content-length` of the request, and `max_tokens` (or its kin) from the body.
+    body_bytes: u64,
+    max_tokens: Option<u64>,
+    /// The store answer the decision was made on (kept while a reservation is out).
+    lookup: Option<Rc<Lookup>>,
+    /// Rate limits and reservation are done: only forwarding is left.
+    admitted: bool,
+    /// Token estimate (input, output) reserved / counted for this request.
+    estimate: (u64, u64),
+    reservation: Option<String>,
+    rate: Option<RateState>,
+    /// Who served: key, configuration, provider, model (for usage records).
+    served: Option<accounting::Served>,
+    /// Usage read from the response as it passes.
+    streaming: bool,
+    scanner: Option<crate::usage::SseScanner>,
+    json_body: Option<Vec<u8>>,
 }
 
 struct Request {
@@ -280,7 +345,11 @@ struct Request {
 }
 
 impl Context for Request {
-    fn on_http_call_response(&mut self, _token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        accounting::running(self.id);
+        if accounting::on_reserve_response(token_id, body_size) {
+            return;
+        }
         let Some(digest) = self.digest.take() else { return };
         let answer = read_json::<Lookup>(body_size);
         if answer.is_none() {
@@ -290,9 +359,11 @@ impl Context for Request {
     }
 
     fn on_done(&mut self) -> bool {
+        accounting::record(&self.state);
         if let Some((plan_id, _)) = self.state.borrow_mut().plan.take() {
             PLANS.with(|p| p.borrow_mut().remove(&plan_id));
         }
+        accounting::abandon_reserves(self.id);
         if let Some(digest) = self.digest.take() {
             let id = self.id;
             with_vm(|vm| {
@@ -312,6 +383,7 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        accounting::running(self.id);
         let header = |name: &str| hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten();
         #[cfg(feature = "fault-injection")]
         #[allow(clippy::panic)]
@@ -347,13 +419,16 @@ impl HttpContext for Request {
             st.path = path;
             st.has_body = has_body;
             st.model = Some(model);
+            st.started_ms = now_ms();
+            st.body_bytes = content_length.unwrap_or(0);
+            st.max_tokens = if has_body { read_max_tokens(&self.config.metadata_namespace) } else { None };
         }
 
         let now = now_ms();
         let cached = with_vm(|vm| vm.cache.get(&digest, now)).flatten();
         match cached {
             Some((lookup, Freshness::Fresh)) => {
-                return if forward_or_deny(&self.config, &self.state, &lookup) {
+                return if advance(&self.config, &self.state, &lookup) == Step::Forwarded {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -376,7 +451,7 @@ impl HttpContext for Request {
         .unwrap_or(false);
         if !joined {
             metrics::count("store.lookups");
-            match store_call(&self.config, &self.gateway_token, &format!("/v1/lookup/{digest}")) {
+            match store_call(&self.config, &self.gateway_token, "GET", &format!("/v1/lookup/{digest}"), None) {
                 Ok(_) => {
                     with_vm(|vm| {
                         vm.pending
@@ -389,7 +464,7 @@ impl HttpContext for Request {
                     return match stale {
                         Some(lookup) => {
                             metrics::count("cache.stale_served");
-                            if forward_or_deny(&self.config, &self.state, &lookup) {
+                            if advance(&self.config, &self.state, &lookup) == Step::Forwarded {
                                 Action::Continue
                             } else {
                                 Action::Pause
@@ -437,7 +512,19 @@ impl HttpContext for Request {
         if !st.request_id.is_empty() {
             set(REQUEST_ID_HEADER, &st.request_id);
         }
+        if let Some(rate) = &st.rate {
+            for (name, value) in rate.headers() {
+                set(name, &value);
+            }
+        }
         let Some((_, plan)) = st.plan.clone() else { return Action::Continue };
+        let content_type = hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type").ok().flatten();
+        st.streaming = content_type.is_some_and(|t| t.starts_with("text/event-stream"));
+        if st.streaming {
+            st.scanner = Some(crate::usage::SseScanner::default());
+        } else {
+            st.json_body = Some(Vec::new());
+        }
         let plan = plan.borrow();
         set("x-keygate-attempts", &plan.attempts.len().to_string());
         if let Some(last) = plan.attempts.last() {
@@ -465,6 +552,7 @@ impl HttpContext for Request {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if self.state.borrow().replace_response.is_none() {
+            accounting::observe_body(&mut self.state.borrow_mut(), body_size);
             return Action::Continue;
         }
         if !end_of_stream {
@@ -619,10 +707,32 @@ fn read_model(namespace: &str) -> ModelField {
     }
 }
 
-/// Decides for the request whose context is effective now and acts: forwards
-/// (returns true) or sends a local reply (returns false).
-fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Lookup) -> bool {
-    let now_secs = (now_ms() / 1000) as i64;
+/// Where a request stands after `advance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Headers set for the upstream: resume (or continue).
+    Forwarded,
+    /// A local reply was sent.
+    Denied,
+    /// Waiting for the store to reserve budget; its answer advances again.
+    Waiting,
+}
+
+/// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) from the
+/// body, which `json_to_metadata` hands over as a number (8 bytes, f64).
+fn read_max_tokens(namespace: &str) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"].iter().find_map(|key| {
+        let raw = hostcalls::get_property(vec!["metadata", "filter_metadata", namespace, key]).ok().flatten()?;
+        let bytes: [u8; 8] = raw.as_slice().try_into().ok()?;
+        let n = f64::from_le_bytes(bytes);
+        (n.is_finite() && n >= 0.0).then_some(n as u64)
+    })
+}
+
+/// Decides for the request whose context is effective now and acts: refuses,
+/// admits (rate limits, budget reservation), or forwards.
+fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Lookup>) -> Step {
+    let now = now_ms();
     let mut st = state.borrow_mut();
     let model = st.model.clone().unwrap_or(ModelField::Absent);
     let facts = RequestFacts {
@@ -631,21 +741,46 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
         has_body: st.has_body,
         model: &model,
     };
-    let forward = match decide(facts, lookup, now_secs) {
+    let forward = match decide(facts, lookup, (now / 1000) as i64) {
         Ok(f) => f,
         Err(denial) => {
             info!("keygate: request {} refused: {}", st.request_id, denial.code);
             send_denial(&st, &denial);
-            return false;
+            return Step::Denied;
         }
     };
-    let now = now_ms();
+    if !st.admitted {
+        st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, accounting::DEFAULT_OUTPUT_ESTIMATE);
+        st.served = Some(accounting::Served {
+            key_id: forward.key_id.to_string(),
+            config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
+            provider: forward.provider.id.clone(),
+            model: forward.model.clone(),
+        });
+        if let Some(limits) = &lookup.limits {
+            let tokens = st.estimate.0 + st.estimate.1;
+            match accounting::admit_rate(config, forward.key_id, limits, tokens, now) {
+                Ok(rate) => st.rate = Some(rate),
+                Err(denial) => {
+                    info!("keygate: request {} refused: {}", st.request_id, denial.code);
+                    send_denial(&st, &denial);
+                    return Step::Denied;
+                }
+            }
+        }
+        if lookup.budgeted && st.reservation.is_none() {
+            st.lookup = Some(lookup.clone());
+            drop(st);
+            return accounting::reserve(state);
+        }
+        st.admitted = true;
+    }
     let cool: Vec<u64> = forward.credentials.iter().map(|c| cooldown_until(&c.id)).collect();
     let keys: Vec<Credential> =
         failover::order(&cool, now).into_iter().filter_map(|i| forward.credentials.get(i).cloned()).collect();
     let Some(first) = keys.first() else {
         send_denial(&st, &Denial::new(500, "internal_error", "no credential"));
-        return false;
+        return Step::Denied;
     };
     let first_id = first.id.clone();
 
@@ -674,7 +809,7 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
         if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
             warn!("keygate: request {}: could not set header {name}", st.request_id);
             send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
-            return false;
+            return Step::Denied;
         }
     }
     let plan_id = NEXT_PLAN.with(|n| {
@@ -684,11 +819,12 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
     });
     if hostcalls::set_property(vec![PLAN_PROPERTY], Some(plan_id.to_string().as_bytes())).is_err() {
         send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
-        return false;
+        return Step::Denied;
     }
     let plan = Rc::new(RefCell::new(Plan { auth: forward.provider.auth, keys, attempts: Vec::new() }));
     PLANS.with(|p| p.borrow_mut().insert(plan_id, plan.clone()));
     st.plan = Some((plan_id, plan));
+    st.lookup = None;
     if hostcalls::call_foreign_function("clear_route_cache", None).is_err() {
         warn!("keygate: clear_route_cache is not available");
     }
@@ -702,7 +838,7 @@ fn forward_or_deny(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &
         forward.model.as_deref().unwrap_or("-"),
         first_id
     );
-    true
+    Step::Forwarded
 }
 
 fn send_denial(st: &RequestState, denial: &Denial) {
@@ -718,6 +854,7 @@ fn send_denial(st: &RequestState, denial: &Denial) {
     if let Some(r) = retry_after.as_deref() {
         headers.push(("retry-after", r));
     }
+    headers.extend(denial.headers.iter().map(|(k, v)| (*k, v.as_str())));
     if hostcalls::send_http_response(u32::from(denial.status), headers, Some(body.as_bytes())).is_err() {
         warn!("keygate: could not send a local reply");
     }
@@ -745,7 +882,7 @@ fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Con
         }
         let lookup = answer.clone().or(stale);
         let resume = match lookup {
-            Some(l) => forward_or_deny(config, &state, &l),
+            Some(l) => advance(config, &state, &l) == Step::Forwarded,
             None => {
                 send_denial(&state.borrow(), &store_unavailable());
                 false

@@ -1,0 +1,341 @@
+//! Glue for what a request costs: per-key rate limits (shared data, CAS),
+//! budget reservations (a store callout before the request goes upstream),
+//! and usage records (read from the response as it passes, sent in batches).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use keygate_proto::lookup::{Limits, ReserveRequest, ReserveResponse, UsageBatch, UsageRecord};
+use log::{info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, Status};
+
+use super::{advance, now_ms, read_json, send_denial, store_call, store_unavailable, with_vm, RequestState, Step};
+use crate::config::Config;
+use crate::errors::Denial;
+use crate::metrics;
+use crate::ratelimit::{self, Admission, Remaining, Window};
+use crate::usage::Usage;
+
+/// How often each worker sends its usage records to the store.
+pub const FLUSH_INTERVAL_MS: u64 = 1_000;
+/// Output tokens assumed for a request that sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
+/// Records kept while the store is unreachable; the oldest go first.
+const MAX_QUEUED: usize = 20_000;
+const BATCH: usize = 500;
+/// Largest JSON response read for its `usage` (it passes through regardless).
+const MAX_JSON_BODY: usize = 4 << 20;
+const RATE_PREFIX: &str = "keygate.rate.";
+
+thread_local! {
+    /// The context whose callback is running: the SDK files a callout under it.
+    static RUNNING: Cell<u32> = const { Cell::new(0) };
+}
+
+pub fn running(context_id: u32) {
+    RUNNING.with(|r| r.set(context_id));
+}
+
+/// Who served a request, for its usage records.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub key_id: String,
+    pub config_id: Option<String>,
+    pub provider: String,
+    pub model: Option<String>,
+}
+
+/// A request admitted under a rate limit.
+#[derive(Debug, Clone)]
+pub struct RateState {
+    key: String,
+    window_start: u64,
+    estimated: u64,
+    limits: Limits,
+    remaining: Remaining,
+}
+
+impl RateState {
+    /// The headers OpenAI's own API uses.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        limit_headers(&self.limits, &self.remaining)
+    }
+}
+
+fn limit_headers(limits: &Limits, remaining: &Remaining) -> Vec<(&'static str, String)> {
+    let reset = format!("{}ms", remaining.reset_ms);
+    let mut out = Vec::new();
+    if let (Some(l), Some(r)) = (limits.requests_per_minute, remaining.requests) {
+        out.push(("x-ratelimit-limit-requests", l.to_string()));
+        out.push(("x-ratelimit-remaining-requests", r.to_string()));
+        out.push(("x-ratelimit-reset-requests", reset.clone()));
+    }
+    if let (Some(l), Some(r)) = (limits.tokens_per_minute, remaining.tokens) {
+        out.push(("x-ratelimit-limit-tokens", l.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", r.to_string()));
+        out.push(("x-ratelimit-reset-tokens", reset));
+    }
+    out
+}
+
+/// Read-modify-write of one shared-data entry with compare-and-swap, so that
+/// every worker of this Envoy counts against the same number.
+fn update_shared<T>(key: &str, mut f: impl FnMut(Option<Window>) -> (Option<Window>, T)) -> Option<T> {
+    for _ in 0..16 {
+        let (value, cas) = hostcalls::get_shared_data(key).ok()?;
+        let (next, out) = f(value.as_deref().and_then(Window::parse));
+        let Some(next) = next else { return Some(out) };
+        match hostcalls::set_shared_data(key, Some(next.encode().as_bytes()), cas) {
+            Ok(()) => return Some(out),
+            Err(Status::CasMismatch) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+pub fn admit_rate(config: &Config, key_id: &str, limits: &Limits, tokens: u64, now: u64) -> Result<RateState, Denial> {
+    let key = format!("{RATE_PREFIX}{key_id}");
+    let window_ms = config.rate_limit_window_ms;
+    let admission = update_shared(&key, |current| match ratelimit::admit(current, now, window_ms, limits, tokens) {
+        a @ Admission::Admit { window, .. } => (Some(window), a),
+        r @ Admission::Refuse { .. } => (None, r),
+    });
+    match admission {
+        Some(Admission::Admit { window, remaining }) => {
+            Ok(RateState { key, window_start: window.start_ms, estimated: tokens, limits: limits.clone(), remaining })
+        }
+        Some(Admission::Refuse { requests, retry_after_s, remaining }) => {
+            metrics::count("ratelimit.refused");
+            let what = if requests { "requests" } else { "tokens" };
+            let mut d = Denial::new(
+                429,
+                "rate_limit_exceeded",
+                format!("this access key is over its {what} per minute limit; retry after {retry_after_s} s"),
+            );
+            d.retry_after = Some(retry_after_s);
+            d.headers = limit_headers(limits, &remaining);
+            Err(d)
+        }
+        None => Err(Denial::new(500, "internal_error", "the rate limiter is unavailable")),
+    }
+}
+
+/// Asks the store to hold this request's estimate against its budgets.
+pub fn reserve(state: &Rc<RefCell<RequestState>>) -> Step {
+    let st = state.borrow();
+    let Some(served) = st.served.clone() else { return Step::Denied };
+    let body = ReserveRequest {
+        request_id: st.request_id.clone(),
+        access_key_id: served.key_id,
+        config_id: served.config_id,
+        provider: served.provider,
+        model: served.model,
+        input_tokens: st.estimate.0,
+        output_tokens: st.estimate.1,
+    };
+    let Ok(json) = serde_json::to_vec(&body) else { return Step::Denied };
+    let dispatched = with_vm(|vm| {
+        let token = store_call(&vm.config, &vm.gateway_token, "POST", "/v1/reserve", Some(&json)).ok()?;
+        vm.reserves.insert(token, (RUNNING.with(Cell::get), state.clone()));
+        Some(token)
+    })
+    .flatten();
+    match dispatched {
+        Some(_) => {
+            metrics::count("budget.reserves");
+            Step::Waiting
+        }
+        None => {
+            send_denial(&st, &store_unavailable());
+            Step::Denied
+        }
+    }
+}
+
+/// Handles a reservation answer; false when `token` is not a reservation.
+pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
+    let Some((_, state)) = with_vm(|vm| vm.reserves.remove(&token)).flatten() else { return false };
+    let answer = read_json::<ReserveResponse>(body_size);
+    let target = state.borrow().context_id;
+    if hostcalls::set_effective_context(target).is_err() {
+        return true; // the request is gone; its reservation expires in the store
+    }
+    let Some(config) = with_vm(|vm| vm.config.clone()) else { return true };
+    let resume = match answer {
+        None => {
+            send_denial(&state.borrow(), &store_unavailable());
+            false
+        }
+        Some(r) if r.ok => {
+            let lookup = {
+                let mut st = state.borrow_mut();
+                st.reservation = r.reservation_id;
+                st.admitted = true;
+                st.lookup.clone()
+            };
+            match lookup {
+                Some(l) => advance(&config, &state, &l) == Step::Forwarded,
+                None => false,
+            }
+        }
+        Some(r) => {
+            let by = r.refused_by.as_deref().unwrap_or("budget");
+            let message = match by {
+                "key" => "this access key has used up its budget",
+                "configuration" => "the budget of this access key's configuration is used up",
+                "credits" => "the gateway's credit balance is used up",
+                _ => "a budget that applies to this access key is used up",
+            };
+            info!("keygate: request {} refused: insufficient_credits ({by})", state.borrow().request_id);
+            send_denial(&state.borrow(), &Denial::new(402, "insufficient_credits", message));
+            false
+        }
+    };
+    if resume && hostcalls::resume_http_request().is_err() {
+        warn!("keygate: could not resume a request");
+    }
+    true
+}
+
+/// A context is going away: requests whose reservation callout it filed will
+/// never hear back through it, so they fail closed now instead of hanging.
+pub fn abandon_reserves(dispatcher: u32) {
+    let orphaned: Vec<Rc<RefCell<RequestState>>> = with_vm(|vm| {
+        let tokens: Vec<u32> = vm
+            .reserves
+            .iter()
+            .filter(|(_, (d, st))| *d == dispatcher && st.borrow().context_id != dispatcher)
+            .map(|(t, _)| *t)
+            .collect();
+        tokens.iter().filter_map(|t| vm.reserves.remove(t)).map(|(_, st)| st).collect()
+    })
+    .unwrap_or_default();
+    for state in orphaned {
+        if hostcalls::set_effective_context(state.borrow().context_id).is_ok() {
+            send_denial(&state.borrow(), &store_unavailable());
+        }
+    }
+}
+
+/// Reads a response chunk for usage as it passes (never holds it back).
+pub fn observe_body(st: &mut RequestState, body_size: usize) {
+    if st.scanner.is_none() && st.json_body.is_none() {
+        return;
+    }
+    let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) else { return };
+    if let Some(scanner) = st.scanner.as_mut() {
+        scanner.feed(&chunk);
+    } else if let Some(json) = st.json_body.as_mut() {
+        if json.len() + chunk.len() <= MAX_JSON_BODY {
+            json.extend_from_slice(&chunk);
+        } else {
+            st.json_body = None;
+        }
+    }
+}
+
+/// At the end of a forwarded request: one usage record per upstream attempt
+/// (tokens on the final one), queued for the store; the rate-limit count is
+/// corrected from the estimate to the real usage.
+pub fn record(state: &Rc<RefCell<RequestState>>) {
+    let mut st = state.borrow_mut();
+    let Some(served) = st.served.clone() else { return };
+    let usage = match (&st.scanner, &st.json_body) {
+        (Some(s), _) => s.usage,
+        (None, Some(body)) => Usage::from_json(body),
+        _ => Usage::default(),
+    };
+    let attempts = st.plan.as_ref().map(|(_, p)| p.borrow().attempts.clone()).unwrap_or_default();
+    let final_ok = attempts.last().and_then(|a| a.status).is_some_and(|s| (200..300).contains(&s));
+    // No usage reported for an answer that was served: count the estimate, so
+    // that nothing is free (e.g. OpenAI streams without include_usage).
+    let (input, output) = match (usage.seen, final_ok) {
+        (true, _) => (usage.input, usage.output),
+        (false, true) => st.estimate,
+        (false, false) => (0, 0),
+    };
+    let now = now_ms();
+    let base = UsageRecord {
+        request_id: st.request_id.clone(),
+        access_key_id: served.key_id.clone(),
+        config_id: served.config_id.clone(),
+        provider: served.provider.clone(),
+        model: served.model.clone(),
+        streaming: st.streaming,
+        started_ms: st.started_ms,
+        ended_ms: now,
+        ..UsageRecord::default()
+    };
+    let mut records: Vec<UsageRecord> = attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| UsageRecord {
+            provider_key_id: Some(a.key_id.clone()),
+            attempt: i as u32 + 1,
+            status: a.status.unwrap_or(0),
+            ..base.clone()
+        })
+        .collect();
+    if records.is_empty() && st.reservation.is_none() {
+        return; // refused or abandoned before anything went upstream
+    }
+    if records.is_empty() {
+        records.push(base); // settles the reservation of a request that never went out
+    }
+    if let Some(last) = records.last_mut() {
+        last.final_attempt = true;
+        last.input_tokens = input;
+        last.output_tokens = output;
+        last.cached_tokens = usage.cached;
+        last.reasoning_tokens = usage.reasoning;
+        last.reservation_id = st.reservation.take();
+    }
+    metrics::add("tokens.input", input);
+    metrics::add("tokens.output", output);
+    if let Some(rate) = st.rate.take() {
+        let actual = input + output;
+        update_shared(&rate.key, |current| {
+            (current.and_then(|w| ratelimit::settle(w, rate.window_start, rate.estimated, actual)), ())
+        });
+    }
+    drop(st);
+    with_vm(|vm| {
+        vm.usage.extend(records);
+        if vm.usage.len() > MAX_QUEUED {
+            let excess = vm.usage.len() - MAX_QUEUED;
+            vm.usage.drain(..excess);
+            metrics::add("usage.dropped", excess as u64);
+        }
+    });
+}
+
+/// Sends the next batch of usage records; the caller keeps it until the store
+/// acknowledges (`requeue` on failure).
+pub fn flush(config: &Config, gateway_token: &str) -> Option<(u32, Vec<UsageRecord>)> {
+    let batch: Vec<UsageRecord> = with_vm(|vm| {
+        let n = vm.usage.len().min(BATCH);
+        vm.usage.drain(..n).collect()
+    })?;
+    if batch.is_empty() {
+        return None;
+    }
+    let body = UsageBatch { records: batch };
+    let json = serde_json::to_vec(&body).ok()?;
+    match store_call(config, gateway_token, "POST", "/v1/usage", Some(&json)) {
+        Ok(token) => Some((token, body.records)),
+        Err(()) => {
+            requeue(body.records);
+            None
+        }
+    }
+}
+
+/// Puts an unacknowledged batch back at the front of the queue.
+pub fn requeue(mut batch: Vec<UsageRecord>) {
+    with_vm(|vm| {
+        batch.append(&mut vm.usage);
+        vm.usage = batch;
+    });
+}

@@ -1,0 +1,166 @@
+//! Token counts from provider responses: OpenAI and Anthropic `usage`, in
+//! plain JSON bodies and in event streams. Streams are scanned as they pass,
+//! never buffered: only a partial line is carried between chunks.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: u64,
+    pub output: u64,
+    pub cached: u64,
+    pub reasoning: u64,
+    /// The provider reported usage at all.
+    pub seen: bool,
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<u64> {
+    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
+}
+
+impl Usage {
+    /// Merges a `usage` object of either dialect (later values win, as in
+    /// Anthropic's cumulative `message_delta`).
+    fn absorb(&mut self, u: &Value) {
+        if !u.is_object() {
+            return;
+        }
+        self.seen = true;
+        if let Some(n) = num(u, &["prompt_tokens"]).or_else(|| num(u, &["input_tokens"])) {
+            self.input = n;
+        }
+        if let Some(n) = num(u, &["completion_tokens"]).or_else(|| num(u, &["output_tokens"])) {
+            self.output = n;
+        }
+        if let Some(n) =
+            num(u, &["prompt_tokens_details", "cached_tokens"]).or_else(|| num(u, &["cache_read_input_tokens"]))
+        {
+            self.cached = n;
+        }
+        if let Some(n) = num(u, &["completion_tokens_details", "reasoning_tokens"]) {
+            self.reasoning = n;
+        }
+    }
+
+    /// A complete JSON response body.
+    pub fn from_json(body: &[u8]) -> Usage {
+        let mut usage = Usage::default();
+        if let Ok(v) = serde_json::from_slice::<Value>(body) {
+            if let Some(u) = v.get("usage") {
+                usage.absorb(u);
+            }
+        }
+        usage
+    }
+}
+
+/// Reads `data:` lines of a server-sent-event stream as chunks pass by.
+#[derive(Debug, Default)]
+pub struct SseScanner {
+    partial: Vec<u8>,
+    pub usage: Usage,
+}
+
+/// Longest line carried between chunks; a longer one is skipped (it cannot
+/// be a usage event worth buffering for).
+const MAX_LINE: usize = 1 << 20;
+
+impl SseScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(i);
+            rest = tail.get(1..).unwrap_or_default();
+            if self.partial.is_empty() {
+                self.line(line);
+            } else {
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
+                self.line(&whole);
+            }
+        }
+        if self.partial.len() + rest.len() <= MAX_LINE {
+            self.partial.extend_from_slice(rest);
+        } else {
+            self.partial.clear();
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else { return };
+        // Cheap pre-check: most chunks carry no usage.
+        if !data.windows(7).any(|w| w == b"\"usage\"") {
+            return;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) else { return };
+        if let Some(u) = v.get("usage") {
+            self.usage.absorb(u); // OpenAI final chunk, Anthropic message_delta
+        }
+        if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
+            self.usage.absorb(u); // Anthropic message_start
+        }
+    }
+}
+
+/// Upper estimates before the request goes out: prompt tokens from the body
+/// size (at most one token per two bytes for text in JSON), output tokens from
+/// the request's limit or `default_output`.
+pub fn estimate(body_bytes: u64, max_tokens: Option<u64>, default_output: u64) -> (u64, u64) {
+    (body_bytes.div_ceil(2), max_tokens.unwrap_or(default_output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_json() {
+        let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,
+            "prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        assert_eq!(Usage::from_json(body), Usage { input: 11, output: 7, cached: 3, reasoning: 2, seen: true });
+    }
+
+    #[test]
+    fn anthropic_json() {
+        let body = br#"{"type":"message","usage":{"input_tokens":12,"output_tokens":5,"cache_read_input_tokens":4}}"#;
+        assert_eq!(Usage::from_json(body), Usage { input: 12, output: 5, cached: 4, reasoning: 0, seen: true });
+        assert!(!Usage::from_json(b"not json").seen);
+    }
+
+    #[test]
+    fn openai_stream_in_odd_chunks() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4}}\n\n\
+                      data: [DONE]\n\n";
+        for size in [1, 2, 7, 64, 4096] {
+            let mut s = SseScanner::default();
+            for chunk in stream.as_bytes().chunks(size) {
+                s.feed(chunk);
+            }
+            assert_eq!((s.usage.input, s.usage.output, s.usage.seen), (9, 4, true), "chunk size {size}");
+        }
+    }
+
+    #[test]
+    fn anthropic_stream() {
+        let stream = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1,\"cache_read_input_tokens\":2}}}\n\n\
+                      event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"usage\"}}\n\n\
+                      event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":5}}\n\n";
+        let mut s = SseScanner::default();
+        s.feed(stream.as_bytes());
+        assert_eq!(s.usage, Usage { input: 12, output: 5, cached: 2, reasoning: 0, seen: true });
+    }
+
+    #[test]
+    fn stream_without_usage() {
+        let mut s = SseScanner::default();
+        s.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\ndata: [DONE]\n\n");
+        assert!(!s.usage.seen);
+    }
+
+    #[test]
+    fn estimates() {
+        assert_eq!(estimate(1001, Some(16), 4096), (501, 16));
+        assert_eq!(estimate(0, None, 4096), (0, 4096));
+    }
+}
