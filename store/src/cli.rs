@@ -41,6 +41,134 @@ pub enum Command {
     /// Manage providers.
     #[command(subcommand)]
     Providers(ProvidersCmd),
+    /// Usage records and summaries.
+    #[command(subcommand)]
+    Usage(UsageCmd),
+    /// The gateway-wide credit balance.
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+    /// The price catalog (USD per million tokens).
+    #[command(subcommand)]
+    Prices(PricesCmd),
+}
+
+/// Budget flags of `access-keys create/update`.
+#[derive(Args)]
+pub struct BudgetArgs {
+    /// Token budget per window.
+    #[arg(long)]
+    pub budget_tokens: Option<u64>,
+    /// Cost budget per window, USD.
+    #[arg(long)]
+    pub budget_usd: Option<f64>,
+    /// Budget window: daily, monthly or none (default none).
+    #[arg(long, value_parser = ["daily", "monthly", "none"])]
+    pub budget_window: Option<String>,
+}
+
+impl BudgetArgs {
+    fn to_json(&self) -> Option<Value> {
+        if self.budget_tokens.is_none() && self.budget_usd.is_none() && self.budget_window.is_none() {
+            return None;
+        }
+        let mut b = Map::new();
+        if let Some(t) = self.budget_tokens {
+            b.insert("tokens".into(), json!(t));
+        }
+        if let Some(u) = self.budget_usd {
+            b.insert("costUsd".into(), json!(u));
+        }
+        if let Some(w) = &self.budget_window {
+            b.insert("window".into(), json!(w));
+        }
+        Some(Value::Object(b))
+    }
+}
+
+#[derive(Args)]
+pub struct UsageFilterArgs {
+    /// Access key id.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// RFC 3339: records started at or after.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// RFC 3339: records started before.
+    #[arg(long)]
+    pub to: Option<String>,
+    #[arg(long)]
+    pub provider: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl UsageFilterArgs {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("accessKeyId", &self.key),
+            ("from", &self.from),
+            ("to", &self.to),
+            ("provider", &self.provider),
+            ("model", &self.model),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+#[derive(Subcommand)]
+pub enum UsageCmd {
+    /// Usage records, newest first.
+    List {
+        #[command(flatten)]
+        filter: UsageFilterArgs,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+    /// Totals grouped by key, provider, model or day.
+    Summary {
+        #[arg(long, default_value = "key", value_parser = ["key", "provider", "model", "day"])]
+        group_by: String,
+        #[command(flatten)]
+        filter: UsageFilterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CreditsCmd {
+    /// Balance, reservations and whether credits are enforced.
+    Get,
+    /// Add USD to the balance (negative to correct); the first grant enables credits.
+    Add {
+        #[arg(long, allow_hyphen_values = true)]
+        usd: f64,
+    },
+    /// Enforce the balance on every request.
+    Enable,
+    /// Stop enforcing the balance.
+    Disable,
+}
+
+#[derive(Subcommand)]
+pub enum PricesCmd {
+    List,
+    /// Set the price of PROVIDER/MODEL (MODEL may end in `*`; `*/*` is the catch-all).
+    Set {
+        model: String,
+        /// USD per million input tokens.
+        #[arg(long)]
+        input: f64,
+        /// USD per million output tokens.
+        #[arg(long)]
+        output: f64,
+        /// USD per million cached input tokens (default: the input price).
+        #[arg(long)]
+        cached: Option<f64>,
+    },
+    Delete {
+        model: String,
+    },
 }
 
 #[derive(Args)]
@@ -90,6 +218,8 @@ pub enum AccessKeysCmd {
         expires_at: Option<String>,
         #[arg(long)]
         disabled: bool,
+        #[command(flatten)]
+        budget: BudgetArgs,
     },
     List(ListArgs),
     Get {
@@ -125,6 +255,12 @@ pub enum AccessKeysCmd {
         disable: bool,
         #[arg(long)]
         enable: bool,
+        /// Replaces the whole budget (give every part you want to keep).
+        #[command(flatten)]
+        budget: BudgetArgs,
+        /// Remove the budget.
+        #[arg(long, conflicts_with_all = ["budget_tokens", "budget_usd", "budget_window"])]
+        no_budget: bool,
     },
 }
 
@@ -222,6 +358,7 @@ pub struct Client {
 enum Verb {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -244,6 +381,9 @@ impl Client {
             (Verb::Delete, _) => self.agent.delete(&url).header("authorization", &auth).call(),
             (Verb::Post, Some(b)) => self.agent.post(&url).header("authorization", &auth).send_json(&b),
             (Verb::Post, None) => self.agent.post(&url).header("authorization", &auth).send_empty(),
+            (Verb::Put, b) => {
+                self.agent.put(&url).header("authorization", &auth).send_json(b.unwrap_or_else(|| json!({})))
+            }
             (Verb::Patch, b) => {
                 self.agent.patch(&url).header("authorization", &auth).send_json(b.unwrap_or_else(|| json!({})))
             }
@@ -323,6 +463,35 @@ fn seg(id: &str) -> Result<&str, String> {
     }
 }
 
+/// Percent-encodes one path segment (keeps `*`).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'*') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `/prices/{provider}/{model}` of `PROVIDER/MODEL`.
+fn price_path(spec: &str) -> Result<String, String> {
+    let (p, m) = spec.split_once('/').ok_or_else(|| format!("{spec:?} is not PROVIDER/MODEL"))?;
+    if p.is_empty() || m.is_empty() {
+        return Err(format!("{spec:?} is not PROVIDER/MODEL"));
+    }
+    Ok(format!("/prices/{}/{}", encode_segment(p), encode_segment(m)))
+}
+
+fn with_query(base: &str, pairs: &[(&str, String)]) -> String {
+    if pairs.is_empty() {
+        return base.to_string();
+    }
+    format!("{base}?{}", serde_urlencoded::to_string(pairs).unwrap_or_default())
+}
+
 fn put_opt(m: &mut Map<String, Value>, k: &str, v: Option<String>) {
     if let Some(v) = v {
         m.insert(k.into(), Value::String(v));
@@ -340,7 +509,7 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
     match cli.command {
         Command::Serve(_) => Err("serve is not an admin command".into()),
         Command::AccessKeys(cmd) => match cmd {
-            AccessKeysCmd::Create { name, config, description, metadata, expires_at, disabled } => {
+            AccessKeysCmd::Create { name, config, description, metadata, expires_at, disabled, budget } => {
                 let mut b = Map::new();
                 b.insert("name".into(), Value::String(name));
                 put_opt(&mut b, "accessKeyConfigurationId", config);
@@ -349,6 +518,9 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 put_opt(&mut b, "expiresAt", expires_at);
                 if disabled {
                     b.insert("disabled".into(), Value::Bool(true));
+                }
+                if let Some(v) = budget.to_json() {
+                    b.insert("budget".into(), v);
                 }
                 c.call(Verb::Post, "/access-keys", Some(Value::Object(b)))
             }
@@ -374,6 +546,8 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 no_expiry,
                 disable,
                 enable,
+                budget,
+                no_budget,
             } => {
                 let mut b = Map::new();
                 put_opt(&mut b, "name", name);
@@ -389,6 +563,12 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 }
                 if disable || enable {
                     b.insert("disabled".into(), Value::Bool(disable));
+                }
+                if let Some(v) = budget.to_json() {
+                    b.insert("budget".into(), v);
+                }
+                if no_budget {
+                    b.insert("budget".into(), Value::Null);
                 }
                 c.call(Verb::Patch, &format!("/access-keys/{}", seg(&id)?), Some(Value::Object(b)))
             }
@@ -451,6 +631,45 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
             ProvidersCmd::Delete { id } => {
                 c.call(Verb::Delete, &format!("/providers/{}", seg(&id)?), None)?;
                 Ok(deleted(&id))
+            }
+        },
+        Command::Usage(cmd) => match cmd {
+            UsageCmd::List { filter, page } => {
+                let mut q = filter.pairs();
+                if let Some(l) = page.limit {
+                    q.push(("limit", l.to_string()));
+                }
+                if let Some(b) = page.before_id {
+                    q.push(("beforeId", b));
+                }
+                c.call(Verb::Get, &with_query("/usage", &q), None)
+            }
+            UsageCmd::Summary { group_by, filter } => {
+                let mut q = vec![("groupBy", group_by)];
+                q.extend(filter.pairs());
+                c.call(Verb::Get, &with_query("/usage/summary", &q), None)
+            }
+        },
+        Command::Credits(cmd) => match cmd {
+            CreditsCmd::Get => c.call(Verb::Get, "/credits", None),
+            CreditsCmd::Add { usd } => c.call(Verb::Post, "/credits", Some(json!({ "addUsd": usd }))),
+            CreditsCmd::Enable => c.call(Verb::Patch, "/credits", Some(json!({ "enabled": true }))),
+            CreditsCmd::Disable => c.call(Verb::Patch, "/credits", Some(json!({ "enabled": false }))),
+        },
+        Command::Prices(cmd) => match cmd {
+            PricesCmd::List => c.call(Verb::Get, "/prices", None),
+            PricesCmd::Set { model, input, output, cached } => {
+                let mut b = Map::new();
+                b.insert("inputPerMillionUsd".into(), json!(input));
+                b.insert("outputPerMillionUsd".into(), json!(output));
+                if let Some(x) = cached {
+                    b.insert("cachedInputPerMillionUsd".into(), json!(x));
+                }
+                c.call(Verb::Put, &price_path(&model)?, Some(Value::Object(b)))
+            }
+            PricesCmd::Delete { model } => {
+                c.call(Verb::Delete, &price_path(&model)?, None)?;
+                Ok(Some(json!({ "price": model, "deleted": true })))
             }
         },
     }

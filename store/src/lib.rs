@@ -10,5 +10,6 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod plan;
+pub mod pricing;
 pub mod serve;
 pub mod storage;

@@ -7,6 +7,7 @@ use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::StoreError;
+use crate::pricing::{Window, MAX_PRICE_USD, MAX_USD};
 
 pub const NAME_MAX: usize = 255;
 pub const DESCRIPTION_MAX: usize = 255;
@@ -56,6 +57,9 @@ pub struct AccessKey {
     pub access_key_configuration: Option<ConfigRef>,
     pub expires_at: Option<String>,
     pub disabled: bool,
+    pub budget: Option<BudgetSpec>,
+    /// The current window of `budget` (null without a budget).
+    pub budget_usage: Option<BudgetUsage>,
     /// Only in the create and rotate responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
@@ -99,8 +103,105 @@ pub struct AccessKeyConfiguration {
     pub metadata: String,
     pub access: Option<AccessSpec>,
     pub router: Option<RouterSpec>,
+    pub rate_limits: Option<RateLimitsSpec>,
+    /// One budget shared by every access key using this configuration.
+    pub budget: Option<BudgetSpec>,
+    pub budget_usage: Option<BudgetUsage>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// Per-key rate limits of a configuration (enforced by the Envoy filter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// A spending limit: tokens and/or USD per window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub window: Window,
+}
+
+/// What the current window of a budget has used and holds in reservations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetUsage {
+    pub tokens: i64,
+    pub cost_usd: f64,
+    pub reserved_tokens: i64,
+    pub reserved_cost_usd: f64,
+    /// Start of the current window; null for window `none`.
+    pub window_start: Option<String>,
+}
+
+/// The gateway-wide credit balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credits {
+    pub enabled: bool,
+    pub balance_usd: f64,
+    pub reserved_usd: f64,
+}
+
+/// One entry of the price catalog (USD per million tokens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceEntry {
+    pub provider: String,
+    pub model: String,
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+    pub cached_input_per_million_usd: Option<f64>,
+    pub updated_at: String,
+}
+
+/// One stored usage record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageItem {
+    pub id: String,
+    pub request_id: String,
+    pub access_key_id: String,
+    pub access_key_configuration_id: Option<String>,
+    pub provider: String,
+    pub model: Option<String>,
+    pub provider_key_id: Option<String>,
+    pub attempt: u32,
+    #[serde(rename = "final")]
+    pub final_attempt: bool,
+    pub status: u16,
+    pub streaming: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_usd: f64,
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRow {
+    pub group: String,
+    /// Final records (requests answered).
+    pub requests: i64,
+    /// Upstream attempts (records with attempt > 0).
+    pub attempts: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -184,6 +285,8 @@ pub struct CreateAccessKey {
     pub expires_at: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    #[serde(default)]
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Deserialize, Default)]
@@ -201,6 +304,8 @@ pub struct PatchAccessKey {
     pub expires_at: Option<Option<String>>,
     #[serde(default, deserialize_with = "non_null")]
     pub disabled: Option<bool>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub budget: Option<Option<BudgetSpec>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -258,6 +363,10 @@ pub struct CreateConfig {
     pub access: Option<AccessSpec>,
     #[serde(default)]
     pub router: Option<RouterSpec>,
+    #[serde(default)]
+    pub rate_limits: Option<RateLimitsSpec>,
+    #[serde(default)]
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -273,6 +382,31 @@ pub struct PatchConfig {
     pub access: Option<Option<AccessSpec>>,
     #[serde(default, deserialize_with = "double_option")]
     pub router: Option<Option<RouterSpec>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub rate_limits: Option<Option<RateLimitsSpec>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub budget: Option<Option<BudgetSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PutPrice {
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+    #[serde(default)]
+    pub cached_input_per_million_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AddCredits {
+    pub add_usd: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchCredits {
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,6 +466,60 @@ pub fn check_description(s: &str) -> V<()> {
 
 pub fn check_metadata(s: &str) -> V<()> {
     check_len("metadata", s, METADATA_MAX)
+}
+
+/// Largest rate limit accepted (per minute).
+pub const MAX_RATE: u64 = 1_000_000_000;
+/// Largest token budget accepted.
+pub const MAX_BUDGET_TOKENS: u64 = 1_000_000_000_000_000;
+
+pub fn check_rate_limits(field: &str, r: &RateLimitsSpec) -> V<()> {
+    for (name, v) in [("requestsPerMinute", r.requests_per_minute), ("tokensPerMinute", r.tokens_per_minute)] {
+        if let Some(v) = v {
+            if v == 0 || v > MAX_RATE {
+                return Err(StoreError::invalid(
+                    format!("{field}.{name}"),
+                    format!("{field}.{name} must be an integer from 1 to {MAX_RATE}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A USD amount: finite, within `[min, max]`.
+pub fn check_usd(field: &str, v: f64, min: f64, max: f64) -> V<()> {
+    if !v.is_finite() || v < min || v > max {
+        return Err(StoreError::invalid(field, format!("{field} must be a number from {min} to {max}")));
+    }
+    Ok(())
+}
+
+pub fn check_budget(field: &str, b: &BudgetSpec) -> V<()> {
+    if b.tokens.is_none() && b.cost_usd.is_none() {
+        return Err(StoreError::invalid(field, format!("{field} needs tokens and/or costUsd")));
+    }
+    if let Some(t) = b.tokens {
+        if t > MAX_BUDGET_TOKENS {
+            return Err(StoreError::invalid(
+                format!("{field}.tokens"),
+                format!("{field}.tokens must be at most {MAX_BUDGET_TOKENS}"),
+            ));
+        }
+    }
+    if let Some(c) = b.cost_usd {
+        check_usd(&format!("{field}.costUsd"), c, 0.0, MAX_USD)?;
+    }
+    Ok(())
+}
+
+pub fn check_price(p: &PutPrice) -> V<()> {
+    check_usd("inputPerMillionUsd", p.input_per_million_usd, 0.0, MAX_PRICE_USD)?;
+    check_usd("outputPerMillionUsd", p.output_per_million_usd, 0.0, MAX_PRICE_USD)?;
+    if let Some(c) = p.cached_input_per_million_usd {
+        check_usd("cachedInputPerMillionUsd", c, 0.0, MAX_PRICE_USD)?;
+    }
+    Ok(())
 }
 
 /// Provider ids: `[a-z0-9][a-z0-9._-]{0,62}`.

@@ -186,6 +186,21 @@ fn shutdown_signal(tx: watch::Sender<bool>) -> impl std::future::Future<Output =
     }
 }
 
+/// How often expired reservations are released (reserve calls also do it).
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Releases reservations that were not settled in time, once a minute.
+async fn sweep_reservations(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = crate::api::run(&state, |s| s.sweep_reservations()).await {
+            tracing::warn!(error = ?e, "reservation sweep failed");
+        }
+    }
+}
+
 /// Runs the store until SIGTERM/SIGINT.
 pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     let prepared = {
@@ -205,6 +220,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    tokio::spawn(sweep_reservations(prepared.state.clone()));
     let api_server = axum::serve(api, management_app(prepared.state.clone())).with_graceful_shutdown(wait(rx.clone()));
     let lookup_server = axum::serve(lookup, gateway_app(prepared.state)).with_graceful_shutdown(wait(rx));
     tokio::spawn(shutdown_signal(tx));

@@ -179,3 +179,55 @@ fn cli_round_trip() {
     let stderr = server.stop();
     assert!(!stderr.contains(&admin), "admin token printed again");
 }
+
+#[test]
+fn cli_budgets_usage_credits_prices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let server = Server::start(&dir, &[]);
+    let cli = Cli { dir: &dir, api: server.api.clone() };
+
+    let (k, _) = cli.ok(
+        &[
+            "access-keys",
+            "create",
+            "--name",
+            "b",
+            "--budget-tokens",
+            "1000",
+            "--budget-usd",
+            "2.5",
+            "--budget-window",
+            "daily",
+        ],
+        None,
+    );
+    assert_eq!(k["budget"], json!({"tokens": 1000, "costUsd": 2.5, "window": "daily"}));
+    let id = k["id"].as_str().unwrap();
+    let (k, _) = cli.ok(&["access-keys", "update", id, "--budget-tokens", "5"], None);
+    assert_eq!(k["budget"], json!({"tokens": 5, "window": "none"}));
+    let (k, _) = cli.ok(&["access-keys", "update", id, "--no-budget"], None);
+    assert_eq!(k["budget"], Value::Null);
+
+    let (c, _) = cli.ok(&["credits", "get"], None);
+    assert_eq!(c["enabled"], false);
+    let (c, _) = cli.ok(&["credits", "add", "--usd", "3"], None);
+    assert_eq!((c["enabled"].clone(), c["balanceUsd"].clone()), (json!(true), json!(3.0)));
+    let (c, _) = cli.ok(&["credits", "add", "--usd", "-1"], None);
+    assert_eq!(c["balanceUsd"], 2.0);
+    let (c, _) = cli.ok(&["credits", "disable"], None);
+    assert_eq!(c["enabled"], false);
+
+    let (p, _) = cli.ok(&["prices", "set", "openrouter/openai/gpt-4o*", "--input", "3", "--output", "9"], None);
+    assert_eq!((p["provider"].clone(), p["model"].clone()), (json!("openrouter"), json!("openai/gpt-4o*")));
+    let (list, _) = cli.ok(&["prices", "list"], None);
+    assert!(list["prices"].as_array().unwrap().iter().any(|e| e["model"] == "openai/gpt-4o*"));
+    cli.ok(&["prices", "delete", "openrouter/openai/gpt-4o*"], None);
+    assert!(cli.fails(&["prices", "delete", "*/*"]).contains("conflict"));
+
+    let (u, _) = cli.ok(&["usage", "list", "--key", id, "--from", "2020-01-01T00:00:00Z", "--limit", "5"], None);
+    assert_eq!(u["usage"], json!([]));
+    let (s, _) = cli.ok(&["usage", "summary", "--group-by", "day"], None);
+    assert_eq!(s, json!({"groupBy": "day", "rows": []}));
+    drop(server.stop());
+}

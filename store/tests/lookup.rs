@@ -52,7 +52,7 @@ async fn unknown_and_malformed_digests() {
     assert_eq!(stats["lookups"], 5);
     h.gw("/v1/changes?since=0").await;
     let (_, stats) = send(&h.gw, "GET", "/v1/stats", Some(GATEWAY), None).await;
-    assert_eq!(stats, json!({"lookups": 5, "changes": 1}));
+    assert_eq!(stats, json!({"lookups": 5, "changes": 1, "reserves": 0, "usageRecords": 0}));
 }
 
 #[tokio::test]
@@ -370,6 +370,7 @@ async fn version_and_data_survive_reopen() {
             disabled: false,
             digest: "d".repeat(64),
             redacted: "kg-...".into(),
+            budget: None,
         })
         .unwrap();
     drop(store);

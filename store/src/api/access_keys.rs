@@ -11,8 +11,8 @@ use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::{new_access_token, now_secs, parse_rfc3339};
 use crate::model::{
-    check_description, check_metadata, check_name, is_plausible_id, AccessKey, CreateAccessKey, PatchAccessKey,
-    RotateAccessKey, MAX_GRACE_SECONDS,
+    check_budget, check_description, check_metadata, check_name, is_plausible_id, AccessKey, CreateAccessKey,
+    PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS,
 };
 use crate::storage::{AccessKeyChanges, NewAccessKey};
 
@@ -46,6 +46,9 @@ pub async fn create(
         check_config_id(c)?;
     }
     let expires_at = req.expires_at.as_deref().map(parse_expiry).transpose()?;
+    if let Some(b) = &req.budget {
+        check_budget("budget", b)?;
+    }
     let tok = new_access_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let new = NewAccessKey {
         name: req.name,
@@ -56,6 +59,7 @@ pub async fn create(
         disabled: req.disabled,
         digest: token::digest(&tok),
         redacted: token::redact(&tok),
+        budget: req.budget,
     };
     let mut key = run(&state, move |s| s.create_access_key(&new)).await?;
     key.token = Some(tok);
@@ -96,6 +100,9 @@ pub async fn update(
         Some(None) => Some(None),
         Some(Some(s)) => Some(Some(parse_expiry(&s)?)),
     };
+    if let Some(Some(b)) = &req.budget {
+        check_budget("budget", b)?;
+    }
     let changes = AccessKeyChanges {
         name: req.name,
         description,
@@ -103,6 +110,7 @@ pub async fn update(
         config_id: req.access_key_configuration_id,
         expires_at,
         disabled: req.disabled,
+        budget: req.budget,
     };
     Ok(Json(run(&state, move |s| s.update_access_key(&id, &changes)).await?))
 }

@@ -8,8 +8,8 @@ use super::extract::{ApiJson, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
-    check_config_syntax, check_description, check_metadata, check_name, AccessKeyConfiguration, CreateConfig,
-    PatchConfig,
+    check_budget, check_config_syntax, check_description, check_metadata, check_name, check_rate_limits,
+    AccessKeyConfiguration, CreateConfig, PatchConfig,
 };
 use crate::storage::{ConfigChanges, NewConfig};
 
@@ -23,7 +23,21 @@ pub async fn create(
     check_description(&description)?;
     check_metadata(&metadata)?;
     check_config_syntax(req.access.as_ref(), req.router.as_ref())?;
-    let new = NewConfig { name: req.name, description, metadata, access: req.access, router: req.router };
+    if let Some(r) = &req.rate_limits {
+        check_rate_limits("rateLimits", r)?;
+    }
+    if let Some(b) = &req.budget {
+        check_budget("budget", b)?;
+    }
+    let new = NewConfig {
+        name: req.name,
+        description,
+        metadata,
+        access: req.access,
+        router: req.router,
+        rate_limits: req.rate_limits,
+        budget: req.budget,
+    };
     let config = run(&state, move |s| s.create_config(&new)).await?;
     Ok((StatusCode::CREATED, Json(config)))
 }
@@ -58,7 +72,21 @@ pub async fn update(
         check_metadata(m)?;
     }
     check_config_syntax(req.access.as_ref().and_then(Option::as_ref), req.router.as_ref().and_then(Option::as_ref))?;
-    let changes = ConfigChanges { name: req.name, description, metadata, access: req.access, router: req.router };
+    if let Some(Some(r)) = &req.rate_limits {
+        check_rate_limits("rateLimits", r)?;
+    }
+    if let Some(Some(b)) = &req.budget {
+        check_budget("budget", b)?;
+    }
+    let changes = ConfigChanges {
+        name: req.name,
+        description,
+        metadata,
+        access: req.access,
+        router: req.router,
+        rate_limits: req.rate_limits,
+        budget: req.budget,
+    };
     Ok(Json(run(&state, move |s| s.update_config(&id, &changes)).await?))
 }
 

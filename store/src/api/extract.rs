@@ -163,20 +163,34 @@ impl<S: Send + Sync> FromRequestParts<S> for Paging {
         let q: ListQuery = serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).map_err(|e| {
             ApiError::BadRequest { code: "invalid_query", msg: format!("bad query string: {e}"), field: None }
         })?;
-        let limit = match q.limit {
-            None => DEFAULT_LIMIT,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=100).contains(&n) => n,
-                _ => return Err(ApiError::invalid("limit", "limit must be an integer from 1 to 100")),
-            },
-        };
-        if let Some(b) = &q.before_id {
-            if !is_plausible_id(b) {
-                return Err(ApiError::invalid("beforeId", "beforeId is not a valid id"));
-            }
-        }
-        Ok(Paging(PageRequest { limit, before_id: q.before_id }))
+        page_request(q.limit, q.before_id).map(Paging)
     }
+}
+
+/// Checks `limit` (1..=100, default 100) and `beforeId` of a list query.
+pub fn page_request(limit: Option<String>, before_id: Option<String>) -> Result<PageRequest, ApiError> {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit", "limit must be an integer from 1 to 100")),
+        },
+    };
+    if let Some(b) = &before_id {
+        if !is_plausible_id(b) {
+            return Err(ApiError::invalid("beforeId", "beforeId is not a valid id"));
+        }
+    }
+    Ok(PageRequest { limit, before_id })
+}
+
+/// Parses a query string into `T` (unknown parameters refused).
+pub fn parse_query<T: DeserializeOwned>(query: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| ApiError::BadRequest {
+        code: "invalid_query",
+        msg: format!("bad query string: {e}"),
+        field: None,
+    })
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The gateway listener: `/v1/lookup/{digest}`, `/v1/changes`, `/v1/stats`.
+//! The gateway listener: `/v1/lookup/{digest}`, `/v1/changes`, `/v1/stats`,
+//! `/v1/reserve` and `/v1/usage`.
 
 use std::sync::atomic::Ordering;
 
@@ -6,10 +7,11 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
-use keygate_proto::lookup::{Changes, Lookup};
+use keygate_proto::lookup::{Changes, Lookup, ReserveRequest, ReserveResponse, UsageBatch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::extract::ApiJson;
 use super::{run, AppState};
 use crate::error::ApiError;
 
@@ -53,5 +55,84 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "lookups": state.stats.lookups.load(Ordering::Relaxed),
         "changes": state.stats.changes.load(Ordering::Relaxed),
+        "reserves": state.stats.reserves.load(Ordering::Relaxed),
+        "usageRecords": state.stats.usage_records.load(Ordering::Relaxed),
     }))
+}
+
+/// Longest id-like string accepted from the gateway (request ids, key ids, models).
+const MAX_FIELD: usize = 512;
+
+fn check_field(field: &str, v: &str, required: bool) -> Result<(), ApiError> {
+    if required && v.is_empty() {
+        return Err(ApiError::invalid(field, format!("{field} must not be empty")));
+    }
+    if v.len() > MAX_FIELD || v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be at most {MAX_FIELD} bytes, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn reserve(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<ReserveRequest>,
+) -> Result<Json<ReserveResponse>, ApiError> {
+    state.stats.reserves.fetch_add(1, Ordering::Relaxed);
+    let checked = (|| {
+        check_field("requestId", &req.request_id, true)?;
+        check_field("accessKeyId", &req.access_key_id, true)?;
+        check_field("provider", &req.provider, true)?;
+        check_field("model", req.model.as_deref().unwrap_or(""), false)
+    })();
+    if let Err(e) = checked {
+        state.stats.count_reserve("error");
+        return Err(e);
+    }
+    match run(&state, move |s| s.reserve(&req)).await {
+        Ok(resp) => {
+            state.stats.count_reserve(match (resp.ok, resp.refused_by.as_deref()) {
+                (true, _) => "ok",
+                (false, Some("key")) => "refused_key",
+                (false, Some("configuration")) => "refused_configuration",
+                (false, _) => "refused_credits",
+            });
+            Ok(Json(resp))
+        }
+        Err(e) => {
+            state.stats.count_reserve("error");
+            Err(e)
+        }
+    }
+}
+
+/// Most records in one `POST /v1/usage`.
+pub const MAX_USAGE_RECORDS: usize = 1000;
+
+pub async fn usage(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<UsageBatch>,
+) -> Result<Json<Value>, ApiError> {
+    if batch.records.len() > MAX_USAGE_RECORDS {
+        return Err(ApiError::invalid("records", format!("at most {MAX_USAGE_RECORDS} records per batch")));
+    }
+    for (i, r) in batch.records.iter().enumerate() {
+        check_field(&format!("records[{i}].requestId"), &r.request_id, true)?;
+        check_field(&format!("records[{i}].accessKeyId"), &r.access_key_id, true)?;
+        check_field(&format!("records[{i}].provider"), &r.provider, true)?;
+        for (name, v) in [
+            ("configId", &r.config_id),
+            ("model", &r.model),
+            ("providerKeyId", &r.provider_key_id),
+            ("reservationId", &r.reservation_id),
+        ] {
+            check_field(&format!("records[{i}].{name}"), v.as_deref().unwrap_or(""), false)?;
+        }
+    }
+    let accepted = batch.records.len();
+    let inserted = run(&state, move |s| s.ingest_usage(&batch.records)).await?;
+    state.stats.usage_records.fetch_add(u64::try_from(inserted).unwrap_or(0), Ordering::Relaxed);
+    Ok(Json(json!({ "accepted": accepted, "inserted": inserted })))
 }

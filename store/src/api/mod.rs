@@ -2,14 +2,18 @@
 //! ([`gateway_app`]), on separate listeners, sharing one [`AppState`].
 
 pub mod access_keys;
+pub mod billing;
 pub mod configs;
 pub mod extract;
 pub mod gateway;
 pub mod provider_keys;
 pub mod providers;
+pub mod usage;
 
-use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -32,10 +36,42 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// The OpenAPI document of the management API (kept in the repository).
 pub const OPENAPI_JSON: &str = include_str!("../../openapi.json");
 
+/// Largest `POST /v1/usage` body (bytes).
+pub const USAGE_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Outcomes of `POST /v1/reserve`, as counted in `/metrics`.
+pub const RESERVE_OUTCOMES: [&str; 5] = ["ok", "refused_key", "refused_configuration", "refused_credits", "error"];
+
+/// (listener, route template, status).
+type HttpKey = (&'static str, Arc<str>, u16);
+
 #[derive(Default, Debug)]
 pub struct Stats {
     pub lookups: AtomicU64,
     pub changes: AtomicU64,
+    pub reserves: AtomicU64,
+    /// Usage records stored (duplicates not counted).
+    pub usage_records: AtomicU64,
+    reserve_outcomes: [AtomicU64; 5],
+    /// (listener, route template, status) → requests. No label carries a
+    /// secret: routes are templates, never raw paths.
+    http: Mutex<BTreeMap<HttpKey, u64>>,
+}
+
+impl Stats {
+    pub fn count_reserve(&self, outcome: &str) {
+        if let Some(i) = RESERVE_OUTCOMES.iter().position(|o| *o == outcome) {
+            if let Some(c) = self.reserve_outcomes.get(i) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn count_http(&self, listener: &'static str, route: Arc<str>, status: u16) {
+        if let Ok(mut m) = self.http.lock() {
+            *m.entry((listener, route, status)).or_insert(0) += 1;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -71,6 +107,7 @@ where
 pub enum M {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
@@ -80,6 +117,7 @@ impl M {
         match self {
             M::Get => "get",
             M::Post => "post",
+            M::Put => "put",
             M::Patch => "patch",
             M::Delete => "delete",
         }
@@ -89,6 +127,7 @@ impl M {
         match self {
             M::Get => MethodFilter::GET,
             M::Post => MethodFilter::POST,
+            M::Put => MethodFilter::PUT,
             M::Patch => MethodFilter::PATCH,
             M::Delete => MethodFilter::DELETE,
         }
@@ -119,6 +158,17 @@ impl Routes {
         self
     }
 
+    /// A route that needs the listener's bearer token and takes bodies up to `limit` bytes.
+    fn auth_limit<H, T>(mut self, m: M, path: &'static str, limit: usize, h: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.protected = self.protected.route(path, on(m.filter(), h).layer(DefaultBodyLimit::max(limit)));
+        self.table.push((m, path));
+        self
+    }
+
     /// A route without authentication.
     fn open<H, T>(mut self, m: M, path: &'static str, h: H) -> Self
     where
@@ -131,6 +181,10 @@ impl Routes {
     }
 
     fn finish(self, state: AppState, guard: Guard) -> Router {
+        let listener = match guard {
+            Guard::Admin => "management",
+            Guard::Gateway => "gateway",
+        };
         let protected = self
             .protected
             .route_layer(from_fn_with_state((state.clone(), guard), require_token))
@@ -141,7 +195,7 @@ impl Routes {
             .fallback(no_route)
             .method_not_allowed_fallback(wrong_method)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
-            .layer(from_fn(log_requests))
+            .layer(from_fn_with_state((state.stats.clone(), listener), log_requests))
             .with_state(state)
     }
 }
@@ -158,6 +212,7 @@ pub fn management_routes() -> Routes {
     Routes::new()
         .open(M::Get, "/healthz", healthz)
         .open(M::Get, "/openapi.json", openapi)
+        .open(M::Get, "/metrics", metrics)
         .auth(M::Get, "/access-keys", access_keys::list)
         .auth(M::Post, "/access-keys", access_keys::create)
         .auth(M::Get, "/access-keys/{id}", access_keys::get)
@@ -180,6 +235,14 @@ pub fn management_routes() -> Routes {
         .auth(M::Get, "/providers/{id}", providers::get)
         .auth(M::Patch, "/providers/{id}", providers::update)
         .auth(M::Delete, "/providers/{id}", providers::delete)
+        .auth(M::Get, "/usage", usage::list)
+        .auth(M::Get, "/usage/summary", usage::summary)
+        .auth(M::Get, "/credits", billing::get_credits)
+        .auth(M::Post, "/credits", billing::add_credits)
+        .auth(M::Patch, "/credits", billing::patch_credits)
+        .auth(M::Get, "/prices", billing::list_prices)
+        .auth(M::Put, "/prices/{provider}/{model}", billing::put_price)
+        .auth(M::Delete, "/prices/{provider}/{model}", billing::delete_price)
 }
 
 /// Every route of the gateway listener.
@@ -189,6 +252,8 @@ pub fn gateway_routes() -> Routes {
         .open(M::Get, "/v1/stats", gateway::stats)
         .auth(M::Get, "/v1/lookup/{digest}", gateway::lookup)
         .auth(M::Get, "/v1/changes", gateway::changes)
+        .auth(M::Post, "/v1/reserve", gateway::reserve)
+        .auth_limit(M::Post, "/v1/usage", USAGE_BODY_LIMIT, gateway::usage)
 }
 
 /// The management API (admin token).
@@ -233,12 +298,18 @@ async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response {
     resp
 }
 
-/// Logs method, route template (never the raw path: it may hold a digest) and status.
-async fn log_requests(req: Request, next: Next) -> Response {
+/// Logs and counts method, route template (never the raw path: it may hold a
+/// digest) and status.
+async fn log_requests(
+    State((stats, listener)): State<(Arc<Stats>, &'static str)>,
+    req: Request,
+    next: Next,
+) -> Response {
     let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
     let route = resp.extensions().get::<RouteTemplate>().map(|t| t.0.clone());
+    stats.count_http(listener, route.clone().unwrap_or_else(|| "none".into()), resp.status().as_u16());
     tracing::info!(
         method = %method,
         route = route.as_deref().unwrap_or("<no route>"),
@@ -269,6 +340,48 @@ async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus text format. Served without authentication on the management
+/// listener (which binds to loopback unless `KEYGATE_BIND` says otherwise).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let gauges = match run(&state, |s| s.gauges()).await {
+        Ok(g) => g,
+        Err(e) => return e.into_response(),
+    };
+    let st = &state.stats;
+    let mut out = String::new();
+    let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let _ =
+        writeln!(out, "# HELP keygate_store_http_requests_total HTTP requests by listener, route template and status.");
+    let _ = writeln!(out, "# TYPE keygate_store_http_requests_total counter");
+    if let Ok(m) = st.http.lock() {
+        for ((listener, route, status), n) in m.iter() {
+            let _ = writeln!(
+                out,
+                "keygate_store_http_requests_total{{listener=\"{listener}\",route=\"{}\",status=\"{status}\"}} {n}",
+                esc(route)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP keygate_store_lookups_total Lookup requests from the gateway.");
+    let _ = writeln!(out, "# TYPE keygate_store_lookups_total counter");
+    let _ = writeln!(out, "keygate_store_lookups_total {}", st.lookups.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP keygate_store_reserves_total Reservation requests by outcome.");
+    let _ = writeln!(out, "# TYPE keygate_store_reserves_total counter");
+    for (outcome, c) in RESERVE_OUTCOMES.iter().zip(st.reserve_outcomes.iter()) {
+        let _ = writeln!(out, "keygate_store_reserves_total{{outcome=\"{outcome}\"}} {}", c.load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "# HELP keygate_store_usage_records_total Usage records stored (duplicates not counted).");
+    let _ = writeln!(out, "# TYPE keygate_store_usage_records_total counter");
+    let _ = writeln!(out, "keygate_store_usage_records_total {}", st.usage_records.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP keygate_store_access_keys Access keys in the store.");
+    let _ = writeln!(out, "# TYPE keygate_store_access_keys gauge");
+    let _ = writeln!(out, "keygate_store_access_keys {}", gauges.access_keys);
+    let _ = writeln!(out, "# HELP keygate_store_version Store-wide change counter.");
+    let _ = writeln!(out, "# TYPE keygate_store_version gauge");
+    let _ = writeln!(out, "keygate_store_version {}", gauges.version);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response()
+}
+
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
@@ -279,6 +392,20 @@ pub struct PageBody<T> {
     items: Vec<T>,
     uri: &'static str,
     next: Option<String>,
+}
+
+impl<T> PageBody<T> {
+    /// Appends `&extra` (already encoded) to the next-page link, so that it
+    /// keeps the filters of the first request.
+    pub fn with_query(mut self, extra: &str) -> Self {
+        if let Some(n) = &mut self.next {
+            if !extra.is_empty() {
+                n.push('&');
+                n.push_str(extra);
+            }
+        }
+        self
+    }
 }
 
 impl<T: Serialize> Serialize for PageBody<T> {

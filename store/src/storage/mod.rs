@@ -4,12 +4,16 @@
 //! `tokio::task::spawn_blocking`. Every mutation bumps the store-wide version
 //! and records which token digests it may have changed (see [`Store::changes`]).
 
+mod billing;
 pub mod sqlite;
 
-use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup};
+use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
 
 use crate::error::StoreResult;
-use crate::model::{AccessKey, AccessKeyConfiguration, AccessSpec, Provider, ProviderKey, RouterSpec};
+use crate::model::{
+    AccessKey, AccessKeyConfiguration, AccessSpec, BudgetSpec, Credits, PriceEntry, Provider, ProviderKey,
+    RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
+};
 
 pub use sqlite::SqliteStore;
 
@@ -33,6 +37,7 @@ pub struct NewAccessKey {
     pub disabled: bool,
     pub digest: String,
     pub redacted: String,
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,6 +48,7 @@ pub struct AccessKeyChanges {
     pub config_id: Option<Option<String>>,
     pub expires_at: Option<Option<i64>>,
     pub disabled: Option<bool>,
+    pub budget: Option<Option<BudgetSpec>>,
 }
 
 /// A new provider key; `value` is encrypted by the store. No `Debug`.
@@ -71,6 +77,8 @@ pub struct NewConfig {
     pub metadata: String,
     pub access: Option<AccessSpec>,
     pub router: Option<RouterSpec>,
+    pub rate_limits: Option<RateLimitsSpec>,
+    pub budget: Option<BudgetSpec>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,6 +88,8 @@ pub struct ConfigChanges {
     pub metadata: Option<String>,
     pub access: Option<Option<AccessSpec>>,
     pub router: Option<Option<RouterSpec>>,
+    pub rate_limits: Option<Option<RateLimitsSpec>>,
+    pub budget: Option<Option<BudgetSpec>>,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +109,62 @@ pub struct ProviderChanges {
     pub format: Option<Format>,
     pub auth: Option<AuthStyle>,
     pub models: Option<Vec<String>>,
+}
+
+/// A price to store, micro-USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewPrice {
+    pub input: i64,
+    pub output: i64,
+    pub cached: Option<i64>,
+}
+
+/// Filters of `/usage` and `/usage/summary` (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    /// Records started at or after (unix ms).
+    pub from_ms: Option<i64>,
+    /// Records started before (unix ms).
+    pub to_ms: Option<i64>,
+    pub access_key_id: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    Key,
+    Provider,
+    Model,
+    Day,
+}
+
+impl GroupBy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "key" => Some(GroupBy::Key),
+            "provider" => Some(GroupBy::Provider),
+            "model" => Some(GroupBy::Model),
+            "day" => Some(GroupBy::Day),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Provider => "provider",
+            GroupBy::Model => "model",
+            GroupBy::Day => "day",
+        }
+    }
+}
+
+/// Store-wide gauges for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    pub access_keys: i64,
+    pub version: i64,
 }
 
 /// The key store. Lists return up to `limit + 1` items so that the caller can
@@ -139,4 +205,26 @@ pub trait Store: Send + Sync + 'static {
     fn lookup(&self, digest: &str) -> StoreResult<Lookup>;
     /// Digests whose lookup answer may have changed since version `since`.
     fn changes(&self, since: u64) -> StoreResult<Changes>;
+
+    /// Checks every budget that applies and, if all can cover the estimate,
+    /// holds it in one transaction. Releases expired reservations first.
+    fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse>;
+    /// Stores usage records (duplicates of (requestId, attempt) ignored) and
+    /// settles the reservations they quote. Returns how many were new.
+    fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize>;
+    /// Releases reservations past their expiry; returns how many.
+    fn sweep_reservations(&self) -> StoreResult<usize>;
+    fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>>;
+    fn usage_summary(&self, filter: &UsageFilter, group_by: GroupBy) -> StoreResult<Vec<SummaryRow>>;
+
+    fn get_credits(&self) -> StoreResult<Credits>;
+    /// Adds (or, negative, removes) micro-USD; the first grant ever enables credits.
+    fn add_credits(&self, micros: i64) -> StoreResult<Credits>;
+    fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits>;
+
+    fn list_prices(&self) -> StoreResult<Vec<PriceEntry>>;
+    fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry>;
+    fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()>;
+
+    fn gauges(&self) -> StoreResult<Gauges>;
 }

@@ -6,12 +6,16 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use keygate_proto::lookup::{AuthStyle, Changes, Format, KeyInfo, KeyStatus, Lookup, SCHEMA};
+use keygate_proto::lookup::{
+    AuthStyle, Changes, Format, KeyInfo, KeyStatus, Limits, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
+    SCHEMA,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
+use super::billing::{self, config_scope, key_scope};
 use super::{
-    AccessKeyChanges, ConfigChanges, NewAccessKey, NewConfig, NewProvider, NewProviderKey, PageRequest,
-    ProviderChanges, ProviderKeyChanges, Store,
+    AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
+    PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
@@ -19,7 +23,8 @@ use crate::error::{StoreError, StoreResult};
 use crate::ids::{new_id, now_ms, now_secs, rfc3339_ms, rfc3339_secs};
 use crate::model::{
     check_config_refs, config_mentions_key, config_mentions_provider, redact_value, AccessKey, AccessKeyConfiguration,
-    AccessSpec, ConfigRef, Provider, ProviderKey, RouterSpec,
+    AccessSpec, BudgetSpec, ConfigRef, Credits, PriceEntry, Provider, ProviderKey, RateLimitsSpec, RouterSpec,
+    SummaryRow, UsageItem,
 };
 use crate::plan::{self, KeyRow, ProviderRow};
 
@@ -179,6 +184,7 @@ impl SqliteStore {
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(SCHEMA_SQL)?;
+            billing::migrate(&tx)?;
             // The master key must be the one the data was written with.
             let check: Option<Vec<u8>> =
                 tx.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0)).optional()?;
@@ -281,8 +287,16 @@ fn bump(tx: &Transaction<'_>, digests: &[Option<String>], limit: i64) -> StoreRe
 // ------------------------------------------------------------ row mapping
 
 const ACCESS_KEY_COLS: &str = "a.id, a.name, a.description, a.metadata, a.created_ms, a.updated_ms, a.redacted,
-     a.config_id, c.name, a.expires_at, a.disabled
+     a.config_id, c.name, a.expires_at, a.disabled, a.budget_json, a.last_used_ms
      FROM access_keys a LEFT JOIN configs c ON c.id = a.config_id";
+
+/// A JSON column that does not parse is a conversion failure of that column.
+fn json_col<T: serde::de::DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
+    let s: Option<String> = r.get(idx)?;
+    s.map(|s| serde_json::from_str(&s))
+        .transpose()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+}
 
 fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
     let config_id: Option<String> = r.get(7)?;
@@ -294,17 +308,27 @@ fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
         metadata: r.get(3)?,
         created_at: rfc3339_ms(r.get(4)?),
         updated_at: rfc3339_ms(r.get(5)?),
-        last_used: None,
+        last_used: r.get::<_, Option<i64>>(12)?.map(rfc3339_ms),
         key_redacted: r.get(6)?,
         access_key_configuration: config_id.map(|id| ConfigRef { id, name: config_name.unwrap_or_default() }),
         expires_at: r.get::<_, Option<i64>>(9)?.map(rfc3339_secs),
         disabled: r.get(10)?,
+        budget: json_col(r, 11)?,
+        budget_usage: None,
         token: None,
     })
 }
 
+/// Fills `budgetUsage` of an access key read from the database.
+fn with_key_usage(tx: &Transaction<'_>, mut key: AccessKey) -> StoreResult<AccessKey> {
+    if let Some(b) = &key.budget {
+        key.budget_usage = Some(billing::budget_usage(tx, &key_scope(&key.id), b, now_ms())?);
+    }
+    Ok(key)
+}
+
 const PROVIDER_KEY_COLS: &str =
-    "id, provider_id, name, description, metadata, managed, redacted, created_ms, updated_ms FROM provider_keys";
+    "id, provider_id, name, description, metadata, managed, redacted, created_ms, updated_ms, last_used_ms FROM provider_keys";
 
 fn provider_key_row(r: &Row<'_>) -> rusqlite::Result<ProviderKey> {
     Ok(ProviderKey {
@@ -317,30 +341,59 @@ fn provider_key_row(r: &Row<'_>) -> rusqlite::Result<ProviderKey> {
         key_redacted: r.get(6)?,
         created_at: rfc3339_ms(r.get(7)?),
         updated_at: rfc3339_ms(r.get(8)?),
-        last_used: None,
+        last_used: r.get::<_, Option<i64>>(9)?.map(rfc3339_ms),
     })
 }
 
-const CONFIG_COLS: &str =
-    "id, name, description, metadata, access_json, router_json, created_ms, updated_ms FROM configs";
+const CONFIG_COLS: &str = "id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
+     rate_limits_json, budget_json FROM configs";
 
-type ConfigRaw = (String, String, String, String, Option<String>, Option<String>, i64, i64);
-
-fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+struct ConfigRaw {
+    id: String,
+    name: String,
+    description: String,
+    metadata: String,
+    access: Option<String>,
+    router: Option<String>,
+    created: i64,
+    updated: i64,
+    rate_limits: Option<String>,
+    budget: Option<String>,
 }
 
-fn config_from_raw(raw: ConfigRaw) -> StoreResult<AccessKeyConfiguration> {
-    let (id, name, description, metadata, access, router, created, updated) = raw;
+fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
+    Ok(ConfigRaw {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        metadata: r.get(3)?,
+        access: r.get(4)?,
+        router: r.get(5)?,
+        created: r.get(6)?,
+        updated: r.get(7)?,
+        rate_limits: r.get(8)?,
+        budget: r.get(9)?,
+    })
+}
+
+fn config_from_raw(tx: &Transaction<'_>, raw: ConfigRaw) -> StoreResult<AccessKeyConfiguration> {
+    let budget: Option<BudgetSpec> = json_opt(raw.budget)?;
+    let budget_usage = match &budget {
+        Some(b) => Some(billing::budget_usage(tx, &config_scope(&raw.id), b, now_ms())?),
+        None => None,
+    };
     Ok(AccessKeyConfiguration {
-        id,
-        name,
-        description,
-        metadata,
-        access: json_opt(access)?,
-        router: json_opt(router)?,
-        created_at: rfc3339_ms(created),
-        updated_at: rfc3339_ms(updated),
+        id: raw.id,
+        name: raw.name,
+        description: raw.description,
+        metadata: raw.metadata,
+        access: json_opt(raw.access)?,
+        router: json_opt(raw.router)?,
+        rate_limits: json_opt(raw.rate_limits)?,
+        budget,
+        budget_usage,
+        created_at: rfc3339_ms(raw.created),
+        updated_at: rfc3339_ms(raw.updated),
     })
 }
 
@@ -369,10 +422,12 @@ fn provider_from_raw(raw: ProviderRaw) -> StoreResult<Provider> {
 }
 
 fn get_access_key(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKey> {
-    tx.prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
+    let key = tx
+        .prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
         .query_row(params![id], access_key_row)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))
+        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))?;
+    with_key_usage(tx, key)
 }
 
 fn get_provider_key(tx: &Transaction<'_>, id: &str) -> StoreResult<ProviderKey> {
@@ -388,7 +443,7 @@ fn get_config(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKeyConfigurat
         .query_row(params![id], config_raw)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("access key configuration {id} not found")))?;
-    config_from_raw(raw)
+    config_from_raw(tx, raw)
 }
 
 fn get_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Provider> {
@@ -447,7 +502,7 @@ fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> StoreResult<Vec<O
 fn all_configs(tx: &Transaction<'_>) -> StoreResult<Vec<AccessKeyConfiguration>> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {CONFIG_COLS}"))?;
     let raws = stmt.query_map([], config_raw)?.collect::<Result<Vec<_>, _>>()?;
-    raws.into_iter().map(config_from_raw).collect()
+    raws.into_iter().map(|r| config_from_raw(tx, r)).collect()
 }
 
 fn name_conflict(tx: &Transaction<'_>, name: &str, except: Option<&str>) -> StoreResult<()> {
@@ -486,9 +541,9 @@ impl Store for SqliteStore {
             }
             let now = now_ms();
             tx.execute(
-                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-                params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now],
+                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms, budget_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+                params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now, to_json_opt(new.budget.as_ref())?],
             )?;
             self.bump(tx, &[Some(new.digest.clone())])?;
             get_access_key(tx, &id)
@@ -501,7 +556,8 @@ impl Store for SqliteStore {
                 "SELECT {ACCESS_KEY_COLS} WHERE (?1 IS NULL OR a.id < ?1) ORDER BY a.id DESC LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![page.before_id, limit_i64(page)], access_key_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let keys = rows.collect::<Result<Vec<_>, _>>()?;
+            keys.into_iter().map(|k| with_key_usage(tx, k)).collect()
         })
     }
 
@@ -534,6 +590,12 @@ impl Store for SqliteStore {
             if let Some(v) = &ch.disabled {
                 tx.execute("UPDATE access_keys SET disabled = ?2 WHERE id = ?1", params![id, v])?;
             }
+            if let Some(v) = &ch.budget {
+                tx.execute(
+                    "UPDATE access_keys SET budget_json = ?2 WHERE id = ?1",
+                    params![id, to_json_opt(v.as_ref())?],
+                )?;
+            }
             tx.execute("UPDATE access_keys SET updated_ms = ?2 WHERE id = ?1", params![id, now])?;
             self.bump(tx, &digests)?;
             get_access_key(tx, id)
@@ -544,6 +606,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             tx.execute("DELETE FROM access_keys WHERE id = ?1", params![id])?;
+            billing::forget_scope(tx, &key_scope(id))?;
             self.bump(tx, &digests)?;
             Ok(())
         })
@@ -667,8 +730,9 @@ impl Store for SqliteStore {
             check_refs(tx, new.access.as_ref(), new.router.as_ref())?;
             let now = now_ms();
             tx.execute(
-                "INSERT INTO configs(id, name, description, metadata, access_json, router_json, created_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT INTO configs(id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
+                   rate_limits_json, budget_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                 params![
                     id,
                     new.name,
@@ -676,7 +740,9 @@ impl Store for SqliteStore {
                     new.metadata,
                     to_json_opt(new.access.as_ref())?,
                     to_json_opt(new.router.as_ref())?,
-                    now
+                    now,
+                    to_json_opt(new.rate_limits.as_ref())?,
+                    to_json_opt(new.budget.as_ref())?
                 ],
             )?;
             self.bump(tx, &[])?;
@@ -691,7 +757,7 @@ impl Store for SqliteStore {
             ))?;
             let raws =
                 stmt.query_map(params![page.before_id, limit_i64(page)], config_raw)?.collect::<Result<Vec<_>, _>>()?;
-            raws.into_iter().map(config_from_raw).collect()
+            raws.into_iter().map(|r| config_from_raw(tx, r)).collect()
         })
     }
 
@@ -707,7 +773,13 @@ impl Store for SqliteStore {
             }
             let access = ch.access.clone().unwrap_or(current.access);
             let router = ch.router.clone().unwrap_or(current.router);
+            let rate_limits: Option<RateLimitsSpec> = ch.rate_limits.clone().unwrap_or(current.rate_limits);
+            let budget: Option<BudgetSpec> = ch.budget.clone().unwrap_or(current.budget);
             check_refs(tx, access.as_ref(), router.as_ref())?;
+            tx.execute(
+                "UPDATE configs SET rate_limits_json = ?2, budget_json = ?3 WHERE id = ?1",
+                params![id, to_json_opt(rate_limits.as_ref())?, to_json_opt(budget.as_ref())?],
+            )?;
             tx.execute(
                 "UPDATE configs SET name = ?2, description = ?3, metadata = ?4, access_json = ?5, router_json = ?6, updated_ms = ?7
                  WHERE id = ?1",
@@ -738,6 +810,7 @@ impl Store for SqliteStore {
                 )));
             }
             tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
+            billing::forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
             Ok(())
         })
@@ -848,25 +921,27 @@ impl Store for SqliteStore {
                 limits: None,
                 budgeted: false,
             };
-            type KeyHit = (String, Option<String>, Option<i64>, bool, Option<i64>);
+            type KeyHit = (String, Option<String>, Option<i64>, bool, Option<i64>, Option<String>);
             let map = |r: &Row<'_>| -> rusqlite::Result<KeyHit> {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             };
             let current = tx
-                .prepare_cached("SELECT id, config_id, expires_at, disabled, NULL FROM access_keys WHERE digest = ?1")?
+                .prepare_cached(
+                    "SELECT id, config_id, expires_at, disabled, NULL, budget_json FROM access_keys WHERE digest = ?1",
+                )?
                 .query_row(params![digest], map)
                 .optional()?;
             let hit = match current {
                 Some(h) => Some((h, false)),
                 None => tx
                     .prepare_cached(
-                        "SELECT id, config_id, expires_at, disabled, prev_until FROM access_keys WHERE prev_digest = ?1",
+                        "SELECT id, config_id, expires_at, disabled, prev_until, budget_json FROM access_keys WHERE prev_digest = ?1",
                     )?
                     .query_row(params![digest], map)
                     .optional()?
                     .map(|h| (h, true)),
             };
-            let Some(((id, config_id, expires_at, disabled, prev_until), is_prev)) = hit else {
+            let Some(((id, config_id, expires_at, disabled, prev_until, key_budget), is_prev)) = hit else {
                 return Ok(doc);
             };
             let now = now_secs();
@@ -888,15 +963,21 @@ impl Store for SqliteStore {
             if doc.status != KeyStatus::Active {
                 return Ok(doc);
             }
-            let (access, router): (Option<AccessSpec>, Option<RouterSpec>) = match &config_id {
-                Some(c) => {
-                    let (a, r): (Option<String>, Option<String>) = tx
-                        .prepare_cached("SELECT access_json, router_json FROM configs WHERE id = ?1")?
-                        .query_row(params![c], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    (json_opt(a)?, json_opt(r)?)
-                }
-                None => (None, None),
+            type ConfigHit = (Option<String>, Option<String>, Option<String>, Option<String>);
+            let (a, r, limits, config_budget): ConfigHit = match &config_id {
+                Some(c) => tx
+                    .prepare_cached(
+                        "SELECT access_json, router_json, rate_limits_json, budget_json FROM configs WHERE id = ?1",
+                    )?
+                    .query_row(params![c], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?,
+                None => (None, None, None, None),
             };
+            let (access, router): (Option<AccessSpec>, Option<RouterSpec>) = (json_opt(a)?, json_opt(r)?);
+            let limits: Option<RateLimitsSpec> = json_opt(limits)?;
+            doc.limits = limits
+                .filter(|l| l.requests_per_minute.is_some() || l.tokens_per_minute.is_some())
+                .map(|l| Limits { requests_per_minute: l.requests_per_minute, tokens_per_minute: l.tokens_per_minute });
+            doc.budgeted = key_budget.is_some() || config_budget.is_some() || billing::credits_enabled(tx)?;
             let providers = {
                 let mut stmt =
                     tx.prepare_cached("SELECT id, format, auth, base_url, models_json FROM providers ORDER BY seq")?;
@@ -995,6 +1076,69 @@ impl Store for SqliteStore {
                 }
             }
             Ok(out)
+        })
+    }
+
+    // -------------------------------------------------------- budgets and usage
+
+    fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse> {
+        self.write(|tx| billing::reserve(tx, req, now_ms()))
+    }
+
+    fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {
+        self.write(|tx| billing::ingest(tx, records, now_ms()))
+    }
+
+    fn sweep_reservations(&self) -> StoreResult<usize> {
+        self.write(|tx| billing::sweep(tx, now_ms()))
+    }
+
+    fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>> {
+        self.read_gateway(|tx| billing::list_usage(tx, filter, page))
+    }
+
+    fn usage_summary(&self, filter: &UsageFilter, group_by: GroupBy) -> StoreResult<Vec<SummaryRow>> {
+        self.read_gateway(|tx| billing::usage_summary(tx, filter, group_by))
+    }
+
+    fn get_credits(&self) -> StoreResult<Credits> {
+        self.read(billing::get_credits)
+    }
+
+    fn add_credits(&self, micros: i64) -> StoreResult<Credits> {
+        self.write(|tx| {
+            if billing::add_credits(tx, micros)? {
+                self.bump(tx, &[None])?;
+            }
+            billing::get_credits(tx)
+        })
+    }
+
+    fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits> {
+        self.write(|tx| {
+            if billing::set_credits_enabled(tx, enabled)? {
+                self.bump(tx, &[None])?;
+            }
+            billing::get_credits(tx)
+        })
+    }
+
+    fn list_prices(&self) -> StoreResult<Vec<PriceEntry>> {
+        self.read(billing::list_prices)
+    }
+
+    fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry> {
+        self.write(|tx| billing::put_price(tx, provider, model, price, now_ms()))
+    }
+
+    fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()> {
+        self.write(|tx| billing::delete_price(tx, provider, model))
+    }
+
+    fn gauges(&self) -> StoreResult<Gauges> {
+        self.read_gateway(|tx| {
+            let access_keys: i64 = tx.query_row("SELECT COUNT(*) FROM access_keys", [], |r| r.get(0))?;
+            Ok(Gauges { access_keys, version: current_version(tx)? })
         })
     }
 }
