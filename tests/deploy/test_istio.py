@@ -1,0 +1,263 @@
+"""deploy/istio: every document parses and has what its kind requires; core
+kinds pass the Kubernetes JSON schemas (kubernetes-validate, offline, strict);
+the WasmPlugin's pluginConfig matches envoy/envoy.yaml's; the providers of the
+store's catalog all have a ServiceEntry; and the Envoy fragments of the
+EnvoyFilter plus the WasmPlugin, assembled the way Istio inserts them, pass
+`envoy --mode validate`. Nothing here runs Istio itself."""
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploytools import ROOT, TEMPLATE, envoy_validate, local_ca_bundle, render, require_wasm
+
+ISTIO = ROOT / "deploy" / "istio"
+STORE_CLUSTER = "outbound|8082||keygate-store.keygate-system.svc.cluster.local"
+
+
+def manifest_files():
+    return sorted(p for p in ISTIO.glob("*.yaml"))
+
+
+def documents():
+    docs = []
+    for path in manifest_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                docs.append((path, doc))
+    return docs
+
+
+def by_kind(kind):
+    return [doc for _, doc in documents() if doc["kind"] == kind]
+
+
+def test_there_are_manifests():
+    kinds = {doc["kind"] for _, doc in documents()}
+    assert {"Namespace", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "WasmPlugin", "EnvoyFilter",
+            "ServiceEntry", "Gateway", "VirtualService"} <= kinds, kinds
+
+
+@pytest.mark.parametrize("path,doc", documents(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind", "?") + "/" + x.get("metadata", {}).get("name", "?"))
+def test_common_fields(path, doc):
+    assert isinstance(doc.get("apiVersion"), str) and doc["apiVersion"]
+    assert isinstance(doc.get("kind"), str) and doc["kind"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", doc["metadata"]["name"])
+    if doc["kind"] != "Namespace":
+        assert doc["metadata"].get("namespace"), f"{doc['kind']}/{doc['metadata']['name']} has no namespace"
+
+
+CORE = {"v1", "apps/v1"}
+
+
+@pytest.mark.parametrize("doc", [d for _, d in documents() if d["apiVersion"] in CORE],
+                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+def test_core_kinds_match_the_kubernetes_schema(doc):
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is not installed: pip install -r tests/deploy/requirements.txt")
+    version = kubernetes_validate.utils.latest_version()
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_store_deployment_and_service():
+    dep = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "keygate-store")
+    spec = dep["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items(), "selector must match the pod template labels"
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    (c,) = pod["containers"]
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KEYGATE_BIND"]["value"] == "0.0.0.0"
+    for name in ("KEYGATE_ADMIN_TOKEN", "KEYGATE_GATEWAY_TOKEN", "KEYGATE_MASTER_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "keygate-store", name
+        assert "value" not in env[name]
+    secret = next(d for d in by_kind("Secret") if d["metadata"]["name"] == "keygate-store")
+    keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"] if "valueFrom" in e}
+    assert keys <= set(secret["stringData"]), "every secret key the store reads is in the Secret template"
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["data"] == env["KEYGATE_DATA_DIR"]["value"]
+    pvc = next(v for v in pod["volumes"] if v["name"] == "data")["persistentVolumeClaim"]["claimName"]
+    assert pvc in {d["metadata"]["name"] for d in by_kind("PersistentVolumeClaim")}
+    svc = next(d for d in by_kind("Service") if d["metadata"]["name"] == "keygate-store")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    ports = {p["port"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {8081, 8082}
+    for p in ports.values():
+        assert p["targetPort"] in container_ports
+        assert p["name"].startswith("http-"), "Istio protocol selection by port name"
+    # storeCluster names this Service's lookup port, the way Istio names its clusters.
+    host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert STORE_CLUSTER == f"outbound|8082||{host}"
+
+
+def template_plugin_json():
+    """The downstream filter's JSON in envoy/envoy.yaml, rendered with its defaults."""
+    text = TEMPLATE.read_text()
+    text = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
+    doc = yaml.safe_load(text)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    return json.loads(wasm["typed_config"]["config"]["configuration"]["value"]), wasm, doc
+
+
+def test_wasmplugin():
+    (wp,) = by_kind("WasmPlugin")
+    assert wp["apiVersion"] == "extensions.istio.io/v1alpha1"
+    spec = wp["spec"]
+    assert spec["url"].startswith(("oci://", "file://", "http://", "https://"))
+    assert spec["selector"]["matchLabels"]
+    assert spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE" and spec["type"] == "HTTP"
+    assert set(spec) <= {"selector", "targetRef", "targetRefs", "url", "sha256", "imagePullPolicy", "imagePullSecret",
+                         "pluginConfig", "pluginName", "phase", "priority", "failStrategy", "vmConfig", "match", "type"}
+    assert spec["vmConfig"]["env"] == [{"name": "KEYGATE_GATEWAY_TOKEN", "valueFrom": "HOST"}]
+    template, wasm, _ = template_plugin_json()
+    assert spec["pluginName"] == wasm["typed_config"]["config"]["root_id"]
+    cfg = spec["pluginConfig"]
+    assert cfg["storeCluster"] == STORE_CLUSTER
+    assert cfg["storeAuthority"] == "keygate-store.keygate-system.svc.cluster.local"
+    assert {k: v for k, v in cfg.items() if not k.startswith("store")} == \
+           {k: v for k, v in template.items() if not k.startswith("store")}
+
+
+def test_service_entries_cover_the_built_in_providers():
+    catalog = (ROOT / "store" / "src" / "catalog.rs").read_text()
+    hosts = set(re.findall(r'"https://([^/"]+)', catalog))
+    assert hosts, "no provider URL found in store/src/catalog.rs"
+    covered = set()
+    for se in by_kind("ServiceEntry"):
+        spec = se["spec"]
+        assert spec["hosts"] and spec["resolution"] in {"DNS", "DNS_ROUND_ROBIN", "STATIC", "NONE"}
+        assert spec["location"] == "MESH_EXTERNAL"
+        assert [(p["number"], p["protocol"]) for p in spec["ports"]] == [(443, "TLS")]
+        covered.update(spec["hosts"])
+    assert hosts <= covered, f"providers without a ServiceEntry: {sorted(hosts - covered)}"
+
+
+def test_gateway_and_virtualservice():
+    (vs,) = by_kind("VirtualService")
+    (gw,) = by_kind("Gateway")
+    assert gw["metadata"]["name"] in vs["spec"]["gateways"]
+    (route,) = vs["spec"]["http"]
+    assert route["name"] == "keygate"  # the EnvoyFilter's HTTP_ROUTE patch matches this name
+    assert "retriable-status-codes" in route["retries"]["retryOn"]
+    for code in ("401", "403", "429"):
+        assert code in route["retries"]["retryOn"].split(",")
+
+
+def patches(kind=None):
+    (ef,) = by_kind("EnvoyFilter")
+    out = ef["spec"]["configPatches"]
+    return [p for p in out if kind is None or p["applyTo"] == kind]
+
+
+def test_envoyfilter_structure():
+    (ef,) = by_kind("EnvoyFilter")
+    (wp,) = by_kind("WasmPlugin")
+    assert ef["spec"]["workloadSelector"]["labels"] == wp["spec"]["selector"]["matchLabels"]
+    for p in patches():
+        assert p["applyTo"] in {"LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+                                "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP"}
+        assert p["patch"]["operation"] in {"MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST",
+                                           "REPLACE"}
+        assert p["match"]["context"] in {"ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"}
+        assert "value" in p["patch"]
+    first = [p for p in patches("HTTP_FILTER") if p["patch"]["operation"] == "INSERT_FIRST"]
+    assert [p["patch"]["value"]["name"] for p in first] == ["envoy.filters.http.json_to_metadata"]
+    clusters = {p["patch"]["value"]["name"] for p in patches("CLUSTER")}
+    _, _, template = template_plugin_json()
+    assert clusters == {c["name"] for c in template["static_resources"]["clusters"]} - {"keygate_store"}
+
+
+def test_envoyfilter_fragments_validate_in_envoy(tmp_path):
+    """Builds the gateway's Envoy config as Istio would after the patches:
+    json_to_metadata first, the WasmPlugin's filter, dynamic forward proxy,
+    router; the route with cluster_header; the ADDed clusters; a stand-in for
+    Istio's store cluster. Then `envoy --mode validate`."""
+    wasm_path = str(require_wasm())
+    (wp,) = by_kind("WasmPlugin")
+    defaults = tmp_path / "envoy.yaml"
+    render(TEMPLATE, defaults, {"KEYGATE_WASM": wasm_path, "KEYGATE_CA_BUNDLE": local_ca_bundle()})
+    base = yaml.safe_load(defaults.read_text())
+    listener = base["static_resources"]["listeners"][0]
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    template_wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+
+    downstream = copy.deepcopy(template_wasm)
+    cfg = downstream["typed_config"]["config"]
+    cfg["root_id"] = wp["spec"]["pluginName"]
+    cfg["failure_policy"] = "FAIL_CLOSED"
+    cfg["configuration"]["value"] = json.dumps(wp["spec"]["pluginConfig"])
+
+    filters = [{"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
+    filters.insert(0, downstream)  # phase AUTHN: ahead of Istio's own filters
+    for p in patches("HTTP_FILTER"):
+        op, value = p["patch"]["operation"], p["patch"]["value"]
+        if op == "INSERT_FIRST":
+            filters.insert(0, value)
+        elif op == "INSERT_BEFORE":
+            filters.insert(len(filters) - 1, value)
+    hcm["http_filters"] = filters
+    for p in patches("NETWORK_FILTER"):
+        hcm.update({k: v for k, v in p["patch"]["value"]["typed_config"].items() if k != "@type"})
+    for p in patches("LISTENER"):
+        listener.update(p["patch"]["value"])
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    vhost["routes"] = [{"name": "keygate", "match": {"prefix": "/"},
+                        "route": {"cluster": "outbound|443||api.openai.com", "timeout": "120s"}}]
+    for p in patches("VIRTUAL_HOST"):
+        vhost.update(p["patch"]["value"])
+    for p in patches("HTTP_ROUTE"):
+        route = vhost["routes"][0]
+        value = p["patch"]["value"]
+        if "cluster_header" in value.get("route", {}):
+            route["route"].pop("cluster")
+        route["route"].update(value.get("route", {}))
+        route.update({k: v for k, v in value.items() if k != "route"})
+
+    text = yaml.safe_dump([p["patch"]["value"] for p in patches("CLUSTER")])
+    text = text.replace("/etc/keygate/keygate_filter.wasm", wasm_path)
+    text = text.replace("/etc/ssl/certs/ca-certificates.crt", local_ca_bundle())
+    clusters = yaml.safe_load(text)
+    clusters.append({"name": STORE_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s",
+                     "load_assignment": {"cluster_name": STORE_CLUSTER, "endpoints": [{"lb_endpoints": [
+                         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8082}}}}]}]}})
+    base["static_resources"]["clusters"] = clusters
+    out = tmp_path / "istio-gateway.yaml"
+    out.write_text(yaml.safe_dump(base, sort_keys=False))
+    ok, output = envoy_validate(out)
+    assert ok, f"the Istio fragments do not form a valid Envoy config:\n{output[-4000:]}"
+
+
+def test_ingressgateway_patch():
+    doc = yaml.safe_load((ISTIO / "patches" / "ingressgateway.yaml").read_text())
+    (c,) = doc["spec"]["template"]["spec"]["containers"]
+    assert c["name"] == "istio-proxy"
+    assert {e["name"] for e in c["env"]} == {"KEYGATE_GATEWAY_TOKEN"}
+    mount = c["volumeMounts"][0]["mountPath"]
+    for p in patches("CLUSTER"):
+        text = json.dumps(p["patch"]["value"])
+        assert f"{mount}/keygate_filter.wasm" in text
+
+
+def test_envoyfilter_upstream_config_matches_the_template():
+    _, _, template = template_plugin_json()
+    https = next(c for c in template["static_resources"]["clusters"] if c["name"] == "keygate_upstream_https")
+    opts = https["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    want = json.loads(opts["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
+    for p in patches("CLUSTER"):
+        opts = p["patch"]["value"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        cfg = opts["http_filters"][0]["typed_config"]["config"]
+        assert json.loads(cfg["configuration"]["value"]) == want, p["patch"]["value"]["name"]
+        assert cfg["vm_config"]["vm_id"] == "keygate"
