@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build wasm wasm-fault store venv test test-unit test-e2e lint run bench clean
+.PHONY: all build wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
 
 all: build
 
@@ -25,7 +25,7 @@ wasm-fault:
 store:
 	cargo build --release --locked -p keygate-store
 
-$(VENV)/.installed: tests/requirements.txt
+$(VENV)/.installed: tests/requirements.txt tests/deploy/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 	touch $@
@@ -40,7 +40,13 @@ lint:
 test-unit:
 	cargo test --locked --workspace
 
-test-e2e: build wasm-fault venv
+# docker-compose (Debian) only parses and resolves docker-compose.yml in the
+# deploy tests; no Docker engine is needed or used.
+deploy-tools:
+	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+
+# The end-to-end tier (tests/e2e) and the deployment checks (tests/deploy).
+test-e2e: build wasm-fault venv deploy-tools
 	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint test-unit test-e2e

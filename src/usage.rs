@@ -26,7 +26,12 @@ impl Usage {
             return;
         }
         self.seen = true;
-        if let Some(n) = num(u, &["prompt_tokens"]).or_else(|| num(u, &["input_tokens"])) {
+        // Input excludes cached tokens in both dialects (OpenAI's prompt_tokens
+        // includes them, Anthropic's input_tokens does not): they are priced apart.
+        let openai_cached = num(u, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0);
+        if let Some(n) = num(u, &["prompt_tokens"]) {
+            self.input = n.saturating_sub(openai_cached);
+        } else if let Some(n) = num(u, &["input_tokens"]) {
             self.input = n;
         }
         if let Some(n) = num(u, &["completion_tokens"]).or_else(|| num(u, &["output_tokens"])) {
@@ -117,7 +122,7 @@ mod tests {
     fn openai_json() {
         let body = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":11,"completion_tokens":7,"total_tokens":18,
             "prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
-        assert_eq!(Usage::from_json(body), Usage { input: 11, output: 7, cached: 3, reasoning: 2, seen: true });
+        assert_eq!(Usage::from_json(body), Usage { input: 8, output: 7, cached: 3, reasoning: 2, seen: true });
     }
 
     #[test]

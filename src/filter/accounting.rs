@@ -123,7 +123,17 @@ pub fn admit_rate(config: &Config, key_id: &str, limits: &Limits, tokens: u64, n
 }
 
 /// Asks the store to hold this request's estimate against its budgets.
+///
+/// The SDK files a callout under the context whose callback is running. When
+/// that is another request (one whose lookup this request joined), that
+/// request may end before the answer comes, and the answer would be lost: so
+/// the root context, which lives as long as the VM, files it on its next tick.
 pub fn reserve(state: &Rc<RefCell<RequestState>>) -> Step {
+    let running = RUNNING.with(Cell::get);
+    if running != 0 && running != state.borrow().context_id {
+        with_vm(|vm| vm.reserve_queue.push(state.clone()));
+        return Step::Waiting;
+    }
     let st = state.borrow();
     let Some(served) = st.served.clone() else { return Step::Denied };
     let body = ReserveRequest {
@@ -138,7 +148,7 @@ pub fn reserve(state: &Rc<RefCell<RequestState>>) -> Step {
     let Ok(json) = serde_json::to_vec(&body) else { return Step::Denied };
     let dispatched = with_vm(|vm| {
         let token = store_call(&vm.config, &vm.gateway_token, "POST", "/v1/reserve", Some(&json)).ok()?;
-        vm.reserves.insert(token, (RUNNING.with(Cell::get), state.clone()));
+        vm.reserves.insert(token, state.clone());
         Some(token)
     })
     .flatten();
@@ -154,9 +164,20 @@ pub fn reserve(state: &Rc<RefCell<RequestState>>) -> Step {
     }
 }
 
+/// Files the queued reservations (root context, on its tick).
+pub fn reserve_queued() {
+    let queued = with_vm(|vm| std::mem::take(&mut vm.reserve_queue)).unwrap_or_default();
+    for state in queued {
+        let target = state.borrow().context_id;
+        if hostcalls::set_effective_context(target).is_ok() {
+            reserve(&state);
+        }
+    }
+}
+
 /// Handles a reservation answer; false when `token` is not a reservation.
 pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
-    let Some((_, state)) = with_vm(|vm| vm.reserves.remove(&token)).flatten() else { return false };
+    let Some(state) = with_vm(|vm| vm.reserves.remove(&token)).flatten() else { return false };
     let answer = read_json::<ReserveResponse>(body_size);
     let target = state.borrow().context_id;
     if hostcalls::set_effective_context(target).is_err() {
@@ -197,26 +218,6 @@ pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
         warn!("keygate: could not resume a request");
     }
     true
-}
-
-/// A context is going away: requests whose reservation callout it filed will
-/// never hear back through it, so they fail closed now instead of hanging.
-pub fn abandon_reserves(dispatcher: u32) {
-    let orphaned: Vec<Rc<RefCell<RequestState>>> = with_vm(|vm| {
-        let tokens: Vec<u32> = vm
-            .reserves
-            .iter()
-            .filter(|(_, (d, st))| *d == dispatcher && st.borrow().context_id != dispatcher)
-            .map(|(t, _)| *t)
-            .collect();
-        tokens.iter().filter_map(|t| vm.reserves.remove(t)).map(|(_, st)| st).collect()
-    })
-    .unwrap_or_default();
-    for state in orphaned {
-        if hostcalls::set_effective_context(state.borrow().context_id).is_ok() {
-            send_denial(&state.borrow(), &store_unavailable());
-        }
-    }
 }
 
 /// Reads a response chunk for usage as it passes (never holds it back).

@@ -49,8 +49,10 @@ struct Vm {
     /// context asks again on its next tick for the requests still waiting.
     orphans: Vec<String>,
     feed_version: u64,
-    /// Reservation callouts in flight: token -> (dispatching context, waiting request).
-    reserves: HashMap<u32, (u32, Rc<RefCell<RequestState>>)>,
+    /// Reservation callouts in flight: token -> the request waiting for it.
+    reserves: HashMap<u32, Rc<RefCell<RequestState>>>,
+    /// Requests whose reservation the root context must file (next tick).
+    reserve_queue: Vec<Rc<RefCell<RequestState>>>,
     /// Usage records waiting to be sent to the store (bounded).
     usage: Vec<UsageRecord>,
     gateway_token: Rc<String>,
@@ -81,6 +83,11 @@ thread_local! {
 }
 
 const PLAN_PROPERTY: &str = "keygate_plan";
+/// The root context's tick: it polls the change feed (every `pollIntervalMs`),
+/// flushes usage, purges the cache, and makes the callouts that no live
+/// request context can own (see `accounting::reserve`).
+const TICK_MS: u64 = 20;
+const PURGE_INTERVAL_MS: u64 = 1_000;
 const HEALTH_PREFIX: &str = "keygate.cooldown.";
 
 fn with_vm<R>(f: impl FnOnce(&mut Vm) -> R) -> Option<R> {
@@ -112,6 +119,8 @@ struct Root {
     /// A usage batch in flight, kept until the store acknowledges it.
     flush: Option<(u32, Vec<UsageRecord>)>,
     last_flush_ms: u64,
+    last_poll_ms: u64,
+    last_purge_ms: u64,
 }
 
 impl Context for Root {
@@ -188,12 +197,13 @@ impl RootContext for Root {
                 orphans: Vec::new(),
                 feed_version: 0,
                 reserves: HashMap::new(),
+                reserve_queue: Vec::new(),
                 usage: Vec::new(),
                 gateway_token: token.clone(),
                 config: config.clone(),
             })
         });
-        if hostcalls::set_tick_period(Duration::from_millis(config.poll_interval_ms)).is_err() {
+        if hostcalls::set_tick_period(Duration::from_millis(TICK_MS.min(config.poll_interval_ms))).is_err() {
             log::error!("keygate: cannot set the tick period");
             return false;
         }
@@ -207,8 +217,13 @@ impl RootContext for Root {
         accounting::running(0);
         let Some(config) = self.config.clone() else { return };
         let now = now_ms();
-        with_vm(|vm| vm.cache.purge_expired(now));
-        if self.poll_token.is_none() {
+        accounting::reserve_queued();
+        if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
+            self.last_purge_ms = now;
+            with_vm(|vm| vm.cache.purge_expired(now));
+        }
+        if self.poll_token.is_none() && now.saturating_sub(self.last_poll_ms) >= config.poll_interval_ms {
+            self.last_poll_ms = now;
             let since = with_vm(|vm| vm.feed_version).unwrap_or(0);
             let path = format!("/v1/changes?since={since}");
             self.poll_token = store_call(&config, &self.gateway_token, "GET", &path, None).ok();
@@ -363,7 +378,6 @@ impl Context for Request {
         if let Some((plan_id, _)) = self.state.borrow_mut().plan.take() {
             PLANS.with(|p| p.borrow_mut().remove(&plan_id));
         }
-        accounting::abandon_reserves(self.id);
         if let Some(digest) = self.digest.take() {
             let id = self.id;
             with_vm(|vm| {
@@ -428,15 +442,17 @@ impl HttpContext for Request {
         let cached = with_vm(|vm| vm.cache.get(&digest, now)).flatten();
         match cached {
             Some((lookup, Freshness::Fresh)) => {
+                metrics::count("cache.hits");
                 return if advance(&self.config, &self.state, &lookup) == Step::Forwarded {
                     Action::Continue
                 } else {
                     Action::Pause
-                }
+                };
             }
             Some((lookup, Freshness::Stale)) => self.state.borrow_mut().stale = Some(lookup),
             None => {}
         }
+        metrics::count("cache.misses");
 
         // Miss: join a lookup in flight for this key, or start one.
         let id = self.id;

@@ -101,7 +101,8 @@ def test_budget_exhaustion_refuses_with_402_before_the_provider(gateway, store, 
         time.sleep(1.2)  # let the usage flush settle the reservation
     assert statuses[-1] == 402 and statuses[:-1] and set(statuses[:-1]) == {200}
     served = len(mocks["openai"].received())
-    status, doc, _ = http("POST", gateway.url + MESSAGES, {"model": "claude-sonnet-4-6", "max_tokens": 8, "messages": []},
+    # A bigger estimate than what is left: refused in the Anthropic dialect too.
+    status, doc, _ = http("POST", gateway.url + MESSAGES, {"model": "claude-sonnet-4-6", "max_tokens": 100, "messages": []},
                           {"x-api-key": token})
     assert status == 402 and doc["type"] == "error" and doc["error"]["type"] == "billing_error"
     assert len(mocks["openai"].received()) == served and mocks["anthropic"].received() == []
