@@ -54,6 +54,10 @@ test: lint test-unit test-e2e
 run: build venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run
 
+# Filter cost against plain Envoy, interleaved variants; QUICK=1 for a short run.
+bench:
+	scripts/bench
+
 clean:
 	cargo clean
 	rm -rf $(VENV) build

