@@ -11,6 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 
 use keygate_proto::lookup::{KeyStatus, Lookup};
+use sha2::Digest;
 
 pub struct Entry {
     pub lookup: Rc<Lookup>,
@@ -25,14 +26,26 @@ pub enum Freshness {
     Stale,
 }
 
+/// A token digest in binary: half the memory of its hex form.
+type Key = [u8; 32];
+
+fn key(digest: &str) -> Key {
+    let mut k = [0u8; 32];
+    if hex::decode_to_slice(digest, &mut k).is_err() {
+        // Not a digest we made; hash it so it still has a stable slot.
+        k = sha2::Sha256::digest(digest.as_bytes()).into();
+    }
+    k
+}
+
 pub struct Cache {
-    entries: HashMap<String, Entry>,
+    entries: HashMap<Key, Entry>,
     /// Insertion order for eviction; may hold superseded duplicates, compacted
     /// when it grows past twice the bound.
-    order: VecDeque<(String, u64)>,
+    order: VecDeque<(Key, u64)>,
     /// Digests the change feed invalidated, with the store version that did it,
     /// so that an answer fetched before that version is not cached.
-    invalidated: HashMap<String, u64>,
+    invalidated: HashMap<Key, u64>,
     max_entries: usize,
     ttl_ms: u64,
     stale_ms: u64,
@@ -59,7 +72,7 @@ impl Cache {
     }
 
     pub fn get(&self, digest: &str, now_ms: u64) -> Option<(Rc<Lookup>, Freshness)> {
-        let entry = self.entries.get(digest)?;
+        let entry = self.entries.get(&key(digest))?;
         let age = now_ms.saturating_sub(entry.fetched_ms);
         if age < self.ttl_ms {
             return Some((entry.lookup.clone(), Freshness::Fresh));
@@ -71,16 +84,17 @@ impl Cache {
     /// Caches an answer unless the change feed already reported a newer change
     /// of that key (the answer raced a revocation). Returns whether it was kept.
     pub fn insert(&mut self, digest: &str, lookup: Rc<Lookup>, now_ms: u64) -> bool {
-        if self.invalidated.get(digest).is_some_and(|&v| v > lookup.version) {
+        let k = key(digest);
+        if self.invalidated.get(&k).is_some_and(|&v| v > lookup.version) {
             return false;
         }
-        while self.entries.len() >= self.max_entries && !self.entries.contains_key(digest) {
+        while self.entries.len() >= self.max_entries && !self.entries.contains_key(&k) {
             if !self.evict_oldest() {
                 break;
             }
         }
-        self.entries.insert(digest.to_string(), Entry { lookup, fetched_ms: now_ms });
-        self.order.push_back((digest.to_string(), now_ms));
+        self.entries.insert(k, Entry { lookup, fetched_ms: now_ms });
+        self.order.push_back((k, now_ms));
         if self.order.len() > 2 * self.max_entries {
             let entries = &self.entries;
             self.order.retain(|(d, t)| entries.get(d).is_some_and(|e| e.fetched_ms == *t));
@@ -102,10 +116,11 @@ impl Cache {
     /// entry fetched at that version or later already shows it.
     pub fn invalidate<'a>(&mut self, changes: impl IntoIterator<Item = (&'a String, u64)>) {
         for (d, version) in changes {
-            if self.entries.get(d).is_some_and(|e| e.lookup.version < version) {
-                self.entries.remove(d);
+            let k = key(d);
+            if self.entries.get(&k).is_some_and(|e| e.lookup.version < version) {
+                self.entries.remove(&k);
             }
-            let known = self.invalidated.entry(d.clone()).or_insert(version);
+            let known = self.invalidated.entry(k).or_insert(version);
             *known = (*known).max(version);
         }
         // Bounded: an answer older than the TTL is never in flight anyway.
@@ -144,7 +159,7 @@ mod tests {
             status,
             key: None,
             access: None,
-            providers: vec![],
+            providers: Default::default(),
             limits: None,
             budgeted: false,
         })

@@ -224,8 +224,8 @@ mod tests {
             version: 1,
             status: KeyStatus::Active,
             key: Some(KeyInfo { id: "ak_1".into(), config_id: None, valid_until: None }),
-            access: Some(access),
-            providers: vec![
+            access: Some(access.into()),
+            providers: std::sync::Arc::new(vec![
                 provider(
                     "openai",
                     Format::Openai,
@@ -252,7 +252,7 @@ mod tests {
                     vec![default_route(&["pk_az"])],
                 ),
                 provider("groq", Format::Openai, "https://api.groq.com/openai/v1", &[], vec![]),
-            ],
+            ]),
             limits: None,
             budgeted: false,
         }

@@ -47,13 +47,13 @@ impl Usage {
         }
     }
 
-    /// A complete JSON response body.
+    /// A complete JSON response body. Only its top-level `usage` object is
+    /// parsed (the rest, e.g. a long completion, is skipped over).
     pub fn from_json(body: &[u8]) -> Usage {
         let mut usage = Usage::default();
-        if let Ok(v) = serde_json::from_slice::<Value>(body) {
-            if let Some(u) = v.get("usage") {
-                usage.absorb(u);
-            }
+        let found = crate::model_json::find_top_level_value(body, "usage").and_then(|(a, b)| body.get(a..b));
+        if let Some(u) = found.and_then(|raw| serde_json::from_slice::<Value>(raw).ok()) {
+            usage.absorb(&u);
         }
         usage
     }

@@ -8,6 +8,8 @@
 //! `GET /v1/changes?since=N` answers a [`Changes`]: the digests whose answer may
 //! have changed since store version N (or `all: true`).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// Schema version of these documents; bumped on incompatible change.
@@ -33,13 +35,14 @@ pub struct Lookup {
     /// Present when the key exists (whatever its status).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<KeyInfo>,
-    /// Scope. Present only for `active` keys.
+    /// Scope. Present only for `active` keys. (`Arc`: many keys share one
+    /// configuration, and the filter's cache shares it between their entries.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access: Option<Access>,
+    pub access: Option<Arc<Access>>,
     /// One entry per provider the key may reach (allowed by `access.providers`),
     /// with credentials in routing order. Present only for `active` keys.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub providers: Vec<ProviderPlan>,
+    #[serde(default, skip_serializing_if = "no_providers")]
+    pub providers: Arc<Vec<ProviderPlan>>,
     /// Per-key rate limits from the key's configuration (active keys only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
@@ -47,6 +50,10 @@ pub struct Lookup {
     /// request must reserve before it goes upstream (`POST /v1/reserve`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub budgeted: bool,
+}
+
+fn no_providers(p: &Arc<Vec<ProviderPlan>>) -> bool {
+    p.is_empty()
 }
 
 /// Rate limits per access key, enforced by each Envoy across its workers.
@@ -73,7 +80,7 @@ pub struct KeyInfo {
 
 /// Allow-lists. `None` = allow all on that dimension; `Some([])` = allow none.
 /// Model entries are provider-qualified (`openai/gpt-4o`) and may end in `*`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Access {
     #[serde(default)]
@@ -83,7 +90,7 @@ pub struct Access {
 }
 
 /// Wire format of a provider's API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     Openai,
@@ -91,7 +98,7 @@ pub enum Format {
 }
 
 /// How the provider expects its credential.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthStyle {
     /// `Authorization: Bearer <key>` (OpenAI and compatible).
@@ -104,7 +111,7 @@ pub enum AuthStyle {
     ApiKey,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderPlan {
     /// Provider id, e.g. `openai`, or a custom provider's id.
@@ -125,7 +132,7 @@ pub struct ProviderPlan {
     pub routes: Vec<Route>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
     #[serde(default)]
@@ -133,7 +140,7 @@ pub struct Route {
     pub keys: Vec<Credential>,
 }
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Credential {
     /// Provider key id (`pk_…`): safe to log and to return to clients.
     pub id: String,
@@ -254,7 +261,7 @@ mod tests {
             status: KeyStatus::Unknown,
             key: None,
             access: None,
-            providers: vec![],
+            providers: Arc::default(),
             limits: None,
             budgeted: false,
         };

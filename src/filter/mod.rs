@@ -9,10 +9,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate_proto::lookup::{AuthStyle, Changes, Credential, Lookup, UsageRecord};
+use keygate_proto::lookup::{Access, AuthStyle, Changes, Credential, Lookup, ProviderPlan, UsageRecord};
 use keygate_proto::token;
 use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
@@ -57,6 +59,41 @@ struct Vm {
     usage: Vec<UsageRecord>,
     gateway_token: Rc<String>,
     config: Rc<Config>,
+    /// Provider plans and scopes shared by cache entries: keys of one
+    /// configuration get equal ones, kept once (by content hash).
+    plans: HashMap<u64, Arc<Vec<ProviderPlan>>>,
+    scopes: HashMap<u64, Arc<Access>>,
+}
+
+/// Most distinct plans / scopes kept for sharing; past it the table starts over.
+const MAX_INTERNED: usize = 4_096;
+
+fn intern_one<T: Hash + PartialEq>(table: &mut HashMap<u64, Arc<T>>, value: &mut Arc<T>) {
+    let mut h = DefaultHasher::new();
+    value.hash(&mut h);
+    let slot = h.finish();
+    match table.get(&slot) {
+        Some(shared) if **shared == **value => *value = shared.clone(),
+        _ => {
+            if table.len() >= MAX_INTERNED {
+                table.clear();
+            }
+            table.insert(slot, value.clone());
+        }
+    }
+}
+
+/// A fresh store answer, sharing its plan and scope with equal cached ones.
+fn intern(mut lookup: Lookup) -> Rc<Lookup> {
+    with_vm(|vm| {
+        if !lookup.providers.is_empty() {
+            intern_one(&mut vm.plans, &mut lookup.providers);
+        }
+        if let Some(access) = lookup.access.as_mut() {
+            intern_one(&mut vm.scopes, access);
+        }
+    });
+    Rc::new(lookup)
 }
 
 /// A store lookup in flight and the requests waiting for it.
@@ -83,6 +120,8 @@ thread_local! {
 }
 
 const PLAN_PROPERTY: &str = "keygate_plan";
+/// Where Envoy keeps what the wasm filter set as `PLAN_PROPERTY`.
+const PLAN_FILTER_STATE: &str = "wasm.keygate_plan";
 /// The root context's tick: it polls the change feed (every `pollIntervalMs`),
 /// flushes usage, purges the cache, and makes the callouts that no live
 /// request context can own (see `accounting::reserve`).
@@ -151,7 +190,7 @@ impl Context for Root {
             }
         } else if let Some(digest) = self.root_lookups.remove(&token_id) {
             let answer = read_json::<Lookup>(body_size);
-            complete_lookup(&digest, answer.map(Rc::new), self.config.as_deref());
+            complete_lookup(&digest, answer.map(intern), self.config.as_deref());
         }
     }
 }
@@ -201,6 +240,8 @@ impl RootContext for Root {
                 usage: Vec::new(),
                 gateway_token: token.clone(),
                 config: config.clone(),
+                plans: HashMap::new(),
+                scopes: HashMap::new(),
             })
         });
         if hostcalls::set_tick_period(Duration::from_millis(TICK_MS.min(config.poll_interval_ms))).is_err() {
@@ -370,7 +411,7 @@ impl Context for Request {
         if answer.is_none() {
             metrics::count("store.errors");
         }
-        complete_lookup(&digest, answer.map(Rc::new), Some(&self.config));
+        complete_lookup(&digest, answer.map(intern), Some(&self.config));
     }
 
     fn on_done(&mut self) -> bool {
@@ -592,11 +633,20 @@ impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Whatever an earlier attempt put on the (reused) header map goes first.
-        for name in CLIENT_CREDENTIAL_HEADERS {
-            let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        let attempt = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-envoy-attempt-count")
+            .ok()
+            .flatten()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(1);
+        // A retry reuses the header map: the previous attempt's credential goes
+        // first. (On the first attempt the downstream filter already removed
+        // every client credential.)
+        if attempt > 1 {
+            for name in CLIENT_CREDENTIAL_HEADERS {
+                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+            }
         }
-        let plan = hostcalls::get_property(vec!["filter_state", &format!("wasm.{PLAN_PROPERTY}")])
+        let plan = hostcalls::get_property(vec!["filter_state", PLAN_FILTER_STATE])
             .ok()
             .flatten()
             .and_then(|b| String::from_utf8(b).ok())
@@ -606,11 +656,6 @@ impl HttpContext for UpstreamAttempt {
             warn!("keygate: upstream attempt without a plan: sent without credentials");
             return Action::Continue;
         };
-        let attempt = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-envoy-attempt-count")
-            .ok()
-            .flatten()
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(1);
         {
             let mut p = plan.borrow_mut();
             let Some(key) = p.keys.get(attempt.saturating_sub(1)).cloned() else {

@@ -71,7 +71,7 @@ async fn key_without_configuration_uses_managed_keys_everywhere() {
     assert_eq!(info.config_id, None);
     assert_eq!(info.valid_until, None);
     let access = d.access.unwrap();
-    assert_eq!((access.providers, access.models), (None, None));
+    assert_eq!((&access.providers, &access.models), (&None, &None));
     let ids: Vec<&str> = d.providers.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(ids, ["openai", "anthropic", "google", "groq", "deepseek", "mistral", "openrouter", "xai"]);
     let openai = &d.providers[0];
@@ -118,8 +118,8 @@ async fn key_with_configuration_gets_allow_lists_and_routes() {
     assert_eq!(info.config_id.as_deref(), Some(cid.as_str()));
     assert_eq!(info.valid_until, Some(4_070_908_800));
     let access = d.access.unwrap();
-    assert_eq!(access.providers.unwrap(), ["openai", "anthropic", "groq"]);
-    assert_eq!(access.models.unwrap(), ["openai/gpt-4o", "openai/o3*", "anthropic/claude-*"]);
+    assert_eq!(access.providers.clone().unwrap(), ["openai", "anthropic", "groq"]);
+    assert_eq!(access.models.clone().unwrap(), ["openai/gpt-4o", "openai/o3*", "anthropic/claude-*"]);
     // Every provider is listed; those not allowed carry no routes (no secrets).
     let ids: Vec<&str> = d.providers.iter().map(|p| p.id.as_str()).collect();
     assert_eq!(&ids[..3], ["openai", "anthropic", "google"]);

@@ -917,7 +917,7 @@ impl Store for SqliteStore {
                 status: KeyStatus::Unknown,
                 key: None,
                 access: None,
-                providers: vec![],
+                providers: Default::default(),
                 limits: None,
                 budgeted: false,
             };
@@ -1007,7 +1007,7 @@ impl Store for SqliteStore {
             };
             let mut secret_stmt = tx.prepare_cached("SELECT secret FROM provider_keys WHERE id = ?1")?;
             let cipher = &self.cipher;
-            doc.providers = plan::build(&providers, &keys, access.as_ref(), router.as_ref(), |key_id| {
+            doc.providers = std::sync::Arc::new(plan::build(&providers, &keys, access.as_ref(), router.as_ref(), |key_id| {
                 let sealed: Option<Vec<u8>> = secret_stmt.query_row(params![key_id], |r| r.get(0)).optional()?;
                 match sealed {
                     None => Ok(None),
@@ -1018,8 +1018,8 @@ impl Store for SqliteStore {
                             .map_err(|_| StoreError::Internal("provider key value is not UTF-8".into()))
                     }
                 }
-            })?;
-            doc.access = Some(plan::access_of(access.as_ref()));
+            })?);
+            doc.access = Some(std::sync::Arc::new(plan::access_of(access.as_ref())));
             Ok(doc)
         })
     }
