@@ -310,13 +310,16 @@ async fn log_requests(
     let resp = next.run(req).await;
     let route = resp.extensions().get::<RouteTemplate>().map(|t| t.0.clone());
     stats.count_http(listener, route.clone().unwrap_or_else(|| "none".into()), resp.status().as_u16());
-    tracing::info!(
-        method = %method,
-        route = route.as_deref().unwrap_or("<no route>"),
-        status = resp.status().as_u16(),
-        micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "request"
-    );
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let route = route.as_deref().unwrap_or("<no route>");
+    let status = resp.status().as_u16();
+    // Envoy polls the gateway listener several times a second per worker:
+    // its routine calls log at debug, everything else (and any error) at info.
+    if route.starts_with("/v1/") && status < 400 {
+        tracing::debug!(method = %method, route, status, micros, "request");
+    } else {
+        tracing::info!(method = %method, route, status, micros, "request");
+    }
     resp
 }
 
