@@ -254,7 +254,14 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
     // that nothing is free (e.g. OpenAI streams without include_usage).
     let (input, output) = match (usage.seen, final_ok) {
         (true, _) => (usage.input, usage.output),
-        (false, true) => st.estimate,
+        (false, true) => {
+            if st.max_tokens.is_none() && st.has_body {
+                let config = with_vm(|vm| vm.config.clone());
+                st.max_tokens = config.and_then(|c| super::read_max_tokens(&c.metadata_namespace));
+                st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, DEFAULT_OUTPUT_ESTIMATE);
+            }
+            st.estimate
+        }
         (false, false) => (0, 0),
     };
     let now = now_ms();

@@ -258,6 +258,7 @@ impl RootContext for Root {
         accounting::running(0);
         let Some(config) = self.config.clone() else { return };
         let now = now_ms();
+        metrics::flush();
         accounting::reserve_queued();
         if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
             self.last_purge_ms = now;
@@ -361,7 +362,6 @@ struct RequestState {
     path: String,
     has_body: bool,
     model: Option<ModelField>,
-    has_anthropic_version: bool,
     /// A cached approval past its TTL, usable if the store cannot be reached.
     stale: Option<Rc<Lookup>>,
     /// The provider's model name to write into the body, once decided.
@@ -452,7 +452,6 @@ impl HttpContext for Request {
             let mut st = self.state.borrow_mut();
             st.request_id = request_id;
             st.dialect = Some(dialect);
-            st.has_anthropic_version = header("anthropic-version").is_some();
         }
 
         let authorization = header("authorization");
@@ -476,7 +475,6 @@ impl HttpContext for Request {
             st.model = Some(model);
             st.started_ms = now_ms();
             st.body_bytes = content_length.unwrap_or(0);
-            st.max_tokens = if has_body { read_max_tokens(&self.config.metadata_namespace) } else { None };
         }
 
         let now = now_ms();
@@ -682,10 +680,12 @@ impl HttpContext for UpstreamAttempt {
         let mut p = plan.borrow_mut();
         let Some(attempt) = p.attempts.last_mut() else { return Action::Continue };
         attempt.status = Some(status);
+        let (retry_after_ms, retry_after) =
+            if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
         let cooldown = failover::cooldown_ms(
             status,
-            header("retry-after-ms").as_deref(),
-            header("retry-after").as_deref(),
+            retry_after_ms.as_deref(),
+            retry_after.as_deref(),
             self.config.cooldown_rate_limited_ms,
             self.config.cooldown_auth_failure_ms,
         );
@@ -759,9 +759,6 @@ fn read_model(namespace: &str) -> ModelField {
         return ModelField::InvalidJson;
     }
     let Some(raw) = prop("model") else { return ModelField::Absent };
-    if prop("model_type").is_some_and(|t| t != b"string") {
-        return ModelField::NotString;
-    }
     match String::from_utf8(raw) {
         Ok(s) if !s.chars().any(char::is_control) => ModelField::Str(s),
         _ => ModelField::NotString,
@@ -811,6 +808,10 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         }
     };
     if !st.admitted {
+        // Only limits and budgets need the estimate before the request goes out.
+        if st.has_body && (lookup.limits.is_some() || lookup.budgeted) {
+            st.max_tokens = read_max_tokens(&config.metadata_namespace);
+        }
         st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, accounting::DEFAULT_OUTPUT_ESTIMATE);
         st.served = Some(accounting::Served {
             key_id: forward.key_id.to_string(),
@@ -857,7 +858,9 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
     ];
     // The credential itself is set per attempt by the upstream filter; here
     // only what is not secret.
-    if forward.provider.auth == AuthStyle::XApiKey && !st.has_anthropic_version {
+    if forward.provider.auth == AuthStyle::XApiKey
+        && hostcalls::get_map_value(MapType::HttpRequestHeaders, "anthropic-version").ok().flatten().is_none()
+    {
         sets.push(("anthropic-version", config.anthropic_version.clone()));
     }
     sets.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
@@ -890,7 +893,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         warn!("keygate: clear_route_cache is not available");
     }
     metrics::count("requests.allowed");
-    metrics::count(&format!("provider.{}.requests", forward.provider.id));
+    metrics::count_labeled("requests.provider", &forward.provider.id);
     info!(
         "keygate: request {} key={} provider={} model={} credential={}",
         st.request_id,
@@ -904,7 +907,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
 
 fn send_denial(st: &RequestState, denial: &Denial) {
     metrics::count("requests.denied");
-    metrics::count(&format!("denied.{}", denial.code));
+    metrics::count_labeled("denied", denial.code);
     let dialect = st.dialect.unwrap_or(Dialect::OpenAi);
     let body = denial.body(dialect);
     let retry_after = denial.retry_after.map(|s| s.to_string());
