@@ -45,6 +45,11 @@ pub struct Config {
     pub upstream_cluster_http: String,
     #[serde(default = "defaults::cluster_https")]
     pub upstream_cluster_https: String,
+    /// The same without the upstream filter, for requests with one candidate.
+    #[serde(default = "defaults::direct_http")]
+    pub direct_cluster_http: String,
+    #[serde(default = "defaults::direct_https")]
+    pub direct_cluster_https: String,
     /// Request header the route's `cluster_header` reads.
     #[serde(default = "defaults::cluster_header")]
     pub cluster_header: String,
@@ -113,6 +118,12 @@ mod defaults {
     pub fn cluster_https() -> String {
         "keygate_upstream_https".into()
     }
+    pub fn direct_http() -> String {
+        "keygate_direct_http".into()
+    }
+    pub fn direct_https() -> String {
+        "keygate_direct_https".into()
+    }
     pub fn cluster_header() -> String {
         "x-keygate-cluster".into()
     }
@@ -150,6 +161,8 @@ impl Config {
             ("gatewayTokenEnv", &self.gateway_token_env),
             ("upstreamClusterHttp", &self.upstream_cluster_http),
             ("upstreamClusterHttps", &self.upstream_cluster_https),
+            ("directClusterHttp", &self.direct_cluster_http),
+            ("directClusterHttps", &self.direct_cluster_https),
             ("clusterHeader", &self.cluster_header),
             ("metadataNamespace", &self.metadata_namespace),
             ("anthropicVersion", &self.anthropic_version),

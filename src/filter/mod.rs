@@ -107,6 +107,9 @@ struct Pending {
 /// filter (which runs once per attempt, on the same worker, in the same VM).
 /// Only its id travels, in filter state; the credentials stay in VM memory.
 struct Plan {
+    /// One candidate: the downstream filter set the credential itself and
+    /// routed to a cluster without the upstream filter (one attempt, no retry).
+    direct: bool,
     auth: AuthStyle,
     /// Candidate credentials, in the order attempts use them.
     keys: Vec<Credential>,
@@ -573,6 +576,15 @@ impl HttpContext for Request {
             }
         }
         let Some((_, plan)) = st.plan.clone() else { return Action::Continue };
+        {
+            let mut p = plan.borrow_mut();
+            if p.direct && p.attempts.is_empty() {
+                let key_id = p.keys.first().map(|k| k.id.clone()).unwrap_or_default();
+                let mut attempt = Attempt { key_id, status: None };
+                note_answer(&mut attempt, &self.config);
+                p.attempts.push(attempt);
+            }
+        }
         let content_type = hostcalls::get_map_value(MapType::HttpResponseHeaders, "content-type").ok().flatten();
         st.streaming = content_type.is_some_and(|t| t.starts_with("text/event-stream"));
         if st.streaming {
@@ -675,29 +687,34 @@ impl HttpContext for UpstreamAttempt {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(plan) = &self.plan else { return Action::Continue };
-        let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
-        let status = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
-        let mut p = plan.borrow_mut();
-        let Some(attempt) = p.attempts.last_mut() else { return Action::Continue };
-        attempt.status = Some(status);
-        let (retry_after_ms, retry_after) =
-            if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
-        let cooldown = failover::cooldown_ms(
-            status,
-            retry_after_ms.as_deref(),
-            retry_after.as_deref(),
-            self.config.cooldown_rate_limited_ms,
-            self.config.cooldown_auth_failure_ms,
-        );
-        if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
-            // Process-wide: every worker skips this key until then.
-            let until = (now_ms() + ms).to_string();
-            let _ =
-                hostcalls::set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), Some(until.as_bytes()), None);
-            info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
-            metrics::count("failover.cooldowns");
+        if let Some(attempt) = plan.borrow_mut().attempts.last_mut() {
+            note_answer(attempt, &self.config);
         }
         Action::Continue
+    }
+}
+
+/// Records what the provider answered to one attempt (response headers of
+/// the effective context) and cools the key down after a 429 or 401/403.
+fn note_answer(attempt: &mut Attempt, config: &Config) {
+    let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
+    let status = header(":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    attempt.status = Some(status);
+    let (retry_after_ms, retry_after) =
+        if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
+    let cooldown = failover::cooldown_ms(
+        status,
+        retry_after_ms.as_deref(),
+        retry_after.as_deref(),
+        config.cooldown_rate_limited_ms,
+        config.cooldown_auth_failure_ms,
+    );
+    if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
+        // Process-wide: every worker skips this key until then.
+        let until = (now_ms() + ms).to_string();
+        let _ = hostcalls::set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), Some(until.as_bytes()), None);
+        info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
+        metrics::count("failover.cooldowns");
     }
 }
 
@@ -850,7 +867,16 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
     for (name, _) in headers.iter().filter(|(n, _)| is_stripped_header(n)) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
-    let cluster = if forward.endpoint.tls { &config.upstream_cluster_https } else { &config.upstream_cluster_http };
+    // A single candidate needs no per-attempt credential: the downstream filter
+    // sets it and routes to a cluster without the upstream filter (cheaper).
+    // The credential then reaches exactly that provider, with no retry.
+    let direct = keys.len() == 1;
+    let cluster = match (direct, forward.endpoint.tls) {
+        (true, true) => &config.direct_cluster_https,
+        (true, false) => &config.direct_cluster_http,
+        (false, true) => &config.upstream_cluster_https,
+        (false, false) => &config.upstream_cluster_http,
+    };
     let mut sets: Vec<(&str, String)> = vec![
         (":authority", forward.endpoint.authority.clone()),
         (":path", forward.upstream_path.clone()),
@@ -864,6 +890,10 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         sets.push(("anthropic-version", config.anthropic_version.clone()));
     }
     sets.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
+    if direct {
+        let (name, value) = credential_header(forward.provider.auth, &first.value);
+        sets.push((name, value));
+    }
     if forward.rewrite_model {
         sets.push(("content-length", String::new()));
         st.rewrite_model = forward.model.clone();
@@ -885,7 +915,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
         return Step::Denied;
     }
-    let plan = Rc::new(RefCell::new(Plan { auth: forward.provider.auth, keys, attempts: Vec::new() }));
+    let plan = Rc::new(RefCell::new(Plan { direct, auth: forward.provider.auth, keys, attempts: Vec::new() }));
     PLANS.with(|p| p.borrow_mut().insert(plan_id, plan.clone()));
     st.plan = Some((plan_id, plan));
     st.lookup = None;

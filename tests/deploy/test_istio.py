@@ -246,9 +246,24 @@ def test_ingressgateway_patch():
     assert c["name"] == "istio-proxy"
     assert {e["name"] for e in c["env"]} == {"KEYGATE_GATEWAY_TOKEN"}
     mount = c["volumeMounts"][0]["mountPath"]
-    for p in patches("CLUSTER"):
+    for p in upstream_filter_clusters():
         text = json.dumps(p["patch"]["value"])
         assert f"{mount}/keygate_filter.wasm" in text
+
+
+def upstream_filter_clusters():
+    """The cluster patches that carry the upstream half of the filter (the
+    `keygate_direct_*` clusters, for single-candidate requests, carry none)."""
+    found = [p for p in patches("CLUSTER") if p["patch"]["value"]["name"].startswith("keygate_upstream_")]
+    assert len(found) == 2
+    return found
+
+
+def test_direct_clusters_have_no_upstream_filter():
+    direct = [p for p in patches("CLUSTER") if p["patch"]["value"]["name"].startswith("keygate_direct_")]
+    assert {p["patch"]["value"]["name"] for p in direct} == {"keygate_direct_http", "keygate_direct_https"}
+    for p in direct:
+        assert "http_filters" not in json.dumps(p["patch"]["value"])
 
 
 def test_envoyfilter_upstream_config_matches_the_template():
@@ -256,7 +271,7 @@ def test_envoyfilter_upstream_config_matches_the_template():
     https = next(c for c in template["static_resources"]["clusters"] if c["name"] == "keygate_upstream_https")
     opts = https["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     want = json.loads(opts["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
-    for p in patches("CLUSTER"):
+    for p in upstream_filter_clusters():
         opts = p["patch"]["value"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
         cfg = opts["http_filters"][0]["typed_config"]["config"]
         assert json.loads(cfg["configuration"]["value"]) == want, p["patch"]["value"]["name"]
