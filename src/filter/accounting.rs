@@ -17,7 +17,8 @@ use crate::metrics;
 use crate::ratelimit::{self, Admission, Remaining, Window};
 use crate::usage::Usage;
 
-/// How often each worker sends its usage records to the store.
+/// Each worker sends its usage records at least this often, and sooner
+/// (next tick) once a full batch is waiting.
 pub const FLUSH_INTERVAL_MS: u64 = 1_000;
 /// Output tokens assumed for a request that sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
@@ -311,12 +312,18 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
     drop(st);
     with_vm(|vm| {
         vm.usage.extend(records);
-        if vm.usage.len() > MAX_QUEUED {
-            let excess = vm.usage.len() - MAX_QUEUED;
-            vm.usage.drain(..excess);
-            metrics::add("usage.dropped", excess as u64);
+        let mut dropped = 0;
+        while vm.usage.len() > MAX_QUEUED {
+            vm.usage.pop_front();
+            dropped += 1;
         }
+        metrics::add("usage.dropped", dropped);
     });
+}
+
+/// Whether to send a batch now, `since_ms` after the last one.
+pub fn flush_due(since_ms: u64) -> bool {
+    with_vm(|vm| !vm.usage.is_empty() && (since_ms >= FLUSH_INTERVAL_MS || vm.usage.len() >= BATCH)).unwrap_or(false)
 }
 
 /// Sends the next batch of usage records; the caller keeps it until the store
@@ -341,9 +348,10 @@ pub fn flush(config: &Config, gateway_token: &str) -> Option<(u32, Vec<UsageReco
 }
 
 /// Puts an unacknowledged batch back at the front of the queue.
-pub fn requeue(mut batch: Vec<UsageRecord>) {
+pub fn requeue(batch: Vec<UsageRecord>) {
     with_vm(|vm| {
-        batch.append(&mut vm.usage);
-        vm.usage = batch;
+        for record in batch.into_iter().rev() {
+            vm.usage.push_front(record);
+        }
     });
 }

@@ -8,7 +8,7 @@
 //! key cause one store call), and the change-feed position.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -56,7 +56,7 @@ struct Vm {
     /// Requests whose reservation the root context must file (next tick).
     reserve_queue: Vec<Rc<RefCell<RequestState>>>,
     /// Usage records waiting to be sent to the store (bounded).
-    usage: Vec<UsageRecord>,
+    usage: VecDeque<UsageRecord>,
     gateway_token: Rc<String>,
     config: Rc<Config>,
     /// Provider plans and scopes shared by cache entries: keys of one
@@ -240,7 +240,7 @@ impl RootContext for Root {
                 feed_version: 0,
                 reserves: HashMap::new(),
                 reserve_queue: Vec::new(),
-                usage: Vec::new(),
+                usage: VecDeque::new(),
                 gateway_token: token.clone(),
                 config: config.clone(),
                 plans: HashMap::new(),
@@ -273,7 +273,7 @@ impl RootContext for Root {
             let path = format!("/v1/changes?since={since}");
             self.poll_token = store_call(&config, &self.gateway_token, "GET", &path, None).ok();
         }
-        if self.flush.is_none() && now.saturating_sub(self.last_flush_ms) >= accounting::FLUSH_INTERVAL_MS {
+        if self.flush.is_none() && accounting::flush_due(now.saturating_sub(self.last_flush_ms)) {
             self.last_flush_ms = now;
             self.flush = accounting::flush(&config, &self.gateway_token);
         }
