@@ -2,7 +2,7 @@
 //! store says about its key, either where and how to forward it, or a refusal.
 //! Pure: no host calls, so every rule here is unit-tested natively.
 
-use keygate_proto::lookup::{Credential, Format, KeyStatus, Lookup, ProviderPlan};
+use keygate_proto::lookup::{Access, Credential, Format, KeyStatus, Lookup, ProviderPlan};
 
 use crate::access::{allows, pattern_matches};
 use crate::errors::{Denial, Dialect};
@@ -43,7 +43,8 @@ pub struct Forward<'a> {
 
 pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) -> Result<Forward<'a>, Denial> {
     let key = check_key(lookup, now_secs)?;
-    let access = lookup.access.clone().unwrap_or_default();
+    let allow_all = Access::default();
+    let access: &Access = lookup.access.as_deref().unwrap_or(&allow_all);
 
     let model = match (facts.has_body, facts.model) {
         (_, ModelField::Str(m)) if m.trim().is_empty() => {
@@ -72,7 +73,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
             format!("this access key may not use provider `{}`", provider.id),
         ));
     }
-    if let Some(local) = local_model {
+    if let (Some(local), Some(_)) = (local_model, &access.models) {
         let qualified_name = format!("{}/{}", provider.id, local);
         if !allows(access.models.as_deref(), &qualified_name) {
             return Err(Denial::new(
