@@ -9,6 +9,7 @@ pub mod config;
 pub mod decide;
 pub mod errors;
 pub mod failover;
+pub mod inbound;
 pub mod keys;
 pub mod model_json;
 pub mod ratelimit;

@@ -107,6 +107,23 @@ impl SseScanner {
     }
 }
 
+/// How a provider's answer carries its usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// One JSON document (`{...}`), usage at its top level.
+    Json,
+    /// Server-sent events (`data:`, `event:`, `:` lines), usage in events.
+    EventStream,
+}
+
+/// Tells the kind from the first bytes of an answer, so that no header needs
+/// reading: a JSON document starts with `{` or `[`, anything else is taken
+/// for an event stream. `None` while only whitespace has arrived.
+pub fn body_kind(first: &[u8]) -> Option<BodyKind> {
+    let b = first.iter().find(|b| !b.is_ascii_whitespace())?;
+    Some(if matches!(b, b'{' | b'[') { BodyKind::Json } else { BodyKind::EventStream })
+}
+
 /// Upper estimates before the request goes out: prompt tokens from the body
 /// size (at most one token per two bytes for text in JSON), output tokens from
 /// the request's limit or `default_output`.
@@ -117,6 +134,17 @@ pub fn estimate(body_bytes: u64, max_tokens: Option<u64>, default_output: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn body_kind_from_first_bytes() {
+        assert_eq!(body_kind(b"{\"id\":1}"), Some(BodyKind::Json));
+        assert_eq!(body_kind(b"\n  [1]"), Some(BodyKind::Json));
+        assert_eq!(body_kind(b"data: {\"x\":1}\n\n"), Some(BodyKind::EventStream));
+        assert_eq!(body_kind(b"event: message_start\n"), Some(BodyKind::EventStream));
+        assert_eq!(body_kind(b": keep-alive\n"), Some(BodyKind::EventStream));
+        assert_eq!(body_kind(b" \r\n"), None);
+        assert_eq!(body_kind(b""), None);
+    }
 
     #[test]
     fn openai_json() {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::errors::Denial;
 use crate::metrics;
 use crate::ratelimit::{self, Admission, Remaining, Window};
-use crate::usage::Usage;
+use crate::usage::{BodyKind, Usage};
 
 /// Each worker sends its usage records at least this often, and sooner
 /// (next tick) once a full batch is waiting.
@@ -223,10 +223,20 @@ pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
 
 /// Reads a response chunk for usage as it passes (never holds it back).
 pub fn observe_body(st: &mut RequestState, body_size: usize) {
-    if st.scanner.is_none() && st.json_body.is_none() {
+    if !st.read_usage || body_size == 0 {
         return;
     }
     let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) else { return };
+    if st.scanner.is_none() && st.json_body.is_none() {
+        match crate::usage::body_kind(&chunk) {
+            Some(BodyKind::Json) => st.json_body = Some(Vec::new()),
+            Some(BodyKind::EventStream) => {
+                st.streaming = true;
+                st.scanner = Some(crate::usage::SseScanner::default());
+            }
+            None => return, // only whitespace so far
+        }
+    }
     if let Some(scanner) = st.scanner.as_mut() {
         scanner.feed(&chunk);
     } else if let Some(json) = st.json_body.as_mut() {
@@ -234,6 +244,7 @@ pub fn observe_body(st: &mut RequestState, body_size: usize) {
             json.extend_from_slice(&chunk);
         } else {
             st.json_body = None;
+            st.read_usage = false;
         }
     }
 }

@@ -1,0 +1,98 @@
+//! What the filter needs from a request's headers, taken from one snapshot of
+//! the whole header map.
+//!
+//! Every host call that returns data re-enters the VM to allocate the answer,
+//! which costs about 1 µs on Envoy 1.40 with V8 (measured: ten
+//! `get_map_value` calls add ~10 µs a request). One `get_map` and a pass over
+//! it here replace six of them.
+
+use crate::upstream::is_stripped_header;
+
+/// The request headers keygate reads, and the ones it must remove.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub path: String,
+    pub request_id: String,
+    pub authorization: Option<String>,
+    pub x_api_key: Option<String>,
+    /// `content-length`, if present and a number.
+    pub content_length: Option<u64>,
+    pub anthropic_version: bool,
+    /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
+    pub strip: Vec<String>,
+    #[cfg(feature = "fault-injection")]
+    pub test_panic: bool,
+}
+
+impl Inbound {
+    /// Header names come lower-cased from Envoy (HTTP/2 and HTTP/1 alike).
+    /// A repeated header keeps its first value, as `get_map_value` would.
+    pub fn from_headers<S: AsRef<str>>(headers: &[(S, S)]) -> Inbound {
+        let mut inb = Inbound::default();
+        for (name, value) in headers {
+            let (name, value) = (name.as_ref(), value.as_ref());
+            match name {
+                ":path" if inb.path.is_empty() => inb.path = value.to_string(),
+                "x-request-id" if inb.request_id.is_empty() => inb.request_id = value.to_string(),
+                "authorization" if inb.authorization.is_none() => inb.authorization = Some(value.to_string()),
+                "x-api-key" if inb.x_api_key.is_none() => inb.x_api_key = Some(value.to_string()),
+                "content-length" if inb.content_length.is_none() => inb.content_length = value.trim().parse().ok(),
+                "anthropic-version" => inb.anthropic_version = true,
+                #[cfg(feature = "fault-injection")]
+                "x-keygate-test-panic" => inb.test_panic = true,
+                _ => {}
+            }
+            if is_stripped_header(name) && !inb.strip.iter().any(|s| s == name) {
+                inb.strip.push(name.to_string());
+            }
+        }
+        inb
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Inbound {
+        Inbound::from_headers(pairs)
+    }
+
+    #[test]
+    fn reads_the_fields() {
+        let inb = h(&[
+            (":path", "/v1/chat/completions"),
+            ("x-request-id", "r1"),
+            ("authorization", "Bearer kg-x"),
+            ("content-length", " 1024 "),
+            ("anthropic-version", "2023-06-01"),
+        ]);
+        assert_eq!(inb.path, "/v1/chat/completions");
+        assert_eq!(inb.request_id, "r1");
+        assert_eq!(inb.authorization.as_deref(), Some("Bearer kg-x"));
+        assert_eq!(inb.x_api_key, None);
+        assert_eq!(inb.content_length, Some(1024));
+        assert!(inb.anthropic_version);
+    }
+
+    #[test]
+    fn first_value_wins() {
+        let inb = h(&[("x-api-key", "a"), ("x-api-key", "b"), ("content-length", "x")]);
+        assert_eq!(inb.x_api_key.as_deref(), Some("a"));
+        assert_eq!(inb.content_length, None);
+        assert!(!h(&[]).anthropic_version);
+    }
+
+    #[test]
+    fn collects_headers_to_strip_once() {
+        let inb = h(&[
+            ("authorization", "Bearer a"),
+            ("x-envoy-max-retries", "9"),
+            ("x-keygate-cluster", "evil"),
+            ("api-key", "k"),
+            ("x-envoy-max-retries", "8"),
+            ("accept", "*/*"),
+        ]);
+        assert_eq!(inb.strip, ["authorization", "x-envoy-max-retries", "x-keygate-cluster", "api-key"]);
+    }
+}
