@@ -230,10 +230,7 @@ pub fn observe_body(st: &mut RequestState, body_size: usize) {
     if st.scanner.is_none() && st.json_body.is_none() {
         match crate::usage::body_kind(&chunk) {
             Some(BodyKind::Json) => st.json_body = Some(Vec::new()),
-            Some(BodyKind::EventStream) => {
-                st.streaming = true;
-                st.scanner = Some(crate::usage::SseScanner::default());
-            }
+            Some(BodyKind::EventStream) => st.scanner = Some(crate::usage::SseScanner::default()),
             None => return, // only whitespace so far
         }
     }
@@ -283,7 +280,7 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
         config_id: served.config_id.clone(),
         provider: served.provider.clone(),
         model: served.model.clone(),
-        streaming: st.streaming,
+        streaming: st.scanner.is_some(),
         started_ms: st.started_ms,
         ended_ms: now,
         ..UsageRecord::default()

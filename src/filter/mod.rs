@@ -422,9 +422,9 @@ struct RequestState {
     rate: Option<RateState>,
     /// Who served: key, configuration, provider, model (for usage records).
     served: Option<accounting::Served>,
-    /// Usage read from the response as it passes: whether to, and how.
+    /// Usage read from the response as it passes: whether to, and how (an
+    /// event stream has a scanner).
     read_usage: bool,
-    streaming: bool,
     scanner: Option<crate::usage::SseScanner>,
     json_body: Option<Vec<u8>>,
 }
