@@ -5,9 +5,10 @@
 //! With `stale_if_error`, an *approval* may be used up to that much longer
 //! while the store is unreachable; a refusal is never extended, and an entry
 //! the change feed invalidated is gone, so a revoked key is never served stale.
-//! Size: at most `max_entries`; the oldest-fetched entry is evicted first.
+//! Size: at most `max_entries`. When it is full, the oldest-fetched eighth goes
+//! in one pass (no insertion-order queue: it cost more memory than the map).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use keygate_proto::lookup::{KeyStatus, Lookup};
@@ -26,23 +27,24 @@ pub enum Freshness {
     Stale,
 }
 
-/// A token digest in binary: half the memory of its hex form.
-type Key = [u8; 32];
+/// The first 128 bits of a token digest. Two tokens share a slot only if
+/// their SHA-256 digests share that prefix: finding one for a given token is
+/// a 2^128 search, and tokens are random. Half the memory of the full digest.
+type Key = [u8; 16];
 
 fn key(digest: &str) -> Key {
-    let mut k = [0u8; 32];
-    if hex::decode_to_slice(digest, &mut k).is_err() {
+    let mut full = [0u8; 32];
+    if hex::decode_to_slice(digest, &mut full).is_err() {
         // Not a digest we made; hash it so it still has a stable slot.
-        k = sha2::Sha256::digest(digest.as_bytes()).into();
+        full = sha2::Sha256::digest(digest.as_bytes()).into();
     }
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&full[..16]);
     k
 }
 
 pub struct Cache {
     entries: HashMap<Key, Entry>,
-    /// Insertion order for eviction; may hold superseded duplicates, compacted
-    /// when it grows past twice the bound.
-    order: VecDeque<(Key, u64)>,
     /// Digests the change feed invalidated, with the store version that did it,
     /// so that an answer fetched before that version is not cached.
     invalidated: HashMap<Key, u64>,
@@ -55,7 +57,6 @@ impl Cache {
     pub fn new(max_entries: usize, ttl_ms: u64, stale_ms: u64) -> Cache {
         Cache {
             entries: HashMap::new(),
-            order: VecDeque::new(),
             invalidated: HashMap::new(),
             max_entries: max_entries.max(1),
             ttl_ms,
@@ -88,28 +89,35 @@ impl Cache {
         if self.invalidated.get(&k).is_some_and(|&v| v > lookup.version) {
             return false;
         }
-        while self.entries.len() >= self.max_entries && !self.entries.contains_key(&k) {
-            if !self.evict_oldest() {
-                break;
-            }
+        if self.entries.len() >= self.max_entries && !self.entries.contains_key(&k) {
+            self.evict_oldest();
         }
         self.entries.insert(k, Entry { lookup, fetched_ms: now_ms });
-        self.order.push_back((k, now_ms));
-        if self.order.len() > 2 * self.max_entries {
-            let entries = &self.entries;
-            self.order.retain(|(d, t)| entries.get(d).is_some_and(|e| e.fetched_ms == *t));
-        }
         true
     }
 
-    fn evict_oldest(&mut self) -> bool {
-        while let Some((digest, fetched)) = self.order.pop_front() {
-            if self.entries.get(&digest).is_some_and(|e| e.fetched_ms == fetched) {
-                self.entries.remove(&digest);
-                return true;
+    /// Drops the oldest-fetched eighth of the bound (at least one entry): one
+    /// pass over the map per `max_entries / 8` inserts while the cache is full.
+    fn evict_oldest(&mut self) {
+        let n = (self.max_entries / 8).max(1);
+        let mut times: Vec<u64> = self.entries.values().map(|e| e.fetched_ms).collect();
+        let Some(i) = n.checked_sub(1).filter(|i| *i < times.len()) else {
+            self.entries.clear();
+            return;
+        };
+        let (older, cutoff, _) = times.select_nth_unstable(i);
+        let cutoff = *cutoff;
+        // Everything older than the cutoff goes, and as many entries fetched in
+        // the cutoff's own millisecond as the count still needs.
+        let mut ties = n - older.iter().filter(|t| **t < cutoff).count();
+        self.entries.retain(|_, e| match e.fetched_ms.cmp(&cutoff) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal if ties > 0 => {
+                ties -= 1;
+                false
             }
-        }
-        false
+            _ => true,
+        });
     }
 
     /// The change feed says digest `d` changed at store version `v`. An
@@ -133,18 +141,12 @@ impl Cache {
     /// a provider changed): drops every entry fetched before it.
     pub fn invalidate_all(&mut self, version: u64) {
         self.entries.retain(|_, e| e.lookup.version >= version);
-        if self.entries.is_empty() {
-            self.order.clear();
-        }
     }
 
     /// Drops entries that can no longer be used at all.
     pub fn purge_expired(&mut self, now_ms: u64) {
         let limit = self.ttl_ms + self.stale_ms;
         self.entries.retain(|_, e| now_ms.saturating_sub(e.fetched_ms) < limit);
-        if self.entries.is_empty() {
-            self.order.clear();
-        }
     }
 }
 
@@ -222,7 +224,30 @@ mod tests {
             c.insert(&format!("k{i}"), doc(KeyStatus::Unknown, 1), 10 + i);
         }
         assert_eq!(c.len(), 3);
-        assert!(c.order.len() <= 6);
+        assert!(c.get("k9999", 20_000).is_some());
+    }
+
+    #[test]
+    fn a_full_cache_drops_its_oldest_eighth_at_once() {
+        let mut c = Cache::new(16, 1_000_000, 0);
+        // Fetched in pairs: entries 0 and 1 at t=0, 2 and 3 at t=1, ...
+        for i in 0..16u64 {
+            c.insert(&format!("k{i}"), doc(KeyStatus::Active, 1), i / 2);
+        }
+        assert_eq!(c.len(), 16);
+        // Full: the oldest two (t=0) go, the newcomer stays.
+        c.insert("new", doc(KeyStatus::Active, 1), 100);
+        assert_eq!(c.len(), 15);
+        assert!(c.get("k0", 100).is_none() && c.get("k1", 100).is_none());
+        assert!((2..16).all(|i| c.get(&format!("k{i}"), 100).is_some()));
+        assert!(c.get("new", 100).is_some());
+        // Ties at the cutoff: only as many as the count needs.
+        let mut c = Cache::new(16, 1_000_000, 0);
+        for i in 0..16u64 {
+            c.insert(&format!("k{i}"), doc(KeyStatus::Active, 1), 7);
+        }
+        c.insert("new", doc(KeyStatus::Active, 1), 8);
+        assert_eq!(c.len(), 15);
     }
 
     #[test]

@@ -36,15 +36,34 @@ pub fn cooldown_ms(
     match status {
         429 => {
             let hinted = retry_after_ms
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .or_else(|| retry_after.and_then(|v| v.trim().parse::<f64>().ok()).map(|s| s * 1000.0))
-                .filter(|ms| ms.is_finite() && *ms >= 0.0)
-                .map(|ms| (ms as u64).min(3_600_000));
+                .and_then(|v| decimal_ms(v, 1))
+                .or_else(|| retry_after.and_then(|v| decimal_ms(v, 1_000)))
+                .map(|ms| ms.min(3_600_000));
             Some(hinted.unwrap_or(rate_limited_default))
         }
         401 | 403 => Some(auth_failure),
         _ => None,
     }
+}
+
+/// A non-negative decimal (`"2"`, `"1.5"`, `".25"`) times `unit`, in whole
+/// milliseconds (fractions of a millisecond are dropped). Anything else, e.g.
+/// an HTTP date, is `None`. (No float parsing: it would add ~20 KB to the module.)
+fn decimal_ms(v: &str, unit: u64) -> Option<u64> {
+    let (whole, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
+    if whole.is_empty() && frac.is_empty() || !(whole.bytes().chain(frac.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut ms = if whole.is_empty() { 0 } else { whole.parse::<u64>().unwrap_or(u64::MAX) }.saturating_mul(unit);
+    let mut scale = unit;
+    for d in frac.bytes() {
+        scale /= 10;
+        if scale == 0 {
+            break;
+        }
+        ms = ms.saturating_add(u64::from(d - b'0') * scale);
+    }
+    Some(ms)
 }
 
 /// One upstream attempt: the provider key id and what came back (`None`: no
@@ -103,6 +122,13 @@ mod tests {
         assert_eq!(cooldown_ms(429, None, Some("Wed, 21 Oct 2026 07:28:00 GMT"), 30_000, 300_000), Some(30_000));
         assert_eq!(cooldown_ms(429, None, Some("99999999"), 1, 1), Some(3_600_000));
         assert_eq!(cooldown_ms(429, None, Some("-5"), 7, 1), Some(7));
+        assert_eq!(cooldown_ms(429, None, Some("1.25"), 7, 1), Some(1_250));
+        assert_eq!(cooldown_ms(429, None, Some(".5"), 7, 1), Some(500));
+        assert_eq!(cooldown_ms(429, Some("12.9"), None, 7, 1), Some(12));
+        assert_eq!(cooldown_ms(429, None, Some("0.0001"), 7, 1), Some(0));
+        assert_eq!(cooldown_ms(429, None, Some("1e3"), 7, 1), Some(7));
+        assert_eq!(cooldown_ms(429, None, Some("."), 7, 1), Some(7));
+        assert_eq!(cooldown_ms(429, None, Some(" 3 "), 7, 1), Some(3_000));
         assert_eq!(cooldown_ms(401, None, None, 1, 300_000), Some(300_000));
         assert_eq!(cooldown_ms(403, None, None, 1, 9), Some(9));
         assert_eq!(cooldown_ms(500, None, Some("3"), 1, 1), None);

@@ -2,7 +2,8 @@
 //! plain JSON bodies and in event streams. Streams are scanned as they pass,
 //! never buffered: only a partial line is carried between chunks.
 
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -14,35 +15,115 @@ pub struct Usage {
     pub seen: bool,
 }
 
-fn num(v: &Value, path: &[&str]) -> Option<u64> {
-    path.iter().try_fold(v, |v, k| v.get(k)).and_then(Value::as_u64)
+/// A `usage` object of either dialect, as far as we read it. Typed (rather
+/// than `serde_json::Value`): no tree is built, and the module is smaller.
+#[derive(Deserialize, Default)]
+struct UsageObject {
+    #[serde(default, deserialize_with = "count")]
+    prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    completion_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    input_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    output_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    completion_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    #[serde(default, deserialize_with = "count")]
+    cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "count")]
+    reasoning_tokens: Option<u64>,
+}
+
+/// An event of a stream: OpenAI's last chunk and Anthropic's `message_delta`
+/// carry `usage`, Anthropic's `message_start` carries `message.usage`.
+#[derive(Deserialize)]
+struct Event {
+    #[serde(default)]
+    usage: Option<UsageObject>,
+    #[serde(default)]
+    message: Option<EventMessage>,
+}
+
+#[derive(Deserialize)]
+struct EventMessage {
+    #[serde(default)]
+    usage: Option<UsageObject>,
+}
+
+/// A token count: a non-negative integer. Anything else (null, a float, a
+/// string, an object) reads as absent instead of failing the whole object.
+fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    struct Count;
+    impl<'de> Visitor<'de> for Count {
+        type Value = Option<u64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a token count")
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
+            Ok(Some(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Option<u64>, E> {
+            Ok(u64::try_from(v).ok())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Option<u64>, D2::Error> {
+            d.deserialize_any(Count)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Count)
 }
 
 impl Usage {
     /// Merges a `usage` object of either dialect (later values win, as in
     /// Anthropic's cumulative `message_delta`).
-    fn absorb(&mut self, u: &Value) {
-        if !u.is_object() {
-            return;
-        }
+    fn absorb(&mut self, u: &UsageObject) {
         self.seen = true;
         // Input excludes cached tokens in both dialects (OpenAI's prompt_tokens
         // includes them, Anthropic's input_tokens does not): they are priced apart.
-        let openai_cached = num(u, &["prompt_tokens_details", "cached_tokens"]).unwrap_or(0);
-        if let Some(n) = num(u, &["prompt_tokens"]) {
-            self.input = n.saturating_sub(openai_cached);
-        } else if let Some(n) = num(u, &["input_tokens"]) {
+        let openai_cached = u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens);
+        if let Some(n) = u.prompt_tokens {
+            self.input = n.saturating_sub(openai_cached.unwrap_or(0));
+        } else if let Some(n) = u.input_tokens {
             self.input = n;
         }
-        if let Some(n) = num(u, &["completion_tokens"]).or_else(|| num(u, &["output_tokens"])) {
+        if let Some(n) = u.completion_tokens.or(u.output_tokens) {
             self.output = n;
         }
-        if let Some(n) =
-            num(u, &["prompt_tokens_details", "cached_tokens"]).or_else(|| num(u, &["cache_read_input_tokens"]))
-        {
+        if let Some(n) = openai_cached.or(u.cache_read_input_tokens) {
             self.cached = n;
         }
-        if let Some(n) = num(u, &["completion_tokens_details", "reasoning_tokens"]) {
+        if let Some(n) = u.completion_tokens_details.as_ref().and_then(|d| d.reasoning_tokens) {
             self.reasoning = n;
         }
     }
@@ -52,7 +133,7 @@ impl Usage {
     pub fn from_json(body: &[u8]) -> Usage {
         let mut usage = Usage::default();
         let found = crate::model_json::find_top_level_value(body, "usage").and_then(|(a, b)| body.get(a..b));
-        if let Some(u) = found.and_then(|raw| serde_json::from_slice::<Value>(raw).ok()) {
+        if let Some(u) = found.and_then(|raw| serde_json::from_slice::<UsageObject>(raw).ok()) {
             usage.absorb(&u);
         }
         usage
@@ -97,11 +178,11 @@ impl SseScanner {
         if !data.windows(7).any(|w| w == b"\"usage\"") {
             return;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) else { return };
-        if let Some(u) = v.get("usage") {
+        let Ok(event) = serde_json::from_slice::<Event>(data.trim_ascii()) else { return };
+        if let Some(u) = &event.usage {
             self.usage.absorb(u); // OpenAI final chunk, Anthropic message_delta
         }
-        if let Some(u) = v.get("message").and_then(|m| m.get("usage")) {
+        if let Some(u) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
             self.usage.absorb(u); // Anthropic message_start
         }
     }
@@ -182,6 +263,18 @@ mod tests {
         let mut s = SseScanner::default();
         s.feed(stream.as_bytes());
         assert_eq!(s.usage, Usage { input: 12, output: 5, cached: 2, reasoning: 0, seen: true });
+    }
+
+    #[test]
+    fn odd_values_read_as_absent() {
+        let body = br#"{"usage":{"prompt_tokens":10,"completion_tokens":2.5,"total_tokens":"x",
+            "prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":[1]},"extra":{"a":[{}]}}}"#;
+        assert_eq!(Usage::from_json(body), Usage { input: 10, output: 0, cached: 0, reasoning: 0, seen: true });
+        assert!(!Usage::from_json(br#"{"usage":null}"#).seen);
+        assert!(!Usage::from_json(br#"{"usage":5}"#).seen);
+        let mut s = SseScanner::default();
+        s.feed(b"data: {\"usage\":{\"input_tokens\":-3,\"output_tokens\":4}}\n");
+        assert_eq!((s.usage.input, s.usage.output, s.usage.seen), (0, 4, true));
     }
 
     #[test]

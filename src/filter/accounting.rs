@@ -251,13 +251,14 @@ pub fn observe_body(st: &mut RequestState, body_size: usize) {
 /// corrected from the estimate to the real usage.
 pub fn record(state: &Rc<RefCell<RequestState>>) {
     let mut st = state.borrow_mut();
-    let Some(served) = st.served.clone() else { return };
+    // The request is over: its strings move into the record (no copies).
+    let Some(served) = st.served.take() else { return };
     let usage = match (&st.scanner, &st.json_body) {
         (Some(s), _) => s.usage,
         (None, Some(body)) => Usage::from_json(body),
         _ => Usage::default(),
     };
-    let attempts = st.plan.as_ref().map(|(_, p)| p.borrow().attempts.clone()).unwrap_or_default();
+    let mut attempts = st.plan.as_ref().map(|(_, p)| std::mem::take(&mut p.borrow_mut().attempts)).unwrap_or_default();
     let final_ok = attempts.last().and_then(|a| a.status).is_some_and(|s| (200..300).contains(&s));
     // No usage reported for an answer that was served: count the estimate, so
     // that nothing is free (e.g. OpenAI streams without include_usage).
@@ -273,42 +274,45 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
         }
         (false, false) => (0, 0),
     };
-    let now = now_ms();
-    let base = UsageRecord {
-        request_id: st.request_id.clone(),
-        access_key_id: served.key_id.clone(),
-        config_id: served.config_id.clone(),
-        provider: served.provider.clone(),
-        model: served.model.clone(),
-        streaming: st.scanner.is_some(),
-        started_ms: st.started_ms,
-        ended_ms: now,
-        ..UsageRecord::default()
-    };
-    let mut records: Vec<UsageRecord> = attempts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| UsageRecord {
-            provider_key_id: Some(a.key_id.clone()),
-            attempt: i as u32 + 1,
-            status: a.status.unwrap_or(0),
-            ..base.clone()
-        })
-        .collect();
-    if records.is_empty() && st.reservation.is_none() {
+    let last_attempt = attempts.pop();
+    if last_attempt.is_none() && st.reservation.is_none() {
         return; // refused or abandoned before anything went upstream
     }
-    if records.is_empty() {
-        records.push(base); // settles the reservation of a request that never went out
+    let base = UsageRecord {
+        request_id: std::mem::take(&mut st.request_id),
+        access_key_id: served.key_id,
+        config_id: served.config_id,
+        provider: served.provider,
+        model: served.model,
+        streaming: st.scanner.is_some(),
+        started_ms: st.started_ms,
+        ended_ms: now_ms(),
+        ..UsageRecord::default()
+    };
+    let of_attempt = |i: usize, a: crate::failover::Attempt, base: UsageRecord| UsageRecord {
+        provider_key_id: Some(a.key_id),
+        attempt: i as u32 + 1,
+        status: a.status.unwrap_or(0),
+        ..base
+    };
+    let mut records: Vec<UsageRecord> = Vec::with_capacity(attempts.len() + 1);
+    let earlier = attempts.len();
+    for (i, a) in attempts.into_iter().enumerate() {
+        records.push(of_attempt(i, a, base.clone()));
     }
-    if let Some(last) = records.last_mut() {
-        last.final_attempt = true;
-        last.input_tokens = input;
-        last.output_tokens = output;
-        last.cached_tokens = usage.cached;
-        last.reasoning_tokens = usage.reasoning;
-        last.reservation_id = st.reservation.take();
-    }
+    // The last attempt (or, for a request that never went out, the record that
+    // settles its reservation) carries the usage.
+    let mut last = match last_attempt {
+        Some(a) => of_attempt(earlier, a, base),
+        None => base,
+    };
+    last.final_attempt = true;
+    last.input_tokens = input;
+    last.output_tokens = output;
+    last.cached_tokens = usage.cached;
+    last.reasoning_tokens = usage.reasoning;
+    last.reservation_id = st.reservation.take();
+    records.push(last);
     metrics::add("tokens.input", input);
     metrics::add("tokens.output", output);
     if let Some(rate) = st.rate.take() {

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use keygate_proto::lookup::{Access, AuthStyle, Changes, Credential, Lookup, ProviderPlan, UsageRecord};
+use keygate_proto::lookup::{Access, AuthStyle, Changes, Credential, KeyStatus, Lookup, ProviderPlan, UsageRecord};
 use keygate_proto::token;
 use log::{debug, info, warn};
 use proxy_wasm::hostcalls;
@@ -507,13 +507,10 @@ impl HttpContext for Request {
         if content_length.is_some_and(|n| n > self.config.max_body_bytes) {
             return self.deny(too_large(self.config.max_body_bytes));
         }
-        let has_body = !end_of_stream;
-        let model = if has_body { read_model(&self.config.metadata_namespace) } else { ModelField::Absent };
         {
             let mut st = self.state.borrow_mut();
             st.path = path;
-            st.has_body = has_body;
-            st.model = Some(model);
+            st.has_body = !end_of_stream;
             st.started_ms = now_ms();
             st.body_bytes = content_length.unwrap_or(0);
         }
@@ -849,6 +846,12 @@ fn read_max_tokens(namespace: &str) -> Option<u64> {
 fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Lookup>) -> Step {
     let now = now_ms();
     let mut st = state.borrow_mut();
+    // The model is read only for a key that may pass: a refused key (unknown,
+    // revoked, expired) is answered without the metadata read (2-3 µs).
+    if st.model.is_none() {
+        let readable = st.has_body && lookup.status == KeyStatus::Active;
+        st.model = Some(if readable { read_model(&config.metadata_namespace) } else { ModelField::Absent });
+    }
     let model = st.model.clone().unwrap_or(ModelField::Absent);
     let facts = RequestFacts {
         path: &st.path,
