@@ -53,7 +53,8 @@ pub struct Config {
     /// Request header the route's `cluster_header` reads.
     #[serde(default = "defaults::cluster_header")]
     pub cluster_header: String,
-    /// Dynamic-metadata namespace where `json_to_metadata` puts `model`.
+    /// Dynamic-metadata namespace where `json_to_metadata` puts `model` (configurations
+    /// without the body reader, e.g. the Istio setup).
     #[serde(default = "defaults::metadata_namespace")]
     pub metadata_namespace: String,
     /// `anthropic-version` sent upstream when the client sent none.
@@ -74,9 +75,13 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum Role {
+    /// The keygate filter: keys, allow-lists, credentials, routing.
     #[default]
     Downstream,
+    /// The cluster filter: each attempt's credential.
     Upstream,
+    /// The body reader ahead of Envoy's buffer filter (see `filter::BodyTap`).
+    Body,
 }
 
 impl TryFrom<String> for Role {
@@ -85,7 +90,8 @@ impl TryFrom<String> for Role {
         match s.as_str() {
             "downstream" => Ok(Role::Downstream),
             "upstream" => Ok(Role::Upstream),
-            _ => Err(format!("role must be \"downstream\" or \"upstream\", got {s:?}")),
+            "body" => Ok(Role::Body),
+            _ => Err(format!("role must be \"downstream\", \"upstream\" or \"body\", got {s:?}")),
         }
     }
 }
@@ -213,6 +219,8 @@ mod tests {
         assert_eq!(c.role, Role::Downstream);
         let up = Config::parse(br#"{"role":"upstream"}"#).unwrap();
         assert_eq!(up.role, Role::Upstream);
+        let body = Config::parse(br#"{"role":"body","maxBodyBytes":1024}"#).unwrap();
+        assert_eq!((body.role, body.max_body_bytes), (Role::Body, 1024));
     }
 
     #[test]

@@ -8,12 +8,14 @@ use crate::access::{allows, pattern_matches};
 use crate::errors::{Denial, Dialect};
 use crate::upstream::{parse_base_url, upstream_path, Endpoint};
 
-/// The `model` of the request body, as `json_to_metadata` reported it.
+/// The `model` of the request body, as the body reader (or `json_to_metadata`) found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelField {
     Absent,
     Str(String),
     NotString,
+    /// The body names `model` more than once (a provider might read another one).
+    Repeated,
     InvalidJson,
 }
 
@@ -55,6 +57,9 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
             return Err(Denial::new(400, "invalid_json", "the request body is not valid JSON"))
         }
         (_, ModelField::NotString) => return Err(Denial::new(400, "invalid_model", "`model` must be a string")),
+        (_, ModelField::Repeated) => {
+            return Err(Denial::new(400, "invalid_model", "the request body names `model` more than once"))
+        }
         (true, ModelField::Absent) => {
             return Err(Denial::new(400, "missing_model", "the request body must name a `model`"))
         }

@@ -4,6 +4,7 @@
 //! is unit-tested natively; `filter` is the thin glue to the host.
 
 pub mod access;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod decide;

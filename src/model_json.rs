@@ -20,6 +20,7 @@ pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
             b'"' => {}
             _ => return None,
         }
+        let i_key = i;
         let key_end = skip_string(doc, i)?;
         let this_key = doc.get(i + 1..key_end - 1)?;
         i = skip_ws(doc, key_end);
@@ -28,11 +29,16 @@ pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
         }
         let start = skip_ws(doc, i + 1);
         let end = skip_value(doc, start)?;
-        if this_key == key.as_bytes() {
+        if this_key == key.as_bytes() || (this_key.contains(&b'\\') && unescaped_is(doc.get(i_key..key_end)?, key)) {
             return Some((start, end));
         }
         i = end;
     }
+}
+
+/// A key written with escapes (`"mod\u0065l"`) is the key a provider reads.
+fn unescaped_is(raw: &[u8], key: &str) -> bool {
+    serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
 }
 
 /// Replaces the top-level `"model"` value with `new_model` (a JSON string).
@@ -124,6 +130,12 @@ mod tests {
     fn escapes_and_nesting() {
         let doc = "{\"a\":{\"b\":[1,{\"model\":2}],\"c\":\"}\\\"\"},\n \"model\":\"x\\\"y\"}";
         assert_eq!(rewrite(doc, "z").unwrap(), "{\"a\":{\"b\":[1,{\"model\":2}],\"c\":\"}\\\"\"},\n \"model\":\"z\"}");
+    }
+
+    #[test]
+    fn an_escaped_key_is_the_model() {
+        assert_eq!(rewrite(r#"{"mod\u0065l":"openai/x"}"#, "x").unwrap(), r#"{"mod\u0065l":"x"}"#);
+        assert_eq!(rewrite(r#"{"mo\"del":"a"}"#, "x"), None);
     }
 
     #[test]

@@ -265,7 +265,7 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
     let (input, output) = match (usage.seen, final_ok) {
         (true, _) => (usage.input, usage.output),
         (false, true) => {
-            if st.max_tokens.is_none() && st.has_body {
+            if st.max_tokens.is_none() && st.has_body && !st.body_read {
                 let config = with_vm(|vm| vm.config.clone());
                 st.max_tokens = config.and_then(|c| super::read_max_tokens(&c.metadata_namespace));
                 st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, DEFAULT_OUTPUT_ESTIMATE);

@@ -107,7 +107,8 @@ def template_plugin_json():
     text = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", text)
     doc = yaml.safe_load(text)
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    wasm = next(f for f in hcm["http_filters"]
+                if f["name"] == "envoy.filters.http.wasm" and f["typed_config"]["config"]["root_id"] == "keygate")
     return json.loads(wasm["typed_config"]["config"]["configuration"]["value"]), wasm, doc
 
 

@@ -236,6 +236,14 @@ def test_client_credentials_and_envoy_headers_are_stripped(gateway, store, mocks
     ("{not json", "invalid_json"),
     ('{"model": 42, "messages": []}', "invalid_model"),
     ('{"model": true}', "invalid_model"),
+    ('{"model": null}', "invalid_model"),
+    ('{"model": {"id": "gpt-4o"}}', "invalid_model"),
+    # Two `model`s (one of them spelled with an escape): a provider might read the other one.
+    ('{"model": "gpt-4o", "model": "gpt-4o-mini"}', "invalid_model"),
+    ('{"model": "gpt-4o", "mod\\u0065l": "gpt-4o-mini"}', "invalid_model"),
+    ('{"model": "gpt-4o"} trailing', "invalid_json"),
+    ('{"model": "gpt-4o", "temperature": 01}', "invalid_json"),
+    (b'{"model": "gpt-4o", "x": "\xff"}', "invalid_json"),
     ('{"messages": []}', "missing_model"),
     ('{"model": "no-such-model-anywhere"}', "unknown_model"),
 ])
@@ -243,6 +251,29 @@ def test_bad_bodies(gateway, store, mocks, raw, code):
     _, token = new_key(store)
     assert_error(call(gateway, token=token, raw=raw), 400, code)
     assert_nothing_upstream(mocks)
+
+
+def test_allow_list_reads_the_model_a_provider_reads(gateway, store, mocks):
+    """The body reader decodes escaped keys and ignores nested `model`s, as a
+    provider's JSON parser would: the allow-list sees the model that is used."""
+    cfg = new_config(store, access={"models": {"allow": ["openai/gpt-4o-mini"]}})
+    _, token = new_key(store, config=cfg)
+    raw = '{"tools": [{"parameters": {"model": "gpt-4o-mini"}}], "mod\\u0065l": "gpt-4o", "messages": []}'
+    assert_error(call(gateway, token=token, raw=raw), 403, "model_not_allowed")
+    assert_nothing_upstream(mocks)
+
+
+def test_large_body_reaches_the_provider_byte_for_byte(gateway, store, mocks):
+    """A body of many chunks (the body reader sees each one as it passes, the
+    buffer filter holds the headers until the last) arrives unchanged."""
+    _, token = new_key(store)
+    content = "".join(f"line {i}: \"quoted\" \\ é \u2603\n" for i in range(20_000))
+    raw = json.dumps({"messages": [{"role": "user", "content": content}], "max_tokens": 5, "model": "gpt-4o"})
+    assert len(raw) > 512 * 1024
+    status, doc, _ = call(gateway, token=token, raw=raw)
+    assert status == 200, doc
+    (req,) = mocks["openai"].received()
+    assert req["raw"] == raw
 
 
 def test_anthropic_dialect_for_bad_bodies(gateway, store, mocks):
