@@ -67,6 +67,9 @@ P = {
     "pool": 20_000 if QUICK else 100_000,
     "fill": 20_000 if QUICK else 100_000,
     "revocation_trials": 6 if QUICK else 20,
+    # request body sizes (KiB) of the hit-by-body-size runs, and seconds per run
+    "body_kib": [1, 16, 64],
+    "size_s": 2 if QUICK else 3,
     "revocation_connections": 8,
 }
 CACHE_TTL_MS = 4000  # envoy/envoy.yaml default (KEYGATE_CACHE_TTL_MS)
@@ -273,6 +276,14 @@ def chat_body():
     raw = json.dumps(doc, separators=(",", ":")).encode()
     assert len(raw) == 1024, len(raw)
     return raw
+
+
+def sized_body(kib):
+    """The chat request grown to about `kib` KiB by a longer user message."""
+    doc = json.loads(chat_body())
+    if kib > 1:
+        doc["messages"].append({"role": "user", "content": ("a longer prompt, " * (kib * 64))[: (kib - 1) * 1024]})
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def well_formed_unknown_token():
@@ -616,6 +627,16 @@ def report(res):
                  f"throughput runs. Store calls: store `/v1/stats` lookups delta ÷ distinct keys used "
                  f"(hit, headers-only: per key per {CACHE_TTL_MS / 1000:.0f} s cache lifetime).")
     lines.append("")
+    if res.get("by_body_size"):
+        lines.append("**Hit by request body size** (throughput runs only, same rounds interleaved):")
+        lines.append("")
+        lines.append("| body | baseline rps | hit rps | hit ÷ baseline (rounds' range) | Envoy CPU µs/req baseline / hit | added CPU µs/req |")
+        lines.append("|---:|---:|---:|---:|---:|---:|")
+        for kib, b in res["by_body_size"].items():
+            lines.append(f"| {fmt(b['bytes'] / 1024, 1)} KiB | {fmt(b['baseline_rps'])} | {fmt(b['hit_rps'])} | "
+                         f"{fmt(b['ratio'], 3)}{ratio_range(b)} | {fmt(b['baseline_cpu_us'], 1)} / {fmt(b['hit_cpu_us'], 1)} | "
+                         f"{fmt(b['added_cpu_us'], 1)} |")
+        lines.append("")
     m = res["memory"]
     lines.append(f"**Cache memory:** {m['measured_as']}")
     lines.append("")
@@ -823,6 +844,34 @@ def main():
         if native_error:
             out["native"] = {"unavailable": native_error}
 
+        # ---- hit by request body size (prompts are often far above 1 KiB)
+        log(f"hit by body size: {P['body_kib']} KiB")
+        by_size = {}
+        saved_body = bench.body_file
+        try:
+            for kib in P["body_kib"]:
+                (WORK / f"body-{kib}k.json").write_bytes(sized_body(kib))
+            runs = {kib: {"baseline": [], "hit": []} for kib in P["body_kib"]}
+            for rnd in range(P["rounds"]):
+                for kib in P["body_kib"]:
+                    bench.body_file = WORK / f"body-{kib}k.json"
+                    for v in (variants[0], variants[1]):
+                        runs[kib][v.name].append(bench.throughput(v, P["size_s"], record=False))
+            for kib, r in runs.items():
+                ratios = [h["rps"] / b["rps"] for h, b in zip(r["hit"], r["baseline"]) if b["rps"]]
+                cpu = {n: median(x["envoy_cpu_us_per_req"] for x in r[n]) for n in ("baseline", "hit")}
+                by_size[kib] = {"bytes": len(sized_body(kib)), "baseline_rps": median(x["rps"] for x in r["baseline"]),
+                                "hit_rps": median(x["rps"] for x in r["hit"]), "ratio": median(ratios),
+                                "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+                                "baseline_cpu_us": cpu["baseline"], "hit_cpu_us": cpu["hit"],
+                                "added_cpu_us": cpu["hit"] - cpu["baseline"],
+                                "non_2xx": sum(x["non_2xx"] for x in r["hit"] + r["baseline"])}
+                log(f"  {kib:>3} KiB  hit ÷ baseline {by_size[kib]['ratio']:.3f}  added CPU {by_size[kib]['added_cpu_us']:.1f} µs/req")
+                if by_size[kib]["non_2xx"]:
+                    bench.flags.append(f"hit by body size {kib} KiB: {by_size[kib]['non_2xx']} non-2xx answers")
+        finally:
+            bench.body_file = saved_body
+
         # ---- memory with 100 000 cached keys
         log(f"cache fill: {P['fill']} distinct keys through a fresh keygate Envoy")
         # The bound sits above the fill, so that no eviction (a full cache drops its oldest eighth) skews
@@ -917,7 +966,7 @@ def main():
             "pinning": "Envoy `--concurrency 1` pinned with `taskset -c 0`; wrk, bench-load, the mock upstream and the "
                        "key store pinned with `taskset -c 1` (revocation: Envoy `--concurrency 2`, also on core 0). "
                        "Load generator CPU is measured per run; > 90 % of core 1 is flagged.",
-            "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "memory": memory, "revocation": rev,
+            "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "by_body_size": by_size, "memory": memory, "revocation": rev,
             "wasm": wasm, "targets": targets, "duration_s": round(time.monotonic() - t_start, 1),
             "store_data_dir": str(store.data_dir),
         }
