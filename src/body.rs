@@ -1,8 +1,9 @@
 //! What keygate needs from a request body: the top-level `model` and the
-//! output limit, read in one validating pass over the bytes. No tree is built
-//! and string contents (the bulk of a prompt) are skipped eight bytes at a time,
-//! so the cost stays small as prompts grow; Envoy's `json_to_metadata` builds a
-//! full tree and costs about 5 µs per KiB (see the README's benchmark).
+//! output limit, read in one validating pass as the chunks pass by. No tree is
+//! built and nothing is kept but the parser's state, so memory does not grow
+//! with the body; string contents (the bulk of a prompt) are skipped eight
+//! bytes at a time. Envoy's `json_to_metadata` builds a full tree and costs
+//! about 5 µs per KiB (see the README's benchmark).
 //!
 //! The body counts as JSON only if all of it is: bad UTF-8, a stray byte after
 //! the document or a malformed number is `InvalidJson`, so that nothing a
@@ -22,258 +23,438 @@ pub struct BodyFacts {
     pub max_tokens: Option<u64>,
 }
 
-/// Reads a complete request body.
+/// Reads a complete request body (one chunk).
 pub fn read(doc: &[u8]) -> BodyFacts {
-    let invalid = BodyFacts { model: ModelField::InvalidJson, max_tokens: None };
-    if std::str::from_utf8(doc).is_err() {
-        return invalid;
+    let mut r = BodyReader::default();
+    r.feed(doc);
+    r.finish()
+}
+
+/// Reads a body chunk by chunk, keeping only the parser's state and the few
+/// bytes it captures (a top-level key, the `model` value, a limit): memory does
+/// not grow with the body, and nothing is copied but each chunk into the VM.
+#[derive(Default)]
+pub struct BodyReader {
+    /// Open containers, `{` or `[`.
+    stack: Vec<u8>,
+    mode: Mode,
+    invalid: bool,
+    /// The document is an object (only then can it name a model).
+    object: bool,
+    /// The first bytes of a UTF-8 sequence cut by a chunk boundary.
+    utf8: Vec<u8>,
+    capture: Capture,
+    key: Vec<u8>,
+    /// What the value being read is for, and its raw bytes.
+    want: Want,
+    value: Vec<u8>,
+    model: Option<ModelField>,
+    limits: [Option<Option<u64>>; 3],
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A value (document start, after `:`, after `,` in an array).
+    #[default]
+    Value,
+    /// After `[`: a value or `]`.
+    FirstElement,
+    /// After `{`: a key or `}`.
+    FirstKey,
+    /// After `,` in an object.
+    Key,
+    Colon,
+    /// After a value: `,`, or the end of its container.
+    AfterValue,
+    Str {
+        key: bool,
+        esc: Esc,
+    },
+    Num(Num),
+    Lit {
+        word: &'static [u8],
+        at: usize,
+    },
+    /// The document is complete: only whitespace may follow.
+    Done,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Esc {
+    No,
+    Backslash,
+    Hex(u8),
+}
+
+/// Where a number is in `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Num {
+    Minus,
+    Zero,
+    Int,
+    Dot,
+    Frac,
+    Exp,
+    ExpSign,
+    ExpDigits,
+}
+
+impl Num {
+    fn next(self, b: u8) -> Option<Num> {
+        use Num::*;
+        match (self, b) {
+            (Minus, b'0') => Some(Zero),
+            (Minus, b'1'..=b'9') | (Int, b'0'..=b'9') => Some(Int),
+            (Zero | Int, b'.') => Some(Dot),
+            (Dot | Frac, b'0'..=b'9') => Some(Frac),
+            (Zero | Int | Frac, b'e' | b'E') => Some(Exp),
+            (Exp, b'+' | b'-') => Some(ExpSign),
+            (Exp | ExpSign | ExpDigits, b'0'..=b'9') => Some(ExpDigits),
+            _ => None,
+        }
     }
-    let mut s = Scanner { doc, i: 0 };
-    s.ws();
-    let facts = if s.peek() == Some(b'{') { s.top_object() } else { s.value(0).map(|_| None) };
-    s.ws();
-    match facts {
-        Ok(_) if s.i != doc.len() => invalid,
-        Ok(Some(facts)) => facts,
-        // Valid JSON, but not an object: it names no model.
-        Ok(None) => BodyFacts { model: ModelField::Absent, max_tokens: None },
-        Err(()) => invalid,
+
+    fn complete(self) -> bool {
+        matches!(self, Num::Zero | Num::Int | Num::Frac | Num::ExpDigits)
     }
 }
 
-struct Scanner<'a> {
-    doc: &'a [u8],
-    i: usize,
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    #[default]
+    None,
+    Key,
+    Value,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    #[default]
+    None,
+    Model,
+    Limit(usize),
+}
+
+/// Longest raw key kept: an escaped `max_completion_tokens` fits many times.
+const MAX_KEY: usize = 256;
+/// Longest raw `model` value kept; a longer one is not a model name.
+const MAX_MODEL: usize = 4096;
+const MAX_LIMIT: usize = 64;
+
+impl BodyReader {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.invalid || !self.utf8_ok(chunk) {
+            self.invalid = true;
+            return;
+        }
+        if self.scan(chunk).is_err() {
+            self.invalid = true;
+        }
+    }
+
+    /// The body ended.
+    pub fn finish(mut self) -> BodyFacts {
+        if let Mode::Num(n) = self.mode {
+            if n.complete() {
+                self.value_done(); // a number at the very end of the document
+            }
+        }
+        if self.invalid || !self.utf8.is_empty() || self.mode != Mode::Done {
+            return BodyFacts { model: ModelField::InvalidJson, max_tokens: None };
+        }
+        if !self.object {
+            // Valid JSON, but not an object: it names no model.
+            return BodyFacts { model: ModelField::Absent, max_tokens: None };
+        }
+        BodyFacts {
+            model: self.model.unwrap_or(ModelField::Absent),
+            max_tokens: self.limits.iter().flatten().next().copied().flatten(),
+        }
+    }
+
+    /// UTF-8 across chunks: a sequence cut by a boundary is completed from the
+    /// next chunk before the rest of it is checked.
+    fn utf8_ok(&mut self, mut chunk: &[u8]) -> bool {
+        if let Some(&lead) = self.utf8.first() {
+            let len = match lead {
+                0xc0..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            let take = (len - self.utf8.len()).min(chunk.len());
+            self.utf8.extend_from_slice(chunk.get(..take).unwrap_or_default());
+            chunk = chunk.get(take..).unwrap_or_default();
+            if self.utf8.len() < len {
+                return true; // still cut
+            }
+            if std::str::from_utf8(&self.utf8).is_err() {
+                return false;
+            }
+            self.utf8.clear();
+        }
+        match std::str::from_utf8(chunk) {
+            Ok(_) => true,
+            // Cut at the end of the chunk: kept for the next one.
+            Err(e) if e.error_len().is_none() => {
+                self.utf8.extend_from_slice(chunk.get(e.valid_up_to()..).unwrap_or_default());
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    #[inline]
+    fn cap(&mut self, bytes: &[u8]) {
+        if self.capture == Capture::None {
+            return;
+        }
+        let (buf, max) = match (self.capture, self.want) {
+            (Capture::Key, _) => (&mut self.key, MAX_KEY),
+            (Capture::Value, Want::Model) => (&mut self.value, MAX_MODEL),
+            (Capture::Value, _) => (&mut self.value, MAX_LIMIT),
+            (Capture::None, _) => return,
+        };
+        // Past its bound a capture keeps its first bytes, which tell a model
+        // that is not a string; a longer string is not a model name either.
+        let room = (max + 1).saturating_sub(buf.len()).min(bytes.len());
+        buf.extend_from_slice(bytes.get(..room).unwrap_or_default());
+    }
+
+    fn push(&mut self, open: u8) -> Scan<()> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(());
+        }
+        if self.stack.is_empty() && open == b'{' {
+            self.object = true;
+        }
+        self.stack.push(open);
+        Ok(())
+    }
+
+    fn close(&mut self, close: u8) -> Scan<()> {
+        match (self.stack.pop(), close) {
+            (Some(b'{'), b'}') | (Some(b'['), b']') => {
+                self.value_done();
+                Ok(())
+            }
+            _ => Err(()),
+        }
+    }
+
+    /// A value is complete: a member of the top-level object may be done.
+    fn value_done(&mut self) {
+        if self.capture == Capture::Value && self.stack.len() == 1 {
+            let raw = std::mem::take(&mut self.value);
+            match self.want {
+                Want::Model => {
+                    // A second `model` could be read differently upstream: refuse it.
+                    let m = if raw.len() > MAX_MODEL { ModelField::NotString } else { model_value(&raw) };
+                    self.model = Some(if self.model.is_some() { ModelField::Repeated } else { m });
+                }
+                Want::Limit(n) => {
+                    if let Some(slot) = self.limits.get_mut(n) {
+                        *slot = Some(if raw.len() > MAX_LIMIT { None } else { count(&raw) });
+                    }
+                }
+                Want::None => {}
+            }
+            self.capture = Capture::None;
+            self.want = Want::None;
+        }
+        self.mode = if self.stack.is_empty() { Mode::Done } else { Mode::AfterValue };
+    }
+
+    /// A key of the top-level object is complete: is it one we read?
+    fn key_done(&mut self) {
+        let raw = std::mem::take(&mut self.key);
+        self.capture = Capture::None;
+        self.want = match unescape(&raw) {
+            Ok(k) if raw.len() <= MAX_KEY && k == "model" => Want::Model,
+            Ok(k) if raw.len() <= MAX_KEY => LIMIT_KEYS.iter().position(|l| *l == k).map_or(Want::None, Want::Limit),
+            _ => Want::None,
+        };
+    }
+
+    fn scan(&mut self, c: &[u8]) -> Scan<()> {
+        let mut i = 0;
+        while let Some(&b) = c.get(i) {
+            let ws = matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+            match self.mode {
+                Mode::Done if ws => i += 1,
+                Mode::Done => return Err(()),
+                Mode::Value | Mode::FirstElement if ws => i += 1,
+                Mode::FirstElement if b == b']' => {
+                    self.close(b)?;
+                    i += 1;
+                }
+                Mode::Value | Mode::FirstElement => {
+                    if self.want != Want::None && self.stack.len() == 1 {
+                        self.capture = Capture::Value;
+                    }
+                    self.cap(&[b]);
+                    self.mode = match b {
+                        b'"' => Mode::Str { key: false, esc: Esc::No },
+                        b'{' => {
+                            self.push(b)?;
+                            Mode::FirstKey
+                        }
+                        b'[' => {
+                            self.push(b)?;
+                            Mode::FirstElement
+                        }
+                        b't' => Mode::Lit { word: b"true", at: 1 },
+                        b'f' => Mode::Lit { word: b"false", at: 1 },
+                        b'n' => Mode::Lit { word: b"null", at: 1 },
+                        b'-' => Mode::Num(Num::Minus),
+                        b'0' => Mode::Num(Num::Zero),
+                        b'1'..=b'9' => Mode::Num(Num::Int),
+                        _ => return Err(()),
+                    };
+                    i += 1;
+                }
+                Mode::FirstKey | Mode::Key | Mode::Colon | Mode::AfterValue if ws => i += 1,
+                Mode::FirstKey if b == b'}' => {
+                    self.close(b)?;
+                    i += 1;
+                }
+                Mode::FirstKey | Mode::Key => {
+                    if b != b'"' {
+                        return Err(());
+                    }
+                    if self.stack.len() == 1 {
+                        self.capture = Capture::Key;
+                        self.cap(&[b]);
+                    }
+                    self.mode = Mode::Str { key: true, esc: Esc::No };
+                    i += 1;
+                }
+                Mode::Colon => {
+                    if b != b':' {
+                        return Err(());
+                    }
+                    self.mode = Mode::Value;
+                    i += 1;
+                }
+                Mode::AfterValue => {
+                    match (b, self.stack.last()) {
+                        (b',', Some(b'{')) => self.mode = Mode::Key,
+                        (b',', Some(b'[')) => self.mode = Mode::Value,
+                        (b'}' | b']', _) => self.close(b)?,
+                        _ => return Err(()),
+                    }
+                    i += 1;
+                }
+                Mode::Str { key, esc: Esc::No } => {
+                    // Plain runs and two-byte escapes stay in this loop; `\u`,
+                    // the closing quote and anything cut by the chunk's end
+                    // go through the state machine.
+                    let mut end = skip_plain(c, i);
+                    while c.get(end) == Some(&b'\\')
+                        && matches!(c.get(end + 1), Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'))
+                    {
+                        end = skip_plain(c, end + 2);
+                    }
+                    if self.capture != Capture::None {
+                        self.cap(c.get(i..end).unwrap_or_default());
+                    }
+                    i = end;
+                    let Some(&b) = c.get(i) else { break };
+                    self.cap(&[b]);
+                    i += 1;
+                    match b {
+                        b'"' if key => {
+                            if self.capture == Capture::Key {
+                                self.key_done();
+                            }
+                            self.mode = Mode::Colon;
+                        }
+                        b'"' => self.value_done(),
+                        b'\\' => self.mode = Mode::Str { key, esc: Esc::Backslash },
+                        _ => return Err(()), // a control character
+                    }
+                }
+                Mode::Str { key, esc: Esc::Backslash } => {
+                    let esc = match b {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Esc::No,
+                        b'u' => Esc::Hex(0),
+                        _ => return Err(()),
+                    };
+                    self.cap(&[b]);
+                    self.mode = Mode::Str { key, esc };
+                    i += 1;
+                }
+                Mode::Str { key, esc: Esc::Hex(n) } => {
+                    if !b.is_ascii_hexdigit() {
+                        return Err(());
+                    }
+                    self.cap(&[b]);
+                    self.mode = Mode::Str { key, esc: if n == 3 { Esc::No } else { Esc::Hex(n + 1) } };
+                    i += 1;
+                }
+                Mode::Num(mut n) => {
+                    let start = i;
+                    while let Some(next) = c.get(i).and_then(|&b| n.next(b)) {
+                        n = next;
+                        i += 1;
+                    }
+                    self.cap(c.get(start..i).unwrap_or_default());
+                    self.mode = Mode::Num(n);
+                    if i < c.len() {
+                        // The byte after a number belongs to what follows it.
+                        if !n.complete() {
+                            return Err(());
+                        }
+                        self.value_done();
+                    }
+                }
+                Mode::Lit { word, at } => {
+                    if word.get(at) != Some(&b) {
+                        return Err(());
+                    }
+                    self.cap(&[b]);
+                    i += 1;
+                    if at + 1 == word.len() {
+                        self.value_done();
+                    } else {
+                        self.mode = Mode::Lit { word, at: at + 1 };
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 type Scan<T> = Result<T, ()>;
 
-impl<'a> Scanner<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.doc.get(self.i).copied()
+/// The index of the next quote, backslash or control character at or after
+/// `i` (or the end): string contents, eight bytes at a time where it can.
+fn skip_plain(c: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // For ASCII words, a byte < 0x20, == '"' or == '\\' sets its high bit in
+    // `hit`; a word with any byte >= 0x80 goes to the byte loop instead.
+    let hit = |w: u64| {
+        let lt = w.wrapping_sub(ONES * 0x20);
+        let q = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
+        let b = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
+        (lt | q | b | w) & HIGH
+    };
+    while let Some(chunk) = c.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if hit(u64::from_le_bytes(word)) != 0 {
+            break;
+        }
+        i += 8;
     }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            self.i += 1;
+    while let Some(&b) = c.get(i) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
         }
+        i += 1;
     }
-
-    fn eat(&mut self, b: u8) -> Scan<()> {
-        if self.peek() == Some(b) {
-            self.i += 1;
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
-
-    /// The top-level object: every member is validated, the ones we read are kept.
-    fn top_object(&mut self) -> Scan<Option<BodyFacts>> {
-        self.eat(b'{')?;
-        let mut model: Option<ModelField> = None;
-        let mut limits: [Option<Option<u64>>; 3] = [None; 3];
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(Some(BodyFacts { model: ModelField::Absent, max_tokens: None }));
-        }
-        loop {
-            self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            let start = self.i;
-            self.value(1)?;
-            let raw = self.doc.get(start..self.i).ok_or(())?;
-            let key = unescape(key)?;
-            if key == "model" {
-                // A second `model` could be read differently upstream: refuse it.
-                model = Some(if model.is_some() { ModelField::Repeated } else { model_value(raw) });
-            } else if let Some(slot) = LIMIT_KEYS.iter().position(|k| *k == key).and_then(|n| limits.get_mut(n)) {
-                *slot = Some(count(raw));
-            }
-            self.ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    break;
-                }
-                _ => return Err(()),
-            }
-        }
-        Ok(Some(BodyFacts {
-            model: model.unwrap_or(ModelField::Absent),
-            max_tokens: limits.iter().flatten().next().copied().flatten(),
-        }))
-    }
-
-    fn value(&mut self, depth: usize) -> Scan<()> {
-        if depth > MAX_DEPTH {
-            return Err(());
-        }
-        match self.peek().ok_or(())? {
-            b'"' => self.string().map(|_| ()),
-            b'{' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.ws();
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(()),
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.i += 1;
-                    return Ok(());
-                }
-                loop {
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(()),
-                    }
-                }
-            }
-            b't' => self.literal(b"true"),
-            b'f' => self.literal(b"false"),
-            b'n' => self.literal(b"null"),
-            _ => self.number(),
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Scan<()> {
-        if self.doc.get(self.i..self.i + word.len()) == Some(word) {
-            self.i += word.len();
-            Ok(())
-        } else {
-            Err(())
-        }
-    }
-
-    /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
-    fn number(&mut self) -> Scan<()> {
-        let _ = self.eat(b'-');
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => self.digits(),
-            _ => return Err(()),
-        }
-        if self.eat(b'.').is_ok() {
-            self.need_digits()?;
-        }
-        if matches!(self.peek(), Some(b'e' | b'E')) {
-            self.i += 1;
-            if matches!(self.peek(), Some(b'+' | b'-')) {
-                self.i += 1;
-            }
-            self.need_digits()?;
-        }
-        Ok(())
-    }
-
-    fn digits(&mut self) {
-        while matches!(self.peek(), Some(b'0'..=b'9')) {
-            self.i += 1;
-        }
-    }
-
-    fn need_digits(&mut self) -> Scan<()> {
-        let start = self.i;
-        self.digits();
-        if self.i == start {
-            Err(())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// A string at `i`; returns its raw bytes, quotes included.
-    fn string(&mut self) -> Scan<&'a [u8]> {
-        let start = self.i;
-        self.eat(b'"')?;
-        loop {
-            self.skip_plain();
-            match self.peek().ok_or(())? {
-                b'"' => {
-                    self.i += 1;
-                    return self.doc.get(start..self.i).ok_or(());
-                }
-                b'\\' => {
-                    self.i += 1;
-                    match self.peek().ok_or(())? {
-                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => self.i += 1,
-                        b'u' => {
-                            let hex = self.doc.get(self.i + 1..self.i + 5).ok_or(())?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return Err(());
-                            }
-                            self.i += 5;
-                        }
-                        _ => return Err(()),
-                    }
-                }
-                _ => return Err(()), // a control character
-            }
-        }
-    }
-
-    /// Skips string content up to the next quote, backslash or control
-    /// character, eight bytes at a time where it can.
-    fn skip_plain(&mut self) {
-        const ONES: u64 = 0x0101_0101_0101_0101;
-        const HIGH: u64 = 0x8080_8080_8080_8080;
-        // Bytes < 0x20, == '"', == '\\' set their high bit in `hit` (exact for
-        // ASCII; a byte >= 0x80 only ever stops the word early, never passes).
-        let special = |w: u64| {
-            let lt = w.wrapping_sub(ONES * 0x20);
-            let q = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-            let b = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-            (lt | q | b) & !w & HIGH
-        };
-        while let Some(chunk) = self.doc.get(self.i..self.i + 8) {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            let w = u64::from_le_bytes(word);
-            if special(w) != 0 || w & HIGH != 0 {
-                break;
-            }
-            self.i += 8;
-        }
-        while let Some(b) = self.peek() {
-            if b == b'"' || b == b'\\' || b < 0x20 {
-                return;
-            }
-            self.i += 1;
-        }
-    }
+    i
 }
 
 /// A key (raw, with quotes) as text: escapes are decoded, so that a key written
@@ -390,6 +571,47 @@ mod tests {
         assert_eq!(read(br#"{"max_tokens":-5,"max_output_tokens":5}"#).max_tokens, None);
         assert_eq!(read(br#"{"max_tokens":"5"}"#).max_tokens, None);
         assert_eq!(read(br#"{"max_tokens":1e3}"#).max_tokens, None);
+    }
+
+    /// Every document of these tests, valid or not, read in chunks of every
+    /// size: the answer is the one-chunk answer (UTF-8 sequences, escapes,
+    /// numbers and literals cut anywhere).
+    #[test]
+    fn chunking_never_changes_the_answer() {
+        let docs: Vec<Vec<u8>> = [
+            r#"{"messages":[{"role":"user","content":"hi \"model\": \"x\""}],"model":"gpt-4o","max_tokens":64}"#,
+            r#"{"tools":[{"parameters":{"model":"evil"}}],"model":"m"}"#,
+            r#"{"mod\u0065l":"gpt\u002d4o","max_completion_tokens":12.5e0}"#,
+            r#"{"a":[1,-2,3.5,-0.5e-3,1E+9,true,false,null,{},[],"\"\\\/\b\f\n\r\t\u00e9"],"model":"m","é":"ünïcödé 😀"}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"model":{"a":[1,2]},"max_tokens":3}"#,
+            r#"{"model":"a","n":01}"#,
+            r#"{"model":"a"} x"#,
+            r#"{"model":"unterminated}"#,
+            "[1, 2] ",
+            " 42 ",
+            "-",
+            "",
+            "{\"model\":\"\u{1F600}x\"}",
+        ]
+        .iter()
+        .map(|d| d.as_bytes().to_vec())
+        .chain([b"{\"model\":\"\xf0\x9f\x98\x80\",\"x\":\"\xe2\x82\"}".to_vec()])
+        .collect();
+        let first = docs.first().map(|d| read(d)).unwrap();
+        assert_eq!(first, BodyFacts { model: ModelField::Str("gpt-4o".into()), max_tokens: Some(64) });
+        assert_eq!(docs.last().map(|d| read(d).model).unwrap(), ModelField::InvalidJson, "a cut UTF-8 sequence");
+        assert_eq!(read("{\"model\":\"\u{1F600}x\"}".as_bytes()).model, ModelField::Str("\u{1F600}x".into()));
+        for doc in &docs {
+            let whole = read(doc);
+            for size in (1..=9).chain([64]) {
+                let mut r = BodyReader::default();
+                for chunk in doc.chunks(size) {
+                    r.feed(chunk);
+                }
+                assert_eq!(r.finish(), whole, "{:?} in chunks of {size}", String::from_utf8_lossy(doc));
+            }
+        }
     }
 
     #[test]

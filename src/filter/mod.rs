@@ -682,21 +682,20 @@ impl HttpContext for Request {
 /// keygate filter decides in its headers phase with the whole body read. This
 /// replaces `json_to_metadata`, whose tree parse costs ~5 µs per KiB of body.
 struct BodyTap {
-    max: usize,
-    buf: Vec<u8>,
-    /// Larger than `maxBodyBytes` (the buffer filter answers 413), or a chunk
-    /// could not be read: nothing is published, and keygate finds no model.
-    unread: bool,
+    max: u64,
+    seen: u64,
+    reader: Option<body::BodyReader>,
 }
 
 impl BodyTap {
     fn new(config: &Config) -> BodyTap {
-        BodyTap { max: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX), buf: Vec::new(), unread: false }
+        BodyTap { max: config.max_body_bytes, seen: 0, reader: Some(body::BodyReader::default()) }
     }
 
+    /// Past `maxBodyBytes` (the buffer filter answers 413), or after a chunk
+    /// that could not be read, nothing is published: keygate finds no model.
     fn publish(&mut self) {
-        let facts = (!self.unread).then(|| body::read(&self.buf));
-        self.buf = Vec::new();
+        let facts = self.reader.take().map(body::BodyReader::finish);
         TAPPED.with(|t| *t.borrow_mut() = facts);
     }
 }
@@ -713,13 +712,15 @@ impl HttpContext for BodyTap {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if !self.unread && body_size > 0 {
-            match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                Ok(Some(chunk)) if self.buf.len() + chunk.len() <= self.max => self.buf.extend_from_slice(&chunk),
-                _ => {
-                    self.unread = true;
-                    self.buf = Vec::new();
-                }
+        if body_size > 0 {
+            self.seen = self.seen.saturating_add(body_size as u64);
+            let chunk = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
+                Ok(Some(chunk)) if self.seen <= self.max => Some(chunk),
+                _ => None,
+            };
+            match (chunk, self.reader.as_mut()) {
+                (Some(chunk), Some(reader)) => reader.feed(&chunk),
+                _ => self.reader = None,
             }
         }
         if end_of_stream {
