@@ -459,7 +459,7 @@ fn skip_plain(c: &[u8], mut i: usize) -> usize {
 
 /// A key (raw, with quotes) as text: escapes are decoded, so that a key written
 /// as `"mod\u0065l"` is `model`, as a provider would read it.
-fn unescape(raw: &[u8]) -> Scan<std::borrow::Cow<'_, str>> {
+pub(crate) fn unescape(raw: &[u8]) -> Scan<std::borrow::Cow<'_, str>> {
     let inner = raw.get(1..raw.len().saturating_sub(1)).ok_or(())?;
     if !inner.contains(&b'\\') {
         return std::str::from_utf8(inner).map(std::borrow::Cow::Borrowed).map_err(|_| ());

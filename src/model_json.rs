@@ -29,16 +29,12 @@ pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
         }
         let start = skip_ws(doc, i + 1);
         let end = skip_value(doc, start)?;
-        if this_key == key.as_bytes() || (this_key.contains(&b'\\') && unescaped_is(doc.get(i_key..key_end)?, key)) {
+        let raw_key = doc.get(i_key..key_end)?;
+        if this_key == key.as_bytes() || crate::body::unescape(raw_key).is_ok_and(|k| k == key) {
             return Some((start, end));
         }
         i = end;
     }
-}
-
-/// A key written with escapes (`"mod\u0065l"`) is the key a provider reads.
-fn unescaped_is(raw: &[u8], key: &str) -> bool {
-    serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
 }
 
 /// Replaces the top-level `"model"` value with `new_model` (a JSON string).
