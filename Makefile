@@ -9,20 +9,30 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
+.PHONY: all build toolchain wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
 
 all: build
 
 build: wasm store
 
-wasm:
+# The pinned toolchain of rust-toolchain.toml with its components and the wasm
+# target. rustup installs a missing toolchain on first use, but never adds a
+# target to a toolchain that is already installed: ask for each explicitly
+# (each is a no-op when present).
+TOOLCHAIN := $(shell sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+toolchain:
+	@rustup -q toolchain install $(TOOLCHAIN) --profile minimal >/dev/null
+	@rustup -q component add --toolchain $(TOOLCHAIN) rustfmt clippy
+	@rustup -q target add --toolchain $(TOOLCHAIN) wasm32-wasip1
+
+wasm: toolchain
 	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter
 
 # A test-only build with a fault-injection header (tests prove a VM crash never fails open).
-wasm-fault:
+wasm-fault: toolchain
 	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter --features fault-injection --target-dir target/fault
 
-store:
+store: toolchain
 	cargo build --release --locked -p keygate-store
 
 $(VENV)/.installed: tests/requirements.txt tests/deploy/requirements.txt
@@ -32,12 +42,12 @@ $(VENV)/.installed: tests/requirements.txt tests/deploy/requirements.txt
 
 venv: $(VENV)/.installed
 
-lint:
+lint: toolchain
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo clippy --locked --target wasm32-wasip1 -p keygate-filter -- -D warnings
 
-test-unit:
+test-unit: toolchain
 	cargo test --locked --workspace
 
 # docker-compose (Debian) only parses and resolves docker-compose.yml in the

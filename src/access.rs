@@ -15,6 +15,12 @@ pub fn allows(list: Option<&[String]>, value: &str) -> bool {
     }
 }
 
+/// Provider-account endpoints: unlike the other dimensions, an absent list
+/// allows none of them (they act on the whole provider account).
+pub fn endpoint_allowed(list: Option<&[String]>, name: &str) -> bool {
+    list.is_some_and(|entries| entries.iter().any(|p| pattern_matches(p, name)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,5 +44,16 @@ mod tests {
         assert!(!allows(Some(&l), "anthropic/claud"));
         assert!(!allows(Some(&l), "openai/claude-x"));
         assert!(allows(Some(&list(&["*"])), "anything/at-all"));
+    }
+
+    #[test]
+    fn endpoints_are_refused_unless_named() {
+        assert!(!endpoint_allowed(None, "files.read"));
+        assert!(!endpoint_allowed(Some(&[]), "files.read"));
+        let l = list(&["files.read", "batches.*"]);
+        assert!(endpoint_allowed(Some(&l), "files.read"));
+        assert!(!endpoint_allowed(Some(&l), "files.write"));
+        assert!(endpoint_allowed(Some(&l), "batches.write"));
+        assert!(endpoint_allowed(Some(&list(&["*"])), "models.delete"));
     }
 }

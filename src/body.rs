@@ -11,16 +11,32 @@
 
 use crate::decide::ModelField;
 
-/// Output-limit fields, in the order their value is taken (first present wins).
+/// Output-limit fields: the estimate takes the largest of those present
+/// (compared without regard to case, as some providers' JSON parsers match
+/// keys).
 const LIMIT_KEYS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+/// Fields that multiply the output (`n` choices, `best_of` candidates).
+const CHOICE_KEYS: [&str; 2] = ["n", "best_of"];
 /// Nesting deeper than this is refused (as serde_json does).
 const MAX_DEPTH: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyFacts {
     pub model: ModelField,
-    /// `max_tokens` (or its kin) when it is a non-negative number.
+    /// The largest output limit (`max_tokens` or its kin) that is a
+    /// non-negative number, or a string holding one (lenient parsers read those).
     pub max_tokens: Option<u64>,
+    /// The largest of `n` and `best_of` (1 without them): outputs per request.
+    pub choices: u64,
+    /// The body contains a well-formed keygate token (found by the body filter).
+    pub access_key: bool,
+}
+
+impl BodyFacts {
+    /// A request without a readable body.
+    pub fn of(model: ModelField) -> BodyFacts {
+        BodyFacts { model, max_tokens: None, choices: 1, access_key: false }
+    }
 }
 
 /// Reads a complete request body (one chunk).
@@ -49,7 +65,10 @@ pub struct BodyReader {
     want: Want,
     value: Vec<u8>,
     model: Option<ModelField>,
-    limits: [Option<Option<u64>>; 3],
+    /// A top-level key equal to `model` but for case (`MODEL`, `Model`).
+    case_variant: bool,
+    max_tokens: Option<u64>,
+    choices: Option<u64>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +151,8 @@ enum Want {
     #[default]
     None,
     Model,
-    Limit(usize),
+    Limit,
+    Choices,
 }
 
 /// Longest raw key kept: an escaped `max_completion_tokens` fits many times.
@@ -160,16 +180,18 @@ impl BodyReader {
             }
         }
         if self.invalid || !self.utf8.is_empty() || self.mode != Mode::Done {
-            return BodyFacts { model: ModelField::InvalidJson, max_tokens: None };
+            return BodyFacts::of(ModelField::InvalidJson);
         }
         if !self.object {
             // Valid JSON, but not an object: it names no model.
-            return BodyFacts { model: ModelField::Absent, max_tokens: None };
+            return BodyFacts::of(ModelField::Absent);
         }
-        BodyFacts {
-            model: self.model.unwrap_or(ModelField::Absent),
-            max_tokens: self.limits.iter().flatten().next().copied().flatten(),
-        }
+        let model = match self.model {
+            Some(ModelField::Repeated) => ModelField::Repeated,
+            _ if self.case_variant => ModelField::CaseVariant,
+            m => m.unwrap_or(ModelField::Absent),
+        };
+        BodyFacts { model, max_tokens: self.max_tokens, choices: self.choices.unwrap_or(1).max(1), access_key: false }
     }
 
     /// UTF-8 across chunks: a sequence cut by a boundary is completed from the
@@ -251,10 +273,13 @@ impl BodyReader {
                     let m = if raw.len() > MAX_MODEL { ModelField::NotString } else { model_value(&raw) };
                     self.model = Some(if self.model.is_some() { ModelField::Repeated } else { m });
                 }
-                Want::Limit(n) => {
-                    if let Some(slot) = self.limits.get_mut(n) {
-                        *slot = Some(if raw.len() > MAX_LIMIT { None } else { count(&raw) });
-                    }
+                Want::Limit => {
+                    let n = if raw.len() > MAX_LIMIT { None } else { count(&raw) };
+                    self.max_tokens = self.max_tokens.max(n);
+                }
+                Want::Choices => {
+                    let n = if raw.len() > MAX_LIMIT { None } else { count(&raw) };
+                    self.choices = self.choices.max(n);
                 }
                 Want::None => {}
             }
@@ -268,10 +293,19 @@ impl BodyReader {
     fn key_done(&mut self) {
         let raw = std::mem::take(&mut self.key);
         self.capture = Capture::None;
-        self.want = match unescape(&raw) {
-            Ok(k) if raw.len() <= MAX_KEY && k == "model" => Want::Model,
-            Ok(k) if raw.len() <= MAX_KEY => LIMIT_KEYS.iter().position(|l| *l == k).map_or(Want::None, Want::Limit),
-            _ => Want::None,
+        let key = if raw.len() <= MAX_KEY { unescape(&raw).ok() } else { None };
+        let is = |names: &[&str]| key.as_deref().is_some_and(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k)));
+        self.want = if key.as_deref() == Some("model") {
+            Want::Model
+        } else if is(&["model"]) {
+            self.case_variant = true;
+            Want::None
+        } else if is(&LIMIT_KEYS) {
+            Want::Limit
+        } else if is(&CHOICE_KEYS) {
+            Want::Choices
+        } else {
+            Want::None
         };
     }
 
@@ -477,17 +511,22 @@ fn model_value(raw: &[u8]) -> ModelField {
     }
 }
 
-/// A token limit: the integer part of a non-negative number (`None` for other
-/// values, and for exponent forms, which leave the default estimate).
+/// A count (token limit, choices) as a provider would read it: a
+/// non-negative JSON number (`1e4` and `64.0` included, the integer part,
+/// saturating), or a string holding one (lenient parsers such as Pydantic's
+/// read `"5000"` as 5000). `None` for anything else.
 fn count(raw: &[u8]) -> Option<u64> {
-    let whole = raw.split(|b| *b == b'.').next()?;
-    if whole.is_empty() || !whole.iter().all(u8::is_ascii_digit) {
-        return None;
+    let raw = match raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) {
+        Some(inner) => inner,
+        None => raw,
+    };
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    if text.bytes().all(|b| b.is_ascii_digit()) && !text.is_empty() {
+        return Some(text.parse::<u64>().unwrap_or(u64::MAX));
     }
-    if raw.iter().any(|b| matches!(b, b'e' | b'E')) {
-        return None;
-    }
-    Some(std::str::from_utf8(whole).ok()?.parse::<u64>().unwrap_or(u64::MAX))
+    let n: f64 = text.parse().ok()?;
+    // `as` saturates: 1e30 reads as u64::MAX.
+    (n.is_finite() && n >= 0.0).then_some(n as u64)
 }
 
 #[cfg(test)]
@@ -502,7 +541,7 @@ mod tests {
     fn reads_the_top_level_model_and_limit() {
         let f =
             read(br#"{"messages":[{"role":"user","content":"hi \"model\": \"x\""}],"model":"gpt-4o","max_tokens":64}"#);
-        assert_eq!(f, BodyFacts { model: ModelField::Str("gpt-4o".into()), max_tokens: Some(64) });
+        assert_eq!((f.model, f.max_tokens, f.choices), (ModelField::Str("gpt-4o".into()), Some(64), 1));
         // A nested `model` (e.g. in a tool's schema) is not the request's.
         let f = read(br#"{"tools":[{"parameters":{"model":"evil"}}],"model":"m"}"#);
         assert_eq!(f.model, ModelField::Str("m".into()));
@@ -561,16 +600,45 @@ mod tests {
     fn valid_documents_of_every_shape_pass() {
         let doc = r#"{"a":[1,-2,3.5,-0.5e-3,1E+9,true,false,null,{},[],"\"\\\/\b\f\n\r\t\u00e9",{"b":{"c":[]}}],
             "model" : "m" , "max_completion_tokens": 12.9, "é": "ünïcödé 😀"}"#;
-        assert_eq!(read(doc.as_bytes()), BodyFacts { model: ModelField::Str("m".into()), max_tokens: Some(12) });
+        let f = read(doc.as_bytes());
+        assert_eq!((f.model, f.max_tokens), (ModelField::Str("m".into()), Some(12)));
     }
 
     #[test]
-    fn limits_take_the_first_kind_present() {
+    fn limits_take_the_largest_field_present() {
         assert_eq!(read(br#"{"max_output_tokens":5,"max_tokens":7}"#).max_tokens, Some(7));
         assert_eq!(read(br#"{"max_output_tokens":5}"#).max_tokens, Some(5));
-        assert_eq!(read(br#"{"max_tokens":-5,"max_output_tokens":5}"#).max_tokens, None);
-        assert_eq!(read(br#"{"max_tokens":"5"}"#).max_tokens, None);
-        assert_eq!(read(br#"{"max_tokens":1e3}"#).max_tokens, None);
+        // The repro: max_tokens 10 beside max_completion_tokens 5000.
+        assert_eq!(read(br#"{"max_tokens":10,"max_completion_tokens":5000}"#).max_tokens, Some(5000));
+        assert_eq!(read(br#"{"max_tokens":10,"MAX_TOKENS":900}"#).max_tokens, Some(900));
+        assert_eq!(read(br#"{"max_tokens":-5,"max_output_tokens":5}"#).max_tokens, Some(5));
+        assert_eq!(read(br#"{"max_tokens":"5000"}"#).max_tokens, Some(5000));
+        assert_eq!(read(br#"{"max_tokens":"lots"}"#).max_tokens, None);
+        assert_eq!(read(br#"{"max_tokens":1e3}"#).max_tokens, Some(1000));
+        assert_eq!(read(br#"{"max_tokens":2.5E1}"#).max_tokens, Some(25));
+        assert_eq!(read(br#"{"max_tokens":1e400}"#).max_tokens, None);
+        assert_eq!(read(br#"{"max_tokens":99999999999999999999999}"#).max_tokens, Some(u64::MAX));
+        assert_eq!(read(br#"{"max_tokens":true}"#).max_tokens, None);
+    }
+
+    #[test]
+    fn choices_multiply_the_output() {
+        assert_eq!(read(br#"{"model":"m"}"#).choices, 1);
+        assert_eq!(read(br#"{"n":4,"max_tokens":10}"#).choices, 4);
+        assert_eq!(read(br#"{"n":2,"best_of":5}"#).choices, 5);
+        assert_eq!(read(br#"{"n":0}"#).choices, 1);
+        assert_eq!(read(br#"{"N":"3"}"#).choices, 3);
+        assert_eq!(read(br#"{"x":{"n":9}}"#).choices, 1);
+    }
+
+    #[test]
+    fn a_key_that_is_model_but_for_case_is_refused() {
+        assert_eq!(model(r#"{"model":"allowed","MODEL":"forbidden"}"#), ModelField::CaseVariant);
+        assert_eq!(model(r#"{"Model":"x"}"#), ModelField::CaseVariant);
+        assert_eq!(model(r#"{"mod\u0045l":"x","model":"y"}"#), ModelField::CaseVariant);
+        assert_eq!(model(r#"{"model":"a","model":"b","MODEL":"c"}"#), ModelField::Repeated);
+        assert_eq!(model(r#"{"x":{"MODEL":"nested"},"model":"m"}"#), ModelField::Str("m".into()));
+        assert_eq!(model(r#"{"models":["a"],"model":"m"}"#), ModelField::Str("m".into()));
     }
 
     /// Every document of these tests, valid or not, read in chunks of every
@@ -599,7 +667,7 @@ mod tests {
         .chain([b"{\"model\":\"\xf0\x9f\x98\x80\",\"x\":\"\xe2\x82\"}".to_vec()])
         .collect();
         let first = docs.first().map(|d| read(d)).unwrap();
-        assert_eq!(first, BodyFacts { model: ModelField::Str("gpt-4o".into()), max_tokens: Some(64) });
+        assert_eq!((first.model, first.max_tokens), (ModelField::Str("gpt-4o".into()), Some(64)));
         assert_eq!(docs.last().map(|d| read(d).model).unwrap(), ModelField::InvalidJson, "a cut UTF-8 sequence");
         assert_eq!(read("{\"model\":\"\u{1F600}x\"}".as_bytes()).model, ModelField::Str("\u{1F600}x".into()));
         for doc in &docs {

@@ -80,8 +80,9 @@ pub enum Role {
     Downstream,
     /// The cluster filter: each attempt's credential.
     Upstream,
-    /// The body reader ahead of Envoy's buffer filter (see `filter::BodyTap`).
-    Body,
+    /// The gate ahead of Envoy's buffer filter: refuses from the headers,
+    /// starts the key lookup, reads the body as it passes (see `filter::Gate`).
+    Gate,
 }
 
 impl TryFrom<String> for Role {
@@ -90,8 +91,8 @@ impl TryFrom<String> for Role {
         match s.as_str() {
             "downstream" => Ok(Role::Downstream),
             "upstream" => Ok(Role::Upstream),
-            "body" => Ok(Role::Body),
-            _ => Err(format!("role must be \"downstream\", \"upstream\" or \"body\", got {s:?}")),
+            "gate" => Ok(Role::Gate),
+            _ => Err(format!("role must be \"downstream\", \"upstream\" or \"gate\", got {s:?}")),
         }
     }
 }
@@ -219,8 +220,8 @@ mod tests {
         assert_eq!(c.role, Role::Downstream);
         let up = Config::parse(br#"{"role":"upstream"}"#).unwrap();
         assert_eq!(up.role, Role::Upstream);
-        let body = Config::parse(br#"{"role":"body","maxBodyBytes":1024}"#).unwrap();
-        assert_eq!((body.role, body.max_body_bytes), (Role::Body, 1024));
+        let gate = Config::parse(br#"{"role":"gate","maxBodyBytes":1024}"#).unwrap();
+        assert_eq!((gate.role, gate.max_body_bytes), (Role::Gate, 1024));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Refusals, rendered in the dialect of the API the client called, so that
 //! the OpenAI and Anthropic SDKs raise their proper exception classes.
 
+use keygate_proto::lookup::Format;
+
 /// Which API family the client speaks, from the request path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -9,13 +11,35 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    pub fn from_path(path: &str) -> Dialect {
+    /// The dialect of a surface the table serves.
+    pub fn of(format: Format) -> Dialect {
+        match format {
+            Format::Anthropic => Dialect::Anthropic,
+            Format::Openai => Dialect::OpenAi,
+        }
+    }
+
+    /// For a request outside the table: Anthropic's when the client is the
+    /// Anthropic SDK (it always sends `anthropic-version`) or the path is
+    /// under Anthropic's own `/v1/messages`; OpenAI's otherwise.
+    pub fn guess(path: &str, anthropic_client: bool) -> Dialect {
         let path = path.split('?').next().unwrap_or(path);
-        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+        if anthropic_client || path == "/v1/messages" || path.starts_with("/v1/messages/") {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi
         }
+    }
+}
+
+/// Client input quoted in an error message: at most its first 64
+/// characters, in backquotes, so that an error never echoes a huge or
+/// hostile value whole.
+pub fn quote(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("`{}…`", s.get(..end).unwrap_or_default()),
+        None => format!("`{s}`"),
     }
 }
 
@@ -103,12 +127,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dialect_follows_the_path() {
-        assert_eq!(Dialect::from_path("/v1/messages"), Dialect::Anthropic);
-        assert_eq!(Dialect::from_path("/v1/messages?beta=true"), Dialect::Anthropic);
-        assert_eq!(Dialect::from_path("/v1/messages/count_tokens"), Dialect::Anthropic);
-        assert_eq!(Dialect::from_path("/v1/chat/completions"), Dialect::OpenAi);
-        assert_eq!(Dialect::from_path("/v1/messagesx"), Dialect::OpenAi);
+    fn dialect_outside_the_table_follows_the_client_and_the_path() {
+        assert_eq!(Dialect::guess("/v1/messages", false), Dialect::Anthropic);
+        assert_eq!(Dialect::guess("/v1/messages?beta=true", false), Dialect::Anthropic);
+        assert_eq!(Dialect::guess("/v1/messages/nope", false), Dialect::Anthropic);
+        assert_eq!(Dialect::guess("/v1/chat/completions", false), Dialect::OpenAi);
+        assert_eq!(Dialect::guess("/v1/messagesx", false), Dialect::OpenAi);
+        assert_eq!(Dialect::guess("/v1/anything", true), Dialect::Anthropic);
+    }
+
+    #[test]
+    fn quotes_are_short() {
+        assert_eq!(quote("gpt-4o"), "`gpt-4o`");
+        let long = "é".repeat(1_000_000);
+        let q = quote(&long);
+        assert!(q.chars().count() <= 67 && q.ends_with("…`"), "{q}");
     }
 
     #[test]

@@ -13,7 +13,12 @@ pub mod failover;
 pub mod inbound;
 pub mod keys;
 pub mod model_json;
+pub mod multipart;
+pub mod query;
 pub mod ratelimit;
+pub mod screen;
+pub mod scrub;
+pub mod surface;
 pub mod upstream;
 pub mod usage;
 

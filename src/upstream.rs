@@ -46,23 +46,6 @@ pub fn parse_base_url(url: &str) -> Option<Endpoint> {
     Some(Endpoint { tls, authority: authority.to_string(), path_prefix: path.trim_end_matches('/').to_string() })
 }
 
-/// Maps the client's path (which addresses keygate's `/v1` API root) onto the
-/// provider's API root: `/v1/chat/completions?x` + `/openai/v1` →
-/// `/openai/v1/chat/completions?x`. `None` for paths outside `/v1`.
-pub fn upstream_path(client_path: &str, path_prefix: &str) -> Option<String> {
-    let rest = client_path.strip_prefix("/v1")?;
-    if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
-        return None;
-    }
-    let mut out = String::with_capacity(path_prefix.len() + rest.len() + 1);
-    out.push_str(path_prefix);
-    if !rest.starts_with('/') {
-        out.push('/');
-    }
-    out.push_str(rest);
-    Some(out)
-}
-
 /// The header that carries a provider credential in that provider's style.
 pub fn credential_header(style: AuthStyle, value: &str) -> (&'static str, String) {
     match style {
@@ -91,20 +74,6 @@ mod tests {
         assert_eq!(parse_base_url("http:///v1"), None);
         assert_eq!(parse_base_url("http://a b/"), None);
         assert_eq!(parse_base_url("http://a/v1?x=1"), None);
-    }
-
-    #[test]
-    fn paths_map_onto_the_provider_root() {
-        assert_eq!(upstream_path("/v1/chat/completions", "/v1").as_deref(), Some("/v1/chat/completions"));
-        assert_eq!(
-            upstream_path("/v1/chat/completions?a=b", "/openai/v1").as_deref(),
-            Some("/openai/v1/chat/completions?a=b")
-        );
-        assert_eq!(upstream_path("/v1/messages", "").as_deref(), Some("/messages"));
-        assert_eq!(upstream_path("/v1?x", "/api").as_deref(), Some("/api/?x"));
-        assert_eq!(upstream_path("/v2/chat", "/v1"), None);
-        assert_eq!(upstream_path("/v1x/chat", "/v1"), None);
-        assert_eq!(upstream_path("/admin", "/v1"), None);
     }
 
     #[test]

@@ -207,9 +207,10 @@ pub fn body_kind(first: &[u8]) -> Option<BodyKind> {
 
 /// Upper estimates before the request goes out: prompt tokens from the body
 /// size (at most one token per two bytes for text in JSON), output tokens from
-/// the request's limit or `default_output`.
-pub fn estimate(body_bytes: u64, max_tokens: Option<u64>, default_output: u64) -> (u64, u64) {
-    (body_bytes.div_ceil(2), max_tokens.unwrap_or(default_output))
+/// the request's limit (or `default_output`) times its outputs per request
+/// (`n`, `best_of`).
+pub fn estimate(body_bytes: u64, max_tokens: Option<u64>, choices: u64, default_output: u64) -> (u64, u64) {
+    (body_bytes.div_ceil(2), max_tokens.unwrap_or(default_output).saturating_mul(choices.max(1)))
 }
 
 #[cfg(test)]
@@ -286,7 +287,10 @@ mod tests {
 
     #[test]
     fn estimates() {
-        assert_eq!(estimate(1001, Some(16), 4096), (501, 16));
-        assert_eq!(estimate(0, None, 4096), (0, 4096));
+        assert_eq!(estimate(1001, Some(16), 1, 4096), (501, 16));
+        assert_eq!(estimate(0, None, 0, 4096), (0, 4096));
+        assert_eq!(estimate(0, Some(10), 5, 4096), (0, 50));
+        assert_eq!(estimate(0, None, 2, 4096), (0, 8192));
+        assert_eq!(estimate(0, Some(u64::MAX), 3, 4096), (0, u64::MAX));
     }
 }

@@ -4,5 +4,6 @@
 //! cannot drift apart. No I/O, no allocation-heavy dependencies: it must stay
 //! cheap inside a wasm VM.
 
+pub mod endpoints;
 pub mod lookup;
 pub mod token;

@@ -87,6 +87,10 @@ pub struct Access {
     pub providers: Option<Vec<String>>,
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    /// Provider-account endpoints the key may use ([`crate::endpoints`]).
+    /// Unlike the other dimensions, `None` allows none of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
 }
 
 /// Wire format of a provider's API.

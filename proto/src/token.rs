@@ -79,6 +79,80 @@ pub fn digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+const HEX_RUN: usize = RANDOM_HEX + CHECKSUM_HEX;
+
+fn is_token_hex(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'a'..=b'f')
+}
+
+/// True if `hay` contains a well-formed token (checksum included) anywhere:
+/// in a header value, a query string, a body. A token's 48 hex characters
+/// follow `-`, which is not hex, so they start a maximal run of hex bytes;
+/// every run of 48 covers one byte at a multiple-of-48 stride, so the scan
+/// looks at one byte in 48 until it meets hex, and checks only the runs that
+/// are long enough (prose has short ones: `face`, `2024`).
+pub fn contains_token(hay: &[u8]) -> bool {
+    let mut i = HEX_RUN - 1;
+    while let Some(&b) = hay.get(i) {
+        if !is_token_hex(b) {
+            i += HEX_RUN;
+            continue;
+        }
+        let mut start = i;
+        while start > 0 && hay.get(start - 1).copied().is_some_and(is_token_hex) {
+            start -= 1;
+        }
+        let mut end = i + 1;
+        while hay.get(end).copied().is_some_and(is_token_hex) {
+            end += 1;
+        }
+        if end - start >= HEX_RUN && start >= PREFIX.len() {
+            let candidate = hay.get(start - PREFIX.len()..start + HEX_RUN).unwrap_or_default();
+            if std::str::from_utf8(candidate).is_ok_and(|t| validate(t).is_ok()) {
+                return true;
+            }
+        }
+        // The next run that could hold a token starts after this one.
+        i = (end + 1).max(i + HEX_RUN);
+    }
+    false
+}
+
+/// [`contains_token`] over a stream of chunks: a token cut by a chunk
+/// boundary is found from the last bytes of one chunk and the first of the
+/// next. Keeps at most one token's length of bytes.
+#[derive(Debug, Default, Clone)]
+pub struct TokenScanner {
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl TokenScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.found {
+            return;
+        }
+        // A token across the boundary lies within TOKEN_LEN - 1 bytes on each side.
+        let head = chunk.get(..chunk.len().min(TOKEN_LEN - 1)).unwrap_or_default();
+        self.tail.extend_from_slice(head);
+        if contains_token(&self.tail) || contains_token(chunk) {
+            self.found = true;
+            return;
+        }
+        if chunk.len() >= TOKEN_LEN - 1 {
+            self.tail.clear();
+            self.tail.extend_from_slice(chunk.get(chunk.len() - (TOKEN_LEN - 1)..).unwrap_or_default());
+        } else {
+            let drop = self.tail.len().saturating_sub(TOKEN_LEN - 1);
+            self.tail.drain(..drop);
+        }
+    }
+
+    pub fn found(&self) -> bool {
+        self.found
+    }
+}
+
 /// A form safe to show: `kg-1a2b...9f8e`.
 pub fn redact(token: &str) -> String {
     let rest = token.strip_prefix(PREFIX).unwrap_or(token);
@@ -130,6 +204,46 @@ mod tests {
     #[test]
     fn digest_is_sha256_hex() {
         assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn tokens_are_found_anywhere_in_bytes() {
+        let t = sample();
+        for pad in 0..100 {
+            let before = "x".repeat(pad);
+            for (l, r) in [("", ""), ("\"", "\""), ("abc", "def0"), ("{\"user\":\"", "\"}"), ("=", "&a=1")] {
+                let doc = format!("{before}{l}{t}{r}{before}");
+                assert!(contains_token(doc.as_bytes()), "pad {pad} {l:?}");
+            }
+        }
+        // Hex all around it (the run is longer than a token): still found.
+        assert!(contains_token(format!("ffff{t}ffff").as_bytes()));
+        assert!(!contains_token(b""));
+        assert!(!contains_token(&t.as_bytes()[..t.len() - 1]));
+        let typo = t.replacen("kg-", "kx-", 1);
+        assert!(!contains_token(typo.as_bytes()));
+        let wrong_sum = format!("{}0000000", &t[..t.len() - 7]);
+        assert!(!contains_token(wrong_sum.as_bytes()) || wrong_sum == t);
+        assert!(!contains_token("a".repeat(10_000).as_bytes()));
+        assert!(!contains_token(format!("kg-{}", "a".repeat(500)).as_bytes()));
+    }
+
+    #[test]
+    fn a_token_cut_by_chunk_boundaries_is_found() {
+        let t = sample();
+        let doc = format!("{{\"messages\":[{{\"content\":\"my key is {t} ok\"}}]}}").into_bytes();
+        for size in 1..=doc.len() {
+            let mut s = TokenScanner::default();
+            for chunk in doc.chunks(size) {
+                s.feed(chunk);
+            }
+            assert!(s.found(), "chunks of {size}");
+        }
+        let mut s = TokenScanner::default();
+        for chunk in b"nothing to see here, just text and 0123456789abcdef".chunks(7) {
+            s.feed(chunk);
+        }
+        assert!(!s.found());
     }
 
     #[test]

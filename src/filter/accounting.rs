@@ -268,7 +268,7 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
             if st.max_tokens.is_none() && st.has_body && !st.body_read {
                 let config = with_vm(|vm| vm.config.clone());
                 st.max_tokens = config.and_then(|c| super::read_max_tokens(&c.metadata_namespace));
-                st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, DEFAULT_OUTPUT_ESTIMATE);
+                st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, st.choices, DEFAULT_OUTPUT_ESTIMATE);
             }
             st.estimate
         }

@@ -24,13 +24,16 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use crate::body::{self, BodyFacts};
 use crate::cache::{Cache, Freshness};
 use crate::config::{Config, Role};
-use crate::decide::{decide, ModelField, RequestFacts};
+use crate::decide::{check_key, decide, ModelField, RequestFacts};
 use crate::errors::{Denial, Dialect};
 use crate::failover::{self, Attempt};
 use crate::inbound::Inbound;
-use crate::keys::{self, KeyError};
 use crate::metrics;
 use crate::model_json;
+use crate::multipart::MultipartReader;
+use crate::screen::{screen, too_large};
+use crate::scrub::StreamScrubber;
+use crate::surface::{self, BodyKind, Judge};
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
 mod accounting;
@@ -149,9 +152,13 @@ thread_local! {
     static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
     static PLANS: RefCell<HashMap<u64, Rc<RefCell<Plan>>>> = RefCell::new(HashMap::new());
     static NEXT_PLAN: Cell<u64> = const { Cell::new(1) };
-    /// What the body reader found in the request whose headers reach the
-    /// keygate filter next (see `BodyTap`).
+    /// What the gate found in the body of the request whose headers reach
+    /// the keygate filter next (see `Gate`).
     static TAPPED: RefCell<Option<BodyFacts>> = const { RefCell::new(None) };
+    /// A gate filter runs in this VM: a request with a body must then come
+    /// with the gate's findings (without a gate, as in the Istio setup, the
+    /// keygate filter reads `json_to_metadata`'s).
+    static GATED: Cell<bool> = const { Cell::new(false) };
 }
 
 const PLAN_PROPERTY: &str = "keygate_plan";
@@ -259,7 +266,10 @@ impl RootContext for Root {
             }
         };
         if config.role != Role::Downstream {
-            info!("keygate: configured ({})", if config.role == Role::Body { "body" } else { "upstream" });
+            if config.role == Role::Gate {
+                GATED.with(|g| g.set(true));
+            }
+            info!("keygate: configured ({})", if config.role == Role::Gate { "gate" } else { "upstream" });
             self.config = Some(Rc::new(config));
             return true;
         }
@@ -331,7 +341,7 @@ impl RootContext for Root {
         let config = self.config.clone()?;
         match config.role {
             Role::Upstream => return Some(Box::new(UpstreamAttempt { config, plan: None })),
-            Role::Body => return Some(Box::new(BodyTap::new(&config))),
+            Role::Gate => return Some(Box::new(Gate::new(context_id, &config))),
             Role::Downstream => {}
         }
         let state = RequestState { context_id, ..RequestState::default() };
@@ -398,7 +408,12 @@ fn apply_changes(changes: &Changes) {
 struct RequestState {
     request_id: String,
     dialect: Option<Dialect>,
+    /// `:method` and `:path` as the client sent them (screened), and whether
+    /// the client is the Anthropic SDK: the surface is read from them again
+    /// when the decision is made.
+    method: String,
     path: String,
+    anthropic_client: bool,
     /// Request headers to remove before the request goes upstream.
     strip: Vec<String>,
     /// The client sent `anthropic-version` itself.
@@ -415,11 +430,17 @@ struct RequestState {
     plan: Option<(u64, Rc<RefCell<Plan>>)>,
     /// The upstream answer is replaced by keygate's own error (every key failed).
     replace_response: Option<String>,
+    /// An error answer is passed on with the provider credentials scrubbed.
+    scrubber: Option<StreamScrubber>,
+    /// The body carries a well-formed keygate token (from the gate).
+    access_key_in_body: bool,
     context_id: u32,
     started_ms: u64,
-    /// `content-length` of the request, and `max_tokens` (or its kin) from the body.
+    /// `content-length` of the request, `max_tokens` (or its kin) and the
+    /// outputs per request (`n`, `best_of`; 0 read as 1) from the body.
     body_bytes: u64,
     max_tokens: Option<u64>,
+    choices: u64,
     /// The store answer the decision was made on (kept while a reservation is out).
     lookup: Option<Rc<Lookup>>,
     /// Rate limits and reservation are done: only forwarding is left.
@@ -466,20 +487,26 @@ impl Context for Request {
             PLANS.with(|p| p.borrow_mut().remove(&plan_id));
         }
         if let Some(digest) = self.digest.take() {
-            let id = self.id;
-            with_vm(|vm| {
-                if let Some(p) = vm.pending.get_mut(&digest) {
-                    p.waiters.retain(|(w, _)| *w != id);
-                    if p.waiters.is_empty() {
-                        vm.pending.remove(&digest);
-                    } else if p.owner == id {
-                        vm.orphans.push(digest);
-                    }
-                }
-            });
+            leave_lookup(self.id, digest);
         }
         true
     }
+}
+
+/// A context that waits for, or owns, the lookup of `digest` is done: it
+/// stops waiting, and a lookup it owns that others still wait for is asked
+/// again by the root context (its answer would go to this gone context).
+fn leave_lookup(id: u32, digest: String) {
+    with_vm(|vm| {
+        if let Some(p) = vm.pending.get_mut(&digest) {
+            p.waiters.retain(|(w, _)| *w != id);
+            if p.waiters.is_empty() {
+                vm.pending.remove(&digest);
+            } else if p.owner == id {
+                vm.orphans.push(digest);
+            }
+        }
+    });
 }
 
 impl HttpContext for Request {
@@ -495,37 +522,49 @@ impl HttpContext for Request {
         if inbound.test_panic {
             panic!("keygate: fault injection"); // allow-panic: test builds only
         }
-        let Inbound { path, request_id, authorization, x_api_key, content_length, anthropic_version, strip, .. } =
-            inbound;
         // Always taken, so that it can never be read for another request.
         let tapped = TAPPED.with(|t| t.borrow_mut().take());
-        let dialect = Dialect::from_path(&path);
+        let has_body = !end_of_stream;
+        let screened =
+            screen(&inbound, has_body, self.config.max_body_bytes).map(|s| (s.dialect, token::digest(s.token)));
+        let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
         {
             let mut st = self.state.borrow_mut();
             st.request_id = request_id;
-            st.dialect = Some(dialect);
             st.strip = strip;
             st.anthropic_version = anthropic_version;
+            st.anthropic_client = anthropic_version;
         }
-
-        let token = match keys::extract(authorization.as_deref(), x_api_key.as_deref()) {
-            Ok(t) => t,
-            Err(e) => return self.deny(key_denial(e)),
+        let digest = match screened {
+            Ok((dialect, digest)) => {
+                self.state.borrow_mut().dialect = Some(dialect);
+                digest
+            }
+            Err((dialect, denial)) => {
+                self.state.borrow_mut().dialect = Some(dialect);
+                return self.deny(denial);
+            }
         };
-        let digest = token::digest(token);
-
-        if content_length.is_some_and(|n| n > self.config.max_body_bytes) {
-            return self.deny(too_large(self.config.max_body_bytes));
-        }
         {
             let mut st = self.state.borrow_mut();
+            st.method = method;
             st.path = path;
-            st.has_body = !end_of_stream;
+            st.has_body = has_body;
             st.started_ms = now_ms();
-            if let Some(facts) = tapped.filter(|_| !end_of_stream) {
-                st.model = Some(facts.model);
-                st.max_tokens = facts.max_tokens;
-                st.body_read = true;
+            match tapped {
+                Some(facts) if has_body => {
+                    st.model = Some(facts.model);
+                    st.max_tokens = facts.max_tokens;
+                    st.choices = facts.choices;
+                    st.access_key_in_body = facts.access_key;
+                    st.body_read = true;
+                }
+                // A gate runs in this VM, yet no findings: refuse rather than guess.
+                _ if has_body && GATED.with(Cell::get) => {
+                    drop(st);
+                    return self.deny(Denial::new(500, "internal_error", "the request body could not be read"));
+                }
+                _ => {}
             }
             st.body_bytes = content_length.unwrap_or(0);
         }
@@ -626,7 +665,20 @@ impl HttpContext for Request {
             }
         }
         let Some((_, plan)) = st.plan.clone() else { return Action::Continue };
-        let status = response_status();
+        // One snapshot: the status, and any header that echoes a credential.
+        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let secrets: Vec<String> = plan.borrow().keys.iter().map(|k| k.value.clone()).collect();
+        let mut status = 0;
+        for (name, value) in &headers {
+            if name == ":status" {
+                status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some(clean) = crate::scrub::scrub(value, &secrets) {
+                warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", st.request_id);
+                metrics::count("scrubbed.headers");
+                let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(&clean));
+            }
+        }
+        drop(headers);
         {
             let mut p = plan.borrow_mut();
             if p.direct && p.attempts.is_empty() {
@@ -656,71 +708,211 @@ impl HttpContext for Request {
             set("content-type", "application/json");
             set("x-keygate-error", denial.code);
             st.replace_response = Some(body);
+        } else if !(200..300).contains(&status) {
+            // Error bodies are where providers echo a rejected credential.
+            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None);
+            st.scrubber = Some(StreamScrubber::new(secrets));
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        if self.state.borrow().replace_response.is_none() {
-            accounting::observe_body(&mut self.state.borrow_mut(), body_size);
+        let mut st = self.state.borrow_mut();
+        if st.replace_response.is_none() {
+            accounting::observe_body(&mut st, body_size);
+            if let Some(scrubber) = st.scrubber.as_mut() {
+                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten();
+                let chunk = chunk.unwrap_or_default();
+                let out = scrubber.feed(&chunk, end_of_stream);
+                if out != chunk {
+                    let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
+                }
+                if end_of_stream && scrubber.scrubbed {
+                    warn!(
+                        "keygate: request {}: the provider echoed its credential in the body: scrubbed",
+                        st.request_id
+                    );
+                    metrics::count("scrubbed.bodies");
+                }
+            }
             return Action::Continue;
         }
         if !end_of_stream {
             return Action::Pause;
         }
-        if let Some(body) = self.state.borrow_mut().replace_response.take() {
+        if let Some(body) = st.replace_response.take() {
             let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
         }
         Action::Continue
     }
 }
 
-/// The body reader: a filter instance placed *before* Envoy's buffer filter,
-/// with the keygate filter after it. It sees each chunk as it passes, and at
-/// the end of the body leaves what it found in `TAPPED`. The buffer filter
-/// then hands the headers to the keygate filter in the same call, so that the
-/// keygate filter decides in its headers phase with the whole body read. This
-/// replaces `json_to_metadata`, whose tree parse costs ~5 µs per KiB of body.
-struct BodyTap {
+/// The gate: a filter instance placed *before* Envoy's buffer filter, with the
+/// keygate filter after it. In its headers phase it refuses what the headers
+/// alone condemn (`screen`, and a key the cache knows to be refused) and
+/// starts the store lookup of a key not yet cached, so that the lookup
+/// overlaps the body upload and a refused key is answered without waiting for
+/// the body. Then it reads each body chunk as it passes (`model` and the
+/// output limit, or the form's `model`; any keygate token) and at the end
+/// leaves what it found in `TAPPED`. The buffer filter then hands the headers
+/// to the keygate filter in the same call, so that the keygate filter decides
+/// in its headers phase with the whole body read.
+struct Gate {
+    id: u32,
     max: u64,
     seen: u64,
-    reader: Option<body::BodyReader>,
+    json: Option<body::BodyReader>,
+    form: Option<MultipartReader>,
+    tokens: token::TokenScanner,
+    /// The store lookup this gate started, while it is in flight.
+    digest: Option<String>,
+    /// The body is complete and the keygate filter has the request.
+    handed_over: bool,
+    dialect: Dialect,
+    request_id: String,
 }
 
-impl BodyTap {
-    fn new(config: &Config) -> BodyTap {
-        BodyTap { max: config.max_body_bytes, seen: 0, reader: Some(body::BodyReader::default()) }
+impl Gate {
+    fn new(id: u32, config: &Config) -> Gate {
+        Gate {
+            id,
+            max: config.max_body_bytes,
+            seen: 0,
+            json: None,
+            form: None,
+            tokens: token::TokenScanner::default(),
+            digest: None,
+            handed_over: false,
+            dialect: Dialect::OpenAi,
+            request_id: String::new(),
+        }
     }
 
-    /// Past `maxBodyBytes` (the buffer filter answers 413), or after a chunk
-    /// that could not be read, nothing is published: keygate finds no model.
+    fn deny(&self, denial: &Denial) -> Action {
+        reply(self.dialect, &self.request_id, denial);
+        Action::Pause
+    }
+
+    /// Starts the store lookup of a key no request is looking up yet. Its
+    /// answer fills the cache (and completes the requests that joined it).
+    fn prefetch(&mut self, digest: String) {
+        let in_flight = with_vm(|vm| vm.pending.contains_key(&digest)).unwrap_or(true);
+        let Some((config, gateway_token)) = with_vm(|vm| (vm.config.clone(), vm.gateway_token.clone())) else {
+            return;
+        };
+        if in_flight {
+            return;
+        }
+        metrics::count("store.lookups");
+        if store_call(&config, &gateway_token, "GET", &format!("/v1/lookup/{digest}"), None).is_ok() {
+            with_vm(|vm| vm.pending.insert(digest.clone(), Pending { owner: self.id, waiters: Vec::new() }));
+            self.digest = Some(digest);
+        }
+    }
+
+    /// The body ended: the keygate filter gets the headers next, in this call.
     fn publish(&mut self) {
-        let facts = self.reader.take().map(body::BodyReader::finish);
-        TAPPED.with(|t| *t.borrow_mut() = facts);
+        let mut facts = match (self.json.take(), self.form.take()) {
+            (Some(json), _) => json.finish(),
+            (None, Some(form)) => BodyFacts::of(form.finish()),
+            (None, None) => BodyFacts::of(ModelField::Absent),
+        };
+        facts.access_key = self.tokens.found();
+        self.handed_over = true;
+        TAPPED.with(|t| *t.borrow_mut() = Some(facts));
     }
 }
 
-impl Context for BodyTap {}
+impl Context for Gate {
+    fn on_http_call_response(&mut self, _token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        accounting::running(self.id);
+        let Some(digest) = self.digest.take() else { return };
+        let answer = read_json::<Lookup>(body_size).map(intern);
+        if answer.is_none() {
+            metrics::count("store.errors");
+        }
+        // Still uploading: a refused key is answered now, not after the body.
+        let refusal = match (&answer, self.handed_over) {
+            (Some(lookup), false) => check_key(lookup, (now_ms() / 1000) as i64).err(),
+            _ => None,
+        };
+        let config = with_vm(|vm| vm.config.clone());
+        complete_lookup(&digest, answer, config.as_deref());
+        if let Some(denial) = refusal {
+            // Completing the lookup ran the requests waiting for it.
+            if hostcalls::set_effective_context(self.id).is_ok() {
+                info!("keygate: request {} refused before its body: {}", self.request_id, denial.code);
+                metrics::count("gate.early_refusals");
+                self.deny(&denial);
+            }
+        }
+    }
 
-impl HttpContext for BodyTap {
+    fn on_done(&mut self) -> bool {
+        if let Some(digest) = self.digest.take() {
+            leave_lookup(self.id, digest);
+        }
+        true
+    }
+}
+
+impl HttpContext for Gate {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        accounting::running(self.id);
         // Whatever an earlier request left is cleared here, before this
         // request's headers can reach the keygate filter.
-        let none = BodyFacts { model: ModelField::Absent, max_tokens: None };
-        TAPPED.with(|t| *t.borrow_mut() = end_of_stream.then_some(none));
+        TAPPED.with(|t| *t.borrow_mut() = None);
+        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let inbound = Inbound::from_headers(&headers);
+        drop(headers);
+        self.request_id = inbound.request_id.clone();
+        let screened = match screen(&inbound, !end_of_stream, self.max) {
+            Ok(s) => s,
+            Err((dialect, denial)) => {
+                self.dialect = dialect;
+                info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
+                return self.deny(&denial);
+            }
+        };
+        self.dialect = screened.dialect;
+        match (screened.surface.judge, screened.boundary) {
+            (Judge::Model(BodyKind::Json), _) => self.json = Some(body::BodyReader::default()),
+            (Judge::Model(BodyKind::Multipart), Some(b)) => self.form = Some(MultipartReader::new(b)),
+            _ => {}
+        }
+        let digest = token::digest(screened.token);
+        let now = now_ms();
+        match with_vm(|vm| vm.cache.get(&digest, now)).flatten() {
+            Some((lookup, Freshness::Fresh)) => {
+                if let Err(denial) = check_key(&lookup, (now / 1000) as i64) {
+                    info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
+                    return self.deny(&denial);
+                }
+            }
+            _ => self.prefetch(digest),
+        }
+        if end_of_stream {
+            self.publish();
+        }
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if body_size > 0 {
             self.seen = self.seen.saturating_add(body_size as u64);
-            let chunk = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) {
-                Ok(Some(chunk)) if self.seen <= self.max => Some(chunk),
-                _ => None,
+            if self.seen > self.max {
+                // Envoy's buffer filter answers 413; nothing is read past the limit.
+                return Action::Continue;
+            }
+            let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) else {
+                return self.deny(&Denial::new(500, "internal_error", "the request body could not be read"));
             };
-            match (chunk, self.reader.as_mut()) {
-                (Some(chunk), Some(reader)) => reader.feed(&chunk),
-                _ => self.reader = None,
+            self.tokens.feed(&chunk);
+            if let Some(json) = self.json.as_mut() {
+                json.feed(&chunk);
+            }
+            if let Some(form) = self.form.as_mut() {
+                form.feed(&chunk);
             }
         }
         if end_of_stream {
@@ -855,29 +1047,6 @@ fn store_unavailable() -> Denial {
     d
 }
 
-fn too_large(limit: u64) -> Denial {
-    Denial::new(413, "request_too_large", format!("the request body exceeds the limit of {limit} bytes"))
-}
-
-fn key_denial(e: KeyError) -> Denial {
-    match e {
-        KeyError::Missing => Denial::new(
-            401,
-            "missing_access_key",
-            "no access key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
-        ),
-        KeyError::Ambiguous => {
-            Denial::new(401, "ambiguous_access_key", "`Authorization` and `x-api-key` carry different keys; send one")
-        }
-        KeyError::NotBearer => {
-            Denial::new(401, "malformed_access_key", "the `Authorization` header must be `Bearer <key>`")
-        }
-        KeyError::Malformed(t) => {
-            Denial::new(401, "malformed_access_key", format!("malformed access key: {}", t.as_str()))
-        }
-    }
-}
-
 /// `model` as `json_to_metadata` put it in dynamic metadata. Envoy hands a
 /// string value over as its raw bytes and anything else in a binary form, and
 /// `json_to_metadata` records `model_error` when the body is not JSON.
@@ -929,13 +1098,15 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         st.model = Some(if readable { read_model(&config.metadata_namespace) } else { ModelField::Absent });
     }
     let model = st.model.clone().unwrap_or(ModelField::Absent);
-    let facts = RequestFacts {
-        path: &st.path,
-        dialect: st.dialect.unwrap_or(Dialect::OpenAi),
-        has_body: st.has_body,
-        model: &model,
+    // The headers were screened: the surface is in the table.
+    let decision = match surface::classify(&st.method, &st.path, st.anthropic_client) {
+        Ok(surface) => {
+            let facts = RequestFacts { surface, model: &model, access_key_in_body: st.access_key_in_body };
+            decide(facts, lookup, (now / 1000) as i64)
+        }
+        Err(_) => Err(Denial::new(500, "internal_error", "the gateway could not classify the request")),
     };
-    let forward = match decide(facts, lookup, (now / 1000) as i64) {
+    let forward = match decision {
         Ok(f) => f,
         Err(denial) => {
             info!("keygate: request {} refused: {}", st.request_id, denial.code);
@@ -948,7 +1119,8 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
         if st.has_body && !st.body_read && (lookup.limits.is_some() || lookup.budgeted) {
             st.max_tokens = read_max_tokens(&config.metadata_namespace);
         }
-        st.estimate = crate::usage::estimate(st.body_bytes, st.max_tokens, accounting::DEFAULT_OUTPUT_ESTIMATE);
+        st.estimate =
+            crate::usage::estimate(st.body_bytes, st.max_tokens, st.choices, accounting::DEFAULT_OUTPUT_ESTIMATE);
         st.served = Some(accounting::Served {
             key_id: forward.key_id.to_string(),
             config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
@@ -1055,14 +1227,18 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
 }
 
 fn send_denial(st: &RequestState, denial: &Denial) {
+    reply(st.dialect.unwrap_or(Dialect::OpenAi), &st.request_id, denial);
+}
+
+/// A local reply in the client's dialect; nothing goes upstream.
+fn reply(dialect: Dialect, request_id: &str, denial: &Denial) {
     metrics::count("requests.denied");
     metrics::count_labeled("denied", denial.code);
-    let dialect = st.dialect.unwrap_or(Dialect::OpenAi);
     let body = denial.body(dialect);
     let retry_after = denial.retry_after.map(|s| s.to_string());
     let mut headers = vec![("content-type", "application/json"), ("x-keygate-error", denial.code)];
-    if !st.request_id.is_empty() {
-        headers.push((REQUEST_ID_HEADER, st.request_id.as_str()));
+    if !request_id.is_empty() {
+        headers.push((REQUEST_ID_HEADER, request_id));
     }
     if let Some(r) = retry_after.as_deref() {
         headers.push(("retry-after", r));

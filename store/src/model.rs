@@ -211,6 +211,10 @@ pub struct AccessSpec {
     pub providers: Option<AllowList>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<AllowList>,
+    /// Provider-account endpoints (`files.read`, `batches.*`, ...): refused
+    /// unless listed here (absent = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<AllowList>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -441,6 +445,16 @@ pub struct PatchProvider {
 
 type V<T> = Result<T, StoreError>;
 
+/// Client input quoted in an error message: at most its first 64 characters,
+/// so that an error never echoes a huge or hostile value whole.
+pub fn short(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}…", s.get(..end).unwrap_or_default()),
+        None => s.to_string(),
+    }
+}
+
 fn chars(s: &str) -> usize {
     s.chars().count()
 }
@@ -562,7 +576,7 @@ pub fn split_qualified_model<'a>(field: &str, s: &'a str) -> V<(&'a str, &'a str
         return Err(StoreError::invalid(field, format!("{field}: models are provider-qualified, e.g. openai/gpt-4o")));
     };
     if !is_provider_id(provider) {
-        return Err(StoreError::invalid(field, format!("{field}: `{provider}` is not a valid provider id")));
+        return Err(StoreError::invalid(field, format!("{field}: `{}` is not a valid provider id", short(provider))));
     }
     check_model_pattern(field, model)?;
     check_len(field, s, NAME_MAX)?;
@@ -679,7 +693,7 @@ pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSp
                 if !is_provider_id(id) {
                     return Err(StoreError::invalid(
                         format!("access.providers.allow[{i}]"),
-                        format!("`{id}` is not a valid provider id"),
+                        format!("`{}` is not a valid provider id", short(id)),
                     ));
                 }
             }
@@ -690,6 +704,22 @@ pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSp
             }
             for (i, model) in m.allow.iter().enumerate() {
                 split_qualified_model(&format!("access.models.allow[{i}]"), model)?;
+            }
+        }
+        if let Some(e) = &a.endpoints {
+            if e.allow.len() > LIST_MAX {
+                return Err(StoreError::invalid("access.endpoints.allow", "too many entries"));
+            }
+            for (i, name) in e.allow.iter().enumerate() {
+                if !keygate_proto::endpoints::is_valid_pattern(name) {
+                    return Err(StoreError::invalid(
+                        format!("access.endpoints.allow[{i}]"),
+                        format!(
+                            "`{}` is not an endpoint name (e.g. files.read, batches.*, *; see the README)",
+                            short(name)
+                        ),
+                    ));
+                }
             }
         }
     }
@@ -704,7 +734,7 @@ pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSp
                 if !is_provider_id(p) {
                     return Err(StoreError::invalid(
                         format!("{f}.provider"),
-                        format!("`{p}` is not a valid provider id"),
+                        format!("`{}` is not a valid provider id", short(p)),
                     ));
                 }
             }
@@ -931,7 +961,8 @@ mod tests {
         assert!(check_config_syntax(None, Some(&neither)).is_err());
         let dup = RouterSpec { rules: vec![rule(Some("openai"), None), rule(Some("openai"), None)] };
         assert!(check_config_syntax(None, Some(&dup)).is_err());
-        let access = AccessSpec { providers: None, models: Some(AllowList { allow: vec!["openai/g*4".into()] }) };
+        let access =
+            AccessSpec { models: Some(AllowList { allow: vec!["openai/g*4".into()] }), ..AccessSpec::default() };
         let err = check_config_syntax(Some(&access), None).unwrap_err();
         assert!(matches!(err, StoreError::Invalid { field, .. } if field == "access.models.allow[0]"));
     }

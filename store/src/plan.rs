@@ -29,6 +29,7 @@ pub fn access_of(access: Option<&AccessSpec>) -> Access {
     Access {
         providers: access.and_then(|a| a.providers.as_ref()).map(|l| l.allow.clone()),
         models: access.and_then(|a| a.models.as_ref()).map(|l| l.allow.clone()),
+        endpoints: access.and_then(|a| a.endpoints.as_ref()).map(|l| l.allow.clone()),
     }
 }
 
@@ -168,7 +169,7 @@ mod tests {
         ];
         let access = AccessSpec {
             providers: Some(AllowList { allow: vec!["openai".into(), "anthropic".into()] }),
-            models: None,
+            ..AccessSpec::default()
         };
         let router = RouterSpec {
             rules: vec![
@@ -217,12 +218,12 @@ mod tests {
         assert_eq!(ids(&plans[0].routes[0]), ["pk_1"]);
         assert!(plans[1].routes[0].keys.is_empty());
         assert_eq!(calls, 1);
-        assert_eq!(access_of(None), Access { providers: None, models: None });
+        assert_eq!(access_of(None), Access::default());
     }
 
     #[test]
     fn empty_provider_allow_list_gives_no_credentials() {
-        let access = AccessSpec { providers: Some(AllowList { allow: vec![] }), models: None };
+        let access = AccessSpec { providers: Some(AllowList { allow: vec![] }), ..AccessSpec::default() };
         let keys = [key("pk_1", "openai", true)];
         let plans = build::<()>(&[provider("openai")], &keys, Some(&access), None, |_| Ok(Some("v".into()))).unwrap();
         assert_eq!(plans.len(), 1);

@@ -1,0 +1,215 @@
+//! Refusals decided from the request headers alone. The gate filter (ahead
+//! of Envoy's buffer filter) runs this before any body is read, so a request
+//! refused here never has its body buffered; the keygate filter runs it again
+//! (it also serves setups without the gate, such as Istio's).
+//!
+//! Order, so that every refusal is stable and documented: credentials where
+//! they would leak (header, query) → the path and method (surface table) →
+//! the access key → the body's size, presence and media type.
+
+use crate::errors::{Denial, Dialect};
+use crate::inbound::Inbound;
+use crate::keys::{self, KeyError};
+use crate::multipart;
+use crate::query;
+use crate::surface::{self, BodyKind, Judge, Refusal, Surface};
+
+/// A request that passed the header checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Screened<'a> {
+    pub surface: Surface<'a>,
+    pub dialect: Dialect,
+    /// The access key (well-formed; not yet known to the store).
+    pub token: &'a str,
+    /// The multipart boundary, for a form the gate reads a `model` from.
+    pub boundary: Option<&'a str>,
+}
+
+/// A refusal and the dialect to answer it in.
+pub type Refused = (Dialect, Denial);
+
+pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'_>, Refused> {
+    let guess = Dialect::guess(&inb.path, inb.anthropic_version);
+    if inb.token_in_header {
+        return Err((guess, Denial::new(
+            400,
+            "access_key_in_header",
+            "a request header other than Authorization or x-api-key carries an access key; it would reach the provider",
+        )));
+    }
+    if inb.path.split_once('?').is_some_and(|(_, q)| query::has_credential(q)) {
+        return Err((guess, Denial::new(
+            400,
+            "credential_in_query",
+            "the query string carries a credential (e.g. `key=`, `api_key=`, or an access key); send the access key in a header",
+        )));
+    }
+    let surface = surface::classify(&inb.method, &inb.path, inb.anthropic_version).map_err(|r| (guess, refusal(r)))?;
+    let dialect = Dialect::of(surface.format);
+    let token =
+        keys::extract(inb.authorization.as_deref(), inb.x_api_key.as_deref()).map_err(|e| (dialect, key_denial(e)))?;
+    if has_body && !surface.takes_body() {
+        return Err((dialect, Denial::new(400, "unexpected_body", "this endpoint takes no request body")));
+    }
+    if inb.content_length.is_some_and(|n| n > max_body) {
+        return Err((dialect, too_large(max_body)));
+    }
+    let content_type = inb.content_type.as_deref().unwrap_or("");
+    let boundary = match surface.judge {
+        Judge::Model(BodyKind::Json) if has_body && !is_json(content_type) => {
+            return Err((
+                dialect,
+                Denial::new(
+                    415,
+                    "unsupported_media_type",
+                    "this endpoint takes a JSON body: send `content-type: application/json`",
+                ),
+            ));
+        }
+        Judge::Model(BodyKind::Multipart) => match multipart::boundary_of(content_type) {
+            Some(b) => Some(b),
+            None => {
+                return Err((
+                    dialect,
+                    Denial::new(
+                        415,
+                        "unsupported_media_type",
+                        "this endpoint takes a form: send `content-type: multipart/form-data; boundary=...`",
+                    ),
+                ))
+            }
+        },
+        _ => None,
+    };
+    Ok(Screened { surface, dialect, token, boundary })
+}
+
+fn is_json(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+}
+
+fn refusal(r: Refusal) -> Denial {
+    match r {
+        Refusal::InvalidPath => Denial::new(
+            400,
+            "invalid_path",
+            "the path has a dot segment, an empty segment, percent-encoding, a backslash or a character keygate does not serve",
+        ),
+        Refusal::UnknownPath => Denial::new(404, "unsupported_path", "keygate does not serve this path"),
+        Refusal::Method { allow } => {
+            let mut d = Denial::new(405, "method_not_allowed", format!("this path takes {allow}"));
+            d.headers.push(("allow", allow));
+            d
+        }
+    }
+}
+
+pub fn too_large(limit: u64) -> Denial {
+    Denial::new(413, "request_too_large", format!("the request body exceeds the limit of {limit} bytes"))
+}
+
+pub fn key_denial(e: KeyError) -> Denial {
+    match e {
+        KeyError::Missing => Denial::new(
+            401,
+            "missing_access_key",
+            "no access key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
+        ),
+        KeyError::Ambiguous => {
+            Denial::new(401, "ambiguous_access_key", "`Authorization` and `x-api-key` carry different keys; send one")
+        }
+        KeyError::NotBearer => {
+            Denial::new(401, "malformed_access_key", "the `Authorization` header must be `Bearer <key>`")
+        }
+        KeyError::Malformed(t) => {
+            Denial::new(401, "malformed_access_key", format!("malformed access key: {}", t.as_str()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate_proto::token;
+
+    fn tok() -> String {
+        token::from_random(&[5u8; token::RANDOM_BYTES])
+    }
+
+    fn inbound(method: &str, path: &str, extra: &[(&str, &str)]) -> Inbound {
+        let auth = format!("Bearer {}", tok());
+        let mut headers = vec![(":method", method), (":path", path), ("authorization", auth.as_str())];
+        headers.extend_from_slice(extra);
+        Inbound::from_headers(&headers)
+    }
+
+    fn code(inb: &Inbound, has_body: bool) -> &'static str {
+        match screen(inb, has_body, 1000) {
+            Ok(_) => "ok",
+            Err((_, d)) => d.code,
+        }
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json");
+
+    #[test]
+    fn the_order_of_refusals() {
+        let t = tok();
+        let leaky = inbound("TRACE", &format!("/v1/x?key={t}"), &[("x-user", &t)]);
+        assert_eq!(code(&leaky, false), "access_key_in_header");
+        assert_eq!(code(&inbound("TRACE", &format!("/v1/x?key={t}"), &[]), false), "credential_in_query");
+        assert_eq!(code(&inbound("TRACE", "/v1/../x", &[]), false), "invalid_path");
+        assert_eq!(code(&inbound("TRACE", "/v1/x", &[]), false), "unsupported_path");
+        assert_eq!(code(&inbound("TRACE", "/v1/chat/completions", &[]), false), "method_not_allowed");
+        let keyless = Inbound::from_headers(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
+        assert_eq!(code(&keyless, true), "missing_access_key");
+        assert_eq!(code(&inbound("GET", "/v1/models", &[]), true), "unexpected_body");
+        assert_eq!(
+            code(&inbound("POST", "/v1/chat/completions", &[JSON, ("content-length", "1001")]), true),
+            "request_too_large"
+        );
+        assert_eq!(code(&inbound("POST", "/v1/chat/completions", &[]), true), "unsupported_media_type");
+        assert_eq!(
+            code(&inbound("POST", "/v1/chat/completions", &[("content-type", "text/plain")]), true),
+            "unsupported_media_type"
+        );
+        assert_eq!(code(&inbound("POST", "/v1/audio/transcriptions", &[JSON]), true), "unsupported_media_type");
+        assert_eq!(code(&inbound("POST", "/v1/chat/completions", &[JSON]), true), "ok");
+        assert_eq!(
+            code(
+                &inbound("POST", "/v1/chat/completions", &[("content-type", "Application/JSON; charset=utf-8")]),
+                true
+            ),
+            "ok"
+        );
+        // No body: the decision reports the missing model.
+        assert_eq!(code(&inbound("POST", "/v1/chat/completions", &[]), false), "ok");
+    }
+
+    #[test]
+    fn method_refusals_name_the_allowed_methods() {
+        let (_, d) = screen(&inbound("TRACE", "/v1/files/f1", &[]), false, 10).unwrap_err();
+        assert_eq!((d.status, d.headers.clone()), (405, vec![("allow", "GET, DELETE".to_string())]));
+    }
+
+    #[test]
+    fn refusals_speak_the_clients_dialect() {
+        let (dialect, _) = screen(&inbound("PUT", "/v1/messages", &[]), false, 10).unwrap_err();
+        assert_eq!(dialect, Dialect::Anthropic);
+        let (dialect, _) =
+            screen(&inbound("GET", "/v1/nope", &[("anthropic-version", "2023-06-01")]), false, 10).unwrap_err();
+        assert_eq!(dialect, Dialect::Anthropic);
+        let (dialect, _) = screen(&inbound("GET", "/v1/nope", &[]), false, 10).unwrap_err();
+        assert_eq!(dialect, Dialect::OpenAi);
+    }
+
+    #[test]
+    fn forms_carry_their_boundary() {
+        let ct = ("content-type", "multipart/form-data; boundary=xyz");
+        let edits = inbound("POST", "/v1/images/edits", &[ct]);
+        assert_eq!(screen(&edits, true, 10).unwrap().boundary, Some("xyz"));
+        let upload = inbound("POST", "/v1/files", &[ct]);
+        assert_eq!(screen(&upload, true, 10).unwrap().boundary, None, "account uploads are not read for a model");
+    }
+}
