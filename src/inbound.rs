@@ -25,6 +25,12 @@ pub struct Inbound {
     /// A header other than the credential headers (which are removed)
     /// carries a keygate token: it would reach the provider.
     pub token_in_header: bool,
+    /// `x-http-method-override` or a kin: some servers act on it instead of
+    /// the method keygate judged.
+    pub method_override: bool,
+    /// A header value carries a control character (Envoy passes a bare CR
+    /// or ESC inside a value on; an HTTP/1 upstream could split on it).
+    pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
     pub strip: Vec<String>,
     #[cfg(feature = "fault-injection")]
@@ -34,29 +40,38 @@ pub struct Inbound {
 impl Inbound {
     /// Header names come lower-cased from Envoy (HTTP/2 and HTTP/1 alike).
     /// A repeated header keeps its first value, as `get_map_value` would.
-    pub fn from_headers<S: AsRef<str>>(headers: &[(S, S)]) -> Inbound {
+    /// Values are bytes: Envoy passes bytes that are not UTF-8 on, and such a
+    /// value is read lossily (it then fails every check it meets).
+    pub fn from_headers<N: AsRef<str>, V: AsRef<[u8]>>(headers: &[(N, V)]) -> Inbound {
         let mut inb = Inbound::default();
         for (name, value) in headers {
             let (name, value) = (name.as_ref(), value.as_ref());
+            let text = || String::from_utf8_lossy(value).into_owned();
             match name {
-                ":method" if inb.method.is_empty() => inb.method = value.to_string(),
-                ":path" if inb.path.is_empty() => inb.path = value.to_string(),
-                "content-type" if inb.content_type.is_none() => inb.content_type = Some(value.to_string()),
-                "x-request-id" if inb.request_id.is_empty() => inb.request_id = value.to_string(),
-                "authorization" if inb.authorization.is_none() => inb.authorization = Some(value.to_string()),
-                "x-api-key" if inb.x_api_key.is_none() => inb.x_api_key = Some(value.to_string()),
-                "content-length" if inb.content_length.is_none() => inb.content_length = value.trim().parse().ok(),
+                ":method" if inb.method.is_empty() => inb.method = text(),
+                ":path" if inb.path.is_empty() => inb.path = text(),
+                "content-type" if inb.content_type.is_none() => inb.content_type = Some(text()),
+                "x-request-id" if inb.request_id.is_empty() => inb.request_id = text(),
+                "authorization" if inb.authorization.is_none() => inb.authorization = Some(text()),
+                "x-api-key" if inb.x_api_key.is_none() => inb.x_api_key = Some(text()),
+                "content-length" if inb.content_length.is_none() => {
+                    inb.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
+                }
                 "anthropic-version" => inb.anthropic_version = true,
+                "x-http-method-override" | "x-http-method" | "x-method-override" => inb.method_override = true,
                 #[cfg(feature = "fault-injection")]
                 "x-keygate-test-panic" => inb.test_panic = true,
                 _ => {}
+            }
+            if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                inb.control_in_header = true;
             }
             // Values shorter than a token cost one comparison. (`:path` is
             // judged with its query, by `query`.)
             if !inb.token_in_header
                 && name != ":path"
                 && !CLIENT_CREDENTIAL_HEADERS.contains(&name)
-                && token::contains_token(value.as_bytes())
+                && token::contains_token(value)
             {
                 inb.token_in_header = true;
             }
@@ -109,6 +124,17 @@ mod tests {
         assert!(h(&[("authorization", &bearer), ("x-debug", &format!("key={t}"))]).token_in_header);
         assert!(h(&[("cookie", &format!("session={t}"))]).token_in_header);
         assert!(h(&[(":authority", &t)]).token_in_header);
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_read_never_a_panic() {
+        let headers: Vec<(&str, &[u8])> = vec![("authorization", b"Bearer kg-\xe9"), ("x-latin", b"caf\xe9")];
+        let inb = Inbound::from_headers(&headers);
+        assert_eq!(inb.authorization.as_deref(), Some("Bearer kg-\u{fffd}"));
+        assert!(!inb.control_in_header);
+        let cr: Vec<(&str, &[u8])> = vec![("x-a", b"a\rb")];
+        assert!(Inbound::from_headers(&cr).control_in_header);
+        assert!(!h(&[("x-tab", "a\tb")]).control_in_header);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod scrub;
 pub mod surface;
 pub mod upstream;
 pub mod usage;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

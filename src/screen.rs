@@ -3,8 +3,9 @@
 //! refused here never has its body buffered; the keygate filter runs it again
 //! (it also serves setups without the gate, such as Istio's).
 //!
-//! Order, so that every refusal is stable and documented: credentials where
-//! they would leak (header, query) → the path and method (surface table) →
+//! Order, so that every refusal is stable and documented: a control
+//! character in a header → credentials where they would leak (header, query) → a method override → the path and method
+//! (surface table) →
 //! the access key → the body's size, presence and media type.
 
 use crate::errors::{Denial, Dialect};
@@ -30,6 +31,9 @@ pub type Refused = (Dialect, Denial);
 
 pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'_>, Refused> {
     let guess = Dialect::guess(&inb.path, inb.anthropic_version);
+    if inb.control_in_header {
+        return Err((guess, Denial::new(400, "invalid_header", "a request header value carries a control character")));
+    }
     if inb.token_in_header {
         return Err((guess, Denial::new(
             400,
@@ -43,6 +47,16 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
             "credential_in_query",
             "the query string carries a credential (e.g. `key=`, `api_key=`, or an access key); send the access key in a header",
         )));
+    }
+    if inb.method_override {
+        return Err((
+            guess,
+            Denial::new(
+                400,
+                "method_override",
+                "method-override headers (x-http-method-override and kin) are refused: send the real method",
+            ),
+        ));
     }
     let surface = surface::classify(&inb.method, &inb.path, inb.anthropic_version).map_err(|r| (guess, refusal(r)))?;
     let dialect = Dialect::of(surface.format);
@@ -159,6 +173,8 @@ mod tests {
         let leaky = inbound("TRACE", &format!("/v1/x?key={t}"), &[("x-user", &t)]);
         assert_eq!(code(&leaky, false), "access_key_in_header");
         assert_eq!(code(&inbound("TRACE", &format!("/v1/x?key={t}"), &[]), false), "credential_in_query");
+        let overridden = inbound("GET", "/v1/models", &[("x-http-method-override", "DELETE")]);
+        assert_eq!(code(&overridden, false), "method_override");
         assert_eq!(code(&inbound("TRACE", "/v1/../x", &[]), false), "invalid_path");
         assert_eq!(code(&inbound("TRACE", "/v1/x", &[]), false), "unsupported_path");
         assert_eq!(code(&inbound("TRACE", "/v1/chat/completions", &[]), false), "method_not_allowed");

@@ -10,6 +10,7 @@ use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Status};
 
+use super::host;
 use super::{advance, now_ms, read_json, send_denial, store_call, store_unavailable, with_vm, RequestState, Step};
 use crate::config::Config;
 use crate::errors::Denial;
@@ -170,7 +171,7 @@ pub fn reserve_queued() {
     let queued = with_vm(|vm| std::mem::take(&mut vm.reserve_queue)).unwrap_or_default();
     for state in queued {
         let target = state.borrow().context_id;
-        if hostcalls::set_effective_context(target).is_ok() {
+        if host::set_effective_context(target).is_ok() {
             reserve(&state);
         }
     }
@@ -181,7 +182,7 @@ pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
     let Some(state) = with_vm(|vm| vm.reserves.remove(&token)).flatten() else { return false };
     let answer = read_json::<ReserveResponse>(body_size);
     let target = state.borrow().context_id;
-    if hostcalls::set_effective_context(target).is_err() {
+    if host::set_effective_context(target).is_err() {
         return true; // the request is gone; its reservation expires in the store
     }
     let Some(config) = with_vm(|vm| vm.config.clone()) else { return true };
@@ -226,7 +227,7 @@ pub fn observe_body(st: &mut RequestState, body_size: usize) {
     if !st.read_usage || body_size == 0 {
         return;
     }
-    let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size) else { return };
+    let Ok(chunk) = host::buffer(BufferType::HttpResponseBody, 0, body_size) else { return };
     if st.scanner.is_none() && st.json_body.is_none() {
         match crate::usage::body_kind(&chunk) {
             Some(BodyKind::Json) => st.json_body = Some(Vec::new()),

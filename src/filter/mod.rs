@@ -37,6 +37,7 @@ use crate::surface::{self, BodyKind, Judge};
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
 mod accounting;
+mod host;
 
 use accounting::RateState;
 
@@ -212,7 +213,7 @@ impl Context for Root {
         }
         if let Some((token, batch)) = self.flush.take() {
             if token == token_id {
-                let ok = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+                let ok = host::header_str(MapType::HttpCallResponseHeaders, ":status");
                 if ok.as_deref() != Some("200") {
                     warn!(
                         "keygate: usage batch not accepted ({}): kept for the next flush",
@@ -240,8 +241,8 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         sync_log_level();
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(b)) => b,
+        let bytes = match host::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(b) if !b.is_empty() => b,
             _ => {
                 log::error!("keygate: no plugin configuration");
                 return false;
@@ -382,12 +383,12 @@ fn store_call(config: &Config, gateway_token: &str, method: &str, path: &str, bo
 
 /// The body of a store answer, if it is a 200 with a document we understand.
 fn read_json<T: serde::de::DeserializeOwned>(body_size: usize) -> Option<T> {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status").ok().flatten();
+    let status = host::header_str(MapType::HttpCallResponseHeaders, ":status");
     if status.as_deref() != Some("200") {
         warn!("keygate: key store answered {}", status.as_deref().unwrap_or("nothing (timeout or connection failure)"));
         return None;
     }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size).ok().flatten()?;
+    let body = host::buffer(BufferType::HttpCallResponseBody, 0, body_size).ok()?;
     serde_json::from_slice(&body).map_err(|e| warn!("keygate: unreadable key store answer: {e}")).ok()
 }
 
@@ -514,7 +515,7 @@ impl HttpContext for Request {
         accounting::running(self.id);
         // One snapshot of the headers: each host call that returns data costs
         // about 1 µs (see `inbound`).
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = host::headers(MapType::HttpRequestHeaders);
         let inbound = Inbound::from_headers(&headers);
         drop(headers);
         #[cfg(feature = "fault-injection")]
@@ -639,10 +640,10 @@ impl HttpContext for Request {
             return Action::Pause; // buffer until the whole body is here
         }
         let Some(model) = self.state.borrow_mut().rewrite_model.take() else { return Action::Continue };
-        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size).ok().flatten().unwrap_or_default();
+        let body = host::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
         match model_json::rewrite_model(&body, &model) {
             Some(new_body) => {
-                if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body).is_err() {
+                if host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body).is_err() {
                     warn!("keygate: could not rewrite the request body");
                 }
             }
@@ -654,7 +655,7 @@ impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut st = self.state.borrow_mut();
         let set = |name: &str, value: &str| {
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+            let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(value.as_bytes()));
         };
         if !st.request_id.is_empty() {
             set(REQUEST_ID_HEADER, &st.request_id);
@@ -666,7 +667,7 @@ impl HttpContext for Request {
         }
         let Some((_, plan)) = st.plan.clone() else { return Action::Continue };
         // One snapshot: the status, and any header that echoes a credential.
-        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let headers = host::headers(MapType::HttpResponseHeaders);
         let secrets: Vec<String> = plan.borrow().keys.iter().map(|k| k.value.clone()).collect();
         let mut status = 0;
         for (name, value) in &headers {
@@ -675,7 +676,7 @@ impl HttpContext for Request {
             } else if let Some(clean) = crate::scrub::scrub(value, &secrets) {
                 warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", st.request_id);
                 metrics::count("scrubbed.headers");
-                let _ = hostcalls::set_map_value_bytes(MapType::HttpResponseHeaders, name, Some(&clean));
+                let _ = host::set_header(MapType::HttpResponseHeaders, name, Some(&clean));
             }
         }
         drop(headers);
@@ -704,13 +705,13 @@ impl HttpContext for Request {
             info!("keygate: request {} failed: {}", st.request_id, denial.message);
             metrics::count("failover.exhausted");
             let body = denial.body(st.dialect.unwrap_or(Dialect::OpenAi));
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None);
+            let _ = host::set_header(MapType::HttpResponseHeaders, "content-length", None);
             set("content-type", "application/json");
             set("x-keygate-error", denial.code);
             st.replace_response = Some(body);
         } else if !(200..300).contains(&status) {
             // Error bodies are where providers echo a rejected credential.
-            let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, "content-length", None);
+            let _ = host::set_header(MapType::HttpResponseHeaders, "content-length", None);
             st.scrubber = Some(StreamScrubber::new(secrets));
         }
         Action::Continue
@@ -721,11 +722,10 @@ impl HttpContext for Request {
         if st.replace_response.is_none() {
             accounting::observe_body(&mut st, body_size);
             if let Some(scrubber) = st.scrubber.as_mut() {
-                let chunk = hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size).ok().flatten();
-                let chunk = chunk.unwrap_or_default();
+                let chunk = host::buffer(BufferType::HttpResponseBody, 0, body_size).unwrap_or_default();
                 let out = scrubber.feed(&chunk, end_of_stream);
                 if out != chunk {
-                    let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
+                    let _ = host::set_buffer(BufferType::HttpResponseBody, 0, body_size, &out);
                 }
                 if end_of_stream && scrubber.scrubbed {
                     warn!(
@@ -741,7 +741,7 @@ impl HttpContext for Request {
             return Action::Pause;
         }
         if let Some(body) = st.replace_response.take() {
-            let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
+            let _ = host::set_buffer(BufferType::HttpResponseBody, 0, body_size, body.as_bytes());
         }
         Action::Continue
     }
@@ -840,7 +840,7 @@ impl Context for Gate {
         complete_lookup(&digest, answer, config.as_deref());
         if let Some(denial) = refusal {
             // Completing the lookup ran the requests waiting for it.
-            if hostcalls::set_effective_context(self.id).is_ok() {
+            if host::set_effective_context(self.id).is_ok() {
                 info!("keygate: request {} refused before its body: {}", self.request_id, denial.code);
                 metrics::count("gate.early_refusals");
                 self.deny(&denial);
@@ -862,7 +862,7 @@ impl HttpContext for Gate {
         // Whatever an earlier request left is cleared here, before this
         // request's headers can reach the keygate filter.
         TAPPED.with(|t| *t.borrow_mut() = None);
-        let headers = hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default();
+        let headers = host::headers(MapType::HttpRequestHeaders);
         let inbound = Inbound::from_headers(&headers);
         drop(headers);
         self.request_id = inbound.request_id.clone();
@@ -904,7 +904,7 @@ impl HttpContext for Gate {
                 // Envoy's buffer filter answers 413; nothing is read past the limit.
                 return Action::Continue;
             }
-            let Ok(Some(chunk)) = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size) else {
+            let Ok(chunk) = host::buffer(BufferType::HttpRequestBody, 0, body_size) else {
                 return self.deny(&Denial::new(500, "internal_error", "the request body could not be read"));
             };
             self.tokens.feed(&chunk);
@@ -938,9 +938,7 @@ impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let attempt = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-envoy-attempt-count")
-            .ok()
-            .flatten()
+        let attempt = host::header_str(MapType::HttpRequestHeaders, "x-envoy-attempt-count")
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(1);
         // A retry reuses the header map: the previous attempt's credential goes
@@ -948,7 +946,7 @@ impl HttpContext for UpstreamAttempt {
         // every client credential.)
         if attempt > 1 {
             for name in CLIENT_CREDENTIAL_HEADERS {
-                let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+                let _ = host::set_header(MapType::HttpRequestHeaders, name, None);
             }
         }
         let plan = hostcalls::get_property(vec!["filter_state", PLAN_FILTER_STATE])
@@ -968,7 +966,7 @@ impl HttpContext for UpstreamAttempt {
                 return Action::Continue;
             };
             let (name, value) = credential_header(p.auth, &key.value);
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(&value)).is_err() {
+            if host::set_header(MapType::HttpRequestHeaders, name, Some(value.as_bytes())).is_err() {
                 warn!("keygate: could not set the credential of attempt {attempt}");
             }
             if attempt > 1 {
@@ -991,17 +989,14 @@ impl HttpContext for UpstreamAttempt {
 
 /// The `:status` of the response being handled (0 if unreadable).
 fn response_status() -> u16 {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u16>().ok())
-        .unwrap_or(0)
+    host::header_str(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse::<u16>().ok()).unwrap_or(0)
 }
 
 /// Records what the provider answered to one attempt (response headers of
 /// the effective context) and cools the key down after a 429 or 401/403.
 fn note_answer(attempt: &mut Attempt, status: u16, config: &Config) {
-    let header = |name: &str| hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten();
+    // A provider's header may hold any bytes: read, never trusted to be UTF-8.
+    let header = |name: &str| host::header_str(MapType::HttpResponseHeaders, name);
     attempt.status = Some(status);
     let (retry_after_ms, retry_after) =
         if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
@@ -1155,7 +1150,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
     let first_id = first.id.clone();
 
     for name in &st.strip {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+        let _ = host::set_header(MapType::HttpRequestHeaders, name, None);
     }
     // A single candidate needs no per-attempt credential: the downstream filter
     // sets it and routes to a cluster without the upstream filter (cheaper).
@@ -1188,7 +1183,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
     }
     for (name, value) in &sets {
         let value = (!value.is_empty()).then_some(value.as_str());
-        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
+        if host::set_header(MapType::HttpRequestHeaders, name, value.map(str::as_bytes)).is_err() {
             warn!("keygate: request {}: could not set header {name}", st.request_id);
             send_denial(&st, &Denial::new(500, "internal_error", "the gateway could not prepare the request"));
             return Step::Denied;
@@ -1244,7 +1239,8 @@ fn reply(dialect: Dialect, request_id: &str, denial: &Denial) {
         headers.push(("retry-after", r));
     }
     headers.extend(denial.headers.iter().map(|(k, v)| (*k, v.as_str())));
-    if hostcalls::send_http_response(u32::from(denial.status), headers, Some(body.as_bytes())).is_err() {
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    if host::send_response(u32::from(denial.status), &headers, body.as_bytes()).is_err() {
         warn!("keygate: could not send a local reply");
     }
 }
@@ -1262,7 +1258,7 @@ fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Con
     .unwrap_or_default();
     let Some(config) = config else { return };
     for (context_id, state) in waiters {
-        if hostcalls::set_effective_context(context_id).is_err() {
+        if host::set_effective_context(context_id).is_err() {
             continue; // that request is gone
         }
         let stale = state.borrow().stale.clone();

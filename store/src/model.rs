@@ -614,10 +614,19 @@ pub fn normalize_base_url(s: &str) -> V<String> {
     if s.contains('?') || s.contains('#') {
         return Err(bad("must not have a query or fragment"));
     }
-    let (authority, _path) = match rest.find('/') {
+    let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
+    // The path is the API root every request path is appended to: it must
+    // mean the same to every server (no dot segment, escape or backslash).
+    let path = path.trim_end_matches('/');
+    let clean_segment = |seg: &str| {
+        !matches!(seg, "" | "." | "..") && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-~".contains(&b))
+    };
+    if !path.is_empty() && !path.get(1..).unwrap_or_default().split('/').all(clean_segment) {
+        return Err(bad("path may hold only letters, digits and . _ : - ~, with no empty, `.` or `..` segment"));
+    }
     if authority.contains('@') {
         return Err(bad("must not contain user info"));
     }
@@ -889,9 +898,17 @@ mod tests {
             "https://x:99999",
             "https://x:",
             "api.openai.com",
+            "http://h/v1/../admin",
+            "http://h/./v1",
+            "http://h/v1//x",
+            "http://h/v1/%2e%2e",
+            "http://h/v1\\x",
+            "http://h/a;b",
         ] {
             assert!(normalize_base_url(bad).is_err(), "{bad}");
         }
+        let azure = "https://az.example/openai/deployments/gpt-4o.v2";
+        assert_eq!(normalize_base_url(azure).unwrap(), azure);
     }
 
     #[test]

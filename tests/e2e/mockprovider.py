@@ -142,6 +142,11 @@ class MockProvider:
                     return self._openai_chat(body or {})
                 if path.endswith("/messages"):
                     return self._anthropic_messages(body or {})
+                if "/models/" in path:
+                    model_id = path.rsplit("/", 1)[-1]
+                    if self.command == "DELETE":
+                        return self._send(200, {"id": model_id, "object": "model", "deleted": True})
+                    return self._send(200, {"id": model_id, "object": "model", "created": 0, "owned_by": mock.name})
                 if path.endswith("/models"):
                     return self._send(200, {"object": "list", "data": [{"id": "gpt-4o", "object": "model", "created": 0, "owned_by": mock.name}]})
                 return self._send(404, {"error": {"message": "no such route", "type": "invalid_request_error", "code": None}})
