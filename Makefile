@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build toolchain wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
+.PHONY: all build toolchain fuzz wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
 
 all: build
 
@@ -63,6 +63,14 @@ test: lint test-unit test-e2e
 
 run: build venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run
+
+# Every parser that sees client or provider bytes, fuzzed (cargo-fuzz,
+# nightly): FUZZ_SECONDS per target (default 120), results in fuzz/results.md.
+FUZZ_TOOLCHAIN ?= nightly-2026-05-20
+fuzz:
+	@rustup -q toolchain install $(FUZZ_TOOLCHAIN) --profile minimal >/dev/null
+	@command -v cargo-fuzz >/dev/null || cargo +$(FUZZ_TOOLCHAIN) install cargo-fuzz --version 0.13.2 --locked
+	FUZZ_TOOLCHAIN=$(FUZZ_TOOLCHAIN) scripts/fuzz
 
 # Filter cost against plain Envoy, interleaved variants; QUICK=1 for a short run.
 bench:

@@ -604,6 +604,17 @@ mod tests {
         assert_eq!((f.model, f.max_tokens), (ModelField::Str("m".into()), Some(12)));
     }
 
+    /// Found by the `body_reader` fuzz target: serde_json refuses a number
+    /// beyond f64 (`8e818`) that JSON's grammar allows. The reader follows
+    /// the grammar (a provider's parser may read it as infinity); what it
+    /// must agree with serde_json on is `model`.
+    #[test]
+    fn numbers_beyond_f64_are_valid_json() {
+        assert_eq!(model("8e818"), ModelField::Absent);
+        assert_eq!(model(r#"{"t":8e818,"model":"m"}"#), ModelField::Str("m".into()));
+        assert_eq!(read(br#"{"max_tokens":8e818}"#).max_tokens, None);
+    }
+
     #[test]
     fn limits_take_the_largest_field_present() {
         assert_eq!(read(br#"{"max_output_tokens":5,"max_tokens":7}"#).max_tokens, Some(7));

@@ -54,7 +54,7 @@ pub struct Config {
     #[serde(default = "defaults::cluster_header")]
     pub cluster_header: String,
     /// Dynamic-metadata namespace where `json_to_metadata` puts `model` (configurations
-    /// without the body reader, e.g. the Istio setup).
+    /// without the gate filter, e.g. the Istio setup).
     #[serde(default = "defaults::metadata_namespace")]
     pub metadata_namespace: String,
     /// `anthropic-version` sent upstream when the client sent none.

@@ -9,7 +9,7 @@ use crate::errors::{quote, Denial};
 use crate::surface::{self, Judge, Surface};
 use crate::upstream::{parse_base_url, Endpoint};
 
-/// The `model` of the request body, as the body reader (or `json_to_metadata`) found it.
+/// The `model` of the request body, as the gate's body reader (or `json_to_metadata`) found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelField {
     Absent,

@@ -22,9 +22,11 @@ pub struct Inbound {
     pub content_length: Option<u64>,
     pub anthropic_version: bool,
     pub content_type: Option<String>,
-    /// A header other than the credential headers (which are removed)
-    /// carries a keygate token: it would reach the provider.
-    pub token_in_header: bool,
+    /// Headers other than the credential headers (which are removed) whose
+    /// value carries a keygate token, `:path` included: it would reach the
+    /// provider, or Envoy's access log. Their values are redacted before a
+    /// refusal, and an `x-request-id` among them is never logged.
+    pub token_in: Vec<String>,
     /// `x-http-method-override` or a kin: some servers act on it instead of
     /// the method keygate judged.
     pub method_override: bool,
@@ -66,20 +68,23 @@ impl Inbound {
             if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
                 inb.control_in_header = true;
             }
-            // Values shorter than a token cost one comparison. (`:path` is
-            // judged with its query, by `query`.)
-            if !inb.token_in_header
-                && name != ":path"
-                && !CLIENT_CREDENTIAL_HEADERS.contains(&name)
-                && token::contains_token(value)
-            {
-                inb.token_in_header = true;
+            // Values shorter than a token cost one comparison.
+            if !CLIENT_CREDENTIAL_HEADERS.contains(&name) && token::contains_token(value) {
+                inb.token_in.push(name.to_string());
             }
             if is_stripped_header(name) && !inb.strip.iter().any(|s| s == name) {
                 inb.strip.push(name.to_string());
             }
         }
+        if inb.token_in.iter().any(|n| n == "x-request-id") {
+            inb.request_id.clear();
+        }
         inb
+    }
+
+    /// A header other than `:path` carries a token.
+    pub fn token_in_header(&self) -> bool {
+        self.token_in.iter().any(|n| n != ":path")
     }
 }
 
@@ -120,10 +125,14 @@ mod tests {
     fn a_token_in_any_other_header_is_noticed() {
         let t = token::from_random(&[3u8; token::RANDOM_BYTES]);
         let bearer = format!("Bearer {t}");
-        assert!(!h(&[("authorization", &bearer), ("x-api-key", &t), ("accept", "*/*")]).token_in_header);
-        assert!(h(&[("authorization", &bearer), ("x-debug", &format!("key={t}"))]).token_in_header);
-        assert!(h(&[("cookie", &format!("session={t}"))]).token_in_header);
-        assert!(h(&[(":authority", &t)]).token_in_header);
+        assert!(!h(&[("authorization", &bearer), ("x-api-key", &t), ("accept", "*/*")]).token_in_header());
+        assert!(h(&[("authorization", &bearer), ("x-debug", &format!("key={t}"))]).token_in_header());
+        assert!(h(&[("cookie", &format!("session={t}"))]).token_in_header());
+        assert!(h(&[(":authority", &t)]).token_in_header());
+        let in_path = h(&[(":path", &format!("/v1/files/{t}"))]);
+        assert!(!in_path.token_in_header() && in_path.token_in == [":path"]);
+        let id = h(&[("x-request-id", &t)]);
+        assert!(id.request_id.is_empty(), "a request id carrying a token is never logged");
     }
 
     #[test]

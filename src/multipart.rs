@@ -4,11 +4,15 @@
 //!
 //! - the boundary is the one `content-type` names, and the body starts with
 //!   it (no preamble) and ends with it (no epilogue but a final CRLF);
-//! - every part has exactly one `Content-Disposition: form-data` with a plain
-//!   `name` (no `name*`, no backslash or `%` in it, no folded header lines, no
-//!   `Content-Transfer-Encoding`);
-//! - `model` appears at most once, as a plain field (not a file), and no other
-//!   field is named `model` in another case.
+//! - `content-type` has no parameter but `boundary` (a `charset` would make
+//!   some parsers decode field names: `+AG0-odel` is `model` in UTF-7);
+//! - every part has exactly one `Content-Disposition: form-data` whose `name`
+//!   is plain (`[A-Za-z0-9_.[]-]`; no RFC 2231 `name*`/`name*0` pieces, which
+//!   some parsers join, no `<…>`, escapes or `%`), no folded header lines, no
+//!   `Content-Transfer-Encoding`;
+//! - `model` appears at most once, as a plain field (not a file, and with no
+//!   header but its `Content-Disposition`), and no other field is named
+//!   `model` in another case.
 //!
 //! Only the parser's state, the current header line and the `model` value
 //! are kept: memory does not grow with the body (a file part of megabytes
@@ -24,8 +28,8 @@ const MAX_HEADERS: usize = 8 * 1024;
 const MAX_BOUNDARY: usize = 70;
 
 /// The `boundary` parameter of a `multipart/form-data` content type, if it is
-/// one and the boundary is well-formed (RFC 2046 characters, 1-70 long, not
-/// ending in a space).
+/// one, `boundary` is its only parameter, and the boundary is well-formed
+/// (RFC 2046 characters, 1-70 long, not ending in a space).
 pub fn boundary_of(content_type: &str) -> Option<&str> {
     let mut params = content_type.split(';');
     let media = params.next()?.trim();
@@ -35,13 +39,13 @@ pub fn boundary_of(content_type: &str) -> Option<&str> {
     let mut found = None;
     for p in params {
         let (k, v) = p.split_once('=')?;
-        if k.trim().eq_ignore_ascii_case("boundary") {
-            if found.is_some() {
-                return None; // named twice: which one would the provider take?
-            }
-            let v = v.trim();
-            found = Some(v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v));
+        // Named twice, `boundary*=`, a `charset`: each is read differently
+        // by some parser.
+        if !k.trim().eq_ignore_ascii_case("boundary") || found.is_some() {
+            return None;
         }
+        let v = v.trim();
+        found = Some(v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v));
     }
     let b = found?;
     let bchar = |c: u8| c.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&c);
@@ -69,6 +73,8 @@ struct Part {
     disposition: bool,
     name: Option<String>,
     file: bool,
+    /// Headers besides `Content-Disposition` (a `Content-Type`, say).
+    other_headers: bool,
 }
 
 #[derive(Debug)]
@@ -84,6 +90,10 @@ pub struct MultipartReader {
     /// The `model` part's content, while it is read.
     value: Option<Vec<u8>>,
     model: Option<ModelField>,
+    /// Where the `model` value starts and ends in the body (for the rewrite).
+    span: Option<(usize, usize)>,
+    /// Bytes of the body before the current chunk.
+    offset: usize,
     invalid: bool,
 }
 
@@ -101,6 +111,8 @@ impl MultipartReader {
             part: Part::default(),
             value: None,
             model: None,
+            span: None,
+            offset: 0,
             invalid: false,
         }
     }
@@ -109,6 +121,7 @@ impl MultipartReader {
         if !self.invalid && self.scan(chunk).is_err() {
             self.invalid = true;
         }
+        self.offset += chunk.len();
     }
 
     /// The body ended: its `model` (or `InvalidMultipart`).
@@ -165,7 +178,7 @@ impl MultipartReader {
                         self.line.pop();
                         let line = std::mem::take(&mut self.line);
                         if line.is_empty() {
-                            self.start_content()?;
+                            self.start_content(self.offset + i)?;
                         } else {
                             self.header(&line)?;
                         }
@@ -214,6 +227,7 @@ impl MultipartReader {
         } else if name.eq_ignore_ascii_case("content-transfer-encoding") {
             Err(()) // would let a value be encoded where we read it raw
         } else {
+            self.part.other_headers = true;
             Ok(())
         }
     }
@@ -246,11 +260,11 @@ impl MultipartReader {
                     (after.get(..end).unwrap_or_default().trim_end(), after.get(end..).unwrap_or_default())
                 }
             };
-            if key.ends_with('*') || seen.contains(&key) {
-                return Err(()); // RFC 5987 forms and repeats: ambiguous
+            if key.contains('*') || seen.contains(&key) {
+                return Err(()); // RFC 2231/5987 pieces and repeats: ambiguous
             }
             match key.as_str() {
-                "name" if val.contains('%') => return Err(()),
+                "name" if !is_plain_name(val) => return Err(()),
                 "name" => self.part.name = Some(val.to_string()),
                 "filename" => self.part.file = true,
                 _ => {}
@@ -264,15 +278,17 @@ impl MultipartReader {
         Ok(())
     }
 
-    fn start_content(&mut self) -> Result<(), ()> {
+    /// The part's content starts at body offset `at`.
+    fn start_content(&mut self, at: usize) -> Result<(), ()> {
         let name = self.part.name.as_deref().ok_or(())?;
         if name == "model" {
             if self.model.is_some() {
                 self.model = Some(ModelField::Repeated);
-            } else if self.part.file {
+            } else if self.part.file || self.part.other_headers {
                 self.model = Some(ModelField::NotString);
             } else {
                 self.value = Some(Vec::new());
+                self.span = Some((at, at));
             }
         } else if name.eq_ignore_ascii_case("model") {
             self.model = Some(ModelField::CaseVariant);
@@ -301,7 +317,7 @@ impl MultipartReader {
                 self.matched += 1;
                 i += 1;
                 if self.matched == self.delimiter.len() {
-                    self.end_part();
+                    self.end_part(self.offset + i - self.delimiter.len());
                     return i;
                 }
                 continue;
@@ -322,8 +338,10 @@ impl MultipartReader {
         }
     }
 
-    fn end_part(&mut self) {
+    /// The part's content ended at body offset `at`.
+    fn end_part(&mut self, at: usize) {
         if let Some(v) = self.value.take() {
+            self.span = self.span.map(|(start, _)| (start, at));
             self.model = Some(match String::from_utf8(v) {
                 Ok(s) if s.len() <= MAX_MODEL && !s.chars().any(char::is_control) => ModelField::Str(s),
                 _ => ModelField::NotString,
@@ -333,11 +351,33 @@ impl MultipartReader {
     }
 }
 
+/// A field name every form parser reads alike (`file`, `image[]`, `model`).
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]-".contains(&b))
+}
+
 /// Reads a complete body (one chunk).
 pub fn read(boundary: &str, body: &[u8]) -> ModelField {
     let mut r = MultipartReader::new(boundary);
     r.feed(body);
     r.finish()
+}
+
+/// The form with its `model` field's value replaced (a provider-qualified
+/// name by the provider's own), every other byte as the client sent it.
+/// `None` unless the form is valid with one plain `model` field.
+pub fn rewrite_model(body: &[u8], boundary: &str, new_model: &str) -> Option<Vec<u8>> {
+    let mut r = MultipartReader::new(boundary);
+    r.feed(body);
+    let (start, end) = r.span?;
+    if !matches!(r.finish(), ModelField::Str(_)) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + new_model.len());
+    out.extend_from_slice(body.get(..start)?);
+    out.extend_from_slice(new_model.as_bytes());
+    out.extend_from_slice(body.get(end..)?);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -363,7 +403,9 @@ mod tests {
     fn boundaries_from_content_type() {
         assert_eq!(boundary_of("multipart/form-data; boundary=abc"), Some("abc"));
         assert_eq!(boundary_of("Multipart/Form-Data;boundary=\"a b:c\""), Some("a b:c"));
-        assert_eq!(boundary_of("multipart/form-data; charset=utf-8; boundary=x"), Some("x"));
+        assert_eq!(boundary_of("multipart/form-data; charset=utf-7; boundary=x"), None);
+        assert_eq!(boundary_of("multipart/form-data; boundary=x; charset=utf-8"), None);
+        assert_eq!(boundary_of("multipart/form-data; boundary*=utf-8''x"), None);
         assert_eq!(boundary_of("multipart/form-data"), None);
         assert_eq!(boundary_of("multipart/form-data; boundary="), None);
         assert_eq!(boundary_of("multipart/form-data; boundary=a; boundary=b"), None);
@@ -395,6 +437,8 @@ mod tests {
         let file = form(&[("Content-Disposition: form-data; name=\"model\"; filename=\"m.txt\"", "x")]);
         assert_eq!(read(B, &file), ModelField::NotString);
         assert_eq!(read(B, &form(&[(&field("model"), "a\u{1}b")])), ModelField::NotString);
+        let typed = format!("{}\r\nContent-Type: text/plain; charset=utf-7", field("model"));
+        assert_eq!(read(B, &form(&[(&typed, "gpt+AC0-4o")])), ModelField::NotString);
         assert_eq!(read(B, &form(&[(&field("model"), &"m".repeat(5000))])), ModelField::NotString);
     }
 
@@ -409,6 +453,10 @@ mod tests {
             s.replace("form-data; name=\"model\"", "form-data; name*=utf-8''model").into_bytes(),
             s.replace("name=\"model\"", "name=\"mo\\\"del\"").into_bytes(),
             s.replace("name=\"model\"", "name=\"mod%65l\"").into_bytes(),
+            s.replace("name=\"model\"", "name=\"x\"; name*0=\"model\"").into_bytes(),
+            s.replace("name=\"model\"", "name=\"<model>\"").into_bytes(),
+            s.replace("name=\"model\"", "name=\"+AG0-odel\"").into_bytes(),
+            s.replace("name=\"model\"", "name=\"\"").into_bytes(),
             s.replace("name=\"model\"", "name=\"model\"; name=\"x\"").into_bytes(),
             s.replace("\r\n\r\na", "\r\n folded\r\n\r\na").into_bytes(),
             s.replace("\r\n\r\na", "\r\nContent-Transfer-Encoding: base64\r\n\r\na").into_bytes(),
@@ -428,6 +476,21 @@ mod tests {
         // A final CRLF is optional.
         assert_eq!(read(B, &ok[..ok.len() - 2]), ModelField::Str("a".into()));
         assert_eq!(read("other", &ok), ModelField::InvalidMultipart);
+    }
+
+    #[test]
+    fn the_model_value_is_rewritten_in_place() {
+        let doc = form(&[
+            ("Content-Disposition: form-data; name=\"file\"; filename=\"a\"", "x\r\n--"),
+            (&field("model"), "openai/whisper-1"),
+            (&field("language"), "en"),
+        ]);
+        let out = rewrite_model(&doc, B, "whisper-1").unwrap();
+        assert_eq!(read(B, &out), ModelField::Str("whisper-1".into()));
+        let expected = String::from_utf8(doc.clone()).unwrap().replace("openai/whisper-1", "whisper-1");
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert_eq!(rewrite_model(&form(&[(&field("prompt"), "x")]), B, "m"), None);
+        assert_eq!(rewrite_model(&form(&[(&field("model"), "a"), (&field("model"), "b")]), B, "m"), None);
     }
 
     #[test]

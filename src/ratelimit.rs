@@ -46,8 +46,11 @@ pub fn admit(current: Option<Window>, now_ms: u64, window_ms: u64, limits: &Limi
     let reset_ms = start + window_ms - now_ms;
     let retry_after_s = reset_ms.div_ceil(1000).max(1);
     let left = |limit: Option<u64>, used: u64| limit.map(|l| l.saturating_sub(used));
-    let over_requests = limits.requests_per_minute.is_some_and(|l| w.requests + 1 > l);
-    let over_tokens = limits.tokens_per_minute.is_some_and(|l| w.tokens + tokens > l && w.tokens > 0 || w.tokens >= l);
+    // Saturating: a client chooses `tokens` (from its `max_tokens`), and a
+    // count that wrapped would reset the window.
+    let over_requests = limits.requests_per_minute.is_some_and(|l| w.requests.saturating_add(1) > l);
+    let over_tokens =
+        limits.tokens_per_minute.is_some_and(|l| w.tokens.saturating_add(tokens) > l && w.tokens > 0 || w.tokens >= l);
     if over_requests || over_tokens {
         let remaining = Remaining {
             requests: left(limits.requests_per_minute, w.requests),
@@ -56,7 +59,8 @@ pub fn admit(current: Option<Window>, now_ms: u64, window_ms: u64, limits: &Limi
         };
         return Admission::Refuse { requests: over_requests, retry_after_s, remaining };
     }
-    let next = Window { start_ms: start, requests: w.requests + 1, tokens: w.tokens + tokens };
+    let next =
+        Window { start_ms: start, requests: w.requests.saturating_add(1), tokens: w.tokens.saturating_add(tokens) };
     let remaining = Remaining {
         requests: left(limits.requests_per_minute, next.requests),
         tokens: left(limits.tokens_per_minute, next.tokens),
@@ -68,7 +72,7 @@ pub fn admit(current: Option<Window>, now_ms: u64, window_ms: u64, limits: &Limi
 /// Corrects the token count once the real usage is known (same window only).
 pub fn settle(current: Window, admitted_start_ms: u64, estimated: u64, actual: u64) -> Option<Window> {
     (current.start_ms == admitted_start_ms)
-        .then(|| Window { tokens: (current.tokens + actual).saturating_sub(estimated), ..current })
+        .then(|| Window { tokens: current.tokens.saturating_add(actual).saturating_sub(estimated), ..current })
 }
 
 #[cfg(test)]
@@ -89,6 +93,18 @@ mod tests {
             }
         }
         (admitted, w)
+    }
+
+    /// The overflow an attacker could choose: a `max_tokens` just short of
+    /// 2^64 must not wrap the window back to zero.
+    #[test]
+    fn huge_estimates_saturate_instead_of_wrapping() {
+        let l = limits(None, Some(1_000));
+        let (_, w) = run(1, &l, 600, 1_000);
+        let w = w.unwrap();
+        assert!(matches!(admit(Some(w), 1_000, 60_000, &l, u64::MAX - 599), Admission::Refuse { .. }));
+        let full = Window { tokens: u64::MAX - 1, ..w };
+        assert_eq!(settle(full, w.start_ms, 0, 10).unwrap().tokens, u64::MAX);
     }
 
     #[test]

@@ -34,18 +34,18 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
     if inb.control_in_header {
         return Err((guess, Denial::new(400, "invalid_header", "a request header value carries a control character")));
     }
-    if inb.token_in_header {
+    if inb.token_in_header() {
         return Err((guess, Denial::new(
             400,
             "access_key_in_header",
             "a request header other than Authorization or x-api-key carries an access key; it would reach the provider",
         )));
     }
-    if inb.path.split_once('?').is_some_and(|(_, q)| query::has_credential(q)) {
+    if url_carries_credential(inb) {
         return Err((guess, Denial::new(
             400,
-            "credential_in_query",
-            "the query string carries a credential (e.g. `key=`, `api_key=`, or an access key); send the access key in a header",
+            "credential_in_url",
+            "the URL carries a credential (an access key, or a parameter such as `key=` or `api_key=`); send the access key in a header",
         )));
     }
     if inb.method_override {
@@ -96,6 +96,18 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
         _ => None,
     };
     Ok(Screened { surface, dialect, token, boundary })
+}
+
+fn url_carries_credential(inb: &Inbound) -> bool {
+    inb.token_in.iter().any(|n| n == ":path") || inb.path.split_once('?').is_some_and(|(_, q)| query::has_credential(q))
+}
+
+/// The headers to blank before a refusal is sent: those that carry a
+/// credential would otherwise reach Envoy's access log (it prints the path
+/// and the request id) in clear.
+pub fn leaking_headers(inb: &Inbound) -> impl Iterator<Item = &str> {
+    let path = url_carries_credential(inb).then_some(":path");
+    inb.token_in.iter().map(String::as_str).filter(|n| *n != ":path").chain(path)
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -172,7 +184,7 @@ mod tests {
         let t = tok();
         let leaky = inbound("TRACE", &format!("/v1/x?key={t}"), &[("x-user", &t)]);
         assert_eq!(code(&leaky, false), "access_key_in_header");
-        assert_eq!(code(&inbound("TRACE", &format!("/v1/x?key={t}"), &[]), false), "credential_in_query");
+        assert_eq!(code(&inbound("TRACE", &format!("/v1/x?key={t}"), &[]), false), "credential_in_url");
         let overridden = inbound("GET", "/v1/models", &[("x-http-method-override", "DELETE")]);
         assert_eq!(code(&overridden, false), "method_override");
         assert_eq!(code(&inbound("TRACE", "/v1/../x", &[]), false), "invalid_path");
@@ -201,6 +213,19 @@ mod tests {
         );
         // No body: the decision reports the missing model.
         assert_eq!(code(&inbound("POST", "/v1/chat/completions", &[]), false), "ok");
+    }
+
+    #[test]
+    fn credentials_anywhere_in_the_url_are_refused_and_blanked() {
+        let t = tok();
+        for path in [format!("/v1/files/{t}"), format!("/v1/models/openai:{t}"), format!("/v1/models?x={t}")] {
+            let inb = inbound("GET", &path, &[]);
+            assert_eq!(code(&inb, false), "credential_in_url", "{path}");
+            assert_eq!(leaking_headers(&inb).collect::<Vec<_>>(), [":path"]);
+        }
+        let inb = inbound("GET", "/v1/models?api_key=sk-provider-secret", &[("x-request-id", &t), ("x-other", "1")]);
+        assert_eq!(leaking_headers(&inb).collect::<Vec<_>>(), ["x-request-id", ":path"]);
+        assert_eq!(leaking_headers(&inbound("GET", "/v1/models", &[])).count(), 0);
     }
 
     #[test]

@@ -408,6 +408,43 @@ mod tests {
         assert_eq!(upstream_path("", "messages", None), "/messages");
     }
 
+    /// The README's surface table, rendered from this table.
+    fn readme_rows() -> String {
+        let mut rows: Vec<(Format, String, Vec<String>)> = Vec::new();
+        for (format, path, method, judge) in table() {
+            let judged = match judge {
+                Model(Json) => "model".to_string(),
+                Model(Multipart) => "model (form field)".to_string(),
+                PathModel => "model (in the path)".to_string(),
+                Listing => "provider".to_string(),
+                Account(name) => format!("endpoint `{name}`"),
+            };
+            let cell = format!("`{method}` {judged}");
+            match rows.last_mut() {
+                Some((f, p, cells)) if *f == format && *p == path => cells.push(cell),
+                _ => rows.push((format, path, vec![cell])),
+            }
+        }
+        rows.iter()
+            .map(|(f, p, cells)| {
+                let api = if *f == Format::Openai { "OpenAI" } else { "Anthropic" };
+                format!("| {api} | `{p}` | {} |\n", cells.join("; "))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_shows_this_table() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("<!-- surface-table").expect("the README has the surface table");
+        let block = &readme[start..readme.find("<!-- /surface-table -->").unwrap()];
+        let rows: String = block.lines().skip(3).map(|l| format!("{l}\n")).collect();
+        assert_eq!(rows, readme_rows(), "update the README's surface table to:\n{}", readme_rows());
+        for (name, what) in keygate_proto::endpoints::ENDPOINTS {
+            assert!(readme.contains(&format!("| `{name}` | {what} |")), "README: endpoint {name}");
+        }
+    }
+
     #[test]
     fn the_table_uses_only_known_endpoint_names() {
         for (_, path, _, judge) in table() {

@@ -7,10 +7,16 @@ use keygate_proto::lookup::AuthStyle;
 pub const CLIENT_CREDENTIAL_HEADERS: [&str; 5] =
     ["authorization", "x-api-key", "x-goog-api-key", "api-key", "proxy-authorization"];
 
+/// Client headers that would choose what the operator's credential acts on
+/// (OpenAI's organization and project: a user key may reach several), or
+/// make the answer unreadable to keygate (a compressed body: its usage and
+/// its credential scrubbing).
+pub const CLIENT_CONTROL_HEADERS: [&str; 3] = ["openai-organization", "openai-project", "accept-encoding"];
+
 /// True for a request header the client must not pass through: a credential,
-/// an `x-envoy-*` control header, or one of keygate's own.
+/// a control header, an `x-envoy-*` header, or one of keygate's own.
 pub fn is_stripped_header(name: &str) -> bool {
-    CLIENT_CREDENTIAL_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h))
+    CLIENT_CREDENTIAL_HEADERS.iter().chain(&CLIENT_CONTROL_HEADERS).any(|h| name.eq_ignore_ascii_case(h))
         || starts_with_ignore_case(name, "x-envoy-")
         || starts_with_ignore_case(name, "x-keygate-")
 }
@@ -94,10 +100,13 @@ mod tests {
             "x-envoy-max-retries",
             "X-Envoy-Upstream-Rq-Timeout-Ms",
             "x-keygate-cluster",
+            "OpenAI-Organization",
+            "openai-project",
+            "accept-encoding",
         ] {
             assert!(is_stripped_header(h), "{h}");
         }
-        for h in ["content-type", "anthropic-version", "x-request-id", "openai-organization"] {
+        for h in ["content-type", "anthropic-version", "x-request-id", "anthropic-beta"] {
             assert!(!is_stripped_header(h), "{h}");
         }
     }

@@ -68,11 +68,12 @@ fn count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a token count")
         }
+        // A provider's count is clamped: its sums must not overflow.
         fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
-            Ok(Some(v))
+            Ok(Some(v.min(MAX_COUNT)))
         }
         fn visit_i64<E>(self, v: i64) -> Result<Option<u64>, E> {
-            Ok(u64::try_from(v).ok())
+            Ok(u64::try_from(v).ok().map(|v| v.min(MAX_COUNT)))
         }
         fn visit_f64<E>(self, _: f64) -> Result<Option<u64>, E> {
             Ok(None)
@@ -205,17 +206,29 @@ pub fn body_kind(first: &[u8]) -> Option<BodyKind> {
     Some(if matches!(b, b'{' | b'[') { BodyKind::Json } else { BodyKind::EventStream })
 }
 
+/// The most tokens one count (an estimate, a provider's report) may stand
+/// for: far above any real request, far below where sums of a few overflow
+/// (here, or in the store's signed arithmetic).
+pub const MAX_COUNT: u64 = 1 << 40;
+
 /// Upper estimates before the request goes out: prompt tokens from the body
 /// size (at most one token per two bytes for text in JSON), output tokens from
 /// the request's limit (or `default_output`) times its outputs per request
-/// (`n`, `best_of`).
+/// (`n`, `best_of`). Each at most [`MAX_COUNT`].
 pub fn estimate(body_bytes: u64, max_tokens: Option<u64>, choices: u64, default_output: u64) -> (u64, u64) {
-    (body_bytes.div_ceil(2), max_tokens.unwrap_or(default_output).saturating_mul(choices.max(1)))
+    let output = max_tokens.unwrap_or(default_output).saturating_mul(choices.max(1));
+    (body_bytes.div_ceil(2).min(MAX_COUNT), output.min(MAX_COUNT))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_providers_counts_are_clamped() {
+        let u = Usage::from_json(br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":1}}"#);
+        assert_eq!((u.input, u.output), (MAX_COUNT, 1));
+    }
 
     #[test]
     fn body_kind_from_first_bytes() {
@@ -291,6 +304,6 @@ mod tests {
         assert_eq!(estimate(0, None, 0, 4096), (0, 4096));
         assert_eq!(estimate(0, Some(10), 5, 4096), (0, 50));
         assert_eq!(estimate(0, None, 2, 4096), (0, 8192));
-        assert_eq!(estimate(0, Some(u64::MAX), 3, 4096), (0, u64::MAX));
+        assert_eq!(estimate(0, Some(u64::MAX), 3, 4096), (0, MAX_COUNT));
     }
 }

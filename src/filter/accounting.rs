@@ -127,15 +127,35 @@ pub fn admit_rate(config: &Config, key_id: &str, limits: &Limits, tokens: u64, n
 /// Asks the store to hold this request's estimate against its budgets.
 ///
 /// The SDK files a callout under the context whose callback is running. When
-/// that is another request (one whose lookup this request joined), that
+/// that is another request's (one whose lookup this request joined), that
 /// request may end before the answer comes, and the answer would be lost: so
 /// the root context, which lives as long as the VM, files it on its next tick.
+/// This request's own gate lives as long as the request: it may file it.
 pub fn reserve(state: &Rc<RefCell<RequestState>>) -> Step {
     let running = RUNNING.with(Cell::get);
-    if running != 0 && running != state.borrow().context_id {
+    let (own, gate) = {
+        let st = state.borrow();
+        (st.context_id, st.gate_id)
+    };
+    if running != 0 && running != own && Some(running) != gate {
         with_vm(|vm| vm.reserve_queue.push(state.clone()));
         return Step::Waiting;
     }
+    // Envoy files a callout under the effective context's root context, the
+    // SDK under the context whose callback runs: filed under the gate, both
+    // must be the gate, or the answer is unreadable where it arrives.
+    let under_gate = running != 0 && running != own;
+    if under_gate {
+        let _ = host::set_effective_context(running);
+    }
+    let step = dispatch_reserve(state);
+    if under_gate {
+        let _ = host::set_effective_context(own);
+    }
+    step
+}
+
+fn dispatch_reserve(state: &Rc<RefCell<RequestState>>) -> Step {
     let st = state.borrow();
     let Some(served) = st.served.clone() else { return Step::Denied };
     let body = ReserveRequest {
@@ -317,7 +337,7 @@ pub fn record(state: &Rc<RefCell<RequestState>>) {
     metrics::add("tokens.input", input);
     metrics::add("tokens.output", output);
     if let Some(rate) = st.rate.take() {
-        let actual = input + output;
+        let actual = input.saturating_add(output);
         update_shared(&rate.key, |current| {
             (current.and_then(|w| ratelimit::settle(w, rate.window_start, rate.estimated, actual)), ())
         });

@@ -134,6 +134,30 @@ struct Pending {
     /// The context whose callout this is (0 = the root context).
     owner: u32,
     waiters: Vec<(u32, Rc<RefCell<RequestState>>)>,
+    /// Gates of requests still uploading their body with this key: a
+    /// refusal is answered through them at once.
+    gates: Vec<Rc<GateWatch>>,
+}
+
+impl Pending {
+    fn new(owner: u32) -> Pending {
+        Pending { owner, waiters: Vec::new(), gates: Vec::new() }
+    }
+
+    /// Someone still needs the answer.
+    fn needed(&self) -> bool {
+        !self.waiters.is_empty() || self.gates.iter().any(|g| !g.handed_over.get())
+    }
+}
+
+/// A gate that waits for a key lookup while its request's body uploads.
+struct GateWatch {
+    gate: u32,
+    dialect: Dialect,
+    request_id: String,
+    /// The body is complete (the keygate filter has the request and waits
+    /// for the answer itself), or the request is gone.
+    handed_over: Cell<bool>,
 }
 
 /// What the downstream filter decided for one request, handed to the upstream
@@ -155,7 +179,9 @@ thread_local! {
     static NEXT_PLAN: Cell<u64> = const { Cell::new(1) };
     /// What the gate found in the body of the request whose headers reach
     /// the keygate filter next (see `Gate`).
-    static TAPPED: RefCell<Option<BodyFacts>> = const { RefCell::new(None) };
+    /// With the findings, the gate's context id: the request's callouts may
+    /// be filed under it (it lives exactly as long as the request).
+    static TAPPED: RefCell<Option<(u32, BodyFacts)>> = const { RefCell::new(None) };
     /// A gate filter runs in this VM: a request with a body must then come
     /// with the gate's findings (without a gate, as in the Istio setup, the
     /// keygate filter reads `json_to_metadata`'s).
@@ -409,24 +435,24 @@ fn apply_changes(changes: &Changes) {
 struct RequestState {
     request_id: String,
     dialect: Option<Dialect>,
-    /// `:method` and `:path` as the client sent them (screened), and whether
-    /// the client is the Anthropic SDK: the surface is read from them again
-    /// when the decision is made.
+    /// `:method` and `:path` as the client sent them (screened): the surface
+    /// is read from them (and `anthropic_version`) again for the decision.
     method: String,
     path: String,
-    anthropic_client: bool,
     /// Request headers to remove before the request goes upstream.
     strip: Vec<String>,
     /// The client sent `anthropic-version` itself.
     anthropic_version: bool,
     has_body: bool,
     model: Option<ModelField>,
-    /// `model` and `max_tokens` came from the body reader (no metadata reads).
+    /// `model` and `max_tokens` came from the gate (no metadata reads).
     body_read: bool,
     /// A cached approval past its TTL, usable if the store cannot be reached.
     stale: Option<Rc<Lookup>>,
     /// The provider's model name to write into the body, once decided.
     rewrite_model: Option<String>,
+    /// A form's boundary (the body to rewrite is a form, not JSON).
+    form_boundary: Option<String>,
     /// The forwarding plan, once decided.
     plan: Option<(u64, Rc<RefCell<Plan>>)>,
     /// The upstream answer is replaced by keygate's own error (every key failed).
@@ -435,6 +461,8 @@ struct RequestState {
     scrubber: Option<StreamScrubber>,
     /// The body carries a well-formed keygate token (from the gate).
     access_key_in_body: bool,
+    /// This request's gate context, if a gate runs (see `accounting::reserve`).
+    gate_id: Option<u32>,
     context_id: u32,
     started_ms: u64,
     /// `content-length` of the request, `max_tokens` (or its kin) and the
@@ -501,7 +529,7 @@ fn leave_lookup(id: u32, digest: String) {
     with_vm(|vm| {
         if let Some(p) = vm.pending.get_mut(&digest) {
             p.waiters.retain(|(w, _)| *w != id);
-            if p.waiters.is_empty() {
+            if !p.needed() {
                 vm.pending.remove(&digest);
             } else if p.owner == id {
                 vm.orphans.push(digest);
@@ -526,19 +554,23 @@ impl HttpContext for Request {
         // Always taken, so that it can never be read for another request.
         let tapped = TAPPED.with(|t| t.borrow_mut().take());
         let has_body = !end_of_stream;
-        let screened =
-            screen(&inbound, has_body, self.config.max_body_bytes).map(|s| (s.dialect, token::digest(s.token)));
+        let screened = screen(&inbound, has_body, self.config.max_body_bytes)
+            .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string)));
+        if screened.is_err() {
+            blank_leaks(&inbound);
+        }
         let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
         {
             let mut st = self.state.borrow_mut();
             st.request_id = request_id;
             st.strip = strip;
             st.anthropic_version = anthropic_version;
-            st.anthropic_client = anthropic_version;
         }
         let digest = match screened {
-            Ok((dialect, digest)) => {
-                self.state.borrow_mut().dialect = Some(dialect);
+            Ok((dialect, digest, boundary)) => {
+                let mut st = self.state.borrow_mut();
+                st.dialect = Some(dialect);
+                st.form_boundary = boundary;
                 digest
             }
             Err((dialect, denial)) => {
@@ -552,7 +584,8 @@ impl HttpContext for Request {
             st.path = path;
             st.has_body = has_body;
             st.started_ms = now_ms();
-            match tapped {
+            st.gate_id = tapped.as_ref().map(|(id, _)| *id);
+            match tapped.map(|(_, facts)| facts) {
                 Some(facts) if has_body => {
                     st.model = Some(facts.model);
                     st.max_tokens = facts.max_tokens;
@@ -602,8 +635,9 @@ impl HttpContext for Request {
             match store_call(&self.config, &self.gateway_token, "GET", &format!("/v1/lookup/{digest}"), None) {
                 Ok(_) => {
                     with_vm(|vm| {
-                        vm.pending
-                            .insert(digest.clone(), Pending { owner: id, waiters: vec![(id, self.state.clone())] })
+                        let mut pending = Pending::new(id);
+                        pending.waiters.push((id, self.state.clone()));
+                        vm.pending.insert(digest.clone(), pending)
                     });
                 }
                 Err(()) => {
@@ -641,13 +675,25 @@ impl HttpContext for Request {
         }
         let Some(model) = self.state.borrow_mut().rewrite_model.take() else { return Action::Continue };
         let body = host::buffer(BufferType::HttpRequestBody, 0, body_size).unwrap_or_default();
-        match model_json::rewrite_model(&body, &model) {
+        let rewritten = match self.state.borrow().form_boundary.as_deref() {
+            Some(boundary) => crate::multipart::rewrite_model(&body, boundary, &model),
+            None => model_json::rewrite_model(&body, &model),
+        };
+        match rewritten {
             Some(new_body) => {
                 if host::set_buffer(BufferType::HttpRequestBody, 0, body_size, &new_body).is_err() {
                     warn!("keygate: could not rewrite the request body");
                 }
             }
             None => warn!("keygate: request body has no top-level model to rewrite"),
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        // (Behind a gate, trailers are refused before they get here.)
+        if self.state.borrow().rewrite_model.is_some() {
+            return self.deny(unexpected_trailers());
         }
         Action::Continue
     }
@@ -766,8 +812,8 @@ struct Gate {
     tokens: token::TokenScanner,
     /// The store lookup this gate started, while it is in flight.
     digest: Option<String>,
-    /// The body is complete and the keygate filter has the request.
-    handed_over: bool,
+    /// Set while this gate waits for a lookup (its own or another's).
+    watch: Option<Rc<GateWatch>>,
     dialect: Dialect,
     request_id: String,
 }
@@ -782,31 +828,53 @@ impl Gate {
             form: None,
             tokens: token::TokenScanner::default(),
             digest: None,
-            handed_over: false,
+            watch: None,
             dialect: Dialect::OpenAi,
             request_id: String::new(),
         }
     }
 
     fn deny(&self, denial: &Denial) -> Action {
+        self.hand_over();
         reply(self.dialect, &self.request_id, denial);
         Action::Pause
     }
 
-    /// Starts the store lookup of a key no request is looking up yet. Its
-    /// answer fills the cache (and completes the requests that joined it).
-    fn prefetch(&mut self, digest: String) {
-        let in_flight = with_vm(|vm| vm.pending.contains_key(&digest)).unwrap_or(true);
-        let Some((config, gateway_token)) = with_vm(|vm| (vm.config.clone(), vm.gateway_token.clone())) else {
-            return;
-        };
-        if in_flight {
-            return;
-        }
-        metrics::count("store.lookups");
-        if store_call(&config, &gateway_token, "GET", &format!("/v1/lookup/{digest}"), None).is_ok() {
-            with_vm(|vm| vm.pending.insert(digest.clone(), Pending { owner: self.id, waiters: Vec::new() }));
+    /// Waits for the store's answer about a key not cached yet: joins the
+    /// lookup in flight, or starts it. The answer fills the cache, completes
+    /// the requests that joined it, and refuses through every gate still
+    /// uploading (`complete_lookup`).
+    fn watch(&mut self, digest: String) {
+        let watch = Rc::new(GateWatch {
+            gate: self.id,
+            dialect: self.dialect,
+            request_id: self.request_id.clone(),
+            handed_over: Cell::new(false),
+        });
+        let joined = with_vm(|vm| vm.pending.get_mut(&digest).map(|p| p.gates.push(watch.clone())).is_some());
+        let Some(joined) = joined else { return };
+        if !joined {
+            let Some((config, gateway_token)) = with_vm(|vm| (vm.config.clone(), vm.gateway_token.clone())) else {
+                return;
+            };
+            metrics::count("store.lookups");
+            if store_call(&config, &gateway_token, "GET", &format!("/v1/lookup/{digest}"), None).is_err() {
+                return; // the keygate filter tries again
+            }
+            with_vm(|vm| {
+                let mut pending = Pending::new(self.id);
+                pending.gates.push(watch.clone());
+                vm.pending.insert(digest.clone(), pending)
+            });
             self.digest = Some(digest);
+        }
+        self.watch = Some(watch);
+    }
+
+    /// From here on the keygate filter (or nobody) answers this request.
+    fn hand_over(&self) {
+        if let Some(w) = &self.watch {
+            w.handed_over.set(true);
         }
     }
 
@@ -818,37 +886,29 @@ impl Gate {
             (None, None) => BodyFacts::of(ModelField::Absent),
         };
         facts.access_key = self.tokens.found();
-        self.handed_over = true;
-        TAPPED.with(|t| *t.borrow_mut() = Some(facts));
+        self.hand_over();
+        TAPPED.with(|t| *t.borrow_mut() = Some((self.id, facts)));
     }
 }
 
 impl Context for Gate {
-    fn on_http_call_response(&mut self, _token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
         accounting::running(self.id);
+        // The keygate filter of this request may file its reservation here.
+        if accounting::on_reserve_response(token_id, body_size) {
+            return;
+        }
         let Some(digest) = self.digest.take() else { return };
         let answer = read_json::<Lookup>(body_size).map(intern);
         if answer.is_none() {
             metrics::count("store.errors");
         }
-        // Still uploading: a refused key is answered now, not after the body.
-        let refusal = match (&answer, self.handed_over) {
-            (Some(lookup), false) => check_key(lookup, (now_ms() / 1000) as i64).err(),
-            _ => None,
-        };
         let config = with_vm(|vm| vm.config.clone());
         complete_lookup(&digest, answer, config.as_deref());
-        if let Some(denial) = refusal {
-            // Completing the lookup ran the requests waiting for it.
-            if host::set_effective_context(self.id).is_ok() {
-                info!("keygate: request {} refused before its body: {}", self.request_id, denial.code);
-                metrics::count("gate.early_refusals");
-                self.deny(&denial);
-            }
-        }
     }
 
     fn on_done(&mut self) -> bool {
+        self.hand_over();
         if let Some(digest) = self.digest.take() {
             leave_lookup(self.id, digest);
         }
@@ -871,6 +931,7 @@ impl HttpContext for Gate {
             Err((dialect, denial)) => {
                 self.dialect = dialect;
                 info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
+                blank_leaks(&inbound);
                 return self.deny(&denial);
             }
         };
@@ -889,7 +950,10 @@ impl HttpContext for Gate {
                     return self.deny(&denial);
                 }
             }
-            _ => self.prefetch(digest),
+            // Without a body the keygate filter runs next, in this call: it
+            // looks the key up itself.
+            _ if end_of_stream => {}
+            _ => self.watch(digest),
         }
         if end_of_stream {
             self.publish();
@@ -922,8 +986,23 @@ impl HttpContext for Gate {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        self.publish();
-        Action::Continue
+        // No API keygate serves takes them, and the body could not be
+        // rewritten after them.
+        self.deny(&unexpected_trailers())
+    }
+}
+
+fn unexpected_trailers() -> Denial {
+    Denial::new(400, "unexpected_trailers", "request trailers are not accepted")
+}
+
+/// Blanks the request headers that carry a credential before a refusal, so
+/// that Envoy's access log (which prints the path and the request id) never
+/// holds one.
+fn blank_leaks(inbound: &Inbound) {
+    for name in crate::screen::leaking_headers(inbound) {
+        let blank: &[u8] = if name == ":path" { b"/redacted" } else { b"redacted" };
+        let _ = host::set_header(MapType::HttpRequestHeaders, name, Some(blank));
     }
 }
 
@@ -1085,7 +1164,7 @@ fn read_max_tokens(namespace: &str) -> Option<u64> {
 fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Lookup>) -> Step {
     let now = now_ms();
     let mut st = state.borrow_mut();
-    // Without the body reader, `model` comes from `json_to_metadata`'s metadata:
+    // Without the gate, `model` comes from `json_to_metadata`'s metadata:
     // read only for a key that may pass (a refused key is answered without the
     // 2-3 µs read).
     if st.model.is_none() {
@@ -1094,7 +1173,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
     }
     let model = st.model.clone().unwrap_or(ModelField::Absent);
     // The headers were screened: the surface is in the table.
-    let decision = match surface::classify(&st.method, &st.path, st.anthropic_client) {
+    let decision = match surface::classify(&st.method, &st.path, st.anthropic_version) {
         Ok(surface) => {
             let facts = RequestFacts { surface, model: &model, access_key_in_body: st.access_key_in_body };
             decide(facts, lookup, (now / 1000) as i64)
@@ -1123,7 +1202,7 @@ fn advance(config: &Config, state: &Rc<RefCell<RequestState>>, lookup: &Rc<Looku
             model: forward.model.clone(),
         });
         if let Some(limits) = &lookup.limits {
-            let tokens = st.estimate.0 + st.estimate.1;
+            let tokens = st.estimate.0.saturating_add(st.estimate.1);
             match accounting::admit_rate(config, forward.key_id, limits, tokens, now) {
                 Ok(rate) => st.rate = Some(rate),
                 Err(denial) => {
@@ -1249,11 +1328,14 @@ fn reply(dialect: Dialect, request_id: &str, denial: &Denial) {
 /// usable answer). Caches it and completes every request waiting for it.
 fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Config>) {
     let now = now_ms();
-    let waiters = with_vm(|vm| {
+    let (waiters, gates, stale_approval) = with_vm(|vm| {
         if let Some(a) = &answer {
             vm.cache.insert(digest, a.clone(), now);
         }
-        vm.pending.remove(digest).map(|p| p.waiters).unwrap_or_default()
+        let stale_approval = answer.is_none() && vm.cache.get(digest, now).is_some();
+        let pending = vm.pending.remove(digest);
+        let (waiters, gates) = pending.map(|p| (p.waiters, p.gates)).unwrap_or_default();
+        (waiters, gates, stale_approval)
     })
     .unwrap_or_default();
     let Some(config) = config else { return };
@@ -1275,6 +1357,21 @@ fn complete_lookup(digest: &str, answer: Option<Rc<Lookup>>, config: Option<&Con
         };
         if resume && hostcalls::resume_http_request().is_err() {
             warn!("keygate: could not resume a request");
+        }
+    }
+    // Requests still uploading: a refused key (or a store that cannot say,
+    // with nothing stale to serve) is answered now, not after the body.
+    let refusal = match &answer {
+        Some(lookup) => check_key(lookup, (now / 1000) as i64).err(),
+        None if stale_approval => None,
+        None => Some(store_unavailable()),
+    };
+    let Some(denial) = refusal else { return };
+    for watch in gates.iter().filter(|g| !g.handed_over.replace(true)) {
+        if host::set_effective_context(watch.gate).is_ok() {
+            info!("keygate: request {} refused before its body: {}", watch.request_id, denial.code);
+            metrics::count("gate.early_refusals");
+            reply(watch.dialect, &watch.request_id, &denial);
         }
     }
 }

@@ -142,6 +142,8 @@ class MockProvider:
                     return self._openai_chat(body or {})
                 if path.endswith("/messages"):
                     return self._anthropic_messages(body or {})
+                if path.endswith("/audio/transcriptions"):
+                    return self._send(200, {"text": "hello from " + mock.name})
                 if "/models/" in path:
                     model_id = path.rsplit("/", 1)[-1]
                     if self.command == "DELETE":

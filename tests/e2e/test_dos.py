@@ -94,6 +94,8 @@ def lone_gateway(tmp_path_factory, store, provider_keys):
     ("no key", lambda i: [], 401),
     ("malformed key", lambda i: [("authorization", "Bearer kg-not-a-key")], 401),
     ("unknown well-formed key", lambda i: [("authorization", f"Bearer {well_formed_token()}")], 401),
+    # Every connection with the same new key: one lookup, answered through every gate.
+    ("one unknown key on every connection", lambda i, t=well_formed_token(): [("authorization", f"Bearer {t}")], 401),
 ])
 def test_clients_without_a_valid_key_cannot_make_envoy_buffer(lone_gateway, mocks, who, headers_of, code):
     before, peak, results = attack(lone_gateway, headers_of)

@@ -220,12 +220,16 @@ def test_custom_provider_without_credentials_is_a_clear_error(gateway, store, mo
 def test_client_credentials_and_envoy_headers_are_stripped(gateway, store, mocks):
     _, token = new_key(store)
     headers = {"x-goog-api-key": "client-goog", "api-key": "client-azure", "x-envoy-max-retries": "9",
-               "x-envoy-upstream-rq-timeout-ms": "1", "x-keygate-cluster": "keygate_store"}
+               "x-envoy-upstream-rq-timeout-ms": "1", "x-keygate-cluster": "keygate_store",
+               # The operator's credential decides the organization and project; answers come uncompressed
+               # (keygate reads their usage and scrubs their errors).
+               "openai-organization": "org-victim", "openai-project": "proj-victim", "accept-encoding": "gzip"}
     status, doc, _ = call(gateway, model="gpt-4o", token=token, headers=headers)
     assert status == 200, doc
     req = mocks["openai"].received()[0]
     assert req["headers"]["authorization"].startswith("Bearer sk-openai-managed-")
-    for h in ["x-goog-api-key", "api-key", "x-api-key", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms", "x-keygate-cluster"]:
+    for h in ["x-goog-api-key", "api-key", "x-api-key", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms", "x-keygate-cluster",
+              "openai-organization", "openai-project", "accept-encoding"]:
         assert h not in req["headers"], h
 
 

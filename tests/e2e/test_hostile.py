@@ -163,6 +163,8 @@ many("model-invalid", 400, "invalid_model", [
     lambda c: req("POST", CHAT, bearer(c.key), chat("openai/")),
     lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1", "gpt-4o-transcribe"), content_type=FORM_TYPE),
     lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1", name2="MODEL"), content_type=FORM_TYPE),
+    # A model field with a Content-Type of its own (a charset a parser might decode it with).
+    lambda c: req("POST", "/v1/images/edits", bearer(c.key), form("gpt-image-1").replace(b'name="model"', b'name="model"\r\nContent-Type: text/plain; charset=utf-7'), content_type=FORM_TYPE),
 ])
 many("body-invalid-json", 400, "invalid_json", [
     lambda c: req("POST", CHAT, bearer(c.key), "{not json"),
@@ -187,8 +189,16 @@ many("body-invalid-form", 400, "invalid_multipart", [
     lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), b"preamble\r\n" + form("whisper-1"), content_type=FORM_TYPE),
     lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1"), content_type=FORM_TYPE.replace("kgB", "other")),
     lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1").replace(b'name="model"', b"name*=utf-8''model"), content_type=FORM_TYPE),
+    lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1", "gpt-4o", name2='x"; name*0="model'), content_type=FORM_TYPE),
+    lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1", "gpt-4o", name2="<model>"), content_type=FORM_TYPE),
 ])
+# (HTTP/1 request trailers never reach a filter: Envoy drops them unless
+# `enable_trailers` is set. HTTP/2 trailers are refused by the gate.)
 many("body-media-type", 415, "unsupported_media_type", [
+    # A charset would make some form parsers decode field names (`+AG0-odel` is UTF-7 for `model`).
+    lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1", "gpt-4o", name2="+AG0-odel"),
+                  content_type=FORM_TYPE.replace("multipart/form-data;", "multipart/form-data; charset=utf-7;")),
+    lambda c: req("POST", "/v1/audio/transcriptions", bearer(c.key), form("whisper-1"), content_type=FORM_TYPE + "; boundary*=utf-8''x"),
     lambda c: req("POST", CHAT, bearer(c.key), chat(), content_type="text/plain"),
     lambda c: req("POST", CHAT, bearer(c.key), chat(), content_type="application/x-www-form-urlencoded"),
     lambda c: req("POST", CHAT, bearer(c.key), chat(), content_type=None),
@@ -341,7 +351,13 @@ many("method-override", 400, "method_override", [
 
 # ---- credential leaks ---------------------------------------------------------------------------
 
-many("leak-query", 400, "credential_in_query", [
+many("leak-url", 400, "credential_in_url", [
+    lambda c: req("GET", f"/v1/files/{c.key}", bearer(c.key)),
+    lambda c: req("GET", f"/v1/models/openai:{c.key}", bearer(c.key)),
+    lambda c: req("GET", f"/v1/models/{c.unknown}", bearer(c.key)),
+    lambda c: req("DELETE", f"/v1/files/file-{c.key}", bearer(c.files_key)),
+])
+many("leak-query", 400, "credential_in_url", [
     lambda c: req("POST", f"{CHAT}?key={c.key}", [], chat()),
     lambda c: req("POST", f"{CHAT}?key={c.key}", bearer(c.key), chat()),
     lambda c: req("POST", f"{CHAT}?api_key=sk-x", bearer(c.key), chat()),
@@ -561,3 +577,22 @@ def test_the_output_estimate_takes_the_largest_limit(gateway, store, mocks):
     assert all_received(mocks) == []
     assert raw_http(gateway.port, req("POST", CHAT, bearer(doc["token"]), chat("gpt-4o-mini", max_tokens=10)))[0] == 200
 
+
+
+def test_a_qualified_model_in_a_form_is_rewritten(ctx, mocks):
+    doc = form("openai/gpt-4o-mini", extra="hello")
+    status, _, body = raw_http(ctx.port, req("POST", "/v1/audio/transcriptions", bearer(ctx.key), doc, content_type=FORM_TYPE))
+    assert status == 200, body
+    (r,) = all_received(mocks)
+    assert r["path"] == "/v1/audio/transcriptions"
+    assert r["raw"].encode() == doc.replace(b"openai/gpt-4o-mini", b"gpt-4o-mini")
+    assert int(r["headers"].get("content-length", len(r["raw"]))) == len(r["raw"])
+
+
+def test_a_client_request_id_carrying_a_key_goes_nowhere(ctx, mocks):
+    """Envoy replaces an external client's x-request-id; were it kept, the
+    filter would refuse it (and blank it before the access log)."""
+    status, headers, _ = raw_http(ctx.port, req("POST", CHAT, bearer(ctx.key) + [("X-Request-Id", ctx.key)], chat()))
+    assert status in (200, 400), status
+    assert ctx.key not in json.dumps(headers)
+    assert ctx.key not in json.dumps(all_received(mocks))
