@@ -814,9 +814,18 @@ struct Gate {
     digest: Option<String>,
     /// Set while this gate waits for a lookup (its own or another's).
     watch: Option<Rc<GateWatch>>,
+    /// A refusal held until the end of a small body (see `DEFER_UP_TO`).
+    deferred: Option<Denial>,
     dialect: Dialect,
     request_id: String,
 }
+
+/// A refusal of a request whose body is announced at most this long waits
+/// for the end of the body: refused before its body is read, a request
+/// leaves its connection unusable (Envoy closes it), and a client would
+/// reconnect for every refusal. A body this small costs what a connection's
+/// read buffer may hold anyway (`per_connection_buffer_limit_bytes`).
+const DEFER_UP_TO: u64 = 64 * 1024;
 
 impl Gate {
     fn new(id: u32, config: &Config) -> Gate {
@@ -829,9 +838,20 @@ impl Gate {
             tokens: token::TokenScanner::default(),
             digest: None,
             watch: None,
+            deferred: None,
             dialect: Dialect::OpenAi,
             request_id: String::new(),
         }
+    }
+
+    /// Refuses now, or at the end of a small body (nothing of it is read).
+    fn refuse(&mut self, denial: Denial, content_length: Option<u64>, end_of_stream: bool) -> Action {
+        info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
+        if !end_of_stream && content_length.is_some_and(|n| n <= DEFER_UP_TO) {
+            self.deferred = Some(denial);
+            return Action::Continue;
+        }
+        self.deny(&denial)
     }
 
     fn deny(&self, denial: &Denial) -> Action {
@@ -930,9 +950,9 @@ impl HttpContext for Gate {
             Ok(s) => s,
             Err((dialect, denial)) => {
                 self.dialect = dialect;
-                info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
+                // Headers can change only now, whenever the refusal is sent.
                 blank_leaks(&inbound);
-                return self.deny(&denial);
+                return self.refuse(denial, inbound.content_length, end_of_stream);
             }
         };
         self.dialect = screened.dialect;
@@ -946,8 +966,7 @@ impl HttpContext for Gate {
         match with_vm(|vm| vm.cache.get(&digest, now)).flatten() {
             Some((lookup, Freshness::Fresh)) => {
                 if let Err(denial) = check_key(&lookup, (now / 1000) as i64) {
-                    info!("keygate: request {} refused from its headers: {}", self.request_id, denial.code);
-                    return self.deny(&denial);
+                    return self.refuse(denial, inbound.content_length, end_of_stream);
                 }
             }
             // Without a body the keygate filter runs next, in this call: it
@@ -962,6 +981,13 @@ impl HttpContext for Gate {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(denial) = self.deferred.take() {
+            if end_of_stream {
+                return self.deny(&denial);
+            }
+            self.deferred = Some(denial);
+            return Action::Continue;
+        }
         if body_size > 0 {
             self.seen = self.seen.saturating_add(body_size as u64);
             if self.seen > self.max {
@@ -988,7 +1014,8 @@ impl HttpContext for Gate {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         // No API keygate serves takes them, and the body could not be
         // rewritten after them.
-        self.deny(&unexpected_trailers())
+        let denial = self.deferred.take().unwrap_or_else(unexpected_trailers);
+        self.deny(&denial)
     }
 }
 

@@ -29,10 +29,10 @@ def rss_mib(pid):
     return 0.0
 
 
-def upload(port, headers, results):
-    """Sends headers and up to BODY bytes of body; notes the status it got."""
+def upload(port, headers, results, length=BODY):
+    """Sends headers and up to `length` bytes of body; notes the status it got."""
     head = ("POST /v1/chat/completions HTTP/1.1\r\nHost: g\r\ncontent-type: application/json\r\n"
-            f"content-length: {BODY}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode()
+            f"content-length: {length}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode()
     chunk = b'{"model":"gpt-4o","x":"' + b"a" * (64 * 1024)
     sent = 0
     status = None
@@ -40,8 +40,8 @@ def upload(port, headers, results):
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(head)
             try:
-                while sent < BODY:
-                    n = min(len(chunk), BODY - sent)
+                while sent < length:
+                    n = min(len(chunk), length - sent)
                     s.sendall(chunk[:n])
                     sent += n
             except OSError:
@@ -80,8 +80,10 @@ def attack(envoy, headers_of):
     return before, peak[0], results
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def lone_gateway(tmp_path_factory, store, provider_keys):
+    """A fresh Envoy per case: memory Envoy freed is not given back to the
+    system, so a case after another would see the earlier peak."""
     e = Envoy(tmp_path_factory.mktemp("dos"), store.lookup_port, store.gateway_token, concurrency=2).start()
     # Warm up: both workers, the VMs, a store lookup.
     for _ in range(20):
@@ -108,3 +110,24 @@ def test_clients_without_a_valid_key_cannot_make_envoy_buffer(lone_gateway, mock
     assert sum(1 for status, _ in results if status == code) >= CONNECTIONS // 2, results
     assert grown <= BOUND_MIB, f"Envoy grew by {grown:.1f} MiB"
     assert [r for m in mocks.values() for r in m.received()] == []
+
+
+def test_a_refused_small_request_keeps_its_connection(gateway):
+    """A small body is read before the refusal is sent, so the client keeps
+    its connection (a refusal before the body would make Envoy close it); a
+    large one is refused at once."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+    try:
+        for _ in range(3):
+            conn.request("POST", "/v1/chat/completions", body=b'{"model":"gpt-4o"}', headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 401 and resp.getheader("connection") != "close"
+        sock = conn.sock
+        assert sock is not None, "the connection was kept"
+    finally:
+        conn.close()
+    results = []
+    upload(gateway.port, [], results, length=1024 * 1024)
+    assert results[0][0] == 401
