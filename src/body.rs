@@ -615,6 +615,17 @@ mod tests {
         assert_eq!(read(br#"{"max_tokens":8e818}"#).max_tokens, None);
     }
 
+    /// Found by the `model_rewrite` fuzz target: a lone surrogate escape is
+    /// grammatical JSON that serde_json refuses (Python reads it, Go replaces
+    /// it). In content the reader accepts it; a `model` holding one is not a
+    /// model name any provider has.
+    #[test]
+    fn lone_surrogates_are_content_not_models() {
+        assert_eq!(model(r#"{"content":"\ud83d","model":"m"}"#), ModelField::Str("m".into()));
+        assert_eq!(model(r#"{"model":"gpt\ud800"}"#), ModelField::NotString);
+        assert_eq!(model(r#"{"mod\ud800el":"x","model":"m"}"#), ModelField::Str("m".into()));
+    }
+
     #[test]
     fn limits_take_the_largest_field_present() {
         assert_eq!(read(br#"{"max_output_tokens":5,"max_tokens":7}"#).max_tokens, Some(7));

@@ -4,9 +4,9 @@
 //! (it also serves setups without the gate, such as Istio's).
 //!
 //! Order, so that every refusal is stable and documented: a control
-//! character in a header → credentials where they would leak (header, query) → a method override → the path and method
-//! (surface table) →
-//! the access key → the body's size, presence and media type.
+//! character in a header → credentials where they would leak (another header,
+//! the URL) → a method override → the path and method (surface table) → the
+//! access key → the body's size, presence and media type.
 
 use crate::errors::{Denial, Dialect};
 use crate::inbound::Inbound;
@@ -29,6 +29,7 @@ pub struct Screened<'a> {
 /// A refusal and the dialect to answer it in.
 pub type Refused = (Dialect, Denial);
 
+/// The header checks, in order (see the module's comment).
 pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'_>, Refused> {
     let guess = Dialect::guess(&inb.path, inb.anthropic_version);
     if inb.control_in_header {

@@ -11,10 +11,25 @@ fuzz_target!(|data: &[u8]| {
     let out = rewrite_model(data, "gpt-4o \"mini\"\\é");
     if let ModelField::Str(_) = read(data).model {
         let out = out.expect("a body with a model can be rewritten");
-        let before: serde_json::Value = serde_json::from_slice(data).expect("valid");
+        // serde_json is stricter than JSON's grammar in two ways the reader
+        // follows the grammar (see the body reader's tests): skip those.
+        let Ok(before) = serde_json::from_slice::<serde_json::Value>(data) else {
+            let e = serde_json::from_slice::<serde_json::Value>(data).unwrap_err().to_string();
+            assert!(serde_is_stricter(data, &e), "{e}");
+            return;
+        };
         let mut after: serde_json::Value = serde_json::from_slice(&out).expect("the rewrite is JSON");
         assert_eq!(after["model"], "gpt-4o \"mini\"\\é");
         after["model"] = before["model"].clone();
         assert_eq!(after, before);
     }
 });
+
+/// serde_json refuses two things JSON's grammar allows: numbers beyond f64,
+/// and surrogate escapes that do not pair (`"\ud900x"`).
+fn serde_is_stricter(data: &[u8], error: &str) -> bool {
+    let surrogate_escape = data.windows(4).any(|w| {
+        w[0] == b'\\' && w[1] == b'u' && matches!(w[2], b'd' | b'D') && matches!(w[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+    });
+    error.contains("out of range") || (surrogate_escape && (error.contains("surrogate") || error.contains("hex escape")))
+}
