@@ -183,11 +183,38 @@ pub struct ReserveResponse {
     /// Present when `ok`: quote it when the usage is reported, to settle.
     #[serde(default)]
     pub reservation_id: Option<String>,
-    /// When refused: `key`, `configuration` or `credits`.
+    /// When refused: which budget refused.
     #[serde(default)]
-    pub refused_by: Option<String>,
+    pub refused_by: Option<RefusedBy>,
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// Which budget refused a reservation (`refusedBy` on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefusedBy {
+    /// The access key's own budget (or the key is unknown).
+    Key,
+    /// The budget of the key's configuration.
+    Configuration,
+    /// The gateway's credit balance.
+    Credits,
+    /// A reason a newer store sends that this side does not know yet.
+    #[serde(other)]
+    Other,
+}
+
+impl RefusedBy {
+    /// The name on the wire and in the store's metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusedBy::Key => "key",
+            RefusedBy::Configuration => "configuration",
+            RefusedBy::Credits => "credits",
+            RefusedBy::Other => "other",
+        }
+    }
 }
 
 /// `POST /v1/usage`: what the gateway observed, in batches. Idempotent per

@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use keygate_proto::lookup::{Limits, ReserveRequest, ReserveResponse, UsageBatch, UsageRecord};
+use keygate_proto::lookup::{Limits, RefusedBy, ReserveRequest, ReserveResponse, UsageBatch, UsageRecord};
 use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, Status};
@@ -224,14 +224,14 @@ pub fn on_reserve_response(token: u32, body_size: usize) -> bool {
             }
         }
         Some(r) => {
-            let by = r.refused_by.as_deref().unwrap_or("budget");
+            let by = r.refused_by.unwrap_or(RefusedBy::Other);
             let message = match by {
-                "key" => "this access key has used up its budget",
-                "configuration" => "the budget of this access key's configuration is used up",
-                "credits" => "the gateway's credit balance is used up",
-                _ => "a budget that applies to this access key is used up",
+                RefusedBy::Key => "this access key has used up its budget",
+                RefusedBy::Configuration => "the budget of this access key's configuration is used up",
+                RefusedBy::Credits => "the gateway's credit balance is used up",
+                RefusedBy::Other => "a budget that applies to this access key is used up",
             };
-            info!("keygate: request {} refused: insufficient_credits ({by})", state.borrow().request_id);
+            info!("keygate: request {} refused: insufficient_credits ({})", state.borrow().request_id, by.as_str());
             send_denial(&state.borrow(), &Denial::new(402, "insufficient_credits", message));
             false
         }

@@ -7,7 +7,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
-use keygate_proto::lookup::{Changes, Lookup, ReserveRequest, ReserveResponse, UsageBatch};
+use keygate_proto::lookup::{Changes, Lookup, RefusedBy, ReserveRequest, ReserveResponse, UsageBatch};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -93,10 +93,10 @@ pub async fn reserve(
     }
     match run(&state, move |s| s.reserve(&req)).await {
         Ok(resp) => {
-            state.stats.count_reserve(match (resp.ok, resp.refused_by.as_deref()) {
+            state.stats.count_reserve(match (resp.ok, resp.refused_by) {
                 (true, _) => "ok",
-                (false, Some("key")) => "refused_key",
-                (false, Some("configuration")) => "refused_configuration",
+                (false, Some(RefusedBy::Key)) => "refused_key",
+                (false, Some(RefusedBy::Configuration)) => "refused_configuration",
                 (false, _) => "refused_credits",
             });
             Ok(Json(resp))

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use keygate_proto::lookup::{ReserveRequest, ReserveResponse, UsageRecord};
+use keygate_proto::lookup::{RefusedBy, ReserveRequest, ReserveResponse, UsageRecord};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
@@ -399,8 +399,8 @@ pub(super) fn set_credits_enabled(tx: &Transaction<'_>, enabled: bool) -> StoreR
 
 // ------------------------------------------------------------ reservations
 
-fn refused(by: &str, message: String) -> ReserveResponse {
-    ReserveResponse { ok: false, reservation_id: None, refused_by: Some(by.to_string()), message: Some(message) }
+fn refused(by: RefusedBy, message: String) -> ReserveResponse {
+    ReserveResponse { ok: false, reservation_id: None, refused_by: Some(by), message: Some(message) }
 }
 
 fn release(tx: &Transaction<'_>, refs: &[BudgetRef], tokens: i64, micros: i64) -> StoreResult<()> {
@@ -441,7 +441,7 @@ pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -
         .query_row(params![req.access_key_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((config_id, key_budget)) = key else {
-        return Ok(refused("key", format!("unknown access key {}", req.access_key_id)));
+        return Ok(refused(RefusedBy::Key, format!("unknown access key {}", req.access_key_id)));
     };
     let catalog = catalog(tx)?;
     let price = price_of(&catalog, &req.provider, req.model.as_deref());
@@ -452,7 +452,7 @@ pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -
     if let Some(budget) = json_budget(key_budget)? {
         let r = budget_ref(&key_scope(&req.access_key_id), budget.window, now_ms);
         if let Some(msg) = budget_refusal(tx, &r, &budget, "access key", tokens, micros)? {
-            return Ok(refused("key", msg));
+            return Ok(refused(RefusedBy::Key, msg));
         }
         refs.push(r);
     }
@@ -465,7 +465,7 @@ pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -
         if let Some(budget) = json_budget(budget)? {
             let r = budget_ref(&config_scope(c), budget.window, now_ms);
             if let Some(msg) = budget_refusal(tx, &r, &budget, "access key configuration", tokens, micros)? {
-                return Ok(refused("configuration", msg));
+                return Ok(refused(RefusedBy::Configuration, msg));
             }
             refs.push(r);
         }
@@ -475,7 +475,7 @@ pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -
         let available = balance.saturating_sub(reserved);
         if available <= 0 || available < micros {
             return Ok(refused(
-                "credits",
+                RefusedBy::Credits,
                 format!(
                     "the credit balance cannot cover this request: balance ${} - reserved ${} < estimate ${}",
                     micros_to_usd(balance),
