@@ -25,12 +25,6 @@ impl StoreError {
     }
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(format!("sqlite: {e}"))
-    }
-}
-
 impl From<crate::crypto::CryptoError> for StoreError {
     fn from(e: crate::crypto::CryptoError) -> Self {
         StoreError::Internal(format!("crypto: {e}"))

@@ -4,7 +4,6 @@
 //! `tokio::task::spawn_blocking`. Every mutation bumps the store-wide version
 //! and records which token digests it may have changed (see [`Store::changes`]).
 
-mod billing;
 pub mod sqlite;
 
 use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup, ReserveRequest, ReserveResponse, UsageRecord};

@@ -12,7 +12,11 @@ use keygate_proto::lookup::{
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::billing::{self, config_scope, key_scope};
+mod billing;
+mod error;
+
+use self::billing::{config_scope, key_scope};
+use self::error::{db, DbError, R};
 use super::{
     AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
     PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
@@ -146,27 +150,27 @@ fn auth_str(a: AuthStyle) -> &'static str {
     }
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(s: String) -> StoreResult<T> {
+fn parse_enum<T: serde::de::DeserializeOwned>(s: String) -> R<T> {
     Ok(serde_json::from_value(serde_json::Value::String(s))?)
 }
 
-fn json_opt<T: serde::de::DeserializeOwned>(s: Option<String>) -> StoreResult<Option<T>> {
-    s.map(|s| serde_json::from_str(&s)).transpose().map_err(StoreError::from)
+fn json_opt<T: serde::de::DeserializeOwned>(s: Option<String>) -> R<Option<T>> {
+    s.map(|s| serde_json::from_str(&s)).transpose().map_err(DbError::from)
 }
 
-fn to_json_opt<T: serde::Serialize>(v: Option<&T>) -> StoreResult<Option<String>> {
-    v.map(serde_json::to_string).transpose().map_err(StoreError::from)
+fn to_json_opt<T: serde::Serialize>(v: Option<&T>) -> R<Option<String>> {
+    v.map(serde_json::to_string).transpose().map_err(DbError::from)
 }
 
 fn limit_i64(page: &PageRequest) -> i64 {
     i64::try_from(page.limit).unwrap_or(100).saturating_add(1)
 }
 
-fn configure(conn: &Connection) -> StoreResult<()> {
+fn configure(conn: &Connection) -> R<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Internal(format!("could not enable WAL (journal_mode={mode})")));
+        return Err(StoreError::Internal(format!("could not enable WAL (journal_mode={mode})")).into());
     }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -179,6 +183,10 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: &Path, cipher: Cipher, opts: Options) -> StoreResult<Self> {
+        Ok(Self::try_open(path, cipher, opts)?)
+    }
+
+    fn try_open(path: &Path, cipher: Cipher, opts: Options) -> R<Self> {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         {
@@ -226,39 +234,44 @@ impl SqliteStore {
         Ok(SqliteStore { writer: Mutex::new(writer), readers, next_reader: AtomicUsize::new(0), cipher, opts })
     }
 
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = lock(&self.writer)?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+    /// Runs `f` in a write transaction (committed when `f` succeeds).
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
+        let run = || -> R<T> {
+            let mut conn = lock(&self.writer)?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        };
+        Ok(run()?)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
-        let mut conn = lock(&self.writer)?;
-        let tx = conn.transaction()?;
-        f(&tx)
+    fn read<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
+        Ok(in_read_tx(lock(&self.writer)?, f)?)
     }
 
-    fn read_gateway<T>(&self, f: impl FnOnce(&Transaction<'_>) -> StoreResult<T>) -> StoreResult<T> {
+    fn read_gateway<T>(&self, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> StoreResult<T> {
         let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len().max(1);
         let reader = self.readers.get(n).ok_or_else(|| StoreError::Internal("no read connection".into()))?;
-        let mut conn = lock(reader)?;
-        let tx = conn.transaction()?;
-        f(&tx)
+        Ok(in_read_tx(lock(reader)?, f)?)
     }
 
-    fn bump(&self, tx: &Transaction<'_>, digests: &[Option<String>]) -> StoreResult<i64> {
+    fn bump(&self, tx: &Transaction<'_>, digests: &[Option<String>]) -> R<i64> {
         bump(tx, digests, self.opts.change_log_limit)
     }
 }
 
-fn current_version(tx: &Transaction<'_>) -> StoreResult<i64> {
+fn in_read_tx<T>(mut conn: MutexGuard<'_, Connection>, f: impl FnOnce(&Transaction<'_>) -> R<T>) -> R<T> {
+    let tx = conn.transaction()?;
+    f(&tx)
+}
+
+fn current_version(tx: &Transaction<'_>) -> R<i64> {
     Ok(tx.prepare_cached("SELECT value FROM meta WHERE key = 'version'")?.query_row([], |r| r.get(0))?)
 }
 
 /// Bumps the version and logs the digests whose answers change (`None` = all).
-fn bump(tx: &Transaction<'_>, digests: &[Option<String>], limit: i64) -> StoreResult<i64> {
+fn bump(tx: &Transaction<'_>, digests: &[Option<String>], limit: i64) -> R<i64> {
     let version: i64 = tx
         .prepare_cached("UPDATE meta SET value = value + 1 WHERE key = 'version' RETURNING value")?
         .query_row([], |r| r.get(0))?;
@@ -320,7 +333,7 @@ fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
 }
 
 /// Fills `budgetUsage` of an access key read from the database.
-fn with_key_usage(tx: &Transaction<'_>, mut key: AccessKey) -> StoreResult<AccessKey> {
+fn with_key_usage(tx: &Transaction<'_>, mut key: AccessKey) -> R<AccessKey> {
     if let Some(b) = &key.budget {
         key.budget_usage = Some(billing::budget_usage(tx, &key_scope(&key.id), b, now_ms())?);
     }
@@ -376,7 +389,7 @@ fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
     })
 }
 
-fn config_from_raw(tx: &Transaction<'_>, raw: ConfigRaw) -> StoreResult<AccessKeyConfiguration> {
+fn config_from_raw(tx: &Transaction<'_>, raw: ConfigRaw) -> R<AccessKeyConfiguration> {
     let budget: Option<BudgetSpec> = json_opt(raw.budget)?;
     let budget_usage = match &budget {
         Some(b) => Some(billing::budget_usage(tx, &config_scope(&raw.id), b, now_ms())?),
@@ -406,7 +419,7 @@ fn provider_raw(r: &Row<'_>) -> rusqlite::Result<ProviderRaw> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
 }
 
-fn provider_from_raw(raw: ProviderRaw) -> StoreResult<Provider> {
+fn provider_from_raw(raw: ProviderRaw) -> R<Provider> {
     let (id, name, base_url, format, auth, models, built_in, created, updated) = raw;
     Ok(Provider {
         id,
@@ -421,7 +434,7 @@ fn provider_from_raw(raw: ProviderRaw) -> StoreResult<Provider> {
     })
 }
 
-fn get_access_key(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKey> {
+fn get_access_key(tx: &Transaction<'_>, id: &str) -> R<AccessKey> {
     let key = tx
         .prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
         .query_row(params![id], access_key_row)
@@ -430,14 +443,15 @@ fn get_access_key(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKey> {
     with_key_usage(tx, key)
 }
 
-fn get_provider_key(tx: &Transaction<'_>, id: &str) -> StoreResult<ProviderKey> {
-    tx.prepare_cached(&format!("SELECT {PROVIDER_KEY_COLS} WHERE id = ?1"))?
+fn get_provider_key(tx: &Transaction<'_>, id: &str) -> R<ProviderKey> {
+    Ok(tx
+        .prepare_cached(&format!("SELECT {PROVIDER_KEY_COLS} WHERE id = ?1"))?
         .query_row(params![id], provider_key_row)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("provider key {id} not found")))
+        .ok_or_else(|| StoreError::NotFound(format!("provider key {id} not found")))?)
 }
 
-fn get_config(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKeyConfiguration> {
+fn get_config(tx: &Transaction<'_>, id: &str) -> R<AccessKeyConfiguration> {
     let raw = tx
         .prepare_cached(&format!("SELECT {CONFIG_COLS} WHERE id = ?1"))?
         .query_row(params![id], config_raw)
@@ -446,7 +460,7 @@ fn get_config(tx: &Transaction<'_>, id: &str) -> StoreResult<AccessKeyConfigurat
     config_from_raw(tx, raw)
 }
 
-fn get_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Provider> {
+fn get_provider(tx: &Transaction<'_>, id: &str) -> R<Provider> {
     let raw = tx
         .prepare_cached(&format!("SELECT {PROVIDER_COLS} WHERE id = ?1"))?
         .query_row(params![id], provider_raw)
@@ -455,27 +469,27 @@ fn get_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Provider> {
     provider_from_raw(raw)
 }
 
-fn exists(tx: &Transaction<'_>, sql: &str, id: &str) -> StoreResult<bool> {
+fn exists(tx: &Transaction<'_>, sql: &str, id: &str) -> R<bool> {
     Ok(tx.prepare_cached(sql)?.query_row(params![id], |_| Ok(())).optional()?.is_some())
 }
 
-fn provider_exists(tx: &Transaction<'_>, id: &str) -> StoreResult<bool> {
+fn provider_exists(tx: &Transaction<'_>, id: &str) -> R<bool> {
     exists(tx, "SELECT 1 FROM providers WHERE id = ?1", id)
 }
 
-fn key_provider(tx: &Transaction<'_>, id: &str) -> StoreResult<Option<String>> {
+fn key_provider(tx: &Transaction<'_>, id: &str) -> R<Option<String>> {
     Ok(tx
         .prepare_cached("SELECT provider_id FROM provider_keys WHERE id = ?1")?
         .query_row(params![id], |r| r.get(0))
         .optional()?)
 }
 
-fn check_refs(tx: &Transaction<'_>, access: Option<&AccessSpec>, router: Option<&RouterSpec>) -> StoreResult<()> {
-    check_config_refs(access, router, |p| provider_exists(tx, p), |k| key_provider(tx, k))
+fn check_refs(tx: &Transaction<'_>, access: Option<&AccessSpec>, router: Option<&RouterSpec>) -> R<()> {
+    Ok(check_config_refs(access, router, |p| Ok(provider_exists(tx, p)?), |k| Ok(key_provider(tx, k)?))?)
 }
 
 /// Current and grace digests of an access key.
-fn digests_of_key(tx: &Transaction<'_>, id: &str) -> StoreResult<Vec<Option<String>>> {
+fn digests_of_key(tx: &Transaction<'_>, id: &str) -> R<Vec<Option<String>>> {
     let (d, p): (String, Option<String>) = tx
         .prepare_cached("SELECT digest, prev_digest FROM access_keys WHERE id = ?1")?
         .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -485,7 +499,7 @@ fn digests_of_key(tx: &Transaction<'_>, id: &str) -> StoreResult<Vec<Option<Stri
 }
 
 /// Digests of every access key using a configuration.
-fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> StoreResult<Vec<Option<String>>> {
+fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> R<Vec<Option<String>>> {
     let mut stmt = tx.prepare_cached("SELECT digest, prev_digest FROM access_keys WHERE config_id = ?1")?;
     let rows = stmt.query_map(params![config_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)))?;
     let mut out = Vec::new();
@@ -499,30 +513,31 @@ fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> StoreResult<Vec<O
     Ok(out)
 }
 
-fn all_configs(tx: &Transaction<'_>) -> StoreResult<Vec<AccessKeyConfiguration>> {
+fn all_configs(tx: &Transaction<'_>) -> R<Vec<AccessKeyConfiguration>> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {CONFIG_COLS}"))?;
     let raws = stmt.query_map([], config_raw)?.collect::<Result<Vec<_>, _>>()?;
     raws.into_iter().map(|r| config_from_raw(tx, r)).collect()
 }
 
-fn name_conflict(tx: &Transaction<'_>, name: &str, except: Option<&str>) -> StoreResult<()> {
+fn name_conflict(tx: &Transaction<'_>, name: &str, except: Option<&str>) -> R<()> {
     let other: Option<String> = tx
         .prepare_cached("SELECT id FROM configs WHERE name = ?1")?
         .query_row(params![name], |r| r.get(0))
         .optional()?;
     match other {
         Some(o) if Some(o.as_str()) != except => {
-            Err(StoreError::Conflict(format!("an access key configuration named {name:?} already exists")))
+            Err(StoreError::Conflict(format!("an access key configuration named {name:?} already exists")).into())
         }
         _ => Ok(()),
     }
 }
 
-fn check_config_id(tx: &Transaction<'_>, id: &str) -> StoreResult<()> {
+fn check_config_id(tx: &Transaction<'_>, id: &str) -> R<()> {
     if exists(tx, "SELECT 1 FROM configs WHERE id = ?1", id)? {
         Ok(())
     } else {
-        Err(StoreError::invalid("accessKeyConfigurationId", format!("access key configuration {id} does not exist")))
+        Err(StoreError::invalid("accessKeyConfigurationId", format!("access key configuration {id} does not exist"))
+            .into())
     }
 }
 
@@ -639,7 +654,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::invalid(
                     "providerId",
                     format!("provider {} does not exist", new.provider_id),
-                ));
+                ).into());
             }
             let now = now_ms();
             tx.execute(
@@ -699,7 +714,8 @@ impl Store for SqliteStore {
                 return Err(StoreError::Conflict(format!(
                     "provider key {id} is used by the router of access key configuration(s) {}",
                     users.join(", ")
-                )));
+                ))
+                .into());
             }
             tx.execute("DELETE FROM provider_keys WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
@@ -807,7 +823,8 @@ impl Store for SqliteStore {
             if users > 0 {
                 return Err(StoreError::Conflict(format!(
                     "access key configuration {id} is used by {users} access key(s)"
-                )));
+                ))
+                .into());
             }
             tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
             billing::forget_scope(tx, &config_scope(id))?;
@@ -821,7 +838,7 @@ impl Store for SqliteStore {
     fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider> {
         self.write(|tx| {
             if provider_exists(tx, &new.id)? {
-                return Err(StoreError::Conflict(format!("provider {} already exists", new.id)));
+                return Err(StoreError::Conflict(format!("provider {} already exists", new.id)).into());
             }
             let now = now_ms();
             tx.execute(
@@ -858,7 +875,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             if current.built_in && ch.format.is_some_and(|f| f != current.format) {
-                return Err(StoreError::invalid("format", "the format of a built-in provider cannot change"));
+                return Err(StoreError::invalid("format", "the format of a built-in provider cannot change").into());
             }
             tx.execute(
                 "UPDATE providers SET name = ?2, base_url = ?3, format = ?4, auth = ?5, models_json = ?6, updated_ms = ?7
@@ -882,12 +899,12 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             if current.built_in {
-                return Err(StoreError::Conflict(format!("provider {id} is built in and cannot be deleted")));
+                return Err(StoreError::Conflict(format!("provider {id} is built in and cannot be deleted")).into());
             }
             let keys: i64 =
                 tx.query_row("SELECT COUNT(*) FROM provider_keys WHERE provider_id = ?1", params![id], |r| r.get(0))?;
             if keys > 0 {
-                return Err(StoreError::Conflict(format!("provider {id} has {keys} provider key(s)")));
+                return Err(StoreError::Conflict(format!("provider {id} has {keys} provider key(s)")).into());
             }
             let users: Vec<String> = all_configs(tx)?
                 .into_iter()
@@ -898,7 +915,8 @@ impl Store for SqliteStore {
                 return Err(StoreError::Conflict(format!(
                     "provider {id} is used by access key configuration(s) {}",
                     users.join(", ")
-                )));
+                ))
+                .into());
             }
             tx.execute("DELETE FROM providers WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
@@ -996,7 +1014,7 @@ impl Store for SqliteStore {
                             models: serde_json::from_str(&models)?,
                         })
                     })
-                    .collect::<StoreResult<Vec<_>>>()?
+                    .collect::<R<Vec<_>>>()?
             };
             let keys = {
                 let mut stmt = tx.prepare_cached("SELECT id, provider_id, managed FROM provider_keys ORDER BY id")?;
@@ -1008,7 +1026,7 @@ impl Store for SqliteStore {
             let mut secret_stmt = tx.prepare_cached("SELECT secret FROM provider_keys WHERE id = ?1")?;
             let cipher = &self.cipher;
             doc.providers = std::sync::Arc::new(plan::build(&providers, &keys, access.as_ref(), router.as_ref(), |key_id| {
-                let sealed: Option<Vec<u8>> = secret_stmt.query_row(params![key_id], |r| r.get(0)).optional()?;
+                let sealed: Option<Vec<u8>> = secret_stmt.query_row(params![key_id], |r| r.get(0)).optional().map_err(db)?;
                 match sealed {
                     None => Ok(None),
                     Some(s) => {

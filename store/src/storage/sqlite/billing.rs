@@ -12,7 +12,7 @@ use keygate_proto::lookup::{RefusedBy, ReserveRequest, ReserveResponse, UsageRec
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{StoreError, StoreResult};
+use crate::error::StoreError;
 use crate::ids::{new_id, rfc3339_ms};
 use crate::model::{BudgetSpec, BudgetUsage, Credits, PriceEntry, SummaryRow, UsageItem};
 use crate::pricing::{
@@ -20,9 +20,10 @@ use crate::pricing::{
     RESERVATION_TTL_MS,
 };
 
-use super::{GroupBy, PageRequest, UsageFilter};
+use super::error::{DbError, R};
+use crate::storage::{GroupBy, NewPrice, PageRequest, UsageFilter};
 
-pub(super) const BILLING_SQL: &str = r#"
+const BILLING_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS budget_state (
     scope           TEXT NOT NULL,
     win             TEXT NOT NULL,
@@ -87,7 +88,7 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('credits_enabled', 0), ('credits_
 
 /// Columns added to tables of the first schema (databases created before
 /// budgets existed get them on open).
-pub(super) const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("configs", "rate_limits_json", "TEXT"),
     ("configs", "budget_json", "TEXT"),
     ("access_keys", "budget_json", "TEXT"),
@@ -103,7 +104,7 @@ const RESERVATION_KEEP_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Used when the catalog has no `*/*` entry (it cannot be deleted, but be safe).
 const FALLBACK_PRICE: Price = Price { input: 15_000_000, output: 75_000_000, cached: None };
 
-pub(super) fn migrate(tx: &Transaction<'_>) -> StoreResult<()> {
+pub(super) fn migrate(tx: &Transaction<'_>) -> R<()> {
     for (table, column, decl) in ADDED_COLUMNS {
         let present = tx
             .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
@@ -166,7 +167,7 @@ fn budget_ref(scope: &str, window: Window, now_ms: i64) -> BudgetRef {
     BudgetRef { scope: scope.to_string(), win: window.as_str().to_string(), start: window.start_ms(now_ms) }
 }
 
-fn budget_row(tx: &Transaction<'_>, r: &BudgetRef) -> StoreResult<BudgetRow> {
+fn budget_row(tx: &Transaction<'_>, r: &BudgetRef) -> R<BudgetRow> {
     Ok(tx
         .prepare_cached(
             "SELECT spent_tokens, spent_micros, reserved_tokens, reserved_micros FROM budget_state
@@ -185,7 +186,7 @@ fn budget_row(tx: &Transaction<'_>, r: &BudgetRef) -> StoreResult<BudgetRow> {
 }
 
 /// Adds deltas to a budget row (creating it); reservations never go below 0.
-fn budget_add(tx: &Transaction<'_>, r: &BudgetRef, spent: (i64, i64), reserved: (i64, i64)) -> StoreResult<()> {
+fn budget_add(tx: &Transaction<'_>, r: &BudgetRef, spent: (i64, i64), reserved: (i64, i64)) -> R<()> {
     tx.prepare_cached(
         "INSERT INTO budget_state(scope, win, window_start, spent_tokens, spent_micros, reserved_tokens, reserved_micros)
          VALUES (?1, ?2, ?3, ?4, ?5, MAX(0, ?6), MAX(0, ?7))
@@ -200,12 +201,7 @@ fn budget_add(tx: &Transaction<'_>, r: &BudgetRef, spent: (i64, i64), reserved: 
 }
 
 /// The current window's usage of a budget.
-pub(super) fn budget_usage(
-    tx: &Transaction<'_>,
-    scope: &str,
-    budget: &BudgetSpec,
-    now_ms: i64,
-) -> StoreResult<BudgetUsage> {
+pub(super) fn budget_usage(tx: &Transaction<'_>, scope: &str, budget: &BudgetSpec, now_ms: i64) -> R<BudgetUsage> {
     let r = budget_ref(scope, budget.window, now_ms);
     let row = budget_row(tx, &r)?;
     Ok(BudgetUsage {
@@ -217,7 +213,7 @@ pub(super) fn budget_usage(
     })
 }
 
-pub(super) fn forget_scope(tx: &Transaction<'_>, scope: &str) -> StoreResult<()> {
+pub(super) fn forget_scope(tx: &Transaction<'_>, scope: &str) -> R<()> {
     tx.execute("DELETE FROM budget_state WHERE scope = ?1", params![scope])?;
     Ok(())
 }
@@ -230,7 +226,7 @@ fn budget_refusal(
     what: &str,
     tokens: i64,
     micros: i64,
-) -> StoreResult<Option<String>> {
+) -> R<Option<String>> {
     let row = budget_row(tx, r)?;
     if let Some(limit) = budget.tokens {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -260,15 +256,15 @@ fn budget_refusal(
     Ok(None)
 }
 
-fn json_budget(s: Option<String>) -> StoreResult<Option<BudgetSpec>> {
-    s.map(|s| serde_json::from_str(&s)).transpose().map_err(StoreError::from)
+fn json_budget(s: Option<String>) -> R<Option<BudgetSpec>> {
+    s.map(|s| serde_json::from_str(&s)).transpose().map_err(DbError::from)
 }
 
 // ------------------------------------------------------------ prices
 
 type Catalog = Vec<(String, String, Price)>;
 
-fn catalog(tx: &Transaction<'_>) -> StoreResult<Catalog> {
+fn catalog(tx: &Transaction<'_>) -> R<Catalog> {
     let mut stmt =
         tx.prepare_cached("SELECT provider, model, input_micros, output_micros, cached_micros FROM prices")?;
     let rows = stmt.query_map([], |r| {
@@ -294,19 +290,13 @@ fn price_row(r: &Row<'_>) -> rusqlite::Result<PriceEntry> {
 
 const PRICE_COLS: &str = "provider, model, input_micros, output_micros, cached_micros, updated_ms FROM prices";
 
-pub(super) fn list_prices(tx: &Transaction<'_>) -> StoreResult<Vec<PriceEntry>> {
+pub(super) fn list_prices(tx: &Transaction<'_>) -> R<Vec<PriceEntry>> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {PRICE_COLS} ORDER BY provider = '*', provider, model"))?;
     let rows = stmt.query_map([], price_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-pub(super) fn put_price(
-    tx: &Transaction<'_>,
-    provider: &str,
-    model: &str,
-    p: &super::NewPrice,
-    now_ms: i64,
-) -> StoreResult<PriceEntry> {
+pub(super) fn put_price(tx: &Transaction<'_>, provider: &str, model: &str, p: &NewPrice, now_ms: i64) -> R<PriceEntry> {
     tx.execute(
         "INSERT INTO prices(provider, model, input_micros, output_micros, cached_micros, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -319,22 +309,23 @@ pub(super) fn put_price(
         .query_row(params![provider, model], price_row)?)
 }
 
-pub(super) fn delete_price(tx: &Transaction<'_>, provider: &str, model: &str) -> StoreResult<()> {
+pub(super) fn delete_price(tx: &Transaction<'_>, provider: &str, model: &str) -> R<()> {
     if (provider, model) == CATCH_ALL {
         return Err(StoreError::Conflict(
             "the catch-all price */* cannot be deleted (unknown models would be free); PUT a new price instead".into(),
-        ));
+        )
+        .into());
     }
     let n = tx.execute("DELETE FROM prices WHERE provider = ?1 AND model = ?2", params![provider, model])?;
     if n == 0 {
-        return Err(StoreError::NotFound(format!("no price for {provider}/{model}")));
+        return Err(StoreError::NotFound(format!("no price for {provider}/{model}")).into());
     }
     Ok(())
 }
 
 // ------------------------------------------------------------ credits
 
-fn meta_i64(tx: &Transaction<'_>, key: &str) -> StoreResult<i64> {
+fn meta_i64(tx: &Transaction<'_>, key: &str) -> R<i64> {
     Ok(tx
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row(params![key], |r| r.get::<_, i64>(0))
@@ -342,13 +333,13 @@ fn meta_i64(tx: &Transaction<'_>, key: &str) -> StoreResult<i64> {
         .unwrap_or(0))
 }
 
-fn set_meta(tx: &Transaction<'_>, key: &str, value: i64) -> StoreResult<()> {
+fn set_meta(tx: &Transaction<'_>, key: &str, value: i64) -> R<()> {
     tx.prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = ?2")?
         .execute(params![key, value])?;
     Ok(())
 }
 
-pub(super) fn credits_enabled(tx: &Transaction<'_>) -> StoreResult<bool> {
+pub(super) fn credits_enabled(tx: &Transaction<'_>) -> R<bool> {
     Ok(meta_i64(tx, "credits_enabled")? != 0)
 }
 
@@ -357,13 +348,13 @@ fn credits_ref() -> BudgetRef {
 }
 
 /// (balance = granted - spent, reserved), micro-USD.
-fn credit_numbers(tx: &Transaction<'_>) -> StoreResult<(i64, i64)> {
+fn credit_numbers(tx: &Transaction<'_>) -> R<(i64, i64)> {
     let granted = meta_i64(tx, "credits_granted")?;
     let row = budget_row(tx, &credits_ref())?;
     Ok((granted.saturating_sub(row.spent_micros), row.reserved_micros))
 }
 
-pub(super) fn get_credits(tx: &Transaction<'_>) -> StoreResult<Credits> {
+pub(super) fn get_credits(tx: &Transaction<'_>) -> R<Credits> {
     let (balance, reserved) = credit_numbers(tx)?;
     Ok(Credits {
         enabled: credits_enabled(tx)?,
@@ -374,7 +365,7 @@ pub(super) fn get_credits(tx: &Transaction<'_>) -> StoreResult<Credits> {
 
 /// Adds to the balance. Returns whether credits became enabled (the first
 /// grant ever enables them, unless they were switched explicitly before).
-pub(super) fn add_credits(tx: &Transaction<'_>, micros: i64) -> StoreResult<bool> {
+pub(super) fn add_credits(tx: &Transaction<'_>, micros: i64) -> R<bool> {
     let granted = meta_i64(tx, "credits_granted")?;
     set_meta(tx, "credits_granted", granted.saturating_add(micros))?;
     if meta_i64(tx, "credits_touched")? == 0 {
@@ -388,7 +379,7 @@ pub(super) fn add_credits(tx: &Transaction<'_>, micros: i64) -> StoreResult<bool
 }
 
 /// Switches credits on or off; returns whether that changed anything.
-pub(super) fn set_credits_enabled(tx: &Transaction<'_>, enabled: bool) -> StoreResult<bool> {
+pub(super) fn set_credits_enabled(tx: &Transaction<'_>, enabled: bool) -> R<bool> {
     set_meta(tx, "credits_touched", 1)?;
     if credits_enabled(tx)? == enabled {
         return Ok(false);
@@ -403,7 +394,7 @@ fn refused(by: RefusedBy, message: String) -> ReserveResponse {
     ReserveResponse { ok: false, reservation_id: None, refused_by: Some(by), message: Some(message) }
 }
 
-fn release(tx: &Transaction<'_>, refs: &[BudgetRef], tokens: i64, micros: i64) -> StoreResult<()> {
+fn release(tx: &Transaction<'_>, refs: &[BudgetRef], tokens: i64, micros: i64) -> R<()> {
     for r in refs {
         budget_add(tx, r, (0, 0), (-tokens, -micros))?;
     }
@@ -411,7 +402,7 @@ fn release(tx: &Transaction<'_>, refs: &[BudgetRef], tokens: i64, micros: i64) -
 }
 
 /// Releases reservations past their expiry and forgets old settled ones.
-pub(super) fn sweep(tx: &Transaction<'_>, now_ms: i64) -> StoreResult<usize> {
+pub(super) fn sweep(tx: &Transaction<'_>, now_ms: i64) -> R<usize> {
     let expired = {
         let mut stmt = tx.prepare_cached(
             "SELECT id, tokens, micros, budgets_json FROM reservations WHERE released = 0 AND expires_ms <= ?1",
@@ -434,7 +425,7 @@ pub(super) fn sweep(tx: &Transaction<'_>, now_ms: i64) -> StoreResult<usize> {
     Ok(expired.len())
 }
 
-pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -> StoreResult<ReserveResponse> {
+pub(super) fn reserve(tx: &Transaction<'_>, req: &ReserveRequest, now_ms: i64) -> R<ReserveResponse> {
     sweep(tx, now_ms)?;
     let key: Option<(Option<String>, Option<String>)> = tx
         .prepare_cached("SELECT config_id, budget_json FROM access_keys WHERE id = ?1")?
@@ -514,7 +505,7 @@ fn ms_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-pub(super) fn ingest(tx: &Transaction<'_>, records: &[UsageRecord], now_ms: i64) -> StoreResult<usize> {
+pub(super) fn ingest(tx: &Transaction<'_>, records: &[UsageRecord], now_ms: i64) -> R<usize> {
     let catalog = catalog(tx)?;
     let mut inserted = 0;
     let mut requests: BTreeSet<&str> = BTreeSet::new();
@@ -654,7 +645,7 @@ fn usage_row(r: &Row<'_>) -> rusqlite::Result<UsageItem> {
     })
 }
 
-pub(super) fn list_usage(tx: &Transaction<'_>, f: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>> {
+pub(super) fn list_usage(tx: &Transaction<'_>, f: &UsageFilter, page: &PageRequest) -> R<Vec<UsageItem>> {
     let limit = i64::try_from(page.limit).unwrap_or(100).saturating_add(1);
     let mut stmt = tx.prepare_cached(&format!(
         "SELECT id, request_id, access_key_id, config_id, provider, model, provider_key_id, attempt, final, status,
@@ -668,7 +659,7 @@ pub(super) fn list_usage(tx: &Transaction<'_>, f: &UsageFilter, page: &PageReque
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-pub(super) fn usage_summary(tx: &Transaction<'_>, f: &UsageFilter, group_by: GroupBy) -> StoreResult<Vec<SummaryRow>> {
+pub(super) fn usage_summary(tx: &Transaction<'_>, f: &UsageFilter, group_by: GroupBy) -> R<Vec<SummaryRow>> {
     let group = match group_by {
         GroupBy::Key => "access_key_id",
         GroupBy::Provider => "provider",
