@@ -10,6 +10,7 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod plan;
+pub mod policy;
 pub mod pricing;
 pub mod serve;
 pub mod storage;

@@ -11,7 +11,7 @@ use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::{new_access_token, now_secs, parse_rfc3339};
 use crate::model::{
-    check_budget, check_description, check_metadata, check_name, is_plausible_id, AccessKey, CreateAccessKey,
+    check_budget, check_name, check_text_changes, check_texts, is_plausible_id, AccessKey, CreateAccessKey,
     PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS,
 };
 use crate::storage::{AccessKeyChanges, NewAccessKey};
@@ -38,10 +38,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateAccessKey>,
 ) -> Result<(StatusCode, Json<AccessKey>), ApiError> {
     check_name("name", &req.name)?;
-    let description = req.description.unwrap_or_default();
-    let metadata = req.metadata.unwrap_or_default();
-    check_description(&description)?;
-    check_metadata(&metadata)?;
+    let (description, metadata) = check_texts(req.description, req.metadata)?;
     if let Some(c) = &req.access_key_configuration_id {
         check_config_id(c)?;
     }
@@ -81,17 +78,7 @@ pub async fn update(
     Id(id): Id,
     ApiJson(req): ApiJson<PatchAccessKey>,
 ) -> Result<Json<AccessKey>, ApiError> {
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-    }
-    let description = req.description.map(Option::unwrap_or_default);
-    let metadata = req.metadata.map(Option::unwrap_or_default);
-    if let Some(d) = &description {
-        check_description(d)?;
-    }
-    if let Some(m) = &metadata {
-        check_metadata(m)?;
-    }
+    let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     if let Some(Some(c)) = &req.access_key_configuration_id {
         check_config_id(c)?;
     }

@@ -8,7 +8,7 @@ use super::extract::{ApiJson, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
-    check_budget, check_config_syntax, check_description, check_metadata, check_name, check_rate_limits,
+    check_budget, check_config_syntax, check_name, check_rate_limits, check_text_changes, check_texts,
     AccessKeyConfiguration, CreateConfig, PatchConfig,
 };
 use crate::storage::{ConfigChanges, NewConfig};
@@ -18,10 +18,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateConfig>,
 ) -> Result<(StatusCode, Json<AccessKeyConfiguration>), ApiError> {
     check_name("name", &req.name)?;
-    let description = req.description.unwrap_or_default();
-    let metadata = req.metadata.unwrap_or_default();
-    check_description(&description)?;
-    check_metadata(&metadata)?;
+    let (description, metadata) = check_texts(req.description, req.metadata)?;
     check_config_syntax(req.access.as_ref(), req.router.as_ref())?;
     if let Some(r) = &req.rate_limits {
         check_rate_limits("rateLimits", r)?;
@@ -60,17 +57,7 @@ pub async fn update(
     Id(id): Id,
     ApiJson(req): ApiJson<PatchConfig>,
 ) -> Result<Json<AccessKeyConfiguration>, ApiError> {
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-    }
-    let description = req.description.map(Option::unwrap_or_default);
-    let metadata = req.metadata.map(Option::unwrap_or_default);
-    if let Some(d) = &description {
-        check_description(d)?;
-    }
-    if let Some(m) = &metadata {
-        check_metadata(m)?;
-    }
+    let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     check_config_syntax(req.access.as_ref().and_then(Option::as_ref), req.router.as_ref().and_then(Option::as_ref))?;
     if let Some(Some(r)) = &req.rate_limits {
         check_rate_limits("rateLimits", r)?;

@@ -8,7 +8,7 @@ use super::extract::{ApiJson, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
-    check_description, check_metadata, check_name, is_provider_id, CreateProviderKey, PatchProviderKey, ProviderKey,
+    check_name, check_text_changes, check_texts, is_provider_id, CreateProviderKey, PatchProviderKey, ProviderKey,
     RotateProviderKey, PROVIDER_KEY_VALUE_MAX,
 };
 use crate::storage::{NewProviderKey, ProviderKeyChanges};
@@ -35,10 +35,7 @@ pub async fn create(
     }
     check_name("name", &req.name)?;
     check_value(&req.value)?;
-    let description = req.description.unwrap_or_default();
-    let metadata = req.metadata.unwrap_or_default();
-    check_description(&description)?;
-    check_metadata(&metadata)?;
+    let (description, metadata) = check_texts(req.description, req.metadata)?;
     let new = NewProviderKey {
         provider_id: req.provider_id,
         name: req.name,
@@ -75,17 +72,7 @@ pub async fn update(
             "the value of a provider key cannot be changed by PATCH; use POST /provider-keys/{id}/rotate",
         ));
     }
-    if let Some(n) = &req.name {
-        check_name("name", n)?;
-    }
-    let description = req.description.map(Option::unwrap_or_default);
-    let metadata = req.metadata.map(Option::unwrap_or_default);
-    if let Some(d) = &description {
-        check_description(d)?;
-    }
-    if let Some(m) = &metadata {
-        check_metadata(m)?;
-    }
+    let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     let changes = ProviderKeyChanges { name: req.name, description, metadata, managed: req.managed };
     Ok(Json(run(&state, move |s| s.update_provider_key(&id, &changes)).await?))
 }

@@ -26,11 +26,11 @@ use crate::crypto::Cipher;
 use crate::error::{StoreError, StoreResult};
 use crate::ids::{new_id, now_ms, now_secs, rfc3339_ms, rfc3339_secs};
 use crate::model::{
-    check_config_refs, config_mentions_key, config_mentions_provider, redact_value, AccessKey, AccessKeyConfiguration,
-    AccessSpec, BudgetSpec, ConfigRef, Credits, PriceEntry, Provider, ProviderKey, RateLimitsSpec, RouterSpec,
-    SummaryRow, UsageItem,
+    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, BudgetSpec, ConfigRef, Credits, PriceEntry, Provider,
+    ProviderKey, RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::plan::{self, KeyRow, ProviderRow};
+use crate::policy::references::{self as refs, not_found, ConfigSpecs, Resource};
 
 const SCHEMA_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -439,7 +439,7 @@ fn get_access_key(tx: &Transaction<'_>, id: &str) -> R<AccessKey> {
         .prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
         .query_row(params![id], access_key_row)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))?;
+        .ok_or_else(|| not_found(Resource::AccessKey, id))?;
     with_key_usage(tx, key)
 }
 
@@ -448,7 +448,7 @@ fn get_provider_key(tx: &Transaction<'_>, id: &str) -> R<ProviderKey> {
         .prepare_cached(&format!("SELECT {PROVIDER_KEY_COLS} WHERE id = ?1"))?
         .query_row(params![id], provider_key_row)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("provider key {id} not found")))?)
+        .ok_or_else(|| not_found(Resource::ProviderKey, id))?)
 }
 
 fn get_config(tx: &Transaction<'_>, id: &str) -> R<AccessKeyConfiguration> {
@@ -456,7 +456,7 @@ fn get_config(tx: &Transaction<'_>, id: &str) -> R<AccessKeyConfiguration> {
         .prepare_cached(&format!("SELECT {CONFIG_COLS} WHERE id = ?1"))?
         .query_row(params![id], config_raw)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("access key configuration {id} not found")))?;
+        .ok_or_else(|| not_found(Resource::Config, id))?;
     config_from_raw(tx, raw)
 }
 
@@ -465,7 +465,7 @@ fn get_provider(tx: &Transaction<'_>, id: &str) -> R<Provider> {
         .prepare_cached(&format!("SELECT {PROVIDER_COLS} WHERE id = ?1"))?
         .query_row(params![id], provider_raw)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("provider {id} not found")))?;
+        .ok_or_else(|| not_found(Resource::Provider, id))?;
     provider_from_raw(raw)
 }
 
@@ -485,7 +485,7 @@ fn key_provider(tx: &Transaction<'_>, id: &str) -> R<Option<String>> {
 }
 
 fn check_refs(tx: &Transaction<'_>, access: Option<&AccessSpec>, router: Option<&RouterSpec>) -> R<()> {
-    Ok(check_config_refs(access, router, |p| Ok(provider_exists(tx, p)?), |k| Ok(key_provider(tx, k)?))?)
+    Ok(refs::check_config_refs(access, router, |p| Ok(provider_exists(tx, p)?), |k| Ok(key_provider(tx, k)?))?)
 }
 
 /// Current and grace digests of an access key.
@@ -494,7 +494,7 @@ fn digests_of_key(tx: &Transaction<'_>, id: &str) -> R<Vec<Option<String>>> {
         .prepare_cached("SELECT digest, prev_digest FROM access_keys WHERE id = ?1")?
         .query_row(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("access key {id} not found")))?;
+        .ok_or_else(|| not_found(Resource::AccessKey, id))?;
     Ok([Some(d), p].into_iter().flatten().map(Some).collect())
 }
 
@@ -513,32 +513,27 @@ fn digests_of_config(tx: &Transaction<'_>, config_id: &str) -> R<Vec<Option<Stri
     Ok(out)
 }
 
-fn all_configs(tx: &Transaction<'_>) -> R<Vec<AccessKeyConfiguration>> {
-    let mut stmt = tx.prepare_cached(&format!("SELECT {CONFIG_COLS}"))?;
-    let raws = stmt.query_map([], config_raw)?.collect::<Result<Vec<_>, _>>()?;
-    raws.into_iter().map(|r| config_from_raw(tx, r)).collect()
+/// What every configuration refers to (in storage order).
+fn config_specs(tx: &Transaction<'_>) -> R<Vec<ConfigSpecs>> {
+    let mut stmt = tx.prepare_cached("SELECT id, access_json, router_json FROM configs")?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?, r.get::<_, Option<String>>(2)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(|(id, a, r)| Ok(ConfigSpecs { id, access: json_opt(a)?, router: json_opt(r)? })).collect()
 }
 
 fn name_conflict(tx: &Transaction<'_>, name: &str, except: Option<&str>) -> R<()> {
-    let other: Option<String> = tx
+    let holder: Option<String> = tx
         .prepare_cached("SELECT id FROM configs WHERE name = ?1")?
         .query_row(params![name], |r| r.get(0))
         .optional()?;
-    match other {
-        Some(o) if Some(o.as_str()) != except => {
-            Err(StoreError::Conflict(format!("an access key configuration named {name:?} already exists")).into())
-        }
-        _ => Ok(()),
-    }
+    Ok(refs::require_free_config_name(name, holder.as_deref(), except)?)
 }
 
 fn check_config_id(tx: &Transaction<'_>, id: &str) -> R<()> {
-    if exists(tx, "SELECT 1 FROM configs WHERE id = ?1", id)? {
-        Ok(())
-    } else {
-        Err(StoreError::invalid("accessKeyConfigurationId", format!("access key configuration {id} does not exist"))
-            .into())
-    }
+    Ok(refs::require_config(id, exists(tx, "SELECT 1 FROM configs WHERE id = ?1", id)?)?)
 }
 
 impl Store for SqliteStore {
@@ -650,12 +645,7 @@ impl Store for SqliteStore {
         let sealed = self.cipher.encrypt(&id, new.value.as_bytes())?;
         let redacted = redact_value(&new.value);
         self.write(|tx| {
-            if !provider_exists(tx, &new.provider_id)? {
-                return Err(StoreError::invalid(
-                    "providerId",
-                    format!("provider {} does not exist", new.provider_id),
-                ).into());
-            }
+            refs::require_provider(&new.provider_id, provider_exists(tx, &new.provider_id)?)?;
             let now = now_ms();
             tx.execute(
                 "INSERT INTO provider_keys(id, provider_id, name, description, metadata, managed, secret, redacted, created_ms, updated_ms)
@@ -705,18 +695,7 @@ impl Store for SqliteStore {
     fn delete_provider_key(&self, id: &str) -> StoreResult<()> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
-            let users: Vec<String> = all_configs(tx)?
-                .into_iter()
-                .filter(|c| config_mentions_key(c.router.as_ref(), id))
-                .map(|c| c.id)
-                .collect();
-            if !users.is_empty() {
-                return Err(StoreError::Conflict(format!(
-                    "provider key {id} is used by the router of access key configuration(s) {}",
-                    users.join(", ")
-                ))
-                .into());
-            }
+            refs::may_delete_provider_key(id, &config_specs(tx)?)?;
             tx.execute("DELETE FROM provider_keys WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
             Ok(())
@@ -820,12 +799,7 @@ impl Store for SqliteStore {
             get_config(tx, id)?;
             let users: i64 =
                 tx.query_row("SELECT COUNT(*) FROM access_keys WHERE config_id = ?1", params![id], |r| r.get(0))?;
-            if users > 0 {
-                return Err(StoreError::Conflict(format!(
-                    "access key configuration {id} is used by {users} access key(s)"
-                ))
-                .into());
-            }
+            refs::may_delete_config(id, users)?;
             tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
             billing::forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
@@ -837,9 +811,7 @@ impl Store for SqliteStore {
 
     fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider> {
         self.write(|tx| {
-            if provider_exists(tx, &new.id)? {
-                return Err(StoreError::Conflict(format!("provider {} already exists", new.id)).into());
-            }
+            refs::require_new_provider(&new.id, provider_exists(tx, &new.id)?)?;
             let now = now_ms();
             tx.execute(
                 "INSERT INTO providers(id, name, base_url, format, auth, models_json, built_in, created_ms, updated_ms)
@@ -874,9 +846,7 @@ impl Store for SqliteStore {
     fn update_provider(&self, id: &str, ch: &ProviderChanges) -> StoreResult<Provider> {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
-            if current.built_in && ch.format.is_some_and(|f| f != current.format) {
-                return Err(StoreError::invalid("format", "the format of a built-in provider cannot change").into());
-            }
+            refs::may_change_provider(&current, ch.format)?;
             tx.execute(
                 "UPDATE providers SET name = ?2, base_url = ?3, format = ?4, auth = ?5, models_json = ?6, updated_ms = ?7
                  WHERE id = ?1",
@@ -898,26 +868,9 @@ impl Store for SqliteStore {
     fn delete_provider(&self, id: &str) -> StoreResult<()> {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
-            if current.built_in {
-                return Err(StoreError::Conflict(format!("provider {id} is built in and cannot be deleted")).into());
-            }
             let keys: i64 =
                 tx.query_row("SELECT COUNT(*) FROM provider_keys WHERE provider_id = ?1", params![id], |r| r.get(0))?;
-            if keys > 0 {
-                return Err(StoreError::Conflict(format!("provider {id} has {keys} provider key(s)")).into());
-            }
-            let users: Vec<String> = all_configs(tx)?
-                .into_iter()
-                .filter(|c| config_mentions_provider(c.access.as_ref(), c.router.as_ref(), id))
-                .map(|c| c.id)
-                .collect();
-            if !users.is_empty() {
-                return Err(StoreError::Conflict(format!(
-                    "provider {id} is used by access key configuration(s) {}",
-                    users.join(", ")
-                ))
-                .into());
-            }
+            refs::may_delete_provider(&current, keys, &config_specs(tx)?)?;
             tx.execute("DELETE FROM providers WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
             Ok(())

@@ -1,0 +1,304 @@
+//! API resources: what the management API answers (and the configuration
+//! specs it stores). `AccessKey` carries a token in two answers only and
+//! implements no `Debug`.
+
+use keygate_proto::lookup::{AuthStyle, Format};
+use serde::{Deserialize, Serialize};
+
+use crate::pricing::Window;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigRef {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKey {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used: Option<String>,
+    pub key_redacted: String,
+    pub access_key_configuration: Option<ConfigRef>,
+    pub expires_at: Option<String>,
+    pub disabled: bool,
+    pub budget: Option<BudgetSpec>,
+    /// The current window of `budget` (null without a budget).
+    pub budget_usage: Option<BudgetUsage>,
+    /// Only in the create and rotate responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProviderKey {
+    pub id: String,
+    pub provider_id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub managed: bool,
+    pub key_redacted: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provider {
+    pub id: String,
+    pub name: String,
+    pub base_url: String,
+    pub format: Format,
+    pub auth: AuthStyle,
+    pub models: Vec<String>,
+    pub built_in: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessKeyConfiguration {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub metadata: String,
+    pub access: Option<AccessSpec>,
+    pub router: Option<RouterSpec>,
+    pub rate_limits: Option<RateLimitsSpec>,
+    /// One budget shared by every access key using this configuration.
+    pub budget: Option<BudgetSpec>,
+    pub budget_usage: Option<BudgetUsage>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Per-key rate limits of a configuration (enforced by the Envoy filter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// A spending limit: tokens and/or USD per window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub window: Window,
+}
+
+/// What the current window of a budget has used and holds in reservations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetUsage {
+    pub tokens: i64,
+    pub cost_usd: f64,
+    pub reserved_tokens: i64,
+    pub reserved_cost_usd: f64,
+    /// Start of the current window; null for window `none`.
+    pub window_start: Option<String>,
+}
+
+/// The gateway-wide credit balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Credits {
+    pub enabled: bool,
+    pub balance_usd: f64,
+    pub reserved_usd: f64,
+}
+
+/// One entry of the price catalog (USD per million tokens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriceEntry {
+    pub provider: String,
+    pub model: String,
+    pub input_per_million_usd: f64,
+    pub output_per_million_usd: f64,
+    pub cached_input_per_million_usd: Option<f64>,
+    pub updated_at: String,
+}
+
+/// One stored usage record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageItem {
+    pub id: String,
+    pub request_id: String,
+    pub access_key_id: String,
+    pub access_key_configuration_id: Option<String>,
+    pub provider: String,
+    pub model: Option<String>,
+    pub provider_key_id: Option<String>,
+    pub attempt: u32,
+    #[serde(rename = "final")]
+    pub final_attempt: bool,
+    pub status: u16,
+    pub streaming: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_usd: f64,
+    pub started_at: String,
+    pub ended_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SummaryRow {
+    pub group: String,
+    /// Final records (requests answered).
+    pub requests: i64,
+    /// Upstream attempts (records with attempt > 0).
+    pub attempts: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<AllowList>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<AllowList>,
+    /// Provider-account endpoints (`files.read`, `batches.*`, ...): refused
+    /// unless listed here (absent = none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<AllowList>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AllowList {
+    pub allow: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouterSpec {
+    pub rules: Vec<RuleSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StepSpec {
+    #[serde(rename_all = "camelCase")]
+    User {
+        #[serde(default)]
+        key_selection_strategy: KeySelectionStrategy,
+        keys: Vec<KeyRef>,
+    },
+    Managed {},
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeySelectionStrategy {
+    #[default]
+    Ordered,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KeyRef {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    #[serde(flatten)]
+    pub items: T,
+    pub uri: String,
+    pub next_page_uri: Option<String>,
+}
+
+impl RuleSpec {
+    /// The provider this rule is about (from `provider` or the model's prefix).
+    pub fn provider_id(&self) -> Option<&str> {
+        self.provider.as_deref().or_else(|| self.model.as_deref().and_then(|m| m.split_once('/').map(|(p, _)| p)))
+    }
+
+    /// The provider-local model (pattern) of a model rule.
+    pub fn local_model(&self) -> Option<&str> {
+        self.model.as_deref().and_then(|m| m.split_once('/').map(|(_, l)| l))
+    }
+}
+
+/// Redacted form of a provider-key value: first 3 + `...` + last 4 characters
+/// when the value is long enough (≥ 16 characters), else `...`.
+pub fn redact_value(value: &str) -> String {
+    let n = value.chars().count();
+    if n >= 16 {
+        let head: String = value.chars().take(3).collect();
+        let tail: String = value.chars().skip(n - 4).collect();
+        format!("{head}...{tail}")
+    } else {
+        "...".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_value("sk-proj-abcdefghijklmnop1234"), "sk-...1234");
+        assert_eq!(redact_value("short"), "...");
+    }
+
+    #[test]
+    fn step_parsing() {
+        let r: RouterSpec = serde_json::from_str(
+            r#"{"rules":[{"provider":"openai","steps":[{"type":"user","keys":[{"id":"pk_1"}]},{"type":"managed"}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.rules[0].steps[0],
+            StepSpec::User {
+                key_selection_strategy: KeySelectionStrategy::Ordered,
+                keys: vec![KeyRef { id: "pk_1".into() }]
+            }
+        );
+        assert!(serde_json::from_str::<StepSpec>(r#"{"type":"managed","keys":[]}"#).is_err());
+        assert!(serde_json::from_str::<StepSpec>(r#"{"type":"user","keys":[],"x":1}"#).is_err());
+        assert!(
+            serde_json::from_str::<StepSpec>(r#"{"type":"user","keySelectionStrategy":"random","keys":[]}"#).is_err()
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["rules"][0]["steps"][0]["keySelectionStrategy"], "ordered");
+        assert_eq!(json["rules"][0]["steps"][1], serde_json::json!({"type":"managed"}));
+    }
+}
