@@ -1,4 +1,8 @@
 //! Storage behind a trait, so that another backend can follow the SQLite one.
+//! A backend holds statements and transactions only: it asks
+//! [`crate::policy`] for every decision (and implements
+//! [`crate::policy::ledger::Ledger`] for billing), so a second backend reuses
+//! every rule.
 //!
 //! The trait is synchronous; the HTTP layer calls it from
 //! `tokio::task::spawn_blocking`. Every mutation bumps the store-wide version

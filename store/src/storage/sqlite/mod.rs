@@ -1,22 +1,27 @@
 //! SQLite backend: WAL journal, `synchronous=FULL` (an acknowledged write is on
 //! disk), one writer connection and one read connection for the gateway
 //! lookups, both behind mutexes (callers use `spawn_blocking`).
+//!
+//! Statements only: decisions come from [`crate::policy`]. Submodules: the
+//! schema, the [`Ledger`] the billing policy drives, usage reports and prices,
+//! and the backend's own error type (rusqlite errors never leave it).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use keygate_proto::lookup::{
-    AuthStyle, Changes, Format, KeyInfo, KeyStatus, Limits, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
-    SCHEMA,
+    AuthStyle, Changes, Format, KeyInfo, KeyStatus, Lookup, ReserveRequest, ReserveResponse, UsageRecord, SCHEMA,
 };
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-mod billing;
 mod error;
+mod ledger;
+mod reports;
+mod schema;
 
-use self::billing::{config_scope, key_scope};
 use self::error::{db, DbError, R};
+use self::ledger::{forget_scope, SqlLedger};
 use super::{
     AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
     PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
@@ -30,72 +35,11 @@ use crate::model::{
     ProviderKey, RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::plan::{self, KeyRow, ProviderRow};
+use crate::policy::budget::{self, config_scope, key_scope};
+use crate::policy::key_status::{self, KeyFacts};
+use crate::policy::ledger::Ledger;
 use crate::policy::references::{self as refs, not_found, ConfigSpecs, Resource};
-
-const SCHEMA_SQL: &str = r#"
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value ANY NOT NULL
-) STRICT, WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS providers (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    name        TEXT NOT NULL,
-    base_url    TEXT NOT NULL,
-    format      TEXT NOT NULL,
-    auth        TEXT NOT NULL,
-    models_json TEXT NOT NULL,
-    built_in    INTEGER NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS provider_keys (
-    id          TEXT PRIMARY KEY,
-    provider_id TEXT NOT NULL REFERENCES providers(id),
-    name        TEXT NOT NULL,
-    description TEXT NOT NULL,
-    metadata    TEXT NOT NULL,
-    managed     INTEGER NOT NULL,
-    secret      BLOB NOT NULL,
-    redacted    TEXT NOT NULL,
-    created_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS provider_keys_provider ON provider_keys(provider_id, managed);
-CREATE TABLE IF NOT EXISTS configs (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL UNIQUE,
-    description TEXT NOT NULL,
-    metadata    TEXT NOT NULL,
-    access_json TEXT,
-    router_json TEXT,
-    created_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS access_keys (
-    id          TEXT PRIMARY KEY,
-    name        TEXT NOT NULL,
-    description TEXT NOT NULL,
-    metadata    TEXT NOT NULL,
-    config_id   TEXT REFERENCES configs(id),
-    expires_at  INTEGER,
-    disabled    INTEGER NOT NULL,
-    digest      TEXT NOT NULL UNIQUE,
-    redacted    TEXT NOT NULL,
-    prev_digest TEXT UNIQUE,
-    prev_until  INTEGER,
-    created_ms  INTEGER NOT NULL,
-    updated_ms  INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS access_keys_config ON access_keys(config_id);
-CREATE TABLE IF NOT EXISTS change_log (
-    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
-    version INTEGER NOT NULL,
-    digest  TEXT
-);
-CREATE INDEX IF NOT EXISTS change_log_version ON change_log(version);
-INSERT OR IGNORE INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0);
-"#;
+use crate::policy::{credits, reservation};
 
 const KEY_CHECK_AAD: &str = "keygate-master-key-check";
 
@@ -191,8 +135,7 @@ impl SqliteStore {
         configure(&writer)?;
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA_SQL)?;
-            billing::migrate(&tx)?;
+            schema::migrate(&tx)?;
             // The master key must be the one the data was written with.
             let check: Option<Vec<u8>> =
                 tx.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0)).optional()?;
@@ -335,7 +278,7 @@ fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
 /// Fills `budgetUsage` of an access key read from the database.
 fn with_key_usage(tx: &Transaction<'_>, mut key: AccessKey) -> R<AccessKey> {
     if let Some(b) = &key.budget {
-        key.budget_usage = Some(billing::budget_usage(tx, &key_scope(&key.id), b, now_ms())?);
+        key.budget_usage = Some(budget::usage(&mut SqlLedger(tx), &key_scope(&key.id), b, now_ms())?);
     }
     Ok(key)
 }
@@ -392,7 +335,7 @@ fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
 fn config_from_raw(tx: &Transaction<'_>, raw: ConfigRaw) -> R<AccessKeyConfiguration> {
     let budget: Option<BudgetSpec> = json_opt(raw.budget)?;
     let budget_usage = match &budget {
-        Some(b) => Some(billing::budget_usage(tx, &config_scope(&raw.id), b, now_ms())?),
+        Some(b) => Some(budget::usage(&mut SqlLedger(tx), &config_scope(&raw.id), b, now_ms())?),
         None => None,
     };
     Ok(AccessKeyConfiguration {
@@ -616,7 +559,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             tx.execute("DELETE FROM access_keys WHERE id = ?1", params![id])?;
-            billing::forget_scope(tx, &key_scope(id))?;
+            forget_scope(tx, &key_scope(id))?;
             self.bump(tx, &digests)?;
             Ok(())
         })
@@ -626,7 +569,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let mut digests = digests_of_key(tx, id)?;
             let now = now_ms();
-            let until = now_secs().saturating_add(grace_seconds.max(0));
+            let until = key_status::grace_end(now_secs(), grace_seconds);
             tx.execute(
                 "UPDATE access_keys SET prev_digest = digest, prev_until = ?2, digest = ?3, redacted = ?4, updated_ms = ?5
                  WHERE id = ?1",
@@ -801,7 +744,7 @@ impl Store for SqliteStore {
                 tx.query_row("SELECT COUNT(*) FROM access_keys WHERE config_id = ?1", params![id], |r| r.get(0))?;
             refs::may_delete_config(id, users)?;
             tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
-            billing::forget_scope(tx, &config_scope(id))?;
+            forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
             Ok(())
         })
@@ -915,22 +858,13 @@ impl Store for SqliteStore {
             let Some(((id, config_id, expires_at, disabled, prev_until, key_budget), is_prev)) = hit else {
                 return Ok(doc);
             };
-            let now = now_secs();
-            let grace_until = if is_prev { Some(prev_until.unwrap_or(0)) } else { None };
-            let valid_until = match (expires_at, grace_until) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            let facts = KeyFacts {
+                expires_at,
+                disabled,
+                grace_until: if is_prev { Some(prev_until.unwrap_or(0)) } else { None },
             };
-            doc.status = if grace_until.is_some_and(|g| g <= now) {
-                KeyStatus::Expired
-            } else if disabled {
-                KeyStatus::Disabled
-            } else if expires_at.is_some_and(|e| e <= now) {
-                KeyStatus::Expired
-            } else {
-                KeyStatus::Active
-            };
-            doc.key = Some(KeyInfo { id, config_id: config_id.clone(), valid_until });
+            doc.status = facts.status(now_secs());
+            doc.key = Some(KeyInfo { id, config_id: config_id.clone(), valid_until: facts.valid_until() });
             if doc.status != KeyStatus::Active {
                 return Ok(doc);
             }
@@ -944,11 +878,9 @@ impl Store for SqliteStore {
                 None => (None, None, None, None),
             };
             let (access, router): (Option<AccessSpec>, Option<RouterSpec>) = (json_opt(a)?, json_opt(r)?);
-            let limits: Option<RateLimitsSpec> = json_opt(limits)?;
-            doc.limits = limits
-                .filter(|l| l.requests_per_minute.is_some() || l.tokens_per_minute.is_some())
-                .map(|l| Limits { requests_per_minute: l.requests_per_minute, tokens_per_minute: l.tokens_per_minute });
-            doc.budgeted = key_budget.is_some() || config_budget.is_some() || billing::credits_enabled(tx)?;
+            doc.limits = key_status::limits(json_opt::<RateLimitsSpec>(limits)?);
+            doc.budgeted =
+                budget::budgeted(key_budget.is_some(), config_budget.is_some(), SqlLedger(tx).credit_state()?.enabled);
             let providers = {
                 let mut stmt =
                     tx.prepare_cached("SELECT id, format, auth, base_url, models_json FROM providers ORDER BY seq")?;
@@ -1053,57 +985,57 @@ impl Store for SqliteStore {
     // -------------------------------------------------------- budgets and usage
 
     fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse> {
-        self.write(|tx| billing::reserve(tx, req, now_ms()))
+        self.write(|tx| reservation::reserve(&mut SqlLedger(tx), req, now_ms()))
     }
 
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {
-        self.write(|tx| billing::ingest(tx, records, now_ms()))
+        self.write(|tx| reservation::ingest(&mut SqlLedger(tx), records, now_ms()))
     }
 
     fn sweep_reservations(&self) -> StoreResult<usize> {
-        self.write(|tx| billing::sweep(tx, now_ms()))
+        self.write(|tx| reservation::sweep(&mut SqlLedger(tx), now_ms()))
     }
 
     fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>> {
-        self.read_gateway(|tx| billing::list_usage(tx, filter, page))
+        self.read_gateway(|tx| reports::list_usage(tx, filter, page))
     }
 
     fn usage_summary(&self, filter: &UsageFilter, group_by: GroupBy) -> StoreResult<Vec<SummaryRow>> {
-        self.read_gateway(|tx| billing::usage_summary(tx, filter, group_by))
+        self.read_gateway(|tx| reports::usage_summary(tx, filter, group_by))
     }
 
     fn get_credits(&self) -> StoreResult<Credits> {
-        self.read(billing::get_credits)
+        self.read(|tx| credits::view(&mut SqlLedger(tx)))
     }
 
     fn add_credits(&self, micros: i64) -> StoreResult<Credits> {
         self.write(|tx| {
-            if billing::add_credits(tx, micros)? {
+            if credits::add(&mut SqlLedger(tx), micros)? {
                 self.bump(tx, &[None])?;
             }
-            billing::get_credits(tx)
+            credits::view(&mut SqlLedger(tx))
         })
     }
 
     fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits> {
         self.write(|tx| {
-            if billing::set_credits_enabled(tx, enabled)? {
+            if credits::set_enabled(&mut SqlLedger(tx), enabled)? {
                 self.bump(tx, &[None])?;
             }
-            billing::get_credits(tx)
+            credits::view(&mut SqlLedger(tx))
         })
     }
 
     fn list_prices(&self) -> StoreResult<Vec<PriceEntry>> {
-        self.read(billing::list_prices)
+        self.read(reports::list_prices)
     }
 
     fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry> {
-        self.write(|tx| billing::put_price(tx, provider, model, price, now_ms()))
+        self.write(|tx| reports::put_price(tx, provider, model, price, now_ms()))
     }
 
     fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()> {
-        self.write(|tx| billing::delete_price(tx, provider, model))
+        self.write(|tx| reports::delete_price(tx, provider, model))
     }
 
     fn gauges(&self) -> StoreResult<Gauges> {

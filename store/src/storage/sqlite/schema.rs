@@ -1,0 +1,174 @@
+//! The SQLite schema: tables of the first version, columns and tables added
+//! since (databases created before get them on open), and the seeded prices.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::error::R;
+use crate::pricing::{usd_to_micros, DEFAULT_PRICES};
+
+const SCHEMA_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value ANY NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS providers (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT NOT NULL UNIQUE,
+    name        TEXT NOT NULL,
+    base_url    TEXT NOT NULL,
+    format      TEXT NOT NULL,
+    auth        TEXT NOT NULL,
+    models_json TEXT NOT NULL,
+    built_in    INTEGER NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS provider_keys (
+    id          TEXT PRIMARY KEY,
+    provider_id TEXT NOT NULL REFERENCES providers(id),
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    managed     INTEGER NOT NULL,
+    secret      BLOB NOT NULL,
+    redacted    TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS provider_keys_provider ON provider_keys(provider_id, managed);
+CREATE TABLE IF NOT EXISTS configs (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    access_json TEXT,
+    router_json TEXT,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS access_keys (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    config_id   TEXT REFERENCES configs(id),
+    expires_at  INTEGER,
+    disabled    INTEGER NOT NULL,
+    digest      TEXT NOT NULL UNIQUE,
+    redacted    TEXT NOT NULL,
+    prev_digest TEXT UNIQUE,
+    prev_until  INTEGER,
+    created_ms  INTEGER NOT NULL,
+    updated_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS access_keys_config ON access_keys(config_id);
+CREATE TABLE IF NOT EXISTS change_log (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    version INTEGER NOT NULL,
+    digest  TEXT
+);
+CREATE INDEX IF NOT EXISTS change_log_version ON change_log(version);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0);
+"#;
+
+const BILLING_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS budget_state (
+    scope           TEXT NOT NULL,
+    win             TEXT NOT NULL,
+    window_start    INTEGER NOT NULL,
+    spent_tokens    INTEGER NOT NULL DEFAULT 0,
+    spent_micros    INTEGER NOT NULL DEFAULT 0,
+    reserved_tokens INTEGER NOT NULL DEFAULT 0,
+    reserved_micros INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope, win, window_start)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reservations (
+    id            TEXT PRIMARY KEY,
+    request_id    TEXT NOT NULL,
+    access_key_id TEXT NOT NULL,
+    tokens        INTEGER NOT NULL,
+    micros        INTEGER NOT NULL,
+    budgets_json  TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    expires_ms    INTEGER NOT NULL,
+    released      INTEGER NOT NULL DEFAULT 0,
+    settled_ms    INTEGER
+);
+CREATE INDEX IF NOT EXISTS reservations_open ON reservations(released, expires_ms);
+CREATE INDEX IF NOT EXISTS reservations_request ON reservations(request_id);
+CREATE TABLE IF NOT EXISTS usage (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    request_id       TEXT NOT NULL,
+    attempt          INTEGER NOT NULL,
+    access_key_id    TEXT NOT NULL,
+    config_id        TEXT,
+    provider         TEXT NOT NULL,
+    model            TEXT,
+    provider_key_id  TEXT,
+    final            INTEGER NOT NULL,
+    status           INTEGER NOT NULL,
+    streaming        INTEGER NOT NULL,
+    input_tokens     INTEGER NOT NULL,
+    output_tokens    INTEGER NOT NULL,
+    cached_tokens    INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_micros      INTEGER NOT NULL,
+    started_ms       INTEGER NOT NULL,
+    ended_ms         INTEGER NOT NULL,
+    reservation_id   TEXT,
+    charged          INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (request_id, attempt)
+);
+CREATE INDEX IF NOT EXISTS usage_started ON usage(started_ms);
+CREATE INDEX IF NOT EXISTS usage_key ON usage(access_key_id, id);
+CREATE TABLE IF NOT EXISTS prices (
+    provider      TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    input_micros  INTEGER NOT NULL,
+    output_micros INTEGER NOT NULL,
+    cached_micros INTEGER,
+    updated_ms    INTEGER NOT NULL,
+    PRIMARY KEY (provider, model)
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('credits_enabled', 0), ('credits_granted', 0), ('credits_touched', 0);
+"#;
+
+/// Columns added to tables of the first schema (databases created before
+/// budgets existed get them on open).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("configs", "rate_limits_json", "TEXT"),
+    ("configs", "budget_json", "TEXT"),
+    ("access_keys", "budget_json", "TEXT"),
+    ("access_keys", "last_used_ms", "INTEGER"),
+    ("provider_keys", "last_used_ms", "INTEGER"),
+];
+
+/// Creates or upgrades the schema and seeds the default prices once.
+pub(super) fn migrate(tx: &Transaction<'_>) -> R<()> {
+    tx.execute_batch(SCHEMA_SQL)?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present = tx
+            .prepare(&format!("SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"))?
+            .query_row(params![column], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    tx.execute_batch(BILLING_SQL)?;
+    let seeded = tx.query_row("SELECT 1 FROM meta WHERE key = 'prices_seeded'", [], |_| Ok(())).optional()?.is_some();
+    if !seeded {
+        let now = crate::ids::now_ms();
+        for (provider, model, input, output, cached) in DEFAULT_PRICES {
+            tx.execute(
+                "INSERT OR IGNORE INTO prices(provider, model, input_micros, output_micros, cached_micros, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![provider, model, usd_to_micros(*input), usd_to_micros(*output), cached.map(usd_to_micros), now],
+            )?;
+        }
+        tx.execute("INSERT INTO meta(key, value) VALUES ('prices_seeded', 1)", [])?;
+    }
+    Ok(())
+}
