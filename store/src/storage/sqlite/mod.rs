@@ -19,9 +19,11 @@ mod error;
 mod ledger;
 mod reports;
 mod schema;
+mod update;
 
 use self::error::{db, DbError, R};
 use self::ledger::{forget_scope, SqlLedger};
+use self::update::Assignments;
 use super::{
     AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
     PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
@@ -104,6 +106,11 @@ fn json_opt<T: serde::de::DeserializeOwned>(s: Option<String>) -> R<Option<T>> {
 
 fn to_json_opt<T: serde::Serialize>(v: Option<&T>) -> R<Option<String>> {
     v.map(serde_json::to_string).transpose().map_err(DbError::from)
+}
+
+/// A PATCH of a JSON column: absent stays, `null` clears, a value is stored as JSON.
+fn json_change<T: serde::Serialize>(change: &Option<Option<T>>) -> R<Option<Option<String>>> {
+    change.as_ref().map(|v| to_json_opt(v.as_ref())).transpose()
 }
 
 fn limit_i64(page: &PageRequest) -> i64 {
@@ -524,32 +531,16 @@ impl Store for SqliteStore {
             if let Some(Some(c)) = &ch.config_id {
                 check_config_id(tx, c)?;
             }
-            let now = now_ms();
-            if let Some(v) = &ch.name {
-                tx.execute("UPDATE access_keys SET name = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.description {
-                tx.execute("UPDATE access_keys SET description = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.metadata {
-                tx.execute("UPDATE access_keys SET metadata = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.config_id {
-                tx.execute("UPDATE access_keys SET config_id = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.expires_at {
-                tx.execute("UPDATE access_keys SET expires_at = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.disabled {
-                tx.execute("UPDATE access_keys SET disabled = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.budget {
-                tx.execute(
-                    "UPDATE access_keys SET budget_json = ?2 WHERE id = ?1",
-                    params![id, to_json_opt(v.as_ref())?],
-                )?;
-            }
-            tx.execute("UPDATE access_keys SET updated_ms = ?2 WHERE id = ?1", params![id, now])?;
+            Assignments::default()
+                .set_some("name", ch.name.clone())
+                .set_some("description", ch.description.clone())
+                .set_some("metadata", ch.metadata.clone())
+                .set_some("config_id", ch.config_id.clone())
+                .set_some("expires_at", ch.expires_at)
+                .set_some("disabled", ch.disabled)
+                .set_some("budget_json", json_change(&ch.budget)?)
+                .set("updated_ms", now_ms())
+                .execute(tx, "access_keys", id)?;
             self.bump(tx, &digests)?;
             get_access_key(tx, id)
         })
@@ -617,19 +608,13 @@ impl Store for SqliteStore {
     fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges) -> StoreResult<ProviderKey> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
-            if let Some(v) = &ch.name {
-                tx.execute("UPDATE provider_keys SET name = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.description {
-                tx.execute("UPDATE provider_keys SET description = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.metadata {
-                tx.execute("UPDATE provider_keys SET metadata = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            if let Some(v) = &ch.managed {
-                tx.execute("UPDATE provider_keys SET managed = ?2 WHERE id = ?1", params![id, v])?;
-            }
-            tx.execute("UPDATE provider_keys SET updated_ms = ?2 WHERE id = ?1", params![id, now_ms()])?;
+            Assignments::default()
+                .set_some("name", ch.name.clone())
+                .set_some("description", ch.description.clone())
+                .set_some("metadata", ch.metadata.clone())
+                .set_some("managed", ch.managed)
+                .set("updated_ms", now_ms())
+                .execute(tx, "provider_keys", id)?;
             self.bump(tx, &[None])?;
             get_provider_key(tx, id)
         })
@@ -709,28 +694,19 @@ impl Store for SqliteStore {
             if let Some(name) = &ch.name {
                 name_conflict(tx, name, Some(id))?;
             }
-            let access = ch.access.clone().unwrap_or(current.access);
-            let router = ch.router.clone().unwrap_or(current.router);
-            let rate_limits: Option<RateLimitsSpec> = ch.rate_limits.clone().unwrap_or(current.rate_limits);
-            let budget: Option<BudgetSpec> = ch.budget.clone().unwrap_or(current.budget);
+            let access = ch.access.as_ref().unwrap_or(&current.access);
+            let router = ch.router.as_ref().unwrap_or(&current.router);
             check_refs(tx, access.as_ref(), router.as_ref())?;
-            tx.execute(
-                "UPDATE configs SET rate_limits_json = ?2, budget_json = ?3 WHERE id = ?1",
-                params![id, to_json_opt(rate_limits.as_ref())?, to_json_opt(budget.as_ref())?],
-            )?;
-            tx.execute(
-                "UPDATE configs SET name = ?2, description = ?3, metadata = ?4, access_json = ?5, router_json = ?6, updated_ms = ?7
-                 WHERE id = ?1",
-                params![
-                    id,
-                    ch.name.as_deref().unwrap_or(&current.name),
-                    ch.description.as_deref().unwrap_or(&current.description),
-                    ch.metadata.as_deref().unwrap_or(&current.metadata),
-                    to_json_opt(access.as_ref())?,
-                    to_json_opt(router.as_ref())?,
-                    now_ms()
-                ],
-            )?;
+            Assignments::default()
+                .set_some("name", ch.name.clone())
+                .set_some("description", ch.description.clone())
+                .set_some("metadata", ch.metadata.clone())
+                .set_some("access_json", json_change(&ch.access)?)
+                .set_some("router_json", json_change(&ch.router)?)
+                .set_some("rate_limits_json", json_change(&ch.rate_limits)?)
+                .set_some("budget_json", json_change(&ch.budget)?)
+                .set("updated_ms", now_ms())
+                .execute(tx, "configs", id)?;
             let digests = digests_of_config(tx, id)?;
             self.bump(tx, &digests)?;
             get_config(tx, id)
@@ -790,19 +766,14 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             refs::may_change_provider(&current, ch.format)?;
-            tx.execute(
-                "UPDATE providers SET name = ?2, base_url = ?3, format = ?4, auth = ?5, models_json = ?6, updated_ms = ?7
-                 WHERE id = ?1",
-                params![
-                    id,
-                    ch.name.as_deref().unwrap_or(&current.name),
-                    ch.base_url.as_deref().unwrap_or(&current.base_url),
-                    format_str(ch.format.unwrap_or(current.format)),
-                    auth_str(ch.auth.unwrap_or(current.auth)),
-                    serde_json::to_string(ch.models.as_ref().unwrap_or(&current.models))?,
-                    now_ms()
-                ],
-            )?;
+            Assignments::default()
+                .set_some("name", ch.name.clone())
+                .set_some("base_url", ch.base_url.clone())
+                .set_some("format", ch.format.map(|f| format_str(f).to_string()))
+                .set_some("auth", ch.auth.map(|a| auth_str(a).to_string()))
+                .set_some("models_json", ch.models.as_ref().map(serde_json::to_string).transpose()?)
+                .set("updated_ms", now_ms())
+                .execute(tx, "providers", id)?;
             self.bump(tx, &[None])?;
             get_provider(tx, id)
         })
