@@ -255,6 +255,18 @@ mod tests {
         BudgetSpec { tokens: Some(n), cost_usd: None, window: Window::None }
     }
 
+    /// [`ledger`] with token budgets on the key and on its configuration.
+    fn budgeted(key: Option<u64>, config: Option<u64>) -> MemoryLedger {
+        let mut l = ledger();
+        if let Some(k) = l.keys.get_mut("ak_1") {
+            k.budget = key.map(tokens);
+        }
+        if let Some(c) = config {
+            l.configs.insert("akc_1".into(), tokens(c));
+        }
+        l
+    }
+
     fn request(id: &str, input: u64, output: u64) -> ReserveRequest {
         ReserveRequest {
             request_id: id.into(),
@@ -324,9 +336,7 @@ mod tests {
 
     #[test]
     fn a_reservation_that_fits_holds_the_estimate_in_every_budget() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
-        l.configs.insert("akc_1".into(), tokens(100));
+        let mut l = budgeted(Some(100), Some(100));
         l.credits = CreditState { enabled: true, granted: 1_000, touched: true };
         let id = reserve_ok(&mut l, &request("r", 10, 5));
         let held = BudgetRow { reserved_tokens: 15, reserved_micros: 15, ..BudgetRow::default() };
@@ -340,9 +350,7 @@ mod tests {
 
     #[test]
     fn the_key_budget_refuses_before_the_configuration_budget() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(10));
-        l.configs.insert("akc_1".into(), tokens(10));
+        let mut l = budgeted(Some(10), Some(10));
         let r = reserve(&mut l, &request("r", 10, 5), NOW).unwrap();
         assert_eq!(r.refused_by, Some(RefusedBy::Key));
         assert!(l.reservations.is_empty());
@@ -350,9 +358,7 @@ mod tests {
 
     #[test]
     fn a_refused_reservation_holds_nothing_in_the_budgets_that_had_room() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
-        l.configs.insert("akc_1".into(), tokens(10));
+        let mut l = budgeted(Some(100), Some(10));
         let r = reserve(&mut l, &request("r", 10, 5), NOW).unwrap();
         assert_eq!(r.refused_by, Some(RefusedBy::Configuration));
         assert_eq!(key_row(&l), BudgetRow::default());
@@ -369,8 +375,7 @@ mod tests {
 
     #[test]
     fn an_expired_reservation_is_released_by_the_sweep() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
+        let mut l = budgeted(Some(100), None);
         reserve_ok(&mut l, &request("r", 10, 5));
         assert_eq!(sweep(&mut l, NOW + RESERVATION_TTL_MS - 1).unwrap(), 0);
         assert_eq!(sweep(&mut l, NOW + RESERVATION_TTL_MS).unwrap(), 1);
@@ -382,8 +387,7 @@ mod tests {
 
     #[test]
     fn usage_settles_its_reservation_and_charges_the_budgets_once() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
+        let mut l = budgeted(Some(100), None);
         let id = reserve_ok(&mut l, &request("r", 10, 5));
         let records = [record("r", 1, Some(&id), 3), record("r", 2, Some(&id), 4)];
         assert_eq!(ingest(&mut l, &records, NOW + 1).unwrap(), 2);
@@ -399,8 +403,7 @@ mod tests {
 
     #[test]
     fn a_record_quoting_another_request_s_reservation_settles_nothing() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
+        let mut l = budgeted(Some(100), None);
         let id = reserve_ok(&mut l, &request("r", 10, 5));
         assert_eq!(ingest(&mut l, &[record("other", 1, Some(&id), 3)], NOW).unwrap(), 1);
         assert_eq!(l.reservations[0].settled_ms, None);
@@ -410,8 +413,7 @@ mod tests {
 
     #[test]
     fn settling_a_reservation_the_sweep_released_does_not_release_it_twice() {
-        let mut l = ledger();
-        l.keys.get_mut("ak_1").unwrap().budget = Some(tokens(100));
+        let mut l = budgeted(Some(100), None);
         let a = reserve_ok(&mut l, &request("a", 10, 5));
         let swept = NOW + RESERVATION_TTL_MS;
         sweep(&mut l, swept).unwrap();

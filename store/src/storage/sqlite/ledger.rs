@@ -64,6 +64,14 @@ fn with_holds((mut r, holds): (Reservation, String)) -> R<Reservation> {
     Ok(r)
 }
 
+impl SqlLedger<'_, '_> {
+    /// Runs one cached statement.
+    fn exec(&self, sql: &str, params: impl rusqlite::Params) -> R<()> {
+        self.0.prepare_cached(sql)?.execute(params)?;
+        Ok(())
+    }
+}
+
 impl Ledger for SqlLedger<'_, '_> {
     type Error = DbError;
 
@@ -188,22 +196,15 @@ impl Ledger for SqlLedger<'_, '_> {
     }
 
     fn mark_released(&mut self, id: &str) -> R<()> {
-        self.0.prepare_cached("UPDATE reservations SET released = 1 WHERE id = ?1")?.execute(params![id])?;
-        Ok(())
+        self.exec("UPDATE reservations SET released = 1 WHERE id = ?1", params![id])
     }
 
     fn mark_settled(&mut self, id: &str, now_ms: i64) -> R<()> {
-        self.0
-            .prepare_cached("UPDATE reservations SET released = 1, settled_ms = ?2 WHERE id = ?1")?
-            .execute(params![id, now_ms])?;
-        Ok(())
+        self.exec("UPDATE reservations SET released = 1, settled_ms = ?2 WHERE id = ?1", params![id, now_ms])
     }
 
     fn forget_released(&mut self, created_before_ms: i64) -> R<()> {
-        self.0
-            .prepare_cached("DELETE FROM reservations WHERE released = 1 AND created_ms < ?1")?
-            .execute(params![created_before_ms])?;
-        Ok(())
+        self.exec("DELETE FROM reservations WHERE released = 1 AND created_ms < ?1", params![created_before_ms])
     }
 
     fn settled_holds(&mut self, request_id: &str) -> R<Option<Vec<BudgetRef>>> {
@@ -268,23 +269,20 @@ impl Ledger for SqlLedger<'_, '_> {
     }
 
     fn mark_charged(&mut self, request_id: &str) -> R<()> {
-        self.0
-            .prepare_cached("UPDATE usage SET charged = 1 WHERE request_id = ?1 AND charged = 0")?
-            .execute(params![request_id])?;
-        Ok(())
+        self.exec("UPDATE usage SET charged = 1 WHERE request_id = ?1 AND charged = 0", params![request_id])
     }
 
     fn touch_access_key(&mut self, id: &str, ms: i64) -> R<()> {
-        self.0
-            .prepare_cached("UPDATE access_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?2) WHERE id = ?1")?
-            .execute(params![id, ms])?;
-        Ok(())
+        self.exec(
+            "UPDATE access_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?2) WHERE id = ?1",
+            params![id, ms],
+        )
     }
 
     fn touch_provider_key(&mut self, id: &str, ms: i64) -> R<()> {
-        self.0
-            .prepare_cached("UPDATE provider_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?2) WHERE id = ?1")?
-            .execute(params![id, ms])?;
-        Ok(())
+        self.exec(
+            "UPDATE provider_keys SET last_used_ms = MAX(COALESCE(last_used_ms, 0), ?2) WHERE id = ?1",
+            params![id, ms],
+        )
     }
 }
