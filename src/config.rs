@@ -85,6 +85,16 @@ pub enum Role {
     Gate,
 }
 
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Downstream => "keygate",
+            Role::Upstream => "upstream",
+            Role::Gate => "gate",
+        }
+    }
+}
+
 impl TryFrom<String> for Role {
     type Error = String;
     fn try_from(s: String) -> Result<Role, String> {

@@ -5,7 +5,7 @@
 use keygate_proto::lookup::{Access, Credential, Format, KeyStatus, Lookup, ProviderPlan};
 
 use crate::access::{allows, endpoint_allowed, pattern_matches};
-use crate::errors::{quote, Denial};
+use crate::errors::{quote, Code, Denial};
 use crate::surface::{self, Judge, Surface};
 use crate::upstream::{parse_base_url, Endpoint};
 
@@ -56,7 +56,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     if facts.access_key_in_body {
         return Err(Denial::new(
             400,
-            "access_key_in_body",
+            Code::AccessKeyInBody,
             "the request body contains an access key; keys belong in the Authorization or x-api-key header only",
         ));
     }
@@ -71,12 +71,12 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     };
     if let Some(m) = model {
         if m.trim().is_empty() {
-            return Err(Denial::new(400, "invalid_model", "`model` must not be empty"));
+            return Err(Denial::new(400, Code::InvalidModel, "`model` must not be empty"));
         }
         if m.len() > MAX_MODEL_NAME {
             return Err(Denial::new(
                 400,
-                "invalid_model",
+                Code::InvalidModel,
                 format!("`model` is longer than {MAX_MODEL_NAME} bytes: {}", quote(m)),
             ));
         }
@@ -90,7 +90,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     if !allows(access.providers.as_deref(), &provider.id) {
         return Err(Denial::new(
             403,
-            "provider_not_allowed",
+            Code::ProviderNotAllowed,
             format!("this access key may not use provider `{}`", provider.id),
         ));
     }
@@ -99,7 +99,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
         if !allows(access.models.as_deref(), &qualified_name) {
             return Err(Denial::new(
                 403,
-                "model_not_allowed",
+                Code::ModelNotAllowed,
                 format!("this access key may not use model {}", quote(&qualified_name)),
             ));
         }
@@ -108,7 +108,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
         if !endpoint_allowed(access.endpoints.as_deref(), name) {
             return Err(Denial::new(
                 403,
-                "endpoint_not_allowed",
+                Code::EndpointNotAllowed,
                 format!("this access key may not use `{name}` endpoints (its configuration does not allow them)"),
             ));
         }
@@ -120,7 +120,7 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
         };
         return Err(Denial::new(
             400,
-            "unsupported_api",
+            Code::UnsupportedApi,
             format!("provider `{}` is reached through {hint}", provider.id),
         ));
     }
@@ -129,12 +129,12 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     if credentials.is_empty() {
         return Err(Denial::new(
             400,
-            "no_provider_credentials",
+            Code::NoProviderCredentials,
             format!("no provider key is configured for provider `{}`", provider.id),
         ));
     }
     let endpoint = parse_base_url(&provider.base_url).ok_or_else(|| {
-        Denial::new(502, "bad_provider_endpoint", format!("provider `{}` has an unusable base URL", provider.id))
+        Denial::new(502, Code::BadProviderEndpoint, format!("provider `{}` has an unusable base URL", provider.id))
     })?;
     // A model named in the path goes upstream under the provider's own name.
     let path_model = match (surface.judge, local_model) {
@@ -157,19 +157,19 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
 
 /// The body's `model` for an inference surface, or why there is none.
 fn body_model(field: &ModelField) -> Result<&str, Denial> {
-    let invalid = |msg: &str| Err(Denial::new(400, "invalid_model", msg));
+    let invalid = |msg: &str| Err(Denial::new(400, Code::InvalidModel, msg));
     match field {
         ModelField::Str(m) => Ok(m),
-        ModelField::Absent => Err(Denial::new(400, "missing_model", "the request body must name a `model`")),
+        ModelField::Absent => Err(Denial::new(400, Code::MissingModel, "the request body must name a `model`")),
         ModelField::NotString => invalid("`model` must be a string"),
         ModelField::Repeated => invalid("the request body names `model` more than once"),
         ModelField::CaseVariant => {
             invalid("the request body has a field that is `model` but for case (e.g. `MODEL`); send `model` only")
         }
-        ModelField::InvalidJson => Err(Denial::new(400, "invalid_json", "the request body is not valid JSON")),
+        ModelField::InvalidJson => Err(Denial::new(400, Code::InvalidJson, "the request body is not valid JSON")),
         ModelField::InvalidMultipart => Err(Denial::new(
             400,
-            "invalid_multipart",
+            Code::InvalidMultipart,
             "the request body is not a well-formed multipart/form-data body for its boundary",
         )),
     }
@@ -180,9 +180,11 @@ pub fn check_key(lookup: &Lookup, now_secs: i64) -> Result<&keygate_proto::looku
     let denied = |code, msg: &str| Err(Denial::new(401, code, msg));
     match (lookup.status, &lookup.key) {
         (KeyStatus::Active, Some(key)) if key.valid_until.is_none_or(|t| now_secs < t) => Ok(key),
-        (KeyStatus::Active | KeyStatus::Expired, Some(_)) => denied("access_key_expired", "the access key has expired"),
-        (KeyStatus::Disabled, _) => denied("access_key_disabled", "the access key is disabled"),
-        _ => denied("invalid_access_key", "the access key is not valid (unknown or deleted)"),
+        (KeyStatus::Active | KeyStatus::Expired, Some(_)) => {
+            denied(Code::AccessKeyExpired, "the access key has expired")
+        }
+        (KeyStatus::Disabled, _) => denied(Code::AccessKeyDisabled, "the access key is disabled"),
+        _ => denied(Code::InvalidAccessKey, "the access key is not valid (unknown or deleted)"),
     }
 }
 
@@ -200,7 +202,7 @@ fn resolve_model<'a, 'm>(
             if rest.is_empty() {
                 return Err(Denial::new(
                     400,
-                    "invalid_model",
+                    Code::InvalidModel,
                     format!("{} names a provider but no model", quote(model)),
                 ));
             }
@@ -223,7 +225,7 @@ fn resolve_model<'a, 'm>(
     }
     Err(Denial::new(
         400,
-        "unknown_model",
+        Code::UnknownModel,
         format!(
             "model {} is not in the provider catalog; name it as provider/model (e.g. openai/gpt-4o)",
             quote(model)
@@ -239,7 +241,7 @@ fn default_provider(lookup: &Lookup, format: Format) -> Result<&ProviderPlan, De
         Format::Openai => "openai",
     };
     lookup.providers.iter().find(|p| p.id == id).ok_or_else(|| {
-        Denial::new(400, "missing_model", format!("the request names no model and provider `{id}` is not available"))
+        Denial::new(400, Code::MissingModel, format!("the request names no model and provider `{id}` is not available"))
     })
 }
 
@@ -340,7 +342,7 @@ mod tests {
     }
 
     fn code(r: Result<Forward<'_>, Denial>) -> &'static str {
-        r.err().map(|d| d.code).unwrap_or("forwarded")
+        r.err().map(|d| d.code.as_str()).unwrap_or("forwarded")
     }
 
     #[test]
@@ -487,7 +489,7 @@ mod tests {
         assert_eq!(code(run(&l, "/v1/messages", &chat("openai/gpt-4o"))), "unsupported_api");
         assert_eq!(code(run(&l, "/v1/chat/completions", &chat("claude-sonnet-4-6"))), "unsupported_api");
         let d = run(&l, "/v1/chat/completions", &chat("groq/llama-3")).unwrap_err();
-        assert_eq!((d.status, d.code), (400, "no_provider_credentials"));
+        assert_eq!((d.status, d.code.as_str()), (400, "no_provider_credentials"));
         assert!(d.message.contains("groq"));
     }
 

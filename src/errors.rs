@@ -4,8 +4,9 @@
 use keygate_proto::lookup::Format;
 
 /// Which API family the client speaks, from the request path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Dialect {
+    #[default]
     OpenAi,
     Anthropic,
 }
@@ -43,12 +44,80 @@ pub fn quote(s: &str) -> String {
     }
 }
 
+/// Every error code keygate's filter can answer with (`x-keygate-error`
+/// and the body's `code`). Stable: clients and dashboards match on them, and
+/// a test keeps the README's table equal to this list.
+macro_rules! codes {
+    ($($variant:ident => $name:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code { $($variant,)* }
+
+        impl Code {
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Code::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+codes! {
+    InvalidHeader => "invalid_header",
+    AccessKeyInHeader => "access_key_in_header",
+    CredentialInUrl => "credential_in_url",
+    MethodOverride => "method_override",
+    InvalidPath => "invalid_path",
+    UnsupportedPath => "unsupported_path",
+    MethodNotAllowed => "method_not_allowed",
+    MissingAccessKey => "missing_access_key",
+    MalformedAccessKey => "malformed_access_key",
+    AmbiguousAccessKey => "ambiguous_access_key",
+    InvalidAccessKey => "invalid_access_key",
+    AccessKeyDisabled => "access_key_disabled",
+    AccessKeyExpired => "access_key_expired",
+    UnexpectedBody => "unexpected_body",
+    UnexpectedTrailers => "unexpected_trailers",
+    UnsupportedMediaType => "unsupported_media_type",
+    AccessKeyInBody => "access_key_in_body",
+    InvalidJson => "invalid_json",
+    InvalidMultipart => "invalid_multipart",
+    MissingModel => "missing_model",
+    InvalidModel => "invalid_model",
+    UnknownModel => "unknown_model",
+    UnsupportedApi => "unsupported_api",
+    NoProviderCredentials => "no_provider_credentials",
+    InsufficientCredits => "insufficient_credits",
+    ProviderNotAllowed => "provider_not_allowed",
+    ModelNotAllowed => "model_not_allowed",
+    EndpointNotAllowed => "endpoint_not_allowed",
+    RequestTooLarge => "request_too_large",
+    RateLimitExceeded => "rate_limit_exceeded",
+    AllProviderKeysFailed => "all_provider_keys_failed",
+    KeyStoreUnavailable => "key_store_unavailable",
+    BadProviderEndpoint => "bad_provider_endpoint",
+    InternalError => "internal_error",
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Tests compare codes with their documented names.
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A local reply: nothing goes upstream. `code` is stable and documented;
 /// `message` never contains a token or a provider key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
     pub status: u16,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// Seconds, for 429/503 answers that should be retried later.
     pub retry_after: Option<u64>,
@@ -57,8 +126,26 @@ pub struct Denial {
 }
 
 impl Denial {
-    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Denial {
+    pub fn new(status: u16, code: Code, message: impl Into<String>) -> Denial {
         Denial { status, code, message: message.into(), retry_after: None, headers: Vec::new() }
+    }
+
+    /// The gateway could not do its part (never the client's fault).
+    pub fn internal(message: impl Into<String>) -> Denial {
+        Denial::new(500, Code::InternalError, message)
+    }
+
+    /// The key store did not answer usably, and nothing stale may stand in.
+    pub fn store_unavailable() -> Denial {
+        let mut d = Denial::new(503, Code::KeyStoreUnavailable, "the key store is unavailable; try again shortly");
+        d.retry_after = Some(1);
+        d
+    }
+
+    /// No API keygate serves takes request trailers, and a body could not be
+    /// rewritten after them.
+    pub fn unexpected_trailers() -> Denial {
+        Denial::new(400, Code::UnexpectedTrailers, "request trailers are not accepted")
     }
 
     pub fn body(&self, dialect: Dialect) -> String {
@@ -144,9 +231,33 @@ mod tests {
         assert!(q.chars().count() <= 67 && q.ends_with("…`"), "{q}");
     }
 
+    /// The README's error table lists exactly the codes the filter answers
+    /// with, and `gateway_refused`, which Envoy's own replies carry.
+    #[test]
+    fn the_readme_lists_every_error_code_and_no_other() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("## Error codes").expect("the README has an error table");
+        let section = &readme[start..];
+        let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+        let mut listed: Vec<&str> = section[..end]
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| status"))
+            .filter_map(|l| l.split('|').nth(2))
+            .flat_map(|cell| cell.split('/'))
+            .map(|c| c.trim().trim_matches('`'))
+            .filter(|c| !c.is_empty())
+            .collect();
+        listed.sort_unstable();
+        let mut codes: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        codes.push("gateway_refused");
+        codes.sort_unstable();
+        assert_eq!(listed, codes);
+        assert!(include_str!("../envoy/envoy.yaml").contains("gateway_refused"));
+    }
+
     #[test]
     fn openai_shape() {
-        let d = Denial::new(403, "model_not_allowed", "model \"x\" is not allowed");
+        let d = Denial::new(403, Code::ModelNotAllowed, "model \"x\" is not allowed");
         let v: serde_json::Value = serde_json::from_str(&d.body(Dialect::OpenAi)).unwrap();
         assert_eq!(v["error"]["code"], "model_not_allowed");
         assert_eq!(v["error"]["type"], "permission_error");
@@ -155,7 +266,7 @@ mod tests {
 
     #[test]
     fn anthropic_shape() {
-        let d = Denial::new(401, "invalid_access_key", "unknown key\n");
+        let d = Denial::new(401, Code::InvalidAccessKey, "unknown key\n");
         let v: serde_json::Value = serde_json::from_str(&d.body(Dialect::Anthropic)).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");

@@ -2,7 +2,7 @@
 //! a failing key cools down, and what the client hears when every key failed.
 //! Envoy's retry policy carries out the attempts; this only decides.
 
-use crate::errors::Denial;
+use crate::errors::{Code, Denial};
 
 /// Upstream statuses that move on to the next credential (Envoy's
 /// `retriable_status_codes` and `5xx` in the route's retry policy).
@@ -87,7 +87,7 @@ pub fn exhausted(attempts: &[Attempt], final_status: u16) -> Denial {
     let status = if final_status >= 400 { final_status } else { 503 };
     Denial::new(
         status,
-        "all_provider_keys_failed",
+        Code::AllProviderKeysFailed,
         format!("every provider key failed ({} attempts: {})", attempts.len(), list.join(", ")),
     )
 }
@@ -142,7 +142,7 @@ mod tests {
             Attempt { key_id: "pk_c".into(), status: None },
         ];
         let d = exhausted(&attempts, 503);
-        assert_eq!((d.status, d.code), (503, "all_provider_keys_failed"));
+        assert_eq!((d.status, d.code.as_str()), (503, "all_provider_keys_failed"));
         assert_eq!(d.message, "every provider key failed (3 attempts: pk_a: 429, pk_b: 401, pk_c: no response)");
         assert_eq!(exhausted(&attempts, 0).status, 503);
     }

@@ -10,6 +10,9 @@ use keygate_proto::token;
 
 use crate::upstream::{is_stripped_header, CLIENT_CREDENTIAL_HEADERS};
 
+/// Where the gate names itself to the keygate filter of the same request.
+pub const GATE_HEADER: &str = "x-keygate-gate";
+
 /// The request headers keygate reads, and the ones it must remove.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Inbound {
@@ -35,6 +38,11 @@ pub struct Inbound {
     pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
     pub strip: Vec<String>,
+    /// `x-keygate-gate`: the context id of this request's gate, which left
+    /// what it read of the body under that id (only a gate sets it: it
+    /// replaces whatever the client sent, and is stripped like every
+    /// `x-keygate-*` header).
+    pub gate: Option<u32>,
     #[cfg(feature = "fault-injection")]
     pub test_panic: bool,
 }
@@ -60,6 +68,9 @@ impl Inbound {
                     inb.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
                 }
                 "anthropic-version" => inb.anthropic_version = true,
+                GATE_HEADER if inb.gate.is_none() => {
+                    inb.gate = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+                }
                 "x-http-method-override" | "x-http-method" | "x-method-override" => inb.method_override = true,
                 #[cfg(feature = "fault-injection")]
                 "x-keygate-test-panic" => inb.test_panic = true,

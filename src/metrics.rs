@@ -1,95 +1,167 @@
 //! Counters and gauges in Envoy's stats (`wasmcustom.keygate.*`, shown by
-//! `/stats` and `/stats/prometheus` as `keygate_*`). Names carry ids and
-//! codes, never secrets.
+//! `/stats` and `/stats/prometheus` as `keygate_*`). Every name is in the
+//! enums below; labels carry ids and codes, never secrets.
 //!
-//! Requests only add to VM-local sums (no host call on the request path); the
-//! root context's tick hands the sums to Envoy (`flush`, every 20 ms).
+//! Requests only add to worker-local sums (no host call on the request path);
+//! the root context's tick hands the sums to Envoy (`flush`, every 20 ms).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::host::{Host, MetricKind};
 
+macro_rules! names {
+    ($(#[$doc:meta])* $enum:ident { $($(#[$vdoc:meta])* $variant:ident => $name:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $enum { $($(#[$vdoc])* $variant,)* }
+
+        impl $enum {
+            pub const ALL: &'static [$enum] = &[$($enum::$variant,)*];
+
+            /// The name after `keygate.`.
+            pub fn name(self) -> &'static str {
+                match self { $($enum::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+names! {
+    /// A counter: `keygate.<name>`.
+    Counter {
+        CacheHits => "cache.hits",
+        CacheMisses => "cache.misses",
+        CacheStaleServed => "cache.stale_served",
+        StoreLookups => "store.lookups",
+        StoreCoalesced => "store.coalesced",
+        StoreErrors => "store.errors",
+        StorePollErrors => "store.poll_errors",
+        RequestsAllowed => "requests.allowed",
+        RequestsDenied => "requests.denied",
+        GateEarlyRefusals => "gate.early_refusals",
+        RatelimitRefused => "ratelimit.refused",
+        BudgetReserves => "budget.reserves",
+        FailoverRetries => "failover.retries",
+        FailoverCooldowns => "failover.cooldowns",
+        FailoverExhausted => "failover.exhausted",
+        ScrubbedHeaders => "scrubbed.headers",
+        ScrubbedBodies => "scrubbed.bodies",
+        TokensInput => "tokens.input",
+        TokensOutput => "tokens.output",
+        UsageDropped => "usage.dropped",
+    }
+}
+
+names! {
+    /// A counter per label: `keygate.<name>.<label>`.
+    Labeled {
+        /// By error code.
+        Denied => "denied",
+        /// By provider id.
+        RequestsProvider => "requests.provider",
+    }
+}
+
+names! {
+    /// A gauge: `keygate.<name>`, each worker adding its share.
+    Gauge {
+        CacheEntries => "cache.entries",
+    }
+}
+
+/// Sums not yet handed to Envoy, and the ids Envoy gave each full name.
 #[derive(Default)]
-struct Pending {
-    /// By static name, then by label ("" for none): no allocation once seen.
-    counters: HashMap<&'static str, HashMap<String, i64>>,
-    gauges: HashMap<&'static str, i64>,
+pub struct Metrics {
+    counters: HashMap<Counter, i64>,
+    labeled: HashMap<Labeled, HashMap<String, i64>>,
+    gauges: HashMap<Gauge, i64>,
     ids: HashMap<String, u32>,
 }
 
-thread_local! {
-    static PENDING: RefCell<Pending> = RefCell::new(Pending::default());
-}
-
-/// Adds one to the counter `keygate.<name>`.
-pub fn count(name: &'static str) {
-    add_labeled(name, "", 1);
-}
-
-/// Adds `n` to the counter `keygate.<name>`.
-pub fn add(name: &'static str, n: u64) {
-    add_labeled(name, "", i64::try_from(n).unwrap_or(i64::MAX));
-}
-
-/// Adds one to `keygate.<name>.<label>` (e.g. `denied.<code>`, `provider.<id>.requests`
-/// written as name `provider` + label `<id>.requests`).
-pub fn count_labeled(name: &'static str, label: &str) {
-    add_labeled(name, label, 1);
-}
-
-fn add_labeled(name: &'static str, label: &str, n: i64) {
-    if n == 0 {
-        return;
+impl Metrics {
+    pub fn count(&mut self, c: Counter) {
+        self.add(c, 1);
     }
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let by_label = p.counters.entry(name).or_default();
+
+    pub fn add(&mut self, c: Counter, n: u64) {
+        if n > 0 {
+            *self.counters.entry(c).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+    }
+
+    pub fn count_labeled(&mut self, l: Labeled, label: &str) {
+        let by_label = self.labeled.entry(l).or_default();
         match by_label.get_mut(label) {
-            Some(v) => *v += n,
+            Some(v) => *v += 1,
             None => {
-                by_label.insert(label.to_string(), n);
+                by_label.insert(label.to_string(), 1);
             }
         }
-    });
-}
-
-/// Moves the gauge `keygate.<name>` by `delta` (each worker adds its share).
-pub fn gauge_add(name: &'static str, delta: i64) {
-    if delta != 0 {
-        PENDING.with(|p| *p.borrow_mut().gauges.entry(name).or_default() += delta);
     }
-}
 
-/// Hands the sums to Envoy.
-pub fn flush() {
-    PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let Pending { counters, gauges, ids } = &mut *p;
-        for (name, by_label) in counters.iter_mut() {
+    pub fn gauge_add(&mut self, g: Gauge, delta: i64) {
+        if delta != 0 {
+            *self.gauges.entry(g).or_default() += delta;
+        }
+    }
+
+    /// Hands the sums to Envoy.
+    pub fn flush(&mut self, host: &impl Host) {
+        let Metrics { counters, labeled, gauges, ids } = self;
+        for (c, n) in counters.iter_mut().filter(|(_, n)| **n != 0) {
+            emit(host, ids, MetricKind::Counter, format!("keygate.{}", c.name()), n);
+        }
+        for (l, by_label) in labeled.iter_mut() {
             for (label, n) in by_label.iter_mut().filter(|(_, n)| **n != 0) {
-                let full = if label.is_empty() { format!("keygate.{name}") } else { format!("keygate.{name}.{label}") };
-                if let Some(id) = id(ids, MetricType::Counter, full) {
-                    let _ = hostcalls::increment_metric(id, *n);
-                }
-                *n = 0;
+                emit(host, ids, MetricKind::Counter, format!("keygate.{}.{label}", l.name()), n);
             }
         }
-        for (name, delta) in gauges.iter_mut().filter(|(_, d)| **d != 0) {
-            if let Some(id) = id(ids, MetricType::Gauge, format!("keygate.{name}")) {
-                let _ = hostcalls::increment_metric(id, *delta);
-            }
-            *delta = 0;
+        for (g, delta) in gauges.iter_mut().filter(|(_, d)| **d != 0) {
+            emit(host, ids, MetricKind::Gauge, format!("keygate.{}", g.name()), delta);
         }
-    });
+    }
 }
 
-fn id(ids: &mut HashMap<String, u32>, kind: MetricType, full: String) -> Option<u32> {
-    if let Some(id) = ids.get(&full) {
-        return Some(*id);
+fn emit(host: &impl Host, ids: &mut HashMap<String, u32>, kind: MetricKind, full: String, n: &mut i64) {
+    let id = match ids.get(&full) {
+        Some(id) => *id,
+        None => match host.define_metric(kind, &full) {
+            Ok(id) => *ids.entry(full).or_insert(id),
+            Err(_) => return,
+        },
+    };
+    let _ = host.increment_metric(id, *n);
+    *n = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_host::FakeHost;
+
+    #[test]
+    fn sums_reach_envoy_once_per_flush() {
+        let host = FakeHost::new();
+        let mut m = Metrics::default();
+        m.count(Counter::CacheHits);
+        m.count(Counter::CacheHits);
+        m.count_labeled(Labeled::Denied, "invalid_access_key");
+        m.gauge_add(Gauge::CacheEntries, 3);
+        m.flush(&host);
+        m.flush(&host);
+        assert_eq!(host.metric("keygate.cache.hits"), 2);
+        assert_eq!(host.metric("keygate.denied.invalid_access_key"), 1);
+        assert_eq!(host.metric("keygate.cache.entries"), 3);
     }
-    let id = hostcalls::define_metric(kind, &full).ok()?;
-    ids.insert(full, id);
-    Some(id)
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<&str> = Counter::ALL.iter().map(|c| c.name()).collect();
+        names.extend(Labeled::ALL.iter().map(|l| l.name()));
+        names.extend(Gauge::ALL.iter().map(|g| g.name()));
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n);
+    }
 }

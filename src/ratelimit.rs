@@ -4,6 +4,8 @@
 
 use keygate_proto::lookup::Limits;
 
+use crate::errors::{Code, Denial};
+
 /// The count of one key in the current window, as kept in shared data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Window {
@@ -69,6 +71,36 @@ pub fn admit(current: Option<Window>, now_ms: u64, window_ms: u64, limits: &Limi
     Admission::Admit { window: next, remaining }
 }
 
+/// The `x-ratelimit-*` headers OpenAI's own API sends.
+pub fn headers(limits: &Limits, remaining: &Remaining) -> Vec<(&'static str, String)> {
+    let reset = format!("{}ms", remaining.reset_ms);
+    let mut out = Vec::new();
+    if let (Some(l), Some(r)) = (limits.requests_per_minute, remaining.requests) {
+        out.push(("x-ratelimit-limit-requests", l.to_string()));
+        out.push(("x-ratelimit-remaining-requests", r.to_string()));
+        out.push(("x-ratelimit-reset-requests", reset.clone()));
+    }
+    if let (Some(l), Some(r)) = (limits.tokens_per_minute, remaining.tokens) {
+        out.push(("x-ratelimit-limit-tokens", l.to_string()));
+        out.push(("x-ratelimit-remaining-tokens", r.to_string()));
+        out.push(("x-ratelimit-reset-tokens", reset));
+    }
+    out
+}
+
+/// The 429 for a refused admission, with `Retry-After` and the limit headers.
+pub fn refusal(limits: &Limits, requests: bool, retry_after_s: u64, remaining: &Remaining) -> Denial {
+    let what = if requests { "requests" } else { "tokens" };
+    let mut d = Denial::new(
+        429,
+        Code::RateLimitExceeded,
+        format!("this access key is over its {what} per minute limit; retry after {retry_after_s} s"),
+    );
+    d.retry_after = Some(retry_after_s);
+    d.headers = headers(limits, remaining);
+    d
+}
+
 /// Corrects the token count once the real usage is known (same window only).
 pub fn settle(current: Window, admitted_start_ms: u64, estimated: u64, actual: u64) -> Option<Window> {
     (current.start_ms == admitted_start_ms)
@@ -78,6 +110,23 @@ pub fn settle(current: Window, admitted_start_ms: u64, estimated: u64, actual: u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_says_which_limit_and_when_to_retry() {
+        let limits = Limits { requests_per_minute: Some(2), tokens_per_minute: None };
+        let remaining = Remaining { requests: Some(0), tokens: None, reset_ms: 1500 };
+        let d = refusal(&limits, true, 2, &remaining);
+        assert_eq!((d.status, d.code, d.retry_after), (429, Code::RateLimitExceeded, Some(2)));
+        assert!(d.message.contains("requests per minute"), "{}", d.message);
+        assert_eq!(
+            d.headers,
+            [
+                ("x-ratelimit-limit-requests", "2".to_string()),
+                ("x-ratelimit-remaining-requests", "0".to_string()),
+                ("x-ratelimit-reset-requests", "1500ms".to_string()),
+            ]
+        );
+    }
 
     fn limits(r: Option<u64>, t: Option<u64>) -> Limits {
         Limits { requests_per_minute: r, tokens_per_minute: t }

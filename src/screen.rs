@@ -8,7 +8,7 @@
 //! the URL) → a method override → the path and method (surface table) → the
 //! access key → the body's size, presence and media type.
 
-use crate::errors::{Denial, Dialect};
+use crate::errors::{Code, Denial, Dialect};
 use crate::inbound::Inbound;
 use crate::keys::{self, KeyError};
 use crate::multipart;
@@ -33,19 +33,22 @@ pub type Refused = (Dialect, Denial);
 pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'_>, Refused> {
     let guess = Dialect::guess(&inb.path, inb.anthropic_version);
     if inb.control_in_header {
-        return Err((guess, Denial::new(400, "invalid_header", "a request header value carries a control character")));
+        return Err((
+            guess,
+            Denial::new(400, Code::InvalidHeader, "a request header value carries a control character"),
+        ));
     }
     if inb.token_in_header() {
         return Err((guess, Denial::new(
             400,
-            "access_key_in_header",
+            Code::AccessKeyInHeader,
             "a request header other than Authorization or x-api-key carries an access key; it would reach the provider",
         )));
     }
     if url_carries_credential(inb) {
         return Err((guess, Denial::new(
             400,
-            "credential_in_url",
+            Code::CredentialInUrl,
             "the URL carries a credential (an access key, or a parameter such as `key=` or `api_key=`); send the access key in a header",
         )));
     }
@@ -54,7 +57,7 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
             guess,
             Denial::new(
                 400,
-                "method_override",
+                Code::MethodOverride,
                 "method-override headers (x-http-method-override and kin) are refused: send the real method",
             ),
         ));
@@ -64,7 +67,7 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
     let token =
         keys::extract(inb.authorization.as_deref(), inb.x_api_key.as_deref()).map_err(|e| (dialect, key_denial(e)))?;
     if has_body && !surface.takes_body() {
-        return Err((dialect, Denial::new(400, "unexpected_body", "this endpoint takes no request body")));
+        return Err((dialect, Denial::new(400, Code::UnexpectedBody, "this endpoint takes no request body")));
     }
     if inb.content_length.is_some_and(|n| n > max_body) {
         return Err((dialect, too_large(max_body)));
@@ -76,7 +79,7 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
                 dialect,
                 Denial::new(
                     415,
-                    "unsupported_media_type",
+                    Code::UnsupportedMediaType,
                     "this endpoint takes a JSON body: send `content-type: application/json`",
                 ),
             ));
@@ -88,7 +91,7 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
                     dialect,
                     Denial::new(
                         415,
-                        "unsupported_media_type",
+                        Code::UnsupportedMediaType,
                         "this endpoint takes a form: send `content-type: multipart/form-data; boundary=...`",
                     ),
                 ))
@@ -120,12 +123,12 @@ fn refusal(r: Refusal) -> Denial {
     match r {
         Refusal::InvalidPath => Denial::new(
             400,
-            "invalid_path",
+            Code::InvalidPath,
             "the path has a dot segment, an empty segment, percent-encoding, a backslash or a character keygate does not serve",
         ),
-        Refusal::UnknownPath => Denial::new(404, "unsupported_path", "keygate does not serve this path"),
+        Refusal::UnknownPath => Denial::new(404, Code::UnsupportedPath, "keygate does not serve this path"),
         Refusal::Method { allow } => {
-            let mut d = Denial::new(405, "method_not_allowed", format!("this path takes {allow}"));
+            let mut d = Denial::new(405, Code::MethodNotAllowed, format!("this path takes {allow}"));
             d.headers.push(("allow", allow));
             d
         }
@@ -133,24 +136,24 @@ fn refusal(r: Refusal) -> Denial {
 }
 
 pub fn too_large(limit: u64) -> Denial {
-    Denial::new(413, "request_too_large", format!("the request body exceeds the limit of {limit} bytes"))
+    Denial::new(413, Code::RequestTooLarge, format!("the request body exceeds the limit of {limit} bytes"))
 }
 
 pub fn key_denial(e: KeyError) -> Denial {
     match e {
         KeyError::Missing => Denial::new(
             401,
-            "missing_access_key",
+            Code::MissingAccessKey,
             "no access key: send it as `Authorization: Bearer <key>` or `x-api-key: <key>`",
         ),
         KeyError::Ambiguous => {
-            Denial::new(401, "ambiguous_access_key", "`Authorization` and `x-api-key` carry different keys; send one")
+            Denial::new(401, Code::AmbiguousAccessKey, "`Authorization` and `x-api-key` carry different keys; send one")
         }
         KeyError::NotBearer => {
-            Denial::new(401, "malformed_access_key", "the `Authorization` header must be `Bearer <key>`")
+            Denial::new(401, Code::MalformedAccessKey, "the `Authorization` header must be `Bearer <key>`")
         }
         KeyError::Malformed(t) => {
-            Denial::new(401, "malformed_access_key", format!("malformed access key: {}", t.as_str()))
+            Denial::new(401, Code::MalformedAccessKey, format!("malformed access key: {}", t.as_str()))
         }
     }
 }
@@ -174,7 +177,7 @@ mod tests {
     fn code(inb: &Inbound, has_body: bool) -> &'static str {
         match screen(inb, has_body, 1000) {
             Ok(_) => "ok",
-            Err((_, d)) => d.code,
+            Err((_, d)) => d.code.as_str(),
         }
     }
 

@@ -1,0 +1,290 @@
+//! Admission: given what the request is, the key's answer from the store and
+//! the current counters, one verdict — refuse, reserve budget first, or
+//! forward (cluster, headers, candidate credentials in failover order).
+//!
+//! The order is: the configuration's rules (`decide`), then the rate limit
+//! (counted once per request), then the budget reservation (a store call,
+//! after which the request is admitted again with `admitted` set), then the
+//! candidates, ordered by their cool-down.
+
+use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy};
+
+use crate::config::Config;
+use crate::decide::{decide, RequestFacts};
+use crate::errors::{Code, Denial};
+use crate::failover;
+use crate::ratelimit::{self, Admission, Remaining, Window};
+use crate::records::Served;
+use crate::upstream::credential_header;
+
+/// What admission needs beyond the body's facts.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub facts: RequestFacts<'a>,
+    /// Token estimate (input, output) for limits and budgets.
+    pub estimate: (u64, u64),
+    /// The client sent `anthropic-version` itself.
+    pub anthropic_version: bool,
+    /// Limits are counted and the budget reserved: only forwarding is left.
+    pub admitted: bool,
+    pub now_ms: u64,
+}
+
+/// The counters admission reads (shared by every worker of the Envoy).
+pub trait Counters {
+    /// This key's rate window.
+    fn rate_window(&self, key_id: &str) -> Option<Window>;
+    /// Until when (ms) a provider credential cools down (0: it does not).
+    fn cool_until(&self, credential_id: &str) -> u64;
+}
+
+/// A request counted in its key's rate window: the window to write, and
+/// what the response headers say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counted {
+    pub window: Window,
+    pub limits: Limits,
+    pub remaining: Remaining,
+    pub estimated: u64,
+}
+
+impl Counted {
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        ratelimit::headers(&self.limits, &self.remaining)
+    }
+}
+
+/// Where the request goes and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forwarding<'c> {
+    /// Candidates in the order attempts use them (never empty).
+    pub keys: Vec<Credential>,
+    /// One candidate: the credential is set here and the request goes to a
+    /// cluster without the upstream filter (one attempt, no retry).
+    pub direct: bool,
+    pub auth: AuthStyle,
+    /// Request headers to set (an empty value removes the header).
+    pub headers: Vec<(&'c str, String)>,
+    /// The provider's model name to write into the body.
+    pub rewrite_model: Option<String>,
+    pub provider: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Verdict<'c> {
+    Refuse(Denial),
+    /// Ask the store to hold the estimate against the key's budgets first.
+    Reserve {
+        counted: Option<Counted>,
+        served: Served,
+    },
+    Forward {
+        counted: Option<Counted>,
+        served: Served,
+        forwarding: Forwarding<'c>,
+    },
+}
+
+pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config: &'c Config) -> Verdict<'c> {
+    let forward = match decide(ask.facts, lookup, (ask.now_ms / 1000) as i64) {
+        Ok(f) => f,
+        Err(denial) => return Verdict::Refuse(denial),
+    };
+    let served = Served {
+        key_id: forward.key_id.to_string(),
+        config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
+        provider: forward.provider.id.clone(),
+        model: forward.model.clone(),
+    };
+    let mut counted = None;
+    if !ask.admitted {
+        if let Some(limits) = &lookup.limits {
+            let tokens = ask.estimate.0.saturating_add(ask.estimate.1);
+            let window = counters.rate_window(forward.key_id);
+            match ratelimit::admit(window, ask.now_ms, config.rate_limit_window_ms, limits, tokens) {
+                Admission::Admit { window, remaining } => {
+                    counted = Some(Counted { window, limits: limits.clone(), remaining, estimated: tokens })
+                }
+                Admission::Refuse { requests, retry_after_s, remaining } => {
+                    return Verdict::Refuse(ratelimit::refusal(limits, requests, retry_after_s, &remaining))
+                }
+            }
+        }
+        if lookup.budgeted {
+            return Verdict::Reserve { counted, served };
+        }
+    }
+    let cool: Vec<u64> = forward.credentials.iter().map(|c| counters.cool_until(&c.id)).collect();
+    let keys: Vec<Credential> =
+        failover::order(&cool, ask.now_ms).into_iter().filter_map(|i| forward.credentials.get(i).cloned()).collect();
+    let Some(first) = keys.first() else {
+        return Verdict::Refuse(Denial::internal("no credential"));
+    };
+    let direct = keys.len() == 1;
+    let cluster = match (direct, forward.endpoint.tls) {
+        (true, true) => &config.direct_cluster_https,
+        (true, false) => &config.direct_cluster_http,
+        (false, true) => &config.upstream_cluster_https,
+        (false, false) => &config.upstream_cluster_http,
+    };
+    let mut headers: Vec<(&'c str, String)> = vec![
+        (":authority", forward.endpoint.authority.clone()),
+        (":path", forward.upstream_path.clone()),
+        (config.cluster_header.as_str(), cluster.clone()),
+    ];
+    // The credential itself is set per attempt by the upstream filter; here
+    // only what is not secret (or, for one candidate, that one credential).
+    if forward.provider.auth == AuthStyle::XApiKey && !ask.anthropic_version {
+        headers.push(("anthropic-version", config.anthropic_version.clone()));
+    }
+    headers.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
+    if direct {
+        let (name, value) = credential_header(forward.provider.auth, &first.value);
+        headers.push((name, value));
+    }
+    let rewrite_model = forward.rewrite_model.then(|| forward.model.clone()).flatten();
+    if rewrite_model.is_some() {
+        headers.push(("content-length", String::new()));
+    }
+    let forwarding = Forwarding {
+        keys,
+        direct,
+        auth: forward.provider.auth,
+        headers,
+        rewrite_model,
+        provider: forward.provider.id.clone(),
+    };
+    Verdict::Forward { counted, served, forwarding }
+}
+
+/// The store refused a reservation.
+pub fn budget_refusal(by: RefusedBy) -> Denial {
+    let message = match by {
+        RefusedBy::Key => "this access key has used up its budget",
+        RefusedBy::Configuration => "the budget of this access key's configuration is used up",
+        RefusedBy::Credits => "the gateway's credit balance is used up",
+        RefusedBy::Other => "a budget that applies to this access key is used up",
+    };
+    Denial::new(402, Code::InsufficientCredits, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::ModelField;
+    use crate::surface;
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    struct Now {
+        window: Option<Window>,
+        cool: HashMap<String, u64>,
+    }
+
+    impl Counters for Now {
+        fn rate_window(&self, _key_id: &str) -> Option<Window> {
+            self.window
+        }
+        fn cool_until(&self, id: &str) -> u64 {
+            self.cool.get(id).copied().unwrap_or(0)
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn lookup(extra: &str, keys: &[&str]) -> Lookup {
+        let creds: Vec<String> = keys.iter().map(|k| format!(r#"{{"id":"{k}","value":"sk-{k}"}}"#)).collect();
+        let json = format!(
+            r#"{{"schema":1,"version":1,"status":"active","key":{{"id":"ak_1","configId":"cfg_1"}},
+            "providers":[{{"id":"openai","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1",
+            "models":["gpt-*"],"routes":[{{"keys":[{}]}}]}}]{extra}}}"#,
+            creds.join(",")
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
+        let model = ModelField::Str("gpt-4o".into());
+        let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
+        let facts = RequestFacts { surface, model: &model, access_key_in_body: false };
+        let ask = Ask { facts, estimate: (10, 90), anthropic_version: false, admitted, now_ms: NOW };
+        admit(ask, l, counters, config)
+    }
+
+    fn config() -> Config {
+        Config::parse(br#"{"storeCluster":"store"}"#).unwrap()
+    }
+
+    #[test]
+    fn one_candidate_goes_direct_with_its_credential() {
+        let config = config();
+        let Verdict::Forward { forwarding: f, served, counted } =
+            admit_chat(&lookup("", &["pk_a"]), &Now::default(), &config, false)
+        else {
+            panic!("not forwarded")
+        };
+        assert!(f.direct && counted.is_none());
+        assert_eq!(served.key_id, "ak_1");
+        assert_eq!(served.config_id.as_deref(), Some("cfg_1"));
+        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(header("authorization"), Some("Bearer sk-pk_a"));
+        assert_eq!(header(&config.cluster_header), Some(config.direct_cluster_https.as_str()));
+        assert_eq!(header("x-envoy-max-retries"), Some("0"));
+        assert_eq!(header(":path"), Some("/v1/chat/completions"));
+    }
+
+    #[test]
+    fn several_candidates_go_through_the_upstream_filter_first_to_recover_first() {
+        let config = config();
+        let mut now = Now::default();
+        now.cool.insert("pk_a".into(), NOW + 5_000);
+        now.cool.insert("pk_b".into(), NOW + 1_000);
+        let Verdict::Forward { forwarding: f, .. } = admit_chat(&lookup("", &["pk_a", "pk_b"]), &now, &config, false)
+        else {
+            panic!("not forwarded")
+        };
+        assert!(!f.direct);
+        let ids: Vec<&str> = f.keys.iter().map(|k| k.id.as_str()).collect();
+        assert_eq!(ids, ["pk_b", "pk_a"]);
+        assert!(f.headers.iter().all(|(n, _)| *n != "authorization"), "no credential before the attempt");
+        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.clone())));
+        assert!(f.headers.contains(&("x-envoy-max-retries", "1".into())));
+    }
+
+    #[test]
+    fn a_rate_limited_key_is_counted_then_refused_with_429() {
+        let config = config();
+        let l = lookup(r#","limits":{"requestsPerMinute":1}"#, &["pk_a"]);
+        let Verdict::Forward { counted: Some(c), .. } = admit_chat(&l, &Now::default(), &config, false) else {
+            panic!("first request not counted")
+        };
+        assert_eq!(c.window.requests, 1);
+        let full = Now { window: Some(c.window), ..Now::default() };
+        let Verdict::Refuse(d) = admit_chat(&l, &full, &config, false) else { panic!("second request admitted") };
+        assert_eq!((d.status, d.code), (429, Code::RateLimitExceeded));
+        // Admitted once (reservation done), it is not counted again.
+        assert!(matches!(admit_chat(&l, &full, &config, true), Verdict::Forward { counted: None, .. }));
+    }
+
+    #[test]
+    fn a_budgeted_key_reserves_before_it_forwards() {
+        let config = config();
+        let l = lookup(r#","budgeted":true"#, &["pk_a"]);
+        assert!(matches!(admit_chat(&l, &Now::default(), &config, false), Verdict::Reserve { .. }));
+        assert!(matches!(admit_chat(&l, &Now::default(), &config, true), Verdict::Forward { .. }));
+    }
+
+    #[test]
+    fn the_configuration_refuses_before_any_counter_moves() {
+        let config = config();
+        let l = lookup(r#","limits":{"requestsPerMinute":1},"access":{"models":["openai/gpt-3*"]}"#, &["pk_a"]);
+        let Verdict::Refuse(d) = admit_chat(&l, &Now::default(), &config, false) else { panic!("admitted") };
+        assert_eq!(d.code, Code::ModelNotAllowed);
+    }
+
+    #[test]
+    fn budget_refusals_name_the_budget() {
+        assert!(budget_refusal(RefusedBy::Configuration).message.contains("configuration"));
+        assert_eq!(budget_refusal(RefusedBy::Credits).status, 402);
+    }
+}

@@ -1,0 +1,267 @@
+//! Every store callout a worker has in flight, keyed by the callout token:
+//! what it is for, which context Envoy will hand the answer to, and (for key
+//! lookups) who waits for it.
+//!
+//! Envoy hands a callout's answer to the context that made it, and drops it
+//! when that context is gone. So each entry knows its owner: when a request
+//! ends while others still wait on a lookup it owns, the lookup becomes an
+//! orphan and the root context (which lives as long as the VM) asks again.
+
+use std::collections::HashMap;
+
+use keygate_proto::lookup::UsageRecord;
+
+use crate::errors::Dialect;
+
+/// What a callout was made for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Purpose {
+    /// The key lookup of a token digest.
+    Lookup(String),
+    /// The budget reservation of one request (by its context id).
+    Reserve(u32),
+    /// The change feed.
+    FeedPoll,
+    /// A batch of usage records, kept until the store acknowledges it.
+    UsageBatch(Vec<UsageRecord>),
+}
+
+/// A gate waiting for a lookup while its request's body uploads: a refusal
+/// is answered through it at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateWaiter {
+    pub gate: u32,
+    pub dialect: Dialect,
+    pub request_id: String,
+}
+
+/// Who waits for a key lookup.
+#[derive(Debug, Default, PartialEq)]
+pub struct Waiting {
+    /// Requests (by context id) paused on the answer.
+    pub requests: Vec<u32>,
+    pub gates: Vec<GateWaiter>,
+}
+
+impl Waiting {
+    fn needed(&self) -> bool {
+        !self.requests.is_empty() || !self.gates.is_empty()
+    }
+}
+
+/// A callout's answer, matched to what it was for.
+#[derive(Debug, PartialEq)]
+pub enum Answered {
+    Lookup { digest: String, waiting: Waiting },
+    Reserve(u32),
+    FeedPoll,
+    UsageBatch(Vec<UsageRecord>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    purpose: Purpose,
+    /// The context Envoy hands the answer to (0: the root context).
+    owner: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Callouts {
+    entries: HashMap<u32, Entry>,
+    lookups: HashMap<String, Waiting>,
+    /// Lookups whose owner went away while others wait: asked again.
+    orphans: Vec<String>,
+    /// Requests whose reservation the root context files (see `worker::reserve`).
+    reserve_queue: Vec<u32>,
+}
+
+impl Callouts {
+    /// Records a callout just made by context `owner`.
+    pub fn started(&mut self, token: u32, owner: u32, purpose: Purpose) {
+        if let Purpose::Lookup(digest) = &purpose {
+            self.lookups.entry(digest.clone()).or_default();
+        }
+        self.entries.insert(token, Entry { purpose, owner });
+    }
+
+    pub fn lookup_in_flight(&self, digest: &str) -> bool {
+        self.lookups.contains_key(digest)
+    }
+
+    /// Waits for the lookup of `digest` (which must be in flight).
+    pub fn wait_request(&mut self, digest: &str, request: u32) -> bool {
+        self.lookups.get_mut(digest).map(|w| w.requests.push(request)).is_some()
+    }
+
+    pub fn wait_gate(&mut self, digest: &str, gate: GateWaiter) -> bool {
+        self.lookups.get_mut(digest).map(|w| w.gates.push(gate)).is_some()
+    }
+
+    /// The gate handed its request over (or refused it): it no longer waits.
+    pub fn release_gate(&mut self, digest: &str, gate: u32) {
+        if let Some(w) = self.lookups.get_mut(digest) {
+            w.gates.retain(|g| g.gate != gate);
+        }
+    }
+
+    /// Whether a callout for `purpose`'s kind is in flight (feed, usage).
+    pub fn any(&self, pred: impl Fn(&Purpose) -> bool) -> bool {
+        self.entries.values().any(|e| pred(&e.purpose))
+    }
+
+    /// The answer to `token` arrived: what it was for, and who waited.
+    pub fn answered(&mut self, token: u32) -> Option<Answered> {
+        let entry = self.entries.remove(&token)?;
+        Some(match entry.purpose {
+            Purpose::Lookup(digest) => {
+                let waiting = self.lookups.remove(&digest).unwrap_or_default();
+                Answered::Lookup { digest, waiting }
+            }
+            Purpose::Reserve(request) => Answered::Reserve(request),
+            Purpose::FeedPoll => Answered::FeedPoll,
+            Purpose::UsageBatch(batch) => Answered::UsageBatch(batch),
+        })
+    }
+
+    /// Context `id` is gone: it waits for nothing, and the answers it owns
+    /// will never come. Lookups others still wait for become orphans; a usage
+    /// batch it owned is returned, to be queued again.
+    pub fn left(&mut self, id: u32) -> Vec<UsageRecord> {
+        for w in self.lookups.values_mut() {
+            w.requests.retain(|r| *r != id);
+            w.gates.retain(|g| g.gate != id);
+        }
+        let owned: Vec<u32> = self.entries.iter().filter(|(_, e)| e.owner == id).map(|(t, _)| *t).collect();
+        let mut batch = Vec::new();
+        for token in owned {
+            let Some(entry) = self.entries.remove(&token) else { continue };
+            match entry.purpose {
+                Purpose::Lookup(digest) => {
+                    if self.lookups.get(&digest).is_some_and(Waiting::needed) {
+                        self.orphans.push(digest);
+                    } else {
+                        self.lookups.remove(&digest);
+                    }
+                }
+                Purpose::UsageBatch(records) => batch.extend(records),
+                Purpose::Reserve(_) | Purpose::FeedPoll => {}
+            }
+        }
+        // A lookup nobody waits for any more is forgotten (its answer, if
+        // it comes, still fills the cache).
+        self.lookups
+            .retain(|d, w| w.needed() || self.entries.values().any(|e| e.purpose == Purpose::Lookup(d.clone())));
+        batch
+    }
+
+    /// Orphaned lookups to ask again, each still waited for.
+    pub fn take_orphans(&mut self) -> Vec<String> {
+        let mut orphans = std::mem::take(&mut self.orphans);
+        orphans.retain(|d| self.lookups.get(d).is_some_and(Waiting::needed));
+        orphans
+    }
+
+    /// A lookup could not be asked again: its waiters, to be answered now.
+    pub fn abandon(&mut self, digest: &str) -> Waiting {
+        self.lookups.remove(digest).unwrap_or_default()
+    }
+
+    pub fn queue_reserve(&mut self, request: u32) {
+        self.reserve_queue.push(request);
+    }
+
+    pub fn take_reserve_queue(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.reserve_queue)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(id: u32) -> GateWaiter {
+        GateWaiter { gate: id, dialect: Dialect::OpenAi, request_id: format!("r{id}") }
+    }
+
+    #[test]
+    fn concurrent_requests_for_one_key_share_one_lookup() {
+        let mut c = Callouts::default();
+        c.started(7, 1, Purpose::Lookup("d".into()));
+        assert!(c.wait_request("d", 1));
+        assert!(c.lookup_in_flight("d"));
+        assert!(c.wait_request("d", 2));
+        assert!(c.wait_gate("d", gate(3)));
+        let Some(Answered::Lookup { digest, waiting }) = c.answered(7) else { panic!("not a lookup") };
+        assert_eq!((digest.as_str(), waiting.requests, waiting.gates.len()), ("d", vec![1, 2], 1));
+        assert!(!c.lookup_in_flight("d") && c.is_empty());
+    }
+
+    #[test]
+    fn a_lookup_whose_owner_left_is_asked_again_for_those_still_waiting() {
+        let mut c = Callouts::default();
+        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.wait_request("d", 1);
+        c.wait_request("d", 2);
+        c.left(1);
+        assert_eq!(c.answered(7), None, "its answer will never come");
+        assert_eq!(c.take_orphans(), ["d"]);
+        c.started(8, 0, Purpose::Lookup("d".into()));
+        let Some(Answered::Lookup { waiting, .. }) = c.answered(8) else { panic!("not a lookup") };
+        assert_eq!(waiting.requests, [2]);
+    }
+
+    #[test]
+    fn a_lookup_nobody_waits_for_is_not_asked_again() {
+        let mut c = Callouts::default();
+        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.wait_request("d", 1);
+        c.left(1);
+        assert!(c.take_orphans().is_empty());
+        assert!(!c.lookup_in_flight("d"));
+    }
+
+    #[test]
+    fn a_waiter_that_leaves_is_not_answered() {
+        let mut c = Callouts::default();
+        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.wait_request("d", 1);
+        c.wait_request("d", 2);
+        c.wait_gate("d", gate(5));
+        c.left(2);
+        c.release_gate("d", 5);
+        let Some(Answered::Lookup { waiting, .. }) = c.answered(7) else { panic!("not a lookup") };
+        assert_eq!((waiting.requests, waiting.gates), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn reservations_feed_polls_and_batches_come_back_as_what_they_were() {
+        let mut c = Callouts::default();
+        c.started(1, 4, Purpose::Reserve(4));
+        c.started(2, 0, Purpose::FeedPoll);
+        let batch = vec![UsageRecord { request_id: "x".into(), ..UsageRecord::default() }];
+        c.started(3, 0, Purpose::UsageBatch(batch.clone()));
+        assert!(c.any(|p| *p == Purpose::FeedPoll));
+        assert_eq!(c.answered(1), Some(Answered::Reserve(4)));
+        assert_eq!(c.answered(2), Some(Answered::FeedPoll));
+        assert_eq!(c.answered(3), Some(Answered::UsageBatch(batch)));
+        assert_eq!(c.answered(3), None, "an answer is handled once");
+        assert!(!c.any(|p| *p == Purpose::FeedPoll));
+    }
+
+    #[test]
+    fn a_batch_whose_owner_left_is_handed_back() {
+        let mut c = Callouts::default();
+        let batch = vec![UsageRecord { request_id: "x".into(), ..UsageRecord::default() }];
+        c.started(3, 9, Purpose::UsageBatch(batch.clone()));
+        assert_eq!(c.left(9), batch);
+        assert!(c.is_empty());
+    }
+}

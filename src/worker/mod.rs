@@ -1,0 +1,325 @@
+//! One Envoy worker's keygate: everything the filter does, against [`Host`].
+//!
+//! Envoy runs one VM per worker thread; the glue (`filter`) keeps one
+//! `Worker` per VM and translates each callback into a call here. The worker
+//! owns the key cache, the callouts in flight (`callouts`), the change-feed
+//! position, the usage queue, the metric sums and every live request (by
+//! context id), so that a callout's answer, a tick or another request's
+//! lookup can reach any of them.
+//!
+//! - `request`: the keygate filter's side of a request, from headers to done;
+//! - `gate`: the filter instance before Envoy's buffer filter (body reading,
+//!   early refusals);
+//! - `attempt`: the upstream filter (one credential per attempt, cool-downs).
+//!
+//! Envoy defers a local reply and a resume until the VM call returns, so no
+//! host call here re-enters the worker.
+
+mod attempt;
+mod gate;
+mod request;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use keygate_proto::lookup::{Changes, Lookup, UsageBatch};
+use log::warn;
+
+use crate::body::BodyFacts;
+use crate::cache::Cache;
+use crate::callouts::{Answered, Callouts, GateWaiter, Purpose, Waiting};
+use crate::config::Config;
+use crate::decide::check_key;
+use crate::errors::{Denial, Dialect};
+use crate::host::{Buffer, Call, Host, Map};
+use crate::intern::Interner;
+use crate::metrics::{Counter, Gauge, Labeled, Metrics};
+use crate::records::UsageQueue;
+
+pub use gate::GateState;
+pub use request::Request;
+
+/// What a callback tells Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Pause,
+}
+
+pub const REQUEST_ID_HEADER: &str = "x-keygate-request-id";
+/// The root context's tick: it polls the change feed (every
+/// `pollIntervalMs`), flushes usage and metrics, purges the cache, and makes
+/// the callouts no live request context can own (see `request::reserve`).
+pub const TICK_MS: u64 = 20;
+const PURGE_INTERVAL_MS: u64 = 1_000;
+
+pub struct Worker {
+    pub config: Rc<Config>,
+    gateway_token: String,
+    cache: Cache,
+    callouts: Callouts,
+    feed_version: u64,
+    usage: UsageQueue,
+    interner: Interner,
+    pub metrics: Metrics,
+    requests: HashMap<u32, Request>,
+    /// Forwarding plans the upstream filter reads, by plan id: the request.
+    plans: HashMap<u64, u32>,
+    next_plan: u64,
+    /// What gates read of bodies, by gate context id (see `gate`).
+    tapped: HashMap<u32, BodyFacts>,
+    /// A gate runs in this VM: a request with a body must come with its findings.
+    gated: bool,
+    /// The context whose callback runs: a callout made now is handed back to it.
+    running: u32,
+    last_poll_ms: u64,
+    last_flush_ms: u64,
+    last_purge_ms: u64,
+    reported_entries: usize,
+}
+
+impl Worker {
+    pub fn new(config: Rc<Config>, gateway_token: String) -> Worker {
+        Worker {
+            cache: Cache::new(config.cache_max_entries, config.cache_ttl_ms, config.stale_if_error_ms),
+            config,
+            gateway_token,
+            callouts: Callouts::default(),
+            feed_version: 0,
+            usage: UsageQueue::default(),
+            interner: Interner::default(),
+            metrics: Metrics::default(),
+            requests: HashMap::new(),
+            plans: HashMap::new(),
+            next_plan: 1,
+            tapped: HashMap::new(),
+            gated: false,
+            running: 0,
+            last_poll_ms: 0,
+            last_flush_ms: 0,
+            last_purge_ms: 0,
+            reported_entries: 0,
+        }
+    }
+
+    /// A gate filter runs in this VM.
+    pub fn set_gated(&mut self) {
+        self.gated = true;
+    }
+
+    /// Envoy runs a callback of context `id` (0: the root context).
+    pub fn enter(&mut self, id: u32) {
+        self.running = id;
+    }
+
+    /// The root context's tick.
+    pub fn tick(&mut self, host: &impl Host) {
+        self.enter(0);
+        let now = host.now_ms();
+        self.reserve_queued(host);
+        if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
+            self.last_purge_ms = now;
+            self.cache.purge_expired(now);
+        }
+        if !self.callouts.any(|p| *p == Purpose::FeedPoll)
+            && now.saturating_sub(self.last_poll_ms) >= self.config.poll_interval_ms
+        {
+            self.last_poll_ms = now;
+            let path = format!("/v1/changes?since={}", self.feed_version);
+            let _ = self.store_call(host, "GET", &path, None, Purpose::FeedPoll);
+        }
+        let batch_out = self.callouts.any(|p| matches!(p, Purpose::UsageBatch(_)));
+        if !batch_out && self.usage.due(now.saturating_sub(self.last_flush_ms)) {
+            self.last_flush_ms = now;
+            self.flush_usage(host);
+        }
+        for digest in self.callouts.take_orphans() {
+            let path = format!("/v1/lookup/{digest}");
+            if self.store_call(host, "GET", &path, None, Purpose::Lookup(digest.clone())).is_err() {
+                let waiting = self.callouts.abandon(&digest);
+                self.complete_lookup(host, &digest, None, waiting);
+            }
+        }
+        let entries = self.cache.len();
+        self.metrics.gauge_add(Gauge::CacheEntries, entries as i64 - self.reported_entries as i64);
+        self.reported_entries = entries;
+        self.metrics.flush(host);
+    }
+
+    /// A callout's answer, in whichever context Envoy hands it to.
+    pub fn on_callout(&mut self, host: &impl Host, id: u32, token: u32, body_size: usize) {
+        self.enter(id);
+        match self.callouts.answered(token) {
+            None => {}
+            Some(Answered::Lookup { digest, waiting }) => {
+                let answer = read_json::<Lookup>(host, body_size).map(|l| Rc::new(self.interner.intern(l)));
+                if answer.is_none() {
+                    self.metrics.count(Counter::StoreErrors);
+                }
+                self.complete_lookup(host, &digest, answer, waiting);
+            }
+            Some(Answered::Reserve(request)) => self.on_reserved(host, request, body_size),
+            Some(Answered::FeedPoll) => match read_json::<Changes>(host, body_size) {
+                Some(changes) => self.apply_changes(&changes),
+                None => self.metrics.count(Counter::StorePollErrors),
+            },
+            Some(Answered::UsageBatch(batch)) => {
+                let status = host.header_str(Map::CalloutHeaders, ":status");
+                if status.as_deref() != Some("200") {
+                    warn!(
+                        "keygate: usage batch not accepted ({}): kept for the next flush",
+                        status.as_deref().unwrap_or("no answer")
+                    );
+                    self.usage.requeue(batch);
+                }
+            }
+        }
+    }
+
+    /// A context is destroyed: whatever it waited for or owned is handed on.
+    fn left(&mut self, id: u32) {
+        let batch = self.callouts.left(id);
+        if !batch.is_empty() {
+            self.usage.requeue(batch);
+        }
+    }
+
+    fn store_call(
+        &mut self,
+        host: &impl Host,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        purpose: Purpose,
+    ) -> Result<u32, Purpose> {
+        let auth = format!("Bearer {}", self.gateway_token);
+        let mut headers = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", self.config.store_authority.as_str()),
+            ("authorization", auth.as_str()),
+        ];
+        if body.is_some() {
+            headers.push(("content-type", "application/json"));
+        }
+        let call =
+            Call { cluster: &self.config.store_cluster, headers, body, timeout_ms: self.config.callout_timeout_ms };
+        match host.http_call(&call) {
+            Ok(token) => {
+                self.callouts.started(token, self.running, purpose);
+                Ok(token)
+            }
+            Err(e) => {
+                warn!("keygate: store callout could not be dispatched: {e:?}");
+                Err(purpose)
+            }
+        }
+    }
+
+    /// Starts the lookup of `digest` unless one is in flight.
+    fn ask_lookup(&mut self, host: &impl Host, digest: &str) -> Result<(), Purpose> {
+        if self.callouts.lookup_in_flight(digest) {
+            self.metrics.count(Counter::StoreCoalesced);
+            return Ok(());
+        }
+        self.metrics.count(Counter::StoreLookups);
+        let path = format!("/v1/lookup/{digest}");
+        self.store_call(host, "GET", &path, None, Purpose::Lookup(digest.to_string())).map(|_| ())
+    }
+
+    /// A lookup finished (`None`: the store could not be reached or gave no
+    /// usable answer). Caches it, completes every request waiting for it, and
+    /// refuses through every gate still uploading when the key is refused.
+    fn complete_lookup(&mut self, host: &impl Host, digest: &str, answer: Option<Rc<Lookup>>, waiting: Waiting) {
+        let now = host.now_ms();
+        if let Some(a) = &answer {
+            self.cache.insert(digest, a.clone(), now);
+        }
+        let stale_approval = answer.is_none() && self.cache.get(digest, now).is_some();
+        for id in waiting.requests {
+            if host.set_effective_context(id).is_err() {
+                continue; // that request is gone
+            }
+            self.lookup_done(host, id, answer.clone());
+        }
+        // Requests still uploading: a refused key (or a store that cannot
+        // say, with nothing stale to serve) is answered now, not after the body.
+        let refusal = match &answer {
+            Some(lookup) => check_key(lookup, (now / 1000) as i64).err(),
+            None if stale_approval => None,
+            None => Some(Denial::store_unavailable()),
+        };
+        let Some(denial) = refusal else { return };
+        for GateWaiter { gate, dialect, request_id } in waiting.gates {
+            if host.set_effective_context(gate).is_ok() {
+                log::info!("keygate: request {request_id} refused before its body: {}", denial.code);
+                self.metrics.count(Counter::GateEarlyRefusals);
+                reply(host, &mut self.metrics, dialect, &request_id, &denial);
+            }
+        }
+    }
+
+    fn apply_changes(&mut self, changes: &Changes) {
+        if changes.all {
+            self.cache.invalidate_all(if changes.all_at > 0 { changes.all_at } else { changes.version });
+        }
+        // Older stores send no per-digest versions: then the feed's version.
+        let version_of = |i: usize| changes.digest_versions.get(i).copied().unwrap_or(changes.version);
+        self.cache.invalidate(changes.digests.iter().enumerate().map(|(i, d)| (d, version_of(i))));
+        self.feed_version = self.feed_version.max(changes.version);
+    }
+
+    /// Sends the next batch of usage records; it comes back to the queue
+    /// unless the store acknowledges it.
+    fn flush_usage(&mut self, host: &impl Host) {
+        let batch = UsageBatch { records: self.usage.take_batch() };
+        if batch.records.is_empty() {
+            return;
+        }
+        let Ok(json) = serde_json::to_vec(&batch) else {
+            self.usage.requeue(batch.records);
+            return;
+        };
+        // The batch travels with its callout, to be queued again if lost.
+        if let Err(Purpose::UsageBatch(records)) =
+            self.store_call(host, "POST", "/v1/usage", Some(&json), Purpose::UsageBatch(batch.records))
+        {
+            self.usage.requeue(records);
+        }
+    }
+}
+
+/// The body of a store answer, if it is a 200 with a document we understand.
+fn read_json<T: serde::de::DeserializeOwned>(host: &impl Host, body_size: usize) -> Option<T> {
+    let status = host.header_str(Map::CalloutHeaders, ":status");
+    if status.as_deref() != Some("200") {
+        warn!("keygate: key store answered {}", status.as_deref().unwrap_or("nothing (timeout or connection failure)"));
+        return None;
+    }
+    let body = host.buffer(Buffer::CalloutBody, 0, body_size).ok()?;
+    serde_json::from_slice(&body).map_err(|e| warn!("keygate: unreadable key store answer: {e}")).ok()
+}
+
+/// A local reply in the client's dialect to the effective context; nothing
+/// goes upstream.
+fn reply(host: &impl Host, metrics: &mut Metrics, dialect: Dialect, request_id: &str, denial: &Denial) {
+    metrics.count(Counter::RequestsDenied);
+    metrics.count_labeled(Labeled::Denied, denial.code.as_str());
+    let body = denial.body(dialect);
+    let retry_after = denial.retry_after.map(|s| s.to_string());
+    let mut headers = vec![("content-type", "application/json"), ("x-keygate-error", denial.code.as_str())];
+    if !request_id.is_empty() {
+        headers.push((REQUEST_ID_HEADER, request_id));
+    }
+    if let Some(r) = retry_after.as_deref() {
+        headers.push(("retry-after", r));
+    }
+    headers.extend(denial.headers.iter().map(|(k, v)| (*k, v.as_str())));
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    if host.send_response(denial.status, &headers, body.as_bytes()).is_err() {
+        warn!("keygate: could not send a local reply");
+    }
+}
+
+#[cfg(test)]
+mod tests;

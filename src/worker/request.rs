@@ -1,0 +1,787 @@
+//! The keygate filter's side of one request: read and screen the headers,
+//! find the key (cache, or a lookup shared with concurrent requests), admit
+//! (`admission`), reserve budget when the key has one, set the upstream
+//! headers, then watch the answer go by (credential scrubbing, usage) and
+//! file the usage records when the request is done.
+
+use std::rc::Rc;
+
+use keygate_proto::lookup::{AuthStyle, Credential, KeyStatus, Lookup, RefusedBy, ReserveRequest, ReserveResponse};
+use keygate_proto::token;
+use log::{debug, info, warn};
+
+use super::attempt::{cool_until, note_answer, rate_key};
+use super::{read_json, reply, Flow, Worker, REQUEST_ID_HEADER};
+use crate::admission::{self, Ask, Counted, Counters, Verdict};
+use crate::cache::Freshness;
+use crate::decide::{ModelField, RequestFacts};
+use crate::errors::{Code, Denial, Dialect};
+use crate::failover::{self, Attempt};
+use crate::host::{Buffer, Host, Map, SharedError};
+use crate::inbound::Inbound;
+use crate::metrics::{Counter, Labeled};
+use crate::ratelimit::{self, Window};
+use crate::records::{self, Finished, Served};
+use crate::screen::{leaking_headers, screen, too_large};
+use crate::scrub::StreamScrubber;
+use crate::surface;
+use crate::usage::{self, BodyKind, SseScanner, Usage};
+
+/// Output tokens assumed for a request that sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
+/// Largest JSON response read for its `usage` (it passes through regardless).
+const MAX_JSON_BODY: usize = 4 << 20;
+const PLAN_PROPERTY: &str = "keygate_plan";
+
+/// Where a request is in its life.
+#[derive(Default)]
+pub enum Phase {
+    /// Headers not read yet.
+    #[default]
+    New,
+    /// Waiting for the store's answer about the key; a cached approval past
+    /// its TTL stands in if the store cannot answer.
+    LookingUp { stale: Option<Rc<Lookup>> },
+    /// Counted, waiting for the store to reserve budget (`filed` once the
+    /// callout is out; the root context files it otherwise).
+    Reserving { lookup: Rc<Lookup> },
+    /// Headers set for the upstream: the answer is watched as it passes.
+    Forwarded(Box<Forwarded>),
+    /// A local reply was sent.
+    Refused,
+}
+
+/// The forwarding plan, shared with the upstream filter by plan id.
+pub struct Forwarded {
+    pub plan_id: Option<u64>,
+    pub direct: bool,
+    pub auth: AuthStyle,
+    /// Candidate credentials, in the order attempts use them.
+    pub keys: Vec<Credential>,
+    pub attempts: Vec<Attempt>,
+    /// The provider's model name to write into the body.
+    rewrite_model: Option<String>,
+    answer: Answer,
+}
+
+/// What the filter does with the provider's answer.
+#[derive(Default)]
+struct Answer {
+    /// Replaced by keygate's own error (every candidate failed).
+    replace: Option<String>,
+    /// An error answer passes with the provider credentials scrubbed.
+    scrubber: Option<StreamScrubber>,
+    /// Usage read as it passes: an event stream or a JSON document.
+    read_usage: bool,
+    scanner: Option<SseScanner>,
+    json: Option<Vec<u8>>,
+}
+
+/// What the request is, from its headers and (through the gate) its body.
+#[derive(Default)]
+struct Facts {
+    request_id: String,
+    dialect: Dialect,
+    /// `:method` and `:path` as the client sent them (screened).
+    method: String,
+    path: String,
+    /// Request headers to remove before the request goes upstream.
+    strip: Vec<String>,
+    anthropic_version: bool,
+    has_body: bool,
+    model: Option<ModelField>,
+    /// `model` and `max_tokens` came from the gate (no metadata reads).
+    body_read: bool,
+    max_tokens: Option<u64>,
+    choices: u64,
+    access_key_in_body: bool,
+    /// A form's boundary (the body to rewrite is a form, not JSON).
+    form_boundary: Option<String>,
+    body_bytes: u64,
+    started_ms: u64,
+    /// This request's gate, if one runs (see `reserve`).
+    gate: Option<u32>,
+}
+
+/// What admission counted and who serves.
+#[derive(Default)]
+struct Admitted {
+    /// Limits counted and budget reserved: only forwarding is left.
+    done: bool,
+    estimate: (u64, u64),
+    rate: Option<(String, Counted)>,
+    served: Option<Served>,
+    reservation: Option<String>,
+}
+
+pub struct Request {
+    facts: Facts,
+    admitted: Admitted,
+    pub phase: Phase,
+}
+
+impl Default for Request {
+    fn default() -> Request {
+        Request::new()
+    }
+}
+
+impl Request {
+    pub fn new() -> Request {
+        Request { facts: Facts { choices: 1, ..Facts::default() }, admitted: Admitted::default(), phase: Phase::New }
+    }
+
+    fn estimate(&mut self) -> (u64, u64) {
+        let f = &self.facts;
+        usage::estimate(f.body_bytes, f.max_tokens, f.choices, DEFAULT_OUTPUT_ESTIMATE)
+    }
+}
+
+/// Where a request stands after `advance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Forwarded,
+    Refused,
+    /// Waiting for the store to reserve budget; its answer advances again.
+    Waiting,
+}
+
+/// Counters read from shared data (the rate window's CAS token kept for the write).
+struct Shared<'h, H: Host> {
+    host: &'h H,
+    cas: std::cell::Cell<Option<u32>>,
+}
+
+impl<H: Host> Counters for Shared<'_, H> {
+    fn rate_window(&self, key_id: &str) -> Option<Window> {
+        let (value, cas) = self.host.shared_data(&rate_key(key_id)).ok()?;
+        self.cas.set(cas);
+        value.as_deref().and_then(Window::parse)
+    }
+
+    fn cool_until(&self, credential_id: &str) -> u64 {
+        cool_until(self.host, credential_id)
+    }
+}
+
+impl Worker {
+    pub fn request_created(&mut self, id: u32) {
+        self.requests.insert(id, Request::new());
+    }
+
+    pub fn request_headers(&mut self, host: &impl Host, id: u32, end_of_stream: bool) -> Flow {
+        self.enter(id);
+        // One snapshot of the headers: each host call that returns data
+        // costs about 1 µs (see `inbound`).
+        let inbound = Inbound::from_headers(&host.headers(Map::RequestHeaders));
+        #[cfg(feature = "fault-injection")]
+        #[allow(clippy::panic)]
+        if inbound.test_panic {
+            panic!("keygate: fault injection"); // allow-panic: test builds only
+        }
+        let tapped = if self.gated { inbound.gate.and_then(|g| self.tapped.remove(&g).map(|f| (g, f))) } else { None };
+        let has_body = !end_of_stream;
+        let max_body = self.config.max_body_bytes;
+        let screened = screen(&inbound, has_body, max_body)
+            .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string)));
+        if screened.is_err() {
+            blank_leaks(host, &inbound);
+        }
+        let gated = self.gated;
+        let now = host.now_ms();
+        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
+        let f = &mut req.facts;
+        f.request_id = request_id;
+        f.strip = strip;
+        f.anthropic_version = anthropic_version;
+        let digest = match screened {
+            Ok((dialect, digest, boundary)) => {
+                f.dialect = dialect;
+                f.form_boundary = boundary;
+                digest
+            }
+            Err((dialect, denial)) => {
+                f.dialect = dialect;
+                return self.refuse(host, id, &denial);
+            }
+        };
+        f.method = method;
+        f.path = path;
+        f.has_body = has_body;
+        f.started_ms = now;
+        f.body_bytes = content_length.unwrap_or(0);
+        f.gate = tapped.as_ref().map(|(g, _)| *g);
+        match tapped.map(|(_, facts)| facts) {
+            Some(facts) if has_body => {
+                f.model = Some(facts.model);
+                f.max_tokens = facts.max_tokens;
+                f.choices = facts.choices;
+                f.access_key_in_body = facts.access_key;
+                f.body_read = true;
+            }
+            // A gate runs in this VM, yet no findings: refuse rather than guess.
+            _ if has_body && gated => {
+                return self.refuse(host, id, &Denial::internal("the request body could not be read"));
+            }
+            _ => {}
+        }
+
+        let stale = match self.cache.get(&digest, now) {
+            Some((lookup, Freshness::Fresh)) => {
+                self.metrics.count(Counter::CacheHits);
+                return flow(self.advance(host, id, &lookup));
+            }
+            Some((lookup, Freshness::Stale)) => Some(lookup),
+            None => None,
+        };
+        self.metrics.count(Counter::CacheMisses);
+        // Miss: join the lookup in flight for this key, or start one.
+        if self.ask_lookup(host, &digest).is_err() {
+            self.metrics.count(Counter::StoreErrors);
+            return match stale {
+                Some(lookup) => {
+                    self.metrics.count(Counter::CacheStaleServed);
+                    flow(self.advance(host, id, &lookup))
+                }
+                None => self.refuse(host, id, &Denial::store_unavailable()),
+            };
+        }
+        self.callouts.wait_request(&digest, id);
+        if let Some(req) = self.requests.get_mut(&id) {
+            debug!("keygate: request {} waits for a key lookup", req.facts.request_id);
+            req.phase = Phase::LookingUp { stale };
+        }
+        Flow::Pause
+    }
+
+    /// The lookup this request waited for is answered (`None`: no usable
+    /// answer); the request's context is effective.
+    pub(super) fn lookup_done(&mut self, host: &impl Host, id: u32, answer: Option<Rc<Lookup>>) {
+        let Some(req) = self.requests.get_mut(&id) else { return };
+        let stale = match &mut req.phase {
+            Phase::LookingUp { stale } => stale.take(),
+            _ => return,
+        };
+        if answer.is_none() && stale.is_some() {
+            self.metrics.count(Counter::CacheStaleServed);
+        }
+        let resume = match answer.or(stale) {
+            Some(lookup) => self.advance(host, id, &lookup) == Step::Forwarded,
+            None => {
+                self.refuse(host, id, &Denial::store_unavailable());
+                false
+            }
+        };
+        if resume && host.resume_request().is_err() {
+            warn!("keygate: could not resume a request");
+        }
+    }
+
+    /// Decides for request `id` (its context effective) and acts: refuses,
+    /// reserves, or sets the upstream headers.
+    fn advance(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>) -> Step {
+        let config = self.config.clone();
+        let now = host.now_ms();
+        let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
+        let f = &mut req.facts;
+        // Without the gate, the body's fields come from `json_to_metadata`'s
+        // metadata: read only for a key that may pass (2-3 µs a property).
+        if f.model.is_none() {
+            let readable = f.has_body && lookup.status == KeyStatus::Active;
+            f.model = Some(if readable { read_model(host, &config.metadata_namespace) } else { ModelField::Absent });
+        }
+        if !req.admitted.done {
+            // Only limits and budgets need the estimate before the request goes out.
+            if f.has_body && !f.body_read && (lookup.limits.is_some() || lookup.budgeted) {
+                f.max_tokens = read_max_tokens(host, &config.metadata_namespace);
+            }
+            req.admitted.estimate = req.estimate();
+        }
+        let f = &req.facts;
+        let model = f.model.clone().unwrap_or(ModelField::Absent);
+        // The headers were screened: the surface is in the table.
+        let Ok(surface) = surface::classify(&f.method, &f.path, f.anthropic_version) else {
+            return self.refuse_step(host, id, &Denial::internal("the gateway could not classify the request"));
+        };
+        let ask = Ask {
+            facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body },
+            estimate: req.admitted.estimate,
+            anthropic_version: f.anthropic_version,
+            admitted: req.admitted.done,
+            now_ms: now,
+        };
+        // Counting is a compare-and-swap on the key's window: on a race with
+        // another worker, admit again on the new count.
+        let mut verdict = None;
+        for _ in 0..16 {
+            let counters = Shared { host, cas: std::cell::Cell::new(None) };
+            let v = admission::admit(ask, lookup, &counters, &config);
+            let counted = match &v {
+                Verdict::Reserve { counted: Some(c), served } | Verdict::Forward { counted: Some(c), served, .. } => {
+                    Some((c, served))
+                }
+                _ => None,
+            };
+            if let Some((c, served)) = counted {
+                match host.set_shared_data(&rate_key(&served.key_id), c.window.encode().as_bytes(), counters.cas.get())
+                {
+                    Ok(()) => {}
+                    Err(SharedError::CasMismatch) => continue,
+                    Err(SharedError::Failed) => break,
+                }
+            }
+            verdict = Some(v);
+            break;
+        }
+        let Some(verdict) = verdict else {
+            return self.refuse_step(host, id, &Denial::internal("the rate limiter is unavailable"));
+        };
+        let (counted, served, forwarding) = match verdict {
+            Verdict::Refuse(denial) => {
+                if denial.code == Code::RateLimitExceeded {
+                    self.metrics.count(Counter::RatelimitRefused);
+                }
+                return self.refuse_step(host, id, &denial);
+            }
+            Verdict::Reserve { counted, served } => (counted, served, None),
+            Verdict::Forward { counted, served, forwarding } => (counted, served, Some(forwarding)),
+        };
+        let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
+        if let Some(c) = counted {
+            req.admitted.rate = Some((rate_key(&served.key_id), c));
+        }
+        if !req.admitted.done {
+            req.admitted.served = Some(served);
+        }
+        let Some(fw) = forwarding else {
+            req.phase = Phase::Reserving { lookup: lookup.clone() };
+            return self.reserve(host, id);
+        };
+        req.admitted.done = true;
+        for name in &req.facts.strip {
+            let _ = host.set_header(Map::RequestHeaders, name, None);
+        }
+        for (name, value) in &fw.headers {
+            let value = (!value.is_empty()).then_some(value.as_bytes());
+            if host.set_header(Map::RequestHeaders, name, value).is_err() {
+                warn!("keygate: request {}: could not set header {name}", req.facts.request_id);
+                return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
+            }
+        }
+        // Only the upstream filter reads the plan id; direct clusters have none.
+        let plan_id = (!fw.direct).then(|| {
+            let id = self.next_plan;
+            self.next_plan = self.next_plan.wrapping_add(1);
+            id
+        });
+        if let Some(plan_id) = plan_id {
+            if host.set_property(&[PLAN_PROPERTY], plan_id.to_string().as_bytes()).is_err() {
+                return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
+            }
+            self.plans.insert(plan_id, id);
+        }
+        if host.clear_route_cache().is_err() {
+            warn!("keygate: clear_route_cache is not available");
+        }
+        self.metrics.count(Counter::RequestsAllowed);
+        self.metrics.count_labeled(Labeled::RequestsProvider, &fw.provider);
+        let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
+        debug!(
+            "keygate: request {} provider={} credential={}",
+            req.facts.request_id,
+            fw.provider,
+            fw.keys.first().map_or("-", |k| k.id.as_str())
+        );
+        req.phase = Phase::Forwarded(Box::new(Forwarded {
+            plan_id,
+            direct: fw.direct,
+            auth: fw.auth,
+            keys: fw.keys,
+            attempts: Vec::new(),
+            rewrite_model: fw.rewrite_model,
+            answer: Answer::default(),
+        }));
+        Step::Forwarded
+    }
+
+    /// Asks the store to hold this request's estimate against its budgets.
+    ///
+    /// Envoy hands a callout's answer to the context that made it (the one
+    /// whose callback runs). When that is another request's (one whose
+    /// lookup this request joined), it may end before the answer comes, and
+    /// the answer would be lost: so the root context, which lives as long as
+    /// the VM, files it on its next tick. This request's own gate lives as
+    /// long as the request: it may file it.
+    fn reserve(&mut self, host: &impl Host, id: u32) -> Step {
+        let Some(req) = self.requests.get(&id) else { return Step::Refused };
+        let running = self.running;
+        if running != 0 && running != id && Some(running) != req.facts.gate {
+            self.callouts.queue_reserve(id);
+            return Step::Waiting;
+        }
+        // Envoy files a callout under the effective context's root context:
+        // filed under the gate, the gate must be effective too.
+        let under_gate = running != 0 && running != id;
+        if under_gate {
+            let _ = host.set_effective_context(running);
+        }
+        let Some(served) = req.admitted.served.clone() else { return Step::Refused };
+        let body = ReserveRequest {
+            request_id: req.facts.request_id.clone(),
+            access_key_id: served.key_id,
+            config_id: served.config_id,
+            provider: served.provider,
+            model: served.model,
+            input_tokens: req.admitted.estimate.0,
+            output_tokens: req.admitted.estimate.1,
+        };
+        let dispatched = match serde_json::to_vec(&body) {
+            Ok(json) => {
+                self.store_call(host, "POST", "/v1/reserve", Some(&json), crate::callouts::Purpose::Reserve(id))
+            }
+            Err(_) => Err(crate::callouts::Purpose::Reserve(id)),
+        };
+        if under_gate {
+            let _ = host.set_effective_context(id);
+        }
+        match dispatched {
+            Ok(_) => {
+                self.metrics.count(Counter::BudgetReserves);
+                Step::Waiting
+            }
+            Err(_) => self.refuse_step(host, id, &Denial::store_unavailable()),
+        }
+    }
+
+    /// Files the reservations queued for the root context (on its tick).
+    pub(super) fn reserve_queued(&mut self, host: &impl Host) {
+        for id in self.callouts.take_reserve_queue() {
+            if self.requests.contains_key(&id) && host.set_effective_context(id).is_ok() {
+                self.reserve(host, id);
+            }
+        }
+    }
+
+    /// The store answered a reservation.
+    pub(super) fn on_reserved(&mut self, host: &impl Host, id: u32, body_size: usize) {
+        let answer = read_json::<ReserveResponse>(host, body_size);
+        if host.set_effective_context(id).is_err() {
+            return; // the request is gone; its reservation expires in the store
+        }
+        let Some(req) = self.requests.get_mut(&id) else { return };
+        let Phase::Reserving { lookup } = std::mem::take(&mut req.phase) else { return };
+        let resume = match answer {
+            None => {
+                self.refuse(host, id, &Denial::store_unavailable());
+                false
+            }
+            Some(r) if r.ok => {
+                req.admitted.reservation = r.reservation_id;
+                req.admitted.done = true;
+                self.advance(host, id, &lookup) == Step::Forwarded
+            }
+            Some(r) => {
+                let by = r.refused_by.unwrap_or(RefusedBy::Other);
+                info!("keygate: request {} refused: insufficient_credits ({})", req.facts.request_id, by.as_str());
+                self.refuse(host, id, &admission::budget_refusal(by));
+                false
+            }
+        };
+        if resume && host.resume_request().is_err() {
+            warn!("keygate: could not resume a request");
+        }
+    }
+
+    pub fn request_body(&mut self, host: &impl Host, id: u32, body_size: usize, end_of_stream: bool) -> Flow {
+        let max = self.config.max_body_bytes;
+        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
+        if fw.rewrite_model.is_none() {
+            return Flow::Continue;
+        }
+        if body_size as u64 > max {
+            // Cannot happen behind Envoy's buffer limit; refuse rather than forward.
+            return self.refuse(host, id, &too_large(max));
+        }
+        if !end_of_stream {
+            return Flow::Pause; // buffer until the whole body is here
+        }
+        let Some(model) = fw.rewrite_model.take() else { return Flow::Continue };
+        let body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
+        let rewritten = match req.facts.form_boundary.as_deref() {
+            Some(boundary) => crate::multipart::rewrite_model(&body, boundary, &model),
+            None => crate::model_json::rewrite_model(&body, &model),
+        };
+        match rewritten {
+            Some(new_body) => {
+                if host.set_buffer(Buffer::RequestBody, 0, body_size, &new_body).is_err() {
+                    warn!("keygate: could not rewrite the request body");
+                }
+            }
+            None => warn!("keygate: request body has no top-level model to rewrite"),
+        }
+        Flow::Continue
+    }
+
+    pub fn request_trailers(&mut self, host: &impl Host, id: u32) -> Flow {
+        // (Behind a gate, trailers are refused before they get here.)
+        let rewriting = self
+            .requests
+            .get(&id)
+            .is_some_and(|r| matches!(&r.phase, Phase::Forwarded(fw) if fw.rewrite_model.is_some()));
+        if rewriting {
+            return self.refuse(host, id, &Denial::unexpected_trailers());
+        }
+        Flow::Continue
+    }
+
+    pub fn response_headers(&mut self, host: &impl Host, id: u32) -> Flow {
+        let config = self.config.clone();
+        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        let set = |name: &str, value: &str| {
+            let _ = host.set_header(Map::ResponseHeaders, name, Some(value.as_bytes()));
+        };
+        if !req.facts.request_id.is_empty() {
+            set(REQUEST_ID_HEADER, &req.facts.request_id);
+        }
+        if let Some((_, rate)) = &req.admitted.rate {
+            for (name, value) in rate.headers() {
+                set(name, &value);
+            }
+        }
+        let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
+        // One snapshot: the status, and any header that echoes a credential.
+        let secrets: Vec<String> = fw.keys.iter().map(|k| k.value.clone()).collect();
+        let mut status = 0;
+        for (name, value) in host.headers(Map::ResponseHeaders) {
+            if name == ":status" {
+                status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some(clean) = crate::scrub::scrub(&value, &secrets) {
+                warn!(
+                    "keygate: request {}: the provider echoed its credential in `{name}`: scrubbed",
+                    req.facts.request_id
+                );
+                self.metrics.count(Counter::ScrubbedHeaders);
+                let _ = host.set_header(Map::ResponseHeaders, &name, Some(&clean));
+            }
+        }
+        if fw.direct && fw.attempts.is_empty() {
+            let key_id = fw.keys.first().map(|k| k.id.clone()).unwrap_or_default();
+            let mut attempt = Attempt { key_id, status: None };
+            note_answer(host, &mut self.metrics, &mut attempt, status, &config);
+            fw.attempts.push(attempt);
+        }
+        // Whether the answer is a JSON document or an event stream is read
+        // from its first byte (`observe_body`), which saves a header read.
+        fw.answer.read_usage = true;
+        set("x-keygate-attempts", &fw.attempts.len().to_string());
+        if let Some(last) = fw.attempts.last() {
+            set("x-keygate-provider-key", &last.key_id);
+        }
+        if failover::is_failover_status(status) {
+            // Every candidate was tried (Envoy stops retrying only then, or on
+            // the total timeout): answer in the client's dialect, by key id.
+            let denial = failover::exhausted(&fw.attempts, status);
+            info!("keygate: request {} failed: {}", req.facts.request_id, denial.message);
+            self.metrics.count(Counter::FailoverExhausted);
+            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
+            set("content-type", "application/json");
+            set("x-keygate-error", denial.code.as_str());
+            fw.answer.replace = Some(denial.body(req.facts.dialect));
+        } else if !(200..300).contains(&status) {
+            // Error bodies are where providers echo a rejected credential.
+            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
+            fw.answer.scrubber = Some(StreamScrubber::new(secrets));
+        }
+        Flow::Continue
+    }
+
+    pub fn response_body(&mut self, host: &impl Host, id: u32, body_size: usize, end_of_stream: bool) -> Flow {
+        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
+        let answer = &mut fw.answer;
+        if answer.replace.is_none() {
+            if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() {
+                return Flow::Continue;
+            }
+            let chunk = host.buffer(Buffer::ResponseBody, 0, body_size).unwrap_or_default();
+            if !chunk.is_empty() {
+                observe(answer, &chunk);
+            }
+            if let Some(scrubber) = answer.scrubber.as_mut() {
+                let out = scrubber.feed(&chunk, end_of_stream);
+                if out != chunk {
+                    let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
+                }
+                if end_of_stream && scrubber.scrubbed {
+                    warn!(
+                        "keygate: request {}: the provider echoed its credential in the body: scrubbed",
+                        req.facts.request_id
+                    );
+                    self.metrics.count(Counter::ScrubbedBodies);
+                }
+            }
+            return Flow::Continue;
+        }
+        if !end_of_stream {
+            return Flow::Pause;
+        }
+        if let Some(body) = answer.replace.take() {
+            let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, body.as_bytes());
+        }
+        Flow::Continue
+    }
+
+    /// The request is over: its usage is queued, its rate count corrected,
+    /// and whatever it waited for is handed on.
+    pub fn request_done(&mut self, host: &impl Host, id: u32) {
+        self.left(id);
+        let Some(mut req) = self.requests.remove(&id) else { return };
+        let (attempts, answer) = match std::mem::take(&mut req.phase) {
+            Phase::Forwarded(fw) => {
+                if let Some(plan_id) = fw.plan_id {
+                    self.plans.remove(&plan_id);
+                }
+                (fw.attempts, fw.answer)
+            }
+            _ => (Vec::new(), Answer::default()),
+        };
+        let Some(served) = req.admitted.served.take() else { return };
+        let usage = match (&answer.scanner, &answer.json) {
+            (Some(s), _) => s.usage,
+            (None, Some(body)) => Usage::from_json(body),
+            _ => Usage::default(),
+        };
+        // No usage reported for an answer that was served: count the
+        // estimate, read now if admission did not need it.
+        if !usage.seen
+            && records::served_ok(&attempts)
+            && req.facts.max_tokens.is_none()
+            && req.facts.has_body
+            && !req.facts.body_read
+        {
+            req.facts.max_tokens = read_max_tokens(host, &self.config.metadata_namespace);
+            req.admitted.estimate = req.estimate();
+        }
+        let (input, output) = records::tokens(&usage, records::served_ok(&attempts), req.admitted.estimate);
+        let finished = Finished {
+            request_id: std::mem::take(&mut req.facts.request_id),
+            served,
+            attempts,
+            usage,
+            estimate: req.admitted.estimate,
+            streaming: answer.scanner.is_some(),
+            started_ms: req.facts.started_ms,
+            ended_ms: host.now_ms(),
+            reservation: req.admitted.reservation.take(),
+        };
+        let recs = records::records(finished);
+        if recs.is_empty() {
+            return; // refused or abandoned before anything went upstream
+        }
+        self.metrics.add(Counter::TokensInput, input);
+        self.metrics.add(Counter::TokensOutput, output);
+        if let Some((key, rate)) = req.admitted.rate.take() {
+            settle_rate(host, &key, &rate, input.saturating_add(output));
+        }
+        let dropped = self.usage.push(recs);
+        self.metrics.add(Counter::UsageDropped, dropped);
+    }
+
+    /// Refuses request `id` (its context effective) with a local reply.
+    fn refuse(&mut self, host: &impl Host, id: u32, denial: &Denial) -> Flow {
+        if let Some(req) = self.requests.get_mut(&id) {
+            info!("keygate: request {} refused: {}", req.facts.request_id, denial.code);
+            req.phase = Phase::Refused;
+            reply(host, &mut self.metrics, req.facts.dialect, &req.facts.request_id, denial);
+        }
+        Flow::Pause
+    }
+
+    fn refuse_step(&mut self, host: &impl Host, id: u32, denial: &Denial) -> Step {
+        self.refuse(host, id, denial);
+        Step::Refused
+    }
+}
+
+fn flow(step: Step) -> Flow {
+    if step == Step::Forwarded {
+        Flow::Continue
+    } else {
+        Flow::Pause
+    }
+}
+
+/// Reads a response chunk for usage as it passes (never holds it back).
+fn observe(answer: &mut Answer, chunk: &[u8]) {
+    if !answer.read_usage {
+        return;
+    }
+    if answer.scanner.is_none() && answer.json.is_none() {
+        match usage::body_kind(chunk) {
+            Some(BodyKind::Json) => answer.json = Some(Vec::new()),
+            Some(BodyKind::EventStream) => answer.scanner = Some(SseScanner::default()),
+            None => return, // only whitespace so far
+        }
+    }
+    if let Some(scanner) = answer.scanner.as_mut() {
+        scanner.feed(chunk);
+    } else if let Some(json) = answer.json.as_mut() {
+        if json.len() + chunk.len() <= MAX_JSON_BODY {
+            json.extend_from_slice(chunk);
+        } else {
+            answer.json = None;
+            answer.read_usage = false;
+        }
+    }
+}
+
+/// Corrects the key's token count from the estimate to the real usage.
+fn settle_rate(host: &impl Host, key: &str, rate: &Counted, actual: u64) {
+    for _ in 0..16 {
+        let Ok((value, cas)) = host.shared_data(key) else { return };
+        let Some(current) = value.as_deref().and_then(Window::parse) else { return };
+        let Some(next) = ratelimit::settle(current, rate.window.start_ms, rate.estimated, actual) else { return };
+        match host.set_shared_data(key, next.encode().as_bytes(), cas) {
+            Err(SharedError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Blanks the request headers that carry a credential before a refusal, so
+/// that Envoy's access log (which prints the path and the request id) never
+/// holds one.
+pub(super) fn blank_leaks(host: &impl Host, inbound: &Inbound) {
+    for name in leaking_headers(inbound) {
+        let blank: &[u8] = if name == ":path" { b"/redacted" } else { b"redacted" };
+        let _ = host.set_header(Map::RequestHeaders, name, Some(blank));
+    }
+}
+
+/// `model` as `json_to_metadata` put it in dynamic metadata. Envoy hands a
+/// string value over as its raw bytes and anything else in a binary form, and
+/// `json_to_metadata` records `body_error` when the body is not JSON.
+fn read_model(host: &impl Host, namespace: &str) -> ModelField {
+    // Read `body_error` only when there is no model, which a valid body has.
+    let prop = |key: &str| host.property(&["metadata", "filter_metadata", namespace, key]);
+    let Some(raw) = prop("model") else {
+        return if prop("body_error").is_some() { ModelField::InvalidJson } else { ModelField::Absent };
+    };
+    match String::from_utf8(raw) {
+        Ok(s) if !s.chars().any(char::is_control) => ModelField::Str(s),
+        _ => ModelField::NotString,
+    }
+}
+
+/// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) from the
+/// metadata, which `json_to_metadata` hands over as a number (8 bytes, f64).
+fn read_max_tokens(host: &impl Host, namespace: &str) -> Option<u64> {
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"].iter().find_map(|key| {
+        let raw = host.property(&["metadata", "filter_metadata", namespace, key])?;
+        let bytes: [u8; 8] = raw.as_slice().try_into().ok()?;
+        let n = f64::from_le_bytes(bytes);
+        (n.is_finite() && n >= 0.0).then_some(n as u64)
+    })
+}

@@ -1,0 +1,398 @@
+//! The worker on the recording host: callouts, the request's life, the gate
+//! and the upstream filter, without Envoy.
+
+use std::rc::Rc;
+
+use keygate_proto::token;
+
+use super::*;
+use crate::fake_host::FakeHost;
+use crate::host::Map;
+
+const CHAT: &str = r#"{"model":"gpt-4o","max_tokens":10}"#;
+
+fn worker(extra: &str) -> Worker {
+    let json = format!(r#"{{"storeCluster":"store","pollIntervalMs":500{extra}}}"#);
+    Worker::new(Rc::new(Config::parse(json.as_bytes()).unwrap()), "gw-token".into())
+}
+
+fn key(n: u8) -> String {
+    token::from_random(&[n; token::RANDOM_BYTES])
+}
+
+fn answer(extra: &str, keys: &[&str]) -> String {
+    let creds: Vec<String> = keys.iter().map(|k| format!(r#"{{"id":"{k}","value":"sk-secret-{k}"}}"#)).collect();
+    format!(
+        r#"{{"schema":1,"version":1,"status":"active","key":{{"id":"ak_1"}},
+        "providers":[{{"id":"openai","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1",
+        "models":["gpt-*"],"routes":[{{"keys":[{}]}}]}}]{extra}}}"#,
+        creds.join(",")
+    )
+}
+
+const REVOKED: &str = r#"{"schema":1,"version":1,"status":"unknown"}"#;
+
+/// A chat request of context `id` with `token`, its body read by no gate
+/// (the model comes from `json_to_metadata`'s metadata).
+fn chat(host: &FakeHost, w: &mut Worker, id: u32, token: &str) -> Flow {
+    host.enter(id);
+    let auth = format!("Bearer {token}");
+    host.set_headers(
+        id,
+        Map::RequestHeaders,
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            ("content-type", "application/json"),
+            ("content-length", "40"),
+            ("authorization", &auth),
+            ("x-request-id", &format!("req-{id}")),
+        ],
+    );
+    host.set_property_of(id, &["metadata", "filter_metadata", "keygate", "model"], b"gpt-4o");
+    w.request_created(id);
+    w.request_headers(host, id, false)
+}
+
+/// The store answers callout `token` (in the context that made it).
+fn store_answers(host: &FakeHost, w: &mut Worker, token: u32, status: Option<u16>, body: &str) {
+    let owner = host.calls.borrow().iter().find(|c| c.token == token).map(|c| c.context).unwrap();
+    host.enter(owner);
+    host.answer(status, body);
+    w.on_callout(host, owner, token, body.len());
+}
+
+/// The root context's tick (its context effective, as Envoy makes it).
+fn tick(host: &FakeHost, w: &mut Worker) {
+    host.enter(0);
+    w.tick(host);
+}
+
+fn lookups(host: &FakeHost) -> usize {
+    host.calls.borrow().iter().filter(|c| c.path.starts_with("/v1/lookup/")).count()
+}
+
+#[test]
+fn a_cached_key_is_forwarded_without_a_store_call() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    assert_eq!(chat(&host, &mut w, 2, &k), Flow::Pause);
+    let call = host.last_call().unwrap();
+    assert_eq!((call.method.as_str(), call.path.clone()), ("GET", format!("/v1/lookup/{}", token::digest(&k))));
+    store_answers(&host, &mut w, call.token, Some(200), &answer("", &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [2]);
+    assert_eq!(chat(&host, &mut w, 3, &k), Flow::Continue);
+    assert_eq!(lookups(&host), 1);
+    // The client's key is gone; the provider's is on, for that provider only.
+    assert_eq!(host.header_of(3, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
+    assert_eq!(host.header_of(3, Map::RequestHeaders, ":authority").as_deref(), Some("api.openai.com"));
+    assert_eq!(host.route_cache_cleared.get(), 2);
+}
+
+#[test]
+fn concurrent_requests_for_one_new_key_share_one_lookup() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    for id in 2..6 {
+        assert_eq!(chat(&host, &mut w, id, &k), Flow::Pause);
+    }
+    assert_eq!(lookups(&host), 1);
+    let token = host.last_call().unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), &answer("", &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [2, 3, 4, 5]);
+    assert!(host.replies.borrow().is_empty());
+}
+
+#[test]
+fn a_lookup_whose_owner_left_is_asked_again_by_the_root() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    chat(&host, &mut w, 2, &k);
+    chat(&host, &mut w, 3, &k);
+    let first = host.last_call().unwrap();
+    assert_eq!(first.context, 2);
+    host.end(2);
+    w.request_done(&host, 2);
+    tick(&host, &mut w);
+    let again =
+        host.calls.borrow().iter().find(|c| c.path.starts_with("/v1/lookup/") && c.token != first.token).cloned();
+    let again = again.expect("the orphaned lookup is asked again");
+    assert_eq!(again.context, 0, "by the root context, which outlives every request");
+    store_answers(&host, &mut w, again.token, Some(200), &answer("", &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [3]);
+}
+
+#[test]
+fn a_store_that_does_not_answer_refuses_with_503_unless_a_stale_approval_stands_in() {
+    let (host, mut w) = (FakeHost::new(), worker(r#","cacheTtlMs":1000,"staleIfErrorMs":60000"#));
+    let k = key(1);
+    chat(&host, &mut w, 2, &k);
+    store_answers(&host, &mut w, host.last_call().unwrap().token, None, "");
+    let reply = host.replies_to(2).pop().expect("refused");
+    assert_eq!((reply.status, reply.code()), (503, "key_store_unavailable"));
+
+    chat(&host, &mut w, 3, &k);
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.advance(2_000); // past the TTL, within stale-if-error
+    assert_eq!(chat(&host, &mut w, 4, &k), Flow::Pause, "a stale entry is asked again");
+    store_answers(&host, &mut w, host.last_call().unwrap().token, None, "");
+    assert!(host.replies_to(4).is_empty());
+    assert_eq!(host.resumed.borrow().last(), Some(&4));
+}
+
+#[test]
+fn a_feed_answer_drops_the_changed_keys_from_the_cache() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let (a, b) = (key(1), key(2));
+    for (id, k) in [(2, &a), (3, &b)] {
+        chat(&host, &mut w, id, k);
+        store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    }
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let poll = host.last_call().unwrap();
+    assert_eq!((poll.context, poll.path.as_str()), (0, "/v1/changes?since=0"));
+    let changes = format!(r#"{{"version":5,"digests":["{}"],"digestVersions":[5]}}"#, token::digest(&a));
+    store_answers(&host, &mut w, poll.token, Some(200), &changes);
+    assert_eq!(chat(&host, &mut w, 4, &a), Flow::Pause, "the changed key is looked up again");
+    assert_eq!(chat(&host, &mut w, 5, &b), Flow::Continue, "the other stays cached");
+    host.advance(1_000);
+    tick(&host, &mut w);
+    assert_eq!(host.last_call().unwrap().path, "/v1/changes?since=5");
+}
+
+#[test]
+fn a_revoked_key_is_refused_in_the_clients_dialect() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), REVOKED);
+    let reply = host.replies_to(2).pop().expect("refused");
+    assert_eq!((reply.status, reply.code()), (401, "invalid_access_key"));
+    assert!(reply.body.contains(r#""type":"authentication_error""#), "{}", reply.body);
+    assert!(host.resumed.borrow().is_empty());
+}
+
+#[test]
+fn a_budgeted_key_reserves_first_and_settles_in_its_usage_record() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(r#","budgeted":true"#, &["pk_a"]));
+    let reserve = host.last_call().unwrap();
+    assert_eq!((reserve.method.as_str(), reserve.path.as_str(), reserve.context), ("POST", "/v1/reserve", 2));
+    assert!(host.resumed.borrow().is_empty(), "nothing goes upstream before the reservation");
+    store_answers(&host, &mut w, reserve.token, Some(200), r#"{"ok":true,"reservationId":"res_1"}"#);
+    assert_eq!(*host.resumed.borrow(), [2]);
+
+    // The provider answers; the request ends; its record settles the reservation.
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    host.enter(2);
+    w.response_headers(&host, 2);
+    let body = br#"{"usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    w.response_body(&host, 2, body.len(), true);
+    w.request_done(&host, 2);
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let batch = host.last_call().unwrap();
+    assert_eq!(batch.path, "/v1/usage");
+    let sent: serde_json::Value = serde_json::from_slice(batch.body.as_deref().unwrap()).unwrap();
+    let record = &sent["records"][0];
+    assert_eq!((record["reservationId"].as_str(), record["inputTokens"].as_u64()), (Some("res_1"), Some(7)));
+    assert_eq!(record["providerKeyId"], "pk_a");
+}
+
+#[test]
+fn a_refused_reservation_answers_402_naming_the_budget() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(r#","budgeted":true"#, &["pk_a"]));
+    let reserve = host.last_call().unwrap().token;
+    store_answers(&host, &mut w, reserve, Some(200), r#"{"ok":false,"refusedBy":"configuration"}"#);
+    let reply = host.replies_to(2).pop().expect("refused");
+    assert_eq!((reply.status, reply.code()), (402, "insufficient_credits"));
+    assert!(reply.body.contains("configuration"), "{}", reply.body);
+}
+
+#[test]
+fn a_reservation_for_a_request_that_joined_another_lookup_is_filed_by_the_root() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    chat(&host, &mut w, 2, &k);
+    chat(&host, &mut w, 3, &k);
+    // The answer comes to request 2's context: request 3's reservation
+    // must not be filed under it (request 2 may end first).
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(r#","budgeted":true"#, &["pk_a"]));
+    let reserves: Vec<u32> =
+        host.calls.borrow().iter().filter(|c| c.path == "/v1/reserve").map(|c| c.context).collect();
+    assert_eq!(reserves, [2]);
+    tick(&host, &mut w);
+    let reserves: Vec<u32> =
+        host.calls.borrow().iter().filter(|c| c.path == "/v1/reserve").map(|c| c.context).collect();
+    assert_eq!(reserves, [2, 3], "request 3's reservation, filed on the root's tick under request 3's context");
+}
+
+#[test]
+fn a_rate_limited_key_gets_429_once_its_window_is_used() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    chat(&host, &mut w, 2, &k);
+    let limits = r#","limits":{"requestsPerMinute":1}"#;
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(limits, &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [2]);
+    let window = host.shared("keygate.rate.ak_1").unwrap_or_default();
+    assert_eq!(window.split(':').nth(1), Some("1"), "one request counted: {window}");
+    assert_eq!(chat(&host, &mut w, 3, &k), Flow::Pause);
+    let reply = host.replies_to(3).pop().expect("refused");
+    assert_eq!((reply.status, reply.code()), (429, "rate_limit_exceeded"));
+    assert!(reply.headers.iter().any(|(n, v)| n == "x-ratelimit-remaining-requests" && v == "0"));
+}
+
+#[test]
+fn each_upstream_attempt_carries_its_own_credential_and_a_429_cools_the_key() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
+    assert_eq!(host.header_of(2, Map::RequestHeaders, "authorization"), None, "set per attempt");
+    let plan = host.property_of(2, &["keygate_plan"]).expect("a plan id for the upstream filter");
+    for (ctx, attempt, expected) in [(10, "1", "Bearer sk-secret-pk_a"), (11, "2", "Bearer sk-secret-pk_b")] {
+        host.enter(ctx);
+        host.set_headers(
+            ctx,
+            Map::RequestHeaders,
+            &[("x-envoy-attempt-count", attempt), ("authorization", "Bearer old")],
+        );
+        host.set_property_of(ctx, &["filter_state", "wasm.keygate_plan"], &plan);
+        let (_, plan_id) = w.attempt_headers(&host);
+        assert_eq!(host.header_of(ctx, Map::RequestHeaders, "authorization").as_deref(), Some(expected));
+        host.set_headers(ctx, Map::ResponseHeaders, &[(":status", if ctx == 10 { "429" } else { "200" })]);
+        w.attempt_response(&host, plan_id.unwrap());
+    }
+    assert!(host.shared("keygate.cooldown.pk_a").is_some());
+    assert!(host.shared("keygate.cooldown.pk_b").is_none());
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(&host, 2);
+    assert_eq!(host.header_of(2, Map::ResponseHeaders, "x-keygate-attempts").as_deref(), Some("2"));
+    assert_eq!(host.header_of(2, Map::ResponseHeaders, "x-keygate-provider-key").as_deref(), Some("pk_b"));
+}
+
+#[test]
+fn a_provider_that_echoes_its_credential_has_it_scrubbed() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "401"), ("x-debug", "sk-secret-pk_a")]);
+    w.response_headers(&host, 2);
+    assert_eq!(host.header_of(2, Map::ResponseHeaders, "x-debug").as_deref(), Some("[redacted]"));
+    let body = br#"{"error":"bad key sk-secret-pk_a"}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    w.response_body(&host, 2, body.len(), true);
+    let out = String::from_utf8(host.buffer_of(2, crate::host::Buffer::ResponseBody)).unwrap();
+    assert!(!out.contains("sk-secret"), "{out}");
+}
+
+/// The gate of a request with a body, then its body, then the keygate filter.
+fn gated_chat(host: &FakeHost, w: &mut Worker, gate: u32, id: u32, token: &str, body: &str) -> Flow {
+    let mut state = GateState::new(gate, 1 << 20);
+    host.enter(gate);
+    let auth = format!("Bearer {token}");
+    let len = body.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("content-length", len.as_str()),
+        ("authorization", auth.as_str()),
+    ];
+    host.set_headers(gate, Map::RequestHeaders, &headers);
+    assert_eq!(w.gate_headers(host, &mut state, false), Flow::Continue);
+    host.set_buffer_of(gate, crate::host::Buffer::RequestBody, body.as_bytes());
+    w.gate_body(host, &mut state, body.len(), true);
+    // The buffer filter hands the same headers on to the keygate filter.
+    let named = host.headers_of(gate, Map::RequestHeaders);
+    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(id, Map::RequestHeaders, &named);
+    host.enter(id);
+    w.request_created(id);
+    w.request_headers(host, id, false)
+}
+
+#[test]
+fn the_gate_hands_its_findings_to_its_own_request_only() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    w.set_gated();
+    let k = key(1);
+    gated_chat(&host, &mut w, 20, 21, &k, CHAT);
+    let token = host.calls.borrow().first().unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [21]);
+    // The model the keygate filter judged is the one its gate read.
+    let flow = gated_chat(&host, &mut w, 22, 23, &k, r#"{"model":"gpt-3.5-turbo"}"#);
+    assert_eq!(flow, Flow::Pause);
+    assert_eq!(host.replies_to(23).pop().unwrap().code(), "model_not_allowed");
+    // A request that names a gate which left nothing is refused, not guessed.
+    host.enter(30);
+    let auth = format!("Bearer {k}");
+    host.set_headers(
+        30,
+        Map::RequestHeaders,
+        &[
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+            ("x-keygate-gate", "20"),
+        ],
+    );
+    w.request_created(30);
+    assert_eq!(w.request_headers(&host, 30, false), Flow::Pause);
+    assert_eq!(host.replies_to(30).pop().unwrap().code(), "internal_error");
+}
+
+#[test]
+fn a_gate_refuses_a_revoked_key_before_the_body_ends() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    w.set_gated();
+    let mut state = GateState::new(20, 1 << 20);
+    host.enter(20);
+    let auth = format!("Bearer {}", key(1));
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("content-length", "100000"),
+        ("authorization", auth.as_str()),
+    ];
+    host.set_headers(20, Map::RequestHeaders, &headers);
+    w.gate_headers(&host, &mut state, false);
+    let lookup = host.last_call().expect("the gate starts the lookup");
+    assert_eq!(lookup.context, 20);
+    store_answers(&host, &mut w, lookup.token, Some(200), REVOKED);
+    let reply = host.replies_to(20).pop().expect("refused through the gate");
+    assert_eq!((reply.status, reply.code()), (401, "invalid_access_key"));
+    assert_eq!(host.metric("keygate.gate.early_refusals"), 0, "until the tick flushes");
+    tick(&host, &mut w);
+    assert_eq!(host.metric("keygate.gate.early_refusals"), 1);
+}
+
+#[test]
+fn a_usage_batch_the_store_does_not_take_is_sent_again() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(&host, 2);
+    w.request_done(&host, 2);
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let first = host.last_call().unwrap();
+    assert_eq!(first.path, "/v1/usage");
+    store_answers(&host, &mut w, first.token, Some(503), "");
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let second = host.calls.borrow().iter().filter(|c| c.path == "/v1/usage").count();
+    assert_eq!(second, 2);
+    assert_eq!(host.last_call().unwrap().body, first.body);
+}
