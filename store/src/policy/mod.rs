@@ -11,7 +11,7 @@
 //!   what the rule returns: key status and validity ([`key_status`]), rate
 //!   limits and the `budgeted` flag, reference checks and "still in use"
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
-//!   [`credits`]), prices ([`prices`]).
+//!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
 //!   ingesting usage read and write many rows in an order that is itself the
 //!   rule (sweep first; key, then configuration, then credits; settle, then
@@ -25,6 +25,7 @@
 //! ledger.
 
 pub mod budget;
+pub mod changes;
 pub mod credits;
 pub mod key_status;
 pub mod ledger;

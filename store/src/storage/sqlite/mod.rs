@@ -41,7 +41,7 @@ use crate::policy::budget::{self, config_scope, key_scope};
 use crate::policy::key_status::{self, KeyFacts};
 use crate::policy::ledger::Ledger;
 use crate::policy::references::{self as refs, not_found, ConfigSpecs, Resource};
-use crate::policy::{credits, reservation};
+use crate::policy::{changes, credits, reservation};
 
 const KEY_CHECK_AAD: &str = "keygate-master-key-check";
 
@@ -901,55 +901,19 @@ impl Store for SqliteStore {
     fn changes(&self, since: u64) -> StoreResult<Changes> {
         self.read_gateway(|tx| {
             let version = current_version(tx)?;
-            let since = i64::try_from(since).unwrap_or(i64::MAX);
-            let mut out = Changes {
-                version: u64::try_from(version).unwrap_or(0),
-                all: false,
-                all_at: 0,
-                digests: vec![],
-                digest_versions: vec![],
-            };
-            if since >= version {
-                return Ok(out);
-            }
             let trimmed: i64 = tx
                 .prepare_cached("SELECT value FROM meta WHERE key = 'trimmed_through'")?
                 .query_row([], |r| r.get(0))?;
-            if since < trimmed {
-                out.all = true;
-                out.all_at = out.version;
-                return Ok(out);
+            if let Some(answer) = changes::without_log(version, since, trimmed) {
+                return Ok(answer);
             }
-            // An all-wide change (NULL digest) is reported by its version, so
-            // that answers fetched after it stay cached; per-key changes after
-            // it are listed.
+            let since = i64::try_from(since).unwrap_or(i64::MAX);
             let mut stmt =
                 tx.prepare_cached("SELECT version, digest FROM change_log WHERE version > ?1 ORDER BY seq")?;
-            let rows = stmt.query_map(params![since], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?;
-            let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-            for row in rows {
-                let (v, digest) = row?;
-                let v = u64::try_from(v).unwrap_or(0);
-                match digest {
-                    None => {
-                        out.all = true;
-                        out.all_at = out.all_at.max(v);
-                    }
-                    Some(d) => match seen.get(&d) {
-                        Some(&i) => {
-                            if let Some(slot) = out.digest_versions.get_mut(i) {
-                                *slot = (*slot).max(v);
-                            }
-                        }
-                        None => {
-                            seen.insert(d.clone(), out.digests.len());
-                            out.digests.push(d);
-                            out.digest_versions.push(v);
-                        }
-                    },
-                }
-            }
-            Ok(out)
+            let entries = stmt
+                .query_map(params![since], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(changes::from_log(version, entries))
         })
     }
 
