@@ -81,7 +81,7 @@ pub enum Role {
     /// The cluster filter: each attempt's credential.
     Upstream,
     /// The gate ahead of Envoy's buffer filter: refuses from the headers,
-    /// starts the key lookup, reads the body as it passes (see `filter::Gate`).
+    /// starts the key lookup, reads the body as it passes (see `worker::gate`).
     Gate,
 }
 
