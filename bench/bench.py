@@ -17,7 +17,9 @@ Max throughput: wrk (closed loop). Latency: bench-load (constant rate, open
 loop, wrk2-style) at half of the same round's baseline max. Envoy: one worker
 on core 0; load generators, mock upstream and store on core 1.
 
-Environment: QUICK=1 (short run), KEYGATE_WASM (filter path), BENCH_ROUNDS,
+Environment: QUICK=1 (short run), KEYGATE_WASM (filter path), KEYGATE_WASM_B
+(a second filter build: adds the variant `hit-b`, a cached key through that
+module, interleaved with `hit` in the same rounds, for an A/B), BENCH_ROUNDS,
 BENCH_KEEP_WORK=1 (keep bench/work with logs and rendered configs).
 """
 
@@ -48,6 +50,7 @@ RESULTS = BENCH / "results"
 RENDER = ROOT / "scripts" / "render-envoy"
 STORE_BIN = ROOT / "target" / "release" / "keygate"
 WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_filter.wasm").resolve()
+WASM_B = Path(os.environ["KEYGATE_WASM_B"]).resolve() if os.environ.get("KEYGATE_WASM_B") else None
 UPSTREAM_BIN = BENCH / "upstream" / "target" / "release" / "bench-upstream"
 LOAD_BIN = BENCH / "upstream" / "target" / "release" / "bench-load"
 TRAFFIC_LUA = BENCH / "lua" / "traffic.lua"
@@ -704,6 +707,8 @@ def main():
             "headers": Envoy("headers", kg),
             "native": Envoy("native", BENCH / "envoy-native.yaml"),
         }
+        if WASM_B:
+            envoys["hit-b"] = Envoy("hit-b", kg, env={"KEYGATE_WASM": str(WASM_B)})
         native_error = None
         for name, e in envoys.items():
             try:
@@ -723,6 +728,7 @@ def main():
         variants = [
             Variant("baseline", envoys["baseline"], WORK / "hit.txt", what="no filter"),
             Variant("hit", envoys["hit"], WORK / "hit.txt", what="cached key"),
+            *([Variant("hit-b", envoys["hit-b"], WORK / "hit.txt", what=f"cached key, module B ({WASM_B.name})")] if WASM_B else []),
             Variant("miss", envoys["miss"], WORK / "miss.txt", cycle=True, what="fresh key each request"),
             Variant("invalid-malformed", envoys["invalid"], WORK / "malformed.txt", expect_ok=False, what="malformed tokens"),
             Variant("invalid-unknown", envoys["invalid"], WORK / "unknown.txt", expect_ok=False, what="100 unknown tokens repeated"),
@@ -799,7 +805,7 @@ def main():
             lifetimes = lambda r: max(1.0, seconds(r) * 1000 / CACHE_TTL_MS)  # noqa: E731
             if v.cycle:
                 calls = [r["store_lookups"] / r["distinct_keys"] for r in runs if r["store_lookups"] is not None and r["distinct_keys"]]
-            elif v.name in ("hit", "headers-only", "invalid-unknown"):
+            elif v.name in ("hit", "hit-b", "headers-only", "invalid-unknown"):
                 calls = [r["store_lookups"] / lifetimes(r) / r["distinct_keys"] for r in runs if r["store_lookups"] is not None]
             else:
                 calls = None

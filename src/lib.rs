@@ -20,6 +20,7 @@ pub mod host;
 pub mod inbound;
 pub mod intern;
 pub mod keys;
+pub mod metadata;
 pub mod metrics;
 pub mod model_json;
 pub mod multipart;

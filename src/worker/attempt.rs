@@ -1,60 +1,19 @@
 //! The upstream (cluster) filter: runs once per attempt, puts that attempt's
 //! credential (and only that one) on the request, and notes the provider's
-//! answer; a 429 or 401/403 cools the key down for every worker of the Envoy.
+//! answer (a 429 or 401/403 cools the key down: `shared`).
 
-use log::{info, warn};
+use log::warn;
 
 use super::request::Phase;
+use super::shared::note_answer;
 use super::{Flow, Worker};
-use crate::config::Config;
-use crate::failover::{self, Attempt};
+use crate::failover::Attempt;
 use crate::host::{Host, Map};
-use crate::metrics::{Counter, Metrics};
+use crate::metrics::Counter;
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
 /// Where Envoy keeps what the keygate filter set as its plan property.
 const PLAN_FILTER_STATE: &str = "wasm.keygate_plan";
-const HEALTH_PREFIX: &str = "keygate.cooldown.";
-const RATE_PREFIX: &str = "keygate.rate.";
-
-/// The shared-data entry of a key's rate window.
-pub fn rate_key(key_id: &str) -> String {
-    format!("{RATE_PREFIX}{key_id}")
-}
-
-/// Until when (ms) a provider credential cools down (0: it does not).
-pub fn cool_until(host: &impl Host, credential_id: &str) -> u64 {
-    host.shared_data(&format!("{HEALTH_PREFIX}{credential_id}"))
-        .ok()
-        .and_then(|(v, _)| v)
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Records what the provider answered to one attempt (response headers of
-/// the effective context) and cools the key down after a 429 or 401/403.
-pub fn note_answer(host: &impl Host, metrics: &mut Metrics, attempt: &mut Attempt, status: u16, config: &Config) {
-    // A provider's header may hold any bytes: read, never trusted to be UTF-8.
-    let header = |name: &str| host.header_str(Map::ResponseHeaders, name);
-    attempt.status = Some(status);
-    let (retry_after_ms, retry_after) =
-        if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
-    let cooldown = failover::cooldown_ms(
-        status,
-        retry_after_ms.as_deref(),
-        retry_after.as_deref(),
-        config.cooldown_rate_limited_ms,
-        config.cooldown_auth_failure_ms,
-    );
-    if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
-        // Process-wide: every worker skips this key until then.
-        let until = (host.now_ms() + ms).to_string();
-        let _ = host.set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), until.as_bytes(), None);
-        info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
-        metrics.count(Counter::FailoverCooldowns);
-    }
-}
 
 impl Worker {
     /// An upstream attempt's request headers: returns the plan it belongs to.

@@ -11,8 +11,7 @@
 use keygate_proto::token;
 use log::info;
 
-use super::request::blank_leaks;
-use super::{reply, Flow, Worker};
+use super::{blank_leaks, reply, Flow, Worker};
 use crate::body::{BodyFacts, BodyReader};
 use crate::callouts::GateWaiter;
 use crate::decide::{check_key, ModelField};

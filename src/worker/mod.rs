@@ -18,6 +18,7 @@
 mod attempt;
 mod gate;
 mod request;
+mod shared;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -32,9 +33,11 @@ use crate::config::Config;
 use crate::decide::check_key;
 use crate::errors::{Denial, Dialect};
 use crate::host::{Buffer, Call, Host, Map};
+use crate::inbound::Inbound;
 use crate::intern::Interner;
 use crate::metrics::{Counter, Gauge, Labeled, Metrics};
 use crate::records::UsageQueue;
+use crate::screen::leaking_headers;
 
 pub use gate::GateState;
 pub use request::Request;
@@ -286,6 +289,16 @@ impl Worker {
         {
             self.usage.requeue(records);
         }
+    }
+}
+
+/// Blanks the request headers that carry a credential before a refusal, so
+/// that Envoy's access log (which prints the path and the request id) never
+/// holds one.
+fn blank_leaks(host: &impl Host, inbound: &Inbound) {
+    for name in leaking_headers(inbound) {
+        let blank: &[u8] = if name == ":path" { b"/redacted" } else { b"redacted" };
+        let _ = host.set_header(Map::RequestHeaders, name, Some(blank));
     }
 }
 

@@ -10,8 +10,8 @@ use keygate_proto::lookup::{AuthStyle, Credential, KeyStatus, Lookup, RefusedBy,
 use keygate_proto::token;
 use log::{debug, info, warn};
 
-use super::attempt::{cool_until, note_answer, rate_key};
-use super::{read_json, reply, Flow, Worker, REQUEST_ID_HEADER};
+use super::shared::{note_answer, rate_key, settle_rate, Shared};
+use super::{blank_leaks, read_json, reply, Flow, Worker, REQUEST_ID_HEADER};
 use crate::admission::{self, Ask, Counted, Counters, Verdict};
 use crate::cache::Freshness;
 use crate::decide::{ModelField, RequestFacts};
@@ -19,6 +19,7 @@ use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, Attempt};
 use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
+use crate::metadata;
 use crate::metrics::{Counter, Labeled};
 use crate::ratelimit::{self, Window};
 use crate::records::{self, Finished, Served};
@@ -144,24 +145,6 @@ pub enum Step {
     Refused,
     /// Waiting for the store to reserve budget; its answer advances again.
     Waiting,
-}
-
-/// Counters read from shared data (the rate window's CAS token kept for the write).
-struct Shared<'h, H: Host> {
-    host: &'h H,
-    cas: std::cell::Cell<Option<u32>>,
-}
-
-impl<H: Host> Counters for Shared<'_, H> {
-    fn rate_window(&self, key_id: &str) -> Option<Window> {
-        let (value, cas) = self.host.shared_data(&rate_key(key_id)).ok()?;
-        self.cas.set(cas);
-        value.as_deref().and_then(Window::parse)
-    }
-
-    fn cool_until(&self, credential_id: &str) -> u64 {
-        cool_until(self.host, credential_id)
-    }
 }
 
 impl Worker {
@@ -315,7 +298,7 @@ impl Worker {
         // another worker, admit again on the new count.
         let mut verdict = None;
         for _ in 0..16 {
-            let counters = Shared { host, cas: std::cell::Cell::new(None) };
+            let counters = Shared::new(host);
             let v = admission::admit(ask, lookup, &counters, &config);
             let counted = match &v {
                 Verdict::Reserve { counted: Some(c), served } | Verdict::Forward { counted: Some(c), served, .. } => {
@@ -324,8 +307,7 @@ impl Worker {
                 _ => None,
             };
             if let Some((c, served)) = counted {
-                match host.set_shared_data(&rate_key(&served.key_id), c.window.encode().as_bytes(), counters.cas.get())
-                {
+                match host.set_shared_data(&rate_key(&served.key_id), c.window.encode().as_bytes(), counters.cas()) {
                     Ok(()) => {}
                     Err(SharedError::CasMismatch) => continue,
                     Err(SharedError::Failed) => break,
@@ -737,51 +719,17 @@ fn observe(answer: &mut Answer, chunk: &[u8]) {
     }
 }
 
-/// Corrects the key's token count from the estimate to the real usage.
-fn settle_rate(host: &impl Host, key: &str, rate: &Counted, actual: u64) {
-    for _ in 0..16 {
-        let Ok((value, cas)) = host.shared_data(key) else { return };
-        let Some(current) = value.as_deref().and_then(Window::parse) else { return };
-        let Some(next) = ratelimit::settle(current, rate.window.start_ms, rate.estimated, actual) else { return };
-        match host.set_shared_data(key, next.encode().as_bytes(), cas) {
-            Err(SharedError::CasMismatch) => continue,
-            _ => return,
-        }
-    }
-}
-
-/// Blanks the request headers that carry a credential before a refusal, so
-/// that Envoy's access log (which prints the path and the request id) never
-/// holds one.
-pub(super) fn blank_leaks(host: &impl Host, inbound: &Inbound) {
-    for name in leaking_headers(inbound) {
-        let blank: &[u8] = if name == ":path" { b"/redacted" } else { b"redacted" };
-        let _ = host.set_header(Map::RequestHeaders, name, Some(blank));
-    }
-}
-
-/// `model` as `json_to_metadata` put it in dynamic metadata. Envoy hands a
-/// string value over as its raw bytes and anything else in a binary form, and
-/// `json_to_metadata` records `body_error` when the body is not JSON.
+/// The body's `model` from `json_to_metadata`'s metadata. Each property
+/// read costs 2-3 µs: `body_error` is read only when there is no model,
+/// which a valid body has.
 fn read_model(host: &impl Host, namespace: &str) -> ModelField {
-    // Read `body_error` only when there is no model, which a valid body has.
     let prop = |key: &str| host.property(&["metadata", "filter_metadata", namespace, key]);
-    let Some(raw) = prop("model") else {
-        return if prop("body_error").is_some() { ModelField::InvalidJson } else { ModelField::Absent };
-    };
-    match String::from_utf8(raw) {
-        Ok(s) if !s.chars().any(char::is_control) => ModelField::Str(s),
-        _ => ModelField::NotString,
-    }
+    metadata::model(prop("model"), || prop("body_error").is_some())
 }
 
-/// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) from the
-/// metadata, which `json_to_metadata` hands over as a number (8 bytes, f64).
+/// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) from the metadata.
 fn read_max_tokens(host: &impl Host, namespace: &str) -> Option<u64> {
-    ["max_tokens", "max_completion_tokens", "max_output_tokens"].iter().find_map(|key| {
-        let raw = host.property(&["metadata", "filter_metadata", namespace, key])?;
-        let bytes: [u8; 8] = raw.as_slice().try_into().ok()?;
-        let n = f64::from_le_bytes(bytes);
-        (n.is_finite() && n >= 0.0).then_some(n as u64)
-    })
+    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|key| metadata::count(&host.property(&["metadata", "filter_metadata", namespace, key])?))
 }

@@ -1,0 +1,98 @@
+//! What every worker of one Envoy shares, in proxy-wasm shared data: each
+//! key's rate window (read-modify-write with compare-and-swap) and each
+//! provider credential's cool-down.
+
+use std::cell::Cell;
+
+use log::info;
+
+use crate::admission::{Counted, Counters};
+use crate::config::Config;
+use crate::failover::{self, Attempt};
+use crate::host::{Host, Map, SharedError};
+use crate::metrics::{Counter, Metrics};
+use crate::ratelimit::{self, Window};
+
+const HEALTH_PREFIX: &str = "keygate.cooldown.";
+const RATE_PREFIX: &str = "keygate.rate.";
+
+/// The shared-data entry of a key's rate window.
+pub fn rate_key(key_id: &str) -> String {
+    format!("{RATE_PREFIX}{key_id}")
+}
+
+/// Until when (ms) a provider credential cools down (0: it does not).
+pub fn cool_until(host: &impl Host, credential_id: &str) -> u64 {
+    host.shared_data(&format!("{HEALTH_PREFIX}{credential_id}"))
+        .ok()
+        .and_then(|(v, _)| v)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Records what the provider answered to one attempt (response headers of
+/// the effective context) and cools the key down after a 429 or 401/403.
+pub fn note_answer(host: &impl Host, metrics: &mut Metrics, attempt: &mut Attempt, status: u16, config: &Config) {
+    // A provider's header may hold any bytes: read, never trusted to be UTF-8.
+    let header = |name: &str| host.header_str(Map::ResponseHeaders, name);
+    attempt.status = Some(status);
+    let (retry_after_ms, retry_after) =
+        if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
+    let cooldown = failover::cooldown_ms(
+        status,
+        retry_after_ms.as_deref(),
+        retry_after.as_deref(),
+        config.cooldown_rate_limited_ms,
+        config.cooldown_auth_failure_ms,
+    );
+    if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
+        // Process-wide: every worker skips this key until then.
+        let until = (host.now_ms() + ms).to_string();
+        let _ = host.set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), until.as_bytes(), None);
+        info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
+        metrics.count(Counter::FailoverCooldowns);
+    }
+}
+
+/// Counters read from shared data (the rate window's CAS token kept for the write).
+pub struct Shared<'h, H: Host> {
+    host: &'h H,
+    cas: Cell<Option<u32>>,
+}
+
+impl<'h, H: Host> Shared<'h, H> {
+    pub fn new(host: &'h H) -> Self {
+        Shared { host, cas: Cell::new(None) }
+    }
+
+    /// The CAS token of the rate window last read.
+    pub fn cas(&self) -> Option<u32> {
+        self.cas.get()
+    }
+}
+
+impl<H: Host> Counters for Shared<'_, H> {
+    fn rate_window(&self, key_id: &str) -> Option<Window> {
+        let (value, cas) = self.host.shared_data(&rate_key(key_id)).ok()?;
+        self.cas.set(cas);
+        value.as_deref().and_then(Window::parse)
+    }
+
+    fn cool_until(&self, credential_id: &str) -> u64 {
+        cool_until(self.host, credential_id)
+    }
+}
+
+/// Corrects the key's token count from the estimate to the real usage.
+pub fn settle_rate(host: &impl Host, key: &str, rate: &Counted, actual: u64) {
+    for _ in 0..16 {
+        let Ok((value, cas)) = host.shared_data(key) else { return };
+        let Some(current) = value.as_deref().and_then(Window::parse) else { return };
+        let Some(next) = ratelimit::settle(current, rate.window.start_ms, rate.estimated, actual) else { return };
+        match host.set_shared_data(key, next.encode().as_bytes(), cas) {
+            Err(SharedError::CasMismatch) => continue,
+            _ => return,
+        }
+    }
+}
