@@ -30,10 +30,14 @@ pub struct Ask<'a> {
     pub now_ms: u64,
 }
 
+/// The shared counters could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountersUnavailable;
+
 /// The counters admission reads (shared by every worker of the Envoy).
 pub trait Counters {
-    /// This key's rate window.
-    fn rate_window(&self, key_id: &str) -> Option<Window>;
+    /// This key's rate window (`Err`: the counters cannot be read).
+    fn rate_window(&self, key_id: &str) -> Result<Option<Window>, CountersUnavailable>;
     /// Until when (ms) a provider credential cools down (0: it does not).
     fn cool_until(&self, credential_id: &str) -> u64;
 }
@@ -54,8 +58,9 @@ impl Counted {
     }
 }
 
-/// Where the request goes and how.
-#[derive(Debug, Clone, PartialEq)]
+/// Where the request goes and how. (`Debug` shows header names only: one
+/// may carry the credential.)
+#[derive(Clone, PartialEq)]
 pub struct Forwarding<'c> {
     /// Candidates in the order attempts use them (never empty).
     pub keys: Vec<Credential>,
@@ -68,6 +73,18 @@ pub struct Forwarding<'c> {
     /// The provider's model name to write into the body.
     pub rewrite_model: Option<String>,
     pub provider: String,
+}
+
+impl std::fmt::Debug for Forwarding<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarding")
+            .field("keys", &self.keys)
+            .field("direct", &self.direct)
+            .field("headers", &self.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>())
+            .field("rewrite_model", &self.rewrite_model)
+            .field("provider", &self.provider)
+            .finish()
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -100,7 +117,9 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
     if !ask.admitted {
         if let Some(limits) = &lookup.limits {
             let tokens = ask.estimate.0.saturating_add(ask.estimate.1);
-            let window = counters.rate_window(forward.key_id);
+            let Ok(window) = counters.rate_window(forward.key_id) else {
+                return Verdict::Refuse(Denial::internal("the rate limiter is unavailable"));
+            };
             match ratelimit::admit(window, ask.now_ms, config.rate_limit_window_ms, limits, tokens) {
                 Admission::Admit { window, remaining } => {
                     counted = Some(Counted { window, limits: limits.clone(), remaining, estimated: tokens })
@@ -182,8 +201,8 @@ mod tests {
     }
 
     impl Counters for Now {
-        fn rate_window(&self, _key_id: &str) -> Option<Window> {
-            self.window
+        fn rate_window(&self, _key_id: &str) -> Result<Option<Window>, CountersUnavailable> {
+            Ok(self.window)
         }
         fn cool_until(&self, id: &str) -> u64 {
             self.cool.get(id).copied().unwrap_or(0)

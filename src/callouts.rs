@@ -61,27 +61,35 @@ pub enum Answered {
 #[derive(Debug)]
 struct Entry {
     purpose: Purpose,
-    /// The context Envoy hands the answer to (0: the root context).
+    /// The context Envoy hands the answer to.
     owner: u32,
+    /// When it was made: past its deadline it counts as unanswered.
+    sent_ms: u64,
 }
 
 #[derive(Debug, Default)]
 pub struct Callouts {
     entries: HashMap<u32, Entry>,
+    /// Callout tokens by owning context, so that a context's end costs
+    /// what it owned, not a walk over everything in flight.
+    owned: HashMap<u32, Vec<u32>>,
     lookups: HashMap<String, Waiting>,
+    /// The lookup each waiting request or gate waits for.
+    waits: HashMap<u32, String>,
     /// Lookups whose owner went away while others wait: asked again.
     orphans: Vec<String>,
-    /// Requests whose reservation the root context files (see `worker::reserve`).
+    /// Requests whose reservation the root context files (see `worker::request`).
     reserve_queue: Vec<u32>,
 }
 
 impl Callouts {
-    /// Records a callout just made by context `owner`.
-    pub fn started(&mut self, token: u32, owner: u32, purpose: Purpose) {
+    /// Records a callout just made; context `owner` gets its answer.
+    pub fn started(&mut self, token: u32, owner: u32, purpose: Purpose, now_ms: u64) {
         if let Purpose::Lookup(digest) = &purpose {
             self.lookups.entry(digest.clone()).or_default();
         }
-        self.entries.insert(token, Entry { purpose, owner });
+        self.entries.insert(token, Entry { purpose, owner, sent_ms: now_ms });
+        self.owned.entry(owner).or_default().push(token);
     }
 
     pub fn lookup_in_flight(&self, digest: &str) -> bool {
@@ -90,21 +98,30 @@ impl Callouts {
 
     /// Waits for the lookup of `digest` (which must be in flight).
     pub fn wait_request(&mut self, digest: &str, request: u32) -> bool {
-        self.lookups.get_mut(digest).map(|w| w.requests.push(request)).is_some()
+        let Some(w) = self.lookups.get_mut(digest) else { return false };
+        w.requests.push(request);
+        self.waits.insert(request, digest.to_string());
+        true
     }
 
     pub fn wait_gate(&mut self, digest: &str, gate: GateWaiter) -> bool {
-        self.lookups.get_mut(digest).map(|w| w.gates.push(gate)).is_some()
+        let Some(w) = self.lookups.get_mut(digest) else { return false };
+        self.waits.insert(gate.gate, digest.to_string());
+        w.gates.push(gate);
+        true
     }
 
-    /// The gate handed its request over (or refused it): it no longer waits.
-    pub fn release_gate(&mut self, digest: &str, gate: u32) {
-        if let Some(w) = self.lookups.get_mut(digest) {
-            w.gates.retain(|g| g.gate != gate);
+    /// Context `id` no longer waits (a gate that handed its request over,
+    /// or any context that ended).
+    pub fn stop_waiting(&mut self, id: u32) {
+        let Some(digest) = self.waits.remove(&id) else { return };
+        if let Some(w) = self.lookups.get_mut(&digest) {
+            w.requests.retain(|r| *r != id);
+            w.gates.retain(|g| g.gate != id);
         }
     }
 
-    /// Whether a callout for `purpose`'s kind is in flight (feed, usage).
+    /// Whether a callout for `pred`'s purpose is in flight (feed, usage).
     pub fn any(&self, pred: impl Fn(&Purpose) -> bool) -> bool {
         self.entries.values().any(|e| pred(&e.purpose))
     }
@@ -112,34 +129,44 @@ impl Callouts {
     /// The answer to `token` arrived: what it was for, and who waited.
     pub fn answered(&mut self, token: u32) -> Option<Answered> {
         let entry = self.entries.remove(&token)?;
-        Some(match entry.purpose {
+        if let Some(tokens) = self.owned.get_mut(&entry.owner) {
+            tokens.retain(|t| *t != token);
+            if tokens.is_empty() {
+                self.owned.remove(&entry.owner);
+            }
+        }
+        Some(self.resolve(entry.purpose))
+    }
+
+    fn resolve(&mut self, purpose: Purpose) -> Answered {
+        match purpose {
             Purpose::Lookup(digest) => {
                 let waiting = self.lookups.remove(&digest).unwrap_or_default();
+                for id in waiting.requests.iter().copied().chain(waiting.gates.iter().map(|g| g.gate)) {
+                    self.waits.remove(&id);
+                }
                 Answered::Lookup { digest, waiting }
             }
             Purpose::Reserve(request) => Answered::Reserve(request),
             Purpose::FeedPoll => Answered::FeedPoll,
             Purpose::UsageBatch(batch) => Answered::UsageBatch(batch),
-        })
+        }
     }
 
     /// Context `id` is gone: it waits for nothing, and the answers it owns
     /// will never come. Lookups others still wait for become orphans; a usage
     /// batch it owned is returned, to be queued again.
     pub fn left(&mut self, id: u32) -> Vec<UsageRecord> {
-        for w in self.lookups.values_mut() {
-            w.requests.retain(|r| *r != id);
-            w.gates.retain(|g| g.gate != id);
-        }
-        let owned: Vec<u32> = self.entries.iter().filter(|(_, e)| e.owner == id).map(|(t, _)| *t).collect();
+        self.stop_waiting(id);
         let mut batch = Vec::new();
-        for token in owned {
+        for token in self.owned.remove(&id).unwrap_or_default() {
             let Some(entry) = self.entries.remove(&token) else { continue };
             match entry.purpose {
                 Purpose::Lookup(digest) => {
                     if self.lookups.get(&digest).is_some_and(Waiting::needed) {
                         self.orphans.push(digest);
                     } else {
+                        // Nobody waits: forgotten (the cache fills on the next miss).
                         self.lookups.remove(&digest);
                     }
                 }
@@ -147,23 +174,36 @@ impl Callouts {
                 Purpose::Reserve(_) | Purpose::FeedPoll => {}
             }
         }
-        // A lookup nobody waits for any more is forgotten (its answer, if
-        // it comes, still fills the cache).
-        self.lookups
-            .retain(|d, w| w.needed() || self.entries.values().any(|e| e.purpose == Purpose::Lookup(d.clone())));
         batch
+    }
+
+    /// Callouts past their deadline (Envoy answers every callout by its
+    /// timeout; one that did not come was lost with its owner): each comes
+    /// back as an unanswered callout.
+    pub fn expired(&mut self, now_ms: u64, deadline_ms: u64) -> Vec<Answered> {
+        let late: Vec<u32> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| now_ms.saturating_sub(e.sent_ms) > deadline_ms)
+            .map(|(t, _)| *t)
+            .collect();
+        late.into_iter().filter_map(|t| self.answered(t)).collect()
     }
 
     /// Orphaned lookups to ask again, each still waited for.
     pub fn take_orphans(&mut self) -> Vec<String> {
         let mut orphans = std::mem::take(&mut self.orphans);
         orphans.retain(|d| self.lookups.get(d).is_some_and(Waiting::needed));
+        orphans.dedup();
         orphans
     }
 
     /// A lookup could not be asked again: its waiters, to be answered now.
     pub fn abandon(&mut self, digest: &str) -> Waiting {
-        self.lookups.remove(digest).unwrap_or_default()
+        let Answered::Lookup { waiting, .. } = self.resolve(Purpose::Lookup(digest.to_string())) else {
+            return Waiting::default();
+        };
+        waiting
     }
 
     pub fn queue_reserve(&mut self, request: u32) {
@@ -178,8 +218,13 @@ impl Callouts {
         self.entries.len()
     }
 
+    /// The digests of the lookups someone waits for.
+    pub fn lookups_waiting(&self) -> Vec<&str> {
+        self.lookups.iter().filter(|(_, w)| w.needed()).map(|(d, _)| d.as_str()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.lookups.is_empty() && self.waits.is_empty() && self.owned.is_empty()
     }
 }
 
@@ -194,26 +239,26 @@ mod tests {
     #[test]
     fn concurrent_requests_for_one_key_share_one_lookup() {
         let mut c = Callouts::default();
-        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.started(7, 1, Purpose::Lookup("d".into()), 0);
         assert!(c.wait_request("d", 1));
         assert!(c.lookup_in_flight("d"));
         assert!(c.wait_request("d", 2));
         assert!(c.wait_gate("d", gate(3)));
         let Some(Answered::Lookup { digest, waiting }) = c.answered(7) else { panic!("not a lookup") };
         assert_eq!((digest.as_str(), waiting.requests, waiting.gates.len()), ("d", vec![1, 2], 1));
-        assert!(!c.lookup_in_flight("d") && c.is_empty());
+        assert!(!c.lookup_in_flight("d") && c.is_empty(), "{c:?}");
     }
 
     #[test]
     fn a_lookup_whose_owner_left_is_asked_again_for_those_still_waiting() {
         let mut c = Callouts::default();
-        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.started(7, 1, Purpose::Lookup("d".into()), 0);
         c.wait_request("d", 1);
         c.wait_request("d", 2);
         c.left(1);
         assert_eq!(c.answered(7), None, "its answer will never come");
         assert_eq!(c.take_orphans(), ["d"]);
-        c.started(8, 0, Purpose::Lookup("d".into()));
+        c.started(8, 0, Purpose::Lookup("d".into()), 0);
         let Some(Answered::Lookup { waiting, .. }) = c.answered(8) else { panic!("not a lookup") };
         assert_eq!(waiting.requests, [2]);
     }
@@ -221,22 +266,40 @@ mod tests {
     #[test]
     fn a_lookup_nobody_waits_for_is_not_asked_again() {
         let mut c = Callouts::default();
-        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.started(7, 1, Purpose::Lookup("d".into()), 0);
         c.wait_request("d", 1);
         c.left(1);
         assert!(c.take_orphans().is_empty());
         assert!(!c.lookup_in_flight("d"));
+        assert!(c.is_empty(), "nothing is left behind: {c:?}");
+    }
+
+    #[test]
+    fn a_callout_past_its_deadline_comes_back_unanswered() {
+        let mut c = Callouts::default();
+        c.started(1, 0, Purpose::FeedPoll, 1_000);
+        c.started(2, 5, Purpose::Lookup("d".into()), 1_500);
+        c.wait_request("d", 5);
+        assert!(c.expired(3_000, 2_000).is_empty());
+        assert_eq!(c.expired(3_001, 2_000), [Answered::FeedPoll]);
+        let late = c.expired(10_000, 2_000);
+        assert_eq!(
+            late,
+            [Answered::Lookup { digest: "d".into(), waiting: Waiting { requests: vec![5], gates: vec![] } }]
+        );
+        assert_eq!(c.answered(2), None, "a late answer is ignored");
+        assert!(c.is_empty(), "{c:?}");
     }
 
     #[test]
     fn a_waiter_that_leaves_is_not_answered() {
         let mut c = Callouts::default();
-        c.started(7, 1, Purpose::Lookup("d".into()));
+        c.started(7, 1, Purpose::Lookup("d".into()), 0);
         c.wait_request("d", 1);
         c.wait_request("d", 2);
         c.wait_gate("d", gate(5));
         c.left(2);
-        c.release_gate("d", 5);
+        c.stop_waiting(5);
         let Some(Answered::Lookup { waiting, .. }) = c.answered(7) else { panic!("not a lookup") };
         assert_eq!((waiting.requests, waiting.gates), (vec![1], vec![]));
     }
@@ -244,10 +307,10 @@ mod tests {
     #[test]
     fn reservations_feed_polls_and_batches_come_back_as_what_they_were() {
         let mut c = Callouts::default();
-        c.started(1, 4, Purpose::Reserve(4));
-        c.started(2, 0, Purpose::FeedPoll);
+        c.started(1, 4, Purpose::Reserve(4), 0);
+        c.started(2, 0, Purpose::FeedPoll, 0);
         let batch = vec![UsageRecord { request_id: "x".into(), ..UsageRecord::default() }];
-        c.started(3, 0, Purpose::UsageBatch(batch.clone()));
+        c.started(3, 0, Purpose::UsageBatch(batch.clone()), 0);
         assert!(c.any(|p| *p == Purpose::FeedPoll));
         assert_eq!(c.answered(1), Some(Answered::Reserve(4)));
         assert_eq!(c.answered(2), Some(Answered::FeedPoll));
@@ -260,7 +323,7 @@ mod tests {
     fn a_batch_whose_owner_left_is_handed_back() {
         let mut c = Callouts::default();
         let batch = vec![UsageRecord { request_id: "x".into(), ..UsageRecord::default() }];
-        c.started(3, 9, Purpose::UsageBatch(batch.clone()));
+        c.started(3, 9, Purpose::UsageBatch(batch.clone()), 0);
         assert_eq!(c.left(9), batch);
         assert!(c.is_empty());
     }

@@ -15,8 +15,10 @@ use crate::host::{Buffer, Call, Host, HostError, Map, MetricKind, SharedError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedCall {
     pub token: u32,
-    /// The effective context when it was made.
+    /// The context whose callback made it: the SDK hands the answer to it.
     pub context: u32,
+    /// The effective context then (Envoy files the callout under its root).
+    pub effective: u32,
     pub method: String,
     pub path: String,
     pub body: Option<Vec<u8>>,
@@ -43,6 +45,7 @@ type Headers = Vec<(String, Vec<u8>)>;
 #[derive(Default)]
 pub struct FakeHost {
     now: Cell<u64>,
+    running: Cell<u32>,
     effective: Cell<u32>,
     headers: RefCell<HashMap<(u32, Map), Headers>>,
     buffers: RefCell<HashMap<(u32, Buffer), Vec<u8>>>,
@@ -75,8 +78,10 @@ impl FakeHost {
         self.now.set(self.now.get() + ms);
     }
 
-    /// Envoy runs a callback of context `id`.
+    /// Envoy runs a callback of context `id` (it is effective until the
+    /// filter makes another one effective).
     pub fn enter(&self, id: u32) {
+        self.running.set(id);
         self.effective.set(id);
     }
 
@@ -219,7 +224,8 @@ impl Host for FakeHost {
         let header = |name: &str| call.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string());
         self.calls.borrow_mut().push(RecordedCall {
             token,
-            context: self.effective.get(),
+            context: self.running.get(),
+            effective: self.effective.get(),
             method: header(":method").unwrap_or_default(),
             path: header(":path").unwrap_or_default(),
             body: call.body.map(<[u8]>::to_vec),

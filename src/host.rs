@@ -2,9 +2,11 @@
 //!
 //! The logic (`worker`) is written against [`Host`]; `filter::abi` implements
 //! it over the proxy-wasm ABI, and `fake_host::FakeHost` records every call
-//! for native tests. No call here can panic: the host's status comes back as
-//! a `Result`, and the caller decides (the SDK's own wrappers panic on a
-//! status they do not expect, which would kill the VM).
+//! for native tests. The host's status comes back as a `Result`, and the
+//! caller decides. (`filter::abi` calls the ABI itself for headers, buffers,
+//! local replies and the effective context, where a client's bytes or an odd
+//! status could reach the SDK's wrappers, which panic on what they do not
+//! expect; the rest goes through the SDK.)
 
 /// A header map of the request whose callback runs (or of a callout's answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,8 +45,9 @@ pub enum MetricKind {
     Gauge,
 }
 
-/// An HTTP callout (to the key store).
-#[derive(Debug, Clone)]
+/// An HTTP callout (to the key store). No `Debug`: it carries the gateway's
+/// credential.
+#[derive(Clone)]
 pub struct Call<'a> {
     pub cluster: &'a str,
     pub headers: Vec<(&'a str, &'a str)>,

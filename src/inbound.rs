@@ -38,11 +38,10 @@ pub struct Inbound {
     pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
     pub strip: Vec<String>,
-    /// `x-keygate-gate`: the context id of this request's gate, which left
-    /// what it read of the body under that id (only a gate sets it: it
-    /// replaces whatever the client sent, and is stripped like every
-    /// `x-keygate-*` header).
-    pub gate: Option<u32>,
+    /// `x-keygate-gate`: the name under which this request's gate left what
+    /// it read of the body, an unguessable number (a gate replaces whatever
+    /// a client sent; stripped like every `x-keygate-*` header).
+    pub gate: Option<u64>,
     #[cfg(feature = "fault-injection")]
     pub test_panic: bool,
 }
@@ -69,7 +68,7 @@ impl Inbound {
                 }
                 "anthropic-version" => inb.anthropic_version = true,
                 GATE_HEADER if inb.gate.is_none() => {
-                    inb.gate = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+                    inb.gate = std::str::from_utf8(value).ok().and_then(|v| u64::from_str_radix(v, 16).ok())
                 }
                 "x-http-method-override" | "x-http-method" | "x-method-override" => inb.method_override = true,
                 #[cfg(feature = "fault-injection")]

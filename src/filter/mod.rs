@@ -26,7 +26,7 @@ use abi::Abi;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: None, last_log_sync_ms: 0 }) });
 }}
 
 thread_local! {
@@ -42,6 +42,15 @@ fn with_worker<R>(f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
     WORKER.with(|w| {
         let mut w = w.try_borrow_mut().map_err(|_| log::error!("keygate: worker re-entered")).ok()?;
         w.as_mut().map(f)
+    })
+}
+
+/// Runs a callback of request (or gate) context `id` on the worker: a
+/// callout made in it is answered to that context.
+fn on<R>(id: u32, f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
+    with_worker(|w| {
+        w.enter(id);
+        f(w)
     })
 }
 
@@ -89,15 +98,23 @@ fn sync_log_level() {
     });
 }
 
-#[derive(Default)]
 struct Root {
+    id: u32,
     config: Option<Rc<Config>>,
     last_log_sync_ms: u64,
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        with_worker(|w| w.on_callout(&Abi, 0, token, body_size));
+        with_worker(|w| {
+            w.enter_root(self.id);
+            w.on_callout(&Abi, token, body_size)
+        });
+    }
+
+    fn on_done(&mut self) -> bool {
+        with_worker(|w| w.root_done(self.id));
+        true
     }
 }
 
@@ -139,11 +156,15 @@ impl RootContext for Root {
                     log::error!("keygate: cannot set the tick period");
                     return false;
                 }
-                let mut worker = Worker::new(config.clone(), token);
-                if GATED.with(Cell::get) {
-                    worker.set_gated();
+                // A new configuration of a running VM keeps the worker (and
+                // the requests in flight).
+                if with_worker(|w| w.reconfigure(config.clone(), token.clone())).is_none() {
+                    let mut worker = Worker::new(config.clone(), token);
+                    if GATED.with(Cell::get) {
+                        worker.set_gated();
+                    }
+                    WORKER.with(|w| *w.borrow_mut() = Some(worker));
                 }
-                WORKER.with(|w| *w.borrow_mut() = Some(worker));
             }
         }
         info!("keygate: configured ({})", config.role.name());
@@ -157,16 +178,16 @@ impl RootContext for Root {
             self.last_log_sync_ms = now;
             sync_log_level();
         }
-        with_worker(|w| w.tick(&Abi));
+        with_worker(|w| w.tick(&Abi, self.id));
     }
 
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.as_ref()?;
         Some(match config.role {
-            Role::Upstream => Box::new(UpstreamAttempt { plan: None }),
+            Role::Upstream => Box::new(UpstreamAttempt { id, plan: None }),
             Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
             Role::Downstream => {
-                with_worker(|w| w.request_created(id));
+                on(id, |w| w.request_created(id));
                 Box::new(Request { id })
             }
         })
@@ -184,34 +205,34 @@ struct Request {
 
 impl Context for Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        with_worker(|w| w.on_callout(&Abi, self.id, token, body_size));
+        on(self.id, |w| w.on_callout(&Abi, token, body_size));
     }
 
     fn on_done(&mut self) -> bool {
-        with_worker(|w| w.request_done(&Abi, self.id));
+        on(self.id, |w| w.request_done(&Abi, self.id));
         true
     }
 }
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        with_worker(|w| w.request_headers(&Abi, self.id, end_of_stream)).map_or_else(fail_closed, action)
+        on(self.id, |w| w.request_headers(&Abi, self.id, end_of_stream)).map_or_else(fail_closed, action)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        with_worker(|w| w.request_body(&Abi, self.id, body_size, end_of_stream)).map_or_else(fail_closed, action)
+        on(self.id, |w| w.request_body(&Abi, self.id, body_size, end_of_stream)).map_or_else(fail_closed, action)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        with_worker(|w| w.request_trailers(&Abi, self.id)).map_or_else(fail_closed, action)
+        on(self.id, |w| w.request_trailers(&Abi, self.id)).map_or_else(fail_closed, action)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        action(with_worker(|w| w.response_headers(&Abi, self.id)).unwrap_or(Flow::Continue))
+        action(on(self.id, |w| w.response_headers(&Abi, self.id)).unwrap_or(Flow::Continue))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(with_worker(|w| w.response_body(&Abi, self.id, body_size, end_of_stream)).unwrap_or(Flow::Continue))
+        action(on(self.id, |w| w.response_body(&Abi, self.id, body_size, end_of_stream)).unwrap_or(Flow::Continue))
     }
 }
 
@@ -222,32 +243,33 @@ struct Gate {
 
 impl Context for Gate {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let id = self.state.id();
-        with_worker(|w| w.on_callout(&Abi, id, token, body_size));
+        on(self.state.id(), |w| w.on_callout(&Abi, token, body_size));
     }
 
     fn on_done(&mut self) -> bool {
-        with_worker(|w| w.gate_done(&mut self.state));
+        on(self.state.id(), |w| w.gate_done(&mut self.state));
         true
     }
 }
 
 impl HttpContext for Gate {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        with_worker(|w| w.gate_headers(&Abi, &mut self.state, end_of_stream)).map_or_else(fail_closed, action)
+        on(self.state.id(), |w| w.gate_headers(&Abi, &mut self.state, end_of_stream)).map_or_else(fail_closed, action)
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        with_worker(|w| w.gate_body(&Abi, &mut self.state, body_size, end_of_stream)).map_or_else(fail_closed, action)
+        on(self.state.id(), |w| w.gate_body(&Abi, &mut self.state, body_size, end_of_stream))
+            .map_or_else(fail_closed, action)
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        with_worker(|w| w.gate_trailers(&Abi, &mut self.state)).map_or_else(fail_closed, action)
+        on(self.state.id(), |w| w.gate_trailers(&Abi, &mut self.state)).map_or_else(fail_closed, action)
     }
 }
 
 /// The upstream filter's context of one attempt (see `worker::attempt`).
 struct UpstreamAttempt {
+    id: u32,
     plan: Option<u64>,
 }
 
@@ -255,14 +277,14 @@ impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let (flow, plan) = with_worker(|w| w.attempt_headers(&Abi)).unwrap_or((Flow::Continue, None));
+        let (flow, plan) = on(self.id, |w| w.attempt_headers(&Abi)).unwrap_or((Flow::Continue, None));
         self.plan = plan;
         action(flow)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(plan) = self.plan {
-            with_worker(|w| w.attempt_response(&Abi, plan));
+            on(self.id, |w| w.attempt_response(&Abi, plan));
         }
         Action::Continue
     }

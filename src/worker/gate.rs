@@ -38,6 +38,8 @@ pub struct GateState {
     tokens: token::TokenScanner,
     /// The lookup this gate waits for while the body uploads.
     watching: Option<String>,
+    /// The name under which it leaves its findings (`x-keygate-gate`).
+    name: u64,
     /// A refusal held until the end of a small body (see `DEFER_UP_TO`).
     deferred: Option<Denial>,
     dialect: Dialect,
@@ -54,6 +56,7 @@ impl GateState {
             form: None,
             tokens: token::TokenScanner::default(),
             watching: None,
+            name: 0,
             deferred: None,
             dialect: Dialect::OpenAi,
             request_id: String::new(),
@@ -70,8 +73,10 @@ impl Worker {
         self.enter(gate.id);
         let inbound = Inbound::from_headers(&host.headers(Map::RequestHeaders));
         gate.request_id = inbound.request_id.clone();
-        // Named before anything else, replacing whatever the client sent.
-        let _ = host.set_header(Map::RequestHeaders, GATE_HEADER, Some(gate.id.to_string().as_bytes()));
+        // Named before anything else, replacing whatever the client sent: a
+        // random name, so that nobody can claim another request's findings.
+        gate.name = self.gate_name(gate.id);
+        let _ = host.set_header(Map::RequestHeaders, GATE_HEADER, Some(format!("{:x}", gate.name).as_bytes()));
         let screened = match screen(&inbound, !end_of_stream, gate.max) {
             Ok(s) => s,
             Err((dialect, denial)) => {
@@ -155,7 +160,7 @@ impl Worker {
 
     pub fn gate_done(&mut self, gate: &mut GateState) {
         self.hand_over(gate);
-        self.tapped.remove(&gate.id);
+        self.tapped.remove(&gate.name);
         self.left(gate.id);
     }
 
@@ -184,8 +189,8 @@ impl Worker {
 
     /// From here on the keygate filter (or nobody) answers this request.
     fn hand_over(&mut self, gate: &mut GateState) {
-        if let Some(digest) = gate.watching.take() {
-            self.callouts.release_gate(&digest, gate.id);
+        if gate.watching.take().is_some() {
+            self.callouts.stop_waiting(gate.id);
         }
     }
 
@@ -198,6 +203,16 @@ impl Worker {
         };
         facts.access_key = gate.tokens.found();
         self.hand_over(gate);
-        self.tapped.insert(gate.id, facts);
+        self.tapped.insert(gate.name, (gate.id, facts));
+    }
+
+    /// A name no client can guess: a keyed hash (random keys per VM) of a counter.
+    fn gate_name(&mut self, gate: u32) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.nonces.build_hasher();
+        h.write_u32(gate);
+        h.write_u64(self.next_nonce);
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        h.finish()
     }
 }

@@ -42,6 +42,21 @@ use crate::screen::leaking_headers;
 pub use gate::GateState;
 pub use request::Request;
 
+/// Whose callback runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Running {
+    Root(u32),
+    Context(u32),
+}
+
+impl Running {
+    fn id(self) -> u32 {
+        match self {
+            Running::Root(id) | Running::Context(id) => id,
+        }
+    }
+}
+
 /// What a callback tells Envoy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -69,12 +84,16 @@ pub struct Worker {
     /// Forwarding plans the upstream filter reads, by plan id: the request.
     plans: HashMap<u64, u32>,
     next_plan: u64,
-    /// What gates read of bodies, by gate context id (see `gate`).
-    tapped: HashMap<u32, BodyFacts>,
+    /// What gates read of bodies, under the name each gave its request
+    /// (`x-keygate-gate`), with the gate's context id (see `gate`).
+    tapped: HashMap<u64, (u32, BodyFacts)>,
     /// A gate runs in this VM: a request with a body must come with its findings.
     gated: bool,
     /// The context whose callback runs: a callout made now is handed back to it.
-    running: u32,
+    running: Running,
+    /// Makes the gate's handover names unguessable (see `gate`).
+    nonces: std::collections::hash_map::RandomState,
+    next_nonce: u64,
     last_poll_ms: u64,
     last_flush_ms: u64,
     last_purge_ms: u64,
@@ -97,7 +116,9 @@ impl Worker {
             next_plan: 1,
             tapped: HashMap::new(),
             gated: false,
-            running: 0,
+            running: Running::Root(0),
+            nonces: std::collections::hash_map::RandomState::new(),
+            next_nonce: 0,
             last_poll_ms: 0,
             last_flush_ms: 0,
             last_purge_ms: 0,
@@ -110,15 +131,47 @@ impl Worker {
         self.gated = true;
     }
 
-    /// Envoy runs a callback of context `id` (0: the root context).
+    /// The configuration changed (Envoy keeps the VM and configures a new
+    /// root context): requests in flight, plans, callouts and queued usage
+    /// stay; the cache starts over if its shape changed.
+    pub fn reconfigure(&mut self, config: Rc<Config>, gateway_token: String) {
+        let c = &config;
+        if (c.cache_max_entries, c.cache_ttl_ms, c.stale_if_error_ms)
+            != (self.config.cache_max_entries, self.config.cache_ttl_ms, self.config.stale_if_error_ms)
+        {
+            self.cache = Cache::new(c.cache_max_entries, c.cache_ttl_ms, c.stale_if_error_ms);
+        }
+        self.config = config;
+        self.gateway_token = gateway_token;
+    }
+
+    /// Envoy runs a callback of request (or gate) context `id`.
     pub fn enter(&mut self, id: u32) {
-        self.running = id;
+        self.running = Running::Context(id);
+    }
+
+    /// Envoy runs a callback of root context `id`.
+    pub fn enter_root(&mut self, id: u32) {
+        self.running = Running::Root(id);
+    }
+
+    /// Root context `id` is gone (a reconfiguration replaced it): what it
+    /// owned is handed on, as for any context.
+    pub fn root_done(&mut self, id: u32) {
+        self.left(id);
     }
 
     /// The root context's tick.
-    pub fn tick(&mut self, host: &impl Host) {
-        self.enter(0);
+    pub fn tick(&mut self, host: &impl Host, root: u32) {
+        self.enter_root(root);
         let now = host.now_ms();
+        // Envoy answers every callout by its timeout: one that did not come
+        // was lost (its owner went away) and counts as unanswered.
+        let deadline = self.config.callout_timeout_ms.saturating_mul(2).saturating_add(TICK_MS);
+        for late in self.callouts.expired(now, deadline) {
+            warn!("keygate: a store callout was never answered");
+            self.unanswered(host, late);
+        }
         self.reserve_queued(host);
         if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
             self.last_purge_ms = now;
@@ -149,24 +202,47 @@ impl Worker {
         self.metrics.flush(host);
     }
 
-    /// A callout's answer, in whichever context Envoy hands it to.
-    pub fn on_callout(&mut self, host: &impl Host, id: u32, token: u32, body_size: usize) {
-        self.enter(id);
+    /// A callout's answer, in whichever context Envoy hands it to (the one
+    /// that made it).
+    pub fn on_callout(&mut self, host: &impl Host, token: u32, body_size: usize) {
         match self.callouts.answered(token) {
             None => {}
-            Some(Answered::Lookup { digest, waiting }) => {
+            Some(answered) => self.handle(host, answered, body_size),
+        }
+    }
+
+    /// A callout that will never be answered: as a failed answer.
+    fn unanswered(&mut self, host: &impl Host, answered: Answered) {
+        match answered {
+            Answered::Lookup { digest, waiting } => {
+                self.metrics.count(Counter::StoreErrors);
+                self.complete_lookup(host, &digest, None, waiting);
+            }
+            Answered::Reserve(request) => {
+                if host.set_effective_context(request).is_ok() {
+                    self.refuse(host, request, &Denial::store_unavailable());
+                }
+            }
+            Answered::FeedPoll => self.metrics.count(Counter::StorePollErrors),
+            Answered::UsageBatch(batch) => self.usage.requeue(batch),
+        }
+    }
+
+    fn handle(&mut self, host: &impl Host, answered: Answered, body_size: usize) {
+        match answered {
+            Answered::Lookup { digest, waiting } => {
                 let answer = read_json::<Lookup>(host, body_size).map(|l| Rc::new(self.interner.intern(l)));
                 if answer.is_none() {
                     self.metrics.count(Counter::StoreErrors);
                 }
                 self.complete_lookup(host, &digest, answer, waiting);
             }
-            Some(Answered::Reserve(request)) => self.on_reserved(host, request, body_size),
-            Some(Answered::FeedPoll) => match read_json::<Changes>(host, body_size) {
+            Answered::Reserve(request) => self.on_reserved(host, request, body_size),
+            Answered::FeedPoll => match read_json::<Changes>(host, body_size) {
                 Some(changes) => self.apply_changes(&changes),
                 None => self.metrics.count(Counter::StorePollErrors),
             },
-            Some(Answered::UsageBatch(batch)) => {
+            Answered::UsageBatch(batch) => {
                 let status = host.header_str(Map::CalloutHeaders, ":status");
                 if status.as_deref() != Some("200") {
                     warn!(
@@ -209,7 +285,7 @@ impl Worker {
             Call { cluster: &self.config.store_cluster, headers, body, timeout_ms: self.config.callout_timeout_ms };
         match host.http_call(&call) {
             Ok(token) => {
-                self.callouts.started(token, self.running, purpose);
+                self.callouts.started(token, self.running.id(), purpose, host.now_ms());
                 Ok(token)
             }
             Err(e) => {
@@ -222,7 +298,9 @@ impl Worker {
     /// Starts the lookup of `digest` unless one is in flight.
     fn ask_lookup(&mut self, host: &impl Host, digest: &str) -> Result<(), Purpose> {
         if self.callouts.lookup_in_flight(digest) {
-            self.metrics.count(Counter::StoreCoalesced);
+            if matches!(self.running, Running::Context(id) if self.requests.contains_key(&id)) {
+                self.metrics.count(Counter::StoreCoalesced);
+            }
             return Ok(());
         }
         self.metrics.count(Counter::StoreLookups);
@@ -310,7 +388,10 @@ fn read_json<T: serde::de::DeserializeOwned>(host: &impl Host, body_size: usize)
         return None;
     }
     let body = host.buffer(Buffer::CalloutBody, 0, body_size).ok()?;
-    serde_json::from_slice(&body).map_err(|e| warn!("keygate: unreadable key store answer: {e}")).ok()
+    // serde's message may quote a value (a credential): only where it failed.
+    serde_json::from_slice(&body)
+        .map_err(|e| warn!("keygate: unreadable key store answer ({:?} at {}:{})", e.classify(), e.line(), e.column()))
+        .ok()
 }
 
 /// A local reply in the client's dialect to the effective context; nothing

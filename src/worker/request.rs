@@ -11,8 +11,8 @@ use keygate_proto::token;
 use log::{debug, info, warn};
 
 use super::shared::{note_answer, rate_key, settle_rate, Shared};
-use super::{blank_leaks, read_json, reply, Flow, Worker, REQUEST_ID_HEADER};
-use crate::admission::{self, Ask, Counted, Counters, Verdict};
+use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
+use crate::admission::{self, Ask, Counted, Verdict};
 use crate::cache::Freshness;
 use crate::decide::{ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
@@ -21,9 +21,8 @@ use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
 use crate::metrics::{Counter, Labeled};
-use crate::ratelimit::{self, Window};
 use crate::records::{self, Finished, Served};
-use crate::screen::{leaking_headers, screen, too_large};
+use crate::screen::{screen, too_large};
 use crate::scrub::StreamScrubber;
 use crate::surface;
 use crate::usage::{self, BodyKind, SseScanner, Usage};
@@ -162,7 +161,7 @@ impl Worker {
         if inbound.test_panic {
             panic!("keygate: fault injection"); // allow-panic: test builds only
         }
-        let tapped = if self.gated { inbound.gate.and_then(|g| self.tapped.remove(&g).map(|f| (g, f))) } else { None };
+        let tapped = if self.gated { inbound.gate.and_then(|name| self.tapped.remove(&name)) } else { None };
         let has_body = !end_of_stream;
         let max_body = self.config.max_body_bytes;
         let screened = screen(&inbound, has_body, max_body)
@@ -172,7 +171,8 @@ impl Worker {
         }
         let gated = self.gated;
         let now = host.now_ms();
-        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        // (Envoy creates the context just before; a request never passes unjudged.)
+        let req = self.requests.entry(id).or_default();
         let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
         let f = &mut req.facts;
         f.request_id = request_id;
@@ -397,18 +397,23 @@ impl Worker {
     /// long as the request: it may file it.
     fn reserve(&mut self, host: &impl Host, id: u32) -> Step {
         let Some(req) = self.requests.get(&id) else { return Step::Refused };
-        let running = self.running;
-        if running != 0 && running != id && Some(running) != req.facts.gate {
-            self.callouts.queue_reserve(id);
-            return Step::Waiting;
-        }
+        let Some(served) = req.admitted.served.clone() else {
+            return self.refuse_step(host, id, &Denial::internal("nothing to reserve for"));
+        };
+        let under_gate = match self.running {
+            Running::Root(_) => None,
+            Running::Context(running) if running == id => None,
+            Running::Context(running) if Some(running) == req.facts.gate => Some(running),
+            Running::Context(_) => {
+                self.callouts.queue_reserve(id);
+                return Step::Waiting;
+            }
+        };
         // Envoy files a callout under the effective context's root context:
         // filed under the gate, the gate must be effective too.
-        let under_gate = running != 0 && running != id;
-        if under_gate {
-            let _ = host.set_effective_context(running);
+        if let Some(gate) = under_gate {
+            let _ = host.set_effective_context(gate);
         }
-        let Some(served) = req.admitted.served.clone() else { return Step::Refused };
         let body = ReserveRequest {
             request_id: req.facts.request_id.clone(),
             access_key_id: served.key_id,
@@ -424,7 +429,7 @@ impl Worker {
             }
             Err(_) => Err(crate::callouts::Purpose::Reserve(id)),
         };
-        if under_gate {
+        if under_gate.is_some() {
             let _ = host.set_effective_context(id);
         }
         match dispatched {
@@ -452,7 +457,8 @@ impl Worker {
             return; // the request is gone; its reservation expires in the store
         }
         let Some(req) = self.requests.get_mut(&id) else { return };
-        let Phase::Reserving { lookup } = std::mem::take(&mut req.phase) else { return };
+        let Phase::Reserving { lookup } = &req.phase else { return };
+        let lookup = lookup.clone();
         let resume = match answer {
             None => {
                 self.refuse(host, id, &Denial::store_unavailable());
@@ -672,10 +678,14 @@ impl Worker {
     }
 
     /// Refuses request `id` (its context effective) with a local reply.
-    fn refuse(&mut self, host: &impl Host, id: u32, denial: &Denial) -> Flow {
+    pub(super) fn refuse(&mut self, host: &impl Host, id: u32, denial: &Denial) -> Flow {
         if let Some(req) = self.requests.get_mut(&id) {
             info!("keygate: request {} refused: {}", req.facts.request_id, denial.code);
-            req.phase = Phase::Refused;
+            // Refused after it was forwarded (its body), a request keeps its
+            // plan: attempts may have gone out, and are recorded when it ends.
+            if !matches!(req.phase, Phase::Forwarded(_)) {
+                req.phase = Phase::Refused;
+            }
             reply(host, &mut self.metrics, req.facts.dialect, &req.facts.request_id, denial);
         }
         Flow::Pause

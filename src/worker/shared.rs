@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use log::info;
 
-use crate::admission::{Counted, Counters};
+use crate::admission::{Counted, Counters, CountersUnavailable};
 use crate::config::Config;
 use crate::failover::{self, Attempt};
 use crate::host::{Host, Map, SharedError};
@@ -73,10 +73,24 @@ impl<'h, H: Host> Shared<'h, H> {
 }
 
 impl<H: Host> Counters for Shared<'_, H> {
-    fn rate_window(&self, key_id: &str) -> Option<Window> {
-        let (value, cas) = self.host.shared_data(&rate_key(key_id)).ok()?;
+    fn rate_window(&self, key_id: &str) -> Result<Option<Window>, CountersUnavailable> {
+        let key = rate_key(key_id);
+        let read = || self.host.shared_data(&key).map_err(|_| CountersUnavailable);
+        let (mut value, mut cas) = read()?;
+        if cas.is_none() {
+            // Envoy writes a missing entry whatever the CAS token: two workers
+            // counting a key's first request would both succeed. So the
+            // entry is created empty first, and every count is a
+            // compare-and-swap on an entry that exists. (Two creators race
+            // only between one's read and its write, adjacent host calls.)
+            let _ = self.host.set_shared_data(&key, Window::default().encode().as_bytes(), None);
+            (value, cas) = read()?;
+            if cas.is_none() {
+                return Err(CountersUnavailable);
+            }
+        }
         self.cas.set(cas);
-        value.as_deref().and_then(Window::parse)
+        Ok(value.as_deref().and_then(Window::parse))
     }
 
     fn cool_until(&self, credential_id: &str) -> u64 {

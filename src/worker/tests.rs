@@ -54,18 +54,24 @@ fn chat(host: &FakeHost, w: &mut Worker, id: u32, token: &str) -> Flow {
     w.request_headers(host, id, false)
 }
 
-/// The store answers callout `token` (in the context that made it).
+/// The store answers callout `token`, to the context that made it (the
+/// root context is 0 here).
 fn store_answers(host: &FakeHost, w: &mut Worker, token: u32, status: Option<u16>, body: &str) {
     let owner = host.calls.borrow().iter().find(|c| c.token == token).map(|c| c.context).unwrap();
     host.enter(owner);
     host.answer(status, body);
-    w.on_callout(host, owner, token, body.len());
+    if owner == 0 {
+        w.enter_root(0);
+    } else {
+        w.enter(owner);
+    }
+    w.on_callout(host, token, body.len());
 }
 
 /// The root context's tick (its context effective, as Envoy makes it).
 fn tick(host: &FakeHost, w: &mut Worker) {
     host.enter(0);
-    w.tick(host);
+    w.tick(host, 0);
 }
 
 fn lookups(host: &FakeHost) -> usize {
@@ -222,13 +228,15 @@ fn a_reservation_for_a_request_that_joined_another_lookup_is_filed_by_the_root()
     // The answer comes to request 2's context: request 3's reservation
     // must not be filed under it (request 2 may end first).
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(r#","budgeted":true"#, &["pk_a"]));
-    let reserves: Vec<u32> =
-        host.calls.borrow().iter().filter(|c| c.path == "/v1/reserve").map(|c| c.context).collect();
-    assert_eq!(reserves, [2]);
+    let reserves = |host: &FakeHost| -> Vec<(u32, u32)> {
+        host.calls.borrow().iter().filter(|c| c.path == "/v1/reserve").map(|c| (c.context, c.effective)).collect()
+    };
+    assert_eq!(reserves(&host), [(2, 2)]);
     tick(&host, &mut w);
-    let reserves: Vec<u32> =
-        host.calls.borrow().iter().filter(|c| c.path == "/v1/reserve").map(|c| c.context).collect();
-    assert_eq!(reserves, [2, 3], "request 3's reservation, filed on the root's tick under request 3's context");
+    assert_eq!(reserves(&host), [(2, 2), (0, 3)], "request 3's, filed on the root's tick (answered to the root)");
+    let token = host.calls.borrow().iter().rfind(|c| c.path == "/v1/reserve").unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), r#"{"ok":true,"reservationId":"res_3"}"#);
+    assert_eq!(*host.resumed.borrow(), [3], "request 3 resumed by the root's answer: {:?}", host.replies.borrow());
 }
 
 #[test]
@@ -395,4 +403,79 @@ fn a_usage_batch_the_store_does_not_take_is_sent_again() {
     let second = host.calls.borrow().iter().filter(|c| c.path == "/v1/usage").count();
     assert_eq!(second, 2);
     assert_eq!(host.last_call().unwrap().body, first.body);
+}
+
+#[test]
+fn a_lookup_never_answered_is_given_up_after_its_deadline() {
+    let (host, mut w) = (FakeHost::new(), worker(r#","calloutTimeoutMs":500"#));
+    chat(&host, &mut w, 2, &key(1));
+    host.advance(500);
+    tick(&host, &mut w);
+    assert!(host.replies_to(2).is_empty(), "Envoy still has time to answer");
+    host.advance(600);
+    tick(&host, &mut w);
+    let reply = host.replies_to(2).pop().expect("refused once the deadline passed");
+    assert_eq!((reply.status, reply.code()), (503, "key_store_unavailable"));
+    assert!(w.callouts.lookups_waiting().is_empty());
+}
+
+#[test]
+fn a_root_context_that_goes_away_hands_on_its_feed_poll_and_usage_batch() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(&host, 2);
+    w.request_done(&host, 2);
+    host.advance(1_000);
+    host.enter(7);
+    w.tick(&host, 7); // an old root context: polls and flushes
+    let by_root = |host: &FakeHost| host.calls.borrow().iter().filter(|c| c.context == 7).count();
+    assert_eq!(by_root(&host), 2);
+    w.root_done(7);
+    host.advance(1_000);
+    host.enter(8);
+    w.tick(&host, 8); // its successor polls again and sends the batch again
+    let paths: Vec<String> = host.calls.borrow().iter().filter(|c| c.context == 8).map(|c| c.path.clone()).collect();
+    assert!(paths.iter().any(|p| p.starts_with("/v1/changes")) && paths.iter().any(|p| p == "/v1/usage"), "{paths:?}");
+}
+
+#[test]
+fn a_new_configuration_keeps_the_requests_in_flight() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
+    let plan = host.property_of(2, &["keygate_plan"]).unwrap();
+    let config = Config::parse(br#"{"storeCluster":"store2","pollIntervalMs":500}"#).unwrap();
+    w.reconfigure(Rc::new(config), "gw-token-2".into());
+    // Its upstream attempt still finds its plan; a later request gets a new plan id.
+    host.enter(10);
+    host.set_headers(10, Map::RequestHeaders, &[("x-envoy-attempt-count", "1")]);
+    host.set_property_of(10, &["filter_state", "wasm.keygate_plan"], &plan);
+    w.attempt_headers(&host);
+    assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
+    chat(&host, &mut w, 3, &key(1));
+    assert_ne!(host.property_of(3, &["keygate_plan"]), Some(plan));
+}
+
+#[test]
+fn a_request_refused_after_it_was_forwarded_still_reports_its_attempts() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    // A qualified model is rewritten in the body: the keygate filter holds it.
+    host.set_property_of(2, &["metadata", "filter_metadata", "keygate", "model"], b"openai/gpt-4o");
+    chat(&host, &mut w, 2, &key(1));
+    host.set_property_of(2, &["metadata", "filter_metadata", "keygate", "model"], b"openai/gpt-4o");
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
+    let plan = host.property_of(2, &["keygate_plan"]).unwrap();
+    host.enter(10);
+    host.set_headers(10, Map::RequestHeaders, &[("x-envoy-attempt-count", "1")]);
+    host.set_property_of(10, &["filter_state", "wasm.keygate_plan"], &plan);
+    w.attempt_headers(&host);
+    host.enter(2);
+    assert_eq!(w.request_trailers(&host, 2), Flow::Pause);
+    assert_eq!(host.replies_to(2).pop().unwrap().code(), "unexpected_trailers");
+    w.request_done(&host, 2);
+    assert!(w.plans.is_empty(), "the plan goes with the request");
+    assert_eq!(w.usage.len(), 1, "the attempt that went out is recorded");
 }
