@@ -21,6 +21,10 @@ pub struct Cli {
     /// Data directory (database, generated secrets).
     #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
+    /// PostgreSQL database (`postgres://user:password@host:port/db`); without
+    /// it the store keeps its data in SQLite (`<data dir>/keygate.db`).
+    #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,6 +33,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the key store (management API and gateway lookup API).
     Serve(ServeArgs),
+    /// Apply pending schema migrations to the database and exit (`serve`
+    /// applies them at start too).
+    Migrate,
+    /// Copy a SQLite deployment into an empty PostgreSQL database (keys,
+    /// configurations, providers, sealed provider keys, usage, budgets,
+    /// reservations, prices, credits, the version counter).
+    Copy(CopyArgs),
     /// Manage access keys.
     #[command(subcommand)]
     AccessKeys(AccessKeysCmd),
@@ -50,6 +61,18 @@ pub enum Command {
     /// The price catalog (USD per million tokens).
     #[command(subcommand)]
     Prices(PricesCmd),
+}
+
+/// Arguments of `keygate copy`.
+#[derive(Args)]
+pub struct CopyArgs {
+    /// The SQLite deployment: a data directory, a `keygate.db` file or a
+    /// `sqlite://` path (default: the data directory).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The PostgreSQL database URL (default: KEYGATE_DATABASE_URL). It must be empty.
+    #[arg(long)]
+    pub to: Option<String>,
 }
 
 /// Budget flags of `access-keys create/update`.
@@ -507,7 +530,7 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
     let c = Client::new(&cli.api_url, token);
     let deleted = |id: &str| Some(json!({ "id": id, "deleted": true }));
     match cli.command {
-        Command::Serve(_) => Err("serve is not an admin command".into()),
+        Command::Serve(_) | Command::Migrate | Command::Copy(_) => Err("not an admin command".into()),
         Command::AccessKeys(cmd) => match cmd {
             AccessKeysCmd::Create { name, config, description, metadata, expires_at, disabled, budget } => {
                 let mut b = Map::new();

@@ -3,21 +3,48 @@ use std::process::ExitCode;
 use clap::Parser;
 use keygate_store::cli::{run_admin, Cli, Command};
 use keygate_store::serve::{serve, ServeConfig};
+use keygate_store::storage::copy;
+use serde_json::{json, Value};
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+}
+
+/// `keygate migrate` and `keygate copy`: work on the database directly.
+fn run_database(cli: &Cli) -> Result<Option<Value>, String> {
+    let url = cli.database_url.as_deref();
+    match &cli.command {
+        Command::Migrate => {
+            let applied = keygate_store::serve::migrate(&cli.data_dir, url)?;
+            Ok(Some(json!({ "applied": applied })))
+        }
+        Command::Copy(args) => {
+            let to = args.to.as_deref().or(url).ok_or("copy needs --to <postgres URL> (or KEYGATE_DATABASE_URL)")?;
+            let from = copy::sqlite_source(&args.from.clone().unwrap_or_else(|| cli.data_dir.display().to_string()));
+            let copied = copy::sqlite_to_postgres(&from, to).map_err(|e| e.to_string())?;
+            let tables: serde_json::Map<String, Value> =
+                copied.tables.into_iter().map(|(t, n)| (t, Value::from(n))).collect();
+            Ok(Some(json!({ "copied": tables, "version": copied.version })))
+        }
+        _ => Err("not a database command".into()),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(ref args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            init_logging();
             let cfg = ServeConfig {
                 data_dir: cli.data_dir.clone(),
+                database_url: cli.database_url.clone(),
                 bind: args.bind,
                 api_port: args.api_port,
                 lookup_port: args.lookup_port,
@@ -40,22 +67,30 @@ fn main() -> ExitCode {
                 }
             }
         }
-        _ => match run_admin(cli) {
-            Ok(Some(v)) => {
-                match serde_json::to_string_pretty(&v) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("keygate: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
+        Command::Migrate | Command::Copy(_) => {
+            init_logging();
+            print_result(run_database(&cli))
+        }
+        _ => print_result(run_admin(cli)),
+    }
+}
+
+fn print_result(result: Result<Option<Value>, String>) -> ExitCode {
+    match result {
+        Ok(Some(v)) => match serde_json::to_string_pretty(&v) {
+            Ok(s) => {
+                println!("{s}");
                 ExitCode::SUCCESS
             }
-            Ok(None) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("keygate: {e}");
                 ExitCode::FAILURE
             }
         },
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keygate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

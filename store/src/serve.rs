@@ -5,7 +5,6 @@ use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,11 +12,13 @@ use tokio::sync::watch;
 use crate::api::{gateway_app, management_app, AppState};
 use crate::crypto::Cipher;
 use crate::ids::random_hex;
-use crate::storage::SqliteStore;
+use crate::storage::{Backend, Options};
 
 #[derive(Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
+    /// PostgreSQL instead of SQLite (`KEYGATE_DATABASE_URL`).
+    pub database_url: Option<String>,
     pub bind: IpAddr,
     pub api_port: u16,
     pub lookup_port: u16,
@@ -92,19 +93,48 @@ pub struct Prepared {
     pub state: AppState,
 }
 
-/// Creates the data directory, resolves the secrets and opens the database.
-pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
-    if !cfg.data_dir.exists() {
+/// Creates the data directory (mode 0700) if it is missing.
+fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
+    if !data_dir.exists() {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&cfg.data_dir)
-            .map_err(|e| fail(&format!("creating {}", cfg.data_dir.display()), e))?;
-    } else if let Ok(meta) = fs::metadata(&cfg.data_dir) {
+            .create(data_dir)
+            .map_err(|e| fail(&format!("creating {}", data_dir.display()), e))?;
+    } else if let Ok(meta) = fs::metadata(data_dir) {
         if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(dir = %cfg.data_dir.display(), "the data directory is accessible to group or others; chmod 700 it");
+            tracing::warn!(dir = %data_dir.display(), "the data directory is accessible to group or others; chmod 700 it");
         }
     }
+    Ok(())
+}
+
+/// The database of a data directory and `KEYGATE_DATABASE_URL`: a SQLite
+/// file is created (mode 0600, the data directory 0700) before it is opened.
+pub fn backend(data_dir: &Path, database_url: Option<&str>) -> Result<Backend, String> {
+    let backend = Backend::select(database_url, data_dir);
+    if let Backend::Sqlite(db) = &backend {
+        prepare_data_dir(data_dir)?;
+        // Create the database file 0600 ourselves: SQLite gives -wal and -shm
+        // the same permissions.
+        if let Err(e) = OpenOptions::new().write(true).create_new(true).mode(0o600).open(db) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                return Err(fail(&db.display().to_string(), e));
+            }
+        }
+    }
+    Ok(backend)
+}
+
+/// `keygate migrate`: applies the pending schema migrations; returns them.
+pub fn migrate(data_dir: &Path, database_url: Option<&str>) -> Result<Vec<i64>, String> {
+    let backend = backend(data_dir, database_url)?;
+    backend.migrate().map_err(|e| fail(&backend.describe(), e))
+}
+
+/// Creates the data directory, resolves the secrets and opens the database.
+pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
+    prepare_data_dir(&cfg.data_dir)?;
 
     let cipher = match &cfg.master_key {
         Some(k) => Cipher::from_hex(k).map_err(|e| fail("KEYGATE_MASTER_KEY", e))?,
@@ -150,16 +180,9 @@ pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
         return Err("the admin and gateway tokens must not look like access keys (kg-...)".into());
     }
 
-    let db = cfg.data_dir.join("keygate.db");
-    // Create the database file 0600 ourselves: SQLite gives -wal and -shm the
-    // same permissions.
-    if let Err(e) = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&db) {
-        if e.kind() != io::ErrorKind::AlreadyExists {
-            return Err(fail(&db.display().to_string(), e));
-        }
-    }
-    let store = SqliteStore::open(&db, cipher).map_err(|e| fail(&db.display().to_string(), e))?;
-    Ok(Prepared { state: AppState::new(Arc::new(store), &admin_token, &gateway_token) })
+    let backend = backend(&cfg.data_dir, cfg.database_url.as_deref())?;
+    let store = backend.open(cipher, Options::default()).map_err(|e| fail(&backend.describe(), e))?;
+    Ok(Prepared { state: AppState::new(store, &admin_token, &gateway_token) })
 }
 
 /// Waits for SIGINT or SIGTERM. The handlers are installed before this
@@ -256,6 +279,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ServeConfig {
             data_dir: dir.path().join("data"),
+            database_url: None,
             bind: IpAddr::from([127, 0, 0, 1]),
             api_port: 0,
             lookup_port: 0,

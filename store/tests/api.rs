@@ -608,8 +608,10 @@ async fn secrets_never_reach_the_disk_in_clear() {
             assert!(!bytes.windows(s.len()).any(|w| w == s.as_bytes()), "{s} in clear in {}", path.display());
         }
     }
-    assert!(scanned > 0);
-    assert!(h.dir.path().join("keygate.db-wal").exists());
+    if h.pg.is_none() {
+        assert!(scanned > 0);
+        assert!(h.dir.path().join("keygate.db-wal").exists());
+    }
 }
 
 #[tokio::test]
@@ -622,7 +624,10 @@ async fn internal_errors_are_500_without_details() {
     )
     .await;
     let k = h.ok("POST", "/access-keys", Some(json!({"name": "k"}))).await;
-    h.sql("UPDATE provider_keys SET secret = x'00112233445566778899aabbccddeeff00112233445566778899'");
+    h.sql(&format!(
+        "UPDATE provider_keys SET secret = {}",
+        h.blob_literal("00112233445566778899aabbccddeeff00112233445566778899")
+    ));
     let digest = keygate_proto::token::digest(k["token"].as_str().unwrap());
     let (s, v) = h.gw(&format!("/v1/lookup/{digest}")).await;
     assert_error(s, &v, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");

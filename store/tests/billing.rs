@@ -549,6 +549,8 @@ async fn metrics_are_prometheus_text_without_secrets() {
     }
 }
 
+/// A database of the first schema, from before budgets and before versioned
+/// migrations (SQLite only: the PostgreSQL schema starts versioned).
 #[tokio::test]
 async fn a_database_from_before_budgets_is_migrated() {
     let dir = tempfile::tempdir().unwrap();
@@ -559,22 +561,33 @@ async fn a_database_from_before_budgets_is_migrated() {
         let store = keygate_store::storage::SqliteStore::open(&path, cipher()).unwrap();
         store.ping().unwrap();
     }
-    // Back to the first schema: no billing tables, no new columns, no seeded prices.
+    // Back to the first schema: no billing tables, no new columns, no seeded
+    // prices, no record of migrations.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
         "DROP TABLE budget_state; DROP TABLE reservations; DROP TABLE usage; DROP TABLE prices;
          ALTER TABLE configs DROP COLUMN rate_limits_json; ALTER TABLE configs DROP COLUMN budget_json;
          ALTER TABLE access_keys DROP COLUMN budget_json; ALTER TABLE access_keys DROP COLUMN last_used_ms;
          ALTER TABLE provider_keys DROP COLUMN last_used_ms;
+         DROP TABLE schema_migrations;
          DELETE FROM meta WHERE key LIKE 'credits%' OR key = 'prices_seeded';",
     )
     .unwrap();
     drop(conn);
     let store = keygate_store::storage::SqliteStore::open(&path, cipher()).unwrap();
-    let state = keygate_store::api::AppState::new(std::sync::Arc::new(store), ADMIN, GATEWAY);
-    let h =
-        H { api: keygate_store::api::management_app(state.clone()), gw: keygate_store::api::gateway_app(state), dir };
+    let h = H::over(std::sync::Arc::new(store), dir, None);
     let (id, _) = key(&h, json!({"name": "k", "budget": {"tokens": 10}})).await;
     assert_eq!(reserve(&h, "r", &id, Some("gpt-4o"), 1, 1).await["ok"], true);
     assert!(h.ok("GET", "/prices", None).await["prices"].as_array().unwrap().len() > 10);
+    // It is marked as schema version 1, and nothing is left to apply.
+    let conn = rusqlite::Connection::open(h.db_path()).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM schema_migrations")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![1]);
+    assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }

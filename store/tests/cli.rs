@@ -46,8 +46,8 @@ impl Cli<'_> {
 
 #[test]
 fn cli_round_trip() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = data_dir(&tmp);
+    let deployment = Deployment::new();
+    let dir = deployment.dir.clone();
     // No admin token configured: one is generated, printed once to stderr.
     let server = Server::start(&dir, &[]);
     let cli = Cli { dir: &dir, api: server.api.clone() };
@@ -93,7 +93,7 @@ fn cli_round_trip() {
     assert_eq!(doc["providers"][0]["routes"][0]["keys"][0], json!({"id": pk_id, "value": secret}));
 
     // Configurations from a file.
-    let file = tmp.path().join("cfg.json");
+    let file = deployment.tmp.path().join("cfg.json");
     std::fs::write(
         &file,
         json!({"name": "only-openai", "access": {"providers": {"allow": ["openai"]}},
@@ -160,7 +160,8 @@ fn cli_round_trip() {
     let out = cli.run(&["access-keys", "list", "--admin-token", "wrong"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
-    let out = Cli { dir: &tmp.path().join("nowhere"), api: server.api.clone() }.run(&["access-keys", "list"], None);
+    let out = Cli { dir: &deployment.tmp.path().join("nowhere"), api: server.api.clone() }
+        .run(&["access-keys", "list"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEYGATE_ADMIN_TOKEN"));
     let out = Cli { dir: &dir, api: "http://127.0.0.1:1".into() }.run(&["access-keys", "list"], None);
@@ -181,8 +182,8 @@ fn cli_round_trip() {
 
 #[test]
 fn cli_budgets_usage_credits_prices() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = data_dir(&tmp);
+    let deployment = Deployment::new();
+    let dir = deployment.dir.clone();
     let server = Server::start(&dir, &[]);
     let cli = Cli { dir: &dir, api: server.api.clone() };
 

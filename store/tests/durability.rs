@@ -35,8 +35,8 @@ fn status(agent: &ureq::Agent, method: &str, url: &str, token: &str) -> u16 {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = data_dir(&tmp);
+    let deployment = Deployment::new();
+    let dir = deployment.dir.clone();
     let envs = [("KEYGATE_ADMIN_TOKEN", ADMIN), ("KEYGATE_GATEWAY_TOKEN", GATEWAY)];
     let server = Server::start(&dir, &envs);
     let agent = agent();

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use common::*;
 use keygate_proto::lookup::{Changes, KeyStatus, Lookup};
 use keygate_proto::token::digest;
-use keygate_store::storage::sqlite::Options;
+use keygate_store::storage::Options;
 use serde_json::{json, Value};
 
 fn doc(v: Value) -> Lookup {
@@ -344,13 +344,15 @@ async fn trimmed_change_log_answers_all() {
     assert_eq!(c.digests, want);
 }
 
-#[tokio::test]
-async fn version_and_data_survive_reopen() {
+/// Not async: the store is called directly, as the HTTP layer does from
+/// `spawn_blocking`.
+#[test]
+fn version_and_data_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keygate.db");
+    let (backend, _db) = test_backend(&dir);
     let cipher = keygate_store::crypto::Cipher::new(&[1u8; 32]);
-    use keygate_store::storage::{NewAccessKey, Store};
-    let store = keygate_store::storage::SqliteStore::open(&path, cipher.clone()).unwrap();
+    use keygate_store::storage::NewAccessKey;
+    let store = backend.open(cipher.clone(), Options::default()).unwrap();
     store
         .update_provider(
             "openai",
@@ -374,7 +376,7 @@ async fn version_and_data_survive_reopen() {
         })
         .unwrap();
     drop(store);
-    let store = keygate_store::storage::SqliteStore::open(&path, cipher).unwrap();
+    let store = backend.open(cipher, Options::default()).unwrap();
     assert_eq!(store.changes(0).unwrap().version, 2);
     assert_eq!(store.get_provider("openai").unwrap().base_url, "http://127.0.0.1:1/v1");
     let d = store.lookup(&"d".repeat(64)).unwrap();
@@ -382,5 +384,5 @@ async fn version_and_data_survive_reopen() {
     assert_eq!(d.providers[0].base_url, "http://127.0.0.1:1/v1");
     drop(store);
     // The wrong master key is refused.
-    assert!(keygate_store::storage::SqliteStore::open(&path, keygate_store::crypto::Cipher::new(&[2u8; 32])).is_err());
+    assert!(backend.open(keygate_store::crypto::Cipher::new(&[2u8; 32]), Options::default()).is_err());
 }

@@ -63,6 +63,29 @@ pub fn from_log(version: i64, entries: impl IntoIterator<Item = (i64, Option<Str
     out
 }
 
+/// The answer to `changes(since)`: [`without_log`] when it suffices, else
+/// [`from_log`] over the log entries after `since` that `entries_after` reads.
+pub fn answer<E>(
+    version: i64,
+    since: u64,
+    trimmed_through: i64,
+    entries_after: impl FnOnce(i64) -> Result<Vec<(i64, Option<String>)>, E>,
+) -> Result<Changes, E> {
+    if let Some(answer) = without_log(version, since, trimmed_through) {
+        return Ok(answer);
+    }
+    Ok(from_log(version, entries_after(i64::try_from(since).unwrap_or(i64::MAX))?))
+}
+
+/// The log keeps its last `limit` entries: given the lowest and highest entry
+/// sequence numbers, the highest one to delete (if any).
+pub fn trim_through(min_seq: Option<i64>, max_seq: Option<i64>, limit: i64) -> Option<i64> {
+    match (min_seq, max_seq) {
+        (Some(min), Some(max)) if max - min + 1 > limit => Some(max - limit),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +111,23 @@ mod tests {
         assert_eq!(c.digests, vec!["a".to_string(), "b".to_string()]);
         assert_eq!(c.digest_versions, vec![7, 5]);
         assert!(!c.all);
+    }
+
+    #[test]
+    fn the_log_keeps_its_last_entries() {
+        assert_eq!(trim_through(None, None, 5), None);
+        assert_eq!(trim_through(Some(1), Some(5), 5), None);
+        assert_eq!(trim_through(Some(1), Some(6), 5), Some(1));
+        assert_eq!(trim_through(Some(3), Some(12), 5), Some(7));
+    }
+
+    #[test]
+    fn the_log_is_read_only_when_needed() {
+        let read = |_| -> Result<Vec<(i64, Option<String>)>, ()> { Err(()) };
+        assert!(answer(5, 5, 0, read).is_ok());
+        assert!(answer(5, 1, 3, read).unwrap().all);
+        let c = answer(5, 3, 0, |since| Ok::<_, ()>(vec![(since + 1, Some("a".into()))])).unwrap();
+        assert_eq!(c.digest_versions, vec![4]);
     }
 
     #[test]

@@ -8,17 +8,109 @@
 //! `tokio::task::spawn_blocking`. Every mutation bumps the store-wide version
 //! and records which token digests it may have changed (see [`Store::changes`]).
 
+pub mod copy;
+mod lookup;
+mod migrations;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
+mod update;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
 
+use crate::crypto::Cipher;
 use crate::error::StoreResult;
 use crate::model::{
     AccessKey, AccessKeyConfiguration, AccessSpec, BudgetSpec, Credits, PriceEntry, Provider, ProviderKey,
     RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+
+/// Tunables shared by the backends (tests shrink the change log).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Change-log entries kept; `changes(since)` older than that answers `all`.
+    pub change_log_limit: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { change_log_limit: 10_000 }
+    }
+}
+
+/// Where the store keeps its data: the embedded SQLite database (the
+/// default), or PostgreSQL when `KEYGATE_DATABASE_URL` is set.
+#[derive(Clone)]
+pub enum Backend {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://…`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Sqlite(p) => f.debug_tuple("Sqlite").field(p).finish(),
+            // The URL may carry a password.
+            Backend::Postgres(_) => f.write_str("Postgres(<url>)"),
+        }
+    }
+}
+
+impl Backend {
+    /// PostgreSQL when `database_url` is given, else `keygate.db` in `data_dir`.
+    pub fn select(database_url: Option<&str>, data_dir: &std::path::Path) -> Self {
+        match database_url.map(str::trim).filter(|u| !u.is_empty()) {
+            Some(url) => Backend::Postgres(url.to_string()),
+            None => Backend::Sqlite(data_dir.join("keygate.db")),
+        }
+    }
+
+    /// Where the data is, for messages (a URL without its password).
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Sqlite(p) => p.display().to_string(),
+            Backend::Postgres(url) => match url.parse::<::postgres::Config>() {
+                Ok(c) => format!(
+                    "postgres database {} on {}",
+                    c.get_dbname().unwrap_or("(default)"),
+                    c.get_hosts()
+                        .iter()
+                        .map(|h| match h {
+                            ::postgres::config::Host::Tcp(h) => h.clone(),
+                            ::postgres::config::Host::Unix(p) => p.display().to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Err(_) => "postgres database (unparsable URL)".into(),
+            },
+        }
+    }
+
+    /// Applies the pending schema migrations; returns the versions applied.
+    pub fn migrate(&self) -> StoreResult<Vec<i64>> {
+        match self {
+            Backend::Sqlite(path) => sqlite::migrate(path),
+            Backend::Postgres(url) => postgres::migrate(url),
+        }
+    }
+
+    /// Opens the store (applying pending migrations first).
+    pub fn open(&self, cipher: Cipher, opts: Options) -> StoreResult<Arc<dyn Store>> {
+        Ok(match self {
+            Backend::Sqlite(path) => Arc::new(SqliteStore::open_with(path, cipher, opts)?),
+            Backend::Postgres(url) => Arc::new(PgStore::open_with(url, cipher, opts)?),
+        })
+    }
+}
 
 /// A page request: at most `limit` items with ids below `before_id`, newest first.
 #[derive(Debug, Clone)]

@@ -1,5 +1,9 @@
-//! In-process harness: both routers over a SQLite store in a temp dir.
+//! In-process harness: both routers over a store in a temp dir: SQLite, or
+//! PostgreSQL when `KEYGATE_TEST_DATABASE_URL` is set (see `testdb`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../testdb/mod.rs"]
+pub mod testdb;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,8 +14,7 @@ use axum::Router;
 use http_body_util::BodyExt;
 use keygate_store::api::{gateway_app, management_app, AppState};
 use keygate_store::crypto::Cipher;
-use keygate_store::storage::sqlite::Options;
-use keygate_store::storage::SqliteStore;
+use keygate_store::storage::{Backend, Options, Store};
 use serde_json::Value;
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -23,17 +26,36 @@ pub struct H {
     pub dir: TempDir,
     pub api: Router,
     pub gw: Router,
+    /// The PostgreSQL database of a PostgreSQL run (dropped last).
+    pub pg: Option<testdb::PgDb>,
 }
 
 pub fn harness() -> H {
     harness_with(Options::default())
 }
 
+/// The database of a test: a fresh PostgreSQL database when
+/// `KEYGATE_TEST_DATABASE_URL` is set, else `keygate.db` in `dir`.
+pub fn test_backend(dir: &TempDir) -> (Backend, Option<testdb::PgDb>) {
+    match testdb::PgDb::create() {
+        Some(db) => (Backend::Postgres(db.url.clone()), Some(db)),
+        None => (Backend::Sqlite(dir.path().join("keygate.db")), None),
+    }
+}
+
 pub fn harness_with(opts: Options) -> H {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(&dir.path().join("keygate.db"), Cipher::new(&[7u8; 32]), opts).unwrap();
-    let state = AppState::new(Arc::new(store), ADMIN, GATEWAY);
-    H { api: management_app(state.clone()), gw: gateway_app(state), dir }
+    let (backend, pg) = test_backend(&dir);
+    let store = backend.open(Cipher::new(&[7u8; 32]), opts).unwrap();
+    H::over(store, dir, pg)
+}
+
+impl H {
+    /// Both routers over `store`.
+    pub fn over(store: Arc<dyn Store>, dir: TempDir, pg: Option<testdb::PgDb>) -> H {
+        let state = AppState::new(store, ADMIN, GATEWAY);
+        H { api: management_app(state.clone()), gw: gateway_app(state), dir, pg }
+    }
 }
 
 pub async fn send(
@@ -69,9 +91,20 @@ impl H {
 
     /// Direct SQL on the database (to move time-based fields into the past).
     pub fn sql(&self, sql: &str) {
+        if let Some(db) = &self.pg {
+            return db.sql(sql);
+        }
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         conn.execute_batch(sql).unwrap();
+    }
+
+    /// A byte-string literal of the backend's SQL.
+    pub fn blob_literal(&self, hex: &str) -> String {
+        match self.pg {
+            Some(_) => format!("'\\x{hex}'::BYTEA"),
+            None => format!("x'{hex}'"),
+        }
     }
 
     pub async fn api(&self, method: &str, uri: &str, body: Option<Value>) -> (StatusCode, Value) {

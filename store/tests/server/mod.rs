@@ -1,5 +1,12 @@
-//! Runs the real `keygate serve` binary on free ports.
+//! Runs the real `keygate serve` binary on free ports, over SQLite or, when
+//! `KEYGATE_TEST_DATABASE_URL` is set, a fresh PostgreSQL database.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+#[path = "../testdb/mod.rs"]
+pub mod testdb;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,7 +24,11 @@ pub struct Server {
     stderr: Option<JoinHandle<String>>,
 }
 
-/// A `keygate` command with a clean KEYGATE_* environment.
+/// The PostgreSQL database of each data directory of a PostgreSQL run.
+static DATABASES: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+
+/// A `keygate` command with a clean KEYGATE_* environment (but the
+/// PostgreSQL database of `data_dir`, in a PostgreSQL run).
 pub fn command(data_dir: &Path) -> Command {
     let mut c = Command::new(BIN);
     for (k, _) in std::env::vars() {
@@ -26,7 +37,40 @@ pub fn command(data_dir: &Path) -> Command {
         }
     }
     c.env("KEYGATE_DATA_DIR", data_dir).env("RUST_LOG", "info");
+    if let Some(url) = DATABASES.lock().unwrap().as_ref().and_then(|m| m.get(data_dir)) {
+        c.env("KEYGATE_DATABASE_URL", url);
+    }
     c
+}
+
+/// A deployment of a test: its data directory and, in a PostgreSQL run, its
+/// database (dropped with this value).
+pub struct Deployment {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub pg: Option<testdb::PgDb>,
+}
+
+impl Deployment {
+    pub fn new() -> Deployment {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let pg = testdb::PgDb::create();
+        if let Some(db) = &pg {
+            DATABASES.lock().unwrap().get_or_insert_with(HashMap::new).insert(dir.clone(), db.url.clone());
+        }
+        Deployment { tmp, dir, pg }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        if let Ok(mut m) = DATABASES.lock() {
+            if let Some(m) = m.as_mut() {
+                m.remove(&self.dir);
+            }
+        }
+    }
 }
 
 impl Server {
@@ -99,8 +143,4 @@ pub fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .new_agent()
-}
-
-pub fn data_dir(tmp: &tempfile::TempDir) -> PathBuf {
-    tmp.path().join("data")
 }

@@ -19,11 +19,11 @@ mod error;
 mod ledger;
 mod reports;
 mod schema;
-mod update;
 
 use self::error::{db, DbError, R};
 use self::ledger::{forget_scope, SqlLedger};
-use self::update::Assignments;
+use super::update::Assignments;
+pub use super::Options;
 use super::{
     AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
     PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
@@ -44,19 +44,6 @@ use crate::policy::references::{self as refs, not_found, ConfigSpecs, Resource};
 use crate::policy::{changes, credits, reservation};
 
 const KEY_CHECK_AAD: &str = "keygate-master-key-check";
-
-/// Tunables (tests shrink the change log).
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Change-log entries kept; `changes(since)` older than that answers `all`.
-    pub change_log_limit: i64,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { change_log_limit: 10_000 }
-    }
-}
 
 /// Read connections for the gateway listener (lookups run in parallel with
 /// each other and with management writes: WAL readers do not block).
@@ -128,6 +115,22 @@ fn configure(conn: &Connection) -> R<()> {
     Ok(())
 }
 
+/// Runs the update of row `id` of `table`; returns the rows changed.
+fn execute(a: Assignments<rusqlite::types::Value>, tx: &Transaction<'_>, table: &'static str, id: &str) -> R<usize> {
+    let (sql, values) = a.statement(table, id.to_string(), |n| format!("?{n}"));
+    Ok(tx.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values))?)
+}
+
+/// Applies the pending schema migrations of the database file at `path`.
+pub fn migrate(path: &Path) -> StoreResult<Vec<i64>> {
+    let run = || -> R<Vec<i64>> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        Ok(schema::migrate(&mut conn)?.iter().map(|m| m.version).collect())
+    };
+    Ok(run()?)
+}
+
 impl SqliteStore {
     pub fn open(path: &Path, cipher: Cipher) -> StoreResult<Self> {
         Self::open_with(path, cipher, Options::default())
@@ -140,9 +143,9 @@ impl SqliteStore {
     fn try_open(path: &Path, cipher: Cipher, opts: Options) -> R<Self> {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
+        schema::migrate(&mut writer)?;
         {
             let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            schema::migrate(&tx)?;
             // The master key must be the one the data was written with.
             let check: Option<Vec<u8>> =
                 tx.query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get(0)).optional()?;
@@ -531,7 +534,7 @@ impl Store for SqliteStore {
             if let Some(Some(c)) = &ch.config_id {
                 check_config_id(tx, c)?;
             }
-            Assignments::default()
+            let a = Assignments::default()
                 .set_some("name", ch.name.clone())
                 .set_some("description", ch.description.clone())
                 .set_some("metadata", ch.metadata.clone())
@@ -539,8 +542,8 @@ impl Store for SqliteStore {
                 .set_some("expires_at", ch.expires_at)
                 .set_some("disabled", ch.disabled)
                 .set_some("budget_json", json_change(&ch.budget)?)
-                .set("updated_ms", now_ms())
-                .execute(tx, "access_keys", id)?;
+                .set("updated_ms", now_ms());
+            execute(a, tx, "access_keys", id)?;
             self.bump(tx, &digests)?;
             get_access_key(tx, id)
         })
@@ -608,13 +611,13 @@ impl Store for SqliteStore {
     fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges) -> StoreResult<ProviderKey> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
-            Assignments::default()
+            let a = Assignments::default()
                 .set_some("name", ch.name.clone())
                 .set_some("description", ch.description.clone())
                 .set_some("metadata", ch.metadata.clone())
                 .set_some("managed", ch.managed)
-                .set("updated_ms", now_ms())
-                .execute(tx, "provider_keys", id)?;
+                .set("updated_ms", now_ms());
+            execute(a, tx, "provider_keys", id)?;
             self.bump(tx, &[None])?;
             get_provider_key(tx, id)
         })
@@ -697,7 +700,7 @@ impl Store for SqliteStore {
             let access = ch.access.as_ref().unwrap_or(&current.access);
             let router = ch.router.as_ref().unwrap_or(&current.router);
             check_refs(tx, access.as_ref(), router.as_ref())?;
-            Assignments::default()
+            let a = Assignments::default()
                 .set_some("name", ch.name.clone())
                 .set_some("description", ch.description.clone())
                 .set_some("metadata", ch.metadata.clone())
@@ -705,8 +708,8 @@ impl Store for SqliteStore {
                 .set_some("router_json", json_change(&ch.router)?)
                 .set_some("rate_limits_json", json_change(&ch.rate_limits)?)
                 .set_some("budget_json", json_change(&ch.budget)?)
-                .set("updated_ms", now_ms())
-                .execute(tx, "configs", id)?;
+                .set("updated_ms", now_ms());
+            execute(a, tx, "configs", id)?;
             let digests = digests_of_config(tx, id)?;
             self.bump(tx, &digests)?;
             get_config(tx, id)
@@ -766,14 +769,14 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             refs::may_change_provider(&current, ch.format)?;
-            Assignments::default()
+            let a = Assignments::default()
                 .set_some("name", ch.name.clone())
                 .set_some("base_url", ch.base_url.clone())
                 .set_some("format", ch.format.map(|f| format_str(f).to_string()))
                 .set_some("auth", ch.auth.map(|a| auth_str(a).to_string()))
                 .set_some("models_json", ch.models.as_ref().map(serde_json::to_string).transpose()?)
-                .set("updated_ms", now_ms())
-                .execute(tx, "providers", id)?;
+                .set("updated_ms", now_ms());
+            execute(a, tx, "providers", id)?;
             self.bump(tx, &[None])?;
             get_provider(tx, id)
         })

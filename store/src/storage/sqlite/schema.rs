@@ -1,10 +1,20 @@
-//! The SQLite schema: tables of the first version, columns and tables added
-//! since (databases created before get them on open), and the seeded prices.
+//! The SQLite schema as versioned migrations, recorded in
+//! `schema_migrations`. Migration 1 is the schema as it was before migrations
+//! were versioned: tables of the first version, the columns and tables added
+//! since, and the seeded prices. It is idempotent, so a database from before
+//! versioned migrations (it has `meta` but no `schema_migrations`) gets
+//! whatever it lacks and is then marked as version 1.
+//!
+//! Migrating takes SQLite's write lock (`BEGIN IMMEDIATE`): two processes
+//! opening one database migrate one after the other.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::error::R;
 use crate::pricing::{usd_to_micros, DEFAULT_PRICES};
+use crate::storage::migrations::{self, Migration};
+
+pub(super) const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial schema" }];
 
 const SCHEMA_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -144,8 +154,45 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("provider_keys", "last_used_ms", "INTEGER"),
 ];
 
-/// Creates or upgrades the schema and seeds the default prices once.
-pub(super) fn migrate(tx: &Transaction<'_>) -> R<()> {
+fn table_exists(tx: &Transaction<'_>, name: &str) -> R<bool> {
+    Ok(tx
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", params![name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Applies the pending migrations in one write transaction; returns them.
+pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let before_versions = !table_exists(&tx, "schema_migrations")? && table_exists(&tx, "meta")?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ms INTEGER NOT NULL) STRICT",
+    )?;
+    let applied = {
+        let mut stmt = tx.prepare("SELECT version FROM schema_migrations")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        rows.collect::<Result<Vec<_>, _>>()?
+    };
+    let pending = migrations::pending(MIGRATIONS, &applied)?;
+    for m in &pending {
+        if m.version == 1 {
+            initial_schema(&tx)?;
+        }
+        tx.execute(
+            "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
+            params![m.version, crate::ids::now_ms()],
+        )?;
+        tracing::info!(version = m.version, name = m.name, "applied schema migration");
+    }
+    if before_versions {
+        tracing::info!("a database from before versioned migrations is now marked as schema version 1");
+    }
+    tx.commit()?;
+    Ok(pending)
+}
+
+/// Migration 1: creates or upgrades the schema and seeds the default prices once.
+fn initial_schema(tx: &Transaction<'_>) -> R<()> {
     tx.execute_batch(SCHEMA_SQL)?;
     for (table, column, decl) in ADDED_COLUMNS {
         let present = tx

@@ -1,0 +1,77 @@
+//! The PostgreSQL backend's own errors: a database error, or a store error
+//! raised on the way. Only the backend knows `postgres`; at the `Store`
+//! boundary both become a [`StoreError`] (a database error is an internal
+//! error). Serialization failures and deadlocks are retried by the backend.
+
+use postgres::error::SqlState;
+
+use crate::crypto::CryptoError;
+use crate::error::StoreError;
+
+#[derive(Debug)]
+pub(crate) enum PgError {
+    Sql(postgres::Error),
+    Pool(r2d2::Error),
+    Store(StoreError),
+}
+
+/// Results inside the backend.
+pub(crate) type R<T> = Result<T, PgError>;
+
+impl PgError {
+    /// A conflict with a concurrent transaction: the whole transaction may be run again.
+    pub(super) fn is_retryable(&self) -> bool {
+        match self {
+            PgError::Sql(e) => {
+                matches!(e.code(), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Sql(e) => StoreError::Internal(format!("postgres: {e}")),
+            PgError::Pool(e) => StoreError::Internal(format!("postgres pool: {e}")),
+            PgError::Store(e) => e,
+        }
+    }
+}
+
+impl From<postgres::Error> for PgError {
+    fn from(e: postgres::Error) -> Self {
+        PgError::Sql(e)
+    }
+}
+
+impl From<r2d2::Error> for PgError {
+    fn from(e: r2d2::Error) -> Self {
+        PgError::Pool(e)
+    }
+}
+
+impl From<StoreError> for PgError {
+    fn from(e: StoreError) -> Self {
+        PgError::Store(e)
+    }
+}
+
+impl From<serde_json::Error> for PgError {
+    fn from(e: serde_json::Error) -> Self {
+        PgError::Store(e.into())
+    }
+}
+
+impl From<std::io::Error> for PgError {
+    fn from(e: std::io::Error) -> Self {
+        PgError::Store(e.into())
+    }
+}
+
+impl From<CryptoError> for PgError {
+    fn from(e: CryptoError) -> Self {
+        PgError::Store(e.into())
+    }
+}
