@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build toolchain fuzz wasm wasm-fault store venv deploy-tools test test-unit test-e2e lint run bench clean
+.PHONY: all build toolchain fuzz wasm wasm-fault store venv deploy-tools test test-unit test-store-pg test-e2e lint run bench clean
 
 all: build
 
@@ -50,6 +50,15 @@ lint: toolchain
 test-unit: toolchain
 	cargo test --locked --workspace
 
+# The store's tests again, on PostgreSQL: a throwaway cluster
+# (scripts/pg-cluster, installs postgresql if missing), a fresh database per
+# test, the cluster stopped and removed however the tests end.
+test-store-pg: toolchain
+	cargo test --locked -p keygate-store --no-run
+	@read -r dir url < <(scripts/pg-cluster start) && \
+	trap 'scripts/pg-cluster stop "$$dir"' EXIT && \
+	KEYGATE_TEST_DATABASE_URL="$$url" cargo test --locked -p keygate-store
+
 # docker-compose (Debian) only parses and resolves docker-compose.yml in the
 # deploy tests; no Docker engine is needed or used.
 deploy-tools:
@@ -59,7 +68,7 @@ deploy-tools:
 test-e2e: build wasm-fault venv deploy-tools
 	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS)
 
-test: lint test-unit test-e2e
+test: lint test-unit test-store-pg test-e2e
 
 run: build venv
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" scripts/run

@@ -1,0 +1,425 @@
+//! PostgreSQL only (each test is skipped when `KEYGATE_TEST_DATABASE_URL` is
+//! unset): `keygate copy` from SQLite, migrations started at once, and
+//! writers in several stores (each with its own connection pool, as separate
+//! processes are) sharing one database.
+// Helpers outside #[test] functions unwrap too: these are tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod server;
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use keygate_proto::lookup::{ReserveRequest, UsageRecord};
+use keygate_store::crypto::Cipher;
+use keygate_store::storage::{
+    AccessKeyChanges, Backend, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest,
+    ProviderChanges, SqliteStore, Store, UsageFilter,
+};
+use serde_json::{json, Value};
+use server::testdb::PgDb;
+use server::*;
+
+fn pg() -> Option<PgDb> {
+    let db = PgDb::create();
+    if db.is_none() {
+        eprintln!("skipped: {} is not set", server::testdb::ENV);
+    }
+    db
+}
+
+fn cipher() -> Cipher {
+    Cipher::new(&[9u8; 32])
+}
+
+fn digest_of(token: &str) -> String {
+    keygate_proto::token::digest(token)
+}
+
+fn spec<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+fn new_key(name: &str, token: &str, config_id: Option<&str>, budget: Option<Value>) -> NewAccessKey {
+    NewAccessKey {
+        name: name.into(),
+        description: format!("{name} description"),
+        metadata: format!("{{\"owner\":\"{name}\"}}"),
+        config_id: config_id.map(str::to_string),
+        expires_at: Some(4_070_908_800),
+        disabled: false,
+        digest: digest_of(token),
+        redacted: format!("kg-...{}", &token[token.len() - 4..]),
+        budget: budget.map(spec),
+    }
+}
+
+fn record(req: &str, key: &str, attempt: u32, rsv: Option<&str>, input: u64) -> UsageRecord {
+    spec(json!({"requestId": req, "accessKeyId": key, "provider": "openai", "model": "gpt-4o", "attempt": attempt,
+        "finalAttempt": rsv.is_some(), "status": 200, "streaming": attempt.is_multiple_of(2), "inputTokens": input,
+        "outputTokens": 7, "cachedTokens": 2, "reasoningTokens": 1, "startedMs": 1_700_000_000_000u64 + u64::from(attempt),
+        "endedMs": 1_700_000_001_000u64, "reservationId": rsv}))
+}
+
+fn reserve(store: &dyn Store, req: &str, key: &str, input: u64) -> keygate_proto::lookup::ReserveResponse {
+    store
+        .reserve(&ReserveRequest {
+            request_id: req.into(),
+            access_key_id: key.into(),
+            config_id: None,
+            provider: "openai".into(),
+            model: Some("gpt-4o".into()),
+            input_tokens: input,
+            output_tokens: 0,
+        })
+        .unwrap()
+}
+
+/// Everything a store answers, as JSON, for comparing two stores.
+fn everything(s: &dyn Store, tokens: &[String]) -> Value {
+    let page = PageRequest { limit: 1000, before_id: None };
+    let all = UsageFilter::default();
+    let lookups: Vec<Value> =
+        tokens.iter().map(|t| serde_json::to_value(s.lookup(&digest_of(t)).unwrap()).unwrap()).collect();
+    json!({
+        "accessKeys": s.list_access_keys(&page).unwrap(),
+        "configs": s.list_configs(&page).unwrap(),
+        "providers": s.list_providers().unwrap(),
+        "providerKeys": s.list_provider_keys(&page).unwrap(),
+        "usage": s.list_usage(&all, &page).unwrap(),
+        "byKey": s.usage_summary(&all, keygate_store::storage::GroupBy::Key).unwrap(),
+        "byModel": s.usage_summary(&all, keygate_store::storage::GroupBy::Model).unwrap(),
+        "byDay": s.usage_summary(&all, keygate_store::storage::GroupBy::Day).unwrap(),
+        "prices": s.list_prices().unwrap(),
+        "credits": s.get_credits().unwrap(),
+        "changes": s.changes(0).unwrap(),
+        "changesSince3": s.changes(3).unwrap(),
+        "gauges": format!("{:?}", s.gauges().unwrap()),
+        "lookups": lookups,
+    })
+}
+
+/// The rows of a table of each database, every column as text, in key order.
+fn sqlite_rows(path: &std::path::Path, sql: &str) -> Vec<Vec<Option<String>>> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    let rows = stmt
+        .query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => None,
+                        rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                        rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                        rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                        rusqlite::types::ValueRef::Blob(b) => Some(format!("\\x{}", hex::encode(b))),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+#[test]
+fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
+    let Some(db) = pg() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let path = data.join("keygate.db");
+    let src = SqliteStore::open(&path, cipher()).unwrap();
+
+    // A deployment with something of everything.
+    src.create_provider(&NewProvider {
+        id: "acme".into(),
+        name: "Acme".into(),
+        base_url: "https://acme.example/v1".into(),
+        format: spec(json!("openai")),
+        auth: spec(json!("x-api-key")),
+        models: vec!["acme-1".into(), "acme-2".into()],
+    })
+    .unwrap();
+    src.update_provider(
+        "groq",
+        &ProviderChanges { base_url: Some("https://groq.example/v1".into()), ..Default::default() },
+    )
+    .unwrap();
+    let pk = |provider: &str, name: &str, value: &str, managed: bool| {
+        src.create_provider_key(&NewProviderKey {
+            provider_id: provider.into(),
+            name: name.into(),
+            description: "d".into(),
+            metadata: "m".into(),
+            managed,
+            value: value.into(),
+        })
+        .unwrap()
+        .id
+    };
+    pk("openai", "managed", "sk-managed-0000000000000001", true);
+    let user = pk("openai", "user", "sk-user-00000000000000000002", false);
+    pk("acme", "acme", "acme-secret-000000000000003", true);
+    src.rotate_provider_key(&user, "sk-user-rotated-0000000000004").unwrap();
+    let config = src
+        .create_config(&NewConfig {
+            name: "team".into(),
+            description: "the team".into(),
+            metadata: "{}".into(),
+            access: Some(spec(json!({"providers": {"allow": ["openai", "acme"]}}))),
+            router: Some(spec(json!({"rules": [
+                {"provider": "openai", "steps": [{"type": "user", "keys": [{"id": user}]}, {"type": "managed"}]}
+            ]}))),
+            rate_limits: Some(spec(json!({"requestsPerMinute": 60, "tokensPerMinute": 10000}))),
+            budget: Some(spec(json!({"tokens": 100000, "costUsd": 50.0, "window": "monthly"}))),
+        })
+        .unwrap();
+    let tokens: Vec<String> = (0..4).map(|i| format!("kg-copytest{i:02}{}", "x".repeat(40))).collect();
+    let k0 =
+        src.create_access_key(&new_key("k0", &tokens[0], Some(&config.id), Some(json!({"tokens": 5000})))).unwrap();
+    let k1 = src
+        .create_access_key(&new_key("k1", &tokens[1], None, Some(json!({"costUsd": 2.5, "window": "daily"}))))
+        .unwrap();
+    let k2 = src.create_access_key(&new_key("k2", &tokens[2], None, None)).unwrap();
+    src.update_access_key(&k2.id, &AccessKeyChanges { disabled: Some(true), ..Default::default() }).unwrap();
+    // k1 rotated: its old token works during the grace period.
+    let rotated = format!("kg-rotated00{}", "y".repeat(40));
+    src.rotate_access_key(&k1.id, &digest_of(&rotated), "kg-...yyyy", 3600).unwrap();
+    let tokens: Vec<String> = tokens.into_iter().chain([rotated]).collect();
+    src.put_price("acme", "acme-*", &NewPrice { input: 1_000_000, output: 2_000_000, cached: None }).unwrap();
+    src.delete_price("openai", "gpt-4o-mini").unwrap();
+    src.add_credits(25_000_000).unwrap();
+    // Usage: a settled request (two attempts), an open reservation, a late record.
+    let r = reserve(&src, "req-1", &k0.id, 100);
+    assert!(r.ok);
+    src.ingest_usage(&[
+        record("req-1", &k0.id, 0, None, 80),
+        record("req-1", &k0.id, 1, r.reservation_id.as_deref(), 90),
+    ])
+    .unwrap();
+    assert!(reserve(&src, "req-2", &k1.id, 50).ok);
+    src.ingest_usage(&[record("req-3", &k1.id, 0, Some("rsv_unknown"), 10)]).unwrap();
+    let before = everything(&src, &tokens);
+    let version = src.changes(0).unwrap().version;
+    drop(src);
+
+    // keygate copy --from <data dir> --to <url>
+    let copy = |extra: &[&str]| {
+        let mut c = command(&data);
+        c.args(["copy", "--to", &db.url]).args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.output().unwrap()
+    };
+    let out = copy(&["--from", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["version"], json!(version));
+    assert_eq!(report["copied"]["access_keys"], 3);
+    assert_eq!(report["copied"]["provider_keys"], 3);
+    assert_eq!(report["copied"]["usage"], 3);
+
+    // The copied store answers exactly as the original did.
+    let dst = Backend::Postgres(db.url.clone()).open(cipher(), Options::default()).unwrap();
+    assert_eq!(everything(&*dst, &tokens), before);
+    assert_eq!(
+        dst.lookup(&digest_of(&tokens[0])).unwrap().providers.len(),
+        before["providers"].as_array().unwrap().len()
+    );
+    // Raw rows too: digests, redacted forms, sealed values byte for byte,
+    // reservations, budget rows and the change log.
+    for (table, order) in [
+        ("provider_keys", "id"),
+        ("access_keys", "id"),
+        ("reservations", "id"),
+        ("budget_state", "scope, win, window_start"),
+        ("change_log", "seq"),
+        ("usage", "seq"),
+        ("providers", "seq"),
+        ("prices", "provider, model"),
+    ] {
+        let cols: Vec<String> = sqlite_rows(&path, &format!("SELECT name FROM pragma_table_info('{table}')"))
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect();
+        let sql = format!("SELECT {} FROM {table} ORDER BY {order}", cols.join(", "));
+        let pg_rows: Vec<Vec<Option<String>>> = db
+            .query(&sql)
+            .into_iter()
+            .map(|r| {
+                r.into_iter()
+                    .map(|c| {
+                        c.map(|v| {
+                            if v == "t" {
+                                "1".into()
+                            } else if v == "f" {
+                                "0".into()
+                            } else {
+                                v
+                            }
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(pg_rows, sqlite_rows(&path, &sql), "{table}");
+    }
+    assert_eq!(
+        db.query("SELECT encode(sealed, 'hex') FROM key_check")[0][0].clone().unwrap(),
+        hex::encode(
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get::<_, Vec<u8>>(0))
+                .unwrap()
+        )
+    );
+
+    // It goes on from there: the next change is the next version.
+    let k4 = dst.create_access_key(&new_key("k4", &format!("kg-after0000{}", "z".repeat(40)), None, None)).unwrap();
+    let c = dst.changes(version).unwrap();
+    assert_eq!((c.version, c.digests.len()), (version + 1, 1));
+    assert_eq!(dst.list_usage(&UsageFilter::default(), &PageRequest { limit: 10, before_id: None }).unwrap().len(), 3);
+    assert!(dst.get_access_key(&k4.id).is_ok());
+    drop(dst);
+
+    // A database that is not empty is refused, and left as it was.
+    let out = copy(&[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(db.query("SELECT COUNT(*) FROM access_keys")[0][0].as_deref(), Some("4"));
+    // So is a database a store already started on (it has the master key check).
+    let served = PgDb::create().unwrap();
+    drop(Backend::Postgres(served.url.clone()).open(cipher(), Options::default()).unwrap());
+    let mut c = command(&data);
+    let out = c.args(["copy", "--to", &served.url]).output().unwrap();
+    assert!(!out.status.success());
+    // A missing source is an error, not an empty copy.
+    let empty = PgDb::create().unwrap();
+    let out = command(&data).args(["copy", "--from", "/nonexistent/keygate", "--to", &empty.url]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn migrations_started_at_once_apply_once() {
+    let Some(db) = pg() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            command(tmp.path())
+                .arg("migrate")
+                .env("KEYGATE_DATABASE_URL", &db.url)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
+    }
+    assert_eq!(applied, vec![1], "each migration is applied by exactly one of them");
+    assert_eq!(db.query("SELECT version FROM schema_migrations"), vec![vec![Some("1".to_string())]]);
+    // And again: nothing to do.
+    let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), json!({"applied": []}));
+    // Stores started at once on a fresh database all come up.
+    let fresh = PgDb::create().unwrap();
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| drop(Backend::Postgres(fresh.url.clone()).open(cipher(), Options::default()).unwrap()));
+        }
+    });
+    assert_eq!(fresh.query("SELECT COUNT(*) FROM providers WHERE built_in")[0][0].as_deref(), Some("8"));
+    assert_eq!(fresh.query("SELECT value FROM meta WHERE key = 'version'")[0][0].as_deref(), Some("0"));
+}
+
+/// Several stores (each its own pool, as separate processes) writing at once:
+/// budgets, settlements, credits and the version counter stay exact.
+#[test]
+fn writers_in_several_stores_stay_exact() {
+    let Some(db) = pg() else { return };
+    let stores: Vec<Arc<dyn Store>> =
+        (0..2).map(|_| Backend::Postgres(db.url.clone()).open(cipher(), Options::default()).unwrap()).collect();
+    let key = stores[0]
+        .create_access_key(&new_key(
+            "b",
+            &format!("kg-budget000{}", "b".repeat(40)),
+            None,
+            Some(json!({"tokens": 100})),
+        ))
+        .unwrap();
+    let v0 = stores[0].changes(0).unwrap().version;
+    const THREADS: usize = 6;
+    const EACH: usize = 25;
+    let granted = AtomicUsize::new(0);
+    let reservations = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = stores[t % stores.len()].clone();
+            let (granted, reservations, key) = (&granted, &reservations, &key);
+            s.spawn(move || {
+                for i in 0..EACH {
+                    // Budget: one token each, 150 asked for 100.
+                    let r = reserve(&*store, &format!("r-{t}-{i}"), &key.id, 1);
+                    if r.ok {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                        reservations.lock().unwrap().push((format!("r-{t}-{i}"), r.reservation_id.unwrap()));
+                    }
+                    // The version counter: every new key is one version.
+                    let token = format!("kg-v{t:02}{i:04}{}", "v".repeat(40));
+                    store.create_access_key(&new_key("v", &token, None, None)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(granted.load(Ordering::Relaxed), 100);
+    let usage = stores[1].get_access_key(&key.id).unwrap().budget_usage.unwrap();
+    assert_eq!((usage.tokens, usage.reserved_tokens), (0, 100));
+    let c = stores[1].changes(v0).unwrap();
+    let n = (THREADS * EACH) as u64;
+    // One version per key.
+    assert_eq!(c.version, v0 + n);
+    assert_eq!(c.digests.len(), THREADS * EACH);
+    let mut versions = c.digest_versions.clone();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), THREADS * EACH, "each key has a version of its own");
+
+    // Settling from both stores at once: every reserved token becomes spent.
+    let reservations = reservations.into_inner().unwrap();
+    std::thread::scope(|s| {
+        for (t, chunk) in reservations.chunks(20).enumerate() {
+            let store = stores[t % stores.len()].clone();
+            let key = &key.id;
+            s.spawn(move || {
+                for (req, rsv) in chunk {
+                    let mut rec = record(req, key, 0, Some(rsv), 1);
+                    (rec.output_tokens, rec.cached_tokens) = (0, 0);
+                    assert_eq!(store.ingest_usage(&[rec.clone()]).unwrap(), 1);
+                    // A duplicate (a retried report) changes nothing.
+                    assert_eq!(store.ingest_usage(&[rec]).unwrap(), 0);
+                }
+            });
+        }
+    });
+    let usage = stores[0].get_access_key(&key.id).unwrap().budget_usage.unwrap();
+    assert_eq!((usage.tokens, usage.reserved_tokens), (100, 0));
+    assert!(!reserve(&*stores[1], "one-more", &key.id, 1).ok);
+
+    // Credits: every grant counts, and only the first one (which enables
+    // credits) changes lookup answers.
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let store = stores[t % stores.len()].clone();
+            s.spawn(move || (0..EACH).for_each(|_| assert!(store.add_credits(1).unwrap().enabled)));
+        }
+    });
+    let credits = stores[1].get_credits().unwrap();
+    assert!(credits.enabled);
+    assert_eq!((credits.balance_usd * 1e6).round() as usize, THREADS * EACH);
+    assert_eq!(stores[0].changes(0).unwrap().version, v0 + n + 1);
+}
