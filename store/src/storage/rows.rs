@@ -10,6 +10,7 @@ use crate::model::{
     AccessKey, AccessKeyConfiguration, BudgetSpec, ConfigRef, PriceEntry, Provider, ProviderKey, SummaryRow, UsageItem,
 };
 use crate::policy::budget::{self, config_scope, key_scope, BudgetRow};
+use crate::policy::credits::CreditState;
 use crate::policy::ledger::{Ledger, Reservation, Uncharged};
 use crate::pricing::{micros_to_usd, Price};
 use crate::storage::PageRequest;
@@ -74,6 +75,24 @@ pub(crate) fn json_change<T: serde::Serialize>(
 /// The SQL `LIMIT` of a page: one more than asked, to tell whether a next page exists.
 pub(crate) fn limit_i64(page: &PageRequest) -> i64 {
     i64::try_from(page.limit).unwrap_or(100).saturating_add(1)
+}
+
+/// The credit state, from the `meta` rows that hold it (`meta(key)`).
+pub(crate) fn credit_state<E>(mut meta: impl FnMut(&str) -> Result<i64, E>) -> Result<CreditState, E> {
+    Ok(CreditState {
+        enabled: meta("credits_enabled")? != 0,
+        granted: meta("credits_granted")?,
+        touched: meta("credits_touched")? != 0,
+    })
+}
+
+/// The `meta` rows (key, value) that hold a credit state.
+pub(crate) fn credit_meta(s: &CreditState) -> [(&'static str, i64); 3] {
+    [
+        ("credits_enabled", i64::from(s.enabled)),
+        ("credits_granted", s.granted),
+        ("credits_touched", i64::from(s.touched)),
+    ]
 }
 
 pub(crate) const ACCESS_KEY_COLS: &str =

@@ -78,17 +78,11 @@ impl Ledger for PgLedger<'_, '_> {
     }
 
     fn credit_state(&mut self) -> R<CreditState> {
-        Ok(CreditState {
-            enabled: meta_i64(self.0, "credits_enabled")? != 0,
-            granted: meta_i64(self.0, "credits_granted")?,
-            touched: meta_i64(self.0, "credits_touched")? != 0,
-        })
+        rows::credit_state(|key| meta_i64(self.0, key))
     }
 
     fn put_credit_state(&mut self, state: &CreditState) -> R<()> {
-        set_meta(self.0, "credits_enabled", i64::from(state.enabled))?;
-        set_meta(self.0, "credits_granted", state.granted)?;
-        set_meta(self.0, "credits_touched", i64::from(state.touched))
+        rows::credit_meta(state).iter().try_for_each(|(key, value)| set_meta(self.0, key, *value))
     }
 
     fn prices(&mut self) -> R<Catalog> {

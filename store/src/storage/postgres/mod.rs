@@ -263,7 +263,10 @@ impl PgStore {
                 Ok(out)
             };
             match run() {
-                Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => backoff(attempt),
+                Err(e) if e.is_retryable() && attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(attempt, "a concurrent transaction got in the way; running the write again");
+                    backoff(attempt);
+                }
                 done => return Ok(done?),
             }
         }

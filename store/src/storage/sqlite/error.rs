@@ -6,16 +6,16 @@ use crate::crypto::CryptoError;
 use crate::error::StoreError;
 
 #[derive(Debug)]
-pub(super) enum DbError {
+pub(crate) enum DbError {
     Sql(rusqlite::Error),
     Store(StoreError),
 }
 
 /// Results inside the backend.
-pub(super) type R<T> = Result<T, DbError>;
+pub(crate) type R<T> = Result<T, DbError>;
 
 /// A database error as the store reports it.
-pub(super) fn db(e: rusqlite::Error) -> StoreError {
+fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Internal(format!("sqlite: {e}"))
 }
 

@@ -4,17 +4,14 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::error::{DbError, R};
+use super::{all, first};
 use crate::model::BudgetSpec;
 use crate::policy::budget::{BudgetRef, BudgetRow};
 use crate::policy::credits::CreditState;
 use crate::policy::ledger::{Catalog, KeyBudgets, Ledger, Reservation, Uncharged, UsageRow};
-use crate::pricing::Price;
+use crate::storage::rows::{self, json_opt};
 
 pub(super) struct SqlLedger<'a, 'c>(pub(super) &'a Transaction<'c>);
-
-fn json_budget(s: Option<String>) -> R<Option<BudgetSpec>> {
-    s.map(|s| serde_json::from_str(&s)).transpose().map_err(DbError::from)
-}
 
 fn meta_i64(tx: &Transaction<'_>, key: &str) -> R<i64> {
     Ok(tx
@@ -36,34 +33,6 @@ pub(super) fn forget_scope(tx: &Transaction<'_>, scope: &str) -> R<()> {
     Ok(())
 }
 
-const RESERVATION_COLS: &str =
-    "id, request_id, access_key_id, tokens, micros, budgets_json, created_ms, expires_ms, released, settled_ms
-     FROM reservations";
-
-fn reservation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Reservation, String)> {
-    let holds: String = r.get(5)?;
-    Ok((
-        Reservation {
-            id: r.get(0)?,
-            request_id: r.get(1)?,
-            access_key_id: r.get(2)?,
-            tokens: r.get(3)?,
-            micros: r.get(4)?,
-            holds: Vec::new(),
-            created_ms: r.get(6)?,
-            expires_ms: r.get(7)?,
-            released: r.get(8)?,
-            settled_ms: r.get(9)?,
-        },
-        holds,
-    ))
-}
-
-fn with_holds((mut r, holds): (Reservation, String)) -> R<Reservation> {
-    r.holds = serde_json::from_str(&holds)?;
-    Ok(r)
-}
-
 impl SqlLedger<'_, '_> {
     /// Runs one cached statement.
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> R<()> {
@@ -76,22 +45,8 @@ impl Ledger for SqlLedger<'_, '_> {
     type Error = DbError;
 
     fn budget_row(&mut self, at: &BudgetRef) -> R<BudgetRow> {
-        Ok(self
-            .0
-            .prepare_cached(
-                "SELECT spent_tokens, spent_micros, reserved_tokens, reserved_micros FROM budget_state
-                 WHERE scope = ?1 AND win = ?2 AND window_start = ?3",
-            )?
-            .query_row(params![at.scope, at.win, at.start], |row| {
-                Ok(BudgetRow {
-                    spent_tokens: row.get(0)?,
-                    spent_micros: row.get(1)?,
-                    reserved_tokens: row.get(2)?,
-                    reserved_micros: row.get(3)?,
-                })
-            })
-            .optional()?
-            .unwrap_or_default())
+        let sql = format!("SELECT {} WHERE scope = ?1 AND win = ?2 AND window_start = ?3", rows::BUDGET_ROW_COLS);
+        Ok(first(self.0, &sql, params![at.scope, at.win, at.start], |r| rows::budget_row(r))?.unwrap_or_default())
     }
 
     fn put_budget_row(&mut self, at: &BudgetRef, row: &BudgetRow) -> R<()> {
@@ -116,26 +71,15 @@ impl Ledger for SqlLedger<'_, '_> {
     }
 
     fn credit_state(&mut self) -> R<CreditState> {
-        Ok(CreditState {
-            enabled: meta_i64(self.0, "credits_enabled")? != 0,
-            granted: meta_i64(self.0, "credits_granted")?,
-            touched: meta_i64(self.0, "credits_touched")? != 0,
-        })
+        rows::credit_state(|key| meta_i64(self.0, key))
     }
 
     fn put_credit_state(&mut self, state: &CreditState) -> R<()> {
-        set_meta(self.0, "credits_enabled", i64::from(state.enabled))?;
-        set_meta(self.0, "credits_granted", state.granted)?;
-        set_meta(self.0, "credits_touched", i64::from(state.touched))
+        rows::credit_meta(state).iter().try_for_each(|(key, value)| set_meta(self.0, key, *value))
     }
 
     fn prices(&mut self) -> R<Catalog> {
-        let mut stmt =
-            self.0.prepare_cached("SELECT provider, model, input_micros, output_micros, cached_micros FROM prices")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, Price { input: r.get(2)?, output: r.get(3)?, cached: r.get(4)? }))
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        all(self.0, &format!("SELECT {}", rows::PRICE_COLS), [], |r| rows::catalog_entry(r))
     }
 
     fn key_budgets(&mut self, access_key_id: &str) -> R<Option<KeyBudgets>> {
@@ -144,7 +88,7 @@ impl Ledger for SqlLedger<'_, '_> {
             .prepare_cached("SELECT config_id, budget_json FROM access_keys WHERE id = ?1")?
             .query_row(params![access_key_id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        key.map(|(config_id, budget)| Ok(KeyBudgets { config_id, budget: json_budget(budget)? })).transpose()
+        key.map(|(config_id, budget)| Ok(KeyBudgets { config_id, budget: json_opt(budget)? })).transpose()
     }
 
     fn config_budget(&mut self, config_id: &str) -> R<Option<BudgetSpec>> {
@@ -154,7 +98,7 @@ impl Ledger for SqlLedger<'_, '_> {
             .query_row(params![config_id], |r| r.get(0))
             .optional()?
             .flatten();
-        json_budget(budget)
+        Ok(json_opt(budget)?)
     }
 
     fn insert_reservation(&mut self, r: &Reservation) -> R<()> {
@@ -180,19 +124,14 @@ impl Ledger for SqlLedger<'_, '_> {
     }
 
     fn reservation(&mut self, id: &str) -> R<Option<Reservation>> {
-        self.0
-            .prepare_cached(&format!("SELECT {RESERVATION_COLS} WHERE id = ?1"))?
-            .query_row(params![id], reservation_row)
-            .optional()?
-            .map(with_holds)
-            .transpose()
+        first(self.0, &format!("SELECT {} WHERE id = ?1", rows::RESERVATION_COLS), params![id], |r| {
+            rows::reservation(r)
+        })
     }
 
     fn expired_reservations(&mut self, now_ms: i64) -> R<Vec<Reservation>> {
-        let mut stmt =
-            self.0.prepare_cached(&format!("SELECT {RESERVATION_COLS} WHERE released = 0 AND expires_ms <= ?1"))?;
-        let rows = stmt.query_map(params![now_ms], reservation_row)?.collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter().map(with_holds).collect()
+        let sql = format!("SELECT {} WHERE released = 0 AND expires_ms <= ?1", rows::RESERVATION_COLS);
+        all(self.0, &sql, params![now_ms], |r| rows::reservation(r))
     }
 
     fn mark_released(&mut self, id: &str) -> R<()> {
@@ -253,19 +192,8 @@ impl Ledger for SqlLedger<'_, '_> {
     }
 
     fn uncharged_usage(&mut self, request_id: &str) -> R<Vec<Uncharged>> {
-        let mut stmt = self.0.prepare_cached(
-            "SELECT input_tokens, output_tokens, cached_tokens, cost_micros FROM usage
-             WHERE request_id = ?1 AND charged = 0",
-        )?;
-        let rows = stmt.query_map(params![request_id], |r| {
-            Ok(Uncharged {
-                input_tokens: r.get(0)?,
-                output_tokens: r.get(1)?,
-                cached_tokens: r.get(2)?,
-                cost_micros: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        let sql = format!("SELECT {} WHERE request_id = ?1 AND charged = 0", rows::UNCHARGED_COLS);
+        all(self.0, &sql, params![request_id], |r| rows::uncharged(r))
     }
 
     fn mark_charged(&mut self, request_id: &str) -> R<()> {

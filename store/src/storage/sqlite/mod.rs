@@ -10,18 +10,18 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use keygate_proto::lookup::{
-    AuthStyle, Changes, Format, KeyInfo, KeyStatus, Lookup, ReserveRequest, ReserveResponse, UsageRecord, SCHEMA,
-};
+use keygate_proto::lookup::{Changes, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-mod error;
+pub(crate) mod error;
 mod ledger;
 mod reports;
 mod schema;
 
-use self::error::{db, DbError, R};
+use self::error::{DbError, R};
 use self::ledger::{forget_scope, SqlLedger};
+use super::lookup::{self as lookup_doc, ConfigHit, KeyHit, LookupSource};
+use super::rows::{self, auth_str, format_str, json_change, json_opt, limit_i64, to_json_opt, Cells};
 use super::update::Assignments;
 pub use super::Options;
 use super::{
@@ -31,14 +31,14 @@ use super::{
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
 use crate::error::{StoreError, StoreResult};
-use crate::ids::{new_id, now_ms, now_secs, rfc3339_ms, rfc3339_secs};
+use crate::ids::{new_id, now_ms, now_secs};
 use crate::model::{
-    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, BudgetSpec, ConfigRef, Credits, PriceEntry, Provider,
-    ProviderKey, RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
+    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, Credits, PriceEntry, Provider, ProviderKey,
+    RouterSpec, SummaryRow, UsageItem,
 };
-use crate::plan::{self, KeyRow, ProviderRow};
-use crate::policy::budget::{self, config_scope, key_scope};
-use crate::policy::key_status::{self, KeyFacts};
+use crate::plan::{KeyRow, ProviderRow};
+use crate::policy::budget::{config_scope, key_scope};
+use crate::policy::key_status;
 use crate::policy::ledger::Ledger;
 use crate::policy::references::{self as refs, not_found, ConfigSpecs, Resource};
 use crate::policy::{changes, credits, reservation};
@@ -65,43 +65,6 @@ impl std::fmt::Debug for SqliteStore {
 
 fn lock(m: &Mutex<Connection>) -> StoreResult<MutexGuard<'_, Connection>> {
     m.lock().map_err(|_| StoreError::Internal("database mutex poisoned".into()))
-}
-
-fn format_str(f: Format) -> &'static str {
-    match f {
-        Format::Openai => "openai",
-        Format::Anthropic => "anthropic",
-    }
-}
-
-fn auth_str(a: AuthStyle) -> &'static str {
-    match a {
-        AuthStyle::Bearer => "bearer",
-        AuthStyle::XApiKey => "x-api-key",
-        AuthStyle::XGoogApiKey => "x-goog-api-key",
-        AuthStyle::ApiKey => "api-key",
-    }
-}
-
-fn parse_enum<T: serde::de::DeserializeOwned>(s: String) -> R<T> {
-    Ok(serde_json::from_value(serde_json::Value::String(s))?)
-}
-
-fn json_opt<T: serde::de::DeserializeOwned>(s: Option<String>) -> R<Option<T>> {
-    s.map(|s| serde_json::from_str(&s)).transpose().map_err(DbError::from)
-}
-
-fn to_json_opt<T: serde::Serialize>(v: Option<&T>) -> R<Option<String>> {
-    v.map(serde_json::to_string).transpose().map_err(DbError::from)
-}
-
-/// A PATCH of a JSON column: absent stays, `null` clears, a value is stored as JSON.
-fn json_change<T: serde::Serialize>(change: &Option<Option<T>>) -> R<Option<Option<String>>> {
-    change.as_ref().map(|v| to_json_opt(v.as_ref())).transpose()
-}
-
-fn limit_i64(page: &PageRequest) -> i64 {
-    i64::try_from(page.limit).unwrap_or(100).saturating_add(1)
 }
 
 fn configure(conn: &Connection) -> R<()> {
@@ -236,190 +199,82 @@ fn bump(tx: &Transaction<'_>, digests: &[Option<String>], limit: i64) -> R<i64> 
     }
     let (min, max): (Option<i64>, Option<i64>) =
         tx.query_row("SELECT MIN(seq), MAX(seq) FROM change_log", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    if let (Some(min), Some(max)) = (min, max) {
-        if max - min + 1 > limit {
-            let cut = max - limit;
-            let trimmed: Option<i64> =
-                tx.query_row("SELECT MAX(version) FROM change_log WHERE seq <= ?1", params![cut], |r| r.get(0))?;
-            tx.execute("DELETE FROM change_log WHERE seq <= ?1", params![cut])?;
-            if let Some(t) = trimmed {
-                tx.execute("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'trimmed_through'", params![t])?;
-            }
+    if let Some(cut) = changes::trim_through(min, max, limit) {
+        let trimmed: Option<i64> =
+            tx.query_row("SELECT MAX(version) FROM change_log WHERE seq <= ?1", params![cut], |r| r.get(0))?;
+        tx.execute("DELETE FROM change_log WHERE seq <= ?1", params![cut])?;
+        if let Some(t) = trimmed {
+            tx.execute("UPDATE meta SET value = MAX(value, ?1) WHERE key = 'trimmed_through'", params![t])?;
         }
     }
     Ok(version)
 }
 
-// ------------------------------------------------------------ row mapping
+// ------------------------------------------------------------ rows
 
-const ACCESS_KEY_COLS: &str = "a.id, a.name, a.description, a.metadata, a.created_ms, a.updated_ms, a.redacted,
-     a.config_id, c.name, a.expires_at, a.disabled, a.budget_json, a.last_used_ms
-     FROM access_keys a LEFT JOIN configs c ON c.id = a.config_id";
-
-/// A JSON column that does not parse is a conversion failure of that column.
-fn json_col<T: serde::de::DeserializeOwned>(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<T>> {
-    let s: Option<String> = r.get(idx)?;
-    s.map(|s| serde_json::from_str(&s))
-        .transpose()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
-}
-
-fn access_key_row(r: &Row<'_>) -> rusqlite::Result<AccessKey> {
-    let config_id: Option<String> = r.get(7)?;
-    let config_name: Option<String> = r.get(8)?;
-    Ok(AccessKey {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        description: r.get(2)?,
-        metadata: r.get(3)?,
-        created_at: rfc3339_ms(r.get(4)?),
-        updated_at: rfc3339_ms(r.get(5)?),
-        last_used: r.get::<_, Option<i64>>(12)?.map(rfc3339_ms),
-        key_redacted: r.get(6)?,
-        access_key_configuration: config_id.map(|id| ConfigRef { id, name: config_name.unwrap_or_default() }),
-        expires_at: r.get::<_, Option<i64>>(9)?.map(rfc3339_secs),
-        disabled: r.get(10)?,
-        budget: json_col(r, 11)?,
-        budget_usage: None,
-        token: None,
-    })
-}
-
-/// Fills `budgetUsage` of an access key read from the database.
-fn with_key_usage(tx: &Transaction<'_>, mut key: AccessKey) -> R<AccessKey> {
-    if let Some(b) = &key.budget {
-        key.budget_usage = Some(budget::usage(&mut SqlLedger(tx), &key_scope(&key.id), b, now_ms())?);
+impl Cells for Row<'_> {
+    type Error = DbError;
+    fn text(&self, i: usize) -> R<String> {
+        Ok(self.get(i)?)
     }
-    Ok(key)
+    fn opt_text(&self, i: usize) -> R<Option<String>> {
+        Ok(self.get(i)?)
+    }
+    fn int(&self, i: usize) -> R<i64> {
+        Ok(self.get(i)?)
+    }
+    fn opt_int(&self, i: usize) -> R<Option<i64>> {
+        Ok(self.get(i)?)
+    }
+    fn flag(&self, i: usize) -> R<bool> {
+        Ok(self.get(i)?)
+    }
 }
 
-const PROVIDER_KEY_COLS: &str =
-    "id, provider_id, name, description, metadata, managed, redacted, created_ms, updated_ms, last_used_ms FROM provider_keys";
-
-fn provider_key_row(r: &Row<'_>) -> rusqlite::Result<ProviderKey> {
-    Ok(ProviderKey {
-        id: r.get(0)?,
-        provider_id: r.get(1)?,
-        name: r.get(2)?,
-        description: r.get(3)?,
-        metadata: r.get(4)?,
-        managed: r.get(5)?,
-        key_redacted: r.get(6)?,
-        created_at: rfc3339_ms(r.get(7)?),
-        updated_at: rfc3339_ms(r.get(8)?),
-        last_used: r.get::<_, Option<i64>>(9)?.map(rfc3339_ms),
-    })
+/// The rows of a cached statement, each mapped by `map`.
+fn all<T>(tx: &Transaction<'_>, sql: &str, params: impl rusqlite::Params, map: impl Fn(&Row<'_>) -> R<T>) -> R<Vec<T>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(map(r)?);
+    }
+    Ok(out)
 }
 
-const CONFIG_COLS: &str = "id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
-     rate_limits_json, budget_json FROM configs";
-
-struct ConfigRaw {
-    id: String,
-    name: String,
-    description: String,
-    metadata: String,
-    access: Option<String>,
-    router: Option<String>,
-    created: i64,
-    updated: i64,
-    rate_limits: Option<String>,
-    budget: Option<String>,
-}
-
-fn config_raw(r: &Row<'_>) -> rusqlite::Result<ConfigRaw> {
-    Ok(ConfigRaw {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        description: r.get(2)?,
-        metadata: r.get(3)?,
-        access: r.get(4)?,
-        router: r.get(5)?,
-        created: r.get(6)?,
-        updated: r.get(7)?,
-        rate_limits: r.get(8)?,
-        budget: r.get(9)?,
-    })
-}
-
-fn config_from_raw(tx: &Transaction<'_>, raw: ConfigRaw) -> R<AccessKeyConfiguration> {
-    let budget: Option<BudgetSpec> = json_opt(raw.budget)?;
-    let budget_usage = match &budget {
-        Some(b) => Some(budget::usage(&mut SqlLedger(tx), &config_scope(&raw.id), b, now_ms())?),
-        None => None,
-    };
-    Ok(AccessKeyConfiguration {
-        id: raw.id,
-        name: raw.name,
-        description: raw.description,
-        metadata: raw.metadata,
-        access: json_opt(raw.access)?,
-        router: json_opt(raw.router)?,
-        rate_limits: json_opt(raw.rate_limits)?,
-        budget,
-        budget_usage,
-        created_at: rfc3339_ms(raw.created),
-        updated_at: rfc3339_ms(raw.updated),
-    })
-}
-
-const PROVIDER_COLS: &str =
-    "id, name, base_url, format, auth, models_json, built_in, created_ms, updated_ms FROM providers";
-
-type ProviderRaw = (String, String, String, String, String, String, bool, i64, i64);
-
-fn provider_raw(r: &Row<'_>) -> rusqlite::Result<ProviderRaw> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
-}
-
-fn provider_from_raw(raw: ProviderRaw) -> R<Provider> {
-    let (id, name, base_url, format, auth, models, built_in, created, updated) = raw;
-    Ok(Provider {
-        id,
-        name,
-        base_url,
-        format: parse_enum(format)?,
-        auth: parse_enum(auth)?,
-        models: serde_json::from_str(&models)?,
-        built_in,
-        created_at: rfc3339_ms(created),
-        updated_at: rfc3339_ms(updated),
-    })
+/// The first row of a cached statement, if there is one, mapped by `map`.
+fn first<T>(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&Row<'_>) -> R<T>,
+) -> R<Option<T>> {
+    let mut stmt = tx.prepare_cached(sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(map).transpose()
 }
 
 fn get_access_key(tx: &Transaction<'_>, id: &str) -> R<AccessKey> {
-    let key = tx
-        .prepare_cached(&format!("SELECT {ACCESS_KEY_COLS} WHERE a.id = ?1"))?
-        .query_row(params![id], access_key_row)
-        .optional()?
-        .ok_or_else(|| not_found(Resource::AccessKey, id))?;
-    with_key_usage(tx, key)
+    let sql = format!("SELECT {} WHERE a.id = ?1", rows::ACCESS_KEY_COLS);
+    let key =
+        first(tx, &sql, params![id], |r| rows::access_key(r))?.ok_or_else(|| not_found(Resource::AccessKey, id))?;
+    rows::with_key_usage(&mut SqlLedger(tx), key, now_ms())
 }
 
 fn get_provider_key(tx: &Transaction<'_>, id: &str) -> R<ProviderKey> {
-    Ok(tx
-        .prepare_cached(&format!("SELECT {PROVIDER_KEY_COLS} WHERE id = ?1"))?
-        .query_row(params![id], provider_key_row)
-        .optional()?
-        .ok_or_else(|| not_found(Resource::ProviderKey, id))?)
+    let sql = format!("SELECT {} WHERE id = ?1", rows::PROVIDER_KEY_COLS);
+    Ok(first(tx, &sql, params![id], |r| rows::provider_key(r))?.ok_or_else(|| not_found(Resource::ProviderKey, id))?)
 }
 
 fn get_config(tx: &Transaction<'_>, id: &str) -> R<AccessKeyConfiguration> {
-    let raw = tx
-        .prepare_cached(&format!("SELECT {CONFIG_COLS} WHERE id = ?1"))?
-        .query_row(params![id], config_raw)
-        .optional()?
-        .ok_or_else(|| not_found(Resource::Config, id))?;
-    config_from_raw(tx, raw)
+    let sql = format!("SELECT {} WHERE id = ?1", rows::CONFIG_COLS);
+    let c = first(tx, &sql, params![id], |r| rows::config(r))?.ok_or_else(|| not_found(Resource::Config, id))?;
+    rows::with_config_usage(&mut SqlLedger(tx), c, now_ms())
 }
 
 fn get_provider(tx: &Transaction<'_>, id: &str) -> R<Provider> {
-    let raw = tx
-        .prepare_cached(&format!("SELECT {PROVIDER_COLS} WHERE id = ?1"))?
-        .query_row(params![id], provider_raw)
-        .optional()?
-        .ok_or_else(|| not_found(Resource::Provider, id))?;
-    provider_from_raw(raw)
+    let sql = format!("SELECT {} WHERE id = ?1", rows::PROVIDER_COLS);
+    Ok(first(tx, &sql, params![id], |r| rows::provider(r))?.ok_or_else(|| not_found(Resource::Provider, id))?)
 }
 
 fn exists(tx: &Transaction<'_>, sql: &str, id: &str) -> R<bool> {
@@ -489,6 +344,48 @@ fn check_config_id(tx: &Transaction<'_>, id: &str) -> R<()> {
     Ok(refs::require_config(id, exists(tx, "SELECT 1 FROM configs WHERE id = ?1", id)?)?)
 }
 
+/// The rows of a lookup, read in one transaction.
+struct SqlLookup<'a, 'c>(&'a Transaction<'c>);
+
+impl LookupSource for SqlLookup<'_, '_> {
+    type Error = DbError;
+
+    fn version(&mut self) -> R<i64> {
+        current_version(self.0)
+    }
+
+    fn key(&mut self, digest: &str, grace: bool) -> R<Option<KeyHit>> {
+        let column = if grace { "prev_digest" } else { "digest" };
+        let sql = format!("SELECT {} WHERE {column} = ?1", lookup_doc::KEY_HIT_COLS);
+        first(self.0, &sql, params![digest], |r| lookup_doc::key_hit(r))
+    }
+
+    fn config(&mut self, id: &str) -> R<ConfigHit> {
+        let sql = format!("SELECT {} WHERE id = ?1", lookup_doc::CONFIG_HIT_COLS);
+        Ok(first(self.0, &sql, params![id], |r| lookup_doc::config_hit(r))?.unwrap_or_default())
+    }
+
+    fn credits_enabled(&mut self) -> R<bool> {
+        Ok(SqlLedger(self.0).credit_state()?.enabled)
+    }
+
+    fn providers(&mut self) -> R<Vec<ProviderRow>> {
+        all(self.0, lookup_doc::PROVIDER_ROWS_SQL, [], |r| lookup_doc::provider_row(r))
+    }
+
+    fn provider_keys(&mut self) -> R<Vec<KeyRow>> {
+        all(self.0, lookup_doc::KEY_ROWS_SQL, [], |r| lookup_doc::key_row(r))
+    }
+
+    fn secret(&mut self, key_id: &str) -> R<Option<Vec<u8>>> {
+        Ok(self
+            .0
+            .prepare_cached("SELECT secret FROM provider_keys WHERE id = ?1")?
+            .query_row(params![key_id], |r| r.get(0))
+            .optional()?)
+    }
+}
+
 impl Store for SqliteStore {
     fn ping(&self) -> StoreResult<()> {
         self.read_gateway(|tx| current_version(tx).map(|_| ()))
@@ -515,12 +412,11 @@ impl Store for SqliteStore {
 
     fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {ACCESS_KEY_COLS} WHERE (?1 IS NULL OR a.id < ?1) ORDER BY a.id DESC LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![page.before_id, limit_i64(page)], access_key_row)?;
-            let keys = rows.collect::<Result<Vec<_>, _>>()?;
-            keys.into_iter().map(|k| with_key_usage(tx, k)).collect()
+            let sql =
+                format!("SELECT {} WHERE (?1 IS NULL OR a.id < ?1) ORDER BY a.id DESC LIMIT ?2", rows::ACCESS_KEY_COLS);
+            let keys = all(tx, &sql, params![page.before_id, limit_i64(page)], |r| rows::access_key(r))?;
+            let now = now_ms();
+            keys.into_iter().map(|k| rows::with_key_usage(&mut SqlLedger(tx), k, now)).collect()
         })
     }
 
@@ -596,11 +492,9 @@ impl Store for SqliteStore {
 
     fn list_provider_keys(&self, page: &PageRequest) -> StoreResult<Vec<ProviderKey>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {PROVIDER_KEY_COLS} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let rows = stmt.query_map(params![page.before_id, limit_i64(page)], provider_key_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let sql =
+                format!("SELECT {} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2", rows::PROVIDER_KEY_COLS);
+            all(tx, &sql, params![page.before_id, limit_i64(page)], |r| rows::provider_key(r))
         })
     }
 
@@ -678,12 +572,10 @@ impl Store for SqliteStore {
 
     fn list_configs(&self, page: &PageRequest) -> StoreResult<Vec<AccessKeyConfiguration>> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT {CONFIG_COLS} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2"
-            ))?;
-            let raws =
-                stmt.query_map(params![page.before_id, limit_i64(page)], config_raw)?.collect::<Result<Vec<_>, _>>()?;
-            raws.into_iter().map(|r| config_from_raw(tx, r)).collect()
+            let sql = format!("SELECT {} WHERE (?1 IS NULL OR id < ?1) ORDER BY id DESC LIMIT ?2", rows::CONFIG_COLS);
+            let configs = all(tx, &sql, params![page.before_id, limit_i64(page)], |r| rows::config(r))?;
+            let now = now_ms();
+            configs.into_iter().map(|c| rows::with_config_usage(&mut SqlLedger(tx), c, now)).collect()
         })
     }
 
@@ -754,11 +646,7 @@ impl Store for SqliteStore {
     }
 
     fn list_providers(&self) -> StoreResult<Vec<Provider>> {
-        self.read(|tx| {
-            let mut stmt = tx.prepare_cached(&format!("SELECT {PROVIDER_COLS} ORDER BY seq"))?;
-            let raws = stmt.query_map([], provider_raw)?.collect::<Result<Vec<_>, _>>()?;
-            raws.into_iter().map(provider_from_raw).collect()
-        })
+        self.read(|tx| all(tx, &format!("SELECT {} ORDER BY seq", rows::PROVIDER_COLS), [], |r| rows::provider(r)))
     }
 
     fn get_provider(&self, id: &str) -> StoreResult<Provider> {
@@ -797,108 +685,7 @@ impl Store for SqliteStore {
     // -------------------------------------------------------- gateway
 
     fn lookup(&self, digest: &str) -> StoreResult<Lookup> {
-        self.read_gateway(|tx| {
-            let version = u64::try_from(current_version(tx)?).unwrap_or(0);
-            let mut doc = Lookup {
-                schema: SCHEMA,
-                version,
-                status: KeyStatus::Unknown,
-                key: None,
-                access: None,
-                providers: Default::default(),
-                limits: None,
-                budgeted: false,
-            };
-            type KeyHit = (String, Option<String>, Option<i64>, bool, Option<i64>, Option<String>);
-            let map = |r: &Row<'_>| -> rusqlite::Result<KeyHit> {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-            };
-            let current = tx
-                .prepare_cached(
-                    "SELECT id, config_id, expires_at, disabled, NULL, budget_json FROM access_keys WHERE digest = ?1",
-                )?
-                .query_row(params![digest], map)
-                .optional()?;
-            let hit = match current {
-                Some(h) => Some((h, false)),
-                None => tx
-                    .prepare_cached(
-                        "SELECT id, config_id, expires_at, disabled, prev_until, budget_json FROM access_keys WHERE prev_digest = ?1",
-                    )?
-                    .query_row(params![digest], map)
-                    .optional()?
-                    .map(|h| (h, true)),
-            };
-            let Some(((id, config_id, expires_at, disabled, prev_until, key_budget), is_prev)) = hit else {
-                return Ok(doc);
-            };
-            let facts = KeyFacts {
-                expires_at,
-                disabled,
-                grace_until: if is_prev { Some(prev_until.unwrap_or(0)) } else { None },
-            };
-            doc.status = facts.status(now_secs());
-            doc.key = Some(KeyInfo { id, config_id: config_id.clone(), valid_until: facts.valid_until() });
-            if doc.status != KeyStatus::Active {
-                return Ok(doc);
-            }
-            type ConfigHit = (Option<String>, Option<String>, Option<String>, Option<String>);
-            let (a, r, limits, config_budget): ConfigHit = match &config_id {
-                Some(c) => tx
-                    .prepare_cached(
-                        "SELECT access_json, router_json, rate_limits_json, budget_json FROM configs WHERE id = ?1",
-                    )?
-                    .query_row(params![c], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?,
-                None => (None, None, None, None),
-            };
-            let (access, router): (Option<AccessSpec>, Option<RouterSpec>) = (json_opt(a)?, json_opt(r)?);
-            doc.limits = key_status::limits(json_opt::<RateLimitsSpec>(limits)?);
-            doc.budgeted =
-                budget::budgeted(key_budget.is_some(), config_budget.is_some(), SqlLedger(tx).credit_state()?.enabled);
-            let providers = {
-                let mut stmt =
-                    tx.prepare_cached("SELECT id, format, auth, base_url, models_json FROM providers ORDER BY seq")?;
-                let raws = stmt
-                    .query_map([], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
-                raws.into_iter()
-                    .map(|(id, format, auth, base_url, models)| {
-                        Ok(ProviderRow {
-                            id,
-                            format: parse_enum(format)?,
-                            auth: parse_enum(auth)?,
-                            base_url,
-                            models: serde_json::from_str(&models)?,
-                        })
-                    })
-                    .collect::<R<Vec<_>>>()?
-            };
-            let keys = {
-                let mut stmt = tx.prepare_cached("SELECT id, provider_id, managed FROM provider_keys ORDER BY id")?;
-                let rows = stmt
-                    .query_map([], |r| Ok(KeyRow { id: r.get(0)?, provider_id: r.get(1)?, managed: r.get(2)? }))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                rows
-            };
-            let mut secret_stmt = tx.prepare_cached("SELECT secret FROM provider_keys WHERE id = ?1")?;
-            let cipher = &self.cipher;
-            doc.providers = std::sync::Arc::new(plan::build(&providers, &keys, access.as_ref(), router.as_ref(), |key_id| {
-                let sealed: Option<Vec<u8>> = secret_stmt.query_row(params![key_id], |r| r.get(0)).optional().map_err(db)?;
-                match sealed {
-                    None => Ok(None),
-                    Some(s) => {
-                        let plain = cipher.decrypt(key_id, &s)?;
-                        String::from_utf8(plain)
-                            .map(Some)
-                            .map_err(|_| StoreError::Internal("provider key value is not UTF-8".into()))
-                    }
-                }
-            })?);
-            doc.access = Some(std::sync::Arc::new(plan::access_of(access.as_ref())));
-            Ok(doc)
-        })
+        self.read_gateway(|tx| lookup_doc::lookup(&mut SqlLookup(tx), digest, &self.cipher, now_secs()))
     }
 
     fn changes(&self, since: u64) -> StoreResult<Changes> {
@@ -907,16 +694,11 @@ impl Store for SqliteStore {
             let trimmed: i64 = tx
                 .prepare_cached("SELECT value FROM meta WHERE key = 'trimmed_through'")?
                 .query_row([], |r| r.get(0))?;
-            if let Some(answer) = changes::without_log(version, since, trimmed) {
-                return Ok(answer);
-            }
-            let since = i64::try_from(since).unwrap_or(i64::MAX);
-            let mut stmt =
-                tx.prepare_cached("SELECT version, digest FROM change_log WHERE version > ?1 ORDER BY seq")?;
-            let entries = stmt
-                .query_map(params![since], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(changes::from_log(version, entries))
+            changes::answer(version, since, trimmed, |since| {
+                all(tx, "SELECT version, digest FROM change_log WHERE version > ?1 ORDER BY seq", params![since], |r| {
+                    Ok((r.int(0)?, r.opt_text(1)?))
+                })
+            })
         })
     }
 
