@@ -158,6 +158,38 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// `POST /v1/lease`: a share of an access key's rate-limit window for one
+/// Envoy. The store counts what it has granted per key and window for the
+/// whole fleet and never grants past the key's limits, so the fleet never
+/// admits more than the limit; what an Envoy leased but did not use is the
+/// most the fleet can under-admit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRequest {
+    pub access_key_id: String,
+    /// The window length (the filter's `rateLimitWindowMs`); windows are
+    /// aligned to the store's clock: `start = now - now % windowMs`.
+    pub window_ms: u64,
+    /// What the Envoy asks for: requests and tokens (0: that dimension has
+    /// no limit, or none is needed).
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseResponse {
+    pub window_start_ms: u64,
+    /// Milliseconds until the window ends (by the store's clock).
+    pub reset_ms: u64,
+    /// What was granted (at most what was asked, and what is left).
+    pub requests: u64,
+    pub tokens: u64,
+    /// What is left for the fleet in this window after this grant.
+    pub remaining_requests: u64,
+    pub remaining_tokens: u64,
+}
+
 /// `POST /v1/reserve`: hold an estimate against every budget that applies
 /// before the request goes upstream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

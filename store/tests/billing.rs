@@ -579,7 +579,8 @@ async fn a_database_from_before_budgets_is_migrated() {
     let (id, _) = key(&h, json!({"name": "k", "budget": {"tokens": 10}})).await;
     assert_eq!(reserve(&h, "r", &id, Some("gpt-4o"), 1, 1).await["ok"], true);
     assert!(h.ok("GET", "/prices", None).await["prices"].as_array().unwrap().len() > 10);
-    // It is marked as schema version 1, and nothing is left to apply.
+    // It is marked as schema version 1 (and takes the later ones), and
+    // nothing is left to apply.
     let conn = rusqlite::Connection::open(h.db_path()).unwrap();
     let versions: Vec<i64> = conn
         .prepare("SELECT version FROM schema_migrations")
@@ -588,6 +589,6 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1]);
+    assert_eq!(versions, vec![1, 2]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }

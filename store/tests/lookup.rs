@@ -52,7 +52,7 @@ async fn unknown_and_malformed_digests() {
     assert_eq!(stats["lookups"], 5);
     h.gw("/v1/changes?since=0").await;
     let (_, stats) = send(&h.gw, "GET", "/v1/stats", Some(GATEWAY), None).await;
-    assert_eq!(stats, json!({"lookups": 5, "changes": 1, "reserves": 0, "usageRecords": 0}));
+    assert_eq!(stats, json!({"lookups": 5, "changes": 1, "reserves": 0, "leases": 0, "usageRecords": 0}));
 }
 
 #[tokio::test]
@@ -385,4 +385,32 @@ fn version_and_data_survive_reopen() {
     drop(store);
     // The wrong master key is refused.
     assert!(backend.open(keygate_store::crypto::Cipher::new(&[2u8; 32]), Options::default()).is_err());
+}
+
+/// `POST /v1/lease`: what every Envoy leases of a key's window is counted
+/// for the fleet, and never passes the key's limit.
+#[tokio::test]
+async fn leases_never_pass_the_keys_limit() {
+    let h = harness();
+    let cfg = h
+        .ok("POST", "/access-key-configurations", Some(json!({"name": "rl", "rateLimits": {"requestsPerMinute": 30}})))
+        .await;
+    let key = h.ok("POST", "/access-keys", Some(json!({"name": "k", "accessKeyConfigurationId": cfg["id"]}))).await;
+    let ask = json!({"accessKeyId": key["id"], "windowMs": 60000, "requests": 8, "tokens": 0});
+    let mut granted = 0;
+    for _ in 0..6 {
+        let (s, v) = send(&h.gw, "POST", "/v1/lease", Some(GATEWAY), Some(ask.to_string())).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        granted += v["requests"].as_u64().unwrap();
+        assert!(v["resetMs"].as_u64().unwrap() <= 60_000);
+    }
+    assert_eq!(granted, 30);
+    let (_, v) = send(&h.gw, "POST", "/v1/lease", Some(GATEWAY), Some(ask.to_string())).await;
+    assert_eq!((v["requests"].as_u64(), v["remainingRequests"].as_u64()), (Some(0), Some(0)));
+    // A window outside what the gateway may ask is refused; so is a missing token.
+    let bad = json!({"accessKeyId": key["id"], "windowMs": 10, "requests": 1, "tokens": 0});
+    let (s, v) = send(&h.gw, "POST", "/v1/lease", Some(GATEWAY), Some(bad.to_string())).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_field");
+    let (s, _) = send(&h.gw, "POST", "/v1/lease", None, Some("{}".to_string())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }

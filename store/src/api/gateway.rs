@@ -7,13 +7,16 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
-use keygate_proto::lookup::{Changes, Lookup, RefusedBy, ReserveRequest, ReserveResponse, UsageBatch};
+use keygate_proto::lookup::{
+    Changes, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest, ReserveResponse, UsageBatch,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::extract::ApiJson;
 use super::{run, AppState};
 use crate::error::ApiError;
+use crate::policy::leases;
 
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -56,6 +59,7 @@ pub async fn stats(State(state): State<AppState>) -> Json<Value> {
         "lookups": state.stats.lookups.load(Ordering::Relaxed),
         "changes": state.stats.changes.load(Ordering::Relaxed),
         "reserves": state.stats.reserves.load(Ordering::Relaxed),
+        "leases": state.stats.leases.load(Ordering::Relaxed),
         "usageRecords": state.stats.usage_records.load(Ordering::Relaxed),
     }))
 }
@@ -106,6 +110,23 @@ pub async fn reserve(
             Err(e)
         }
     }
+}
+
+/// `POST /v1/lease`: a share of an access key's rate-limit window for the
+/// Envoy that asks (`policy::leases`).
+pub async fn lease(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<LeaseRequest>,
+) -> Result<Json<LeaseResponse>, ApiError> {
+    check_field("accessKeyId", &req.access_key_id, true)?;
+    if !(leases::MIN_WINDOW_MS..=leases::MAX_WINDOW_MS).contains(&req.window_ms) {
+        return Err(ApiError::invalid(
+            "windowMs",
+            format!("windowMs must be between {} and {}", leases::MIN_WINDOW_MS, leases::MAX_WINDOW_MS),
+        ));
+    }
+    state.stats.leases.fetch_add(1, Ordering::Relaxed);
+    Ok(Json(run(&state, move |s| s.lease(&req)).await?))
 }
 
 /// Most records in one `POST /v1/usage`.

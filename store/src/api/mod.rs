@@ -50,6 +50,8 @@ pub struct Stats {
     pub lookups: AtomicU64,
     pub changes: AtomicU64,
     pub reserves: AtomicU64,
+    /// Rate-limit leases granted or refused (`POST /v1/lease`).
+    pub leases: AtomicU64,
     /// Usage records stored (duplicates not counted).
     pub usage_records: AtomicU64,
     reserve_outcomes: [AtomicU64; 5],
@@ -253,6 +255,7 @@ pub fn gateway_routes() -> Routes {
         .auth(M::Get, "/v1/lookup/{digest}", gateway::lookup)
         .auth(M::Get, "/v1/changes", gateway::changes)
         .auth(M::Post, "/v1/reserve", gateway::reserve)
+        .auth(M::Post, "/v1/lease", gateway::lease)
         .auth_limit(M::Post, "/v1/usage", USAGE_BODY_LIMIT, gateway::usage)
 }
 

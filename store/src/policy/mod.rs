@@ -9,7 +9,7 @@
 //! - **Pure functions over values read in the transaction.** The backend
 //!   reads what a rule needs, asks the rule, and writes (or refuses with)
 //!   what the rule returns: key status and validity ([`key_status`]), rate
-//!   limits and the `budgeted` flag, reference checks and "still in use"
+//!   limits and the `budgeted` flag, rate-limit leases ([`leases`]), reference checks and "still in use"
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
 //!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
@@ -28,6 +28,7 @@ pub mod budget;
 pub mod changes;
 pub mod credits;
 pub mod key_status;
+pub mod leases;
 pub mod ledger;
 pub mod prices;
 pub mod references;

@@ -168,7 +168,9 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
 const IDENTITY_TABLES: &[&str] = &["providers", "usage"];
 
 /// Tables of the source that hold nothing the store needs.
-const NOT_COPIED: &[&str] = &["schema_migrations", "sqlite_sequence"];
+/// Not copied: migration bookkeeping, and the rate-limit leases of windows
+/// that end within minutes (the new database starts its windows afresh).
+const NOT_COPIED: &[&str] = &["schema_migrations", "sqlite_sequence", "rate_leases"];
 
 /// One cell on its way.
 #[derive(Debug)]

@@ -19,7 +19,9 @@ mod update;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keygate_proto::lookup::{AuthStyle, Changes, Format, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
+use keygate_proto::lookup::{
+    AuthStyle, Changes, Format, LeaseRequest, LeaseResponse, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
+};
 
 use crate::crypto::Cipher;
 use crate::error::StoreResult;
@@ -304,6 +306,11 @@ pub trait Store: Send + Sync + 'static {
     /// Checks every budget that applies and, if all can cover the estimate,
     /// holds it in one transaction. Releases expired reservations first.
     fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse>;
+    /// Grants a share of an access key's rate-limit window to one Envoy,
+    /// never past the key's limits (`policy::leases`).
+    fn lease(&self, _req: &LeaseRequest) -> StoreResult<LeaseResponse> {
+        Err(crate::error::StoreError::Internal("rate-limit leases are not available on this backend".into()))
+    }
     /// Stores usage records (duplicates of (requestId, attempt) ignored) and
     /// settles the reservations they quote. Returns how many were new.
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize>;

@@ -31,12 +31,15 @@
 
 use std::time::Duration;
 
-use keygate_proto::lookup::{Changes, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
+use keygate_proto::lookup::{
+    Changes, LeaseRequest, LeaseResponse, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
+};
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{IsolationLevel, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 pub(crate) mod error;
+mod leases;
 mod ledger;
 mod reports;
 mod schema;
@@ -784,6 +787,11 @@ impl Store for PgStore {
 
     fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse> {
         self.write(|tx| reservation::reserve(&mut PgLedger(tx), req, now_ms()))
+    }
+
+    fn lease(&self, req: &LeaseRequest) -> StoreResult<LeaseResponse> {
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        self.write(|tx| leases::lease(tx, req, now))
     }
 
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {

@@ -17,7 +17,8 @@ use crate::storage::rows::Cells;
 /// `pg_advisory_lock` key of the migration lock ("keygate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial schema" }];
+pub(super) const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "initial schema" }, Migration { version: 2, name: "rate-limit leases" }];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -154,6 +155,9 @@ INSERT INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0), ('cr
 "#;
 
 fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
+    if m.version == 2 {
+        tx.batch_execute(super::leases::SCHEMA)?;
+    }
     if m.version == 1 {
         tx.batch_execute(V1)?;
         let now = crate::ids::now_ms();

@@ -10,10 +10,13 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use keygate_proto::lookup::{Changes, Lookup, ReserveRequest, ReserveResponse, UsageRecord};
+use keygate_proto::lookup::{
+    Changes, LeaseRequest, LeaseResponse, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
+};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
 pub(crate) mod error;
+mod leases;
 mod ledger;
 mod reports;
 mod schema;
@@ -706,6 +709,11 @@ impl Store for SqliteStore {
 
     fn reserve(&self, req: &ReserveRequest) -> StoreResult<ReserveResponse> {
         self.write(|tx| reservation::reserve(&mut SqlLedger(tx), req, now_ms()))
+    }
+
+    fn lease(&self, req: &LeaseRequest) -> StoreResult<LeaseResponse> {
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        self.write(|tx| leases::lease(tx, req, now))
     }
 
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {

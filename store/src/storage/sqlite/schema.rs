@@ -14,7 +14,8 @@ use super::error::R;
 use crate::pricing::{usd_to_micros, DEFAULT_PRICES};
 use crate::storage::migrations::{self, Migration};
 
-pub(super) const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "initial schema" }];
+pub(super) const MIGRATIONS: &[Migration] =
+    &[Migration { version: 1, name: "initial schema" }, Migration { version: 2, name: "rate-limit leases" }];
 
 const SCHEMA_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -177,6 +178,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
     for m in &pending {
         if m.version == 1 {
             initial_schema(&tx)?;
+        }
+        if m.version == 2 {
+            tx.execute_batch(super::leases::SCHEMA)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
