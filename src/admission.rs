@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::decide::{decide, RequestFacts};
 use crate::errors::{Code, Denial};
 use crate::failover;
-use crate::ratelimit::{self, Admission, Remaining, Window};
+use crate::ratelimit::{self, Pool, Remaining, Take};
 use crate::records::Served;
 use crate::upstream::credential_header;
 
@@ -36,17 +36,17 @@ pub struct CountersUnavailable;
 
 /// The counters admission reads (shared by every worker of the Envoy).
 pub trait Counters {
-    /// This key's rate window (`Err`: the counters cannot be read).
-    fn rate_window(&self, key_id: &str) -> Result<Option<Window>, CountersUnavailable>;
+    /// This Envoy's lease of the key's rate window (`Err`: unreadable).
+    fn rate_pool(&self, key_id: &str) -> Result<Option<Pool>, CountersUnavailable>;
     /// Until when (ms) a provider credential cools down (0: it does not).
     fn cool_until(&self, credential_id: &str) -> u64;
 }
 
-/// A request counted in its key's rate window: the window to write, and
+/// A request counted in its key's rate window: the pool to write back, and
 /// what the response headers say.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counted {
-    pub window: Window,
+    pub pool: Pool,
     pub limits: Limits,
     pub remaining: Remaining,
     pub estimated: u64,
@@ -90,6 +90,13 @@ impl std::fmt::Debug for Forwarding<'_> {
 #[derive(Debug, PartialEq)]
 pub enum Verdict<'c> {
     Refuse(Denial),
+    /// This Envoy's share of the key's rate window cannot cover the request:
+    /// lease this much from the store first, then admit again.
+    Lease {
+        key_id: String,
+        requests: u64,
+        tokens: u64,
+    },
     /// Ask the store to hold the estimate against the key's budgets first.
     Reserve {
         counted: Option<Counted>,
@@ -117,14 +124,17 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
     if !ask.admitted {
         if let Some(limits) = &lookup.limits {
             let tokens = ask.estimate.0.saturating_add(ask.estimate.1);
-            let Ok(window) = counters.rate_window(forward.key_id) else {
+            let Ok(pool) = counters.rate_pool(forward.key_id) else {
                 return Verdict::Refuse(Denial::internal("the rate limiter is unavailable"));
             };
-            match ratelimit::admit(window, ask.now_ms, config.rate_limit_window_ms, limits, tokens) {
-                Admission::Admit { window, remaining } => {
-                    counted = Some(Counted { window, limits: limits.clone(), remaining, estimated: tokens })
+            match ratelimit::take(pool, ask.now_ms, limits, tokens) {
+                Take::Admit { pool, remaining } => {
+                    counted = Some(Counted { pool, limits: limits.clone(), remaining, estimated: tokens })
                 }
-                Admission::Refuse { requests, retry_after_s, remaining } => {
+                Take::Lease { requests, tokens } => {
+                    return Verdict::Lease { key_id: forward.key_id.to_string(), requests, tokens }
+                }
+                Take::Refuse { requests, retry_after_s, remaining } => {
                     return Verdict::Refuse(ratelimit::refusal(limits, requests, retry_after_s, &remaining))
                 }
             }
@@ -196,13 +206,13 @@ mod tests {
 
     #[derive(Default)]
     struct Now {
-        window: Option<Window>,
+        pool: Option<Pool>,
         cool: HashMap<String, u64>,
     }
 
     impl Counters for Now {
-        fn rate_window(&self, _key_id: &str) -> Result<Option<Window>, CountersUnavailable> {
-            Ok(self.window)
+        fn rate_pool(&self, _key_id: &str) -> Result<Option<Pool>, CountersUnavailable> {
+            Ok(self.pool)
         }
         fn cool_until(&self, id: &str) -> u64 {
             self.cool.get(id).copied().unwrap_or(0)
@@ -271,18 +281,31 @@ mod tests {
     }
 
     #[test]
-    fn a_rate_limited_key_is_counted_then_refused_with_429() {
+    fn a_rate_limited_key_leases_then_counts_then_is_refused_with_429() {
         let config = config();
         let l = lookup(r#","limits":{"requestsPerMinute":1}"#, &["pk_a"]);
-        let Verdict::Forward { counted: Some(c), .. } = admit_chat(&l, &Now::default(), &config, false) else {
-            panic!("first request not counted")
+        let Verdict::Lease { key_id, requests, .. } = admit_chat(&l, &Now::default(), &config, false) else {
+            panic!("no lease asked for")
         };
-        assert_eq!(c.window.requests, 1);
-        let full = Now { window: Some(c.window), ..Now::default() };
-        let Verdict::Refuse(d) = admit_chat(&l, &full, &config, false) else { panic!("second request admitted") };
+        assert_eq!((key_id.as_str(), requests), ("ak_1", 1));
+        let grant = keygate_proto::lookup::LeaseResponse {
+            window_start_ms: 0,
+            reset_ms: 60_000,
+            requests: 1,
+            ..Default::default()
+        };
+        let limits = l.limits.clone().unwrap();
+        let leased = Now { pool: Some(Pool::default().with_grant(&grant, NOW, (1, 100), &limits)), ..Now::default() };
+        let Verdict::Forward { counted: Some(c), .. } = admit_chat(&l, &leased, &config, false) else {
+            panic!("not counted")
+        };
+        assert_eq!(c.pool.requests, 0);
+        let grant = keygate_proto::lookup::LeaseResponse { window_start_ms: 0, reset_ms: 60_000, ..Default::default() };
+        let dry = Now { pool: Some(c.pool.with_grant(&grant, NOW, (1, 100), &limits)), ..Now::default() };
+        let Verdict::Refuse(d) = admit_chat(&l, &dry, &config, false) else { panic!("second request admitted") };
         assert_eq!((d.status, d.code), (429, Code::RateLimitExceeded));
         // Admitted once (reservation done), it is not counted again.
-        assert!(matches!(admit_chat(&l, &full, &config, true), Verdict::Forward { counted: None, .. }));
+        assert!(matches!(admit_chat(&l, &dry, &config, true), Verdict::Forward { counted: None, .. }));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use keygate_proto::lookup::UsageRecord;
+use keygate_proto::lookup::{Limits, UsageRecord};
 
 use crate::errors::Dialect;
 
@@ -20,10 +20,29 @@ pub enum Purpose {
     Lookup(String),
     /// The budget reservation of one request (by its context id).
     Reserve(u32),
+    /// A share of a key's rate-limit window for this Envoy.
+    Lease(LeaseAsk),
     /// The change feed.
     FeedPoll,
     /// A batch of usage records, kept until the store acknowledges it.
     UsageBatch(Vec<UsageRecord>),
+}
+
+/// What a lease callout asked for, and what the request that asked needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseAsk {
+    pub key_id: String,
+    pub limits: Limits,
+    /// (requests, tokens) the asking request must find in the pool.
+    pub needed: (u64, u64),
+}
+
+impl LeaseAsk {
+    /// Requests waiting on a lease share one slot per key with lookups
+    /// (digests are hex: no clash).
+    pub fn slot(key_id: &str) -> String {
+        format!("lease:{key_id}")
+    }
 }
 
 /// A gate waiting for a lookup while its request's body uploads: a refusal
@@ -53,6 +72,7 @@ impl Waiting {
 #[derive(Debug, PartialEq)]
 pub enum Answered {
     Lookup { digest: String, waiting: Waiting },
+    Lease { ask: LeaseAsk, waiting: Waiting },
     Reserve(u32),
     FeedPoll,
     UsageBatch(Vec<UsageRecord>),
@@ -80,13 +100,22 @@ pub struct Callouts {
     orphans: Vec<String>,
     /// Requests whose reservation the root context files (see `worker::request`).
     reserve_queue: Vec<u32>,
+    /// Requests to admit again on the tick: their lease was lost with its
+    /// owner, or is for the root context to ask.
+    readmit: Vec<u32>,
 }
 
 impl Callouts {
     /// Records a callout just made; context `owner` gets its answer.
     pub fn started(&mut self, token: u32, owner: u32, purpose: Purpose, now_ms: u64) {
-        if let Purpose::Lookup(digest) = &purpose {
-            self.lookups.entry(digest.clone()).or_default();
+        match &purpose {
+            Purpose::Lookup(digest) => {
+                self.lookups.entry(digest.clone()).or_default();
+            }
+            Purpose::Lease(ask) => {
+                self.lookups.entry(LeaseAsk::slot(&ask.key_id)).or_default();
+            }
+            _ => {}
         }
         self.entries.insert(token, Entry { purpose, owner, sent_ms: now_ms });
         self.owned.entry(owner).or_default().push(token);
@@ -147,6 +176,13 @@ impl Callouts {
                 }
                 Answered::Lookup { digest, waiting }
             }
+            Purpose::Lease(ask) => {
+                let waiting = self.lookups.remove(&LeaseAsk::slot(&ask.key_id)).unwrap_or_default();
+                for id in &waiting.requests {
+                    self.waits.remove(id);
+                }
+                Answered::Lease { ask, waiting }
+            }
             Purpose::Reserve(request) => Answered::Reserve(request),
             Purpose::FeedPoll => Answered::FeedPoll,
             Purpose::UsageBatch(batch) => Answered::UsageBatch(batch),
@@ -170,6 +206,11 @@ impl Callouts {
                         self.lookups.remove(&digest);
                     }
                 }
+                Purpose::Lease(ask) => {
+                    if let Answered::Lease { waiting, .. } = self.resolve(Purpose::Lease(ask)) {
+                        self.readmit.extend(waiting.requests);
+                    }
+                }
                 Purpose::UsageBatch(records) => batch.extend(records),
                 Purpose::Reserve(_) | Purpose::FeedPoll => {}
             }
@@ -188,6 +229,17 @@ impl Callouts {
             .map(|(t, _)| *t)
             .collect();
         late.into_iter().filter_map(|t| self.answered(t)).collect()
+    }
+
+    /// Puts the waiters of an answered lookup back on its next callout (a
+    /// retry on another store replica).
+    pub fn restore(&mut self, digest: &str, waiting: Waiting) {
+        for id in waiting.requests.iter().copied().chain(waiting.gates.iter().map(|g| g.gate)) {
+            self.waits.insert(id, digest.to_string());
+        }
+        let w = self.lookups.entry(digest.to_string()).or_default();
+        w.requests.extend(waiting.requests);
+        w.gates.extend(waiting.gates);
     }
 
     /// Orphaned lookups to ask again, each still waited for.
@@ -212,6 +264,16 @@ impl Callouts {
 
     pub fn take_reserve_queue(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.reserve_queue)
+    }
+
+    /// A request to admit again on the root context's tick.
+    pub fn readmit_later(&mut self, request: u32) {
+        self.readmit.push(request);
+    }
+
+    /// Requests whose lease was lost (or is for the root to ask), to admit again.
+    pub fn take_readmit(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.readmit)
     }
 
     pub fn len(&self) -> usize {
@@ -317,6 +379,26 @@ mod tests {
         assert_eq!(c.answered(3), Some(Answered::UsageBatch(batch)));
         assert_eq!(c.answered(3), None, "an answer is handled once");
         assert!(!c.any(|p| *p == Purpose::FeedPoll));
+    }
+
+    #[test]
+    fn requests_share_a_lease_and_a_lost_lease_sends_them_back_to_admission() {
+        let mut c = Callouts::default();
+        let ask = LeaseAsk { key_id: "ak_1".into(), limits: Limits::default(), needed: (1, 0) };
+        c.started(9, 3, Purpose::Lease(ask.clone()), 0);
+        let slot = LeaseAsk::slot("ak_1");
+        assert!(c.lookup_in_flight(&slot));
+        c.wait_request(&slot, 3);
+        c.wait_request(&slot, 4);
+        c.left(3);
+        assert_eq!(c.take_readmit(), [4]);
+        assert!(c.is_empty(), "{c:?}");
+        c.started(10, 0, Purpose::Lease(ask.clone()), 0);
+        c.wait_request(&slot, 5);
+        assert_eq!(
+            c.answered(10),
+            Some(Answered::Lease { ask, waiting: Waiting { requests: vec![5], gates: vec![] } })
+        );
     }
 
     #[test]

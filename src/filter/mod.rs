@@ -138,7 +138,15 @@ impl RootContext for Root {
         match config.role {
             Role::Gate => {
                 GATED.with(|g| g.set(true));
-                with_worker(Worker::set_gated);
+                // Envoy configures each filter's root on first use: in a fresh
+                // (or reloaded) VM the gate may come first. It then starts a
+                // worker on its own configuration (no store calls) that the
+                // keygate filter's configuration takes over.
+                if with_worker(Worker::set_gated).is_none() {
+                    let mut worker = Worker::new(config.clone(), String::new());
+                    worker.set_gated();
+                    WORKER.with(|w| *w.borrow_mut() = Some(worker));
+                }
             }
             Role::Upstream => {}
             Role::Downstream => {

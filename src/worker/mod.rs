@@ -91,6 +91,10 @@ pub struct Worker {
     gated: bool,
     /// The context whose callback runs: a callout made now is handed back to it.
     running: Running,
+    /// The context host calls act on (`focus`).
+    effective: u32,
+    /// Lookups asked a second time after a replica failed (once per lookup).
+    retried: std::collections::HashSet<String>,
     /// Makes the gate's handover names unguessable (see `gate`).
     nonces: std::collections::hash_map::RandomState,
     next_nonce: u64,
@@ -117,6 +121,8 @@ impl Worker {
             tapped: HashMap::new(),
             gated: false,
             running: Running::Root(0),
+            effective: 0,
+            retried: std::collections::HashSet::new(),
             nonces: std::collections::hash_map::RandomState::new(),
             next_nonce: 0,
             last_poll_ms: 0,
@@ -148,11 +154,25 @@ impl Worker {
     /// Envoy runs a callback of request (or gate) context `id`.
     pub fn enter(&mut self, id: u32) {
         self.running = Running::Context(id);
+        self.effective = id;
     }
 
     /// Envoy runs a callback of root context `id`.
     pub fn enter_root(&mut self, id: u32) {
         self.running = Running::Root(id);
+        self.effective = id;
+    }
+
+    /// Makes context `id` the one host calls act on; false if it is gone.
+    fn focus(&mut self, host: &impl Host, id: u32) -> bool {
+        if id == self.effective {
+            return true;
+        }
+        let ok = host.set_effective_context(id).is_ok();
+        if ok {
+            self.effective = id;
+        }
+        ok
     }
 
     /// Root context `id` is gone (a reconfiguration replaced it): what it
@@ -173,6 +193,11 @@ impl Worker {
             self.unanswered(host, late);
         }
         self.reserve_queued(host);
+        for id in self.callouts.take_readmit() {
+            if self.focus(host, id) {
+                self.readmit(host, id);
+            }
+        }
         if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
             self.last_purge_ms = now;
             self.cache.purge_expired(now);
@@ -216,10 +241,18 @@ impl Worker {
         match answered {
             Answered::Lookup { digest, waiting } => {
                 self.metrics.count(Counter::StoreErrors);
+                self.retried.remove(&digest);
                 self.complete_lookup(host, &digest, None, waiting);
             }
+            Answered::Lease { waiting, .. } => {
+                for id in waiting.requests {
+                    if self.focus(host, id) {
+                        self.refuse(host, id, &Denial::store_unavailable());
+                    }
+                }
+            }
             Answered::Reserve(request) => {
-                if host.set_effective_context(request).is_ok() {
+                if self.focus(host, request) {
                     self.refuse(host, request, &Denial::store_unavailable());
                 }
             }
@@ -234,9 +267,23 @@ impl Worker {
                 let answer = read_json::<Lookup>(host, body_size).map(|l| Rc::new(self.interner.intern(l)));
                 if answer.is_none() {
                     self.metrics.count(Counter::StoreErrors);
+                    // A replica that failed (no answer, or a 5xx): once more,
+                    // which Envoy's load balancer sends to another replica.
+                    let status = host.header_str(Map::CalloutHeaders, ":status");
+                    let replica_failed = status.as_deref().is_none_or(|s| s.starts_with('5'));
+                    if replica_failed && self.retried.insert(digest.clone()) {
+                        let path = format!("/v1/lookup/{digest}");
+                        if self.store_call(host, "GET", &path, None, Purpose::Lookup(digest.clone())).is_ok() {
+                            self.metrics.count(Counter::StoreRetries);
+                            self.callouts.restore(&digest, waiting);
+                            return;
+                        }
+                    }
                 }
+                self.retried.remove(&digest);
                 self.complete_lookup(host, &digest, answer, waiting);
             }
+            Answered::Lease { ask, waiting } => self.on_leased(host, &ask, waiting.requests, body_size),
             Answered::Reserve(request) => self.on_reserved(host, request, body_size),
             Answered::FeedPoll => match read_json::<Changes>(host, body_size) {
                 Some(changes) => self.apply_changes(&changes),
@@ -283,7 +330,17 @@ impl Worker {
         }
         let call =
             Call { cluster: &self.config.store_cluster, headers, body, timeout_ms: self.config.callout_timeout_ms };
-        match host.http_call(&call) {
+        // Envoy keeps a callout's answer on the context effective when it was
+        // made, the SDK hands it to the context whose callback runs: the two
+        // must be one, or the answer is unreadable where it arrives.
+        let back = self.effective;
+        let owner = self.running.id();
+        let switched = back != owner && host.set_effective_context(owner).is_ok();
+        let sent = host.http_call(&call);
+        if switched {
+            let _ = host.set_effective_context(back);
+        }
+        match sent {
             Ok(token) => {
                 self.callouts.started(token, self.running.id(), purpose, host.now_ms());
                 Ok(token)
@@ -318,7 +375,7 @@ impl Worker {
         }
         let stale_approval = answer.is_none() && self.cache.get(digest, now).is_some();
         for id in waiting.requests {
-            if host.set_effective_context(id).is_err() {
+            if !self.focus(host, id) {
                 continue; // that request is gone
             }
             self.lookup_done(host, id, answer.clone());
@@ -332,7 +389,7 @@ impl Worker {
         };
         let Some(denial) = refusal else { return };
         for GateWaiter { gate, dialect, request_id } in waiting.gates {
-            if host.set_effective_context(gate).is_ok() {
+            if self.focus(host, gate) {
                 log::info!("keygate: request {request_id} refused before its body: {}", denial.code);
                 self.metrics.count(Counter::GateEarlyRefusals);
                 reply(host, &mut self.metrics, dialect, &request_id, &denial);

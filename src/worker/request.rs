@@ -6,14 +6,17 @@
 
 use std::rc::Rc;
 
-use keygate_proto::lookup::{AuthStyle, Credential, KeyStatus, Lookup, RefusedBy, ReserveRequest, ReserveResponse};
+use keygate_proto::lookup::{
+    AuthStyle, Credential, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest, ReserveResponse,
+};
 use keygate_proto::token;
 use log::{debug, info, warn};
 
-use super::shared::{note_answer, rate_key, settle_rate, Shared};
+use super::shared::{add_grant, note_answer, rate_key, settle_rate, Shared};
 use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
 use crate::admission::{self, Ask, Counted, Verdict};
 use crate::cache::Freshness;
+use crate::callouts::{LeaseAsk, Purpose};
 use crate::decide::{ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, Attempt};
@@ -42,8 +45,10 @@ pub enum Phase {
     /// Waiting for the store's answer about the key; a cached approval past
     /// its TTL stands in if the store cannot answer.
     LookingUp { stale: Option<Rc<Lookup>> },
-    /// Counted, waiting for the store to reserve budget (`filed` once the
-    /// callout is out; the root context files it otherwise).
+    /// Waiting for a share of the key's rate-limit window (a lease).
+    Leasing { lookup: Rc<Lookup> },
+    /// Counted, waiting for the store to reserve budget (filed by this
+    /// request, its gate, or the root context).
     Reserving { lookup: Rc<Lookup> },
     /// Headers set for the upstream: the answer is watched as it passes.
     Forwarded(Box<Forwarded>),
@@ -307,7 +312,7 @@ impl Worker {
                 _ => None,
             };
             if let Some((c, served)) = counted {
-                match host.set_shared_data(&rate_key(&served.key_id), c.window.encode().as_bytes(), counters.cas()) {
+                match host.set_shared_data(&rate_key(&served.key_id), c.pool.encode().as_bytes(), counters.cas()) {
                     Ok(()) => {}
                     Err(SharedError::CasMismatch) => continue,
                     Err(SharedError::Failed) => break,
@@ -326,12 +331,18 @@ impl Worker {
                 }
                 return self.refuse_step(host, id, &denial);
             }
+            Verdict::Lease { key_id, requests, tokens } => {
+                let limits = lookup.limits.clone().unwrap_or_default();
+                let needed = (1, req_estimate(self.requests.get(&id)));
+                let ask = LeaseAsk { key_id, limits, needed };
+                return self.lease(host, id, lookup, ask, (requests, tokens));
+            }
             Verdict::Reserve { counted, served } => (counted, served, None),
             Verdict::Forward { counted, served, forwarding } => (counted, served, Some(forwarding)),
         };
         let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
         if let Some(c) = counted {
-            req.admitted.rate = Some((rate_key(&served.key_id), c));
+            req.admitted.rate = Some((served.key_id.clone(), c));
         }
         if !req.admitted.done {
             req.admitted.served = Some(served);
@@ -387,6 +398,78 @@ impl Worker {
         Step::Forwarded
     }
 
+    /// Waits for a share of the key's rate window: joins this worker's lease
+    /// in flight for the key, or asks the store for `amount` (requests, tokens).
+    fn lease(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>, ask: LeaseAsk, amount: (u64, u64)) -> Step {
+        let slot = LeaseAsk::slot(&ask.key_id);
+        if let Some(req) = self.requests.get_mut(&id) {
+            req.phase = Phase::Leasing { lookup: lookup.clone() };
+        }
+        if !self.callouts.lookup_in_flight(&slot) {
+            // The answer goes to the context that asks: one that may end
+            // first (another request's) would lose the grant, so only this
+            // request, its gate or the root context asks (as for reservations).
+            if !self.may_file_for(id) {
+                self.callouts.readmit_later(id);
+                return Step::Waiting;
+            }
+            let body = LeaseRequest {
+                access_key_id: ask.key_id.clone(),
+                window_ms: self.config.rate_limit_window_ms,
+                requests: amount.0,
+                tokens: amount.1,
+            };
+            let sent = match serde_json::to_vec(&body) {
+                Ok(json) => self.store_call(host, "POST", "/v1/lease", Some(&json), Purpose::Lease(ask)).is_ok(),
+                Err(_) => false,
+            };
+            if !sent {
+                return self.refuse_step(host, id, &Denial::store_unavailable());
+            }
+            self.metrics.count(Counter::RatelimitLeases);
+        }
+        self.callouts.wait_request(&slot, id);
+        Step::Waiting
+    }
+
+    /// Whether a callout for request `id` may be made in the running
+    /// callback: its own, its gate's, or the root context's (which outlive
+    /// it); another request's may end before the answer comes.
+    fn may_file_for(&self, id: u32) -> bool {
+        match self.running {
+            Running::Root(_) => true,
+            Running::Context(running) => {
+                running == id || self.requests.get(&id).is_some_and(|r| r.facts.gate == Some(running))
+            }
+        }
+    }
+
+    /// The store answered a lease (`None`: no usable answer): the grant goes
+    /// into this Envoy's pool and every request that waited is admitted again.
+    pub(super) fn on_leased(&mut self, host: &impl Host, ask: &LeaseAsk, waiting: Vec<u32>, body_size: usize) {
+        let granted = read_json::<LeaseResponse>(host, body_size).is_some_and(|grant| add_grant(host, ask, &grant));
+        for id in waiting {
+            if !self.focus(host, id) {
+                continue;
+            }
+            if granted {
+                self.readmit(host, id);
+            } else {
+                self.refuse(host, id, &Denial::store_unavailable());
+            }
+        }
+    }
+
+    /// Admits request `id` (its context effective) again after a lease.
+    pub(super) fn readmit(&mut self, host: &impl Host, id: u32) {
+        let Some(req) = self.requests.get_mut(&id) else { return };
+        let Phase::Leasing { lookup } = &req.phase else { return };
+        let lookup = lookup.clone();
+        if self.advance(host, id, &lookup) == Step::Forwarded && host.resume_request().is_err() {
+            warn!("keygate: could not resume a request");
+        }
+    }
+
     /// Asks the store to hold this request's estimate against its budgets.
     ///
     /// Envoy hands a callout's answer to the context that made it (the one
@@ -400,19 +483,9 @@ impl Worker {
         let Some(served) = req.admitted.served.clone() else {
             return self.refuse_step(host, id, &Denial::internal("nothing to reserve for"));
         };
-        let under_gate = match self.running {
-            Running::Root(_) => None,
-            Running::Context(running) if running == id => None,
-            Running::Context(running) if Some(running) == req.facts.gate => Some(running),
-            Running::Context(_) => {
-                self.callouts.queue_reserve(id);
-                return Step::Waiting;
-            }
-        };
-        // Envoy files a callout under the effective context's root context:
-        // filed under the gate, the gate must be effective too.
-        if let Some(gate) = under_gate {
-            let _ = host.set_effective_context(gate);
+        if !self.may_file_for(id) {
+            self.callouts.queue_reserve(id);
+            return Step::Waiting;
         }
         let body = ReserveRequest {
             request_id: req.facts.request_id.clone(),
@@ -424,14 +497,9 @@ impl Worker {
             output_tokens: req.admitted.estimate.1,
         };
         let dispatched = match serde_json::to_vec(&body) {
-            Ok(json) => {
-                self.store_call(host, "POST", "/v1/reserve", Some(&json), crate::callouts::Purpose::Reserve(id))
-            }
-            Err(_) => Err(crate::callouts::Purpose::Reserve(id)),
+            Ok(json) => self.store_call(host, "POST", "/v1/reserve", Some(&json), Purpose::Reserve(id)),
+            Err(_) => Err(Purpose::Reserve(id)),
         };
-        if under_gate.is_some() {
-            let _ = host.set_effective_context(id);
-        }
         match dispatched {
             Ok(_) => {
                 self.metrics.count(Counter::BudgetReserves);
@@ -444,7 +512,7 @@ impl Worker {
     /// Files the reservations queued for the root context (on its tick).
     pub(super) fn reserve_queued(&mut self, host: &impl Host) {
         for id in self.callouts.take_reserve_queue() {
-            if self.requests.contains_key(&id) && host.set_effective_context(id).is_ok() {
+            if self.requests.contains_key(&id) && self.focus(host, id) {
                 self.reserve(host, id);
             }
         }
@@ -453,7 +521,7 @@ impl Worker {
     /// The store answered a reservation.
     pub(super) fn on_reserved(&mut self, host: &impl Host, id: u32, body_size: usize) {
         let answer = read_json::<ReserveResponse>(host, body_size);
-        if host.set_effective_context(id).is_err() {
+        if !self.focus(host, id) {
             return; // the request is gone; its reservation expires in the store
         }
         let Some(req) = self.requests.get_mut(&id) else { return };
@@ -670,8 +738,8 @@ impl Worker {
         }
         self.metrics.add(Counter::TokensInput, input);
         self.metrics.add(Counter::TokensOutput, output);
-        if let Some((key, rate)) = req.admitted.rate.take() {
-            settle_rate(host, &key, &rate, input.saturating_add(output));
+        if let Some((key_id, rate)) = req.admitted.rate.take() {
+            settle_rate(host, &key_id, &rate, input.saturating_add(output));
         }
         let dropped = self.usage.push(recs);
         self.metrics.add(Counter::UsageDropped, dropped);
@@ -695,6 +763,11 @@ impl Worker {
         self.refuse(host, id, denial);
         Step::Refused
     }
+}
+
+/// The token estimate of request `req` (both directions).
+fn req_estimate(req: Option<&Request>) -> u64 {
+    req.map_or(0, |r| r.admitted.estimate.0.saturating_add(r.admitted.estimate.1))
 }
 
 fn flow(step: Step) -> Flow {

@@ -1,22 +1,24 @@
 //! What every worker of one Envoy shares, in proxy-wasm shared data: each
-//! key's rate window (read-modify-write with compare-and-swap) and each
-//! provider credential's cool-down.
+//! key's rate-limit lease (`ratelimit::Pool`, read-modify-write with
+//! compare-and-swap) and each provider credential's cool-down.
 
 use std::cell::Cell;
 
 use log::info;
 
 use crate::admission::{Counted, Counters, CountersUnavailable};
+use crate::callouts::LeaseAsk;
 use crate::config::Config;
 use crate::failover::{self, Attempt};
 use crate::host::{Host, Map, SharedError};
 use crate::metrics::{Counter, Metrics};
-use crate::ratelimit::{self, Window};
+use crate::ratelimit::{self, Pool};
+use keygate_proto::lookup::LeaseResponse;
 
 const HEALTH_PREFIX: &str = "keygate.cooldown.";
-const RATE_PREFIX: &str = "keygate.rate.";
+const RATE_PREFIX: &str = "keygate.lease.";
 
-/// The shared-data entry of a key's rate window.
+/// The shared-data entry of this Envoy's lease of a key's rate window.
 pub fn rate_key(key_id: &str) -> String {
     format!("{RATE_PREFIX}{key_id}")
 }
@@ -73,24 +75,10 @@ impl<'h, H: Host> Shared<'h, H> {
 }
 
 impl<H: Host> Counters for Shared<'_, H> {
-    fn rate_window(&self, key_id: &str) -> Result<Option<Window>, CountersUnavailable> {
-        let key = rate_key(key_id);
-        let read = || self.host.shared_data(&key).map_err(|_| CountersUnavailable);
-        let (mut value, mut cas) = read()?;
-        if cas.is_none() {
-            // Envoy writes a missing entry whatever the CAS token: two workers
-            // counting a key's first request would both succeed. So the
-            // entry is created empty first, and every count is a
-            // compare-and-swap on an entry that exists. (Two creators race
-            // only between one's read and its write, adjacent host calls.)
-            let _ = self.host.set_shared_data(&key, Window::default().encode().as_bytes(), None);
-            (value, cas) = read()?;
-            if cas.is_none() {
-                return Err(CountersUnavailable);
-            }
-        }
-        self.cas.set(cas);
-        Ok(value.as_deref().and_then(Window::parse))
+    fn rate_pool(&self, key_id: &str) -> Result<Option<Pool>, CountersUnavailable> {
+        let (pool, cas) = read_pool(self.host, &rate_key(key_id))?;
+        self.cas.set(Some(cas));
+        Ok(pool)
     }
 
     fn cool_until(&self, credential_id: &str) -> u64 {
@@ -98,15 +86,47 @@ impl<H: Host> Counters for Shared<'_, H> {
     }
 }
 
-/// Corrects the key's token count from the estimate to the real usage.
-pub fn settle_rate(host: &impl Host, key: &str, rate: &Counted, actual: u64) {
+/// A key's pool and its CAS token. Envoy writes a missing entry whatever the
+/// CAS token, so two workers writing a key's first pool would both succeed
+/// (and one grant be lost): the entry is created empty first, and every
+/// write is a compare-and-swap on an entry that exists. (Two creators race
+/// only between one's read and its write, adjacent host calls.)
+fn read_pool(host: &impl Host, key: &str) -> Result<(Option<Pool>, u32), CountersUnavailable> {
+    let read = || host.shared_data(key).map_err(|_| CountersUnavailable);
+    let (mut value, mut cas) = read()?;
+    if cas.is_none() {
+        let _ = host.set_shared_data(key, b"", None);
+        (value, cas) = read()?;
+    }
+    let cas = cas.ok_or(CountersUnavailable)?;
+    Ok((value.as_deref().and_then(Pool::parse), cas))
+}
+
+/// Read-modify-write of a key's pool with compare-and-swap (`f` returns
+/// `None`: nothing to write).
+fn update_pool(host: &impl Host, key_id: &str, mut f: impl FnMut(Option<Pool>) -> Option<Pool>) -> bool {
+    let key = rate_key(key_id);
     for _ in 0..16 {
-        let Ok((value, cas)) = host.shared_data(key) else { return };
-        let Some(current) = value.as_deref().and_then(Window::parse) else { return };
-        let Some(next) = ratelimit::settle(current, rate.window.start_ms, rate.estimated, actual) else { return };
-        match host.set_shared_data(key, next.encode().as_bytes(), cas) {
+        let Ok((pool, cas)) = read_pool(host, &key) else { return false };
+        let Some(next) = f(pool) else { return true };
+        match host.set_shared_data(&key, next.encode().as_bytes(), Some(cas)) {
+            Ok(()) => return true,
             Err(SharedError::CasMismatch) => continue,
-            _ => return,
+            Err(SharedError::Failed) => return false,
         }
     }
+    false
+}
+
+/// Adds a lease the store granted to this Envoy's pool of the key.
+pub fn add_grant(host: &impl Host, ask: &LeaseAsk, grant: &LeaseResponse) -> bool {
+    let now = host.now_ms();
+    update_pool(host, &ask.key_id, |pool| {
+        Some(pool.unwrap_or_default().with_grant(grant, now, ask.needed, &ask.limits))
+    })
+}
+
+/// Corrects the pool's tokens from the estimate to the real usage.
+pub fn settle_rate(host: &impl Host, key_id: &str, rate: &Counted, actual: u64) {
+    update_pool(host, key_id, |pool| ratelimit::settle(pool?, rate.pool.start_ms, rate.estimated, actual));
 }

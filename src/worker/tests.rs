@@ -57,7 +57,11 @@ fn chat(host: &FakeHost, w: &mut Worker, id: u32, token: &str) -> Flow {
 /// The store answers callout `token`, to the context that made it (the
 /// root context is 0 here).
 fn store_answers(host: &FakeHost, w: &mut Worker, token: u32, status: Option<u16>, body: &str) {
-    let owner = host.calls.borrow().iter().find(|c| c.token == token).map(|c| c.context).unwrap();
+    let call = host.calls.borrow().iter().find(|c| c.token == token).cloned().unwrap();
+    // Envoy keeps the answer on the context effective at the call, the SDK
+    // hands it to the one that was running: they must be the same.
+    assert_eq!(call.context, call.effective, "callout {} {} made under another context", call.method, call.path);
+    let owner = call.context;
     host.enter(owner);
     host.answer(status, body);
     if owner == 0 {
@@ -133,7 +137,11 @@ fn a_store_that_does_not_answer_refuses_with_503_unless_a_stale_approval_stands_
     let (host, mut w) = (FakeHost::new(), worker(r#","cacheTtlMs":1000,"staleIfErrorMs":60000"#));
     let k = key(1);
     chat(&host, &mut w, 2, &k);
+    // A failed replica: asked once more (another replica), then given up.
     store_answers(&host, &mut w, host.last_call().unwrap().token, None, "");
+    assert!(host.replies_to(2).is_empty());
+    assert_eq!(lookups(&host), 2);
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(503), "");
     let reply = host.replies_to(2).pop().expect("refused");
     assert_eq!((reply.status, reply.code()), (503, "key_store_unavailable"));
 
@@ -142,8 +150,24 @@ fn a_store_that_does_not_answer_refuses_with_503_unless_a_stale_approval_stands_
     host.advance(2_000); // past the TTL, within stale-if-error
     assert_eq!(chat(&host, &mut w, 4, &k), Flow::Pause, "a stale entry is asked again");
     store_answers(&host, &mut w, host.last_call().unwrap().token, None, "");
+    store_answers(&host, &mut w, host.last_call().unwrap().token, None, "");
     assert!(host.replies_to(4).is_empty());
     assert_eq!(host.resumed.borrow().last(), Some(&4));
+}
+
+#[test]
+fn a_lookup_whose_replica_failed_succeeds_on_another() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    chat(&host, &mut w, 3, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(502), "");
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [2, 3], "both waiters carried over to the retry");
+    // A refusal by the store itself (4xx) is not retried.
+    chat(&host, &mut w, 4, &key(2));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(401), "");
+    assert_eq!(lookups(&host), 3);
+    assert_eq!(host.replies_to(4).pop().unwrap().code(), "key_store_unavailable");
 }
 
 #[test]
@@ -233,26 +257,66 @@ fn a_reservation_for_a_request_that_joined_another_lookup_is_filed_by_the_root()
     };
     assert_eq!(reserves(&host), [(2, 2)]);
     tick(&host, &mut w);
-    assert_eq!(reserves(&host), [(2, 2), (0, 3)], "request 3's, filed on the root's tick (answered to the root)");
+    assert_eq!(reserves(&host), [(2, 2), (0, 0)], "request 3's, filed on the root's tick (answered to the root)");
     let token = host.calls.borrow().iter().rfind(|c| c.path == "/v1/reserve").unwrap().token;
     store_answers(&host, &mut w, token, Some(200), r#"{"ok":true,"reservationId":"res_3"}"#);
     assert_eq!(*host.resumed.borrow(), [3], "request 3 resumed by the root's answer: {:?}", host.replies.borrow());
 }
 
 #[test]
-fn a_rate_limited_key_gets_429_once_its_window_is_used() {
+fn a_rate_limited_key_leases_its_share_and_gets_429_once_the_fleet_has_none() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let k = key(1);
     chat(&host, &mut w, 2, &k);
-    let limits = r#","limits":{"requestsPerMinute":1}"#;
+    let limits = r#","limits":{"requestsPerMinute":2}"#;
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(limits, &["pk_a"]));
-    assert_eq!(*host.resumed.borrow(), [2]);
-    let window = host.shared("keygate.rate.ak_1").unwrap_or_default();
-    assert_eq!(window.split(':').nth(1), Some("1"), "one request counted: {window}");
-    assert_eq!(chat(&host, &mut w, 3, &k), Flow::Pause);
-    let reply = host.replies_to(3).pop().expect("refused");
+    // Requests 3 and 4 arrive while the lease is out: they share it.
+    chat(&host, &mut w, 3, &k);
+    chat(&host, &mut w, 4, &k);
+    let leases: Vec<_> = host.calls.borrow().iter().filter(|c| c.path == "/v1/lease").cloned().collect();
+    assert_eq!(leases.len(), 1, "one lease for the three requests");
+    let ask: serde_json::Value = serde_json::from_slice(leases[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!((ask["accessKeyId"].as_str(), ask["requests"].as_u64()), (Some("ak_1"), Some(1)));
+    let grant =
+        r#"{"windowStartMs":60000,"resetMs":30000,"requests":1,"tokens":0,"remainingRequests":1,"remainingTokens":0}"#;
+    store_answers(&host, &mut w, leases[0].token, Some(200), grant);
+    assert_eq!(*host.resumed.borrow(), [2], "one admitted on the first lease");
+    // The others ask again (a bigger lease), from the root context: request
+    // 2's callback, where the grant arrived, may end before the answer.
+    assert_eq!(host.calls.borrow().iter().filter(|c| c.path == "/v1/lease").count(), 1);
+    tick(&host, &mut w);
+    let second = host.calls.borrow().iter().rfind(|c| c.path == "/v1/lease").unwrap().clone();
+    assert_eq!(second.context, 0);
+    assert_ne!(second.token, leases[0].token);
+    let grant =
+        r#"{"windowStartMs":60000,"resetMs":30000,"requests":1,"tokens":0,"remainingRequests":0,"remainingTokens":0}"#;
+    store_answers(&host, &mut w, second.token, Some(200), grant);
+    assert_eq!(host.resumed.borrow().len(), 2);
+    tick(&host, &mut w);
+    let third = host.calls.borrow().iter().rfind(|c| c.path == "/v1/lease").unwrap().clone();
+    let none =
+        r#"{"windowStartMs":60000,"resetMs":30000,"requests":0,"tokens":0,"remainingRequests":0,"remainingTokens":0}"#;
+    store_answers(&host, &mut w, third.token, Some(200), none);
+    let refused: Vec<_> = host.replies.borrow().iter().map(|r| (r.status, r.code().to_string())).collect();
+    assert_eq!(refused, [(429, "rate_limit_exceeded".to_string())]);
+    // A dry pool refuses at once, without asking the store again.
+    let calls = host.calls.borrow().len();
+    assert_eq!(chat(&host, &mut w, 5, &k), Flow::Pause);
+    assert_eq!(host.calls.borrow().len(), calls);
+    let reply = host.replies_to(5).pop().expect("refused");
     assert_eq!((reply.status, reply.code()), (429, "rate_limit_exceeded"));
     assert!(reply.headers.iter().any(|(n, v)| n == "x-ratelimit-remaining-requests" && v == "0"));
+}
+
+#[test]
+fn a_lease_the_store_cannot_give_refuses_with_503() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    let limits = r#","limits":{"requestsPerMinute":2}"#;
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(limits, &["pk_a"]));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(503), "");
+    let reply = host.replies_to(2).pop().expect("refused");
+    assert_eq!((reply.status, reply.code()), (503, "key_store_unavailable"));
 }
 
 #[test]
@@ -478,4 +542,43 @@ fn a_request_refused_after_it_was_forwarded_still_reports_its_attempts() {
     w.request_done(&host, 2);
     assert!(w.plans.is_empty(), "the plan goes with the request");
     assert_eq!(w.usage.len(), 1, "the attempt that went out is recorded");
+}
+
+#[test]
+fn a_lease_asked_in_the_gates_callback_is_answered_there() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    w.set_gated();
+    let k = key(1);
+    let mut state = GateState::new(20, 1 << 20);
+    host.enter(20);
+    let auth = format!("Bearer {k}");
+    let len = CHAT.len().to_string();
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("content-length", len.as_str()),
+        ("authorization", auth.as_str()),
+    ];
+    host.set_headers(20, Map::RequestHeaders, &headers);
+    w.gate_headers(&host, &mut state, false);
+    host.set_buffer_of(20, crate::host::Buffer::RequestBody, CHAT.as_bytes());
+    w.gate_body(&host, &mut state, CHAT.len(), true);
+    let named = host.headers_of(20, Map::RequestHeaders);
+    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(21, Map::RequestHeaders, &named);
+    host.enter(21);
+    w.request_created(21);
+    assert_eq!(w.request_headers(&host, 21, false), Flow::Pause);
+    // The gate's lookup is answered in the gate's callback: the lease the
+    // request needs is made there, and must come back there.
+    let lookup = host.calls.borrow().first().cloned().unwrap();
+    assert_eq!(lookup.context, 20);
+    store_answers(&host, &mut w, lookup.token, Some(200), &answer(r#","limits":{"requestsPerMinute":5}"#, &["pk_a"]));
+    let lease = host.last_call().unwrap();
+    assert_eq!((lease.path.as_str(), lease.context, lease.effective), ("/v1/lease", 20, 20));
+    let grant =
+        r#"{"windowStartMs":0,"resetMs":60000,"requests":1,"tokens":0,"remainingRequests":4,"remainingTokens":0}"#;
+    store_answers(&host, &mut w, lease.token, Some(200), grant);
+    assert_eq!(*host.resumed.borrow(), [21]);
 }
