@@ -159,7 +159,8 @@ def test_rate_limit_per_key(tmp_path, store, mocks):
             t.join()
         ok = [r for r in results if r[0] == 200]
         refused = [r for r in results if r[0] == 429]
-        assert len(ok) == limit, "exactly L admitted within one Envoy (both workers)"
+        statuses = sorted((r[0], (r[1].get("error") or {}).get("code") if isinstance(r[1], dict) else None) for r in results)
+        assert len(ok) == limit, f"exactly L admitted within one Envoy (both workers): {statuses}"
         assert len(refused) == 4 * limit
         for status, doc, headers in refused:
             assert doc["error"]["code"] == "rate_limit_exceeded"
