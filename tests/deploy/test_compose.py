@@ -14,23 +14,27 @@ import yaml
 from deploytools import ROOT, STORE_BIN, tool
 
 COMPOSE = ROOT / "docker-compose.yml"
+# The fleet (PostgreSQL, two store replicas): an override of COMPOSE.
+FLEET = ROOT / "deploy" / "compose" / "fleet.yml"
 SECRETS = {"KEYGATE_ADMIN_TOKEN": "compose-admin-token", "KEYGATE_GATEWAY_TOKEN": "compose-gateway-token"}
 
 
-def raw():
-    return yaml.safe_load(COMPOSE.read_text())
+def raw(path=COMPOSE):
+    return yaml.safe_load(path.read_text())
 
 
 def compose_cli():
     return tool("docker-compose") or shutil.which("docker-compose")
 
 
-def compose_config(env, profile=None):
+def compose_config(env, profile=None, files=(COMPOSE,)):
     cli = compose_cli()
     if not cli:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose; see deploy/README.md)")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_") and not k.startswith("COMPOSE_")}
-    args = [cli, "--project-directory", str(ROOT), "-f", str(COMPOSE)]
+    args = [cli, "--project-directory", str(ROOT)]
+    for f in files:
+        args += ["-f", str(f)]
     if profile:
         args += ["--profile", profile]
     return subprocess.run(args + ["config"], env={**clean, **env}, capture_output=True, text=True, timeout=60,
@@ -54,9 +58,10 @@ def test_secrets_are_required(unset):
     assert unset in proc.stderr
 
 
-def test_no_secret_is_baked_in():
-    text = COMPOSE.read_text()
-    for name in ("KEYGATE_ADMIN_TOKEN", "KEYGATE_GATEWAY_TOKEN", "KEYGATE_MASTER_KEY"):
+@pytest.mark.parametrize("path", [COMPOSE, FLEET], ids=lambda p: p.name)
+def test_no_secret_is_baked_in(path):
+    text = path.read_text()
+    for name in ("KEYGATE_ADMIN_TOKEN", "KEYGATE_GATEWAY_TOKEN", "KEYGATE_MASTER_KEY", "KEYGATE_POSTGRES_PASSWORD"):
         for m in re.finditer(rf"^\s*{name}:\s*(.*)$", text, re.M):
             assert m.group(1).startswith("${" + name + ":?"), f"{name} must come from the environment/.env: {m.group(0)}"
 
@@ -87,11 +92,13 @@ def test_structure():
         assert s[name]["profiles"] == ["demo"]
 
 
-def test_every_mounted_file_exists():
+@pytest.mark.parametrize("path", [COMPOSE, FLEET], ids=lambda p: p.name)
+def test_every_mounted_file_exists(path):
     """Bind mounts name files of the repository; all exist except the built
-    module, which `make wasm` produces."""
+    module, which `make wasm` produces. Relative paths resolve against the
+    project directory (the repository root), the override's too."""
     built = {"./target/wasm32-wasip1/release/keygate_filter.wasm"}
-    for name, svc in raw()["services"].items():
+    for name, svc in raw(path)["services"].items():
         for mount in svc.get("volumes", []):
             src = str(mount).split(":")[0]
             if src.startswith("./") and src not in built:
@@ -103,7 +110,7 @@ def test_every_mounted_file_exists():
 
 
 def test_env_example_names_every_required_variable():
-    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE.read_text()))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", COMPOSE.read_text() + FLEET.read_text()))
     example = (ROOT / "deploy/compose/env.example").read_text()
     for name in required:
         assert re.search(rf"^{name}=\s*$", example, re.M), f"{name} missing (or given a value) in env.example"

@@ -107,3 +107,37 @@ def test_template_validates_with_compose_parameters(tmp_path):
     assert (listener["address"], listener["port_value"]) == ("0.0.0.0", 10000)
     store = rendered["static_resources"]["clusters"][0]
     assert store["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] == "store"
+
+
+def fleet_render_params():
+    """compose_render_params() with deploy/compose/fleet.yml's override of the
+    `render` service's environment (compose merges environment maps by key)."""
+    compose, params = compose_render_params()
+    fleet = yaml.safe_load((ROOT / "deploy" / "compose" / "fleet.yml").read_text())
+    for key, value in fleet["services"]["render"]["environment"].items():
+        value = "" if value is None else str(value)
+        if PLACEHOLDER.fullmatch(value):
+            value = PLACEHOLDER.fullmatch(value).group(2) or ""
+        if value:
+            params[key] = value
+        else:
+            params.pop(key, None)
+    return compose, params
+
+
+def test_template_validates_with_fleet_parameters(tmp_path):
+    """The fleet's Envoy: the keygate_store cluster has both replicas as
+    endpoints, with the template's health checks and outlier detection."""
+    _, params = fleet_render_params()
+    assert params["KEYGATE_STORE_ENDPOINTS"] == "store-a:8082,store-b:8082"
+    local = {**params, "KEYGATE_WASM": str(require_wasm()), "KEYGATE_CA_BUNDLE": local_ca_bundle()}
+    validate_rendered(TEMPLATE, local, tmp_path, "fleet")
+    rendered = yaml.safe_load((tmp_path / "fleet.yaml").read_text())
+    store = next(c for c in rendered["static_resources"]["clusters"] if c["name"] == "keygate_store")
+    assert store["type"] == "STRICT_DNS"
+    endpoints = [(e["endpoint"]["address"]["socket_address"]["address"],
+                  e["endpoint"]["address"]["socket_address"]["port_value"])
+                 for e in store["load_assignment"]["endpoints"][0]["lb_endpoints"]]
+    assert endpoints == [("store-a", 8082), ("store-b", 8082)]
+    assert store["health_checks"][0]["http_health_check"]["path"] == "/healthz"
+    assert store["outlier_detection"]

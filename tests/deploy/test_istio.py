@@ -1,7 +1,11 @@
 """deploy/istio: every document parses and has what its kind requires; core
 kinds pass the Kubernetes JSON schemas (kubernetes-validate, offline, strict);
 the WasmPlugin's pluginConfig matches envoy/envoy.yaml's; the providers of the
-store's catalog all have a ServiceEntry; and the Envoy fragments of the
+store's catalog all have a ServiceEntry; the store is a fleet on PostgreSQL
+(replicas, no volume claim, secrets by secretKeyRef, /healthz probes, PDB,
+anti-affinity) whose DestinationRule carries envoy/envoy.yaml's outlier
+detection; the example PostgreSQL and the SQLite copy Job (subdirectories, not
+applied with the rest) pass the schemas too; and the Envoy fragments of the
 EnvoyFilter plus the WasmPlugin, assembled the way Istio inserts them, pass
 `envoy --mode validate`. Nothing here runs Istio itself."""
 
@@ -23,9 +27,14 @@ def manifest_files():
     return sorted(p for p in ISTIO.glob("*.yaml"))
 
 
-def documents():
+# Not applied with the manifests: an example PostgreSQL for test clusters,
+# and the one-off copy of an SQLite deployment into PostgreSQL.
+EXTRA_FILES = [ISTIO / "example-postgres" / "postgres.yaml", ISTIO / "sqlite-to-postgres" / "copy-job.yaml"]
+
+
+def documents(files=None):
     docs = []
-    for path in manifest_files():
+    for path in files or manifest_files():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc is not None:
                 docs.append((path, doc))
@@ -38,8 +47,10 @@ def by_kind(kind):
 
 def test_there_are_manifests():
     kinds = {doc["kind"] for _, doc in documents()}
-    assert {"Namespace", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "WasmPlugin", "EnvoyFilter",
-            "ServiceEntry", "Gateway", "VirtualService"} <= kinds, kinds
+    assert {"Namespace", "Secret", "Deployment", "PodDisruptionBudget", "Service", "DestinationRule", "WasmPlugin",
+            "EnvoyFilter", "ServiceEntry", "Gateway", "VirtualService"} <= kinds, kinds
+    # The store keeps nothing on disk: its data is in PostgreSQL (not provided here).
+    assert not kinds & {"PersistentVolumeClaim", "StatefulSet"}, kinds
 
 
 @pytest.mark.parametrize("path,doc", documents(), ids=lambda x: x.name if isinstance(x, Path) else x.get("kind", "?") + "/" + x.get("metadata", {}).get("name", "?"))
@@ -51,10 +62,18 @@ def test_common_fields(path, doc):
         assert doc["metadata"].get("namespace"), f"{doc['kind']}/{doc['metadata']['name']} has no namespace"
 
 
-CORE = {"v1", "apps/v1"}
+CORE = {"v1", "apps/v1", "policy/v1", "batch/v1"}
 
 
-@pytest.mark.parametrize("doc", [d for _, d in documents() if d["apiVersion"] in CORE],
+def test_extra_files_are_not_manifests():
+    """The example PostgreSQL and the copy Job live in subdirectories, so
+    `kubectl apply -f deploy/istio/` (not recursive) never applies them."""
+    for path in EXTRA_FILES:
+        assert path.exists(), path
+        assert path.parent != ISTIO and path not in manifest_files()
+
+
+@pytest.mark.parametrize("doc", [d for _, d in documents() + documents(EXTRA_FILES) if d["apiVersion"] in CORE],
                          ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_core_kinds_match_the_kubernetes_schema(doc):
     try:
@@ -65,30 +84,30 @@ def test_core_kinds_match_the_kubernetes_schema(doc):
     kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_store_deployment_and_service():
+def store_objects():
     dep = next(d for d in by_kind("Deployment") if d["metadata"]["name"] == "keygate-store")
+    secret = next(d for d in by_kind("Secret") if d["metadata"]["name"] == "keygate-store")
+    svc = next(d for d in by_kind("Service") if d["metadata"]["name"] == "keygate-store")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep, secret, svc, c
+
+
+def test_store_deployment_and_service():
+    dep, secret, svc, c = store_objects()
     spec = dep["spec"]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items(), "selector must match the pod template labels"
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
-    (c,) = pod["containers"]
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert c[probe]["httpGet"]["path"] == "/healthz"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz", probe
     env = {e["name"]: e for e in c["env"]}
     assert env["KEYGATE_BIND"]["value"] == "0.0.0.0"
-    for name in ("KEYGATE_ADMIN_TOKEN", "KEYGATE_GATEWAY_TOKEN", "KEYGATE_MASTER_KEY"):
-        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "keygate-store", name
-        assert "value" not in env[name]
-    secret = next(d for d in by_kind("Secret") if d["metadata"]["name"] == "keygate-store")
     keys = {e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"] if "valueFrom" in e}
     assert keys <= set(secret["stringData"]), "every secret key the store reads is in the Secret template"
-    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts["data"] == env["KEYGATE_DATA_DIR"]["value"]
-    pvc = next(v for v in pod["volumes"] if v["name"] == "data")["persistentVolumeClaim"]["claimName"]
-    assert pvc in {d["metadata"]["name"] for d in by_kind("PersistentVolumeClaim")}
-    svc = next(d for d in by_kind("Service") if d["metadata"]["name"] == "keygate-store")
+    assert secret["stringData"]["database-url"].startswith("postgres://")
     assert svc["spec"]["selector"].items() <= labels.items()
     container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     ports = {p["port"]: p for p in svc["spec"]["ports"]}
@@ -96,9 +115,131 @@ def test_store_deployment_and_service():
     for p in ports.values():
         assert p["targetPort"] in container_ports
         assert p["name"].startswith("http-"), "Istio protocol selection by port name"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"]["port"] in container_ports, probe
+    # A ClusterIP Service (Istio's EDS cluster lists every ready replica), not headless.
+    assert svc["spec"].get("clusterIP") != "None" and svc["spec"].get("type", "ClusterIP") == "ClusterIP"
     # storeCluster names this Service's lookup port, the way Istio names its clusters.
     host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
     assert STORE_CLUSTER == f"outbound|8082||{host}"
+
+
+def test_store_is_a_fleet_on_postgresql():
+    """Several stateless replicas of one PostgreSQL: no volume claim, the
+    database URL and every secret from the Secret, spread over nodes, at
+    least one kept through voluntary disruptions."""
+    dep, secret, _, c = store_objects()
+    spec = dep["spec"]
+    assert spec["replicas"] >= 2
+    assert spec.get("strategy", {}).get("type", "RollingUpdate") == "RollingUpdate"
+    pod = spec["template"]["spec"]
+    assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", []))
+    assert "volumeClaimTemplates" not in spec
+    env = {e["name"]: e for e in c["env"]}
+    for name, key in (("KEYGATE_DATABASE_URL", "database-url"), ("KEYGATE_MASTER_KEY", "master-key"),
+                      ("KEYGATE_ADMIN_TOKEN", "admin-token"), ("KEYGATE_GATEWAY_TOKEN", "gateway-token")):
+        assert "value" not in env[name], name
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": key}, name
+        assert not env[name]["valueFrom"]["secretKeyRef"].get("optional"), name
+    # Preferred anti-affinity on the node: replicas spread where the cluster allows.
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= \
+           spec["template"]["metadata"]["labels"].items()
+    (pdb,) = [d for d in by_kind("PodDisruptionBudget") if d["metadata"]["name"] == "keygate-store"]
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert pdb["metadata"]["namespace"] == dep["metadata"]["namespace"]
+    assert pdb["spec"]["minAvailable"] < spec["replicas"], "a PDB as large as the Deployment blocks node drains"
+
+
+def template_store_cluster():
+    _, _, template = template_plugin_json()
+    return next(c for c in template["static_resources"]["clusters"] if c["name"] == "keygate_store")
+
+
+def store_destination_rule():
+    (dr,) = [d for d in by_kind("DestinationRule") if d["spec"]["host"] == STORE_CLUSTER.split("||")[1]]
+    return dr
+
+
+def duration_s(text):
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", str(text))
+    assert m, text
+    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(2)]
+
+
+def test_store_destinationrule_matches_the_template():
+    """Istio's cluster of the store gets envoy/envoy.yaml's outlier detection
+    through a DestinationRule (Istio has no active HTTP health checks: the
+    readiness probe on /healthz takes their place)."""
+    dr = store_destination_rule()
+    assert dr["apiVersion"].startswith("networking.istio.io/")
+    assert dr["metadata"]["namespace"] == "keygate-system"
+    assert set(dr["spec"]) <= {"host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"}
+    od = dr["spec"]["trafficPolicy"]["outlierDetection"]
+    assert set(od) <= {"consecutive5xxErrors", "consecutiveGatewayErrors", "interval", "baseEjectionTime",
+                       "maxEjectionPercent", "minHealthPercent", "splitExternalLocalOriginErrors",
+                       "consecutiveLocalOriginFailures"}
+    want = template_store_cluster()["outlier_detection"]
+    assert od["consecutive5xxErrors"] == want["consecutive_5xx"]
+    assert od["consecutiveGatewayErrors"] == want["consecutive_gateway_failure"]
+    assert od["maxEjectionPercent"] == want["max_ejection_percent"]
+    assert duration_s(od["interval"]) == duration_s(want["interval"])
+    assert duration_s(od["baseEjectionTime"]) == duration_s(want["base_ejection_time"])
+    # What the replicas' readiness gives instead of the health checks: out within seconds.
+    _, _, _, c = store_objects()
+    r = c["readinessProbe"]
+    assert r["periodSeconds"] * r["failureThreshold"] <= 5
+
+
+def istio_store_cluster():
+    """A stand-in for Istio's cluster of the store: EDS in Istio, STATIC here,
+    with the DestinationRule's outlier detection as Istio translates it."""
+    od = store_destination_rule()["spec"]["trafficPolicy"]["outlierDetection"]
+    return {"name": STORE_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s", "lb_policy": "ROUND_ROBIN",
+            "outlier_detection": {
+                "consecutive_5xx": od["consecutive5xxErrors"],
+                "enforcing_consecutive_5xx": 100,
+                "consecutive_gateway_failure": od["consecutiveGatewayErrors"],
+                "enforcing_consecutive_gateway_failure": 100,
+                "interval": od["interval"],
+                "base_ejection_time": od["baseEjectionTime"],
+                "max_ejection_percent": od["maxEjectionPercent"]},
+            "load_assignment": {"cluster_name": STORE_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8082}}}},
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.2", "port_value": 8082}}}}]}]}}
+
+
+def test_example_postgres_is_labelled_and_separate():
+    text = EXTRA_FILES[0].read_text()
+    assert text.startswith("# EXAMPLE ONLY"), "the example PostgreSQL must say so on its first line"
+    docs = [d for _, d in documents([EXTRA_FILES[0]])]
+    (sts,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"postgres:16\.\d+(-[a-z]+)?", c["image"]), c["image"]
+    env = {e["name"]: e for e in c["env"]}
+    assert "value" not in env["POSTGRES_PASSWORD"]
+    for d in docs:
+        assert d["metadata"]["namespace"] == "keygate-system"
+        assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "keygate-example"
+
+
+def test_copy_job_moves_the_sqlite_volume():
+    (job,) = [d for _, d in documents([EXTRA_FILES[1]])]
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    _, secret, _, store = store_objects()
+    assert c["image"] == store["image"]
+    assert c["args"][:1] == ["copy"] and c["args"][c["args"].index("--from") + 1] == "/var/lib/keygate"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["KEYGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "keygate-store", "key": "database-url"}
+    (mount,) = c["volumeMounts"]
+    assert mount["mountPath"] == "/var/lib/keygate"
+    claim = next(v for v in pod["volumes"] if v["name"] == mount["name"])["persistentVolumeClaim"]["claimName"]
+    assert claim == "keygate-data", "the claim of the former single-replica store"
+    assert job["metadata"]["namespace"] == secret["metadata"]["namespace"]
 
 
 def template_plugin_json():
@@ -231,9 +372,7 @@ def test_envoyfilter_fragments_validate_in_envoy(tmp_path):
     text = text.replace("/etc/keygate/keygate_filter.wasm", wasm_path)
     text = text.replace("/etc/ssl/certs/ca-certificates.crt", local_ca_bundle())
     clusters = yaml.safe_load(text)
-    clusters.append({"name": STORE_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s",
-                     "load_assignment": {"cluster_name": STORE_CLUSTER, "endpoints": [{"lb_endpoints": [
-                         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8082}}}}]}]}})
+    clusters.append(istio_store_cluster())
     base["static_resources"]["clusters"] = clusters
     out = tmp_path / "istio-gateway.yaml"
     out.write_text(yaml.safe_dump(base, sort_keys=False))
