@@ -23,6 +23,7 @@ module, interleaved with `hit` in the same rounds, for an A/B), BENCH_ROUNDS,
 BENCH_KEEP_WORK=1 (keep bench/work with logs and rendered configs).
 """
 
+import concurrent.futures
 import datetime
 import hashlib
 import http.client as httpclient
@@ -195,7 +196,8 @@ class ChildCpu:
 
 
 class Store:
-    def __init__(self):
+    def __init__(self, database_url=None, master_key=None):
+        self.database_url, self.master_key = database_url, master_key
         shm = Path("/dev/shm")
         base = Path(tempfile.mkdtemp(prefix="keygate-bench-", dir=shm if shm.is_dir() else WORK))
         self.data_dir = base / "data"
@@ -206,7 +208,9 @@ class Store:
         env = {**os.environ, "KEYGATE_DATA_DIR": str(self.data_dir), "KEYGATE_API_PORT": str(self.api_port),
                "KEYGATE_LOOKUP_PORT": str(self.lookup_port), "KEYGATE_ADMIN_TOKEN": ADMIN_TOKEN,
                "KEYGATE_GATEWAY_TOKEN": GATEWAY_TOKEN, "RUST_LOG": "warn"}
-        self.proc = start(["taskset", "-c", "1", str(STORE_BIN), "serve"], "store", env=env)
+        if self.database_url:
+            env.update({"KEYGATE_DATABASE_URL": self.database_url, "KEYGATE_MASTER_KEY": self.master_key})
+        self.proc = start(["taskset", "-c", "1", str(STORE_BIN), "serve"], "store-pg" if self.database_url else "store", env=env)
         wait_until(lambda: http("GET", f"http://127.0.0.1:{self.api_port}/healthz", timeout=1)[0] == 200, 20, "key store")
         return self
 
@@ -217,10 +221,10 @@ class Store:
             raise RuntimeError(f"store: {method} {path} -> {status} {doc}")
         return doc
 
-    def lookups(self):
+    def lookups(self, field="lookups"):
         status, doc = http("GET", f"http://127.0.0.1:{self.lookup_port}/v1/stats",
                            headers={"authorization": f"Bearer {GATEWAY_TOKEN}"})
-        return int(doc["lookups"]) if status == 200 and isinstance(doc, dict) else None
+        return int(doc[field]) if status == 200 and isinstance(doc, dict) else None
 
 
 class Envoy:
@@ -650,12 +654,112 @@ def report(res):
                      f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms (all connections: p50 {r['all_connections_p50_ms']} ms, "
                      f"p99 {r['all_connections_p99_ms']} ms). {r['measured_as']}.")
     lines.append("")
+    if res.get("fleet"):
+        lines.append(f"**Fleet:** {res['fleet']['measured_as']}")
+        lines.append("")
     lines.append("| target | value | goal | result |")
     lines.append("|---|---:|---|---|")
     for t in res["targets"]:
         lines.append(f"| {t['what']} | {t['value']} | {t['goal']} | {verdict(t['ok'])} |")
     lines.append("")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- fleet
+
+LOOKUPS_LUA = BENCH / "lua" / "lookups.lua"
+PG_CLUSTER = ROOT / "scripts" / "pg-cluster"
+
+
+def lookup_rate(store, digests_file, seconds):
+    """Lookups per second one store process serves (wrk on core 0, the store on core 1)."""
+    env = {**os.environ, "BENCH_DIGESTS_FILE": str(digests_file), "BENCH_GATEWAY_TOKEN": GATEWAY_TOKEN}
+    out, err, rc, _ = run_measured(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(LOOKUPS_LUA),
+                                    f"http://127.0.0.1:{store.lookup_port}/"], env=env, timeout=seconds + 60)
+    if rc != 0:
+        raise RuntimeError(f"wrk failed for store lookups: {err or out}")
+    r = parse_wrk(out)
+    return r["rps"], r["non_2xx"]
+
+
+def fleet_figures(bench, store, upstream_port, template, pool):
+    """Store calls per request of a rate-limited key at steady state (its
+    Envoy leases shares of the window), and the lookups per second a store
+    replica serves on SQLite and on PostgreSQL (the same keys, copied)."""
+    seconds = P["tp_s"] * 2
+    # A limit above the bench's rate (every request admitted from leases), low
+    # enough that the run takes several leases.
+    limit = 600_000
+    cfg = store.ok("POST", "/access-key-configurations", {"name": "bench-limited", "rateLimits": {"requestsPerMinute": limit}})
+    token = store.ok("POST", "/access-keys", {"name": "bench-limited", "accessKeyConfigurationId": cfg["id"]})["token"]
+    (WORK / "limited.txt").write_text(token + "\n")
+    e = Envoy("limited", template).start(store, upstream_port)
+    v = Variant("limited", e, WORK / "limited.txt")
+    l0 = store.lookups("leases")
+    warm = bench.throughput(v, 1, record=False)  # the first lease, the cache
+    r = bench.throughput(v, seconds, record=False)
+    leases = store.lookups("leases") - l0
+    r["requests"] += warm["requests"]
+    r["non_2xx"] += warm["non_2xx"]
+    per_request = leases / max(1, r["requests"])
+    e.proc.terminate()
+    # The rate-limit bound: a key limited to 1 000 a window, 3 000 requests at
+    # once over two Envoys; the fleet admits at most the limit, and less only by
+    # what the Envoys leased and did not use (at most a quarter each).
+    small = 1_000
+    cfg = store.ok("POST", "/access-key-configurations", {"name": "bench-bound", "rateLimits": {"requestsPerMinute": small}})
+    bound_token = store.ok("POST", "/access-keys", {"name": "bench-bound", "accessKeyConfigurationId": cfg["id"]})["token"]
+    pair = [Envoy(f"bound-{i}", template).start(store, upstream_port) for i in range(2)]
+    chat = chat_body()
+    if time.time() % 60 > 55:  # not across the window's end
+        time.sleep(61 - time.time() % 60)
+
+    def one(i):
+        return http("POST", f"http://127.0.0.1:{pair[i % 2].port}{CHAT}", chat,
+                    {"authorization": f"Bearer {bound_token}", "content-type": "application/json"})[0]
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool_:
+        statuses = list(pool_.map(one, range(3 * small)))
+    for p_ in pair:
+        p_.proc.terminate()
+    bound_admitted = statuses.count(200)
+    # Lookups per second: SQLite (this store), then PostgreSQL with the same keys.
+    digests = WORK / "digests.txt"
+    digests.write_text("\n".join(hashlib.sha256(t.encode()).hexdigest() for t in pool[:5000]) + "\n")
+    sqlite_rps, sqlite_bad = lookup_rate(store, digests, seconds)
+    pg = {"rps": None, "non_2xx": None, "error": None}
+    try:
+        started = subprocess.run([str(PG_CLUSTER), "start"], capture_output=True, text=True, check=True)
+        pg_dir, url = started.stdout.split()
+        try:
+            subprocess.run([str(STORE_BIN), "copy", "--from", str(store.data_dir), "--to", url], check=True,
+                           capture_output=True, text=True)
+            master = (store.data_dir / "master.key").read_text().strip()
+            pg_store = Store(database_url=url, master_key=master).start()
+            try:
+                pg["rps"], pg["non_2xx"] = lookup_rate(pg_store, digests, seconds)
+            finally:
+                pg_store.proc.terminate()
+                pg_store.proc.wait(timeout=10)
+                shutil.rmtree(pg_store.cleanup_dir, ignore_errors=True)
+        finally:
+            subprocess.run([str(PG_CLUSTER), "stop", pg_dir], check=False)
+    except (subprocess.CalledProcessError, OSError, ValueError) as exc:
+        pg["error"] = str(getattr(exc, "stderr", "") or exc)[:300]
+    measured = (f"a key limited to {limit:,} requests/min, {r['requests']:,} requests in {seconds + 1} s through one Envoy "
+                f"(leases of 1/16 of the limit, doubling to 1/4): "
+                f"{leases} lease calls = **{per_request:.5f} store calls per request** ({r['non_2xx']} refused). "
+                f"Lookups one store process serves (wrk, 32 connections, 5 000 distinct keys, store on core 1): "
+                f"SQLite **{fmt(sqlite_rps)} /s**, PostgreSQL 15 (local, same keys via `keygate copy`) "
+                + (f"**{fmt(pg['rps'])} /s**" if pg["rps"] else f"not measured ({pg['error']})") + ". "
+                f"Rate-limit bound: a key limited to {small:,} a window, {3 * small:,} requests at once over two Envoys: "
+                f"**{bound_admitted:,} admitted** (stated bound: {small - 2 * -(-small // 4):,}..{small:,}); "
+                f"other answers: {sorted(set(s_ for s_ in statuses if s_ != 200))}.")
+    return {"limit": limit, "requests": r["requests"], "leases": leases, "lease_calls_per_request": per_request,
+            "refused": r["non_2xx"], "lookups_per_s_sqlite": sqlite_rps, "lookups_non_2xx_sqlite": sqlite_bad,
+            "lookups_per_s_postgres": pg["rps"], "lookups_non_2xx_postgres": pg["non_2xx"], "postgres_error": pg["error"],
+            "bound_limit": small, "bound_admitted": bound_admitted,
+            "measured_as": measured}
 
 
 # --------------------------------------------------------------------------- main
@@ -931,6 +1035,10 @@ def main():
         rev = revocation(store, re_, body, P["revocation_trials"], P["revocation_connections"], bg_token)
         log(f"  p50 {rev['p50_ms']} ms  p99 {rev['p99_ms']} ms")
 
+        # ---- the fleet's figures
+        fleet = fleet_figures(bench, store, upstream_port, kg, pool)
+        log(f"  {fleet['measured_as']}")
+
         wasm = wasm_info(WASM)
         hit, miss, base_v = out["hit"], out["miss"], out["baseline"]
 
@@ -965,6 +1073,12 @@ def main():
              "value": fmt(memory["rss_100k_minus_baseline_mib"], 1, " MiB"), "goal": "≤ 30 MB",
              "ok": memory["rss_100k_minus_baseline_mib"] is not None and memory["rss_100k_minus_baseline_mib"] <= 30},
             {"what": "revocation latency p99 (reported, not asserted)", "value": f"{rev['p99_ms']} ms", "goal": "≤ 1 s", "ok": rev["p99_ms"] <= 1000},
+            {"what": f"rate limit across 2 Envoys: admitted of {fleet['bound_limit']:,} (3× as many sent at once)",
+             "value": fmt(fleet["bound_admitted"]), "goal": f"{fleet['bound_limit'] - 2 * -(-fleet['bound_limit'] // 4):,}..{fleet['bound_limit']:,}",
+             "ok": fleet["bound_limit"] - 2 * -(-fleet["bound_limit"] // 4) <= fleet["bound_admitted"] <= fleet["bound_limit"]},
+            {"what": "store calls per request, rate-limited key at steady state (leases)",
+             "value": fmt(fleet["lease_calls_per_request"], 5), "goal": "≤ 0.01",
+             "ok": fleet["lease_calls_per_request"] is not None and fleet["lease_calls_per_request"] <= 0.01},
         ]
         res = {
             "started": started, "quick": QUICK, "rounds": P["rounds"], "params": P, "envoy_version": envoy_version,
@@ -973,6 +1087,7 @@ def main():
                        "key store pinned with `taskset -c 1` (revocation: Envoy `--concurrency 2`, also on core 0). "
                        "Load generator CPU is measured per run; > 90 % of core 1 is flagged.",
             "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "by_body_size": by_size, "memory": memory, "revocation": rev,
+            "fleet": fleet,
             "wasm": wasm, "targets": targets, "duration_s": round(time.monotonic() - t_start, 1),
             "store_data_dir": str(store.data_dir),
         }
