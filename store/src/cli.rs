@@ -25,6 +25,10 @@ pub struct Cli {
     /// it the store keeps its data in SQLite (`<data dir>/keygate.db`).
     #[arg(long, env = "KEYGATE_DATABASE_URL", hide_env_values = true, global = true)]
     pub database_url: Option<String>,
+    /// A PEM bundle of CA certificates to trust, besides Mozilla's roots, for
+    /// PostgreSQL's TLS (a private CA, or the cloud provider's database CA).
+    #[arg(long, env = "KEYGATE_DATABASE_CA", global = true)]
+    pub database_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -1,9 +1,10 @@
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use keygate_store::cli::{run_admin, Cli, Command};
 use keygate_store::serve::{serve, ServeConfig};
-use keygate_store::storage::copy;
+use keygate_store::storage::{copy, PgTarget};
 use serde_json::{json, Value};
 
 fn init_logging() {
@@ -20,15 +21,17 @@ fn init_logging() {
 /// `keygate migrate` and `keygate copy`: work on the database directly.
 fn run_database(cli: &Cli) -> Result<Option<Value>, String> {
     let url = cli.database_url.as_deref();
+    let ca = cli.database_ca.as_deref();
     match &cli.command {
         Command::Migrate => {
-            let applied = keygate_store::serve::migrate(&cli.data_dir, url)?;
+            let applied = keygate_store::serve::migrate(&cli.data_dir, url, ca)?;
             Ok(Some(json!({ "applied": applied })))
         }
         Command::Copy(args) => {
             let to = args.to.as_deref().or(url).ok_or("copy needs --to <postgres URL> (or KEYGATE_DATABASE_URL)")?;
             let from = copy::sqlite_source(&args.from.clone().unwrap_or_else(|| cli.data_dir.display().to_string()));
-            let copied = copy::sqlite_to_postgres(&from, to).map_err(|e| e.to_string())?;
+            let to = PgTarget::new(to, ca.map(Path::to_path_buf));
+            let copied = copy::sqlite_to_postgres(&from, &to).map_err(|e| e.to_string())?;
             let tables: serde_json::Map<String, Value> =
                 copied.tables.into_iter().map(|(t, n)| (t, Value::from(n))).collect();
             Ok(Some(json!({ "copied": tables, "version": copied.version })))
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             let cfg = ServeConfig {
                 data_dir: cli.data_dir.clone(),
                 database_url: cli.database_url.clone(),
+                database_ca: cli.database_ca.clone(),
                 bind: args.bind,
                 api_port: args.api_port,
                 lookup_port: args.lookup_port,

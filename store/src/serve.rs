@@ -19,6 +19,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// PostgreSQL instead of SQLite (`KEYGATE_DATABASE_URL`).
     pub database_url: Option<String>,
+    /// A CA bundle to trust for PostgreSQL's TLS (`KEYGATE_DATABASE_CA`).
+    pub database_ca: Option<PathBuf>,
     pub bind: IpAddr,
     pub api_port: u16,
     pub lookup_port: u16,
@@ -109,10 +111,11 @@ fn prepare_data_dir(data_dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The database of a data directory and `KEYGATE_DATABASE_URL`: a SQLite
-/// file is created (mode 0600, the data directory 0700) before it is opened.
-pub fn backend(data_dir: &Path, database_url: Option<&str>) -> Result<Backend, String> {
-    let backend = Backend::select(database_url, data_dir);
+/// The database of a data directory and `KEYGATE_DATABASE_URL` (with
+/// `KEYGATE_DATABASE_CA`): a SQLite file is created (mode 0600, the data
+/// directory 0700) before it is opened.
+pub fn backend(data_dir: &Path, database_url: Option<&str>, database_ca: Option<&Path>) -> Result<Backend, String> {
+    let backend = Backend::select(database_url, database_ca, data_dir);
     if let Backend::Sqlite(db) = &backend {
         prepare_data_dir(data_dir)?;
         // Create the database file 0600 ourselves: SQLite gives -wal and -shm
@@ -127,8 +130,8 @@ pub fn backend(data_dir: &Path, database_url: Option<&str>) -> Result<Backend, S
 }
 
 /// `keygate migrate`: applies the pending schema migrations; returns them.
-pub fn migrate(data_dir: &Path, database_url: Option<&str>) -> Result<Vec<i64>, String> {
-    let backend = backend(data_dir, database_url)?;
+pub fn migrate(data_dir: &Path, database_url: Option<&str>, database_ca: Option<&Path>) -> Result<Vec<i64>, String> {
+    let backend = backend(data_dir, database_url, database_ca)?;
     backend.migrate().map_err(|e| fail(&backend.describe(), e))
 }
 
@@ -180,7 +183,7 @@ pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
         return Err("the admin and gateway tokens must not look like access keys (kg-...)".into());
     }
 
-    let backend = backend(&cfg.data_dir, cfg.database_url.as_deref())?;
+    let backend = backend(&cfg.data_dir, cfg.database_url.as_deref(), cfg.database_ca.as_deref())?;
     let store = backend.open(cipher, Options::default()).map_err(|e| fail(&backend.describe(), e))?;
     Ok(Prepared { state: AppState::new(store, &admin_token, &gateway_token) })
 }
@@ -280,6 +283,7 @@ mod tests {
         let cfg = ServeConfig {
             data_dir: dir.path().join("data"),
             database_url: None,
+            database_ca: None,
             bind: IpAddr::from([127, 0, 0, 1]),
             api_port: 0,
             lookup_port: 0,

@@ -15,7 +15,7 @@ use keygate_proto::lookup::{ReserveRequest, UsageRecord};
 use keygate_store::crypto::Cipher;
 use keygate_store::storage::{
     AccessKeyChanges, Backend, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest,
-    ProviderChanges, SqliteStore, Store, UsageFilter,
+    PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
 };
 use serde_json::{json, Value};
 use server::testdb::PgDb;
@@ -220,7 +220,7 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     assert_eq!(report["copied"]["usage"], 3);
 
     // The copied store answers exactly as the original did.
-    let dst = Backend::Postgres(db.url.clone()).open(cipher(), Options::default()).unwrap();
+    let dst = Backend::Postgres(db.url.clone().into()).open(cipher(), Options::default()).unwrap();
     assert_eq!(everything(&*dst, &tokens), before);
     assert_eq!(
         dst.lookup(&digest_of(&tokens[0])).unwrap().providers.len(),
@@ -289,7 +289,7 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     assert_eq!(db.query("SELECT COUNT(*) FROM access_keys")[0][0].as_deref(), Some("4"));
     // So is a database a store already started on (it has the master key check).
     let served = PgDb::create().unwrap();
-    drop(Backend::Postgres(served.url.clone()).open(cipher(), Options::default()).unwrap());
+    drop(Backend::Postgres(served.url.clone().into()).open(cipher(), Options::default()).unwrap());
     let mut c = command(&data);
     let out = c.args(["copy", "--to", &served.url]).output().unwrap();
     assert!(!out.status.success());
@@ -334,7 +334,7 @@ fn migrations_started_at_once_apply_once() {
     let fresh = PgDb::create().unwrap();
     std::thread::scope(|s| {
         for _ in 0..3 {
-            s.spawn(|| drop(Backend::Postgres(fresh.url.clone()).open(cipher(), Options::default()).unwrap()));
+            s.spawn(|| drop(Backend::Postgres(fresh.url.clone().into()).open(cipher(), Options::default()).unwrap()));
         }
     });
     assert_eq!(fresh.query("SELECT COUNT(*) FROM providers WHERE built_in")[0][0].as_deref(), Some("8"));
@@ -347,7 +347,7 @@ fn migrations_started_at_once_apply_once() {
 fn writers_in_several_stores_stay_exact() {
     let Some(db) = pg() else { return };
     let stores: Vec<Arc<dyn Store>> =
-        (0..2).map(|_| Backend::Postgres(db.url.clone()).open(cipher(), Options::default()).unwrap()).collect();
+        (0..2).map(|_| Backend::Postgres(db.url.clone().into()).open(cipher(), Options::default()).unwrap()).collect();
     let key = stores[0]
         .create_access_key(&new_key(
             "b",
@@ -426,4 +426,205 @@ fn writers_in_several_stores_stay_exact() {
     assert!(credits.enabled);
     assert_eq!((credits.balance_usd * 1e6).round() as usize, THREADS * EACH);
     assert_eq!(stores[0].changes(0).unwrap().version, v0 + n + 1);
+}
+
+// ---------------------------------------------------------------------------
+// TLS (sslmode, KEYGATE_DATABASE_CA). These run in a PostgreSQL run too; the
+// TLS server is a cluster of their own (`scripts/pg-cluster start --tls`:
+// TLS connections only, a certificate for localhost and 127.0.0.1 signed by
+// a throwaway CA).
+
+const PG_CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/pg-cluster");
+
+/// A TLS cluster, stopped and removed when dropped.
+struct TlsCluster {
+    dir: String,
+    /// `postgres://keygate:…@127.0.0.1:PORT/postgres`, no query.
+    url: String,
+    ca: std::path::PathBuf,
+}
+
+impl TlsCluster {
+    fn start() -> TlsCluster {
+        let out = std::process::Command::new(PG_CLUSTER).args(["start", "--tls"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let line = String::from_utf8(out.stdout).unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{line}");
+        TlsCluster { dir: f[0].into(), url: f[1].into(), ca: f[2].into() }
+    }
+
+    fn url(&self, sslmode: &str) -> String {
+        format!("{}?sslmode={sslmode}", self.url)
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(PG_CLUSTER).args(["stop", &self.dir]).status();
+    }
+}
+
+/// Whether the server sees the connection the store makes as TLS.
+fn encrypted(target: &PgTarget) -> Result<bool, String> {
+    let mut c = target.connect().map_err(|e| e.to_string())?;
+    Ok(c.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0))
+}
+
+fn target(url: &str, ca: Option<&std::path::Path>) -> PgTarget {
+    PgTarget::new(url, ca.map(std::path::Path::to_path_buf))
+}
+
+/// `keygate migrate` on `url` (and the CA bundle `ca`): its exit and stderr.
+fn migrate_with(url: &str, ca: Option<&std::path::Path>) -> (bool, String) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = command(tmp.path());
+    c.arg("migrate").env("KEYGATE_DATABASE_URL", url);
+    if let Some(ca) = ca {
+        c.env("KEYGATE_DATABASE_CA", ca);
+    }
+    let out = c.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `keygate serve` on `url` (and `ca`), which must exit, failing, within 30 s
+/// without having become ready; returns its stderr.
+fn serve_refuses(url: &str, ca: Option<&std::path::Path>) -> String {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = command(tmp.path());
+    c.arg("serve")
+        .env("KEYGATE_API_PORT", "0")
+        .env("KEYGATE_LOOKUP_PORT", "0")
+        .env("KEYGATE_DATABASE_URL", url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    if let Some(ca) = ca {
+        c.env("KEYGATE_DATABASE_CA", ca);
+    }
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("keygate serve did not exit on {url}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("ready"), "{stdout}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A throwaway CA that signed nothing the server holds.
+fn other_ca(dir: &std::path::Path) -> std::path::PathBuf {
+    let ca = dir.join("other-ca.pem");
+    let key = dir.join("other-ca.key");
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=another CA", "-addext", "basicConstraints=critical,CA:TRUE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ca
+}
+
+#[test]
+fn tls_with_the_ca_serves_and_fails_closed_without_it() {
+    if std::env::var(server::testdb::ENV).is_err() {
+        eprintln!("skipped: {} is not set", server::testdb::ENV);
+        return;
+    }
+    let t = std::time::Instant::now();
+    let cluster = TlsCluster::start();
+    let ca = Some(cluster.ca.as_path());
+
+    // Verified TLS, in every mode that uses it: the server sees TLS.
+    for mode in ["require", "verify-ca", "verify-full", "prefer"] {
+        assert_eq!(encrypted(&target(&cluster.url(mode), ca)), Ok(true), "sslmode={mode}");
+    }
+    // The certificate's DNS name works as well as its IP address.
+    let by_name = cluster.url("verify-full").replace("@127.0.0.1:", "@localhost:");
+    assert_eq!(encrypted(&target(&by_name, ca)), Ok(true));
+
+    // The real binary: serves with KEYGATE_DATABASE_URL + KEYGATE_DATABASE_CA.
+    let tmp = tempfile::tempdir().unwrap();
+    let master = hex::encode([9u8; 32]);
+    let url = cluster.url("verify-full");
+    let ca_path = cluster.ca.display().to_string();
+    let server = Server::start(
+        tmp.path(),
+        &[("KEYGATE_DATABASE_URL", &url), ("KEYGATE_DATABASE_CA", &ca_path), ("KEYGATE_MASTER_KEY", &master)],
+    );
+    let res = agent().get(format!("{}/healthz", server.lookup)).call().unwrap();
+    assert_eq!(res.status(), 200);
+    let log = server.stop();
+    assert!(log.contains("connected to PostgreSQL over TLS"), "{log}");
+    // The library too: the store opens and answers.
+    let store = Backend::Postgres(target(&cluster.url("require"), ca)).open(cipher(), Options::default()).unwrap();
+    assert_eq!(store.changes(0).unwrap().version, 0);
+    drop(store);
+
+    // Without the CA (Mozilla's roots only), or with another CA: no connection,
+    // whatever the mode (prefer too: TLS was offered, so it is verified).
+    let other = other_ca(tmp.path());
+    for ca in [None, Some(other.as_path())] {
+        for mode in ["require", "verify-full", "prefer"] {
+            let err = encrypted(&target(&cluster.url(mode), ca)).unwrap_err();
+            assert!(err.contains("certificate") && err.contains("UnknownIssuer"), "sslmode={mode}: {err}");
+        }
+        let (ok, stderr) = migrate_with(&cluster.url("require"), ca);
+        assert!(!ok && stderr.contains("UnknownIssuer"), "{stderr}");
+        let stderr = serve_refuses(&cluster.url("verify-full"), ca);
+        assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+        assert!(Backend::Postgres(target(&cluster.url("require"), ca)).open(cipher(), Options::default()).is_err());
+    }
+    // The right CA but another host name: refused (verify-full, as every mode here).
+    let misnamed =
+        format!("{}&hostaddr=127.0.0.1", cluster.url("require").replace("@127.0.0.1:", "@db.keygate.invalid:"));
+    let err = encrypted(&target(&misnamed, ca)).unwrap_err();
+    assert!(err.contains("not valid for name"), "{err}");
+    // An unreadable or empty CA bundle stops the store, whatever the mode.
+    let empty = tmp.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    for path in [empty.as_path(), std::path::Path::new("/nonexistent/ca.pem")] {
+        let (ok, stderr) = migrate_with(&cluster.url("disable"), Some(path));
+        assert!(!ok && stderr.contains("KEYGATE_DATABASE_CA"), "{stderr}");
+    }
+    // sslmode=disable sends no TLS: this server (TLS connections only) refuses it.
+    let err = encrypted(&target(&cluster.url("disable"), ca)).unwrap_err();
+    assert!(err.contains("no encryption"), "{err}");
+    eprintln!("tls_with_the_ca_serves_and_fails_closed_without_it: {:?}", t.elapsed());
+}
+
+#[test]
+fn tls_required_of_a_plain_server_fails_closed() {
+    let Some(db) = pg() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = other_ca(tmp.path());
+    let url = |mode: &str| format!("{}?sslmode={mode}", db.url);
+    for mode in ["require", "verify-ca", "verify-full"] {
+        for ca in [None, Some(ca.as_path())] {
+            let err = encrypted(&target(&url(mode), ca)).unwrap_err();
+            assert!(err.contains("server does not support TLS"), "sslmode={mode}: {err}");
+        }
+        let (ok, stderr) = migrate_with(&url(mode), None);
+        assert!(!ok && stderr.contains("server does not support TLS"), "{stderr}");
+    }
+    let stderr = serve_refuses(&url("require"), None);
+    assert!(stderr.contains("server does not support TLS"), "{stderr}");
+    assert!(Backend::Postgres(target(&url("require"), None)).open(cipher(), Options::default()).is_err());
+    assert_eq!(db.query("SELECT COUNT(*) FROM pg_tables WHERE tablename = 'meta'")[0][0].as_deref(), Some("0"));
+
+    // disable, and prefer (the default) of a server without TLS: plain text.
+    assert_eq!(encrypted(&target(&url("disable"), None)), Ok(false));
+    assert_eq!(encrypted(&target(&url("prefer"), None)), Ok(false));
+    assert_eq!(encrypted(&target(&db.url, None)), Ok(false));
+    let store = Backend::Postgres(target(&url("disable"), None)).open(cipher(), Options::default()).unwrap();
+    assert_eq!(store.changes(0).unwrap().version, 0);
 }

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
-use postgres::{IsolationLevel, NoTls};
+use postgres::IsolationLevel;
 use rusqlite::{Connection, OpenFlags};
 
+use super::postgres::PgTarget;
 use crate::error::{StoreError, StoreResult};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -221,7 +222,7 @@ pub struct Copied {
 enum CopyError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", super::postgres::error::full(.0))]
     Postgres(#[from] postgres::Error),
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -252,7 +253,7 @@ pub fn sqlite_source(from: &str) -> PathBuf {
 }
 
 /// Copies the SQLite database at `from` into the empty PostgreSQL database at `to`.
-pub fn sqlite_to_postgres(from: &Path, to: &str) -> StoreResult<Copied> {
+pub fn sqlite_to_postgres(from: &Path, to: &PgTarget) -> StoreResult<Copied> {
     if !from.is_file() {
         return Err(StoreError::NotFound(format!("no SQLite database at {}", from.display())));
     }
@@ -263,8 +264,8 @@ pub fn sqlite_to_postgres(from: &Path, to: &str) -> StoreResult<Copied> {
     let run = || -> Result<Copied, CopyError> {
         let mut src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         src.busy_timeout(std::time::Duration::from_secs(10))?;
-        let cfg: postgres::Config = to.parse().map_err(|e| StoreError::Internal(format!("the target URL: {e}")))?;
-        let mut dst = cfg.connect(NoTls)?;
+        let (cfg, tls) = to.parts()?;
+        let mut dst = cfg.connect(tls)?;
         copy(&mut src, &mut dst)
     };
     // The blocking client must not run on a thread that drives async tasks.

@@ -16,7 +16,7 @@ mod rows;
 pub mod sqlite;
 mod update;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keygate_proto::lookup::{
@@ -30,7 +30,7 @@ use crate::model::{
     RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 
-pub use postgres::PgStore;
+pub use postgres::{PgStore, PgTarget};
 pub use sqlite::SqliteStore;
 
 /// Tunables shared by the backends (tests shrink the change log).
@@ -52,8 +52,8 @@ impl Default for Options {
 pub enum Backend {
     /// A SQLite database file.
     Sqlite(PathBuf),
-    /// A PostgreSQL connection URL (`postgres://…`).
-    Postgres(String),
+    /// A PostgreSQL database: its URL (`postgres://…`) and extra CA bundle.
+    Postgres(PgTarget),
 }
 
 impl std::fmt::Debug for Backend {
@@ -67,10 +67,11 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// PostgreSQL when `database_url` is given, else `keygate.db` in `data_dir`.
-    pub fn select(database_url: Option<&str>, data_dir: &std::path::Path) -> Self {
+    /// PostgreSQL when `database_url` is given (trusting the CA bundle
+    /// `database_ca` too), else `keygate.db` in `data_dir`.
+    pub fn select(database_url: Option<&str>, database_ca: Option<&Path>, data_dir: &Path) -> Self {
         match database_url.map(str::trim).filter(|u| !u.is_empty()) {
-            Some(url) => Backend::Postgres(url.to_string()),
+            Some(url) => Backend::Postgres(PgTarget::new(url, database_ca.map(Path::to_path_buf))),
             None => Backend::Sqlite(data_dir.join("keygate.db")),
         }
     }
@@ -79,7 +80,7 @@ impl Backend {
     pub fn describe(&self) -> String {
         match self {
             Backend::Sqlite(p) => p.display().to_string(),
-            Backend::Postgres(url) => match url.parse::<::postgres::Config>() {
+            Backend::Postgres(target) => match postgres::tls::parse_url(&target.url) {
                 Ok(c) => format!(
                     "postgres database {} on {}",
                     c.get_dbname().unwrap_or("(default)"),
@@ -101,7 +102,7 @@ impl Backend {
     pub fn migrate(&self) -> StoreResult<Vec<i64>> {
         match self {
             Backend::Sqlite(path) => sqlite::migrate(path),
-            Backend::Postgres(url) => postgres::migrate(url),
+            Backend::Postgres(target) => postgres::migrate(target),
         }
     }
 
@@ -109,7 +110,7 @@ impl Backend {
     pub fn open(&self, cipher: Cipher, opts: Options) -> StoreResult<Arc<dyn Store>> {
         Ok(match self {
             Backend::Sqlite(path) => Arc::new(SqliteStore::open_with(path, cipher, opts)?),
-            Backend::Postgres(url) => Arc::new(PgStore::open_with(url, cipher, opts)?),
+            Backend::Postgres(target) => Arc::new(PgStore::open_with(target, cipher, opts)?),
         })
     }
 }

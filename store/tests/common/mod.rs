@@ -38,7 +38,7 @@ pub fn harness() -> H {
 /// `KEYGATE_TEST_DATABASE_URL` is set, else `keygate.db` in `dir`.
 pub fn test_backend(dir: &TempDir) -> (Backend, Option<testdb::PgDb>) {
     match testdb::PgDb::create() {
-        Some(db) => (Backend::Postgres(db.url.clone()), Some(db)),
+        Some(db) => (Backend::Postgres(db.url.clone().into()), Some(db)),
         None => (Backend::Sqlite(dir.path().join("keygate.db")), None),
     }
 }

@@ -8,6 +8,23 @@ use postgres::error::SqlState;
 use crate::crypto::CryptoError;
 use crate::error::StoreError;
 
+/// `e` and its causes: the `postgres` crate's errors name only their kind
+/// ("db error", "error performing TLS handshake") and keep the reason (the
+/// server's message, the certificate's fault) as their source.
+pub(crate) fn full(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    s
+}
+
 #[derive(Debug)]
 pub(crate) enum PgError {
     Sql(postgres::Error),
@@ -33,7 +50,7 @@ impl PgError {
 impl From<PgError> for StoreError {
     fn from(e: PgError) -> Self {
         match e {
-            PgError::Sql(e) => StoreError::Internal(format!("postgres: {e}")),
+            PgError::Sql(e) => StoreError::Internal(format!("postgres: {}", full(&e))),
             PgError::Pool(e) => StoreError::Internal(format!("postgres pool: {e}")),
             PgError::Store(e) => e,
         }

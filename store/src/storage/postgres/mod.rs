@@ -9,8 +9,16 @@
 //! maintainer again): the `Store` trait is synchronous and called from
 //! `spawn_blocking`, so a blocking client fits it with no second async
 //! runtime of our own, and r2d2 gives a bounded pool with checkout timeouts,
-//! lazy connects and the replacement of broken connections. TLS is not wired
-//! (`NoTls`): use a local socket, a private network or a TLS sidecar.
+//! lazy connects and the replacement of broken connections.
+//!
+//! # TLS
+//!
+//! Every connection goes through rustls (see [`tls`]): the URL's `sslmode`
+//! decides whether TLS is used (`disable`, `prefer` — the default —,
+//! `require`, `verify-ca`, `verify-full`), and whenever it is, the server's
+//! certificate is verified as with `verify-full`, against Mozilla's roots and
+//! the bundle of `KEYGATE_DATABASE_CA`. A required TLS connection that cannot
+//! be made fails: the store never falls back to plain text.
 //!
 //! # Several store processes on one database
 //!
@@ -35,7 +43,7 @@ use keygate_proto::lookup::{
     Changes, LeaseRequest, LeaseResponse, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
 };
 use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::{IsolationLevel, NoTls, Transaction};
+use postgres::{IsolationLevel, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
 pub(crate) mod error;
@@ -43,6 +51,10 @@ mod leases;
 mod ledger;
 mod reports;
 mod schema;
+pub mod tls;
+
+pub use self::tls::PgTarget;
+use self::tls::Tls;
 
 use self::error::{PgError, R};
 use self::ledger::{forget_scope, PgLedger};
@@ -77,7 +89,7 @@ const POOL_SIZE: u32 = 8;
 /// Attempts of a write transaction that keeps meeting concurrent writers.
 const WRITE_ATTEMPTS: u32 = 50;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<PostgresConnectionManager<Tls>>;
 
 pub struct PgStore {
     pool: Option<Pool>,
@@ -180,17 +192,36 @@ fn execute(a: Assignments<Value>, tx: &mut Transaction<'_>, table: &'static str,
     Ok(tx.execute(&sql, &params)?)
 }
 
-fn config(url: &str) -> R<postgres::Config> {
-    url.parse::<postgres::Config>().map_err(|e| StoreError::Internal(format!("KEYGATE_DATABASE_URL: {e}")).into())
-}
-
-/// Applies the pending schema migrations of the database at `url`.
-pub fn migrate(url: &str) -> StoreResult<Vec<i64>> {
+/// Applies the pending schema migrations of the database at `target`.
+pub fn migrate(target: &PgTarget) -> StoreResult<Vec<i64>> {
     let run = || -> R<Vec<Migration>> {
-        let mut client = config(url)?.connect(NoTls)?;
+        let (cfg, tls) = target.parts()?;
+        let mut client = cfg.connect(tls)?;
         schema::migrate(&mut client)
     };
     Ok(off_runtime(run)?.iter().map(|m| m.version).collect())
+}
+
+/// Logs whether the store's connections are encrypted (with `prefer`, that
+/// depends on the server), as the server reports it (`pg_stat_ssl`).
+fn log_tls(client: &mut postgres::Client, mode: postgres::config::SslMode) {
+    let ssl = client
+        .query_opt("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .ok()
+        .flatten()
+        .and_then(|r| Some((r.try_get::<_, bool>(0).ok()?, r.try_get::<_, Option<String>>(1).ok()?)));
+    match ssl {
+        Some((true, version)) => {
+            tracing::info!(sslmode = ?mode, tls = version.as_deref().unwrap_or("?"), "connected to PostgreSQL over TLS")
+        }
+        Some((false, _)) if mode == postgres::config::SslMode::Disable => {
+            tracing::info!(sslmode = ?mode, "connected to PostgreSQL without TLS")
+        }
+        Some((false, _)) => {
+            tracing::warn!(sslmode = ?mode, "connected to PostgreSQL without TLS: the server does not offer it")
+        }
+        None => tracing::info!(sslmode = ?mode, "connected to PostgreSQL"),
+    }
 }
 
 /// Runs `f` on a plain thread: the blocking client must not run (nor be
@@ -202,25 +233,29 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 impl PgStore {
     /// Connects, applies pending migrations, checks the master key and seeds
     /// the built-in providers.
-    pub fn open(url: &str, cipher: Cipher) -> StoreResult<Self> {
-        Self::open_with(url, cipher, Options::default())
+    pub fn open(target: &PgTarget, cipher: Cipher) -> StoreResult<Self> {
+        Self::open_with(target, cipher, Options::default())
     }
 
-    pub fn open_with(url: &str, cipher: Cipher, opts: Options) -> StoreResult<Self> {
-        off_runtime(|| Self::try_open(url, cipher, opts)).map_err(StoreError::from)
+    pub fn open_with(target: &PgTarget, cipher: Cipher, opts: Options) -> StoreResult<Self> {
+        off_runtime(|| Self::try_open(target, cipher, opts)).map_err(StoreError::from)
     }
 
-    fn try_open(url: &str, cipher: Cipher, opts: Options) -> R<Self> {
-        let cfg = config(url)?;
-        // A first connection of our own: a wrong URL fails now, not after the
-        // pool's checkout timeout.
-        schema::migrate(&mut cfg.connect(NoTls)?)?;
+    fn try_open(target: &PgTarget, cipher: Cipher, opts: Options) -> R<Self> {
+        let (cfg, tls) = target.parts()?;
+        // A first connection of our own: a wrong URL (or a TLS connection
+        // that cannot be made) fails now, not after the pool's checkout
+        // timeout.
+        let mut first = cfg.connect(tls.clone())?;
+        log_tls(&mut first, cfg.get_ssl_mode());
+        schema::migrate(&mut first)?;
+        drop(first);
         let pool = r2d2::Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
             .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
-            .build(PostgresConnectionManager::new(cfg, NoTls))?;
+            .build(PostgresConnectionManager::new(cfg, tls))?;
         let store = PgStore { pool: Some(pool), cipher, opts };
         store.write(|tx| {
             let sealed = store.cipher.encrypt(KEY_CHECK_AAD, b"ok")?;
@@ -246,7 +281,7 @@ impl PgStore {
         Ok(store)
     }
 
-    fn conn(&self) -> R<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    fn conn(&self) -> R<r2d2::PooledConnection<PostgresConnectionManager<Tls>>> {
         let pool = self.pool.as_ref().ok_or_else(|| StoreError::Internal("the store is closed".into()))?;
         Ok(pool.get()?)
     }
