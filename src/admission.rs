@@ -123,7 +123,7 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
     let mut counted = None;
     if !ask.admitted {
         if let Some(limits) = &lookup.limits {
-            let tokens = ask.estimate.0.saturating_add(ask.estimate.1);
+            let tokens = ratelimit::counted_tokens(limits, ask.estimate.0.saturating_add(ask.estimate.1));
             let Ok(pool) = counters.rate_pool(forward.key_id) else {
                 return Verdict::Refuse(Denial::internal("the rate limiter is unavailable"));
             };
@@ -295,13 +295,14 @@ mod tests {
             ..Default::default()
         };
         let limits = l.limits.clone().unwrap();
-        let leased = Now { pool: Some(Pool::default().with_grant(&grant, NOW, (1, 100), &limits)), ..Now::default() };
+        let leased =
+            Now { pool: Some(Pool::default().with_grant(&grant, NOW, NOW, (1, 100), &limits)), ..Now::default() };
         let Verdict::Forward { counted: Some(c), .. } = admit_chat(&l, &leased, &config, false) else {
             panic!("not counted")
         };
         assert_eq!(c.pool.requests, 0);
         let grant = keygate_proto::lookup::LeaseResponse { window_start_ms: 0, reset_ms: 60_000, ..Default::default() };
-        let dry = Now { pool: Some(c.pool.with_grant(&grant, NOW, (1, 100), &limits)), ..Now::default() };
+        let dry = Now { pool: Some(c.pool.with_grant(&grant, NOW, NOW, (1, 100), &limits)), ..Now::default() };
         let Verdict::Refuse(d) = admit_chat(&l, &dry, &config, false) else { panic!("second request admitted") };
         assert_eq!((d.status, d.code), (429, Code::RateLimitExceeded));
         // Admitted once (reservation done), it is not counted again.

@@ -35,6 +35,8 @@ pub struct LeaseAsk {
     pub limits: Limits,
     /// (requests, tokens) the asking request must find in the pool.
     pub needed: (u64, u64),
+    /// When it was sent (the window ends `resetMs` after that, at the latest).
+    pub sent_ms: u64,
 }
 
 impl LeaseAsk {
@@ -384,7 +386,7 @@ mod tests {
     #[test]
     fn requests_share_a_lease_and_a_lost_lease_sends_them_back_to_admission() {
         let mut c = Callouts::default();
-        let ask = LeaseAsk { key_id: "ak_1".into(), limits: Limits::default(), needed: (1, 0) };
+        let ask = LeaseAsk { key_id: "ak_1".into(), limits: Limits::default(), needed: (1, 0), sent_ms: 0 };
         c.started(9, 3, Purpose::Lease(ask.clone()), 0);
         let slot = LeaseAsk::slot("ak_1");
         assert!(c.lookup_in_flight(&slot));

@@ -20,6 +20,16 @@ use keygate_proto::lookup::{LeaseResponse, Limits};
 
 use crate::errors::{Code, Denial};
 
+/// How long a pool the store could not refill refuses before it asks again.
+pub const DRY_RETRY_MS: u64 = 1_000;
+
+/// The tokens a request counts against a token limit: its estimate, at most
+/// the whole limit (a client's `max_tokens` must not make a lease, or its
+/// refund, larger than the limit itself).
+pub fn counted_tokens(limits: &Limits, tokens: u64) -> u64 {
+    limits.tokens_per_minute.map_or(tokens, |l| tokens.min(l))
+}
+
 /// One Envoy's lease of a key's window, as kept in shared data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pool {
@@ -34,8 +44,10 @@ pub struct Pool {
     pub tokens: i64,
     /// Leases taken in this window (the next one asks for more).
     pub leases: u32,
-    /// The store had nothing left to grant: refused until the window ends.
-    pub dry: bool,
+    /// The store had nothing left to grant: refused until then (this
+    /// Envoy's clock), when it asks again (another Envoy may have returned
+    /// nothing, but the window may also have turned).
+    pub dry_until: u64,
     /// What the store had left for the fleet at the last grant.
     pub fleet_requests: u64,
     pub fleet_tokens: u64,
@@ -49,14 +61,14 @@ impl Pool {
         let (start_ms, end_ms, requests) = (n()?, n()?, n()?);
         let tokens = it.next()?.parse::<i64>().ok()?;
         let mut n = || it.next()?.parse::<u64>().ok();
-        let (leases, dry, fleet_requests, fleet_tokens) = (n()?, n()?, n()?, n()?);
+        let (leases, dry_until, fleet_requests, fleet_tokens) = (n()?, n()?, n()?, n()?);
         Some(Pool {
             start_ms,
             end_ms,
             requests,
             tokens,
             leases: u32::try_from(leases).ok()?,
-            dry: dry == 1,
+            dry_until,
             fleet_requests,
             fleet_tokens,
         })
@@ -70,7 +82,7 @@ impl Pool {
             self.requests,
             self.tokens,
             self.leases,
-            u8::from(self.dry),
+            self.dry_until,
             self.fleet_requests,
             self.fleet_tokens
         )
@@ -81,15 +93,28 @@ impl Pool {
         now_ms < self.end_ms
     }
 
-    /// A grant from the store, taken at `now_ms`, added to this pool (or
-    /// starting a new one when the window changed). `needed` is what the
-    /// request that asked must find: if the grant leaves it short and the
-    /// store has nothing more, the pool is dry until the window ends.
-    pub fn with_grant(self, grant: &LeaseResponse, now_ms: u64, needed: (u64, u64), limits: &Limits) -> Pool {
-        let mut pool = if self.start_ms == grant.window_start_ms && self.current(now_ms) {
+    /// A grant from the store, asked for at `sent_ms` and added at `now_ms`,
+    /// added to this pool (or starting a new one when the window changed).
+    /// The window ends `resetMs` after the ask was *sent* (by this Envoy's
+    /// clock), never later than the store's. `needed` is what the request
+    /// that asked must find: if the grant leaves it short and the store has
+    /// nothing more, the pool is dry for a while ([`DRY_RETRY_MS`]).
+    pub fn with_grant(
+        self,
+        grant: &LeaseResponse,
+        sent_ms: u64,
+        now_ms: u64,
+        needed: (u64, u64),
+        limits: &Limits,
+    ) -> Pool {
+        let current = self.current(now_ms);
+        if current && grant.window_start_ms < self.start_ms {
+            return self; // a late grant of a window that is over
+        }
+        let mut pool = if current && self.start_ms == grant.window_start_ms {
             self
         } else {
-            Pool { start_ms: grant.window_start_ms, end_ms: now_ms.saturating_add(grant.reset_ms), ..Pool::default() }
+            Pool { start_ms: grant.window_start_ms, end_ms: sent_ms.saturating_add(grant.reset_ms), ..Pool::default() }
         };
         pool.requests = pool.requests.saturating_add(grant.requests);
         pool.tokens = pool.tokens.saturating_add(i64::try_from(grant.tokens).unwrap_or(i64::MAX));
@@ -102,7 +127,11 @@ impl Pool {
         let fleet_dry = (short_requests && grant.remaining_requests == 0)
             || (short_tokens && grant.remaining_tokens == 0)
             || (grant.requests == 0 && grant.tokens == 0);
-        pool.dry = (short_requests || short_tokens) && fleet_dry;
+        pool.dry_until = if (short_requests || short_tokens) && fleet_dry {
+            now_ms.saturating_add(DRY_RETRY_MS).min(pool.end_ms)
+        } else {
+            0
+        };
         pool
     }
 }
@@ -127,6 +156,7 @@ pub enum Take {
 
 /// Takes one request estimated at `tokens` tokens from this Envoy's pool.
 pub fn take(pool: Option<Pool>, now_ms: u64, limits: &Limits, tokens: u64) -> Take {
+    let tokens = counted_tokens(limits, tokens);
     let pool = pool.filter(|p| p.current(now_ms));
     let leases = pool.map_or(0, |p| p.leases);
     let lease = Take::Lease {
@@ -145,7 +175,7 @@ pub fn take(pool: Option<Pool>, now_ms: u64, limits: &Limits, tokens: u64) -> Ta
     let short_requests = limits.requests_per_minute.is_some() && p.requests == 0;
     let short_tokens = limits.tokens_per_minute.is_some() && p.tokens < i64::try_from(tokens).unwrap_or(i64::MAX);
     if short_requests || short_tokens {
-        if p.dry {
+        if now_ms < p.dry_until {
             let retry_after_s = reset_ms.div_ceil(1000).max(1);
             return Take::Refuse { requests: short_requests, retry_after_s, remaining: remaining(&p) };
         }
@@ -258,7 +288,7 @@ mod tests {
                     }
                     Take::Lease { requests, tokens: t } => {
                         let grant = store.lease((requests, t));
-                        *pool = Some(pool.unwrap_or_default().with_grant(&grant, 1_000, (1, tokens), l));
+                        *pool = Some(pool.unwrap_or_default().with_grant(&grant, 1_000, 1_000, (1, tokens), l));
                     }
                     Take::Refuse { .. } => break,
                 }
@@ -296,16 +326,47 @@ mod tests {
     }
 
     #[test]
-    fn a_dry_pool_refuses_until_the_window_ends_without_asking_again() {
+    fn a_dry_pool_refuses_for_a_second_without_asking_again() {
         let l = limits(Some(1), None);
         let grant = LeaseResponse { window_start_ms: 0, reset_ms: 2_500, requests: 0, ..LeaseResponse::default() };
-        let pool = Pool::default().with_grant(&grant, 1_000, (1, 0), &l);
-        assert!(pool.dry);
+        let pool = Pool::default().with_grant(&grant, 1_000, 1_000, (1, 0), &l);
+        assert_eq!(pool.dry_until, 2_000);
         let Take::Refuse { requests, retry_after_s, remaining } = take(Some(pool), 1_000, &l, 0) else {
             panic!("not refused")
         };
         assert_eq!((requests, retry_after_s, remaining.requests), (true, 3, Some(0)));
+        assert!(matches!(take(Some(pool), 2_000, &l, 0), Take::Lease { .. }), "then it asks again");
         assert!(matches!(take(Some(pool), 3_500, &l, 0), Take::Lease { .. }), "a new window leases again");
+    }
+
+    #[test]
+    fn a_huge_estimate_counts_as_the_whole_limit_and_its_refund_never_exceeds_it() {
+        let l = limits(None, Some(1_000));
+        let Take::Lease { tokens, .. } = take(None, 0, &l, 1 << 40) else { panic!("no lease") };
+        assert_eq!(tokens, 1_000, "never more than the limit is asked for");
+        let grant = LeaseResponse { window_start_ms: 0, reset_ms: 60_000, tokens: 1_000, ..LeaseResponse::default() };
+        let pool = Pool::default().with_grant(&grant, 0, 0, (1, 1_000), &l);
+        let Take::Admit { pool, .. } = take(Some(pool), 0, &l, 1 << 40) else { panic!("not admitted") };
+        assert_eq!(pool.tokens, 0);
+        // Refused upstream (0 tokens used): the refund is what was taken, the limit.
+        let settled = settle(pool, 0, counted_tokens(&l, 1 << 40), 0).unwrap();
+        assert_eq!(settled.tokens, 1_000);
+    }
+
+    #[test]
+    fn a_late_grant_of_an_old_window_does_not_replace_the_current_pool() {
+        let l = limits(Some(100), None);
+        let now = LeaseResponse { window_start_ms: 60_000, reset_ms: 60_000, requests: 5, ..LeaseResponse::default() };
+        let pool = Pool::default().with_grant(&now, 60_000, 60_000, (1, 0), &l);
+        let old = LeaseResponse { window_start_ms: 0, reset_ms: 100, requests: 50, ..LeaseResponse::default() };
+        assert_eq!(pool.with_grant(&old, 59_950, 60_100, (1, 0), &l), pool);
+    }
+
+    #[test]
+    fn a_window_ends_by_the_time_the_ask_was_sent() {
+        let l = limits(Some(100), None);
+        let grant = LeaseResponse { window_start_ms: 0, reset_ms: 1_000, requests: 5, ..LeaseResponse::default() };
+        assert_eq!(Pool::default().with_grant(&grant, 5_000, 5_300, (1, 0), &l).end_ms, 6_000);
     }
 
     #[test]
@@ -324,7 +385,7 @@ mod tests {
             requests: 3,
             tokens: -4,
             leases: 5,
-            dry: true,
+            dry_until: 8,
             fleet_requests: 6,
             fleet_tokens: 7,
         };

@@ -70,6 +70,8 @@ pub const REQUEST_ID_HEADER: &str = "x-keygate-request-id";
 /// the callouts no live request context can own (see `request::reserve`).
 pub const TICK_MS: u64 = 20;
 const PURGE_INTERVAL_MS: u64 = 1_000;
+/// Most lookups remembered as retried once (see `handle`).
+const MAX_RETRIED: usize = 4_096;
 
 pub struct Worker {
     pub config: Rc<Config>,
@@ -271,6 +273,9 @@ impl Worker {
                     // which Envoy's load balancer sends to another replica.
                     let status = host.header_str(Map::CalloutHeaders, ":status");
                     let replica_failed = status.as_deref().is_none_or(|s| s.starts_with('5'));
+                    if self.retried.len() >= MAX_RETRIED {
+                        self.retried.clear(); // lookups whose waiters all left never come back
+                    }
                     if replica_failed && self.retried.insert(digest.clone()) {
                         let path = format!("/v1/lookup/{digest}");
                         if self.store_call(host, "GET", &path, None, Purpose::Lookup(digest.clone())).is_ok() {

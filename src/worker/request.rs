@@ -24,6 +24,7 @@ use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
 use crate::metrics::{Counter, Labeled};
+use crate::ratelimit;
 use crate::records::{self, Finished, Served};
 use crate::screen::{screen, too_large};
 use crate::scrub::StreamScrubber;
@@ -333,8 +334,8 @@ impl Worker {
             }
             Verdict::Lease { key_id, requests, tokens } => {
                 let limits = lookup.limits.clone().unwrap_or_default();
-                let needed = (1, req_estimate(self.requests.get(&id)));
-                let ask = LeaseAsk { key_id, limits, needed };
+                let needed = (1, ratelimit::counted_tokens(&limits, req_estimate(self.requests.get(&id))));
+                let ask = LeaseAsk { key_id, limits, needed, sent_ms: host.now_ms() };
                 return self.lease(host, id, lookup, ask, (requests, tokens));
             }
             Verdict::Reserve { counted, served } => (counted, served, None),

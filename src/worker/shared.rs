@@ -122,7 +122,7 @@ fn update_pool(host: &impl Host, key_id: &str, mut f: impl FnMut(Option<Pool>) -
 pub fn add_grant(host: &impl Host, ask: &LeaseAsk, grant: &LeaseResponse) -> bool {
     let now = host.now_ms();
     update_pool(host, &ask.key_id, |pool| {
-        Some(pool.unwrap_or_default().with_grant(grant, now, ask.needed, &ask.limits))
+        Some(pool.unwrap_or_default().with_grant(grant, ask.sent_ms, now, ask.needed, &ask.limits))
     })
 }
 

@@ -27,13 +27,22 @@ pub struct Granted {
     pub tokens: u64,
 }
 
-/// Grants what is asked, up to what the limits leave. A dimension without a
-/// limit is granted as asked. One request bigger than the whole token limit
-/// is let through in a window nobody has used yet (as a single Envoy did).
-/// `limits` is `None` for a key that is gone or has no limits: nothing.
-pub fn grant(limits: Option<&Limits>, granted: Granted, req: &LeaseRequest, now_ms: u64) -> (LeaseResponse, Granted) {
+/// Grants what is asked, up to what the limits leave; a dimension without a
+/// limit is granted as asked. (The filter never asks for more tokens than
+/// the limit.) `limits` is `None` for a key that is gone or has no limits,
+/// and `newest_start` the latest window the store has counted for the key:
+/// a clock behind it (a replica's, or a retried transaction's) gets
+/// nothing, so that a window that is over is never counted again.
+pub fn grant(
+    limits: Option<&Limits>,
+    granted: Granted,
+    req: &LeaseRequest,
+    now_ms: u64,
+    newest_start: Option<u64>,
+) -> (LeaseResponse, Granted) {
     let (start, reset_ms) = window(now_ms, req.window_ms);
-    let Some(limits) = limits else {
+    let behind = newest_start.is_some_and(|n| n > start);
+    let Some(limits) = limits.filter(|_| !behind) else {
         let none = LeaseResponse { window_start_ms: start, reset_ms, ..LeaseResponse::default() };
         return (none, granted);
     };
@@ -42,7 +51,6 @@ pub fn grant(limits: Option<&Limits>, granted: Granted, req: &LeaseRequest, now_
         None => req.requests,
     };
     let tokens = match limits.tokens_per_minute {
-        Some(l) if granted.tokens == 0 && req.tokens > l => req.tokens,
         Some(l) => req.tokens.min(l.saturating_sub(granted.tokens)),
         None => req.tokens,
     };
@@ -75,33 +83,39 @@ mod tests {
         let mut granted = Granted::default();
         let mut total = 0;
         for _ in 0..10 {
-            let (answer, after) = grant(Some(&LIMITS), granted, &ask(8, 0), 61_000);
+            let (answer, after) = grant(Some(&LIMITS), granted, &ask(8, 0), 61_000, Some(60_000));
             total += answer.requests;
             granted = after;
         }
         assert_eq!(total, 30);
-        let (answer, _) = grant(Some(&LIMITS), granted, &ask(8, 0), 61_000);
+        let (answer, _) = grant(Some(&LIMITS), granted, &ask(8, 0), 61_000, Some(60_000));
         assert_eq!((answer.requests, answer.remaining_requests), (0, 0));
     }
 
     #[test]
     fn windows_are_aligned_to_the_store_clock() {
-        let (answer, _) = grant(Some(&LIMITS), Granted::default(), &ask(1, 0), 61_500);
+        let (answer, _) = grant(Some(&LIMITS), Granted::default(), &ask(1, 0), 61_500, None);
         assert_eq!((answer.window_start_ms, answer.reset_ms), (60_000, 58_500));
         assert_eq!(window(5, 1), (0, 995), "windows are at least a second");
     }
 
     #[test]
-    fn one_oversize_request_passes_in_an_unused_window_only() {
-        let (answer, after) = grant(Some(&LIMITS), Granted::default(), &ask(1, 5_000), 0);
-        assert_eq!(answer.tokens, 5_000);
-        let (answer, _) = grant(Some(&LIMITS), after, &ask(1, 5_000), 0);
+    fn no_ask_gets_more_tokens_than_the_limit_leaves() {
+        let (answer, after) = grant(Some(&LIMITS), Granted::default(), &ask(1, 5_000), 0, None);
+        assert_eq!(answer.tokens, 1_000);
+        let (answer, _) = grant(Some(&LIMITS), after, &ask(1, 5_000), 0, Some(0));
         assert_eq!(answer.tokens, 0);
     }
 
     #[test]
+    fn a_clock_behind_the_newest_window_counts_nothing() {
+        let (answer, after) = grant(Some(&LIMITS), Granted::default(), &ask(5, 5), 61_000, Some(120_000));
+        assert_eq!((answer.requests, answer.tokens, after), (0, 0, Granted::default()));
+    }
+
+    #[test]
     fn a_key_without_limits_gets_nothing() {
-        let (answer, after) = grant(None, Granted::default(), &ask(5, 5), 0);
+        let (answer, after) = grant(None, Granted::default(), &ask(5, 5), 0, None);
         assert_eq!((answer.requests, answer.tokens, after), (0, 0, Granted::default()));
     }
 }

@@ -15,7 +15,12 @@ pub(crate) fn full(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
-        let c_text = c.to_string();
+        // A server error prints its DETAIL, which may quote a row (a token
+        // digest, a sealed secret): only its code and message are kept.
+        let c_text = match c.downcast_ref::<postgres::error::DbError>() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => c.to_string(),
+        };
         if !s.contains(&c_text) {
             s.push_str(": ");
             s.push_str(&c_text);

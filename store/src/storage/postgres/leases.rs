@@ -27,7 +27,11 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-pub(super) fn lease(tx: &mut Transaction<'_>, req: &LeaseRequest, now_ms: u64) -> R<LeaseResponse> {
+/// One lease, on the database's clock (every replica counts windows alike;
+/// a retried transaction reads it again).
+pub(super) fn lease(tx: &mut Transaction<'_>, req: &LeaseRequest) -> R<LeaseResponse> {
+    let now_ms =
+        tx.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint", &[])?.int(0)?.max(0) as u64;
     let spec: Option<RateLimitsSpec> = tx
         .query_opt(
             "SELECT c.rate_limits_json FROM access_keys k JOIN configs c ON c.id = k.config_id WHERE k.id = $1",
@@ -46,15 +50,25 @@ pub(super) fn lease(tx: &mut Transaction<'_>, req: &LeaseRequest, now_ms: u64) -
         .map(|r| -> R<Granted> { Ok(Granted { requests: r.int(0)?.max(0) as u64, tokens: r.int(1)?.max(0) as u64 }) })
         .transpose()?
         .unwrap_or_default();
-    let (answer, after) = leases::grant(limits.as_ref(), granted, req, now_ms);
+    let newest = tx
+        .query_one(
+            "SELECT max(start_ms) FROM rate_leases WHERE key_id = $1 AND window_ms = $2",
+            &[&req.access_key_id, &window_ms],
+        )?
+        .opt_int(0)?
+        .map(|n| n.max(0) as u64);
+    let (answer, after) = leases::grant(limits.as_ref(), granted, req, now_ms, newest);
     if after != granted {
         tx.execute(
             "INSERT INTO rate_leases(key_id, window_ms, start_ms, requests, tokens) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (key_id, window_ms, start_ms) DO UPDATE SET requests = $4, tokens = $5",
             &[&req.access_key_id, &window_ms, &start, &to_i64(after.requests), &to_i64(after.tokens)],
         )?;
-        // Past windows of this key are of no use any more.
-        tx.execute("DELETE FROM rate_leases WHERE key_id = $1 AND start_ms < $2", &[&req.access_key_id, &start])?;
+        // Windows of this key and length that are over are of no use any more.
+        tx.execute(
+            "DELETE FROM rate_leases WHERE key_id = $1 AND window_ms = $2 AND start_ms + window_ms <= $3",
+            &[&req.access_key_id, &window_ms, &to_i64(now_ms)],
+        )?;
     }
     Ok(answer)
 }

@@ -825,8 +825,7 @@ impl Store for PgStore {
     }
 
     fn lease(&self, req: &LeaseRequest) -> StoreResult<LeaseResponse> {
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        self.write(|tx| leases::lease(tx, req, now))
+        self.write(|tx| leases::lease(tx, req))
     }
 
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {

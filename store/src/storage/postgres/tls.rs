@@ -81,7 +81,18 @@ impl PgTarget {
     /// The parsed URL (`verify-ca` and `verify-full` read as `require`) and
     /// the TLS connector.
     pub(crate) fn parts(&self) -> StoreResult<(postgres::Config, Tls)> {
-        let config = parse_url(&self.url)?;
+        let mut config = parse_url(&self.url)?;
+        // A database that stops answering must not hold a pool slot (or a
+        // replica's start) forever: bounded connects, TCP keepalives, and a
+        // statement bound well past any keygate statement. The URL's own
+        // settings win.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
+        config.keepalives(true).keepalives_idle(std::time::Duration::from_secs(30));
+        if config.get_options().is_none() {
+            config.options("-c statement_timeout=30000 -c lock_timeout=30000");
+        }
         let tls = connector(self.ca.as_deref())?;
         Ok((config, tls))
     }

@@ -46,7 +46,11 @@ pub(super) fn lease(tx: &Transaction<'_>, req: &LeaseRequest, now_ms: u64) -> R<
         })
         .optional()?
         .unwrap_or_default();
-    let (answer, after) = leases::grant(limits.as_ref(), granted, req, now_ms);
+    let newest: Option<i64> = tx
+        .prepare_cached("SELECT max(start_ms) FROM rate_leases WHERE key_id = ?1 AND window_ms = ?2")?
+        .query_row(params![req.access_key_id, window_ms], |r| r.get(0))?;
+    let newest = newest.map(|n| n.max(0) as u64);
+    let (answer, after) = leases::grant(limits.as_ref(), granted, req, now_ms, newest);
     if after != granted {
         tx.prepare_cached(
             "INSERT INTO rate_leases(key_id, window_ms, start_ms, requests, tokens) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -59,9 +63,11 @@ pub(super) fn lease(tx: &Transaction<'_>, req: &LeaseRequest, now_ms: u64) -> R<
             to_i64(after.requests),
             to_i64(after.tokens)
         ])?;
-        // Past windows of this key are of no use any more.
-        tx.prepare_cached("DELETE FROM rate_leases WHERE key_id = ?1 AND start_ms < ?2")?
-            .execute(params![req.access_key_id, to_i64(start)])?;
+        // Windows of this key and length that are over are of no use any more.
+        tx.prepare_cached(
+            "DELETE FROM rate_leases WHERE key_id = ?1 AND window_ms = ?2 AND start_ms + window_ms <= ?3",
+        )?
+        .execute(params![req.access_key_id, window_ms, to_i64(now_ms)])?;
     }
     Ok(answer)
 }

@@ -712,8 +712,8 @@ impl Store for SqliteStore {
     }
 
     fn lease(&self, req: &LeaseRequest) -> StoreResult<LeaseResponse> {
-        let now = u64::try_from(now_ms()).unwrap_or(0);
-        self.write(|tx| leases::lease(tx, req, now))
+        // The clock is read inside the transaction: after any wait for it.
+        self.write(|tx| leases::lease(tx, req, u64::try_from(now_ms()).unwrap_or(0)))
     }
 
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize> {
