@@ -78,6 +78,17 @@ fn tick(host: &FakeHost, w: &mut Worker) {
     w.tick(host, 0);
 }
 
+/// Request `id` is looked up, forwarded, answered 200 and done: a usage
+/// record waits to be sent.
+fn served_and_done(host: &FakeHost, w: &mut Worker, id: u32) {
+    chat(host, w, id, &key(1));
+    store_answers(host, w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(id);
+    host.set_headers(id, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(host, id);
+    w.request_done(host, id);
+}
+
 fn lookups(host: &FakeHost) -> usize {
     host.calls.borrow().iter().filter(|c| c.path.starts_with("/v1/lookup/")).count()
 }
@@ -451,12 +462,7 @@ fn a_gate_refuses_a_revoked_key_before_the_body_ends() {
 #[test]
 fn a_usage_batch_the_store_does_not_take_is_sent_again() {
     let (host, mut w) = (FakeHost::new(), worker(""));
-    chat(&host, &mut w, 2, &key(1));
-    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
-    host.enter(2);
-    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
-    w.response_headers(&host, 2);
-    w.request_done(&host, 2);
+    served_and_done(&host, &mut w, 2);
     host.advance(1_000);
     tick(&host, &mut w);
     let first = host.last_call().unwrap();
@@ -486,12 +492,7 @@ fn a_lookup_never_answered_is_given_up_after_its_deadline() {
 #[test]
 fn a_root_context_that_goes_away_hands_on_its_feed_poll_and_usage_batch() {
     let (host, mut w) = (FakeHost::new(), worker(""));
-    chat(&host, &mut w, 2, &key(1));
-    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
-    host.enter(2);
-    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
-    w.response_headers(&host, 2);
-    w.request_done(&host, 2);
+    served_and_done(&host, &mut w, 2);
     host.advance(1_000);
     host.enter(7);
     w.tick(&host, 7); // an old root context: polls and flushes
@@ -548,28 +549,7 @@ fn a_request_refused_after_it_was_forwarded_still_reports_its_attempts() {
 fn a_lease_asked_in_the_gates_callback_is_answered_there() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     w.set_gated();
-    let k = key(1);
-    let mut state = GateState::new(20, 1 << 20);
-    host.enter(20);
-    let auth = format!("Bearer {k}");
-    let len = CHAT.len().to_string();
-    let headers = [
-        (":method", "POST"),
-        (":path", "/v1/chat/completions"),
-        ("content-type", "application/json"),
-        ("content-length", len.as_str()),
-        ("authorization", auth.as_str()),
-    ];
-    host.set_headers(20, Map::RequestHeaders, &headers);
-    w.gate_headers(&host, &mut state, false);
-    host.set_buffer_of(20, crate::host::Buffer::RequestBody, CHAT.as_bytes());
-    w.gate_body(&host, &mut state, CHAT.len(), true);
-    let named = host.headers_of(20, Map::RequestHeaders);
-    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    host.set_headers(21, Map::RequestHeaders, &named);
-    host.enter(21);
-    w.request_created(21);
-    assert_eq!(w.request_headers(&host, 21, false), Flow::Pause);
+    assert_eq!(gated_chat(&host, &mut w, 20, 21, &key(1), CHAT), Flow::Pause);
     // The gate's lookup is answered in the gate's callback: the lease the
     // request needs is made there, and must come back there.
     let lookup = host.calls.borrow().first().cloned().unwrap();
