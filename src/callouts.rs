@@ -278,10 +278,6 @@ impl Callouts {
         std::mem::take(&mut self.readmit)
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     /// The digests of the lookups someone waits for.
     pub fn lookups_waiting(&self) -> Vec<&str> {
         self.lookups.iter().filter(|(_, w)| w.needed()).map(|(d, _)| d.as_str()).collect()
