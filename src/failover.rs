@@ -24,23 +24,22 @@ pub fn order(cool_until: &[u64], now_ms: u64) -> Vec<usize> {
     all
 }
 
+/// What a 429 asks for in `retry-after-ms` / `retry-after` (seconds), in
+/// ms, up to an hour (`None`: no usable hint, e.g. an HTTP date).
+pub fn retry_hint_ms(retry_after_ms: Option<&str>, retry_after: Option<&str>) -> Option<u64> {
+    retry_after_ms
+        .and_then(|v| decimal_ms(v, 1))
+        .or_else(|| retry_after.and_then(|v| decimal_ms(v, 1_000)))
+        .map(|ms| ms.min(MAX_HINT_MS))
+}
+
+const MAX_HINT_MS: u64 = 3_600_000;
+
 /// How long a key that just answered `status` sits out, in ms (None: it does
-/// not). A 429 honours `retry-after-ms` / `retry-after` (seconds) up to an hour.
-pub fn cooldown_ms(
-    status: u16,
-    retry_after_ms: Option<&str>,
-    retry_after: Option<&str>,
-    rate_limited_default: u64,
-    auth_failure: u64,
-) -> Option<u64> {
+/// not). A 429 honours the provider's hint (`retry_hint_ms`).
+pub fn cooldown_ms(status: u16, hint_ms: Option<u64>, rate_limited_default: u64, auth_failure: u64) -> Option<u64> {
     match status {
-        429 => {
-            let hinted = retry_after_ms
-                .and_then(|v| decimal_ms(v, 1))
-                .or_else(|| retry_after.and_then(|v| decimal_ms(v, 1_000)))
-                .map(|ms| ms.min(3_600_000));
-            Some(hinted.unwrap_or(rate_limited_default))
-        }
+        429 => Some(hint_ms.map_or(rate_limited_default, |ms| ms.min(MAX_HINT_MS))),
         401 | 403 => Some(auth_failure),
         _ => None,
     }
@@ -117,21 +116,25 @@ mod tests {
 
     #[test]
     fn cooldowns() {
-        assert_eq!(cooldown_ms(429, None, Some("2"), 30_000, 300_000), Some(2_000));
-        assert_eq!(cooldown_ms(429, Some("1500"), Some("9"), 30_000, 300_000), Some(1_500));
-        assert_eq!(cooldown_ms(429, None, Some("Wed, 21 Oct 2026 07:28:00 GMT"), 30_000, 300_000), Some(30_000));
-        assert_eq!(cooldown_ms(429, None, Some("99999999"), 1, 1), Some(3_600_000));
-        assert_eq!(cooldown_ms(429, None, Some("-5"), 7, 1), Some(7));
-        assert_eq!(cooldown_ms(429, None, Some("1.25"), 7, 1), Some(1_250));
-        assert_eq!(cooldown_ms(429, None, Some(".5"), 7, 1), Some(500));
-        assert_eq!(cooldown_ms(429, Some("12.9"), None, 7, 1), Some(12));
-        assert_eq!(cooldown_ms(429, None, Some("0.0001"), 7, 1), Some(0));
-        assert_eq!(cooldown_ms(429, None, Some("1e3"), 7, 1), Some(7));
-        assert_eq!(cooldown_ms(429, None, Some("."), 7, 1), Some(7));
-        assert_eq!(cooldown_ms(429, None, Some(" 3 "), 7, 1), Some(3_000));
-        assert_eq!(cooldown_ms(401, None, None, 1, 300_000), Some(300_000));
-        assert_eq!(cooldown_ms(403, None, None, 1, 9), Some(9));
-        assert_eq!(cooldown_ms(500, None, Some("3"), 1, 1), None);
+        let cool = |status, ms: Option<&str>, after: Option<&str>, default, auth| {
+            cooldown_ms(status, retry_hint_ms(ms, after), default, auth)
+        };
+        assert_eq!(cool(429, None, Some("2"), 30_000, 300_000), Some(2_000));
+        assert_eq!(cool(429, Some("1500"), Some("9"), 30_000, 300_000), Some(1_500));
+        assert_eq!(cool(429, None, Some("Wed, 21 Oct 2026 07:28:00 GMT"), 30_000, 300_000), Some(30_000));
+        assert_eq!(cool(429, None, Some("99999999"), 1, 1), Some(3_600_000));
+        assert_eq!(cool(429, None, Some("-5"), 7, 1), Some(7));
+        assert_eq!(cool(429, None, Some("1.25"), 7, 1), Some(1_250));
+        assert_eq!(cool(429, None, Some(".5"), 7, 1), Some(500));
+        assert_eq!(cool(429, Some("12.9"), None, 7, 1), Some(12));
+        assert_eq!(cool(429, None, Some("0.0001"), 7, 1), Some(0));
+        assert_eq!(cool(429, None, Some("1e3"), 7, 1), Some(7));
+        assert_eq!(cool(429, None, Some("."), 7, 1), Some(7));
+        assert_eq!(cool(429, None, Some(" 3 "), 7, 1), Some(3_000));
+        assert_eq!(cool(401, None, None, 1, 300_000), Some(300_000));
+        assert_eq!(cool(403, None, None, 1, 9), Some(9));
+        assert_eq!(cool(500, None, Some("3"), 1, 1), None);
+        assert_eq!(cooldown_ms(429, Some(u64::MAX), 1, 1), Some(3_600_000), "a hint from the trail is capped too");
     }
 
     #[test]

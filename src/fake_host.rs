@@ -50,6 +50,10 @@ pub struct FakeHost {
     headers: RefCell<HashMap<(u32, Map), Headers>>,
     buffers: RefCell<HashMap<(u32, Buffer), Vec<u8>>>,
     properties: RefCell<HashMap<(u32, String), Vec<u8>>>,
+    /// Contexts of one request (a gate, the keygate filter, upstream
+    /// attempts): they share its filter state. A context not listed is a
+    /// request of its own.
+    streams: RefCell<HashMap<u32, u32>>,
     shared: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     next_token: Cell<u32>,
     /// Callouts fail to dispatch while set (no store cluster, say).
@@ -117,11 +121,26 @@ impl FakeHost {
     }
 
     pub fn set_property_of(&self, id: u32, path: &[&str], value: &[u8]) {
-        self.properties.borrow_mut().insert((id, path.join("/")), value.to_vec());
+        self.properties.borrow_mut().insert((self.owner(id, path), path.join("/")), value.to_vec());
     }
 
     pub fn property_of(&self, id: u32, path: &[&str]) -> Option<Vec<u8>> {
-        self.properties.borrow().get(&(id, path.join("/"))).cloned()
+        self.properties.borrow().get(&(self.owner(id, path), path.join("/"))).cloned()
+    }
+
+    /// Context `id` belongs to the request of context `stream`.
+    pub fn join_stream(&self, id: u32, stream: u32) {
+        self.streams.borrow_mut().insert(id, stream);
+    }
+
+    /// Filter state belongs to the request, other properties to the context.
+    fn owner(&self, id: u32, path: &[&str]) -> u32 {
+        let filter_state = path.first() == Some(&"filter_state");
+        if filter_state {
+            self.streams.borrow().get(&id).copied().unwrap_or(id)
+        } else {
+            id
+        }
     }
 
     /// The answer to a callout: what `on_http_call_response` reads next
@@ -193,8 +212,10 @@ impl Host for FakeHost {
         self.property_of(self.effective.get(), path)
     }
 
+    /// As Envoy does, a property a filter sets is filter state `wasm.<name>`.
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
-        self.set_property_of(self.effective.get(), path, value);
+        let name = format!("wasm.{}", path.join("."));
+        self.set_property_of(self.effective.get(), &["filter_state", &name], value);
         Ok(())
     }
 

@@ -10,9 +10,6 @@ use keygate_proto::token;
 
 use crate::upstream::{is_stripped_header, CLIENT_CREDENTIAL_HEADERS};
 
-/// Where the gate names itself to the keygate filter of the same request.
-pub const GATE_HEADER: &str = "x-keygate-gate";
-
 /// The request headers keygate reads, and the ones it must remove.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Inbound {
@@ -38,10 +35,6 @@ pub struct Inbound {
     pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
     pub strip: Vec<String>,
-    /// `x-keygate-gate`: the name under which this request's gate left what
-    /// it read of the body, an unguessable number (a gate replaces whatever
-    /// a client sent; stripped like every `x-keygate-*` header).
-    pub gate: Option<u64>,
     #[cfg(feature = "fault-injection")]
     pub test_panic: bool,
 }
@@ -67,9 +60,6 @@ impl Inbound {
                     inb.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
                 }
                 "anthropic-version" => inb.anthropic_version = true,
-                GATE_HEADER if inb.gate.is_none() => {
-                    inb.gate = std::str::from_utf8(value).ok().and_then(|v| u64::from_str_radix(v, 16).ok())
-                }
                 "x-http-method-override" | "x-http-method" | "x-method-override" => inb.method_override = true,
                 #[cfg(feature = "fault-injection")]
                 "x-keygate-test-panic" => inb.test_panic = true,

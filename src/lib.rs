@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod admission;
+pub mod attempt;
 pub mod body;
 pub mod cache;
 pub mod callouts;
@@ -16,6 +17,7 @@ pub mod errors;
 pub mod failover;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake_host;
+pub mod handover;
 pub mod host;
 pub mod inbound;
 pub mod intern;

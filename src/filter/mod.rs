@@ -2,9 +2,11 @@
 //! becomes one call on this VM's worker, with [`Abi`] as its host. Nothing
 //! here decides anything.
 //!
-//! One VM runs per Envoy worker thread, and every filter instance that shares
-//! its `vm_config` (the gate, the keygate filter, the upstream filter) shares
-//! it, and so the worker.
+//! One VM runs per Envoy worker thread and `vm_config`. Filter instances
+//! that share a VM (the gate and the keygate filter of `envoy/envoy.yaml`)
+//! share its worker, which saves lookups; nothing depends on it: they hand
+//! each other what a request needs through its filter state (`handover`).
+//! The upstream filter needs no worker at all (`attempt`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -15,8 +17,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
+use crate::attempt;
 use crate::config::{Config, Role};
 use crate::errors::{Denial, Dialect};
+use crate::handover::SealKey;
 use crate::host::{Buffer, Host};
 use crate::worker::{Flow, GateState, Worker, TICK_MS};
 
@@ -26,7 +30,7 @@ use abi::Abi;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: None, last_log_sync_ms: 0 }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: None, seal: None, last_log_sync_ms: 0 }) });
 }}
 
 thread_local! {
@@ -101,7 +105,23 @@ fn sync_log_level() {
 struct Root {
     id: u32,
     config: Option<Rc<Config>>,
+    /// The upstream filter's key to the plans (`handover`).
+    seal: Option<Rc<SealKey>>,
     last_log_sync_ms: u64,
+}
+
+/// The gateway credential, from the VM's environment (not Envoy's config).
+fn gateway_token(config: &Config) -> Option<String> {
+    match std::env::var(&config.gateway_token_env) {
+        Ok(t) if !t.trim().is_empty() => Some(t.trim().to_string()),
+        _ => {
+            log::error!(
+                "keygate: plugin configuration: gatewayTokenEnv: environment variable {} is not set for the VM (vm_config.environment_variables)",
+                config.gateway_token_env
+            );
+            None
+        }
+    }
 }
 
 impl Context for Root {
@@ -148,18 +168,12 @@ impl RootContext for Root {
                     WORKER.with(|w| *w.borrow_mut() = Some(worker));
                 }
             }
-            Role::Upstream => {}
+            Role::Upstream => {
+                let Some(token) = gateway_token(&config) else { return false };
+                self.seal = Some(Rc::new(SealKey::derive(&token)));
+            }
             Role::Downstream => {
-                let token = match std::env::var(&config.gateway_token_env) {
-                    Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-                    _ => {
-                        log::error!(
-                            "keygate: plugin configuration: gatewayTokenEnv: environment variable {} is not set for the VM (vm_config.environment_variables)",
-                            config.gateway_token_env
-                        );
-                        return false;
-                    }
-                };
+                let Some(token) = gateway_token(&config) else { return false };
                 if hostcalls::set_tick_period(Duration::from_millis(TICK_MS.min(config.poll_interval_ms))).is_err() {
                     log::error!("keygate: cannot set the tick period");
                     return false;
@@ -192,7 +206,7 @@ impl RootContext for Root {
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.as_ref()?;
         Some(match config.role {
-            Role::Upstream => Box::new(UpstreamAttempt { id, plan: None }),
+            Role::Upstream => Box::new(UpstreamAttempt { seal: self.seal.clone()?, index: None }),
             Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
             Role::Downstream => {
                 on(id, |w| w.request_created(id));
@@ -275,24 +289,29 @@ impl HttpContext for Gate {
     }
 }
 
-/// The upstream filter's context of one attempt (see `worker::attempt`).
+/// The upstream filter's context of one attempt (see `attempt`).
 struct UpstreamAttempt {
-    id: u32,
-    plan: Option<u64>,
+    seal: Rc<SealKey>,
+    /// Its entry in the request's trail, once its credential is on.
+    index: Option<usize>,
 }
 
 impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let (flow, plan) = on(self.id, |w| w.attempt_headers(&Abi)).unwrap_or((Flow::Continue, None));
-        self.plan = plan;
-        action(flow)
+        self.index = attempt::attempt_headers(&Abi, &self.seal);
+        // Refused: a local reply was sent, nothing goes to the provider.
+        if self.index.is_some() {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(plan) = self.plan {
-            on(self.id, |w| w.attempt_response(&Abi, plan));
+        if let Some(index) = self.index {
+            attempt::attempt_response(&Abi, index);
         }
         Action::Continue
     }

@@ -5,19 +5,20 @@
 //! overlaps the body upload and a refused key is answered without waiting
 //! for the body. Then it reads each body chunk as it passes (`model` and the
 //! output limit, or the form's `model`; any keygate token) and at the end
-//! leaves what it found in the worker under its own context id, which it
-//! named to the keygate filter in the `x-keygate-gate` request header.
+//! leaves what it found in the request's filter state (`handover::Tapped`),
+//! where the keygate filter reads it, in this VM or another.
 
 use keygate_proto::token;
-use log::info;
+use log::{info, warn};
 
 use super::{blank_leaks, reply, Flow, Worker};
 use crate::body::{BodyFacts, BodyReader};
 use crate::callouts::GateWaiter;
 use crate::decide::{check_key, ModelField};
 use crate::errors::{Denial, Dialect};
+use crate::handover::{self, Tapped};
 use crate::host::{Buffer, Host, Map};
-use crate::inbound::{Inbound, GATE_HEADER};
+use crate::inbound::Inbound;
 use crate::multipart::MultipartReader;
 use crate::screen::screen;
 use crate::surface::{BodyKind, Judge};
@@ -38,8 +39,6 @@ pub struct GateState {
     tokens: token::TokenScanner,
     /// The lookup this gate waits for while the body uploads.
     watching: Option<String>,
-    /// The name under which it leaves its findings (`x-keygate-gate`).
-    name: u64,
     /// A refusal held until the end of a small body (see `DEFER_UP_TO`).
     deferred: Option<Denial>,
     dialect: Dialect,
@@ -56,7 +55,6 @@ impl GateState {
             form: None,
             tokens: token::TokenScanner::default(),
             watching: None,
-            name: 0,
             deferred: None,
             dialect: Dialect::OpenAi,
             request_id: String::new(),
@@ -73,10 +71,6 @@ impl Worker {
         self.enter(gate.id);
         let inbound = Inbound::from_headers(&host.headers(Map::RequestHeaders));
         gate.request_id = inbound.request_id.clone();
-        // Named before anything else, replacing whatever the client sent: a
-        // random name, so that nobody can claim another request's findings.
-        gate.name = self.gate_name(gate.id);
-        let _ = host.set_header(Map::RequestHeaders, GATE_HEADER, Some(format!("{:x}", gate.name).as_bytes()));
         let screened = match screen(&inbound, !end_of_stream, gate.max) {
             Ok(s) => s,
             Err((dialect, denial)) => {
@@ -115,7 +109,8 @@ impl Worker {
             }
         }
         if end_of_stream {
-            self.publish(gate);
+            // No body: nothing to hand over.
+            self.hand_over(gate);
         }
         Flow::Continue
     }
@@ -147,7 +142,7 @@ impl Worker {
             }
         }
         if end_of_stream {
-            self.publish(gate);
+            self.publish(host, gate);
         }
         Flow::Continue
     }
@@ -160,7 +155,6 @@ impl Worker {
 
     pub fn gate_done(&mut self, gate: &mut GateState) {
         self.hand_over(gate);
-        self.tapped.remove(&gate.name);
         self.left(gate.id);
     }
 
@@ -195,7 +189,7 @@ impl Worker {
     }
 
     /// The body ended: the keygate filter gets the headers next.
-    fn publish(&mut self, gate: &mut GateState) {
+    fn publish(&mut self, host: &impl Host, gate: &mut GateState) {
         let mut facts = match (gate.json.take(), gate.form.take()) {
             (Some(json), _) => json.finish(),
             (None, Some(form)) => BodyFacts::of(form.finish()),
@@ -203,16 +197,10 @@ impl Worker {
         };
         facts.access_key = gate.tokens.found();
         self.hand_over(gate);
-        self.tapped.insert(gate.name, (gate.id, facts));
-    }
-
-    /// A name no client can guess: a keyed hash (random keys per VM) of a counter.
-    fn gate_name(&mut self, gate: u32) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.nonces.build_hasher();
-        h.write_u32(gate);
-        h.write_u64(self.next_nonce);
-        self.next_nonce = self.next_nonce.wrapping_add(1);
-        h.finish()
+        let tapped = Tapped { vm: self.vm_tag, gate: gate.id, facts };
+        if host.set_property(&[handover::BODY], tapped.encode().as_bytes()).is_err() {
+            // The keygate filter refuses a body without findings.
+            warn!("keygate: request {}: could not hand over what the body holds", gate.request_id);
+        }
     }
 }

@@ -10,12 +10,14 @@
 //! - `request`: the keygate filter's side of a request, from headers to done;
 //! - `gate`: the filter instance before Envoy's buffer filter (body reading,
 //!   early refusals);
-//! - `attempt`: the upstream filter (one credential per attempt, cool-downs).
+//! - `shared`: what the workers of one Envoy share (rate windows, cool-downs).
+//!
+//! The upstream filter (`crate::attempt`) keeps no worker: it meets this one
+//! only in the request's filter state (`handover`).
 //!
 //! Envoy defers a local reply and a resume until the VM call returns, so no
 //! host call here re-enters the worker.
 
-mod attempt;
 mod gate;
 mod request;
 mod shared;
@@ -26,12 +28,12 @@ use std::rc::Rc;
 use keygate_proto::lookup::{Changes, Lookup, UsageBatch};
 use log::warn;
 
-use crate::body::BodyFacts;
 use crate::cache::Cache;
 use crate::callouts::{Answered, Callouts, GateWaiter, Purpose, Waiting};
 use crate::config::Config;
 use crate::decide::check_key;
 use crate::errors::{Denial, Dialect};
+use crate::handover::{SealKey, Sealer};
 use crate::host::{Buffer, Call, Host, Map};
 use crate::inbound::Inbound;
 use crate::intern::Interner;
@@ -41,6 +43,19 @@ use crate::screen::leaking_headers;
 
 pub use gate::GateState;
 pub use request::Request;
+
+/// Plans are sealed under a key derived from the gateway credential, which
+/// the upstream filter has too (a gate's worker has none yet: no plans).
+fn sealer(gateway_token: &str) -> Option<Sealer> {
+    if gateway_token.is_empty() {
+        return None;
+    }
+    let sealer = Sealer::random(SealKey::derive(gateway_token));
+    if sealer.is_none() {
+        log::error!("keygate: no randomness for sealing plans: requests with several provider keys are refused");
+    }
+    sealer
+}
 
 /// Whose callback runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +98,12 @@ pub struct Worker {
     interner: Interner,
     pub metrics: Metrics,
     requests: HashMap<u32, Request>,
-    /// Forwarding plans the upstream filter reads, by plan id: the request.
-    plans: HashMap<u64, u32>,
-    next_plan: u64,
-    /// What gates read of bodies, under the name each gave its request
-    /// (`x-keygate-gate`), with the gate's context id (see `gate`).
-    tapped: HashMap<u64, (u32, BodyFacts)>,
+    /// Seals the attempt plans for the upstream filter (`handover`); `None`
+    /// without a gateway credential or randomness: multi-key requests are refused.
+    sealer: Option<Sealer>,
+    /// This VM's random tag: a gate's findings name it, and the keygate
+    /// filter files callouts for the gate only in the same VM.
+    vm_tag: u64,
     /// A gate runs in this VM: a request with a body must come with its findings.
     gated: bool,
     /// The context whose callback runs: a callout made now is handed back to it.
@@ -97,9 +112,6 @@ pub struct Worker {
     effective: u32,
     /// Lookups asked a second time after a replica failed (once per lookup).
     retried: std::collections::HashSet<String>,
-    /// Makes the gate's handover names unguessable (see `gate`).
-    nonces: std::collections::hash_map::RandomState,
-    next_nonce: u64,
     last_poll_ms: u64,
     last_flush_ms: u64,
     last_purge_ms: u64,
@@ -108,6 +120,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(config: Rc<Config>, gateway_token: String) -> Worker {
+        let sealer = sealer(&gateway_token);
         Worker {
             cache: Cache::new(config.cache_max_entries, config.cache_ttl_ms, config.stale_if_error_ms),
             config,
@@ -118,15 +131,12 @@ impl Worker {
             interner: Interner::default(),
             metrics: Metrics::default(),
             requests: HashMap::new(),
-            plans: HashMap::new(),
-            next_plan: 1,
-            tapped: HashMap::new(),
+            sealer,
+            vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             gated: false,
             running: Running::Root(0),
             effective: 0,
             retried: std::collections::HashSet::new(),
-            nonces: std::collections::hash_map::RandomState::new(),
-            next_nonce: 0,
             last_poll_ms: 0,
             last_flush_ms: 0,
             last_purge_ms: 0,
@@ -140,7 +150,7 @@ impl Worker {
     }
 
     /// The configuration changed (Envoy keeps the VM and configures a new
-    /// root context): requests in flight, plans, callouts and queued usage
+    /// root context): requests in flight, callouts and queued usage
     /// stay; the cache starts over if its shape changed.
     pub fn reconfigure(&mut self, config: Rc<Config>, gateway_token: String) {
         let c = &config;
@@ -150,7 +160,10 @@ impl Worker {
             self.cache = Cache::new(c.cache_max_entries, c.cache_ttl_ms, c.stale_if_error_ms);
         }
         self.config = config;
-        self.gateway_token = gateway_token;
+        if gateway_token != self.gateway_token {
+            self.sealer = sealer(&gateway_token);
+            self.gateway_token = gateway_token;
+        }
     }
 
     /// Envoy runs a callback of request (or gate) context `id`.

@@ -12,18 +12,19 @@ use keygate_proto::lookup::{
 use keygate_proto::token;
 use log::{debug, info, warn};
 
-use super::shared::{add_grant, note_answer, rate_key, settle_rate, Shared};
+use super::shared::{add_grant, cool_down, rate_key, settle_rate, Shared};
 use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
 use crate::admission::{self, Ask, Counted, Verdict};
 use crate::cache::Freshness;
 use crate::callouts::{LeaseAsk, Purpose};
 use crate::decide::{ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
-use crate::failover::{self, Attempt};
+use crate::failover::{self, retry_hint_ms, Attempt};
+use crate::handover::{self, Outcome, Tapped};
 use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
-use crate::metrics::{Counter, Labeled};
+use crate::metrics::{Counter, Labeled, Metrics};
 use crate::ratelimit;
 use crate::records::{self, Finished, Served};
 use crate::screen::{screen, too_large};
@@ -35,7 +36,6 @@ use crate::usage::{self, BodyKind, SseScanner, Usage};
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
 /// Largest JSON response read for its `usage` (it passes through regardless).
 const MAX_JSON_BODY: usize = 4 << 20;
-const PLAN_PROPERTY: &str = "keygate_plan";
 
 /// Where a request is in its life.
 #[derive(Default)]
@@ -57,14 +57,18 @@ pub enum Phase {
     Refused,
 }
 
-/// The forwarding plan, shared with the upstream filter by plan id.
+/// The forwarding plan (sealed for the upstream filter: `handover`) and
+/// what the attempts got.
 pub struct Forwarded {
-    pub plan_id: Option<u64>,
+    /// One candidate: the keygate filter set its credential, and the
+    /// cluster has no upstream filter.
     pub direct: bool,
     pub auth: AuthStyle,
     /// Candidate credentials, in the order attempts use them.
     pub keys: Vec<Credential>,
     pub attempts: Vec<Attempt>,
+    /// The upstream filter's trail was read into `attempts`.
+    trail_read: bool,
     /// The provider's model name to write into the body.
     rewrite_model: Option<String>,
     answer: Answer,
@@ -167,8 +171,11 @@ impl Worker {
         if inbound.test_panic {
             panic!("keygate: fault injection"); // allow-panic: test builds only
         }
-        let tapped = if self.gated { inbound.gate.and_then(|name| self.tapped.remove(&name)) } else { None };
         let has_body = !end_of_stream;
+        // What the gate read of the body, from the request's filter state.
+        let tapped =
+            if has_body { host.property(&handover::BODY_STATE).and_then(|b| Tapped::decode(&b)) } else { None };
+        let vm_tag = self.vm_tag;
         let max_body = self.config.max_body_bytes;
         let screened = screen(&inbound, has_body, max_body)
             .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string)));
@@ -200,8 +207,9 @@ impl Worker {
         f.has_body = has_body;
         f.started_ms = now;
         f.body_bytes = content_length.unwrap_or(0);
-        f.gate = tapped.as_ref().map(|(g, _)| *g);
-        match tapped.map(|(_, facts)| facts) {
+        // The gate may file callouts for this request only from this VM.
+        f.gate = tapped.as_ref().filter(|t| t.vm == vm_tag).map(|t| t.gate);
+        match tapped.map(|t| t.facts) {
             Some(facts) if has_body => {
                 f.model = Some(facts.model);
                 f.max_tokens = facts.max_tokens;
@@ -363,17 +371,14 @@ impl Worker {
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
             }
         }
-        // Only the upstream filter reads the plan id; direct clusters have none.
-        let plan_id = (!fw.direct).then(|| {
-            let id = self.next_plan;
-            self.next_plan = self.next_plan.wrapping_add(1);
-            id
-        });
-        if let Some(plan_id) = plan_id {
-            if host.set_property(&[PLAN_PROPERTY], plan_id.to_string().as_bytes()).is_err() {
+        // The upstream filter puts each attempt's credential on; direct
+        // clusters have none (the headers above carry the one credential).
+        if !fw.direct {
+            let sealed = self.sealer.as_mut().and_then(|s| s.seal(&req.facts.request_id, fw.auth, &fw.keys));
+            if sealed.is_none_or(|plan| host.set_property(&[handover::PLAN], &plan).is_err()) {
+                warn!("keygate: request {}: could not hand the plan to the upstream filter", req.facts.request_id);
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
             }
-            self.plans.insert(plan_id, id);
         }
         if host.clear_route_cache().is_err() {
             warn!("keygate: clear_route_cache is not available");
@@ -388,11 +393,11 @@ impl Worker {
             fw.keys.first().map_or("-", |k| k.id.as_str())
         );
         req.phase = Phase::Forwarded(Box::new(Forwarded {
-            plan_id,
             direct: fw.direct,
             auth: fw.auth,
             keys: fw.keys,
             attempts: Vec::new(),
+            trail_read: false,
             rewrite_model: fw.rewrite_model,
             answer: Answer::default(),
         }));
@@ -611,10 +616,21 @@ impl Worker {
         // One snapshot: the status, and any header that echoes a credential.
         let secrets: Vec<String> = fw.keys.iter().map(|k| k.value.clone()).collect();
         let mut status = 0;
+        let mut refused_upstream = false;
+        let mut retry_after = (None, None);
         for (name, value) in host.headers(Map::ResponseHeaders) {
-            if name == ":status" {
-                status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            } else if let Some(clean) = crate::scrub::scrub(&value, &secrets) {
+            let text = || String::from_utf8(value.clone()).ok();
+            match name.as_str() {
+                ":status" => status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+                "x-keygate-error" => refused_upstream = true,
+                "retry-after-ms" => retry_after.0 = text(),
+                "retry-after" => retry_after.1 = text(),
+                _ => {}
+            }
+            if name.starts_with(':') {
+                continue;
+            }
+            if let Some(clean) = crate::scrub::scrub(&value, &secrets) {
                 warn!(
                     "keygate: request {}: the provider echoed its credential in `{name}`: scrubbed",
                     req.facts.request_id
@@ -625,9 +641,22 @@ impl Worker {
         }
         if fw.direct && fw.attempts.is_empty() {
             let key_id = fw.keys.first().map(|k| k.id.clone()).unwrap_or_default();
-            let mut attempt = Attempt { key_id, status: None };
-            note_answer(host, &mut self.metrics, &mut attempt, status, &config);
-            fw.attempts.push(attempt);
+            let retry_hint_ms =
+                if status == 429 { retry_hint_ms(retry_after.0.as_deref(), retry_after.1.as_deref()) } else { None };
+            cool_down(host, &mut self.metrics, &key_id, Outcome { status: Some(status), retry_hint_ms }, &config);
+            fw.attempts.push(Attempt { key_id, status: Some(status) });
+        } else if !fw.direct {
+            read_trail(host, &mut self.metrics, &config, fw);
+            if fw.attempts.is_empty() && refused_upstream {
+                // The upstream filter refused to send it (it could not open
+                // the plan): nothing reached a provider.
+                let denial = Denial::internal("the gateway could not hand the request to its upstream half");
+                warn!("keygate: request {} refused by the upstream filter", req.facts.request_id);
+                let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
+                set("content-type", "application/json");
+                fw.answer.replace = Some(denial.body(req.facts.dialect));
+                return Flow::Continue;
+            }
         }
         // Whether the answer is a JSON document or an event stream is read
         // from its first byte (`observe_body`), which saves a header read.
@@ -696,9 +725,12 @@ impl Worker {
         self.left(id);
         let Some(mut req) = self.requests.remove(&id) else { return };
         let (attempts, answer) = match std::mem::take(&mut req.phase) {
-            Phase::Forwarded(fw) => {
-                if let Some(plan_id) = fw.plan_id {
-                    self.plans.remove(&plan_id);
+            Phase::Forwarded(mut fw) => {
+                // Ended before its answer's headers (the client left): the
+                // attempts that went out are still recorded.
+                if !fw.direct {
+                    let config = self.config.clone();
+                    read_trail(host, &mut self.metrics, &config, &mut fw);
                 }
                 (fw.attempts, fw.answer)
             }
@@ -763,6 +795,21 @@ impl Worker {
     fn refuse_step(&mut self, host: &impl Host, id: u32, denial: &Denial) -> Step {
         self.refuse(host, id, denial);
         Step::Refused
+    }
+}
+
+/// What the attempts got, from the trail the upstream filter left in the
+/// request's filter state (once): each becomes an attempt of the usage
+/// records, and a key that answered 429 or 401/403 cools down for every worker.
+fn read_trail(host: &impl Host, metrics: &mut Metrics, config: &crate::config::Config, fw: &mut Forwarded) {
+    if std::mem::replace(&mut fw.trail_read, true) {
+        return;
+    }
+    let trail = host.property(&handover::TRAIL_STATE).map(|b| handover::parse_trail(&b)).unwrap_or_default();
+    metrics.add(Counter::FailoverRetries, trail.len().saturating_sub(1) as u64);
+    for (outcome, key) in trail.into_iter().zip(&fw.keys) {
+        cool_down(host, metrics, &key.id, outcome, config);
+        fw.attempts.push(Attempt { key_id: key.id.clone(), status: outcome.status });
     }
 }
 

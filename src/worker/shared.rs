@@ -9,8 +9,9 @@ use log::info;
 use crate::admission::{Counted, Counters, CountersUnavailable};
 use crate::callouts::LeaseAsk;
 use crate::config::Config;
-use crate::failover::{self, Attempt};
-use crate::host::{Host, Map, SharedError};
+use crate::failover;
+use crate::handover::Outcome;
+use crate::host::{Host, SharedError};
 use crate::metrics::{Counter, Metrics};
 use crate::ratelimit::{self, Pool};
 use keygate_proto::lookup::LeaseResponse;
@@ -33,26 +34,21 @@ pub fn cool_until(host: &impl Host, credential_id: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Records what the provider answered to one attempt (response headers of
-/// the effective context) and cools the key down after a 429 or 401/403.
-pub fn note_answer(host: &impl Host, metrics: &mut Metrics, attempt: &mut Attempt, status: u16, config: &Config) {
-    // A provider's header may hold any bytes: read, never trusted to be UTF-8.
-    let header = |name: &str| host.header_str(Map::ResponseHeaders, name);
-    attempt.status = Some(status);
-    let (retry_after_ms, retry_after) =
-        if status == 429 { (header("retry-after-ms"), header("retry-after")) } else { (None, None) };
+/// Cools provider key `key_id` down after what it answered (a 429 as long
+/// as it asked, a 401/403 for `cooldownAuthFailureMs`): every worker of this
+/// Envoy skips it until then.
+pub fn cool_down(host: &impl Host, metrics: &mut Metrics, key_id: &str, outcome: Outcome, config: &Config) {
+    let Some(status) = outcome.status else { return };
     let cooldown = failover::cooldown_ms(
         status,
-        retry_after_ms.as_deref(),
-        retry_after.as_deref(),
+        outcome.retry_hint_ms,
         config.cooldown_rate_limited_ms,
         config.cooldown_auth_failure_ms,
     );
     if let Some(ms) = cooldown.filter(|ms| *ms > 0) {
-        // Process-wide: every worker skips this key until then.
         let until = (host.now_ms() + ms).to_string();
-        let _ = host.set_shared_data(&format!("{HEALTH_PREFIX}{}", attempt.key_id), until.as_bytes(), None);
-        info!("keygate: provider key {} answered {status}: skipped for {ms} ms", attempt.key_id);
+        let _ = host.set_shared_data(&format!("{HEALTH_PREFIX}{key_id}"), until.as_bytes(), None);
+        info!("keygate: provider key {key_id} answered {status}: skipped for {ms} ms");
         metrics.count(Counter::FailoverCooldowns);
     }
 }

@@ -330,33 +330,66 @@ fn a_lease_the_store_cannot_give_refuses_with_503() {
     assert_eq!((reply.status, reply.code()), (503, "key_store_unavailable"));
 }
 
+/// Upstream attempt `ctx` of request 2, in a VM of its own whose key is
+/// derived from `token`: returns its index in the trail (`None`: refused).
+fn attempt(host: &FakeHost, ctx: u32, token: &str, answer: Option<&[(&str, &str)]>) -> Option<usize> {
+    host.join_stream(ctx, 2);
+    host.enter(ctx);
+    host.set_headers(ctx, Map::RequestHeaders, &[("x-request-id", "req-2"), ("authorization", "Bearer old")]);
+    let index = crate::attempt::attempt_headers(host, &crate::handover::SealKey::derive(token));
+    if let (Some(i), Some(headers)) = (index, answer) {
+        host.set_headers(ctx, Map::ResponseHeaders, headers);
+        crate::attempt::attempt_response(host, i);
+    }
+    index
+}
+
 #[test]
 fn each_upstream_attempt_carries_its_own_credential_and_a_429_cools_the_key() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     chat(&host, &mut w, 2, &key(1));
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
     assert_eq!(host.header_of(2, Map::RequestHeaders, "authorization"), None, "set per attempt");
-    let plan = host.property_of(2, &["keygate_plan"]).expect("a plan id for the upstream filter");
-    for (ctx, attempt, expected) in [(10, "1", "Bearer sk-secret-pk_a"), (11, "2", "Bearer sk-secret-pk_b")] {
-        host.enter(ctx);
-        host.set_headers(
-            ctx,
-            Map::RequestHeaders,
-            &[("x-envoy-attempt-count", attempt), ("authorization", "Bearer old")],
-        );
-        host.set_property_of(ctx, &["filter_state", "wasm.keygate_plan"], &plan);
-        let (_, plan_id) = w.attempt_headers(&host);
-        assert_eq!(host.header_of(ctx, Map::RequestHeaders, "authorization").as_deref(), Some(expected));
-        host.set_headers(ctx, Map::ResponseHeaders, &[(":status", if ctx == 10 { "429" } else { "200" })]);
-        w.attempt_response(&host, plan_id.unwrap());
-    }
-    assert!(host.shared("keygate.cooldown.pk_a").is_some());
-    assert!(host.shared("keygate.cooldown.pk_b").is_none());
+    let sealed = host.property_of(2, &crate::handover::PLAN_STATE).expect("a plan for the upstream filter");
+    assert!(!String::from_utf8_lossy(&sealed).contains("sk-secret"), "sealed");
+    assert_eq!(attempt(&host, 10, "gw-token", Some(&[(":status", "429"), ("retry-after", "7")])), Some(0));
+    assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
+    assert_eq!(attempt(&host, 11, "gw-token", Some(&[(":status", "200")])), Some(1));
+    assert_eq!(host.header_of(11, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_b"));
     host.enter(2);
     host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
     w.response_headers(&host, 2);
     assert_eq!(host.header_of(2, Map::ResponseHeaders, "x-keygate-attempts").as_deref(), Some("2"));
     assert_eq!(host.header_of(2, Map::ResponseHeaders, "x-keygate-provider-key").as_deref(), Some("pk_b"));
+    // The keygate filter cools the key down, from the trail, for every worker.
+    let until: u64 = host.shared("keygate.cooldown.pk_a").expect("pk_a cools down").parse().unwrap();
+    assert_eq!(until, host.now_ms() + 7_000, "as long as its Retry-After");
+    assert!(host.shared("keygate.cooldown.pk_b").is_none());
+    w.request_done(&host, 2);
+    let attempts: Vec<(u32, u16)> = w.usage.take_batch().iter().map(|r| (r.attempt, r.status)).collect();
+    assert_eq!(attempts, [(1, 429), (2, 200)]);
+}
+
+#[test]
+fn an_upstream_half_that_cannot_open_the_plan_sends_nothing() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
+    assert_eq!(attempt(&host, 10, "another-gateway-credential", None), None);
+    assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer old"));
+    let local = host.replies_to(10).pop().expect("answered by the upstream half");
+    // Its local reply comes back through the keygate filter: the client
+    // gets an internal error in its own dialect, and no key cools down.
+    host.enter(2);
+    let headers: Vec<(&str, &str)> = local.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(2, Map::ResponseHeaders, &[&[(":status", "500")], headers.as_slice()].concat());
+    w.response_headers(&host, 2);
+    let body = b"{}";
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    w.response_body(&host, 2, body.len(), true);
+    let out = String::from_utf8(host.buffer_of(2, crate::host::Buffer::ResponseBody)).unwrap();
+    assert!(out.contains("internal_error") && out.contains("upstream half"), "{out}");
+    assert!(host.shared("keygate.cooldown.pk_a").is_none());
 }
 
 #[test]
@@ -396,6 +429,7 @@ fn gated_chat(host: &FakeHost, w: &mut Worker, gate: u32, id: u32, token: &str, 
     let named = host.headers_of(gate, Map::RequestHeaders);
     let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     host.set_headers(id, Map::RequestHeaders, &named);
+    host.join_stream(id, gate);
     host.enter(id);
     w.request_created(id);
     w.request_headers(host, id, false)
@@ -414,7 +448,8 @@ fn the_gate_hands_its_findings_to_its_own_request_only() {
     let flow = gated_chat(&host, &mut w, 22, 23, &k, r#"{"model":"gpt-3.5-turbo"}"#);
     assert_eq!(flow, Flow::Pause);
     assert_eq!(host.replies_to(23).pop().unwrap().code(), "model_not_allowed");
-    // A request that names a gate which left nothing is refused, not guessed.
+    // A request whose gate left nothing is refused, not guessed (and a
+    // client's `x-keygate-gate` names nothing).
     host.enter(30);
     let auth = format!("Bearer {k}");
     host.set_headers(
@@ -511,17 +546,15 @@ fn a_new_configuration_keeps_the_requests_in_flight() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     chat(&host, &mut w, 2, &key(1));
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
-    let plan = host.property_of(2, &["keygate_plan"]).unwrap();
     let config = Config::parse(br#"{"storeCluster":"store2","pollIntervalMs":500}"#).unwrap();
     w.reconfigure(Rc::new(config), "gw-token-2".into());
-    // Its upstream attempt still finds its plan; a later request gets a new plan id.
-    host.enter(10);
-    host.set_headers(10, Map::RequestHeaders, &[("x-envoy-attempt-count", "1")]);
-    host.set_property_of(10, &["filter_state", "wasm.keygate_plan"], &plan);
-    w.attempt_headers(&host);
+    // Its upstream attempt still opens its plan; a later request's plan is
+    // sealed under the new credential.
+    assert_eq!(attempt(&host, 10, "gw-token", None), Some(0));
     assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
     chat(&host, &mut w, 3, &key(1));
-    assert_ne!(host.property_of(3, &["keygate_plan"]), Some(plan));
+    let sealed = host.property_of(3, &crate::handover::PLAN_STATE).unwrap();
+    assert!(crate::handover::open(&crate::handover::SealKey::derive("gw-token-2"), "req-3", &sealed).is_some());
 }
 
 #[test]
@@ -532,16 +565,11 @@ fn a_request_refused_after_it_was_forwarded_still_reports_its_attempts() {
     chat(&host, &mut w, 2, &key(1));
     host.set_property_of(2, &["metadata", "filter_metadata", "keygate", "model"], b"openai/gpt-4o");
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a", "pk_b"]));
-    let plan = host.property_of(2, &["keygate_plan"]).unwrap();
-    host.enter(10);
-    host.set_headers(10, Map::RequestHeaders, &[("x-envoy-attempt-count", "1")]);
-    host.set_property_of(10, &["filter_state", "wasm.keygate_plan"], &plan);
-    w.attempt_headers(&host);
+    assert_eq!(attempt(&host, 10, "gw-token", None), Some(0));
     host.enter(2);
     assert_eq!(w.request_trailers(&host, 2), Flow::Pause);
     assert_eq!(host.replies_to(2).pop().unwrap().code(), "unexpected_trailers");
     w.request_done(&host, 2);
-    assert!(w.plans.is_empty(), "the plan goes with the request");
     assert_eq!(w.usage.len(), 1, "the attempt that went out is recorded");
 }
 
