@@ -789,6 +789,13 @@ def main():
         store.ok("PATCH", "/providers/openai", {"baseUrl": f"http://127.0.0.1:{upstream_port}/v1"})
         store.ok("POST", "/provider-keys", {"providerId": "openai", "name": "bench", "value": PROVIDER_KEY, "managed": True})
         hit_token = store.ok("POST", "/access-keys", {"name": "bench-hit"})["token"]
+        # A key with two provider keys in order: every request goes through
+        # the upstream filter (the sealed plan, the trail), the first answers.
+        two = [store.ok("POST", "/provider-keys", {"providerId": "openai", "name": f"bench-{i}", "value": f"{PROVIDER_KEY}-{i}"})["id"]
+               for i in (1, 2)]
+        step = {"type": "user", "keySelectionStrategy": "ordered", "keys": [{"id": k} for k in two]}
+        cfg2 = store.ok("POST", "/access-key-configurations", {"name": "bench-two-keys", "router": {"rules": [{"provider": "openai", "steps": [step]}]}})
+        two_token = store.ok("POST", "/access-keys", {"name": "bench-two-keys", "accessKeyConfigurationId": cfg2["id"]})["token"]
         bg_token = store.ok("POST", "/access-keys", {"name": "bench-background"})["token"]
 
         n_keys = max(P["pool"], P["fill"])
@@ -798,6 +805,7 @@ def main():
         (WORK / "miss.txt").write_text("\n".join(pool[:bench.pool_size]) + "\n")
         log(f"  {len(pool)} keys in {took:.1f} s ({len(pool) / took:,.0f}/s)")
         (WORK / "hit.txt").write_text(hit_token + "\n")
+        (WORK / "two-keys.txt").write_text(two_token + "\n")
         (WORK / "native.txt").write_text(NATIVE_KEY + "\n")
         (WORK / "malformed.txt").write_text("\n".join(malformed_token(i) for i in range(1000)) + "\n")
         (WORK / "unknown.txt").write_text("\n".join(well_formed_unknown_token() for _ in range(100)) + "\n")
@@ -833,6 +841,8 @@ def main():
             Variant("baseline", envoys["baseline"], WORK / "hit.txt", what="no filter"),
             Variant("hit", envoys["hit"], WORK / "hit.txt", what="cached key"),
             *([Variant("hit-b", envoys["hit-b"], WORK / "hit.txt", what=f"cached key, module B ({WASM_B.name})")] if WASM_B else []),
+            Variant("hit-2keys", envoys["hit"], WORK / "two-keys.txt", what="cached key with two provider keys (upstream filter)"),
+            *([Variant("hit-2keys-b", envoys["hit-b"], WORK / "two-keys.txt", what="the same, module B")] if WASM_B else []),
             Variant("miss", envoys["miss"], WORK / "miss.txt", cycle=True, what="fresh key each request"),
             Variant("invalid-malformed", envoys["invalid"], WORK / "malformed.txt", expect_ok=False, what="malformed tokens"),
             Variant("invalid-unknown", envoys["invalid"], WORK / "unknown.txt", expect_ok=False, what="100 unknown tokens repeated"),
@@ -909,7 +919,7 @@ def main():
             lifetimes = lambda r: max(1.0, seconds(r) * 1000 / CACHE_TTL_MS)  # noqa: E731
             if v.cycle:
                 calls = [r["store_lookups"] / r["distinct_keys"] for r in runs if r["store_lookups"] is not None and r["distinct_keys"]]
-            elif v.name in ("hit", "hit-b", "headers-only", "invalid-unknown"):
+            elif v.name in ("hit", "hit-b", "hit-2keys", "hit-2keys-b", "headers-only", "invalid-unknown"):
                 calls = [r["store_lookups"] / lifetimes(r) / r["distinct_keys"] for r in runs if r["store_lookups"] is not None]
             else:
                 calls = None

@@ -1,9 +1,10 @@
 """The gate reads each body as it passes and hands what it found (model,
 output limit, any access key) to the keygate filter of the *same* request,
-by its own context id (`x-keygate-gate`). These tests hold that handover at
+in that request's filter state. These tests hold that handover at
 its boundaries on one HTTP/2 connection, where the streams of many requests
 interleave on one worker: interleaved bodies, a 413, a reset mid-body,
-trailers, and a client that names a gate itself. The key may use
+trailers, and a client that sends the former handover header
+(`x-keygate-gate`) itself. The key may use
 `openai/gpt-4o-mini` only, so a request judged by another's body would be
 visibly wrong."""
 
