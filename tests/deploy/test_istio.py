@@ -5,11 +5,12 @@ store's catalog all have a ServiceEntry; the store is a fleet on PostgreSQL
 (replicas, no volume claim, secrets by secretKeyRef, /healthz probes, PDB,
 anti-affinity) whose DestinationRule carries envoy/envoy.yaml's outlier
 detection; the example PostgreSQL and the SQLite copy Job (subdirectories, not
-applied with the rest) pass the schemas too; and the Envoy fragments of the
-EnvoyFilter plus the WasmPlugin, assembled the way Istio inserts them, pass
-`envoy --mode validate`. Nothing here runs Istio itself."""
+applied with the rest) pass the schemas too; and the gateway configuration
+scripts/istio_gateway.py generates from these manifests the way Istio would
+(the WasmPlugin over ECDS, the EnvoyFilter's patches applied) passes `envoy
+--mode validate`. Nothing here runs Istio itself."""
 
-import copy
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -17,9 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploytools import ROOT, TEMPLATE, envoy_validate, local_ca_bundle, render, require_wasm
+from deploytools import ROOT, TEMPLATE, envoy_validate, local_ca_bundle, require_wasm
 
 ISTIO = ROOT / "deploy" / "istio"
+_spec = importlib.util.spec_from_file_location("istio_gateway", ROOT / "scripts" / "istio_gateway.py")
+istio_gateway = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(istio_gateway)
 STORE_CLUSTER = "outbound|8082||keygate-store.keygate-system.svc.cluster.local"
 
 
@@ -194,24 +198,6 @@ def test_store_destinationrule_matches_the_template():
     assert r["periodSeconds"] * r["failureThreshold"] <= 5
 
 
-def istio_store_cluster():
-    """A stand-in for Istio's cluster of the store: EDS in Istio, STATIC here,
-    with the DestinationRule's outlier detection as Istio translates it."""
-    od = store_destination_rule()["spec"]["trafficPolicy"]["outlierDetection"]
-    return {"name": STORE_CLUSTER, "type": "STATIC", "connect_timeout": "0.25s", "lb_policy": "ROUND_ROBIN",
-            "outlier_detection": {
-                "consecutive_5xx": od["consecutive5xxErrors"],
-                "enforcing_consecutive_5xx": 100,
-                "consecutive_gateway_failure": od["consecutiveGatewayErrors"],
-                "enforcing_consecutive_gateway_failure": 100,
-                "interval": od["interval"],
-                "base_ejection_time": od["baseEjectionTime"],
-                "max_ejection_percent": od["maxEjectionPercent"]},
-            "load_assignment": {"cluster_name": STORE_CLUSTER, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8082}}}},
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.2", "port_value": 8082}}}}]}]}}
-
-
 def test_example_postgres_is_labelled_and_separate():
     text = EXTRA_FILES[0].read_text()
     assert text.startswith("# EXAMPLE ONLY"), "the example PostgreSQL must say so on its first line"
@@ -322,62 +308,27 @@ def test_envoyfilter_structure():
 
 
 def test_envoyfilter_fragments_validate_in_envoy(tmp_path):
-    """Builds the gateway's Envoy config as Istio would after the patches:
-    json_to_metadata first, the WasmPlugin's filter, dynamic forward proxy,
-    router; the route with cluster_header; the ADDed clusters; a stand-in for
-    Istio's store cluster. Then `envoy --mode validate`."""
-    wasm_path = str(require_wasm())
-    (wp,) = by_kind("WasmPlugin")
-    defaults = tmp_path / "envoy.yaml"
-    render(TEMPLATE, defaults, {"KEYGATE_WASM": wasm_path, "KEYGATE_CA_BUNDLE": local_ca_bundle()})
-    base = yaml.safe_load(defaults.read_text())
-    listener = base["static_resources"]["listeners"][0]
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    template_wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    """The ingress gateway's Envoy configuration as scripts/istio_gateway.py
+    generates it from these manifests (the WasmPlugin's filter over ECDS, the
+    EnvoyFilter's patches applied) passes `envoy --mode validate`; so does
+    the same with the ECDS filter inlined, which loads the downstream half
+    with the WasmPlugin's pluginConfig (validation subscribes to no ECDS)."""
+    wasm = require_wasm()
+    config, ecds = istio_gateway.generate(tmp_path / "gateway", 10000, 9901, "127.0.0.1:8082", wasm, wasm,
+                                          local_ca_bundle(), "1")
+    ok, output = envoy_validate(config)
+    assert ok, f"the generated Istio gateway config is not a valid Envoy config:\n{output[-4000:]}"
 
-    downstream = copy.deepcopy(template_wasm)
-    cfg = downstream["typed_config"]["config"]
-    cfg["root_id"] = wp["spec"]["pluginName"]
-    cfg["failure_policy"] = "FAIL_CLOSED"
-    cfg["configuration"]["value"] = json.dumps(wp["spec"]["pluginConfig"])
-
-    filters = [{"name": "envoy.filters.http.router", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]
-    filters.insert(0, downstream)  # phase AUTHN: ahead of Istio's own filters
-    for p in patches("HTTP_FILTER"):
-        op, value = p["patch"]["operation"], p["patch"]["value"]
-        if op == "INSERT_FIRST":
-            filters.insert(0, value)
-        elif op == "INSERT_BEFORE":
-            filters.insert(len(filters) - 1, value)
-    hcm["http_filters"] = filters
-    for p in patches("NETWORK_FILTER"):
-        hcm.update({k: v for k, v in p["patch"]["value"]["typed_config"].items() if k != "@type"})
-    for p in patches("LISTENER"):
-        listener.update(p["patch"]["value"])
-    vhost = hcm["route_config"]["virtual_hosts"][0]
-    vhost["routes"] = [{"name": "keygate", "match": {"prefix": "/"},
-                        "route": {"cluster": "outbound|443||api.openai.com", "timeout": "120s"}}]
-    for p in patches("VIRTUAL_HOST"):
-        vhost.update(p["patch"]["value"])
-    for p in patches("HTTP_ROUTE"):
-        route = vhost["routes"][0]
-        value = p["patch"]["value"]
-        if "cluster_header" in value.get("route", {}):
-            route["route"].pop("cluster")
-        route["route"].update(value.get("route", {}))
-        route.update({k: v for k, v in value.items() if k != "route"})
-
-    text = yaml.safe_dump([p["patch"]["value"] for p in patches("CLUSTER")])
-    text = text.replace("/etc/keygate/keygate_filter.wasm", wasm_path)
-    text = text.replace("/etc/ssl/certs/ca-certificates.crt", local_ca_bundle())
-    clusters = yaml.safe_load(text)
-    clusters.append(istio_store_cluster())
-    base["static_resources"]["clusters"] = clusters
-    out = tmp_path / "istio-gateway.yaml"
-    out.write_text(yaml.safe_dump(base, sort_keys=False))
-    ok, output = envoy_validate(out)
-    assert ok, f"the Istio fragments do not form a valid Envoy config:\n{output[-4000:]}"
+    (resource,) = yaml.safe_load(ecds.read_text())["resources"]
+    bootstrap = yaml.safe_load(config.read_text())
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (filt,) = [f for f in hcm["http_filters"] if f["name"] == resource["name"]]
+    del filt["config_discovery"]
+    filt["typed_config"] = resource["typed_config"]
+    inlined = tmp_path / "inlined.yaml"
+    inlined.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    ok, output = envoy_validate(inlined)
+    assert ok, f"the WasmPlugin's filter does not load:\n{output[-4000:]}"
 
 
 def test_ingressgateway_patch():
@@ -407,12 +358,18 @@ def test_direct_clusters_have_no_upstream_filter():
 
 
 def test_envoyfilter_upstream_config_matches_the_template():
+    """The upstream half carries no settings of its own, and runs in a VM of
+    its own: a vm_id no WasmPlugin's VM has (Istio sets none)."""
     _, _, template = template_plugin_json()
     https = next(c for c in template["static_resources"]["clusters"] if c["name"] == "keygate_upstream_https")
     opts = https["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
     want = json.loads(opts["http_filters"][0]["typed_config"]["config"]["configuration"]["value"])
+    assert want == {"role": "upstream"}
+    (wp,) = by_kind("WasmPlugin")
+    plugin_vm = istio_gateway.istiod_wasm_config(wp, "1")["config"]["vm_config"]
     for p in upstream_filter_clusters():
         opts = p["patch"]["value"]["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
         cfg = opts["http_filters"][0]["typed_config"]["config"]
         assert json.loads(cfg["configuration"]["value"]) == want, p["patch"]["value"]["name"]
-        assert cfg["vm_config"]["vm_id"] == "keygate"
+        assert cfg["vm_config"].get("vm_id"), "the upstream half names its own VM"
+        assert cfg["vm_config"]["vm_id"] != plugin_vm.get("vm_id", ""), "the halves run in different VMs"
