@@ -145,13 +145,15 @@ def istiod_wasm_config(wp, resource_version):
     return {"@type": WASM_TYPE, "config": config}
 
 
-def agent_rewrite(wasm, module_path):
+def agent_rewrite(wasm, module_path, strip_meta=True):
     """What istio-agent does to istiod's config before Envoy sees it: the
-    module becomes a file of its cache, the ISTIO_META_* variables go."""
+    module becomes a file of its cache, the ISTIO_META_* variables go (since
+    Istio 1.18; `strip_meta=False` is the older agent, which passed them on)."""
     out = copy.deepcopy(wasm)
     vm = out["config"]["vm_config"]
     env = vm.get("environment_variables") or {}
-    env["key_values"] = {k: v for k, v in (env.get("key_values") or {}).items() if not k.startswith("ISTIO_META")}
+    env["key_values"] = {k: v for k, v in (env.get("key_values") or {}).items()
+                         if not (strip_meta and k.startswith("ISTIO_META"))}
     if not env["key_values"]:
         del env["key_values"]
     if env:
@@ -162,14 +164,14 @@ def agent_rewrite(wasm, module_path):
     return out
 
 
-def ecds_response(wp, module_path, resource_version):
+def ecds_response(wp, module_path, resource_version, strip_meta=True):
     """The ECDS DiscoveryResponse the gateway's Envoy receives."""
     return {
         "version_info": resource_version,
         "resources": [{
             "@type": EXTENSION_CONFIG_TYPE,
             "name": ecds_resource_name(wp),
-            "typed_config": agent_rewrite(istiod_wasm_config(wp, resource_version), module_path),
+            "typed_config": agent_rewrite(istiod_wasm_config(wp, resource_version), module_path, strip_meta),
         }],
     }
 
@@ -189,10 +191,11 @@ def write_atomically(path, text):
         raise
 
 
-def write_ecds(path, module_path, resource_version, docs=None):
+def write_ecds(path, module_path, resource_version, docs=None, strip_meta=True):
     """(Re)writes the ECDS file: how a WasmPlugin update reaches Envoy."""
     wp = one(docs or manifests(), "WasmPlugin")
-    write_atomically(path, yaml.safe_dump(ecds_response(wp, module_path, resource_version), sort_keys=False))
+    response = ecds_response(wp, module_path, resource_version, strip_meta)
+    write_atomically(path, yaml.safe_dump(response, sort_keys=False))
 
 
 def ecds_filter(wp, ecds_path):
@@ -545,13 +548,14 @@ def gateway_bootstrap(ecds_path, port, admin_port, store_lookup, upstream_wasm, 
     return substitute(bootstrap, {UPSTREAM_WASM_IN_CLUSTER: str(upstream_wasm), CA_BUNDLE_IN_CLUSTER: str(ca_bundle)})
 
 
-def generate(out_dir, port, admin_port, store_lookup, downstream_wasm, upstream_wasm, ca_bundle, resource_version):
+def generate(out_dir, port, admin_port, store_lookup, downstream_wasm, upstream_wasm, ca_bundle, resource_version,
+             strip_meta=True):
     """Writes out_dir/envoy.yaml and out_dir/ecds.yaml; returns their paths."""
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     docs = manifests()
     ecds = out_dir / "ecds.yaml"
-    write_ecds(ecds, downstream_wasm, resource_version, docs)
+    write_ecds(ecds, downstream_wasm, resource_version, docs, strip_meta)
     config = out_dir / "envoy.yaml"
     bootstrap = gateway_bootstrap(ecds, port, admin_port, store_lookup, upstream_wasm, ca_bundle, docs)
     write_atomically(config, yaml.safe_dump(bootstrap, sort_keys=False))

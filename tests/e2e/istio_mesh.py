@@ -24,7 +24,8 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 class IstioGateway:
     """An Envoy configured as Istio's ingress gateway for deploy/istio."""
 
-    def __init__(self, workdir, store, module=WASM, upstream_module=WASM, concurrency=2, resource_version="1"):
+    def __init__(self, workdir, store, module=WASM, upstream_module=WASM, concurrency=2, resource_version="1",
+                 strip_meta=True):
         self.workdir = Path(workdir)
         self.port = free_port()
         self.admin_port = free_port()
@@ -35,6 +36,9 @@ class IstioGateway:
         self.log_path = self.workdir / f"istio-gateway-{self.port}.log"
         self.ecds_path = self.config_dir / "ecds.yaml"
         self.resource_version = resource_version
+        # False: an agent older than Istio 1.18, which leaves
+        # ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION in the VM's environment.
+        self.strip_meta = strip_meta
         self.module = self.agent_fetch(module)
         self.proc = None
 
@@ -56,7 +60,7 @@ class IstioGateway:
 
     def start(self):
         istio_gateway.generate(self.config_dir, self.port, self.admin_port, f"127.0.0.1:{self.store.lookup_port}",
-                               self.module, self.upstream_module, CA_BUNDLE, self.resource_version)
+                               self.module, self.upstream_module, CA_BUNDLE, self.resource_version, self.strip_meta)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_dir / "envoy.yaml"), "--concurrency", str(self.concurrency),
@@ -89,19 +93,22 @@ class IstioGateway:
         for entry in doc.get("configs", []):
             ext = entry["ecds_filter"]
             vm = ext["typed_config"]["config"]["vm_config"]
+            env = (vm.get("environment_variables") or {}).get("key_values") or {}
             out.append({"name": ext["name"], "version": entry.get("version_info"),
-                        "module": vm["code"]["local"]["filename"]})
+                        "module": vm["code"]["local"]["filename"],
+                        "env_version": env.get("ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION")})
         return out
 
-    def update_plugin(self, resource_version, module):
+    def update_plugin(self, resource_version, module=None):
         """A WasmPlugin update as istio-agent hands it over, with the module
         file it fetched; returns once Envoy has applied it. A new module file
         is what makes an update Envoy sees: the agent strips the resource
         version from the config, and Envoy skips an unchanged one."""
-        if Path(module) == self.module:
+        module = Path(module or self.module)
+        if module == self.module and self.strip_meta:
             raise ValueError("Envoy would skip this update: the config it sees is unchanged")
-        self.module = Path(module)
-        istio_gateway.write_ecds(self.ecds_path, self.module, resource_version, DOCS)
+        self.module = module
+        istio_gateway.write_ecds(self.ecds_path, self.module, resource_version, DOCS, self.strip_meta)
         self.resource_version = resource_version
         wait_until(lambda: [(c["version"], c["module"]) for c in self.ecds_configs()]
                    == [(resource_version, str(self.module))], timeout=10, what=f"ECDS version {resource_version}")

@@ -198,6 +198,38 @@ def test_plugin_update_under_traffic(istio, store, mocks, provider_keys, tmp_pat
         assert keys[(b, "2")] >= 20, "failover traffic ran"
 
 
+@pytest.fixture(scope="module")
+def istio_pre_118(tmp_path_factory, store, provider_keys):
+    """The same gateway as an agent before Istio 1.18 configured it: the
+    resource version stays in the VM's environment, and changes with each edit."""
+    gw = IstioGateway(tmp_path_factory.mktemp("istio-pre-118"), store, concurrency=2, strip_meta=False).start()
+    STACKS.append(gw)
+    yield gw
+    gw.stop()
+
+
+def test_a_new_resource_version_in_the_vm_environment_under_traffic(istio_pre_118, store, mocks):
+    """The shape the issue names: ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION in
+    vm_config's environment. A version-only edit changes it; failover traffic
+    goes on through the update without a failure."""
+    gw = istio_pre_118
+    assert [c["env_version"] for c in gw.ecds_configs()] == ["1"]
+    (a, va), (b, vb) = user_key(store), user_key(store)
+    multi = key_with_steps(store, [user_step(a, b)])
+    mocks["openai"].script(va, *[(429, {"retry-after": "0.001"}, {"error": {"message": "slow"}})] * 100000)
+    with Traffic([lambda: chat(gw, multi)] * 3) as traffic:
+        time.sleep(1)
+        gw.update_plugin("2")
+        updated = time.monotonic()
+        time.sleep(2)
+    assert [(c["version"], c["env_version"]) for c in gw.ecds_configs()] == [("2", "2")]
+    results = traffic.results
+    assert Counter(r[1] for r in results) == Counter({200: len(results)}), Counter(r[1] for r in results)
+    assert len([r for r in results if r[0] > updated]) >= 10, "traffic went on after the update"
+    assert {r[3].get("x-keygate-provider-key") for r in results} <= {a, b}
+    assert set(credentials_seen(mocks["openai"])) <= {va, vb}
+
+
 def test_the_gateway_log_is_clean(istio):
     """Runs last: what every test above left in Envoy's log."""
     log = istio.log()
