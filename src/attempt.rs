@@ -14,11 +14,32 @@ use crate::handover::{self, encode_trail, parse_trail, Outcome, SealKey};
 use crate::host::{Host, Map};
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
-/// An attempt's request headers: returns its index in the trail, or `None`
-/// when it was refused (no plan, or no credential left for it): nothing
-/// goes to the provider then.
-pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<usize> {
-    let mut trail = host.property(&handover::TRAIL_STATE).map(|b| parse_trail(&b)).unwrap_or_default();
+/// An attempt whose credential went on: its entry in the trail, and the
+/// trail as it wrote it (attempts are sequential: nobody writes the trail
+/// until its answer comes back, so the answer needs no second read).
+pub struct Sent {
+    index: usize,
+    trail: Vec<Outcome>,
+}
+
+/// An attempt's request headers: `None` when it was refused (no plan, or no
+/// credential left for it): nothing goes to the provider then.
+pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<Sent> {
+    // One snapshot of the headers for both: each host call costs ~1 µs.
+    let (mut request_id, mut attempt_count) = (String::new(), None);
+    for (name, value) in host.headers(Map::RequestHeaders) {
+        match name.as_str() {
+            "x-request-id" => request_id = String::from_utf8(value).unwrap_or_default(),
+            "x-envoy-attempt-count" => attempt_count = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()),
+            _ => {}
+        }
+    }
+    // The first attempt (Envoy counts them when the virtual host says so)
+    // finds an empty trail; any other reads it.
+    let mut trail = match attempt_count {
+        Some(1u32) => Vec::new(),
+        _ => host.property(&handover::TRAIL_STATE).map(|b| parse_trail(&b)).unwrap_or_default(),
+    };
     let index = trail.len();
     // A retry reuses the header map: the previous attempt's credential goes
     // first. (On the first attempt the keygate filter removed every client
@@ -28,7 +49,6 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<usize> {
             let _ = host.set_header(Map::RequestHeaders, name, None);
         }
     }
-    let request_id = host.header_str(Map::RequestHeaders, "x-request-id").unwrap_or_default();
     let plan = host.property(&handover::PLAN_STATE).and_then(|sealed| handover::open(key, &request_id, &sealed));
     let Some(plan) = plan else {
         error!("keygate: request {request_id}: an upstream attempt without a plan this filter can open: refused");
@@ -43,15 +63,16 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<usize> {
         warn!("keygate: request {request_id}: could not set the credential of attempt {}", index + 1);
         return refuse(host, "the gateway could not prepare the request");
     }
+    // Sent, not yet answered: a reset or a timeout leaves it so.
     trail.push(Outcome::default());
     if host.set_property(&[handover::TRAIL], encode_trail(&trail).as_bytes()).is_err() {
         warn!("keygate: request {request_id}: could not record attempt {}", index + 1);
     }
-    Some(index)
+    Some(Sent { index, trail })
 }
 
 /// An attempt's response headers: its outcome goes into the trail.
-pub fn attempt_response(host: &impl Host, index: usize) {
+pub fn attempt_response(host: &impl Host, mut sent: Sent) {
     let header = |name: &str| host.header_str(Map::ResponseHeaders, name);
     let status = header(":status").and_then(|s| s.parse::<u16>().ok());
     // A provider's header may hold any bytes: read, never trusted to be UTF-8.
@@ -60,15 +81,14 @@ pub fn attempt_response(host: &impl Host, index: usize) {
     } else {
         None
     };
-    let mut trail = host.property(&handover::TRAIL_STATE).map(|b| parse_trail(&b)).unwrap_or_default();
-    let Some(entry) = trail.get_mut(index) else { return };
+    let Some(entry) = sent.trail.get_mut(sent.index) else { return };
     *entry = Outcome { status, retry_hint_ms };
-    let _ = host.set_property(&[handover::TRAIL], encode_trail(&trail).as_bytes());
+    let _ = host.set_property(&[handover::TRAIL], encode_trail(&sent.trail).as_bytes());
 }
 
 /// Answers the attempt locally (nothing reaches the provider); the keygate
 /// filter sees an empty trail and answers in the client's dialect.
-fn refuse(host: &impl Host, why: &str) -> Option<usize> {
+fn refuse(host: &impl Host, why: &str) -> Option<Sent> {
     let denial = Denial::internal(why);
     let headers: [(&str, &[u8]); 2] =
         [("content-type", b"application/json"), ("x-keygate-error", denial.code.as_str().as_bytes())];
@@ -102,16 +122,19 @@ mod tests {
         host.set_property(&[handover::PLAN], &sealed).unwrap();
     }
 
-    fn attempt(host: &FakeHost, ctx: u32, request_id: &str) -> Option<usize> {
+    /// Attempt `ctx` of request 1 (`count`: its `x-envoy-attempt-count`).
+    fn attempt(host: &FakeHost, ctx: u32, request_id: &str, count: Option<&str>) -> Option<Sent> {
         host.join_stream(ctx, 1);
         host.enter(ctx);
-        host.set_headers(ctx, Map::RequestHeaders, &[("x-request-id", request_id), ("authorization", "Bearer sk-a")]);
+        let mut headers = vec![("x-request-id", request_id), ("authorization", "Bearer sk-a")];
+        headers.extend(count.map(|c| ("x-envoy-attempt-count", c)));
+        host.set_headers(ctx, Map::RequestHeaders, &headers);
         attempt_headers(host, &SealKey::derive("gw"))
     }
 
-    fn answer(host: &FakeHost, ctx: u32, index: usize, headers: &[(&str, &str)]) {
+    fn answer(host: &FakeHost, ctx: u32, sent: Sent, headers: &[(&str, &str)]) {
         host.set_headers(ctx, Map::ResponseHeaders, headers);
-        attempt_response(host, index);
+        attempt_response(host, sent);
     }
 
     fn trail(host: &FakeHost) -> String {
@@ -122,15 +145,18 @@ mod tests {
     fn each_attempt_carries_its_own_credential_and_leaves_its_outcome() {
         let host = FakeHost::default();
         request(&host, "gw", "r1");
-        assert_eq!(attempt(&host, 10, "r1"), Some(0));
+        let first = attempt(&host, 10, "r1", Some("1")).unwrap();
+        assert_eq!(first.index, 0);
         assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-a"));
-        answer(&host, 10, 0, &[(":status", "429"), ("retry-after", "2")]);
+        answer(&host, 10, first, &[(":status", "429"), ("retry-after", "2")]);
         assert_eq!(trail(&host), "429/2000");
 
-        assert_eq!(attempt(&host, 11, "r1"), Some(1));
+        // Without Envoy's attempt count the trail says which attempt this is.
+        let second = attempt(&host, 11, "r1", None).unwrap();
+        assert_eq!(second.index, 1);
         assert_eq!(host.header_of(11, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-b"));
         assert_eq!(trail(&host), "429/2000,0", "sent, not yet answered");
-        answer(&host, 11, 1, &[(":status", "200")]);
+        answer(&host, 11, second, &[(":status", "200")]);
         assert_eq!(trail(&host), "429/2000,200");
         assert!(host.replies.borrow().is_empty());
     }
@@ -140,7 +166,7 @@ mod tests {
         for (token, request_id) in [("another-credential", "r1"), ("gw", "another-request")] {
             let host = FakeHost::default();
             request(&host, token, request_id);
-            assert_eq!(attempt(&host, 10, "r1"), None);
+            assert!(attempt(&host, 10, "r1", Some("1")).is_none());
             assert_eq!(
                 host.header_of(10, Map::RequestHeaders, "authorization").as_deref(),
                 Some("Bearer sk-a"),
@@ -158,7 +184,7 @@ mod tests {
         let host = FakeHost::default();
         request(&host, "gw", "r1");
         host.set_property(&[handover::TRAIL], b"500,500").unwrap();
-        assert_eq!(attempt(&host, 12, "r1"), None);
+        assert!(attempt(&host, 12, "r1", Some("3")).is_none());
         assert_eq!(host.replies_to(12).len(), 1);
     }
 }

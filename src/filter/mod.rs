@@ -206,7 +206,7 @@ impl RootContext for Root {
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.as_ref()?;
         Some(match config.role {
-            Role::Upstream => Box::new(UpstreamAttempt { seal: self.seal.clone()?, index: None }),
+            Role::Upstream => Box::new(UpstreamAttempt { seal: self.seal.clone()?, sent: None }),
             Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
             Role::Downstream => {
                 on(id, |w| w.request_created(id));
@@ -293,16 +293,16 @@ impl HttpContext for Gate {
 struct UpstreamAttempt {
     seal: Rc<SealKey>,
     /// Its entry in the request's trail, once its credential is on.
-    index: Option<usize>,
+    sent: Option<attempt::Sent>,
 }
 
 impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.index = attempt::attempt_headers(&Abi, &self.seal);
+        self.sent = attempt::attempt_headers(&Abi, &self.seal);
         // Refused: a local reply was sent, nothing goes to the provider.
-        if self.index.is_some() {
+        if self.sent.is_some() {
             Action::Continue
         } else {
             Action::Pause
@@ -310,8 +310,8 @@ impl HttpContext for UpstreamAttempt {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(index) = self.index {
-            attempt::attempt_response(&Abi, index);
+        if let Some(sent) = self.sent.take() {
+            attempt::attempt_response(&Abi, sent);
         }
         Action::Continue
     }
