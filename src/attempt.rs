@@ -25,15 +25,19 @@ pub struct Sent {
 /// An attempt's request headers: `None` when it was refused (no plan, or no
 /// credential left for it): nothing goes to the provider then.
 pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<Sent> {
-    // One snapshot of the headers for both: each host call costs ~1 µs.
-    let (mut request_id, mut attempt_count) = (String::new(), None);
+    // One snapshot of the headers: each host call costs ~1 µs. The first of
+    // a repeated header counts, read as the keygate filter reads it.
+    let (mut request_id, mut authority, mut attempt_count) = (None, None, None);
     for (name, value) in host.headers(Map::RequestHeaders) {
+        let text = || String::from_utf8_lossy(&value).into_owned();
         match name.as_str() {
-            "x-request-id" => request_id = String::from_utf8(value).unwrap_or_default(),
-            "x-envoy-attempt-count" => attempt_count = std::str::from_utf8(&value).ok().and_then(|v| v.parse().ok()),
+            "x-request-id" if request_id.is_none() => request_id = Some(text()),
+            ":authority" if authority.is_none() => authority = Some(text()),
+            "x-envoy-attempt-count" if attempt_count.is_none() => attempt_count = text().parse().ok(),
             _ => {}
         }
     }
+    let (request_id, authority) = (request_id.unwrap_or_default(), authority.unwrap_or_default());
     // The first attempt (Envoy counts them when the virtual host says so)
     // finds an empty trail; any other reads it.
     let mut trail = match attempt_count {
@@ -49,7 +53,8 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<Sent> {
             let _ = host.set_header(Map::RequestHeaders, name, None);
         }
     }
-    let plan = host.property(&handover::PLAN_STATE).and_then(|sealed| handover::open(key, &request_id, &sealed));
+    let plan =
+        host.property(&handover::PLAN_STATE).and_then(|sealed| handover::open(key, &request_id, &authority, &sealed));
     let Some(plan) = plan else {
         error!("keygate: request {request_id}: an upstream attempt without a plan this filter can open: refused");
         return refuse(host, "the gateway's halves do not agree (is the gateway credential the same for both?)");
@@ -86,12 +91,18 @@ pub fn attempt_response(host: &impl Host, mut sent: Sent) {
     let _ = host.set_property(&[handover::TRAIL], encode_trail(&sent.trail).as_bytes());
 }
 
-/// Answers the attempt locally (nothing reaches the provider); the keygate
-/// filter sees an empty trail and answers in the client's dialect.
+/// Marks the upstream filter's own refusal for the keygate filter, which
+/// answers it in the client's dialect (and removes the mark).
+pub const REFUSED_HEADER: &str = "x-keygate-upstream-refused";
+
+/// Answers the attempt locally: nothing reaches the provider.
 fn refuse(host: &impl Host, why: &str) -> Option<Sent> {
     let denial = Denial::internal(why);
-    let headers: [(&str, &[u8]); 2] =
-        [("content-type", b"application/json"), ("x-keygate-error", denial.code.as_str().as_bytes())];
+    let headers: [(&str, &[u8]); 3] = [
+        ("content-type", b"application/json"),
+        ("x-keygate-error", denial.code.as_str().as_bytes()),
+        (REFUSED_HEADER, b"1"),
+    ];
     let _ = host.send_response(denial.status, &headers, denial.body(Dialect::OpenAi).as_bytes());
     None
 }
@@ -118,7 +129,8 @@ mod tests {
     fn request(host: &FakeHost, token: &str, request_id: &str) {
         host.enter(1);
         let p = plan();
-        let sealed = Sealer::new(SealKey::derive(token), [3; 16]).seal(request_id, p.auth, &p.keys).unwrap();
+        let sealed =
+            Sealer::new(SealKey::derive(token), [3; 16]).seal(request_id, "api.example", p.auth, &p.keys).unwrap();
         host.set_property(&[handover::PLAN], &sealed).unwrap();
     }
 
@@ -126,7 +138,8 @@ mod tests {
     fn attempt(host: &FakeHost, ctx: u32, request_id: &str, count: Option<&str>) -> Option<Sent> {
         host.join_stream(ctx, 1);
         host.enter(ctx);
-        let mut headers = vec![("x-request-id", request_id), ("authorization", "Bearer sk-a")];
+        let mut headers =
+            vec![("x-request-id", request_id), (":authority", "api.example"), ("authorization", "Bearer sk-a")];
         headers.extend(count.map(|c| ("x-envoy-attempt-count", c)));
         host.set_headers(ctx, Map::RequestHeaders, &headers);
         attempt_headers(host, &SealKey::derive("gw"))
@@ -177,6 +190,18 @@ mod tests {
             assert_eq!((replies[0].status, replies[0].code()), (500, "internal_error"));
             assert_eq!(trail(&host), "");
         }
+    }
+
+    #[test]
+    fn a_request_sent_elsewhere_after_the_keygate_filter_gets_no_credential() {
+        let host = FakeHost::default();
+        request(&host, "gw", "r1");
+        host.join_stream(10, 1);
+        host.enter(10);
+        host.set_headers(10, Map::RequestHeaders, &[("x-request-id", "r1"), (":authority", "evil.example")]);
+        assert!(attempt_headers(&host, &SealKey::derive("gw")).is_none());
+        assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization"), None);
+        assert_eq!(host.replies_to(10).len(), 1);
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //!   read of the body.
 //!
 //! Only filters write filter state; a client cannot. The plan is sealed all
-//! the same because it holds secrets, and it is bound to its request's id.
+//! the same because it holds secrets, and it is bound to its request (its
+//! `x-request-id`) and to where it may go (the `:authority` the keygate
+//! filter set): a plan copied onto another request, or a request sent
+//! elsewhere after the keygate filter, does not open.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -74,13 +77,13 @@ impl Sealer {
         Some(Sealer::new(key, prefix))
     }
 
-    /// The sealed plan (`auth`, `keys`) of request `request_id`.
-    pub fn seal(&mut self, request_id: &str, auth: AuthStyle, keys: &[Credential]) -> Option<Vec<u8>> {
+    /// The sealed plan (`auth`, `keys`) of request `request_id` to `authority`.
+    pub fn seal(&mut self, request_id: &str, authority: &str, auth: AuthStyle, keys: &[Credential]) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..16].copy_from_slice(&self.prefix);
         nonce[16..].copy_from_slice(&self.counter.to_le_bytes());
         self.counter = self.counter.wrapping_add(1);
-        let payload = Payload { msg: &encode_plan(auth, keys), aad: request_id.as_bytes() };
+        let payload = Payload { msg: &encode_plan(auth, keys), aad: &binding(request_id, authority) };
         let sealed = self.key.0.encrypt(XNonce::from_slice(&nonce), payload).ok()?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(SEALED_V1);
@@ -90,15 +93,21 @@ impl Sealer {
     }
 }
 
-/// Opens a plan sealed for request `request_id` (`None`: not one, or not
-/// for this request, or not under this key).
-pub fn open(key: &SealKey, request_id: &str, sealed: &[u8]) -> Option<Plan> {
+/// What a plan is bound to (the associated data). A newline separates
+/// them: Envoy refuses one inside a header value.
+fn binding(request_id: &str, authority: &str) -> Vec<u8> {
+    [request_id.as_bytes(), b"\n", authority.as_bytes()].concat()
+}
+
+/// Opens a plan sealed for request `request_id` to `authority` (`None`: not
+/// one, not for this request or place, or not under this key).
+pub fn open(key: &SealKey, request_id: &str, authority: &str, sealed: &[u8]) -> Option<Plan> {
     let (&version, rest) = sealed.split_first()?;
     if version != SEALED_V1 || rest.len() < NONCE_LEN {
         return None;
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-    let payload = Payload { msg: ciphertext, aad: request_id.as_bytes() };
+    let payload = Payload { msg: ciphertext, aad: &binding(request_id, authority) };
     let plain = key.0.decrypt(XNonce::from_slice(nonce), payload).ok()?;
     Plan::decode(&plain)
 }
@@ -277,12 +286,15 @@ mod tests {
         let mut sealer = Sealer::new(SealKey::derive("gateway-secret"), [7; 16]);
         let sealed = {
             let p = plan();
-            sealer.seal("req-1", p.auth, &p.keys)
+            sealer.seal("req-1", "api.example", p.auth, &p.keys)
         }
         .unwrap();
-        assert_eq!(open(&SealKey::derive("gateway-secret"), "req-1", &sealed), Some(plan()));
-        assert_eq!(open(&SealKey::derive("another-secret"), "req-1", &sealed), None, "another key");
-        assert_eq!(open(&SealKey::derive("gateway-secret"), "req-2", &sealed), None, "another request");
+        let key = SealKey::derive("gateway-secret");
+        assert_eq!(open(&key, "req-1", "api.example", &sealed), Some(plan()));
+        assert_eq!(open(&SealKey::derive("another-secret"), "req-1", "api.example", &sealed), None, "another key");
+        assert_eq!(open(&key, "req-2", "api.example", &sealed), None, "another request");
+        assert_eq!(open(&key, "req-1", "evil.example", &sealed), None, "another place");
+        assert_eq!(open(&key, "req-1\napi", ".example", &sealed), None, "the parts cannot shift");
     }
 
     #[test]
@@ -290,12 +302,12 @@ mod tests {
         let mut sealer = Sealer::new(SealKey::derive("t"), [0; 16]);
         let a = {
             let p = plan();
-            sealer.seal("r", p.auth, &p.keys)
+            sealer.seal("r", "a", p.auth, &p.keys)
         }
         .unwrap();
         let b = {
             let p = plan();
-            sealer.seal("r", p.auth, &p.keys)
+            sealer.seal("r", "a", p.auth, &p.keys)
         }
         .unwrap();
         assert_ne!(a.get(1..25), b.get(1..25), "nonces differ");
@@ -308,15 +320,16 @@ mod tests {
     #[test]
     fn a_tampered_plan_does_not_open() {
         let key = SealKey::derive("t");
-        let sealed = Sealer::new(SealKey::derive("t"), [1; 16]).seal("r", plan().auth, &plan().keys).unwrap();
+        let sealed = Sealer::new(SealKey::derive("t"), [1; 16]).seal("r", "a", plan().auth, &plan().keys).unwrap();
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(open(&key, "r", &bad), None, "byte {i}");
+            assert_eq!(open(&key, "r", "a", &bad), None, "byte {i}");
         }
-        assert_eq!(open(&key, "r", &sealed[..sealed.len() - 1]), None);
-        assert_eq!(open(&key, "r", b""), None);
-        assert_eq!(open(&key, "r", &[1; 30]), None);
+        assert_eq!(open(&key, "r", "a", &sealed), Some(plan()));
+        assert_eq!(open(&key, "r", "a", &sealed[..sealed.len() - 1]), None);
+        assert_eq!(open(&key, "r", "a", b""), None);
+        assert_eq!(open(&key, "r", "a", &[1; 30]), None);
     }
 
     #[test]
@@ -366,7 +379,7 @@ mod tests {
     proptest! {
         #[test]
         fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = open(&SealKey::derive("t"), "r", &bytes);
+            let _ = open(&SealKey::derive("t"), "r", "a", &bytes);
             let _ = Plan::decode(&bytes);
             let _ = parse_trail(&bytes);
             let _ = Tapped::decode(&bytes);

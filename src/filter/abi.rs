@@ -3,8 +3,11 @@
 //! Host calls that cannot panic. The SDK's wrappers (`proxy_wasm::hostcalls`)
 //! return a `Result` but panic on any status they do not expect, and its
 //! header readers unwrap UTF-8: one request header byte that is not UTF-8, or
-//! one odd status, would kill the VM for every request on the worker. These
-//! call the ABI directly and return what the host said.
+//! one odd status (a property another plugin declared read-only), would kill
+//! the VM for every request on the worker. Headers, buffers, properties,
+//! shared data, local replies, resume and the effective context call the ABI
+//! directly and return what the host said; the SDK is left the calls whose
+//! statuses it handles (callouts, metrics, time).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -58,7 +61,23 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
 }
+
+const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
+/// `proxy_continue_stream`'s stream type for the request.
+const HTTP_REQUEST: u32 = 0;
 
 const OK: u32 = 0;
 
@@ -152,6 +171,61 @@ fn set_effective_context(context_id: u32) -> Result<(), Status> {
     check(unsafe { proxy_set_effective_context(context_id) })
 }
 
+/// A property path as the ABI takes it: segments joined by NUL.
+fn property_path(path: &[&str]) -> Vec<u8> {
+    path.join("\0").into_bytes()
+}
+
+fn property(path: &[&str]) -> Option<Vec<u8>> {
+    let path = property_path(path);
+    let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: as in `headers`.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    let present = !data.is_null();
+    // SAFETY: as `owned` requires.
+    let raw = unsafe { owned(data, size) };
+    (status == OK && present).then_some(raw)
+}
+
+/// Another filter may have declared the name read-only (the host then
+/// answers `BadArgument`): an error to handle, not a panic.
+fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
+    let path = property_path(path);
+    // SAFETY: live slices; the host copies them.
+    check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
+}
+
+fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
+    let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
+    // SAFETY: as in `headers`, and a live local for the CAS token.
+    let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    let present = !data.is_null();
+    // SAFETY: as `owned` requires.
+    let raw = unsafe { owned(data, size) };
+    // As the SDK reads it: no data is `None`, CAS token 0 is none.
+    match status {
+        OK => Ok((present.then_some(raw), (cas != 0).then_some(cas))),
+        NOT_FOUND => Ok((None, None)),
+        other => Err(Status(other)),
+    }
+}
+
+fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
+    // SAFETY: live slices; the host copies them.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0)) };
+    match status {
+        OK => Ok(()),
+        CAS_MISMATCH => Err(SharedError::CasMismatch),
+        _ => Err(SharedError::Failed),
+    }
+}
+
+fn resume_request() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
+}
+
 /// The host this VM runs in.
 pub struct Abi;
 
@@ -210,22 +284,19 @@ impl Host for Abi {
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+        self::property(path)
     }
 
     fn set_property(&self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
-        hostcalls::set_property(path.to_vec(), Some(value)).map_err(sdk_error)
+        self::set_property(path, value).map_err(host_error)
     }
 
     fn shared_data(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError> {
-        hostcalls::get_shared_data(key).map_err(sdk_error)
+        self::shared_data(key).map_err(host_error)
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
-        hostcalls::set_shared_data(key, Some(value), cas).map_err(|e| match e {
-            proxy_wasm::types::Status::CasMismatch => SharedError::CasMismatch,
-            _ => SharedError::Failed,
-        })
+        self::set_shared_data(key, value, cas)
     }
 
     fn http_call(&self, call: &Call<'_>) -> Result<u32, HostError> {
@@ -248,7 +319,7 @@ impl Host for Abi {
     }
 
     fn resume_request(&self) -> Result<(), HostError> {
-        hostcalls::resume_http_request().map_err(sdk_error)
+        resume_request().map_err(host_error)
     }
 
     fn clear_route_cache(&self) -> Result<(), HostError> {

@@ -203,10 +203,15 @@ impl RootContext for Root {
         with_worker(|w| w.tick(&Abi, self.id));
     }
 
+    /// Never `None` (the SDK panics on it): a root without a usable
+    /// configuration gets contexts that refuse.
     fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.config.as_ref()?;
+        let Some(config) = self.config.as_ref() else { return Some(Box::new(Unconfigured)) };
         Some(match config.role {
-            Role::Upstream => Box::new(UpstreamAttempt { seal: self.seal.clone()?, sent: None }),
+            Role::Upstream => match self.seal.clone() {
+                Some(seal) => Box::new(UpstreamAttempt { seal, sent: None }),
+                None => Box::new(Unconfigured),
+            },
             Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
             Role::Downstream => {
                 on(id, |w| w.request_created(id));
@@ -314,5 +319,17 @@ impl HttpContext for UpstreamAttempt {
             attempt::attempt_response(&Abi, sent);
         }
         Action::Continue
+    }
+}
+
+/// A context of a root that has no usable configuration (Envoy does not
+/// create one today): its request is refused, never passed on.
+struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        fail_closed()
     }
 }

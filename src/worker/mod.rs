@@ -106,6 +106,8 @@ pub struct Worker {
     vm_tag: u64,
     /// A gate runs in this VM: a request with a body must come with its findings.
     gated: bool,
+    /// Numbers the request ids this VM gives requests without a usable one.
+    next_request: u64,
     /// The context whose callback runs: a callout made now is handed back to it.
     running: Running,
     /// The context host calls act on (`focus`).
@@ -134,6 +136,7 @@ impl Worker {
             sealer,
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             gated: false,
+            next_request: 0,
             running: Running::Root(0),
             effective: 0,
             retried: std::collections::HashSet::new(),
@@ -309,12 +312,24 @@ impl Worker {
             },
             Answered::UsageBatch(batch) => {
                 let status = host.header_str(Map::CalloutHeaders, ":status");
-                if status.as_deref() != Some("200") {
-                    warn!(
-                        "keygate: usage batch not accepted ({}): kept for the next flush",
-                        status.as_deref().unwrap_or("no answer")
-                    );
-                    self.usage.requeue(batch);
+                match status.as_deref() {
+                    Some("200") => {}
+                    // Refused as malformed: sent again it would be refused
+                    // again, and hold back every record behind it.
+                    Some("400") => {
+                        log::error!(
+                            "keygate: usage batch refused by the store as invalid: {} records dropped",
+                            batch.len()
+                        );
+                        self.metrics.add(Counter::UsageDropped, batch.len() as u64);
+                    }
+                    other => {
+                        warn!(
+                            "keygate: usage batch not accepted ({}): kept for the next flush",
+                            other.unwrap_or("no answer")
+                        );
+                        self.usage.requeue(batch);
+                    }
                 }
             }
         }

@@ -202,6 +202,13 @@ impl Worker {
                 return self.refuse(host, id, &denial);
             }
         };
+        if !usable_request_id(&f.request_id) {
+            // The store keys usage and reservations by it, and the plan is
+            // bound to it: one of ours replaces a missing or unusable one.
+            self.next_request = self.next_request.wrapping_add(1);
+            f.request_id = format!("keygate-{:016x}-{:x}", self.vm_tag, self.next_request);
+            let _ = host.set_header(Map::RequestHeaders, "x-request-id", Some(f.request_id.as_bytes()));
+        }
         f.method = method;
         f.path = path;
         f.has_body = has_body;
@@ -374,7 +381,8 @@ impl Worker {
         // The upstream filter puts each attempt's credential on; direct
         // clusters have none (the headers above carry the one credential).
         if !fw.direct {
-            let sealed = self.sealer.as_mut().and_then(|s| s.seal(&req.facts.request_id, fw.auth, &fw.keys));
+            let authority = fw.headers.iter().find(|(n, _)| *n == ":authority").map_or("", |(_, v)| v.as_str());
+            let sealed = self.sealer.as_mut().and_then(|s| s.seal(&req.facts.request_id, authority, fw.auth, &fw.keys));
             if sealed.is_none_or(|plan| host.set_property(&[handover::PLAN], &plan).is_err()) {
                 warn!("keygate: request {}: could not hand the plan to the upstream filter", req.facts.request_id);
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
@@ -622,7 +630,7 @@ impl Worker {
             let text = || String::from_utf8(value.clone()).ok();
             match name.as_str() {
                 ":status" => status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                "x-keygate-error" => refused_upstream = true,
+                crate::attempt::REFUSED_HEADER => refused_upstream = true,
                 "retry-after-ms" => retry_after.0 = text(),
                 "retry-after" => retry_after.1 = text(),
                 _ => {}
@@ -647,6 +655,9 @@ impl Worker {
             fw.attempts.push(Attempt { key_id, status: Some(status) });
         } else if !fw.direct {
             read_trail(host, &mut self.metrics, &config, fw);
+            if refused_upstream {
+                let _ = host.set_header(Map::ResponseHeaders, crate::attempt::REFUSED_HEADER, None);
+            }
             if fw.attempts.is_empty() && refused_upstream {
                 // The upstream filter refused to send it (it could not open
                 // the plan): nothing reached a provider.
@@ -811,6 +822,12 @@ fn read_trail(host: &impl Host, metrics: &mut Metrics, config: &crate::config::C
         cool_down(host, metrics, &key.id, outcome, config);
         fw.attempts.push(Attempt { key_id: key.id.clone(), status: outcome.status });
     }
+}
+
+/// The store takes request ids of 1 to 512 bytes without control
+/// characters (Envoy generates UUIDs; a client's may be anything).
+fn usable_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 512 && !id.chars().any(char::is_control)
 }
 
 /// The token estimate of request `req` (both directions).

@@ -335,7 +335,8 @@ fn a_lease_the_store_cannot_give_refuses_with_503() {
 fn attempt(host: &FakeHost, ctx: u32, token: &str, answer: Option<&[(&str, &str)]>) -> bool {
     host.join_stream(ctx, 2);
     host.enter(ctx);
-    host.set_headers(ctx, Map::RequestHeaders, &[("x-request-id", "req-2"), ("authorization", "Bearer old")]);
+    let headers = [("x-request-id", "req-2"), (":authority", "api.openai.com"), ("authorization", "Bearer old")];
+    host.set_headers(ctx, Map::RequestHeaders, &headers);
     let sent = crate::attempt::attempt_headers(host, &crate::handover::SealKey::derive(token));
     let went = sent.is_some();
     if let (Some(sent), Some(headers)) = (sent, answer) {
@@ -390,6 +391,7 @@ fn an_upstream_half_that_cannot_open_the_plan_sends_nothing() {
     w.response_body(&host, 2, body.len(), true);
     let out = String::from_utf8(host.buffer_of(2, crate::host::Buffer::ResponseBody)).unwrap();
     assert!(out.contains("internal_error") && out.contains("upstream half"), "{out}");
+    assert_eq!(host.header_of(2, Map::ResponseHeaders, crate::attempt::REFUSED_HEADER), None, "the mark stays inside");
     assert!(host.shared("keygate.cooldown.pk_a").is_none());
 }
 
@@ -512,6 +514,23 @@ fn a_usage_batch_the_store_does_not_take_is_sent_again() {
 }
 
 #[test]
+fn a_usage_batch_the_store_refuses_as_invalid_is_not_sent_again() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    served_and_done(&host, &mut w, 2);
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let first = host.last_call().unwrap();
+    store_answers(&host, &mut w, first.token, Some(400), r#"{"error":{"message":"bad"}}"#);
+    served_and_done(&host, &mut w, 3);
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let next = host.last_call().unwrap();
+    assert_eq!(next.path, "/v1/usage");
+    assert_ne!(next.body, first.body, "only the newer record goes: the refused batch does not hold it back");
+    assert!(w.usage.is_empty());
+}
+
+#[test]
 fn a_lookup_never_answered_is_given_up_after_its_deadline() {
     let (host, mut w) = (FakeHost::new(), worker(r#","calloutTimeoutMs":500"#));
     chat(&host, &mut w, 2, &key(1));
@@ -555,7 +574,8 @@ fn a_new_configuration_keeps_the_requests_in_flight() {
     assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
     chat(&host, &mut w, 3, &key(1));
     let sealed = host.property_of(3, &crate::handover::PLAN_STATE).unwrap();
-    assert!(crate::handover::open(&crate::handover::SealKey::derive("gw-token-2"), "req-3", &sealed).is_some());
+    let key = crate::handover::SealKey::derive("gw-token-2");
+    assert!(crate::handover::open(&key, "req-3", "api.openai.com", &sealed).is_some());
 }
 
 #[test]
@@ -590,4 +610,26 @@ fn a_lease_asked_in_the_gates_callback_is_answered_there() {
         r#"{"windowStartMs":0,"resetMs":60000,"requests":1,"tokens":0,"remainingRequests":4,"remainingTokens":0}"#;
     store_answers(&host, &mut w, lease.token, Some(200), grant);
     assert_eq!(*host.resumed.borrow(), [21]);
+}
+
+#[test]
+fn a_request_without_a_usable_id_gets_one_of_ours() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    for (id, bad) in [(2, ""), (3, "x".repeat(513).as_str())] {
+        host.enter(id);
+        let auth = format!("Bearer {}", key(1));
+        let mut headers = vec![(":method", "GET"), (":path", "/v1/models"), ("authorization", auth.as_str())];
+        if !bad.is_empty() {
+            headers.push(("x-request-id", bad));
+        }
+        host.set_headers(id, Map::RequestHeaders, &headers);
+        w.request_created(id);
+        w.request_headers(&host, id, true);
+        let given = host.header_of(id, Map::RequestHeaders, "x-request-id").unwrap();
+        assert!(given.starts_with("keygate-") && given.len() < 64, "{given}");
+    }
+    assert_ne!(
+        host.header_of(2, Map::RequestHeaders, "x-request-id"),
+        host.header_of(3, Map::RequestHeaders, "x-request-id")
+    );
 }
