@@ -235,7 +235,7 @@ mod tests {
     fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &model, access_key_in_body: false };
+        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
         let ask = Ask { facts, estimate: (10, 90), anthropic_version: false, admitted, now_ms: NOW };
         admit(ask, l, counters, config)
     }

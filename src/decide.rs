@@ -2,6 +2,9 @@
 //! store says about its key, either where and how to forward it, or a refusal.
 //! Pure: no host calls, so every rule here is unit-tested natively.
 
+use std::net::IpAddr;
+
+use keygate_proto::cidr;
 use keygate_proto::lookup::{Access, Credential, Format, KeyStatus, Lookup, ProviderPlan};
 
 use crate::access::{allows, endpoint_allowed, pattern_matches};
@@ -34,6 +37,9 @@ pub struct RequestFacts<'a> {
     pub model: &'a ModelField,
     /// The body carries a well-formed keygate token.
     pub access_key_in_body: bool,
+    /// The client's address as Envoy resolved it (read only for a key whose
+    /// configuration lists client addresses; `None`: unknown).
+    pub client_ip: Option<IpAddr>,
 }
 
 /// Where a request goes.
@@ -62,6 +68,17 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     }
     let allow_all = Access::default();
     let access: &Access = lookup.access.as_deref().unwrap_or(&allow_all);
+    if let Some(allow) = access.client_ips.as_deref() {
+        // An unknown address is outside every range.
+        if !facts.client_ip.is_some_and(|ip| cidr::allowed(allow, ip)) {
+            let from = facts.client_ip.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+            return Err(Denial::new(
+                403,
+                Code::IpNotAllowed,
+                format!("this access key may not be used from {from} (its configuration lists client addresses)"),
+            ));
+        }
+    }
     let surface = facts.surface;
 
     let model = match surface.judge {
@@ -334,7 +351,7 @@ mod tests {
 
     fn run_as<'a>(l: &'a Lookup, method: &str, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
         let surface = crate::surface::classify(method, path, false).expect("a path of the table");
-        decide(RequestFacts { surface, model, access_key_in_body: false }, l, 1_000)
+        decide(RequestFacts { surface, model, access_key_in_body: false, client_ip: None }, l, 1_000)
     }
 
     fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
@@ -442,8 +459,38 @@ mod tests {
     fn a_body_carrying_an_access_key_is_refused() {
         let l = all();
         let surface = crate::surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &chat("gpt-4o"), access_key_in_body: true };
+        let facts = RequestFacts { surface, model: &chat("gpt-4o"), access_key_in_body: true, client_ip: None };
         assert_eq!(code(decide(facts, &l, 0)), "access_key_in_body");
+    }
+
+    #[test]
+    fn a_key_limited_to_client_addresses() {
+        let l = lookup(Access { client_ips: s(&["10.0.0.0/8", "2001:db8::/32"]), ..Access::default() });
+        let surface = crate::surface::classify("POST", "/v1/chat/completions", false).unwrap();
+        let from = |ip: Option<&str>| {
+            let facts = RequestFacts {
+                surface,
+                model: &chat("gpt-4o"),
+                access_key_in_body: false,
+                client_ip: ip.map(|i| i.parse().unwrap()),
+            };
+            decide(facts, &l, 0).map(|f| f.provider.id.clone())
+        };
+        assert!(from(Some("10.1.2.3")).is_ok());
+        assert!(from(Some("2001:db8::7")).is_ok());
+        let refused = from(Some("192.0.2.1")).unwrap_err();
+        assert_eq!((refused.status, refused.code.as_str()), (403, "ip_not_allowed"));
+        assert!(refused.message.contains("192.0.2.1"), "{}", refused.message);
+        assert_eq!(from(None).unwrap_err().code, "ip_not_allowed", "an unknown address is refused");
+        let nobody = lookup(Access { client_ips: Some(vec![]), ..Access::default() });
+        let facts = RequestFacts {
+            surface,
+            model: &chat("gpt-4o"),
+            access_key_in_body: false,
+            client_ip: Some("10.1.2.3".parse().unwrap()),
+        };
+        assert_eq!(code(decide(facts, &nobody, 0)), "ip_not_allowed", "an empty list allows nobody");
+        assert!(run(&all(), "/v1/chat/completions", &chat("gpt-4o")).is_ok(), "no list: any address");
     }
 
     #[test]

@@ -91,6 +91,7 @@ codes! {
     ProviderNotAllowed => "provider_not_allowed",
     ModelNotAllowed => "model_not_allowed",
     EndpointNotAllowed => "endpoint_not_allowed",
+    IpNotAllowed => "ip_not_allowed",
     RequestTooLarge => "request_too_large",
     RateLimitExceeded => "rate_limit_exceeded",
     AllProviderKeysFailed => "all_provider_keys_failed",

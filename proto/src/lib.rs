@@ -4,6 +4,7 @@
 //! cannot drift apart. No I/O, no allocation-heavy dependencies: it must stay
 //! cheap inside a wasm VM.
 
+pub mod cidr;
 pub mod endpoints;
 pub mod lookup;
 pub mod token;

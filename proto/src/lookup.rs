@@ -91,6 +91,10 @@ pub struct Access {
     /// Unlike the other dimensions, `None` allows none of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<Vec<String>>,
+    /// Client addresses the key may be used from ([`crate::cidr`]); `None`:
+    /// any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ips: Option<Vec<String>>,
 }
 
 /// Wire format of a provider's API.

@@ -302,6 +302,16 @@ impl Worker {
             }
             req.admitted.estimate = req.estimate();
         }
+        // The client's address, for a key limited to some (Envoy resolves
+        // it: `use_remote_address` and the trusted proxy hops).
+        let restricted = lookup.access.as_ref().is_some_and(|a| a.client_ips.is_some());
+        let client_ip = if restricted {
+            host.property(&["source", "address"])
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| keygate_proto::cidr::parse_socket_address(&s))
+        } else {
+            None
+        };
         let f = &req.facts;
         let model = f.model.clone().unwrap_or(ModelField::Absent);
         // The headers were screened: the surface is in the table.
@@ -309,7 +319,7 @@ impl Worker {
             return self.refuse_step(host, id, &Denial::internal("the gateway could not classify the request"));
         };
         let ask = Ask {
-            facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body },
+            facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
             anthropic_version: f.anthropic_version,
             admitted: req.admitted.done,

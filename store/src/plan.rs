@@ -30,6 +30,7 @@ pub fn access_of(access: Option<&AccessSpec>) -> Access {
         providers: access.and_then(|a| a.providers.as_ref()).map(|l| l.allow.clone()),
         models: access.and_then(|a| a.models.as_ref()).map(|l| l.allow.clone()),
         endpoints: access.and_then(|a| a.endpoints.as_ref()).map(|l| l.allow.clone()),
+        client_ips: access.and_then(|a| a.client_ips.as_ref()).map(|l| l.allow.clone()),
     }
 }
 

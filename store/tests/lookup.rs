@@ -166,6 +166,17 @@ async fn key_with_configuration_gets_allow_lists_and_routes() {
     assert_eq!(d.access.as_ref().unwrap().providers, None);
     assert_eq!(d.providers.len(), 8);
     assert_eq!(route_ids(&d.providers[0]), [(None, vec![m1, m2])]);
+    assert_eq!(d.access.as_ref().unwrap().client_ips, None, "no list: any address");
+    // Client addresses reach the filter as written.
+    h.ok(
+        "PATCH",
+        &format!("/access-key-configurations/{cid}"),
+        Some(json!({"access": {"clientIps": {"allow": ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]}}})),
+    )
+    .await;
+    let d = doc(h.lookup_token(&token).await);
+    let ips = d.access.as_ref().unwrap().client_ips.clone();
+    assert_eq!(ips, Some(vec!["10.0.0.0/8".to_string(), "2001:db8::/32".to_string(), "192.0.2.7".to_string()]));
 }
 
 #[tokio::test]

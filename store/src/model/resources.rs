@@ -186,6 +186,10 @@ pub struct AccessSpec {
     /// unless listed here (absent = none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoints: Option<AllowList>,
+    /// Client addresses (IPv4/IPv6 addresses and CIDR blocks) the key may be
+    /// used from, as Envoy resolves the client (absent = any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ips: Option<AllowList>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -303,6 +303,22 @@ pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSp
             }
         }
     }
+    if let Some(ips) = access.and_then(|a| a.client_ips.as_ref()) {
+        if ips.allow.len() > LIST_MAX {
+            return Err(StoreError::invalid("access.clientIps.allow", "too many entries"));
+        }
+        for (i, entry) in ips.allow.iter().enumerate() {
+            if keygate_proto::cidr::Cidr::parse(entry).is_none() {
+                return Err(StoreError::invalid(
+                    format!("access.clientIps.allow[{i}]"),
+                    format!(
+                        "`{}` is not an IPv4/IPv6 address or CIDR block without host bits (e.g. 10.0.0.0/8, 2001:db8::/32)",
+                        short(entry)
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(r) = router {
         if r.rules.len() > LIST_MAX {
             return Err(StoreError::invalid("router.rules", "too many rules"));
