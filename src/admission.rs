@@ -7,7 +7,7 @@
 //! after which the request is admitted again with `admitted` set), then the
 //! candidates, ordered by their cool-down.
 
-use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy};
+use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy, RequestLimits};
 
 use crate::config::Config;
 use crate::decide::{decide, RequestFacts};
@@ -25,6 +25,8 @@ pub struct Ask<'a> {
     pub estimate: (u64, u64),
     /// The client sent `anthropic-version` itself.
     pub anthropic_version: bool,
+    /// The request states its output limit (`max_tokens` and its kin).
+    pub output_stated: bool,
     /// Limits are counted and the budget reserved: only forwarding is left.
     pub admitted: bool,
     pub now_ms: u64,
@@ -120,6 +122,11 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
         provider: forward.provider.id.clone(),
         model: forward.model.clone(),
     };
+    if let Some(rl) = &lookup.request_limits {
+        if let Err(denial) = check_request_limits(rl, &ask) {
+            return Verdict::Refuse(denial);
+        }
+    }
     let mut counted = None;
     if !ask.admitted {
         if let Some(limits) = &lookup.limits {
@@ -167,6 +174,14 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
         headers.push(("anthropic-version", config.anthropic_version.clone()));
     }
     headers.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
+    // The configuration's timeouts: Envoy's router takes them per request.
+    let timeouts = lookup.request_limits.as_ref().map_or((None, None), |r| (r.total_timeout_ms, r.attempt_timeout_ms));
+    if let Some(ms) = timeouts.0 {
+        headers.push(("x-envoy-upstream-rq-timeout-ms", ms.to_string()));
+    }
+    if let Some(ms) = timeouts.1 {
+        headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.to_string()));
+    }
     if direct {
         let (name, value) = credential_header(forward.provider.auth, &first.value);
         headers.push((name, value));
@@ -184,6 +199,44 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
         provider: forward.provider.id.clone(),
     };
     Verdict::Forward { counted, served, forwarding }
+}
+
+/// A configuration's per-request token limits, judged on the estimate
+/// (input: from the body's size, as for budgets; output: the stated limit
+/// times `n`).
+fn check_request_limits(rl: &RequestLimits, ask: &Ask<'_>) -> Result<(), Denial> {
+    if let Some(max) = rl.max_input_tokens {
+        if ask.estimate.0 > max {
+            return Err(Denial::new(
+                413,
+                Code::InputTokensExceeded,
+                format!(
+                    "the request's input is estimated at {} tokens (its body's size); this access key allows {max} per request",
+                    ask.estimate.0
+                ),
+            ));
+        }
+    }
+    if let Some(max) = rl.max_output_tokens.filter(|_| ask.facts.surface.generates_text()) {
+        if !ask.output_stated {
+            return Err(Denial::new(
+                400,
+                Code::OutputTokensExceeded,
+                format!("this access key allows at most {max} output tokens per request: set `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) to at most that"),
+            ));
+        }
+        if ask.estimate.1 > max {
+            return Err(Denial::new(
+                400,
+                Code::OutputTokensExceeded,
+                format!(
+                    "the request asks for up to {} output tokens; this access key allows {max} per request",
+                    ask.estimate.1
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The store refused a reservation.
@@ -236,8 +289,67 @@ mod tests {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
         let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
-        let ask = Ask { facts, estimate: (10, 90), anthropic_version: false, admitted, now_ms: NOW };
+        let ask =
+            Ask { facts, estimate: (10, 90), output_stated: true, anthropic_version: false, admitted, now_ms: NOW };
         admit(ask, l, counters, config)
+    }
+
+    /// A request to `path` estimated at `estimate`, stating its output limit or not.
+    fn admit_sized<'c>(l: &Lookup, config: &'c Config, path: &str, estimate: (u64, u64), stated: bool) -> Verdict<'c> {
+        let model = ModelField::Str("gpt-4o".into());
+        let surface = surface::classify("POST", path, false).unwrap();
+        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
+        let ask =
+            Ask { facts, estimate, output_stated: stated, anthropic_version: false, admitted: false, now_ms: NOW };
+        admit(ask, l, &Now::default(), config)
+    }
+
+    fn refused_code(v: Verdict<'_>) -> Option<(u16, String)> {
+        match v {
+            Verdict::Refuse(d) => Some((d.status, d.code.as_str().to_string())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn per_request_limits_refuse_exactly_past_their_bounds() {
+        let config = config();
+        let l = lookup(r#","requestLimits":{"maxInputTokens":100,"maxOutputTokens":50}"#, &["pk_a"]);
+        let chat = "/v1/chat/completions";
+        assert_eq!(refused_code(admit_sized(&l, &config, chat, (100, 50), true)), None, "at the bounds");
+        assert_eq!(
+            refused_code(admit_sized(&l, &config, chat, (101, 50), true)),
+            Some((413, "input_tokens_exceeded".into()))
+        );
+        assert_eq!(
+            refused_code(admit_sized(&l, &config, chat, (100, 51), true)),
+            Some((400, "output_tokens_exceeded".into()))
+        );
+        let unstated = refused_code(admit_sized(&l, &config, chat, (10, 4096), false));
+        assert_eq!(unstated, Some((400, "output_tokens_exceeded".into())), "a generating request must state its limit");
+        // Embeddings generate no text: only the input limit applies.
+        assert_eq!(refused_code(admit_sized(&l, &config, "/v1/embeddings", (10, 4096), false)), None);
+        assert_eq!(
+            refused_code(admit_sized(&l, &config, "/v1/embeddings", (101, 0), false)),
+            Some((413, "input_tokens_exceeded".into()))
+        );
+    }
+
+    #[test]
+    fn per_request_timeouts_go_to_envoy() {
+        let config = config();
+        let l = lookup(r#","requestLimits":{"attemptTimeoutMs":1500,"totalTimeoutMs":4000}"#, &["pk_a", "pk_b"]);
+        let Verdict::Forward { forwarding: f, .. } = admit_chat(&l, &Now::default(), &config, false) else {
+            panic!("not forwarded")
+        };
+        assert!(f.headers.contains(&("x-envoy-upstream-rq-timeout-ms", "4000".into())));
+        assert!(f.headers.contains(&("x-envoy-upstream-rq-per-try-timeout-ms", "1500".into())));
+        let Verdict::Forward { forwarding: plain, .. } =
+            admit_chat(&lookup("", &["pk_a"]), &Now::default(), &config, false)
+        else {
+            panic!("not forwarded")
+        };
+        assert!(plain.headers.iter().all(|(n, _)| !n.starts_with("x-envoy-upstream-rq")), "the route's own otherwise");
     }
 
     fn config() -> Config {

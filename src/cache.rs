@@ -163,6 +163,7 @@ mod tests {
             access: None,
             providers: Default::default(),
             limits: None,
+            request_limits: None,
             budgeted: false,
         })
     }

@@ -333,6 +333,7 @@ mod tests {
                 provider("groq", Format::Openai, "https://api.groq.com/openai/v1", &[], vec![]),
             ]),
             limits: None,
+            request_limits: None,
             budgeted: false,
         }
     }

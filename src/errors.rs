@@ -93,6 +93,8 @@ codes! {
     EndpointNotAllowed => "endpoint_not_allowed",
     IpNotAllowed => "ip_not_allowed",
     RequestTooLarge => "request_too_large",
+    InputTokensExceeded => "input_tokens_exceeded",
+    OutputTokensExceeded => "output_tokens_exceeded",
     RateLimitExceeded => "rate_limit_exceeded",
     AllProviderKeysFailed => "all_provider_keys_failed",
     KeyStoreUnavailable => "key_store_unavailable",

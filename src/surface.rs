@@ -190,6 +190,13 @@ pub struct Surface<'a> {
 }
 
 impl Surface<'_> {
+    /// A surface that generates text, whose output a request limits
+    /// (`max_tokens` and its kin): what `maxOutputTokens` judges.
+    pub fn generates_text(&self) -> bool {
+        self.method == Method::Post
+            && matches!(self.rest, "chat/completions" | "completions" | "responses" | "messages")
+    }
+
     /// The model a `PathModel` surface names (its last segment).
     pub fn path_model(&self) -> Option<&str> {
         match self.judge {

@@ -46,6 +46,9 @@ pub struct Lookup {
     /// Per-key rate limits from the key's configuration (active keys only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Limits>,
+    /// What one request may ask for and how long it may take (active keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_limits: Option<RequestLimits>,
     /// A budget or the gateway-wide credit balance applies to this key: every
     /// request must reserve before it goes upstream (`POST /v1/reserve`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -64,6 +67,20 @@ pub struct Limits {
     pub requests_per_minute: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
+}
+
+/// Per-request limits from the key's configuration, enforced by the filter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -297,7 +297,10 @@ impl Worker {
         }
         if !req.admitted.done {
             // Only limits and budgets need the estimate before the request goes out.
-            if f.has_body && !f.body_read && (lookup.limits.is_some() || lookup.budgeted) {
+            if f.has_body
+                && !f.body_read
+                && (lookup.limits.is_some() || lookup.budgeted || lookup.request_limits.is_some())
+            {
                 f.max_tokens = read_max_tokens(host, &config.metadata_namespace);
             }
             req.admitted.estimate = req.estimate();
@@ -321,6 +324,7 @@ impl Worker {
         let ask = Ask {
             facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
+            output_stated: f.max_tokens.is_some(),
             anthropic_version: f.anthropic_version,
             admitted: req.admitted.done,
             now_ms: now,

@@ -567,6 +567,7 @@ async fn a_database_from_before_budgets_is_migrated() {
     conn.execute_batch(
         "DROP TABLE budget_state; DROP TABLE reservations; DROP TABLE usage; DROP TABLE prices;
          ALTER TABLE configs DROP COLUMN rate_limits_json; ALTER TABLE configs DROP COLUMN budget_json;
+         ALTER TABLE configs DROP COLUMN request_limits_json;
          ALTER TABLE access_keys DROP COLUMN budget_json; ALTER TABLE access_keys DROP COLUMN last_used_ms;
          ALTER TABLE provider_keys DROP COLUMN last_used_ms;
          DROP TABLE schema_migrations;
@@ -589,6 +590,6 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }

@@ -173,6 +173,7 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
                 {"provider": "openai", "steps": [{"type": "user", "keys": [{"id": user}]}, {"type": "managed"}]}
             ]}))),
             rate_limits: Some(spec(json!({"requestsPerMinute": 60, "tokensPerMinute": 10000}))),
+            request_limits: Some(spec(json!({"maxInputTokens": 1000, "totalTimeoutMs": 30000}))),
             budget: Some(spec(json!({"tokens": 100000, "costUsd": 50.0, "window": "monthly"}))),
         })
         .unwrap();
@@ -322,10 +323,10 @@ fn migrations_started_at_once_apply_once() {
         applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
     }
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2], "each migration is applied by exactly one of them");
+    assert_eq!(applied, vec![1, 2, 3], "each migration is applied by exactly one of them");
     assert_eq!(
         db.query("SELECT version FROM schema_migrations ORDER BY version"),
-        vec![vec![Some("1".to_string())], vec![Some("2".to_string())]]
+        vec![vec![Some("1".to_string())], vec![Some("2".to_string())], vec![Some("3".to_string())]]
     );
     // And again: nothing to do.
     let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();

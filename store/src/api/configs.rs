@@ -8,8 +8,8 @@ use super::extract::{ApiJson, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
-    check_budget, check_config_syntax, check_name, check_rate_limits, check_text_changes, check_texts,
-    AccessKeyConfiguration, CreateConfig, PatchConfig,
+    check_budget, check_config_syntax, check_name, check_rate_limits, check_request_limits, check_text_changes,
+    check_texts, AccessKeyConfiguration, CreateConfig, PatchConfig,
 };
 use crate::storage::{ConfigChanges, NewConfig};
 
@@ -23,6 +23,9 @@ pub async fn create(
     if let Some(r) = &req.rate_limits {
         check_rate_limits("rateLimits", r)?;
     }
+    if let Some(r) = &req.request_limits {
+        check_request_limits("requestLimits", r)?;
+    }
     if let Some(b) = &req.budget {
         check_budget("budget", b)?;
     }
@@ -33,6 +36,7 @@ pub async fn create(
         access: req.access,
         router: req.router,
         rate_limits: req.rate_limits,
+        request_limits: req.request_limits,
         budget: req.budget,
     };
     let config = run(&state, move |s| s.create_config(&new)).await?;
@@ -62,6 +66,9 @@ pub async fn update(
     if let Some(Some(r)) = &req.rate_limits {
         check_rate_limits("rateLimits", r)?;
     }
+    if let Some(Some(r)) = &req.request_limits {
+        check_request_limits("requestLimits", r)?;
+    }
     if let Some(Some(b)) = &req.budget {
         check_budget("budget", b)?;
     }
@@ -72,6 +79,7 @@ pub async fn update(
         access: req.access,
         router: req.router,
         rate_limits: req.rate_limits,
+        request_limits: req.request_limits,
         budget: req.budget,
     };
     Ok(Json(run(&state, move |s| s.update_config(&id, &changes)).await?))

@@ -5,7 +5,7 @@
 use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Deserializer};
 
-use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RouterSpec};
+use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
 
 /// `Option<Option<T>>` for PATCH: absent = `None`, `null` = `Some(None)`.
 pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -120,6 +120,8 @@ pub struct CreateConfig {
     #[serde(default)]
     pub rate_limits: Option<RateLimitsSpec>,
     #[serde(default)]
+    pub request_limits: Option<RequestLimitsSpec>,
+    #[serde(default)]
     pub budget: Option<BudgetSpec>,
 }
 
@@ -138,6 +140,8 @@ pub struct PatchConfig {
     pub router: Option<Option<RouterSpec>>,
     #[serde(default, deserialize_with = "double_option")]
     pub rate_limits: Option<Option<RateLimitsSpec>>,
+    #[serde(default, deserialize_with = "double_option")]
+    pub request_limits: Option<Option<RequestLimitsSpec>>,
     #[serde(default, deserialize_with = "double_option")]
     pub budget: Option<Option<BudgetSpec>>,
 }

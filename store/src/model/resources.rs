@@ -75,6 +75,9 @@ pub struct AccessKeyConfiguration {
     pub access: Option<AccessSpec>,
     pub router: Option<RouterSpec>,
     pub rate_limits: Option<RateLimitsSpec>,
+    /// What one request may ask for and how long it may take.
+    #[serde(default)]
+    pub request_limits: Option<RequestLimitsSpec>,
     /// One budget shared by every access key using this configuration.
     pub budget: Option<BudgetSpec>,
     pub budget_usage: Option<BudgetUsage>,
@@ -90,6 +93,26 @@ pub struct RateLimitsSpec {
     pub requests_per_minute: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
+}
+
+/// Per-request limits of a configuration (enforced by the Envoy filter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestLimitsSpec {
+    /// Most input tokens a request may carry, estimated from its body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_input_tokens: Option<u64>,
+    /// Most output tokens a request may ask for (`max_tokens` and its kin,
+    /// times `n`); a generating request must state a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// Longest wait for one provider key's answer (Envoy's per-try timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_ms: Option<u64>,
+    /// Longest time for the whole request, every attempt and the streamed
+    /// answer included (Envoy's route timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_timeout_ms: Option<u64>,
 }
 
 /// A spending limit: tokens and/or USD per window.

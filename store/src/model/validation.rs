@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::pricing::{MAX_PRICE_USD, MAX_USD};
 
 use super::requests::PutPrice;
-use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RouterSpec, StepSpec};
+use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec, StepSpec};
 
 pub const NAME_MAX: usize = 255;
 pub const DESCRIPTION_MAX: usize = 255;
@@ -100,6 +100,29 @@ pub fn check_rate_limits(field: &str, r: &RateLimitsSpec) -> V<()> {
                     format!("{field}.{name} must be an integer from 1 to {MAX_RATE}"),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Largest per-request token limit accepted.
+pub const MAX_REQUEST_TOKENS: u64 = 100_000_000;
+/// Longest per-request timeout accepted (an hour).
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+pub fn check_request_limits(field: &str, r: &RequestLimitsSpec) -> V<()> {
+    let bounds = [
+        ("maxInputTokens", r.max_input_tokens, MAX_REQUEST_TOKENS),
+        ("maxOutputTokens", r.max_output_tokens, MAX_REQUEST_TOKENS),
+        ("attemptTimeoutMs", r.attempt_timeout_ms, MAX_TIMEOUT_MS),
+        ("totalTimeoutMs", r.total_timeout_ms, MAX_TIMEOUT_MS),
+    ];
+    for (name, v, max) in bounds {
+        if v.is_some_and(|v| v == 0 || v > max) {
+            return Err(StoreError::invalid(
+                format!("{field}.{name}"),
+                format!("{field}.{name} must be an integer from 1 to {max}"),
+            ));
         }
     }
     Ok(())

@@ -60,6 +60,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("updated_ms", Int),
             ("rate_limits_json", Text),
             ("budget_json", Text),
+            ("request_limits_json", Text),
         ],
     ),
     (

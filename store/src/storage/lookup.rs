@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use keygate_proto::lookup::{KeyInfo, KeyStatus, Lookup, SCHEMA};
+use keygate_proto::lookup::{KeyInfo, KeyStatus, Lookup, RequestLimits, SCHEMA};
 
 use super::rows::{json_opt, parse_enum, Cells};
 use crate::crypto::Cipher;
 use crate::error::StoreError;
-use crate::model::{AccessSpec, RateLimitsSpec, RouterSpec};
+use crate::model::{AccessSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
 use crate::plan::{self, KeyRow, ProviderRow};
 use crate::policy::budget;
 use crate::policy::key_status::{self, KeyFacts};
@@ -45,10 +45,12 @@ pub(crate) struct ConfigHit {
     pub router: Option<String>,
     pub rate_limits: Option<String>,
     pub budget: Option<String>,
+    pub request_limits: Option<String>,
 }
 
 /// Columns of [`config_hit`]; the backend adds `WHERE id = ?`.
-pub(crate) const CONFIG_HIT_COLS: &str = "access_json, router_json, rate_limits_json, budget_json FROM configs";
+pub(crate) const CONFIG_HIT_COLS: &str =
+    "access_json, router_json, rate_limits_json, budget_json, request_limits_json FROM configs";
 
 pub(crate) fn config_hit<C: Cells>(r: &C) -> Result<ConfigHit, C::Error> {
     Ok(ConfigHit {
@@ -56,6 +58,7 @@ pub(crate) fn config_hit<C: Cells>(r: &C) -> Result<ConfigHit, C::Error> {
         router: r.opt_text(1)?,
         rate_limits: r.opt_text(2)?,
         budget: r.opt_text(3)?,
+        request_limits: r.opt_text(4)?,
     })
 }
 
@@ -108,6 +111,7 @@ pub(crate) fn lookup<S: LookupSource>(
         access: None,
         providers: Default::default(),
         limits: None,
+        request_limits: None,
         budgeted: false,
     };
     let hit = match s.key(digest, false)? {
@@ -134,6 +138,12 @@ pub(crate) fn lookup<S: LookupSource>(
     let access: Option<AccessSpec> = json_opt(config.access)?;
     let router: Option<RouterSpec> = json_opt(config.router)?;
     doc.limits = key_status::limits(json_opt::<RateLimitsSpec>(config.rate_limits)?);
+    doc.request_limits = json_opt::<RequestLimitsSpec>(config.request_limits)?.map(|r| RequestLimits {
+        max_input_tokens: r.max_input_tokens,
+        max_output_tokens: r.max_output_tokens,
+        attempt_timeout_ms: r.attempt_timeout_ms,
+        total_timeout_ms: r.total_timeout_ms,
+    });
     doc.budgeted = budget::budgeted(key.budget_json.is_some(), config.budget.is_some(), s.credits_enabled()?);
     let providers = s.providers()?;
     let keys = s.provider_keys()?;

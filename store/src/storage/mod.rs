@@ -27,7 +27,7 @@ use crate::crypto::Cipher;
 use crate::error::StoreResult;
 use crate::model::{
     AccessKey, AccessKeyConfiguration, AccessSpec, BudgetSpec, Credits, PriceEntry, Provider, ProviderKey,
-    RateLimitsSpec, RouterSpec, SummaryRow, UsageItem,
+    RateLimitsSpec, RequestLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 
 pub use postgres::{PgStore, PgTarget};
@@ -176,6 +176,7 @@ pub struct NewConfig {
     pub access: Option<AccessSpec>,
     pub router: Option<RouterSpec>,
     pub rate_limits: Option<RateLimitsSpec>,
+    pub request_limits: Option<RequestLimitsSpec>,
     pub budget: Option<BudgetSpec>,
 }
 
@@ -187,6 +188,7 @@ pub struct ConfigChanges {
     pub access: Option<Option<AccessSpec>>,
     pub router: Option<Option<RouterSpec>>,
     pub rate_limits: Option<Option<RateLimitsSpec>>,
+    pub request_limits: Option<Option<RequestLimitsSpec>>,
     pub budget: Option<Option<BudgetSpec>>,
 }
 

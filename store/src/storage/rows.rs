@@ -149,7 +149,7 @@ pub(crate) fn provider_key<C: Cells>(r: &C) -> Result<ProviderKey, C::Error> {
 
 pub(crate) const CONFIG_COLS: &str =
     "id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
-     rate_limits_json, budget_json FROM configs";
+     rate_limits_json, budget_json, request_limits_json FROM configs";
 
 /// A configuration without its budget usage (see [`with_config_usage`]).
 pub(crate) fn config<C: Cells>(r: &C) -> Result<AccessKeyConfiguration, C::Error> {
@@ -161,6 +161,7 @@ pub(crate) fn config<C: Cells>(r: &C) -> Result<AccessKeyConfiguration, C::Error
         access: r.json(4)?,
         router: r.json(5)?,
         rate_limits: r.json(8)?,
+        request_limits: r.json(10)?,
         budget: r.json::<BudgetSpec>(9)?,
         budget_usage: None,
         created_at: rfc3339_ms(r.int(6)?),

@@ -671,15 +671,27 @@ impl Store for PgStore {
         let router = to_json_opt(new.router.as_ref())?;
         let limits = to_json_opt(new.rate_limits.as_ref())?;
         let budget = to_json_opt(new.budget.as_ref())?;
+        let request_limits = to_json_opt(new.request_limits.as_ref())?;
         self.write(|tx| {
             name_conflict(tx, &new.name, None)?;
             check_refs(tx, new.access.as_ref(), new.router.as_ref())?;
             let now = now_ms();
             tx.execute(
                 "INSERT INTO configs(id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
-                   rate_limits_json, budget_json)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
-                &[&id, &new.name, &new.description, &new.metadata, &access, &router, &now, &limits, &budget],
+                   rate_limits_json, budget_json, request_limits_json)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)",
+                &[
+                    &id,
+                    &new.name,
+                    &new.description,
+                    &new.metadata,
+                    &access,
+                    &router,
+                    &now,
+                    &limits,
+                    &budget,
+                    &request_limits,
+                ],
             )?;
             self.bump(tx, &[])?;
             get_config(tx, &id)
@@ -707,6 +719,7 @@ impl Store for PgStore {
     fn update_config(&self, id: &str, ch: &ConfigChanges) -> StoreResult<AccessKeyConfiguration> {
         let (access_json, router_json) = (json_change(&ch.access)?, json_change(&ch.router)?);
         let (limits_json, budget_json) = (json_change(&ch.rate_limits)?, json_change(&ch.budget)?);
+        let request_limits_json = json_change(&ch.request_limits)?;
         self.write(|tx| {
             let current = get_config(tx, id)?;
             if let Some(name) = &ch.name {
@@ -722,6 +735,7 @@ impl Store for PgStore {
                 .set_some("access_json", access_json.clone())
                 .set_some("router_json", router_json.clone())
                 .set_some("rate_limits_json", limits_json.clone())
+                .set_some("request_limits_json", request_limits_json.clone())
                 .set_some("budget_json", budget_json.clone())
                 .set("updated_ms", now_ms());
             execute(a, tx, "configs", id)?;

@@ -17,8 +17,11 @@ use crate::storage::rows::Cells;
 /// `pg_advisory_lock` key of the migration lock ("keygate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
 
-pub(super) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial schema" }, Migration { version: 2, name: "rate-limit leases" }];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial schema" },
+    Migration { version: 2, name: "rate-limit leases" },
+    Migration { version: 3, name: "per-request limits" },
+];
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -157,6 +160,9 @@ INSERT INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0), ('cr
 fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     if m.version == 2 {
         tx.batch_execute(super::leases::SCHEMA)?;
+    }
+    if m.version == 3 {
+        tx.batch_execute("ALTER TABLE configs ADD COLUMN request_limits_json TEXT")?;
     }
     if m.version == 1 {
         tx.batch_execute(V1)?;

@@ -554,8 +554,8 @@ impl Store for SqliteStore {
             let now = now_ms();
             tx.execute(
                 "INSERT INTO configs(id, name, description, metadata, access_json, router_json, created_ms, updated_ms,
-                   rate_limits_json, budget_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
+                   rate_limits_json, budget_json, request_limits_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10)",
                 params![
                     id,
                     new.name,
@@ -565,7 +565,8 @@ impl Store for SqliteStore {
                     to_json_opt(new.router.as_ref())?,
                     now,
                     to_json_opt(new.rate_limits.as_ref())?,
-                    to_json_opt(new.budget.as_ref())?
+                    to_json_opt(new.budget.as_ref())?,
+                    to_json_opt(new.request_limits.as_ref())?
                 ],
             )?;
             self.bump(tx, &[])?;
@@ -602,6 +603,7 @@ impl Store for SqliteStore {
                 .set_some("access_json", json_change(&ch.access)?)
                 .set_some("router_json", json_change(&ch.router)?)
                 .set_some("rate_limits_json", json_change(&ch.rate_limits)?)
+                .set_some("request_limits_json", json_change(&ch.request_limits)?)
                 .set_some("budget_json", json_change(&ch.budget)?)
                 .set("updated_ms", now_ms());
             execute(a, tx, "configs", id)?;

@@ -14,8 +14,11 @@ use super::error::R;
 use crate::pricing::{usd_to_micros, DEFAULT_PRICES};
 use crate::storage::migrations::{self, Migration};
 
-pub(super) const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial schema" }, Migration { version: 2, name: "rate-limit leases" }];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial schema" },
+    Migration { version: 2, name: "rate-limit leases" },
+    Migration { version: 3, name: "per-request limits" },
+];
 
 const SCHEMA_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (
@@ -145,6 +148,9 @@ CREATE TABLE IF NOT EXISTS prices (
 INSERT OR IGNORE INTO meta(key, value) VALUES ('credits_enabled', 0), ('credits_granted', 0), ('credits_touched', 0);
 "#;
 
+/// Migration 3: a configuration's per-request limits.
+pub(crate) const REQUEST_LIMITS_SQL: &str = "ALTER TABLE configs ADD COLUMN request_limits_json TEXT;";
+
 /// Columns added to tables of the first schema (databases created before
 /// budgets existed get them on open).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -181,6 +187,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 2 {
             tx.execute_batch(super::leases::SCHEMA)?;
+        }
+        if m.version == 3 {
+            tx.execute_batch(REQUEST_LIMITS_SQL)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
