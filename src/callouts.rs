@@ -20,6 +20,8 @@ pub enum Purpose {
     Lookup(String),
     /// The budget reservation of one request (by its context id).
     Reserve(u32),
+    /// What the key of one request (by its context id) may learn about itself.
+    SelfCheck(u32),
     /// A share of a key's rate-limit window for this Envoy.
     Lease(LeaseAsk),
     /// The change feed.
@@ -76,6 +78,7 @@ pub enum Answered {
     Lookup { digest: String, waiting: Waiting },
     Lease { ask: LeaseAsk, waiting: Waiting },
     Reserve(u32),
+    SelfCheck(u32),
     FeedPoll,
     UsageBatch(Vec<UsageRecord>),
 }
@@ -186,6 +189,7 @@ impl Callouts {
                 Answered::Lease { ask, waiting }
             }
             Purpose::Reserve(request) => Answered::Reserve(request),
+            Purpose::SelfCheck(request) => Answered::SelfCheck(request),
             Purpose::FeedPoll => Answered::FeedPoll,
             Purpose::UsageBatch(batch) => Answered::UsageBatch(batch),
         }
@@ -214,7 +218,7 @@ impl Callouts {
                     }
                 }
                 Purpose::UsageBatch(records) => batch.extend(records),
-                Purpose::Reserve(_) | Purpose::FeedPoll => {}
+                Purpose::Reserve(_) | Purpose::SelfCheck(_) | Purpose::FeedPoll => {}
             }
         }
         batch

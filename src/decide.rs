@@ -68,23 +68,13 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     }
     let allow_all = Access::default();
     let access: &Access = lookup.access.as_deref().unwrap_or(&allow_all);
-    if let Some(allow) = access.client_ips.as_deref() {
-        // An unknown address is outside every range.
-        if !facts.client_ip.is_some_and(|ip| cidr::allowed(allow, ip)) {
-            let from = facts.client_ip.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
-            return Err(Denial::new(
-                403,
-                Code::IpNotAllowed,
-                format!("this access key may not be used from {from} (its configuration lists client addresses)"),
-            ));
-        }
-    }
+    check_client_ip(access, facts.client_ip)?;
     let surface = facts.surface;
 
     let model = match surface.judge {
         Judge::Model(_) => Some(body_model(facts.model)?),
         Judge::PathModel => surface.path_model(),
-        Judge::Listing | Judge::Account(_) => None,
+        Judge::Listing | Judge::Account(_) | Judge::SelfCheck => None,
     };
     if let Some(m) = model {
         if m.trim().is_empty() {
@@ -193,6 +183,21 @@ fn body_model(field: &ModelField) -> Result<&str, Denial> {
 }
 
 /// 401 unless the key is active and within its validity.
+/// The configuration's client addresses, if it lists any (an unknown
+/// address is outside every range).
+pub fn check_client_ip(access: &Access, client_ip: Option<IpAddr>) -> Result<(), Denial> {
+    let Some(allow) = access.client_ips.as_deref() else { return Ok(()) };
+    if client_ip.is_some_and(|ip| cidr::allowed(allow, ip)) {
+        return Ok(());
+    }
+    let from = client_ip.map_or_else(|| "an unknown address".to_string(), |ip| ip.to_string());
+    Err(Denial::new(
+        403,
+        Code::IpNotAllowed,
+        format!("this access key may not be used from {from} (its configuration lists client addresses)"),
+    ))
+}
+
 pub fn check_key(lookup: &Lookup, now_secs: i64) -> Result<&keygate_proto::lookup::KeyInfo, Denial> {
     let denied = |code, msg: &str| Err(Denial::new(401, code, msg));
     match (lookup.status, &lookup.key) {

@@ -154,6 +154,19 @@ pub enum Take {
     Refuse { requests: bool, retry_after_s: u64, remaining: Remaining },
 }
 
+/// What this Envoy's pool says is left of the key's window (`None`: it holds
+/// no lease of the current window, and so knows nothing).
+pub fn remaining(pool: Option<Pool>, now_ms: u64, limits: &Limits) -> Option<Remaining> {
+    let p = pool.filter(|p| p.current(now_ms))?;
+    Some(Remaining {
+        requests: limits.requests_per_minute.map(|_| p.requests.saturating_add(p.fleet_requests)),
+        tokens: limits
+            .tokens_per_minute
+            .map(|_| u64::try_from(p.tokens.max(0)).unwrap_or(0).saturating_add(p.fleet_tokens)),
+        reset_ms: p.end_ms.saturating_sub(now_ms),
+    })
+}
+
 /// Takes one request estimated at `tokens` tokens from this Envoy's pool.
 pub fn take(pool: Option<Pool>, now_ms: u64, limits: &Limits, tokens: u64) -> Take {
     let tokens = counted_tokens(limits, tokens);

@@ -28,7 +28,14 @@ pub enum Judge {
     /// Acts on the provider account: refused unless `access.endpoints.allow`
     /// names it (names in `keygate_proto::endpoints`).
     Account(&'static str),
+    /// keygate's own `GET /keygate/v1/key`: the key describes itself;
+    /// nothing goes upstream.
+    SelfCheck,
 }
+
+/// keygate's own endpoint (outside every provider's `/v1/`): what the
+/// access key that calls it may learn about itself.
+pub const SELF_CHECK_PATH: &str = "/keygate/v1/key";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyKind {
@@ -233,6 +240,15 @@ pub fn classify<'a>(method: &str, path: &'a str, anthropic_client: bool) -> Resu
         None => (path, None),
     };
     check_clean(path)?;
+    if path == SELF_CHECK_PATH {
+        let format = if anthropic_client { Format::Anthropic } else { Format::Openai };
+        return match Method::parse(method) {
+            Some(Method::Get) => {
+                Ok(Surface { format, method: Method::Get, judge: Judge::SelfCheck, rest: path, query })
+            }
+            _ => Err(Refusal::Method { allow: "GET".into() }),
+        };
+    }
     let rest = match path.strip_prefix("/v1/") {
         Some(rest) => rest,
         None => return Err(Refusal::UnknownPath),
@@ -379,6 +395,17 @@ mod tests {
     }
 
     #[test]
+    fn keygates_own_self_check() {
+        let s = classify("GET", "/keygate/v1/key", false).unwrap();
+        assert_eq!((s.format, s.judge), (Format::Openai, Judge::SelfCheck));
+        assert_eq!(classify("GET", "/keygate/v1/key", true).unwrap().format, Format::Anthropic, "its dialect");
+        assert_eq!(classify("POST", "/keygate/v1/key", false), Err(Refusal::Method { allow: "GET".into() }));
+        assert_eq!(classify("GET", "/keygate/v1/keys", false), Err(Refusal::UnknownPath));
+        assert_eq!(classify("GET", "/keygate/v1/../v1/key", false), Err(Refusal::InvalidPath));
+        assert!(!s.takes_body());
+    }
+
+    #[test]
     fn unclean_paths_are_refused_before_matching() {
         for p in [
             "/v1/../expensive/chat/completions",
@@ -425,6 +452,7 @@ mod tests {
                 PathModel => "model (in the path)".to_string(),
                 Listing => "provider".to_string(),
                 Account(name) => format!("endpoint `{name}`"),
+                Judge::SelfCheck => "keygate's own".to_string(),
             };
             let cell = format!("`{method}` {judged}");
             match rows.last_mut() {

@@ -269,7 +269,7 @@ impl Worker {
                     }
                 }
             }
-            Answered::Reserve(request) => {
+            Answered::Reserve(request) | Answered::SelfCheck(request) => {
                 if self.focus(host, request) {
                     self.refuse(host, request, &Denial::store_unavailable());
                 }
@@ -306,6 +306,7 @@ impl Worker {
             }
             Answered::Lease { ask, waiting } => self.on_leased(host, &ask, waiting.requests, body_size),
             Answered::Reserve(request) => self.on_reserved(host, request, body_size),
+            Answered::SelfCheck(request) => self.on_self_check(host, request, body_size),
             Answered::FeedPoll => match read_json::<Changes>(host, body_size) {
                 Some(changes) => self.apply_changes(&changes),
                 None => self.metrics.count(Counter::StorePollErrors),

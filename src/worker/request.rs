@@ -6,18 +6,21 @@
 
 use std::rc::Rc;
 
+use std::net::IpAddr;
+
 use keygate_proto::lookup::{
-    AuthStyle, Credential, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest, ReserveResponse,
+    Access, AuthStyle, Credential, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest,
+    ReserveResponse,
 };
 use keygate_proto::token;
 use log::{debug, info, warn};
 
 use super::shared::{add_grant, cool_down, rate_key, settle_rate, Shared};
 use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
-use crate::admission::{self, Ask, Counted, Verdict};
+use crate::admission::{self, Ask, Counted, Counters, Verdict};
 use crate::cache::Freshness;
 use crate::callouts::{LeaseAsk, Purpose};
-use crate::decide::{ModelField, RequestFacts};
+use crate::decide::{check_client_ip, check_key, ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, retry_hint_ms, Attempt};
 use crate::handover::{self, Outcome, Tapped};
@@ -29,7 +32,7 @@ use crate::ratelimit;
 use crate::records::{self, Finished, Served};
 use crate::screen::{screen, too_large};
 use crate::scrub::StreamScrubber;
-use crate::surface;
+use crate::surface::{self, Judge};
 use crate::usage::{self, BodyKind, SseScanner, Usage};
 
 /// Output tokens assumed for a request that sets no `max_tokens`.
@@ -51,6 +54,9 @@ pub enum Phase {
     /// Counted, waiting for the store to reserve budget (filed by this
     /// request, its gate, or the root context).
     Reserving { lookup: Rc<Lookup> },
+    /// A self-check (`GET /keygate/v1/key`), waiting for the store's account
+    /// of the key.
+    Checking { lookup: Rc<Lookup> },
     /// Headers set for the upstream: the answer is watched as it passes.
     Forwarded(Box<Forwarded>),
     /// A local reply was sent.
@@ -111,6 +117,8 @@ struct Facts {
     started_ms: u64,
     /// This request's gate, if one runs (see `reserve`).
     gate: Option<u32>,
+    /// The key's digest, kept for a self-check only (the store call).
+    digest: String,
 }
 
 /// What admission counted and who serves.
@@ -178,7 +186,7 @@ impl Worker {
         let vm_tag = self.vm_tag;
         let max_body = self.config.max_body_bytes;
         let screened = screen(&inbound, has_body, max_body)
-            .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string)));
+            .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string), s.surface.judge));
         if screened.is_err() {
             blank_leaks(host, &inbound);
         }
@@ -192,9 +200,12 @@ impl Worker {
         f.strip = strip;
         f.anthropic_version = anthropic_version;
         let digest = match screened {
-            Ok((dialect, digest, boundary)) => {
+            Ok((dialect, digest, boundary, judge)) => {
                 f.dialect = dialect;
                 f.form_boundary = boundary;
+                if judge == Judge::SelfCheck {
+                    f.digest = digest.clone();
+                }
                 digest
             }
             Err((dialect, denial)) => {
@@ -321,6 +332,9 @@ impl Worker {
         let Ok(surface) = surface::classify(&f.method, &f.path, f.anthropic_version) else {
             return self.refuse_step(host, id, &Denial::internal("the gateway could not classify the request"));
         };
+        if surface.judge == Judge::SelfCheck {
+            return self.self_check(host, id, lookup, client_ip);
+        }
         let ask = Ask {
             facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
@@ -491,10 +505,74 @@ impl Worker {
     /// Admits request `id` (its context effective) again after a lease.
     pub(super) fn readmit(&mut self, host: &impl Host, id: u32) {
         let Some(req) = self.requests.get_mut(&id) else { return };
-        let Phase::Leasing { lookup } = &req.phase else { return };
+        let (Phase::Leasing { lookup } | Phase::Checking { lookup }) = &req.phase else { return };
         let lookup = lookup.clone();
         if self.advance(host, id, &lookup) == Step::Forwarded && host.resume_request().is_err() {
             warn!("keygate: could not resume a request");
+        }
+    }
+
+    /// `GET /keygate/v1/key`: a usable key, used from an allowed address,
+    /// asks the store what it may learn about itself (`on_self_check`).
+    /// Filed as reservations are (see `reserve`).
+    fn self_check(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>, client_ip: Option<IpAddr>) -> Step {
+        let allow_all = Access::default();
+        let usable = check_key(lookup, (host.now_ms() / 1000) as i64)
+            .and_then(|_| check_client_ip(lookup.access.as_deref().unwrap_or(&allow_all), client_ip));
+        if let Err(denial) = usable {
+            return self.refuse_step(host, id, &denial);
+        }
+        let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
+        req.phase = Phase::Checking { lookup: lookup.clone() };
+        let path = format!("/v1/self/{}", req.facts.digest);
+        if !self.may_file_for(id) {
+            self.callouts.readmit_later(id);
+            return Step::Waiting;
+        }
+        match self.store_call(host, "GET", &path, None, Purpose::SelfCheck(id)) {
+            Ok(_) => Step::Waiting,
+            Err(_) => self.refuse_step(host, id, &Denial::store_unavailable()),
+        }
+    }
+
+    /// The store's account of a key for its self-check: sent as the answer,
+    /// with the rate limits as this Envoy enforces them (its lease of the
+    /// window, and what the fleet had left at its last lease).
+    pub(super) fn on_self_check(&mut self, host: &impl Host, id: u32, body_size: usize) {
+        let answer = read_json::<serde_json::Value>(host, body_size);
+        if !self.focus(host, id) {
+            return;
+        }
+        let window_ms = self.config.rate_limit_window_ms;
+        let Some(req) = self.requests.get_mut(&id) else { return };
+        let (Some(mut doc), Phase::Checking { lookup }) = (answer, std::mem::take(&mut req.phase)) else {
+            self.refuse(host, id, &Denial::store_unavailable());
+            return;
+        };
+        req.phase = Phase::Refused;
+        if let (Some(limits), Some(key), Some(obj)) = (&lookup.limits, &lookup.key, doc.as_object_mut()) {
+            let pool = Shared::new(host).rate_pool(&key.id).ok().flatten();
+            let left = ratelimit::remaining(pool, host.now_ms(), limits);
+            obj.insert(
+                "rateLimits".into(),
+                serde_json::json!({
+                    "requestsPerWindow": limits.requests_per_minute,
+                    "tokensPerWindow": limits.tokens_per_minute,
+                    "windowMs": window_ms,
+                    "remainingRequests": left.and_then(|r| r.requests),
+                    "remainingTokens": left.and_then(|r| r.tokens),
+                    "resetMs": left.map(|r| r.reset_ms),
+                }),
+            );
+        }
+        let body = doc.to_string();
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("content-type", b"application/json"), ("cache-control", b"no-store")];
+        if !req.facts.request_id.is_empty() {
+            headers.push((REQUEST_ID_HEADER, req.facts.request_id.as_bytes()));
+        }
+        if host.send_response(200, &headers, body.as_bytes()).is_err() {
+            warn!("keygate: could not answer a self-check");
         }
     }
 

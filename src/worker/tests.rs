@@ -633,3 +633,45 @@ fn a_request_without_a_usable_id_gets_one_of_ours() {
         host.header_of(3, Map::RequestHeaders, "x-request-id")
     );
 }
+
+#[test]
+fn a_key_checks_itself_through_the_store() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    host.enter(2);
+    let auth = format!("Bearer {k}");
+    let headers =
+        [(":method", "GET"), (":path", "/keygate/v1/key"), ("authorization", auth.as_str()), ("x-request-id", "r2")];
+    host.set_headers(2, Map::RequestHeaders, &headers);
+    w.request_created(2);
+    assert_eq!(w.request_headers(&host, 2, true), Flow::Pause);
+    let limits = r#","limits":{"requestsPerMinute":5}"#;
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(limits, &["pk_a"]));
+    let call = host.last_call().unwrap();
+    assert_eq!((call.method.as_str(), call.path.clone()), ("GET", format!("/v1/self/{}", token::digest(&k))));
+    store_answers(&host, &mut w, call.token, Some(200), r#"{"object":"keygate.access_key","name":"ci"}"#);
+    let reply = host.replies_to(2).pop().expect("answered by the gateway");
+    assert_eq!(reply.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(doc["name"], "ci");
+    assert_eq!(doc["rateLimits"]["requestsPerWindow"], 5);
+    assert!(doc["rateLimits"]["remainingRequests"].is_null(), "no lease held: unknown");
+    assert!(host.resumed.borrow().is_empty(), "nothing goes upstream");
+}
+
+#[test]
+fn a_revoked_key_cannot_check_itself() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    host.enter(2);
+    let auth = format!("Bearer {}", key(1));
+    host.set_headers(
+        2,
+        Map::RequestHeaders,
+        &[(":method", "GET"), (":path", "/keygate/v1/key"), ("authorization", auth.as_str())],
+    );
+    w.request_created(2);
+    w.request_headers(&host, 2, true);
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), REVOKED);
+    assert_eq!(host.replies_to(2).pop().unwrap().code(), "invalid_access_key");
+    assert!(host.calls.borrow().iter().all(|c| !c.path.starts_with("/v1/self/")), "the store is not asked");
+}

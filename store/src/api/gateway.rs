@@ -34,6 +34,30 @@ pub async fn lookup(
     Ok(Json(run(&state, move |s| s.lookup(&digest)).await?))
 }
 
+/// `GET /v1/self/{digest}`: what an active access key may learn about
+/// itself (`policy::self_check`), for the gateway's `GET /keygate/v1/key`.
+pub async fn self_check(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let digest = match path {
+        Ok(Path(d)) if is_digest(&d) => d,
+        _ => return Err(ApiError::invalid("digest", "the digest must be 64 lowercase hex characters")),
+    };
+    let answer = run(&state, move |s| {
+        let lookup = s.lookup(&digest)?;
+        let Some(id) = lookup.key.as_ref().map(|k| k.id.clone()) else { return Ok(None) };
+        let key = s.get_access_key(&id)?;
+        let config = match &key.access_key_configuration {
+            Some(c) => Some(s.get_config(&c.id)?),
+            None => None,
+        };
+        Ok(crate::policy::self_check::describe(&lookup, &key, config.as_ref()))
+    })
+    .await?;
+    answer.map(Json).ok_or_else(|| ApiError::NotFound("no active access key has this digest".into()))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ChangesQuery {

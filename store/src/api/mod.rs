@@ -253,6 +253,7 @@ pub fn gateway_routes() -> Routes {
         .open(M::Get, "/healthz", healthz)
         .open(M::Get, "/v1/stats", gateway::stats)
         .auth(M::Get, "/v1/lookup/{digest}", gateway::lookup)
+        .auth(M::Get, "/v1/self/{digest}", gateway::self_check)
         .auth(M::Get, "/v1/changes", gateway::changes)
         .auth(M::Post, "/v1/reserve", gateway::reserve)
         .auth(M::Post, "/v1/lease", gateway::lease)

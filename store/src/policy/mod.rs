@@ -33,3 +33,4 @@ pub mod ledger;
 pub mod prices;
 pub mod references;
 pub mod reservation;
+pub mod self_check;
