@@ -96,6 +96,7 @@ codes! {
     InputTokensExceeded => "input_tokens_exceeded",
     OutputTokensExceeded => "output_tokens_exceeded",
     RateLimitExceeded => "rate_limit_exceeded",
+    ConcurrencyLimitExceeded => "concurrency_limit_exceeded",
     AllProviderKeysFailed => "all_provider_keys_failed",
     KeyStoreUnavailable => "key_store_unavailable",
     BadProviderEndpoint => "bad_provider_endpoint",

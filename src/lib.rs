@@ -11,6 +11,7 @@ pub mod attempt;
 pub mod body;
 pub mod cache;
 pub mod callouts;
+pub mod concurrency;
 pub mod config;
 pub mod decide;
 pub mod errors;

@@ -41,6 +41,7 @@ names! {
         RequestsDenied => "requests.denied",
         GateEarlyRefusals => "gate.early_refusals",
         RatelimitRefused => "ratelimit.refused",
+        ConcurrencyRefused => "concurrency.refused",
         RatelimitLeases => "ratelimit.leases",
         BudgetReserves => "budget.reserves",
         FailoverRetries => "failover.retries",

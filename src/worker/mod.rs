@@ -108,6 +108,9 @@ pub struct Worker {
     gated: bool,
     /// Numbers the request ids this VM gives requests without a usable one.
     next_request: u64,
+    /// Concurrency slots this VM holds, by access key id (`concurrency`).
+    slots: HashMap<String, u32>,
+    last_vouch_ms: u64,
     /// The context whose callback runs: a callout made now is handed back to it.
     running: Running,
     /// The context host calls act on (`focus`).
@@ -137,6 +140,8 @@ impl Worker {
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             gated: false,
             next_request: 0,
+            slots: HashMap::new(),
+            last_vouch_ms: 0,
             running: Running::Root(0),
             effective: 0,
             retried: std::collections::HashSet::new(),
@@ -219,6 +224,10 @@ impl Worker {
         if now.saturating_sub(self.last_purge_ms) >= PURGE_INTERVAL_MS {
             self.last_purge_ms = now;
             self.cache.purge_expired(now);
+        }
+        if now.saturating_sub(self.last_vouch_ms) >= crate::concurrency::VOUCH_MS {
+            self.last_vouch_ms = now;
+            self.vouch(host);
         }
         if !self.callouts.any(|p| *p == Purpose::FeedPoll)
             && now.saturating_sub(self.last_poll_ms) >= self.config.poll_interval_ms
@@ -334,6 +343,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Vouches for the concurrency slots this VM holds (so that they keep
+    /// counting), and lets go of the keys it holds none of any more.
+    fn vouch(&mut self, host: &impl Host) {
+        for (key_id, count) in &self.slots {
+            shared::vouch_slots(host, key_id, self.vm_tag, *count);
+        }
+        self.slots.retain(|_, count| *count > 0);
     }
 
     /// A context is destroyed: whatever it waited for or owned is handed on.

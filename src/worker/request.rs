@@ -15,7 +15,7 @@ use keygate_proto::lookup::{
 use keygate_proto::token;
 use log::{debug, info, warn};
 
-use super::shared::{add_grant, cool_down, rate_key, settle_rate, Shared};
+use super::shared::{add_grant, cool_down, give_back_slot, rate_key, settle_rate, take_slot, Shared};
 use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
 use crate::admission::{self, Ask, Counted, Counters, Verdict};
 use crate::cache::Freshness;
@@ -117,7 +117,8 @@ struct Facts {
     started_ms: u64,
     /// This request's gate, if one runs (see `reserve`).
     gate: Option<u32>,
-    /// The key's digest, kept for a self-check only (the store call).
+    /// `GET /keygate/v1/key`, and the key's digest for its store call.
+    self_check: bool,
     digest: String,
 }
 
@@ -130,6 +131,8 @@ struct Admitted {
     rate: Option<(String, Counted)>,
     served: Option<Served>,
     reservation: Option<String>,
+    /// The key whose concurrency slot this request holds until it ends.
+    slot: Option<String>,
 }
 
 pub struct Request {
@@ -204,6 +207,7 @@ impl Worker {
                 f.dialect = dialect;
                 f.form_boundary = boundary;
                 if judge == Judge::SelfCheck {
+                    f.self_check = true;
                     f.digest = digest.clone();
                 }
                 digest
@@ -326,6 +330,12 @@ impl Worker {
         } else {
             None
         };
+        if !req.facts.self_check {
+            if let Err(step) = self.take_slot(host, id, lookup, now) {
+                return step;
+            }
+        }
+        let Some(req) = self.requests.get(&id) else { return Step::Refused };
         let f = &req.facts;
         let model = f.model.clone().unwrap_or(ModelField::Absent);
         // The headers were screened: the surface is in the table.
@@ -509,6 +519,38 @@ impl Worker {
         let lookup = lookup.clone();
         if self.advance(host, id, &lookup) == Step::Forwarded && host.resume_request().is_err() {
             warn!("keygate: could not resume a request");
+        }
+    }
+
+    /// A slot of the key's concurrency cap, taken before anything is counted
+    /// and held until the request ends (`request_done`): `Err` refuses.
+    fn take_slot(&mut self, host: &impl Host, id: u32, lookup: &Lookup, now: u64) -> Result<(), Step> {
+        let cap = lookup.request_limits.as_ref().and_then(|r| r.max_concurrent_requests);
+        let (Some(max), Some(key)) = (cap, &lookup.key) else { return Ok(()) };
+        let holds = self.requests.get(&id).is_none_or(|r| r.admitted.slot.is_some());
+        // A key that will be refused anyway takes none.
+        if holds || check_key(lookup, (now / 1000) as i64).is_err() {
+            return Ok(());
+        }
+        match take_slot(host, &key.id, self.vm_tag, max) {
+            Ok(true) => {
+                *self.slots.entry(key.id.clone()).or_default() += 1;
+                if let Some(req) = self.requests.get_mut(&id) {
+                    req.admitted.slot = Some(key.id.clone());
+                }
+                Ok(())
+            }
+            Ok(false) => {
+                self.metrics.count(Counter::ConcurrencyRefused);
+                let mut denial = Denial::new(
+                    429,
+                    Code::ConcurrencyLimitExceeded,
+                    format!("this access key may have at most {max} requests in flight at once (per gateway)"),
+                );
+                denial.retry_after = Some(1);
+                Err(self.refuse_step(host, id, &denial))
+            }
+            Err(()) => Err(self.refuse_step(host, id, &Denial::internal("the concurrency limiter is unavailable"))),
         }
     }
 
@@ -827,6 +869,12 @@ impl Worker {
     pub fn request_done(&mut self, host: &impl Host, id: u32) {
         self.left(id);
         let Some(mut req) = self.requests.remove(&id) else { return };
+        if let Some(key_id) = req.admitted.slot.take() {
+            give_back_slot(host, &key_id, self.vm_tag);
+            if let Some(count) = self.slots.get_mut(&key_id) {
+                *count = count.saturating_sub(1);
+            }
+        }
         let (attempts, answer) = match std::mem::take(&mut req.phase) {
             Phase::Forwarded(mut fw) => {
                 // Ended before its answer's headers (the client left): the

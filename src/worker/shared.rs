@@ -8,6 +8,7 @@ use log::info;
 
 use crate::admission::{Counted, Counters, CountersUnavailable};
 use crate::callouts::LeaseAsk;
+use crate::concurrency::Slots;
 use crate::config::Config;
 use crate::failover;
 use crate::handover::Outcome;
@@ -18,6 +19,7 @@ use keygate_proto::lookup::LeaseResponse;
 
 const HEALTH_PREFIX: &str = "keygate.cooldown.";
 const RATE_PREFIX: &str = "keygate.lease.";
+const SLOTS_PREFIX: &str = "keygate.slots.";
 
 /// The shared-data entry of this Envoy's lease of a key's rate window.
 pub fn rate_key(key_id: &str) -> String {
@@ -112,6 +114,52 @@ fn update_pool(host: &impl Host, key_id: &str, mut f: impl FnMut(Option<Pool>) -
         }
     }
     false
+}
+
+/// The shared-data entry of a key's concurrency slots on this Envoy.
+fn slots_key(key_id: &str) -> String {
+    format!("{SLOTS_PREFIX}{key_id}")
+}
+
+/// Read-modify-write of a key's slots with compare-and-swap (`f` returns
+/// `None`: nothing to write, and the answer is `Ok(false)`).
+fn update_slots(host: &impl Host, key_id: &str, mut f: impl FnMut(&Slots) -> Option<Slots>) -> Result<bool, ()> {
+    let key = slots_key(key_id);
+    for _ in 0..16 {
+        let read = || host.shared_data(&key).map_err(|_| ());
+        let (mut value, mut cas) = read()?;
+        if cas.is_none() {
+            // Created empty first: Envoy ignores the CAS token of a missing entry.
+            let _ = host.set_shared_data(&key, b"", None);
+            (value, cas) = read()?;
+        }
+        let Some(cas) = cas else { return Err(()) };
+        let Some(next) = f(&Slots::parse(value.as_deref().unwrap_or_default())) else { return Ok(false) };
+        match host.set_shared_data(&key, next.encode().as_bytes(), Some(cas)) {
+            Ok(()) => return Ok(true),
+            Err(SharedError::CasMismatch) => continue,
+            Err(SharedError::Failed) => return Err(()),
+        }
+    }
+    Err(())
+}
+
+/// Takes one of the key's `max` slots for VM `vm` (`Ok(false)`: all taken).
+pub fn take_slot(host: &impl Host, key_id: &str, vm: u64, max: u64) -> Result<bool, ()> {
+    let now = host.now_ms();
+    update_slots(host, key_id, |s| s.take(vm, max, now))
+}
+
+/// Gives back one of VM `vm`'s slots of the key.
+pub fn give_back_slot(host: &impl Host, key_id: &str, vm: u64) {
+    let now = host.now_ms();
+    let _ = update_slots(host, key_id, |s| Some(s.give_back(vm, now)));
+}
+
+/// VM `vm` vouches that it holds `count` of the key's slots.
+pub fn vouch_slots(host: &impl Host, key_id: &str, vm: u64, count: u32) {
+    let now = host.now_ms();
+    let _ = update_slots(host, key_id, |s| Some(s.vouch(vm, count, now)));
 }
 
 /// Adds a lease the store granted to this Envoy's pool of the key.

@@ -675,3 +675,34 @@ fn a_revoked_key_cannot_check_itself() {
     assert_eq!(host.replies_to(2).pop().unwrap().code(), "invalid_access_key");
     assert!(host.calls.borrow().iter().all(|c| !c.path.starts_with("/v1/self/")), "the store is not asked");
 }
+
+#[test]
+fn a_key_capped_at_one_request_in_flight_gets_its_slot_back_when_the_request_ends() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    let k = key(1);
+    let cap = r#","requestLimits":{"maxConcurrentRequests":1}"#;
+    assert_eq!(chat(&host, &mut w, 2, &k), Flow::Pause);
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(cap, &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [2], "the first is forwarded");
+    assert_eq!(chat(&host, &mut w, 3, &k), Flow::Pause, "cached key, cap reached");
+    let reply = host.replies_to(3).pop().expect("refused at once");
+    assert_eq!((reply.status, reply.code()), (429, "concurrency_limit_exceeded"));
+    // The refused one ends; then the first: its slot is free again.
+    w.request_done(&host, 3);
+    assert_eq!(chat(&host, &mut w, 4, &k), Flow::Pause);
+    assert_eq!(host.replies_to(4).pop().map(|r| r.status), Some(429), "a refused request held no slot to give back");
+    host.enter(2);
+    w.request_done(&host, 2);
+    assert_eq!(chat(&host, &mut w, 5, &k), Flow::Continue, "forwarded at once");
+    // The VM vouches for the slot it holds; one that stops vouching (a
+    // crashed VM) stops counting.
+    host.advance(crate::concurrency::VOUCH_MS);
+    tick(&host, &mut w);
+    host.advance(crate::concurrency::STALE_MS - 1);
+    assert_eq!(chat(&host, &mut w, 6, &k), Flow::Pause, "still held, vouched for");
+    let (host2, mut other_vm) = (&host, worker(""));
+    host2.advance(2);
+    assert_eq!(chat(host2, &mut other_vm, 7, &k), Flow::Pause);
+    store_answers(host2, &mut other_vm, host2.last_call().unwrap().token, Some(200), &answer(cap, &["pk_a"]));
+    assert!(host2.resumed.borrow().contains(&7), "the silent VM's slot no longer counts");
+}

@@ -106,6 +106,9 @@ pub struct RequestLimitsSpec {
     /// times `n`); a generating request must state a limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+    /// Most of a key's requests one Envoy carries at once (streams included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<u64>,
     /// Longest wait for one provider key's answer (Envoy's per-try timeout).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_timeout_ms: Option<u64>,

@@ -107,6 +107,8 @@ pub fn check_rate_limits(field: &str, r: &RateLimitsSpec) -> V<()> {
 
 /// Largest per-request token limit accepted.
 pub const MAX_REQUEST_TOKENS: u64 = 100_000_000;
+/// Largest concurrency cap accepted.
+pub const MAX_CONCURRENT: u64 = 1_000_000;
 /// Longest per-request timeout accepted (an hour).
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
@@ -114,6 +116,7 @@ pub fn check_request_limits(field: &str, r: &RequestLimitsSpec) -> V<()> {
     let bounds = [
         ("maxInputTokens", r.max_input_tokens, MAX_REQUEST_TOKENS),
         ("maxOutputTokens", r.max_output_tokens, MAX_REQUEST_TOKENS),
+        ("maxConcurrentRequests", r.max_concurrent_requests, MAX_CONCURRENT),
         ("attemptTimeoutMs", r.attempt_timeout_ms, MAX_TIMEOUT_MS),
         ("totalTimeoutMs", r.total_timeout_ms, MAX_TIMEOUT_MS),
     ];

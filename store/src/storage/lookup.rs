@@ -141,6 +141,7 @@ pub(crate) fn lookup<S: LookupSource>(
     doc.request_limits = json_opt::<RequestLimitsSpec>(config.request_limits)?.map(|r| RequestLimits {
         max_input_tokens: r.max_input_tokens,
         max_output_tokens: r.max_output_tokens,
+        max_concurrent_requests: r.max_concurrent_requests,
         attempt_timeout_ms: r.attempt_timeout_ms,
         total_timeout_ms: r.total_timeout_ms,
     });
