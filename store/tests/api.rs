@@ -180,6 +180,7 @@ async fn bad_input_is_a_400_in_the_error_shape_and_changes_nothing() {
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "access": {"providers": {"deny": []}}}).to_string(), "unknown_field", Some("access.providers.deny")),
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "access": {"clientIps": {"allow": ["10.0.0.1/8"]}}}).to_string(), "invalid_field", Some("access.clientIps.allow[0]")),
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "requestLimits": {"maxInputTokens": 0}}).to_string(), "invalid_field", Some("requestLimits.maxInputTokens")),
+        ("POST", "/access-key-configurations".into(), json!({"name": "c", "requestLimits": {"maxConcurrentRequests": 0}}).to_string(), "invalid_field", Some("requestLimits.maxConcurrentRequests")),
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "requestLimits": {"totalTimeoutMs": 3600001}}).to_string(), "invalid_field", Some("requestLimits.totalTimeoutMs")),
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "requestLimits": {"maxOutput": 5}}).to_string(), "unknown_field", Some("requestLimits.maxOutput")),
         ("POST", "/access-key-configurations".into(), json!({"name": "c", "access": {"clientIps": {"allow": ["10.0.0.0/8", "example.com"]}}}).to_string(), "invalid_field", Some("access.clientIps.allow[1]")),

@@ -179,14 +179,14 @@ async fn key_with_configuration_gets_allow_lists_and_routes() {
     assert_eq!(ips, Some(vec!["10.0.0.0/8".to_string(), "2001:db8::/32".to_string(), "192.0.2.7".to_string()]));
     assert_eq!(d.request_limits, None);
     // Per-request limits too; a PATCH to null removes them.
-    let limits =
-        json!({"maxInputTokens": 1000, "maxOutputTokens": 200, "attemptTimeoutMs": 5000, "totalTimeoutMs": 9000});
+    let limits = json!({"maxInputTokens": 1000, "maxOutputTokens": 200, "maxConcurrentRequests": 3, "attemptTimeoutMs": 5000, "totalTimeoutMs": 9000});
     let cfg = h.ok("PATCH", &format!("/access-key-configurations/{cid}"), Some(json!({"requestLimits": limits}))).await;
     assert_eq!(cfg["requestLimits"], limits);
     let d = doc(h.lookup_token(&token).await);
     let rl = d.request_limits.expect("request limits in the lookup");
     assert_eq!((rl.max_input_tokens, rl.max_output_tokens), (Some(1000), Some(200)));
     assert_eq!((rl.attempt_timeout_ms, rl.total_timeout_ms), (Some(5000), Some(9000)));
+    assert_eq!(rl.max_concurrent_requests, Some(3));
     h.ok("PATCH", &format!("/access-key-configurations/{cid}"), Some(json!({"requestLimits": null}))).await;
     assert_eq!(doc(h.lookup_token(&token).await).request_limits, None);
 }
