@@ -763,3 +763,28 @@ async fn a_time_zone_outside_the_tz_database_is_refused_naming_the_field() {
     assert_eq!(h.ok("GET", &format!("/access-keys/{kid}"), None).await["budget"], Value::Null);
     assert_eq!(h.ok("GET", "/access-keys", None).await["accessKeys"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn openapi_describes_the_budget_fields_served() {
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let schema = |name: &str| doc["components"]["schemas"][name]["properties"].as_object().unwrap().clone();
+    let h = harness();
+    let budget = json!({"tokens": 1, "costUsd": 2, "window": "weekly", "timeZone": "Europe/Berlin"});
+    let (id, _) = key(&h, json!({"name": "k", "budget": budget})).await;
+    let k = h.ok("GET", &format!("/access-keys/{id}"), None).await;
+    let mut served: Vec<_> = k["budget"].as_object().unwrap().keys().cloned().collect();
+    let mut documented: Vec<_> = schema("Budget").keys().cloned().collect();
+    served.sort();
+    documented.sort();
+    assert_eq!(served, documented);
+    let mut served: Vec<_> = k["budgetUsage"].as_object().unwrap().keys().cloned().collect();
+    let mut documented: Vec<_> = schema("BudgetUsage").keys().cloned().collect();
+    served.sort();
+    documented.sort();
+    assert_eq!(served, documented);
+    let windows = schema("Budget")["window"]["enum"].clone();
+    assert_eq!(windows, json!(["daily", "weekly", "monthly", "none"]));
+    for w in windows.as_array().unwrap() {
+        h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"budget": {"tokens": 1, "window": w}}))).await;
+    }
+}

@@ -206,6 +206,28 @@ fn cli_budgets_usage_credits_prices() {
     let id = k["id"].as_str().unwrap();
     let (k, _) = cli.ok(&["access-keys", "update", id, "--budget-tokens", "5"], None);
     assert_eq!(k["budget"], json!({"tokens": 5, "window": "none"}));
+    let (k, _) = cli.ok(
+        &[
+            "access-keys",
+            "update",
+            id,
+            "--budget-tokens",
+            "7",
+            "--budget-window",
+            "weekly",
+            "--time-zone",
+            "Europe/Berlin",
+        ],
+        None,
+    );
+    assert_eq!(k["budget"], json!({"tokens": 7, "window": "weekly", "timeZone": "Europe/Berlin"}));
+    assert!(k["budgetUsage"]["resetsAt"].is_string(), "{k}");
+    let (k, _) =
+        cli.ok(&["access-keys", "update", id, "--budget-tokens", "7", "--budget-time-zone", "Asia/Tokyo"], None);
+    assert_eq!(k["budget"], json!({"tokens": 7, "window": "none", "timeZone": "Asia/Tokyo"}));
+    assert!(cli
+        .fails(&["access-keys", "update", id, "--budget-tokens", "7", "--time-zone", "Mars/Base"])
+        .contains("budget.timeZone"));
     let (k, _) = cli.ok(&["access-keys", "update", id, "--no-budget"], None);
     assert_eq!(k["budget"], Value::Null);
 
