@@ -226,6 +226,10 @@ pub struct ServeArgs {
     /// Token of the Envoy filter on the lookup API (env only).
     #[arg(long, env = "KEYGATE_GATEWAY_TOKEN", hide_env_values = true, hide = true)]
     pub gateway_token: Option<String>,
+    /// Days usage records are kept before the store's sweep deletes them
+    /// (0 = forever; at least 32, the longest budget window, otherwise).
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = crate::policy::retention::DEFAULT_DAYS)]
+    pub usage_retention_days: u32,
 }
 
 #[derive(Args)]

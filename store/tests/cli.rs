@@ -253,3 +253,27 @@ fn cli_budgets_usage_credits_prices() {
     assert_eq!(s, json!({"groupBy": "day", "rows": []}));
     drop(server.stop());
 }
+
+#[test]
+fn serve_refuses_a_usage_retention_shorter_than_the_longest_budget_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = command(&tmp.path().join("data"));
+    c.args(["serve", "--api-port", "0", "--lookup-port", "0"])
+        .env("KEYGATE_USAGE_RETENTION_DAYS", "31")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("keygate serve started with KEYGATE_USAGE_RETENTION_DAYS=31");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("KEYGATE_USAGE_RETENTION_DAYS=31 is shorter than the longest budget window"), "{stderr}");
+    assert!(out.stdout.is_empty(), "never ready");
+}
