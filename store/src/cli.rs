@@ -88,14 +88,22 @@ pub struct BudgetArgs {
     /// Cost budget per window, USD.
     #[arg(long)]
     pub budget_usd: Option<f64>,
-    /// Budget window: daily, monthly or none (default none).
-    #[arg(long, value_parser = ["daily", "monthly", "none"])]
+    /// Budget window: daily, weekly (from Monday), monthly or none (default none).
+    #[arg(long, value_parser = ["daily", "weekly", "monthly", "none"])]
     pub budget_window: Option<String>,
+    /// IANA time zone the budget's windows start in at local midnight, e.g.
+    /// Europe/Berlin (default UTC).
+    #[arg(long, alias = "time-zone")]
+    pub budget_time_zone: Option<String>,
 }
 
 impl BudgetArgs {
     fn to_json(&self) -> Option<Value> {
-        if self.budget_tokens.is_none() && self.budget_usd.is_none() && self.budget_window.is_none() {
+        if self.budget_tokens.is_none()
+            && self.budget_usd.is_none()
+            && self.budget_window.is_none()
+            && self.budget_time_zone.is_none()
+        {
             return None;
         }
         let mut b = Map::new();
@@ -107,6 +115,9 @@ impl BudgetArgs {
         }
         if let Some(w) = &self.budget_window {
             b.insert("window".into(), json!(w));
+        }
+        if let Some(tz) = &self.budget_time_zone {
+            b.insert("timeZone".into(), json!(tz));
         }
         Some(Value::Object(b))
     }
@@ -215,6 +226,10 @@ pub struct ServeArgs {
     /// Token of the Envoy filter on the lookup API (env only).
     #[arg(long, env = "KEYGATE_GATEWAY_TOKEN", hide_env_values = true, hide = true)]
     pub gateway_token: Option<String>,
+    /// Days usage records are kept before the store's sweep deletes them
+    /// (0 = forever; at least 32, the longest budget window, otherwise).
+    #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = crate::policy::retention::DEFAULT_DAYS)]
+    pub usage_retention_days: u32,
 }
 
 #[derive(Args)]
@@ -286,7 +301,7 @@ pub enum AccessKeysCmd {
         #[command(flatten)]
         budget: BudgetArgs,
         /// Remove the budget.
-        #[arg(long, conflicts_with_all = ["budget_tokens", "budget_usd", "budget_window"])]
+        #[arg(long, conflicts_with_all = ["budget_tokens", "budget_usd", "budget_window", "budget_time_zone"])]
         no_budget: bool,
     },
 }

@@ -55,6 +55,7 @@ fn main() -> ExitCode {
                 admin_token: cli.admin_token.clone(),
                 master_key: args.master_key.clone(),
                 gateway_token: args.gateway_token.clone(),
+                usage_retention_days: args.usage_retention_days,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::api::{gateway_app, management_app, AppState};
 use crate::crypto::Cipher;
 use crate::ids::random_hex;
+use crate::policy::retention::{self, Retention};
 use crate::storage::{Backend, Options};
 
 #[derive(Clone)]
@@ -27,6 +28,9 @@ pub struct ServeConfig {
     pub admin_token: Option<String>,
     pub master_key: Option<String>,
     pub gateway_token: Option<String>,
+    /// Days usage records are kept (`KEYGATE_USAGE_RETENTION_DAYS`; 0 =
+    /// forever; 1 to 31 are refused, see [`crate::policy::retention`]).
+    pub usage_retention_days: u32,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -36,6 +40,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("bind", &self.bind)
             .field("api_port", &self.api_port)
             .field("lookup_port", &self.lookup_port)
+            .field("usage_retention_days", &self.usage_retention_days)
             .finish_non_exhaustive()
     }
 }
@@ -227,8 +232,47 @@ async fn sweep_reservations(state: AppState) {
     }
 }
 
+/// Deletes the usage records past `retention` (and free of reservations, see
+/// [`crate::policy::retention`]), `batch` per transaction, at most
+/// `max_batches` transactions; returns how many. Other writes run between
+/// the batches.
+pub async fn purge_usage(
+    state: &AppState,
+    retention: Retention,
+    now_ms: i64,
+    batch: usize,
+    max_batches: usize,
+) -> Result<usize, crate::error::ApiError> {
+    let cutoff = retention.cutoff_ms(now_ms);
+    let mut deleted = 0;
+    for _ in 0..max_batches {
+        let n = crate::api::run(state, move |s| s.purge_usage(cutoff, batch)).await?;
+        deleted += n;
+        if n < batch {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes usage records past retention, once a minute (beside the
+/// reservation sweep).
+async fn sweep_usage(state: AppState, retention: Retention) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match purge_usage(&state, retention, crate::ids::now_ms(), retention::BATCH, retention::MAX_BATCHES).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, days = retention.days(), "deleted usage records past retention"),
+            Err(e) => tracing::warn!(error = ?e, "usage retention sweep failed"),
+        }
+    }
+}
+
 /// Runs the store until SIGTERM/SIGINT.
 pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
+    let retention = Retention::from_days(cfg.usage_retention_days)?;
     let prepared = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || prepare(&cfg)).await.map_err(|e| e.to_string())??
@@ -247,6 +291,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::spawn(sweep_reservations(prepared.state.clone()));
+    if let Some(retention) = retention {
+        tokio::spawn(sweep_usage(prepared.state.clone(), retention));
+    }
     let api_server = axum::serve(api, management_app(prepared.state.clone())).with_graceful_shutdown(wait(rx.clone()));
     let lookup_server = axum::serve(lookup, gateway_app(prepared.state)).with_graceful_shutdown(wait(rx));
     tokio::spawn(shutdown_signal(tx));
@@ -290,6 +337,7 @@ mod tests {
             admin_token: None,
             master_key: None,
             gateway_token: None,
+            usage_retention_days: retention::DEFAULT_DAYS,
         };
         let prepared = prepare(&cfg).map_err(|e| e.to_string()).unwrap();
         assert_eq!(fs::metadata(&cfg.data_dir).unwrap().permissions().mode() & 0o777, 0o700);
@@ -306,5 +354,25 @@ mod tests {
         assert!(prepare(&other).is_err());
         let same = ServeConfig { gateway_token: Some(admin.trim().to_string()), ..cfg };
         assert!(prepare(&same).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_retention_shorter_than_a_month_is_refused_before_anything_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ServeConfig {
+            data_dir: dir.path().join("data"),
+            database_url: None,
+            database_ca: None,
+            bind: IpAddr::from([127, 0, 0, 1]),
+            api_port: 0,
+            lookup_port: 0,
+            admin_token: None,
+            master_key: None,
+            gateway_token: None,
+            usage_retention_days: 7,
+        };
+        let e = serve(cfg).await.unwrap_err();
+        assert!(e.starts_with("KEYGATE_USAGE_RETENTION_DAYS=7 is shorter than the longest budget window"), "{e}");
+        assert!(!dir.path().join("data").exists(), "nothing was created");
     }
 }

@@ -488,7 +488,8 @@ async fn rate_limits_and_budgeted_in_the_lookup_and_the_change_feed() {
         json!({"rateLimits": {"rpm": 1}}),
         json!({"budget": {}}),
         json!({"budget": {"window": "daily"}}),
-        json!({"budget": {"tokens": 1, "window": "weekly"}}),
+        json!({"budget": {"tokens": 1, "window": "hourly"}}),
+        json!({"budget": {"tokens": 1, "window": "daily", "timeZone": "Europe/Berln"}}),
         json!({"budget": {"costUsd": -1}}),
     ] {
         let (s, v) = h.api("PATCH", &format!("/access-key-configurations/{cid}"), Some(body.clone())).await;
@@ -592,4 +593,199 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap();
     assert_eq!(versions, vec![1, 2, 3]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
+}
+
+// ------------------------------------------------- budget windows in time zones
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+/// `windowStart` and `resetsAt` of a budget usage, unix ms.
+fn window_of(u: &Value) -> (i64, i64) {
+    let ms = |f: &str| {
+        keygate_store::ids::parse_rfc3339(u[f].as_str().unwrap_or_else(|| panic!("{f}: {u}"))).unwrap() * 1000
+    };
+    (ms("windowStart"), ms("resetsAt"))
+}
+
+/// Day of the week of a unix ms in UTC, 0 = Sunday.
+fn utc_weekday(ms: i64) -> i64 {
+    (ms.div_euclid(DAY) + 4).rem_euclid(7)
+}
+
+#[tokio::test]
+async fn a_weekly_budget_in_berlin_starts_on_monday_at_local_midnight_and_says_when_it_resets() {
+    let h = harness();
+    let budget = json!({"tokens": 100, "window": "weekly", "timeZone": "Europe/Berlin"});
+    let (id, _) = key(&h, json!({"name": "k", "budget": budget})).await;
+    let k = h.ok("GET", &format!("/access-keys/{id}"), None).await;
+    assert_eq!(k["budget"], budget);
+    let now = keygate_store::ids::now_ms();
+    let (start, resets) = window_of(&k["budgetUsage"]);
+    // Monday 00:00 in Berlin is Sunday 23:00 (CET) or 22:00 (CEST) in UTC.
+    assert_eq!(utc_weekday(start), 0, "{k}");
+    assert!([22 * HOUR, 23 * HOUR].contains(&start.rem_euclid(DAY)), "{k}");
+    assert!([7 * DAY - HOUR, 7 * DAY, 7 * DAY + HOUR].contains(&(resets - start)), "{k}");
+    assert!(start <= now && now < resets, "{k}");
+
+    // Reservations count in the same row the API shows.
+    let rsv = reserve(&h, "r1", &id, None, 60, 0).await;
+    assert_eq!(rsv["ok"], true);
+    assert_eq!(key_usage(&h, &id).await["reservedTokens"], 60);
+    let refused = reserve(&h, "r2", &id, None, 41, 0).await;
+    assert_eq!(refused["refusedBy"], "key", "{refused}");
+    assert!(refused["message"].as_str().unwrap().starts_with("the weekly token budget"), "{refused}");
+    assert_eq!(reserve(&h, "r3", &id, None, 40, 0).await["ok"], true, "exactly at the bound");
+    usage(&h, vec![rec("r1", &id, 1, None, 50, 0, rsv["reservationId"].as_str())]).await;
+    let u = key_usage(&h, &id).await;
+    assert_eq!((u["tokens"].clone(), u["reservedTokens"].clone()), (json!(50), json!(40)));
+    assert_eq!(window_of(&u), (start, resets));
+    // That row is last week's once its start moves back a week.
+    h.sql(&format!("UPDATE budget_state SET window_start = window_start - {} WHERE scope LIKE 'key:%'", 7 * DAY));
+    let u = key_usage(&h, &id).await;
+    assert_eq!((u["tokens"].clone(), u["reservedTokens"].clone()), (json!(0), json!(0)));
+}
+
+#[tokio::test]
+async fn configuration_budgets_take_a_time_zone_too() {
+    let h = harness();
+    let c = h
+        .ok(
+            "POST",
+            "/access-key-configurations",
+            Some(json!({"name": "c", "budget": {"costUsd": 1, "window": "daily", "timeZone": "America/New_York"}})),
+        )
+        .await;
+    let (start, resets) = window_of(&c["budgetUsage"]);
+    // 00:00 in New York is 05:00 (EST) or 04:00 (EDT) UTC; a day lasts 23 to 25 hours.
+    assert!([4 * HOUR, 5 * HOUR].contains(&start.rem_euclid(DAY)), "{c}");
+    assert!((23 * HOUR..=25 * HOUR).contains(&(resets - start)), "{c}");
+    assert_eq!(c["budget"]["timeZone"], "America/New_York");
+
+    // Monthly in a zone half an hour off UTC and without DST.
+    let cid = c["id"].as_str().unwrap();
+    let c = h
+        .ok(
+            "PATCH",
+            &format!("/access-key-configurations/{cid}"),
+            Some(json!({"budget": {"tokens": 5, "window": "monthly", "timeZone": "Asia/Kolkata"}})),
+        )
+        .await;
+    let (start, resets) = window_of(&c["budgetUsage"]);
+    assert_eq!(start.rem_euclid(DAY), 18 * HOUR + 30 * 60_000, "{c}");
+    assert_eq!(resets.rem_euclid(DAY), 18 * HOUR + 30 * 60_000, "{c}");
+    for instant in [start, resets] {
+        let local_day = keygate_store::ids::rfc3339_ms(instant + 6 * HOUR);
+        assert_eq!(&local_day[8..10], "01", "{c}");
+    }
+    assert!((28 * DAY..=31 * DAY).contains(&(resets - start)), "{c}");
+    // The same configuration's budget back in UTC, with no time zone.
+    let c = h
+        .ok(
+            "PATCH",
+            &format!("/access-key-configurations/{cid}"),
+            Some(json!({"budget": {"tokens": 5, "window": "monthly"}})),
+        )
+        .await;
+    assert!(c["budget"].get("timeZone").is_none(), "{c}");
+    let (start, resets) = window_of(&c["budgetUsage"]);
+    assert_eq!((start.rem_euclid(DAY), resets.rem_euclid(DAY)), (0, 0), "{c}");
+}
+
+#[tokio::test]
+async fn a_budget_stored_without_a_time_zone_reads_as_utc() {
+    let h = harness();
+    let (id, _) =
+        key(&h, json!({"name": "k", "budget": {"tokens": 10, "window": "weekly", "timeZone": "Asia/Tokyo"}})).await;
+    // As written before budgets had a time zone.
+    h.sql(&format!("UPDATE access_keys SET budget_json = '{{\"tokens\":10,\"window\":\"daily\"}}' WHERE id = '{id}'"));
+    let k = h.ok("GET", &format!("/access-keys/{id}"), None).await;
+    assert_eq!(k["budget"], json!({"tokens": 10, "window": "daily"}));
+    let (start, resets) = window_of(&k["budgetUsage"]);
+    assert_eq!((start.rem_euclid(DAY), resets - start), (0, DAY), "{k}");
+    assert_eq!(reserve(&h, "r", &id, None, 10, 0).await["ok"], true);
+    assert_eq!(key_usage(&h, &id).await["reservedTokens"], 10);
+    // A window that never resets has neither.
+    let k =
+        h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"budget": {"tokens": 10, "timeZone": "UTC"}}))).await;
+    assert_eq!(
+        (k["budgetUsage"]["windowStart"].clone(), k["budgetUsage"]["resetsAt"].clone()),
+        (Value::Null, Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn a_time_zone_outside_the_tz_database_is_refused_naming_the_field() {
+    let h = harness();
+    let (kid, _) = key(&h, json!({"name": "k"})).await;
+    let cid = h.ok("POST", "/access-key-configurations", Some(json!({"name": "c"}))).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for tz in [json!("Europe/Berln"), json!("europe/berlin"), json!("+01:00"), json!(""), json!(7)] {
+        let budget = json!({"tokens": 1, "window": "daily", "timeZone": tz});
+        for (method, uri, body) in [
+            ("POST", "/access-keys".to_string(), json!({"name": "x", "budget": budget})),
+            ("PATCH", format!("/access-keys/{kid}"), json!({"budget": budget})),
+            ("POST", "/access-key-configurations".to_string(), json!({"name": "x", "budget": budget})),
+            ("PATCH", format!("/access-key-configurations/{cid}"), json!({"budget": budget})),
+        ] {
+            let (s, v) = h.api(method, &uri, Some(body)).await;
+            assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_field");
+            assert_eq!(v["details"]["field"], "budget.timeZone", "{method} {uri} {tz}: {v}");
+            if tz.is_string() {
+                assert!(v["msg"].as_str().unwrap().contains("budget.timeZone"), "{v}");
+            }
+        }
+    }
+    let (_, v) = h
+        .api(
+            "PATCH",
+            &format!("/access-keys/{kid}"),
+            Some(json!({"budget": {"tokens": 1, "timeZone": "Europe/Berln"}})),
+        )
+        .await;
+    assert_eq!(
+        v["msg"],
+        "budget.timeZone must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\", not \"Europe/Berln\""
+    );
+    let (_, v) = h
+        .api(
+            "PATCH",
+            &format!("/access-keys/{kid}"),
+            Some(json!({"budget": {"tokens": 1, "timeZone": "europe/berlin"}})),
+        )
+        .await;
+    assert_eq!(
+        v["msg"],
+        "budget.timeZone must be spelled as in the tz database: \"Europe/Berlin\", not \"europe/berlin\""
+    );
+    // Nothing was stored.
+    assert_eq!(h.ok("GET", &format!("/access-keys/{kid}"), None).await["budget"], Value::Null);
+    assert_eq!(h.ok("GET", "/access-keys", None).await["accessKeys"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn openapi_describes_the_budget_fields_served() {
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let schema = |name: &str| doc["components"]["schemas"][name]["properties"].as_object().unwrap().clone();
+    let h = harness();
+    let budget = json!({"tokens": 1, "costUsd": 2, "window": "weekly", "timeZone": "Europe/Berlin"});
+    let (id, _) = key(&h, json!({"name": "k", "budget": budget})).await;
+    let k = h.ok("GET", &format!("/access-keys/{id}"), None).await;
+    let mut served: Vec<_> = k["budget"].as_object().unwrap().keys().cloned().collect();
+    let mut documented: Vec<_> = schema("Budget").keys().cloned().collect();
+    served.sort();
+    documented.sort();
+    assert_eq!(served, documented);
+    let mut served: Vec<_> = k["budgetUsage"].as_object().unwrap().keys().cloned().collect();
+    let mut documented: Vec<_> = schema("BudgetUsage").keys().cloned().collect();
+    served.sort();
+    documented.sort();
+    assert_eq!(served, documented);
+    let windows = schema("Budget")["window"]["enum"].clone();
+    assert_eq!(windows, json!(["daily", "weekly", "monthly", "none"]));
+    for w in windows.as_array().unwrap() {
+        h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"budget": {"tokens": 1, "window": w}}))).await;
+    }
 }

@@ -206,6 +206,28 @@ fn cli_budgets_usage_credits_prices() {
     let id = k["id"].as_str().unwrap();
     let (k, _) = cli.ok(&["access-keys", "update", id, "--budget-tokens", "5"], None);
     assert_eq!(k["budget"], json!({"tokens": 5, "window": "none"}));
+    let (k, _) = cli.ok(
+        &[
+            "access-keys",
+            "update",
+            id,
+            "--budget-tokens",
+            "7",
+            "--budget-window",
+            "weekly",
+            "--time-zone",
+            "Europe/Berlin",
+        ],
+        None,
+    );
+    assert_eq!(k["budget"], json!({"tokens": 7, "window": "weekly", "timeZone": "Europe/Berlin"}));
+    assert!(k["budgetUsage"]["resetsAt"].is_string(), "{k}");
+    let (k, _) =
+        cli.ok(&["access-keys", "update", id, "--budget-tokens", "7", "--budget-time-zone", "Asia/Tokyo"], None);
+    assert_eq!(k["budget"], json!({"tokens": 7, "window": "none", "timeZone": "Asia/Tokyo"}));
+    assert!(cli
+        .fails(&["access-keys", "update", id, "--budget-tokens", "7", "--time-zone", "Mars/Base"])
+        .contains("budget.timeZone"));
     let (k, _) = cli.ok(&["access-keys", "update", id, "--no-budget"], None);
     assert_eq!(k["budget"], Value::Null);
 
@@ -230,4 +252,28 @@ fn cli_budgets_usage_credits_prices() {
     let (s, _) = cli.ok(&["usage", "summary", "--group-by", "day"], None);
     assert_eq!(s, json!({"groupBy": "day", "rows": []}));
     drop(server.stop());
+}
+
+#[test]
+fn serve_refuses_a_usage_retention_shorter_than_the_longest_budget_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = command(&tmp.path().join("data"));
+    c.args(["serve", "--api-port", "0", "--lookup-port", "0"])
+        .env("KEYGATE_USAGE_RETENTION_DAYS", "31")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("keygate serve started with KEYGATE_USAGE_RETENTION_DAYS=31");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("KEYGATE_USAGE_RETENTION_DAYS=31 is shorter than the longest budget window"), "{stderr}");
+    assert!(out.stdout.is_empty(), "never ready");
 }

@@ -128,6 +128,9 @@ pub struct BudgetSpec {
     pub cost_usd: Option<f64>,
     #[serde(default)]
     pub window: Window,
+    /// IANA time zone the windows start in (local midnight); absent = UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// What the current window of a budget has used and holds in reservations.
@@ -140,6 +143,9 @@ pub struct BudgetUsage {
     pub reserved_cost_usd: f64,
     /// Start of the current window; null for window `none`.
     pub window_start: Option<String>,
+    /// Start of the next window (when this one's usage stops counting); null
+    /// for window `none`.
+    pub resets_at: Option<String>,
 }
 
 /// The gateway-wide credit balance.

@@ -6,7 +6,7 @@
 //! Every check returns [`StoreError::Invalid`] naming the field at fault.
 
 use crate::error::StoreError;
-use crate::pricing::{MAX_PRICE_USD, MAX_USD};
+use crate::pricing::{time_zone, MAX_PRICE_USD, MAX_USD};
 
 use super::requests::PutPrice;
 use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec, StepSpec};
@@ -154,7 +154,29 @@ pub fn check_budget(field: &str, b: &BudgetSpec) -> V<()> {
     if let Some(c) = b.cost_usd {
         check_usd(&format!("{field}.costUsd"), c, 0.0, MAX_USD)?;
     }
+    if let Some(tz) = &b.time_zone {
+        check_time_zone(&format!("{field}.timeZone"), tz)?;
+    }
     Ok(())
+}
+
+/// An IANA time zone name, spelled as in the tz database (`Europe/Berlin`,
+/// `UTC`): what is stored is what every replica looks up.
+pub fn check_time_zone(field: &str, name: &str) -> V<()> {
+    match time_zone(name).as_ref().and_then(|tz| tz.iana_name()) {
+        Some(canonical) if canonical == name => Ok(()),
+        Some(canonical) => Err(StoreError::invalid(
+            field,
+            format!("{field} must be spelled as in the tz database: \"{canonical}\", not \"{}\"", short(name)),
+        )),
+        None => Err(StoreError::invalid(
+            field,
+            format!(
+                "{field} must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\", not \"{}\"",
+                short(name)
+            ),
+        )),
+    }
 }
 
 pub fn check_price(p: &PutPrice) -> V<()> {
@@ -412,6 +434,37 @@ pub fn check_config_syntax(access: Option<&AccessSpec>, router: Option<&RouterSp
 mod tests {
     use super::*;
     use crate::model::{AllowList, RuleSpec};
+
+    #[test]
+    fn budget_time_zones_are_iana_names_spelled_as_in_the_database() {
+        let b = |tz: &str| BudgetSpec {
+            tokens: Some(1),
+            cost_usd: None,
+            window: crate::pricing::Window::Daily,
+            time_zone: Some(tz.into()),
+        };
+        for ok in ["Europe/Berlin", "America/New_York", "UTC", "Asia/Kolkata", "US/Eastern"] {
+            assert!(check_budget("budget", &b(ok)).is_ok(), "{ok}");
+        }
+        let msg = |tz: &str| match check_budget("budget", &b(tz)) {
+            Err(StoreError::Invalid { field, msg }) => (field, msg),
+            other => panic!("{tz}: {other:?}"),
+        };
+        assert_eq!(
+            msg("Europe/Berln"),
+            (
+                "budget.timeZone".into(),
+                "budget.timeZone must be an IANA time zone name such as \"Europe/Berlin\" or \"UTC\", not \"Europe/Berln\"".into()
+            )
+        );
+        assert_eq!(
+            msg("europe/berlin").1,
+            "budget.timeZone must be spelled as in the tz database: \"Europe/Berlin\", not \"europe/berlin\""
+        );
+        for bad in ["", "+02:00", "Etc/Unknown", "CET-1CEST", "Europe/Berlin ", &"A".repeat(5000)] {
+            assert_eq!(msg(bad).0, "budget.timeZone", "{bad}");
+        }
+    }
 
     #[test]
     fn base_urls() {

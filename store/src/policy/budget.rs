@@ -5,13 +5,20 @@
 //! `credits`), holding what settled requests spent and what open reservations
 //! hold. A reservation remembers the exact rows ([`BudgetRef`]) it added to, so
 //! that releasing and settling hit the same window even after midnight.
+//!
+//! A row is named by its window's kind and start instant (unix ms), not by
+//! the time zone: a window starts where [`Window::bounds`] puts it in the
+//! budget's `timeZone` (UTC without one), the same on every backend and
+//! replica (the tz database is compiled in). A budget given another window or
+//! time zone counts in the rows of its new windows.
 
+use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::Ledger;
 use crate::ids::rfc3339_ms;
 use crate::model::{BudgetSpec, BudgetUsage};
-use crate::pricing::{micros_to_usd, usd_to_micros, Window};
+use crate::pricing::{self, micros_to_usd, usd_to_micros, Window};
 
 /// The scope of an access key's own budget.
 pub fn key_scope(id: &str) -> String {
@@ -40,10 +47,36 @@ impl BudgetRef {
         BudgetRef { scope: scope.to_string(), win: window.as_str().to_string(), start: window.start_ms(now_ms) }
     }
 
+    /// The row of `scope`'s window of `budget` (in its time zone) that contains `now_ms`.
+    pub fn of(scope: &str, budget: &BudgetSpec, now_ms: i64) -> Self {
+        BudgetRef { scope: scope.to_string(), win: budget.window.as_str().to_string(), start: bounds(budget, now_ms).0 }
+    }
+
     /// The row of the gateway's credits (one window that never resets).
     pub fn credits() -> Self {
         BudgetRef { scope: CREDITS_SCOPE.into(), win: Window::None.as_str().into(), start: 0 }
     }
+}
+
+/// The time zone of `budget`'s windows: UTC without `timeZone` (budgets
+/// stored before there was one). A name the compiled-in tz database does not
+/// know (validation refuses those, so only a newer build's data could hold
+/// one) counts in UTC too, with a warning.
+pub fn zone(budget: &BudgetSpec) -> TimeZone {
+    let Some(name) = budget.time_zone.as_deref() else { return TimeZone::UTC };
+    pricing::time_zone(name).unwrap_or_else(|| {
+        tracing::warn!(time_zone = name, "unknown budget time zone; counting its windows in UTC");
+        TimeZone::UTC
+    })
+}
+
+/// The window of `budget` that contains `now_ms`: (start, start of the next
+/// window) in unix ms; `(0, None)` for a window that never resets.
+pub fn bounds(budget: &BudgetSpec, now_ms: i64) -> (i64, Option<i64>) {
+    if budget.window == Window::None {
+        return (0, None);
+    }
+    budget.window.bounds(&zone(budget), now_ms)
 }
 
 /// The numbers of a budget row (a missing row is all zero).
@@ -100,6 +133,7 @@ impl BudgetRow {
             reserved_tokens: self.reserved_tokens,
             reserved_cost_usd: micros_to_usd(self.reserved_micros),
             window_start: (budget.window != Window::None).then(|| rfc3339_ms(at.start)),
+            resets_at: bounds(budget, at.start).1.map(rfc3339_ms),
         }
     }
 }
@@ -112,7 +146,7 @@ pub fn add<L: Ledger>(l: &mut L, at: &BudgetRef, d: Delta) -> Result<(), L::Erro
 
 /// The current window's usage of `scope`'s budget.
 pub fn usage<L: Ledger>(l: &mut L, scope: &str, budget: &BudgetSpec, now_ms: i64) -> Result<BudgetUsage, L::Error> {
-    let at = BudgetRef::at(scope, budget.window, now_ms);
+    let at = BudgetRef::of(scope, budget, now_ms);
     Ok(l.budget_row(&at)?.usage(budget, &at))
 }
 
@@ -158,7 +192,7 @@ mod tests {
     use super::*;
 
     fn budget(tokens: Option<u64>, cost_usd: Option<f64>, window: Window) -> BudgetSpec {
-        BudgetSpec { tokens, cost_usd, window }
+        BudgetSpec { tokens, cost_usd, window, time_zone: None }
     }
 
     #[test]
@@ -225,6 +259,58 @@ mod tests {
         assert_eq!((u.tokens, u.cost_usd, u.reserved_tokens), (1, 2.0, 3));
         assert_eq!(u.window_start.as_deref(), Some("1970-01-01T00:00:00.000Z"));
         assert_eq!(row.usage(&budget(Some(9), None, Window::None), &BudgetRef::credits()).window_start, None);
+    }
+
+    fn ms(s: &str) -> i64 {
+        crate::ids::parse_rfc3339(s).unwrap() * 1000
+    }
+
+    fn zoned(window: Window, tz: &str) -> BudgetSpec {
+        BudgetSpec { time_zone: Some(tz.into()), ..budget(Some(100), None, window) }
+    }
+
+    #[test]
+    fn a_budget_stored_without_a_time_zone_counts_in_utc_rows() {
+        // As stored before `timeZone` existed.
+        let old: BudgetSpec = serde_json::from_str(r#"{"tokens":5,"window":"daily"}"#).unwrap();
+        assert_eq!(old.time_zone, None);
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"tokens":5,"window":"daily"}"#);
+        let now = ms("2025-03-30T12:00:00Z");
+        assert_eq!(BudgetRef::of("key:a", &old, now), BudgetRef::at("key:a", Window::Daily, now));
+        assert_eq!(BudgetRef::of("key:a", &old, now).start, ms("2025-03-30T00:00:00Z"));
+        assert_eq!(BudgetRef::of("key:a", &zoned(Window::Daily, "UTC"), now), BudgetRef::of("key:a", &old, now));
+    }
+
+    #[test]
+    fn a_zoned_budget_ref_starts_at_local_midnight() {
+        let b = zoned(Window::Daily, "Europe/Berlin");
+        let at = BudgetRef::of("config:c", &b, ms("2025-03-30T12:00:00Z"));
+        assert_eq!((at.win.as_str(), at.start), ("daily", ms("2025-03-29T23:00:00Z")));
+        let json = serde_json::to_value(&b).unwrap();
+        assert_eq!(json, serde_json::json!({"tokens": 100, "window": "daily", "timeZone": "Europe/Berlin"}));
+        // A window that never resets has one row whatever the zone.
+        assert_eq!(BudgetRef::of("k", &zoned(Window::None, "Asia/Tokyo"), 5).start, 0);
+    }
+
+    #[test]
+    fn a_time_zone_this_build_does_not_know_counts_in_utc() {
+        let b = zoned(Window::Daily, "Mars/Olympus_Mons");
+        let now = ms("2025-03-30T12:00:00Z");
+        assert_eq!(bounds(&b, now), (ms("2025-03-30T00:00:00Z"), Some(ms("2025-03-31T00:00:00Z"))));
+    }
+
+    #[test]
+    fn usage_shows_when_the_window_resets() {
+        let row = BudgetRow::default();
+        let b = zoned(Window::Weekly, "America/New_York");
+        let at = BudgetRef::of("key:a", &b, ms("2025-11-02T12:00:00Z"));
+        let u = row.usage(&b, &at);
+        assert_eq!(u.window_start.as_deref(), Some("2025-10-27T04:00:00.000Z"));
+        assert_eq!(u.resets_at.as_deref(), Some("2025-11-03T05:00:00.000Z"));
+        let json = serde_json::to_value(&u).unwrap();
+        assert_eq!(json["resetsAt"], "2025-11-03T05:00:00.000Z");
+        let none = row.usage(&budget(Some(1), None, Window::None), &BudgetRef::credits());
+        assert_eq!((none.window_start, none.resets_at), (None, None));
     }
 
     #[test]

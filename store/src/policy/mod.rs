@@ -11,7 +11,8 @@
 //!   what the rule returns: key status and validity ([`key_status`]), rate
 //!   limits and the `budgeted` flag, rate-limit leases ([`leases`]), reference checks and "still in use"
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
-//!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]).
+//!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]), usage retention
+//!   ([`retention`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
 //!   ingesting usage read and write many rows in an order that is itself the
 //!   rule (sweep first; key, then configuration, then credits; settle, then
@@ -33,4 +34,5 @@ pub mod ledger;
 pub mod prices;
 pub mod references;
 pub mod reservation;
+pub mod retention;
 pub mod self_check;

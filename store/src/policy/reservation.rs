@@ -140,7 +140,7 @@ pub fn reserve<L: Ledger>(l: &mut L, req: &ReserveRequest, now_ms: i64) -> Resul
         config_budget.map(|(scope, b)| (scope, b, RefusedBy::Configuration, "access key configuration")),
     ];
     for (scope, b, by, what) in budgets.into_iter().flatten() {
-        let at = BudgetRef::at(&scope, b.window, now_ms);
+        let at = BudgetRef::of(&scope, &b, now_ms);
         if let Some(msg) = budget::refusal(&l.budget_row(&at)?, &b, what, tokens, micros) {
             return Ok(refused(by, msg));
         }
@@ -252,7 +252,7 @@ mod tests {
     }
 
     fn tokens(n: u64) -> BudgetSpec {
-        BudgetSpec { tokens: Some(n), cost_usd: None, window: Window::None }
+        BudgetSpec { tokens: Some(n), cost_usd: None, window: Window::None, time_zone: None }
     }
 
     /// [`ledger`] with token budgets on the key and on its configuration.
@@ -346,6 +346,33 @@ mod tests {
         let r = l.reservations.iter().find(|r| r.id == id).unwrap();
         assert_eq!(r.holds.len(), 3);
         assert_eq!(r.expires_ms, NOW + RESERVATION_TTL_MS);
+    }
+
+    #[test]
+    fn a_zoned_daily_budget_is_refused_up_to_local_midnight_and_not_after() {
+        // Berlin in summer (CEST, UTC+2): the day ends at 22:00 UTC.
+        let mut l = ledger();
+        let daily = BudgetSpec { window: Window::Daily, time_zone: Some("Europe/Berlin".into()), ..tokens(100) };
+        if let Some(k) = l.keys.get_mut("ak_1") {
+            k.budget = Some(daily);
+        }
+        let before = crate::ids::parse_rfc3339("2025-06-15T21:59:59Z").unwrap() * 1000 + 999;
+        let midnight = before + 1;
+        // Exactly at the bound: spent + reserved + estimate = 100 fits, 101 does not.
+        assert!(reserve(&mut l, &request("r1", 60, 0), before - 60_000).unwrap().ok);
+        assert!(reserve(&mut l, &request("r2", 40, 0), before - 1).unwrap().ok);
+        let r = reserve(&mut l, &request("r3", 1, 0), before).unwrap();
+        assert_eq!(r.refused_by, Some(RefusedBy::Key));
+        assert_eq!(
+            r.message.as_deref(),
+            Some("the daily token budget of the access key is exhausted: used 0 + reserved 100 + estimate 1 > 100")
+        );
+        // Local midnight (22:00 UTC, not 00:00 UTC): a new window with nothing in it.
+        let r = reserve(&mut l, &request("r4", 100, 0), midnight).unwrap();
+        assert!(r.ok, "{r:?}");
+        let mut starts: Vec<i64> = l.budgets.keys().map(|(_, _, start)| *start).collect();
+        starts.sort_unstable();
+        assert_eq!(starts, vec![midnight - 24 * 3_600_000, midnight]);
     }
 
     #[test]

@@ -319,6 +319,10 @@ pub trait Store: Send + Sync + 'static {
     fn ingest_usage(&self, records: &[UsageRecord]) -> StoreResult<usize>;
     /// Releases reservations past their expiry; returns how many.
     fn sweep_reservations(&self) -> StoreResult<usize>;
+    /// Deletes at most `limit` usage records that started before
+    /// `started_before_ms` and whose request has no reservation left (see
+    /// `policy::retention`), in one transaction; returns how many.
+    fn purge_usage(&self, started_before_ms: i64, limit: usize) -> StoreResult<usize>;
     fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>>;
     fn usage_summary(&self, filter: &UsageFilter, group_by: GroupBy) -> StoreResult<Vec<SummaryRow>>;
 

@@ -83,6 +83,13 @@ use crate::policy::{changes, credits, reservation};
 
 const KEY_CHECK_AAD: &str = "keygate-master-key-check";
 
+/// One batch of usage records past retention whose request has no
+/// reservation left (`policy::retention`), oldest first.
+const PURGE_USAGE: &str = "DELETE FROM usage WHERE seq IN (
+    SELECT u.seq FROM usage u
+    WHERE u.started_ms < $1 AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = u.request_id)
+    ORDER BY u.started_ms LIMIT $2)";
+
 /// Connections per store process.
 const POOL_SIZE: u32 = 8;
 
@@ -848,6 +855,12 @@ impl Store for PgStore {
 
     fn sweep_reservations(&self) -> StoreResult<usize> {
         self.write(|tx| reservation::sweep(&mut PgLedger(tx), now_ms()))
+    }
+
+    fn purge_usage(&self, started_before_ms: i64, limit: usize) -> StoreResult<usize> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let n = self.write(|tx| Ok(tx.execute(PURGE_USAGE, &[&started_before_ms, &limit])?))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
     fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>> {

@@ -48,6 +48,13 @@ use crate::policy::{changes, credits, reservation};
 
 const KEY_CHECK_AAD: &str = "keygate-master-key-check";
 
+/// One batch of usage records past retention whose request has no
+/// reservation left (`policy::retention`), oldest first.
+const PURGE_USAGE: &str = "DELETE FROM usage WHERE seq IN (
+    SELECT u.seq FROM usage u
+    WHERE u.started_ms < ?1 AND NOT EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = u.request_id)
+    ORDER BY u.started_ms LIMIT ?2)";
+
 /// Read connections for the gateway listener (lookups run in parallel with
 /// each other and with management writes: WAL readers do not block).
 const READERS: usize = 4;
@@ -724,6 +731,14 @@ impl Store for SqliteStore {
 
     fn sweep_reservations(&self) -> StoreResult<usize> {
         self.write(|tx| reservation::sweep(&mut SqlLedger(tx), now_ms()))
+    }
+
+    fn purge_usage(&self, started_before_ms: i64, limit: usize) -> StoreResult<usize> {
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(PURGE_USAGE)?
+                .execute(params![started_before_ms, i64::try_from(limit).unwrap_or(i64::MAX)])?)
+        })
     }
 
     fn list_usage(&self, filter: &UsageFilter, page: &PageRequest) -> StoreResult<Vec<UsageItem>> {
