@@ -5,8 +5,11 @@ provider."""
 
 import time
 import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import openai
+import pytest
 
 from harness import http
 
@@ -80,3 +83,28 @@ def test_only_a_usable_key_checks_itself(gateway, store, mocks):
     far = store.ok("POST", "/access-keys", {"name": "far", "accessKeyConfigurationId": elsewhere["id"]})["token"]
     assert check(gateway, {"authorization": f"Bearer {far}"})[1]["error"]["code"] == "ip_not_allowed"
     assert mocks["openai"].received() == []
+
+
+def test_a_weekly_budget_in_a_time_zone_refuses_at_its_bound_and_says_when_it_resets(gateway, store, mocks):
+    """Budget windows users can reason about: a week in Berlin, refused at its
+    bound, and the reset (next Monday 00:00 in Berlin) the same in the
+    management API and in the key's self-check."""
+    created = store.ok("POST", "/access-keys", {
+        "name": "weekly", "budget": {"tokens": 70, "window": "weekly", "timeZone": "Europe/Berlin"}})
+    token = created["token"]
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0)
+    hi = [{"role": "user", "content": "hi"}]
+    assert client.chat.completions.create(model="gpt-4o", max_tokens=16, messages=hi).choices
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(model="gpt-4o", max_tokens=16, messages=hi)
+    assert e.value.status_code == 402 and e.value.body["code"] == "insufficient_credits"
+    berlin = datetime.now(ZoneInfo("Europe/Berlin"))
+    monday = (berlin - timedelta(days=berlin.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    resets = (monday + timedelta(days=7)).replace(tzinfo=ZoneInfo("Europe/Berlin"))
+    usage = store.ok("GET", f"/access-keys/{created['id']}")["budgetUsage"]
+    assert datetime.fromisoformat(usage["resetsAt"].replace("Z", "+00:00")) == resets
+    assert datetime.fromisoformat(usage["windowStart"].replace("Z", "+00:00")) == monday
+    (budget,) = check(gateway, {"authorization": f"Bearer {token}"})[1]["budgets"]
+    assert (budget["scope"], budget["usage"]["resetsAt"]) == ("accessKey", usage["resetsAt"])
+    assert budget["limit"] == {"tokens": 70, "window": "weekly", "timeZone": "Europe/Berlin"}
+    assert len(mocks["openai"].received()) == 1
