@@ -26,6 +26,7 @@ pub mod keys;
 pub mod metadata;
 pub mod metrics;
 pub mod model_json;
+pub mod models;
 pub mod multipart;
 pub mod query;
 pub mod ratelimit;

@@ -350,6 +350,7 @@ mod tests {
             access: None,
             providers: Arc::default(),
             limits: None,
+            request_limits: None,
             budgeted: false,
         };
         let json = serde_json::to_string(&doc).unwrap();

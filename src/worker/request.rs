@@ -75,6 +75,8 @@ pub struct Forwarded {
     pub attempts: Vec<Attempt>,
     /// The upstream filter's trail was read into `attempts`.
     trail_read: bool,
+    /// A model list to filter: the provider and the key's model allow-list.
+    listing: Option<(String, Vec<String>)>,
     /// The provider's model name to write into the body.
     rewrite_model: Option<String>,
     answer: Answer,
@@ -85,6 +87,8 @@ pub struct Forwarded {
 struct Answer {
     /// Replaced by keygate's own error (every candidate failed).
     replace: Option<String>,
+    /// A model list, read whole and shown as the key may use it.
+    listing: Option<(String, Vec<String>)>,
     /// An error answer passes with the provider credentials scrubbed.
     scrubber: Option<StreamScrubber>,
     /// Usage read as it passes: an event stream or a JSON document.
@@ -345,6 +349,7 @@ impl Worker {
         if surface.judge == Judge::SelfCheck {
             return self.self_check(host, id, lookup, client_ip);
         }
+        let listing = surface.judge == Judge::Listing;
         let ask = Ask {
             facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
@@ -438,12 +443,15 @@ impl Worker {
             fw.provider,
             fw.keys.first().map_or("-", |k| k.id.as_str())
         );
+        // A model list is shown as the key may use it (`models`).
+        let listing = listing.then(|| lookup.access.as_ref().and_then(|a| a.models.clone())).flatten();
         req.phase = Phase::Forwarded(Box::new(Forwarded {
             direct: fw.direct,
             auth: fw.auth,
             keys: fw.keys,
             attempts: Vec::new(),
             trail_read: false,
+            listing: listing.map(|allow| (fw.provider.clone(), allow)),
             rewrite_model: fw.rewrite_model,
             answer: Answer::default(),
         }));
@@ -820,6 +828,9 @@ impl Worker {
             set("content-type", "application/json");
             set("x-keygate-error", denial.code.as_str());
             fw.answer.replace = Some(denial.body(req.facts.dialect));
+        } else if (200..300).contains(&status) && fw.listing.is_some() {
+            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
+            fw.answer.listing = fw.listing.take();
         } else if !(200..300).contains(&status) {
             // Error bodies are where providers echo a rejected credential.
             let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
@@ -832,6 +843,18 @@ impl Worker {
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
         let answer = &mut fw.answer;
+        if answer.listing.is_some() {
+            if !end_of_stream {
+                return Flow::Pause; // the whole list, then filtered
+            }
+            let body =
+                host.buffer(Buffer::ResponseBody, 0, body_size.min(crate::models::MAX_LIST_BYTES)).unwrap_or_default();
+            if let Some((provider, allow)) = answer.listing.take() {
+                let shown = crate::models::filter_listing(&body, &provider, &allow);
+                let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &shown);
+            }
+            return Flow::Continue;
+        }
         if answer.replace.is_none() {
             if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() {
                 return Flow::Continue;
