@@ -30,12 +30,16 @@ pub struct BodyFacts {
     pub choices: u64,
     /// The body contains a well-formed keygate token (found by the body filter).
     pub access_key: bool,
+    /// `"stream": true` at the top level.
+    pub stream: bool,
+    /// A top-level `stream_options` (the client chose its stream's options).
+    pub stream_options: bool,
 }
 
 impl BodyFacts {
     /// A request without a readable body.
     pub fn of(model: ModelField) -> BodyFacts {
-        BodyFacts { model, max_tokens: None, choices: 1, access_key: false }
+        BodyFacts { model, max_tokens: None, choices: 1, access_key: false, stream: false, stream_options: false }
     }
 }
 
@@ -69,6 +73,8 @@ pub struct BodyReader {
     case_variant: bool,
     max_tokens: Option<u64>,
     choices: Option<u64>,
+    stream: bool,
+    stream_options: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -153,6 +159,7 @@ enum Want {
     Model,
     Limit,
     Choices,
+    Stream,
 }
 
 /// Longest raw key kept: an escaped `max_completion_tokens` fits many times.
@@ -191,7 +198,14 @@ impl BodyReader {
             _ if self.case_variant => ModelField::CaseVariant,
             m => m.unwrap_or(ModelField::Absent),
         };
-        BodyFacts { model, max_tokens: self.max_tokens, choices: self.choices.unwrap_or(1).max(1), access_key: false }
+        BodyFacts {
+            model,
+            max_tokens: self.max_tokens,
+            choices: self.choices.unwrap_or(1).max(1),
+            access_key: false,
+            stream: self.stream,
+            stream_options: self.stream_options,
+        }
     }
 
     /// UTF-8 across chunks: a sequence cut by a boundary is completed from the
@@ -281,6 +295,8 @@ impl BodyReader {
                     let n = if raw.len() > MAX_LIMIT { None } else { count(&raw) };
                     self.choices = self.choices.max(n);
                 }
+                // Providers read JSON keys exactly: only `true` streams.
+                Want::Stream => self.stream = raw == b"true",
                 Want::None => {}
             }
             self.capture = Capture::None;
@@ -304,7 +320,12 @@ impl BodyReader {
             Want::Limit
         } else if is(&CHOICE_KEYS) {
             Want::Choices
+        } else if key.as_deref() == Some("stream") {
+            Want::Stream
         } else {
+            if key.as_deref() == Some("stream_options") {
+                self.stream_options = true;
+            }
             Want::None
         };
     }
@@ -711,5 +732,17 @@ mod tests {
             let doc = format!(r#"{{"p":"{filler}\"{filler}é{filler}","model":"m{filler}"}}"#);
             assert_eq!(model(&doc), ModelField::Str(format!("m{filler}")), "pad {pad}");
         }
+    }
+
+    #[test]
+    fn stream_and_its_options_at_the_top_level() {
+        let f = read(br#"{"model":"m","stream":true,"messages":[{"stream":false}]}"#);
+        assert!(f.stream && !f.stream_options);
+        assert!(!read(br#"{"model":"m","stream":"true"}"#).stream, "only the literal true streams");
+        assert!(!read(br#"{"model":"m","Stream":true}"#).stream, "providers read keys exactly");
+        assert!(!read(br#"{"model":"m","messages":[{"stream":true}]}"#).stream, "nested is not top-level");
+        let f = read(br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#);
+        assert!(f.stream && f.stream_options);
+        assert!(read(br#"{"stream_options":null,"stream":true}"#).stream_options);
     }
 }

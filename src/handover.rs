@@ -214,8 +214,9 @@ pub struct Tapped {
 }
 
 impl Tapped {
-    /// `1|vm|gate|max_tokens|choices|access_key|<kind><model>`: the model,
-    /// the client's string, comes last and needs no escaping.
+    /// `1|vm|gate|max_tokens|choices|flags|<kind><model>`: the model, the
+    /// client's string, comes last and needs no escaping. Flags: 1 an access
+    /// key in the body, 2 `"stream": true`, 4 a `stream_options`.
     pub fn encode(&self) -> String {
         let f = &self.facts;
         let max = f.max_tokens.map(|m| m.to_string()).unwrap_or_default();
@@ -228,7 +229,8 @@ impl Tapped {
             ModelField::InvalidJson => ('j', ""),
             ModelField::InvalidMultipart => ('m', ""),
         };
-        format!("1|{:x}|{}|{max}|{}|{}|{kind}{model}", self.vm, self.gate, f.choices, u8::from(f.access_key))
+        let flags = u8::from(f.access_key) | u8::from(f.stream) << 1 | u8::from(f.stream_options) << 2;
+        format!("1|{:x}|{}|{max}|{}|{flags}|{kind}{model}", self.vm, self.gate, f.choices)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Tapped> {
@@ -245,11 +247,7 @@ impl Tapped {
             m => Some(m.parse().ok()?),
         };
         let choices = next()?.parse().ok()?;
-        let access_key = match next()? {
-            "0" => false,
-            "1" => true,
-            _ => return None,
-        };
+        let flags: u8 = next()?.parse().ok().filter(|f| *f < 8)?;
         let model = next()?;
         let mut chars = model.chars();
         let model = match chars.next()? {
@@ -262,7 +260,15 @@ impl Tapped {
             'm' => ModelField::InvalidMultipart,
             _ => return None,
         };
-        Some(Tapped { vm, gate, facts: BodyFacts { model, max_tokens, choices, access_key } })
+        let facts = BodyFacts {
+            model,
+            max_tokens,
+            choices,
+            access_key: flags & 1 != 0,
+            stream: flags & 2 != 0,
+            stream_options: flags & 4 != 0,
+        };
+        Some(Tapped { vm, gate, facts })
     }
 }
 
@@ -365,13 +371,29 @@ mod tests {
             let t = Tapped {
                 vm: u64::MAX,
                 gate: 42,
-                facts: BodyFacts { model, max_tokens: Some(7), choices: 3, access_key: true },
+                facts: BodyFacts {
+                    model,
+                    max_tokens: Some(7),
+                    choices: 3,
+                    access_key: true,
+                    stream: true,
+                    stream_options: false,
+                },
             };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t.clone()));
-            let t = Tapped { facts: BodyFacts { max_tokens: None, access_key: false, ..t.facts }, ..t };
+            let t = Tapped {
+                facts: BodyFacts {
+                    max_tokens: None,
+                    access_key: false,
+                    stream: false,
+                    stream_options: true,
+                    ..t.facts
+                },
+                ..t
+            };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t));
         }
-        for bad in ["", "2|0|0||1|0|a", "1|zz|0||1|0|a", "1|0|0||1|2|a", "1|0|0||1|0|q", "1|0|0||1|0|"] {
+        for bad in ["", "2|0|0||1|0|a", "1|zz|0||1|0|a", "1|0|0||1|8|a", "1|0|0||1|0|q", "1|0|0||1|0|"] {
             assert_eq!(Tapped::decode(bad.as_bytes()), None, "{bad}");
         }
     }

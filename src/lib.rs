@@ -19,6 +19,7 @@ pub mod failover;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fake_host;
 pub mod handover;
+pub mod hidden_usage;
 pub mod host;
 pub mod inbound;
 pub mod intern;

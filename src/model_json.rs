@@ -48,6 +48,27 @@ pub fn rewrite_model(doc: &[u8], new_model: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Asks an OpenAI stream for its usage: `"stream_options":{"include_usage":true}`
+/// as the first member of the top-level object (the caller checked that the
+/// body has no `stream_options` of its own).
+pub fn add_stream_usage(doc: &[u8]) -> Option<Vec<u8>> {
+    let open = skip_ws(doc, 0);
+    if doc.get(open) != Some(&b'{') {
+        return None;
+    }
+    let empty = doc.get(skip_ws(doc, open + 1)) == Some(&b'}');
+    let member: &[u8] = if empty {
+        br#""stream_options":{"include_usage":true}"#
+    } else {
+        br#""stream_options":{"include_usage":true},"#
+    };
+    let mut out = Vec::with_capacity(doc.len() + member.len());
+    out.extend_from_slice(doc.get(..=open)?);
+    out.extend_from_slice(member);
+    out.extend_from_slice(doc.get(open + 1..)?);
+    Some(out)
+}
+
 fn skip_ws(doc: &[u8], mut i: usize) -> usize {
     while matches!(doc.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
         i += 1;

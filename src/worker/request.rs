@@ -77,6 +77,8 @@ pub struct Forwarded {
     trail_read: bool,
     /// A model list to filter: the provider and the key's model allow-list.
     listing: Option<(String, Vec<String>)>,
+    /// The stream's usage is asked for, and hidden from the client.
+    ask_usage: bool,
     /// The provider's model name to write into the body.
     rewrite_model: Option<String>,
     answer: Answer,
@@ -89,6 +91,8 @@ struct Answer {
     replace: Option<String>,
     /// A model list, read whole and shown as the key may use it.
     listing: Option<(String, Vec<String>)>,
+    /// What asking for the stream's usage added, taken out again.
+    hidden_usage: Option<crate::hidden_usage::HiddenUsage>,
     /// An error answer passes with the provider credentials scrubbed.
     scrubber: Option<StreamScrubber>,
     /// Usage read as it passes: an event stream or a JSON document.
@@ -115,6 +119,9 @@ struct Facts {
     max_tokens: Option<u64>,
     choices: u64,
     access_key_in_body: bool,
+    /// `"stream": true`, and whether the client chose `stream_options`.
+    stream: bool,
+    stream_options: bool,
     /// A form's boundary (the body to rewrite is a form, not JSON).
     form_boundary: Option<String>,
     body_bytes: u64,
@@ -241,6 +248,8 @@ impl Worker {
                 f.max_tokens = facts.max_tokens;
                 f.choices = facts.choices;
                 f.access_key_in_body = facts.access_key;
+                f.stream = facts.stream;
+                f.stream_options = facts.stream_options;
                 f.body_read = true;
             }
             // A gate runs in this VM, yet no findings: refuse rather than guess.
@@ -350,6 +359,12 @@ impl Worker {
             return self.self_check(host, id, lookup, client_ip);
         }
         let listing = surface.judge == Judge::Listing;
+        // An OpenAI stream that did not ask for its usage is asked for it
+        // (`hidden_usage`), when the gate read the body.
+        let ask_usage = f.stream
+            && !f.stream_options
+            && surface.format == keygate_proto::lookup::Format::Openai
+            && matches!(surface.rest, "chat/completions" | "completions");
         let ask = Ask {
             facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
@@ -421,6 +436,9 @@ impl Worker {
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
             }
         }
+        if ask_usage && host.set_header(Map::RequestHeaders, "content-length", None).is_err() {
+            return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
+        }
         // The upstream filter puts each attempt's credential on; direct
         // clusters have none (the headers above carry the one credential).
         if !fw.direct {
@@ -452,6 +470,7 @@ impl Worker {
             attempts: Vec::new(),
             trail_read: false,
             listing: listing.map(|allow| (fw.provider.clone(), allow)),
+            ask_usage,
             rewrite_model: fw.rewrite_model,
             answer: Answer::default(),
         }));
@@ -709,7 +728,7 @@ impl Worker {
         let max = self.config.max_body_bytes;
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
-        if fw.rewrite_model.is_none() {
+        if fw.rewrite_model.is_none() && !fw.ask_usage {
             return Flow::Continue;
         }
         if body_size as u64 > max {
@@ -719,19 +738,26 @@ impl Worker {
         if !end_of_stream {
             return Flow::Pause; // buffer until the whole body is here
         }
-        let Some(model) = fw.rewrite_model.take() else { return Flow::Continue };
-        let body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
-        let rewritten = match req.facts.form_boundary.as_deref() {
-            Some(boundary) => crate::multipart::rewrite_model(&body, boundary, &model),
-            None => crate::model_json::rewrite_model(&body, &model),
-        };
-        match rewritten {
-            Some(new_body) => {
-                if host.set_buffer(Buffer::RequestBody, 0, body_size, &new_body).is_err() {
-                    warn!("keygate: could not rewrite the request body");
-                }
+        let mut body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
+        if let Some(model) = fw.rewrite_model.take() {
+            let rewritten = match req.facts.form_boundary.as_deref() {
+                Some(boundary) => crate::multipart::rewrite_model(&body, boundary, &model),
+                None => crate::model_json::rewrite_model(&body, &model),
+            };
+            match rewritten {
+                Some(new_body) => body = new_body,
+                None => warn!("keygate: request body has no top-level model to rewrite"),
             }
-            None => warn!("keygate: request body has no top-level model to rewrite"),
+        }
+        if fw.ask_usage {
+            match crate::model_json::add_stream_usage(&body) {
+                Some(new_body) => body = new_body,
+                // Not asked after all: the client's stream is left as it is.
+                None => fw.ask_usage = false,
+            }
+        }
+        if host.set_buffer(Buffer::RequestBody, 0, body_size, &body).is_err() {
+            warn!("keygate: could not rewrite the request body");
         }
         Flow::Continue
     }
@@ -741,7 +767,7 @@ impl Worker {
         let rewriting = self
             .requests
             .get(&id)
-            .is_some_and(|r| matches!(&r.phase, Phase::Forwarded(fw) if fw.rewrite_model.is_some()));
+            .is_some_and(|r| matches!(&r.phase, Phase::Forwarded(fw) if fw.rewrite_model.is_some() || fw.ask_usage));
         if rewriting {
             return self.refuse(host, id, &Denial::unexpected_trailers());
         }
@@ -828,6 +854,9 @@ impl Worker {
             set("content-type", "application/json");
             set("x-keygate-error", denial.code.as_str());
             fw.answer.replace = Some(denial.body(req.facts.dialect));
+        } else if (200..300).contains(&status) && fw.ask_usage {
+            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
+            fw.answer.hidden_usage = Some(crate::hidden_usage::HiddenUsage::default());
         } else if (200..300).contains(&status) && fw.listing.is_some() {
             let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
             fw.answer.listing = fw.listing.take();
@@ -856,12 +885,20 @@ impl Worker {
             return Flow::Continue;
         }
         if answer.replace.is_none() {
-            if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() {
+            let hiding = answer.hidden_usage.is_some();
+            if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() && !(hiding && end_of_stream) {
                 return Flow::Continue;
             }
             let chunk = host.buffer(Buffer::ResponseBody, 0, body_size).unwrap_or_default();
             if !chunk.is_empty() {
                 observe(answer, &chunk);
+            }
+            if let Some(hidden) = answer.hidden_usage.as_mut() {
+                let out = hidden.feed(&chunk, end_of_stream);
+                if out != chunk {
+                    let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
+                }
+                return Flow::Continue;
             }
             if let Some(scrubber) = answer.scrubber.as_mut() {
                 let out = scrubber.feed(&chunk, end_of_stream);
