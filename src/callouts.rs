@@ -218,7 +218,12 @@ impl Callouts {
                     }
                 }
                 Purpose::UsageBatch(records) => batch.extend(records),
-                Purpose::Reserve(_) | Purpose::SelfCheck(_) | Purpose::FeedPoll => {}
+                // A request's call owned by a context that went (a root
+                // replaced by a reconfiguration): made again on the next tick
+                // (a request that is gone itself is skipped there).
+                Purpose::Reserve(request) => self.reserve_queue.push(request),
+                Purpose::SelfCheck(request) => self.readmit.push(request),
+                Purpose::FeedPoll => {}
             }
         }
         batch

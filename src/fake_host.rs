@@ -229,8 +229,11 @@ impl Host for FakeHost {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
         let mut all = self.shared.borrow_mut();
         let current = all.get(key).map(|(_, c)| *c);
-        if cas.is_some() && cas != current {
-            return Err(SharedError::CasMismatch);
+        // As Envoy: the token is checked only against an entry that exists.
+        if let (Some(cas), Some(current)) = (cas, current) {
+            if cas != current {
+                return Err(SharedError::CasMismatch);
+            }
         }
         all.insert(key.to_string(), (value.to_vec(), current.unwrap_or(0) + 1));
         Ok(())

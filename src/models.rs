@@ -21,16 +21,8 @@ pub fn filter_listing(body: &[u8], provider: &str, allow: &[String]) -> Vec<u8> 
     list.retain(|m| {
         m.get("id").and_then(Value::as_str).is_some_and(|id| allows(Some(allow), &format!("{provider}/{id}")))
     });
-    // Anthropic's page bounds name the first and last ids shown.
-    let first = list.first().and_then(|m| m.get("id")).cloned().unwrap_or(Value::Null);
-    let last = list.last().and_then(|m| m.get("id")).cloned().unwrap_or(Value::Null);
-    if let Some(obj) = doc.as_object_mut() {
-        for (name, value) in [("first_id", first), ("last_id", last)] {
-            if obj.contains_key(name) {
-                obj.insert(name.into(), value);
-            }
-        }
-    }
+    // Anthropic's page cursors (`first_id`, `last_id`, `has_more`) stay the
+    // provider's: the next page starts where this one did, filtered too.
     serde_json::to_vec(&doc).unwrap_or_else(|_| empty())
 }
 
@@ -61,15 +53,13 @@ mod tests {
     }
 
     #[test]
-    fn anthropic_lists_keep_their_page_bounds_true() {
-        let body = br#"{"data":[{"type":"model","id":"claude-opus-4"},{"type":"model","id":"claude-sonnet-4-6"},{"type":"model","id":"claude-haiku-4"}],"has_more":false,"first_id":"claude-opus-4","last_id":"claude-haiku-4"}"#;
+    fn anthropic_lists_keep_their_page_cursors() {
+        let body = br#"{"data":[{"type":"model","id":"claude-opus-4"},{"type":"model","id":"claude-sonnet-4-6"},{"type":"model","id":"claude-haiku-4"}],"has_more":true,"first_id":"claude-opus-4","last_id":"claude-haiku-4"}"#;
         let out = filter_listing(body, "anthropic", &allow(&["anthropic/claude-sonnet-*"]));
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(ids(&out), ["claude-sonnet-4-6"]);
-        assert_eq!(
-            (v["first_id"].as_str(), v["last_id"].as_str()),
-            (Some("claude-sonnet-4-6"), Some("claude-sonnet-4-6"))
-        );
+        assert_eq!(v["has_more"], true, "the next page is asked for where the provider's ends");
+        assert_eq!((v["first_id"].as_str(), v["last_id"].as_str()), (Some("claude-opus-4"), Some("claude-haiku-4")));
     }
 
     #[test]

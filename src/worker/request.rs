@@ -91,6 +91,7 @@ struct Answer {
     replace: Option<String>,
     /// A model list, read whole and shown as the key may use it.
     listing: Option<(String, Vec<String>)>,
+    list: Vec<u8>,
     /// What asking for the stream's usage added, taken out again.
     hidden_usage: Option<crate::hidden_usage::HiddenUsage>,
     /// An error answer passes with the provider credentials scrubbed.
@@ -873,15 +874,23 @@ impl Worker {
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
         let answer = &mut fw.answer;
         if answer.listing.is_some() {
-            if !end_of_stream {
-                return Flow::Pause; // the whole list, then filtered
+            // The whole list, then filtered: collected here chunk by chunk
+            // (each passed on empty), so that Envoy's buffer limit (64 KiB a
+            // connection) does not bound it; past `MAX_LIST_BYTES` it is
+            // shown empty.
+            let chunk = host.buffer(Buffer::ResponseBody, 0, body_size).unwrap_or_default();
+            if answer.list.len() <= crate::models::MAX_LIST_BYTES {
+                answer.list.extend_from_slice(&chunk);
             }
-            let body =
-                host.buffer(Buffer::ResponseBody, 0, body_size.min(crate::models::MAX_LIST_BYTES)).unwrap_or_default();
-            if let Some((provider, allow)) = answer.listing.take() {
-                let shown = crate::models::filter_listing(&body, &provider, &allow);
-                let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &shown);
-            }
+            let out = match (end_of_stream, answer.listing.take()) {
+                (true, Some((provider, allow))) => crate::models::filter_listing(&answer.list, &provider, &allow),
+                (false, listing) => {
+                    answer.listing = listing;
+                    Vec::new()
+                }
+                (true, None) => Vec::new(),
+            };
+            let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
             return Flow::Continue;
         }
         if answer.replace.is_none() {

@@ -20,6 +20,10 @@ use keygate_proto::lookup::LeaseResponse;
 const HEALTH_PREFIX: &str = "keygate.cooldown.";
 const RATE_PREFIX: &str = "keygate.lease.";
 const SLOTS_PREFIX: &str = "keygate.slots.";
+/// The CAS token an entry is created with. Envoy ignores the token of an
+/// entry that does not exist (and creates it); one that another worker has
+/// just created does not match it, so nobody's first write is overwritten.
+const CREATE: u32 = u32::MAX;
 
 /// The shared-data entry of this Envoy's lease of a key's rate window.
 pub fn rate_key(key_id: &str) -> String {
@@ -86,14 +90,14 @@ impl<H: Host> Counters for Shared<'_, H> {
 
 /// A key's pool and its CAS token. Envoy writes a missing entry whatever the
 /// CAS token, so two workers writing a key's first pool would both succeed
-/// (and one grant be lost): the entry is created empty first, and every
-/// write is a compare-and-swap on an entry that exists. (Two creators race
-/// only between one's read and its write, adjacent host calls.)
+/// (and one grant be lost): the entry is created empty first (with a token
+/// that cannot match an entry another worker has just created), and every
+/// write is a compare-and-swap on an entry that exists.
 fn read_pool(host: &impl Host, key: &str) -> Result<(Option<Pool>, u32), CountersUnavailable> {
     let read = || host.shared_data(key).map_err(|_| CountersUnavailable);
     let (mut value, mut cas) = read()?;
     if cas.is_none() {
-        let _ = host.set_shared_data(key, b"", None);
+        let _ = host.set_shared_data(key, b"", Some(CREATE));
         (value, cas) = read()?;
     }
     let cas = cas.ok_or(CountersUnavailable)?;
@@ -129,8 +133,7 @@ fn update_slots(host: &impl Host, key_id: &str, mut f: impl FnMut(&Slots) -> Opt
         let read = || host.shared_data(&key).map_err(|_| ());
         let (mut value, mut cas) = read()?;
         if cas.is_none() {
-            // Created empty first: Envoy ignores the CAS token of a missing entry.
-            let _ = host.set_shared_data(&key, b"", None);
+            let _ = host.set_shared_data(&key, b"", Some(CREATE));
             (value, cas) = read()?;
         }
         let Some(cas) = cas else { return Err(()) };

@@ -51,4 +51,15 @@ def test_the_anthropic_surface_lists_in_its_own_format(gateway, store, mocks):
     mocks["anthropic"].script(va, (200, {}, ANTHROPIC_MODELS))
     page = anthropic.Anthropic(base_url=gateway.url, api_key=token, max_retries=0).models.list()
     assert [m.id for m in page.data] == ["claude-sonnet-4-6"]
-    assert (page.first_id, page.last_id) == ("claude-sonnet-4-6", "claude-sonnet-4-6")
+    # The page cursors stay the provider's, so that paging goes on where its pages end.
+    assert (page.first_id, page.last_id) == ("claude-opus-4", "claude-haiku-4")
+
+
+def test_a_long_list_is_filtered_whole(gateway, store, mocks):
+    """Past Envoy's 64 KiB buffer per connection: read whole all the same."""
+    a, va = user_key(store)
+    token = key_for(store, ["openai/ft:keep-*"], "openai", a)
+    many = [{"id": f"ft:{'keep' if i % 500 == 0 else 'drop'}-{i:05d}-" + "x" * 150, "object": "model"} for i in range(1500)]
+    mocks["openai"].script(va, (200, {}, {"object": "list", "data": many}))
+    shown = [m.id for m in openai.OpenAI(base_url=gateway.url + "/v1", api_key=token, max_retries=0).models.list()]
+    assert shown == [m["id"] for m in many if m["id"].startswith("ft:keep-")] and len(shown) == 3
