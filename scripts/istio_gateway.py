@@ -195,7 +195,7 @@ def write_ecds(path, module_path, resource_version, docs=None, strip_meta=True):
     """(Re)writes the ECDS file: how a WasmPlugin update reaches Envoy."""
     wp = one(docs or manifests(), "WasmPlugin")
     response = ecds_response(wp, module_path, resource_version, strip_meta)
-    write_atomically(path, yaml.safe_dump(response, sort_keys=False))
+    write_atomically(path, json.dumps(response, indent=1))
 
 
 def ecds_filter(wp, ecds_path):
@@ -558,7 +558,8 @@ def generate(out_dir, port, admin_port, store_lookup, downstream_wasm, upstream_
     write_ecds(ecds, downstream_wasm, resource_version, docs, strip_meta)
     config = out_dir / "envoy.yaml"
     bootstrap = gateway_bootstrap(ecds, port, admin_port, store_lookup, upstream_wasm, ca_bundle, docs)
-    write_atomically(config, yaml.safe_dump(bootstrap, sort_keys=False))
+    # JSON (also YAML): Envoy's YAML reader would take a bare `n` or `y` for a boolean.
+    write_atomically(config, json.dumps(bootstrap, indent=1))
     return config, ecds
 
 

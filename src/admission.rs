@@ -27,6 +27,8 @@ pub struct Ask<'a> {
     pub anthropic_version: bool,
     /// The request states its output limit (`max_tokens` and its kin).
     pub output_stated: bool,
+    /// The body's size is known (the input estimate stands on it).
+    pub size_known: bool,
     /// Limits are counted and the budget reserved: only forwarding is left.
     pub admitted: bool,
     pub now_ms: u64,
@@ -206,6 +208,13 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
 /// times `n`).
 fn check_request_limits(rl: &RequestLimits, ask: &Ask<'_>) -> Result<(), Denial> {
     if let Some(max) = rl.max_input_tokens {
+        if !ask.size_known {
+            return Err(Denial::new(
+                413,
+                Code::InputTokensExceeded,
+                format!("this access key allows {max} input tokens per request, and the request's size is unknown (send `content-length`)"),
+            ));
+        }
         if ask.estimate.0 > max {
             return Err(Denial::new(
                 413,
@@ -222,7 +231,7 @@ fn check_request_limits(rl: &RequestLimits, ask: &Ask<'_>) -> Result<(), Denial>
             return Err(Denial::new(
                 400,
                 Code::OutputTokensExceeded,
-                format!("this access key allows at most {max} output tokens per request: set `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) to at most that"),
+                format!("this access key allows at most {max} output tokens per request: set `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) to a count of at most that (and `n` to a count)"),
             ));
         }
         if ask.estimate.1 > max {
@@ -289,8 +298,15 @@ mod tests {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
         let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
-        let ask =
-            Ask { facts, estimate: (10, 90), output_stated: true, anthropic_version: false, admitted, now_ms: NOW };
+        let ask = Ask {
+            facts,
+            estimate: (10, 90),
+            output_stated: true,
+            size_known: true,
+            anthropic_version: false,
+            admitted,
+            now_ms: NOW,
+        };
         admit(ask, l, counters, config)
     }
 
@@ -299,8 +315,15 @@ mod tests {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", path, false).unwrap();
         let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
-        let ask =
-            Ask { facts, estimate, output_stated: stated, anthropic_version: false, admitted: false, now_ms: NOW };
+        let ask = Ask {
+            facts,
+            estimate,
+            output_stated: stated,
+            size_known: true,
+            anthropic_version: false,
+            admitted: false,
+            now_ms: NOW,
+        };
         admit(ask, l, &Now::default(), config)
     }
 
@@ -327,6 +350,24 @@ mod tests {
         );
         let unstated = refused_code(admit_sized(&l, &config, chat, (10, 4096), false));
         assert_eq!(unstated, Some((400, "output_tokens_exceeded".into())), "a generating request must state its limit");
+        // A body of unknown size (no content-length: Istio has no buffer
+        // filter to set one) cannot be judged: refused.
+        let model = ModelField::Str("gpt-4o".into());
+        let surface = surface::classify("POST", chat, false).unwrap();
+        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
+        let unknown = Ask {
+            facts,
+            estimate: (0, 50),
+            output_stated: true,
+            size_known: false,
+            anthropic_version: false,
+            admitted: false,
+            now_ms: NOW,
+        };
+        assert_eq!(
+            refused_code(admit(unknown, &l, &Now::default(), &config)),
+            Some((413, "input_tokens_exceeded".into()))
+        );
         // Embeddings generate no text: only the input limit applies.
         assert_eq!(refused_code(admit_sized(&l, &config, "/v1/embeddings", (10, 4096), false)), None);
         assert_eq!(

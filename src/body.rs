@@ -13,8 +13,17 @@ use crate::decide::ModelField;
 
 /// Output-limit fields: the estimate takes the largest of those present
 /// (compared without regard to case, as some providers' JSON parsers match
-/// keys).
-const LIMIT_KEYS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+/// keys). Beyond OpenAI's and Anthropic's, the names OpenAI-compatible
+/// servers also honour (llama.cpp, Ollama, text-generation-inference).
+const LIMIT_KEYS: [&str; 7] = [
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "max_tokens_to_sample",
+    "n_predict",
+    "num_predict",
+    "max_new_tokens",
+];
 /// Fields that multiply the output (`n` choices, `best_of` candidates).
 const CHOICE_KEYS: [&str; 2] = ["n", "best_of"];
 /// Nesting deeper than this is refused (as serde_json does).
@@ -34,12 +43,23 @@ pub struct BodyFacts {
     pub stream: bool,
     /// A top-level `stream_options` (the client chose its stream's options).
     pub stream_options: bool,
+    /// An output-limit or multiplier field whose value is not a count (`-1`,
+    /// `null`, a word): some servers read those as "no limit".
+    pub unclear_limit: bool,
 }
 
 impl BodyFacts {
     /// A request without a readable body.
     pub fn of(model: ModelField) -> BodyFacts {
-        BodyFacts { model, max_tokens: None, choices: 1, access_key: false, stream: false, stream_options: false }
+        BodyFacts {
+            model,
+            max_tokens: None,
+            choices: 1,
+            access_key: false,
+            stream: false,
+            stream_options: false,
+            unclear_limit: false,
+        }
     }
 }
 
@@ -75,6 +95,7 @@ pub struct BodyReader {
     choices: Option<u64>,
     stream: bool,
     stream_options: bool,
+    unclear_limit: bool,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +226,7 @@ impl BodyReader {
             access_key: false,
             stream: self.stream,
             stream_options: self.stream_options,
+            unclear_limit: self.unclear_limit,
         }
     }
 
@@ -289,10 +311,12 @@ impl BodyReader {
                 }
                 Want::Limit => {
                     let n = if raw.len() > MAX_LIMIT { None } else { count(&raw) };
+                    self.unclear_limit |= n.is_none();
                     self.max_tokens = self.max_tokens.max(n);
                 }
                 Want::Choices => {
                     let n = if raw.len() > MAX_LIMIT { None } else { count(&raw) };
+                    self.unclear_limit |= n.is_none();
                     self.choices = self.choices.max(n);
                 }
                 // Providers read JSON keys exactly: only `true` streams.
@@ -310,7 +334,10 @@ impl BodyReader {
         let raw = std::mem::take(&mut self.key);
         self.capture = Capture::None;
         let key = if raw.len() <= MAX_KEY { unescape(&raw).ok() } else { None };
-        let is = |names: &[&str]| key.as_deref().is_some_and(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k)));
+        // Go's encoding/json also folds the Kelvin sign to `k` and the long
+        // s to `s` when it matches keys: so does this comparison.
+        let folded = key.as_deref().map(|k| k.replace('\u{212A}', "k").replace('\u{17F}', "s"));
+        let is = |names: &[&str]| folded.as_deref().is_some_and(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k)));
         self.want = if key.as_deref() == Some("model") {
             Want::Model
         } else if is(&["model"]) {
@@ -744,5 +771,19 @@ mod tests {
         let f = read(br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#);
         assert!(f.stream && f.stream_options);
         assert!(read(br#"{"stream_options":null,"stream":true}"#).stream_options);
+    }
+
+    #[test]
+    fn limits_a_server_reads_differently_are_noticed() {
+        // Go folds the Kelvin sign to `k` and the long s to `s`.
+        let f = read(br#"{"max_tokens":10,"max_to\u212Aens":1000000,"be\u017Ft_of":3}"#);
+        assert_eq!((f.max_tokens, f.choices), (Some(1_000_000), 3));
+        let f = read(br#"{"max_tokens":10,"n_predict":-1}"#);
+        assert!(f.unclear_limit, "-1 is `no limit` to llama.cpp");
+        assert_eq!(read(br#"{"num_predict":40}"#).max_tokens, Some(40));
+        assert!(read(br#"{"max_tokens":null}"#).unclear_limit);
+        assert!(read(br#"{"n":"all"}"#).unclear_limit);
+        assert!(!read(br#"{"max_tokens":10,"n":2}"#).unclear_limit);
+        assert_eq!(read(br#"{"max_tokens_to_sample":300}"#).max_tokens, Some(300));
     }
 }

@@ -216,7 +216,8 @@ pub struct Tapped {
 impl Tapped {
     /// `1|vm|gate|max_tokens|choices|flags|<kind><model>`: the model, the
     /// client's string, comes last and needs no escaping. Flags: 1 an access
-    /// key in the body, 2 `"stream": true`, 4 a `stream_options`.
+    /// key in the body, 2 `"stream": true`, 4 a `stream_options`, 8 a limit
+    /// that is not a count.
     pub fn encode(&self) -> String {
         let f = &self.facts;
         let max = f.max_tokens.map(|m| m.to_string()).unwrap_or_default();
@@ -229,7 +230,10 @@ impl Tapped {
             ModelField::InvalidJson => ('j', ""),
             ModelField::InvalidMultipart => ('m', ""),
         };
-        let flags = u8::from(f.access_key) | u8::from(f.stream) << 1 | u8::from(f.stream_options) << 2;
+        let flags = u8::from(f.access_key)
+            | u8::from(f.stream) << 1
+            | u8::from(f.stream_options) << 2
+            | u8::from(f.unclear_limit) << 3;
         format!("1|{:x}|{}|{max}|{}|{flags}|{kind}{model}", self.vm, self.gate, f.choices)
     }
 
@@ -247,7 +251,7 @@ impl Tapped {
             m => Some(m.parse().ok()?),
         };
         let choices = next()?.parse().ok()?;
-        let flags: u8 = next()?.parse().ok().filter(|f| *f < 8)?;
+        let flags: u8 = next()?.parse().ok().filter(|f| *f < 16)?;
         let model = next()?;
         let mut chars = model.chars();
         let model = match chars.next()? {
@@ -267,6 +271,7 @@ impl Tapped {
             access_key: flags & 1 != 0,
             stream: flags & 2 != 0,
             stream_options: flags & 4 != 0,
+            unclear_limit: flags & 8 != 0,
         };
         Some(Tapped { vm, gate, facts })
     }
@@ -378,6 +383,7 @@ mod tests {
                     access_key: true,
                     stream: true,
                     stream_options: false,
+                    unclear_limit: true,
                 },
             };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t.clone()));
@@ -393,7 +399,7 @@ mod tests {
             };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t));
         }
-        for bad in ["", "2|0|0||1|0|a", "1|zz|0||1|0|a", "1|0|0||1|8|a", "1|0|0||1|0|q", "1|0|0||1|0|"] {
+        for bad in ["", "2|0|0||1|0|a", "1|zz|0||1|0|a", "1|0|0||1|16|a", "1|0|0||1|0|q", "1|0|0||1|0|"] {
             assert_eq!(Tapped::decode(bad.as_bytes()), None, "{bad}");
         }
     }

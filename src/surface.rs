@@ -201,7 +201,7 @@ impl Surface<'_> {
     /// (`max_tokens` and its kin): what `maxOutputTokens` judges.
     pub fn generates_text(&self) -> bool {
         self.method == Method::Post
-            && matches!(self.rest, "chat/completions" | "completions" | "responses" | "messages")
+            && matches!(self.rest, "chat/completions" | "completions" | "responses" | "messages" | "complete")
     }
 
     /// The model a `PathModel` surface names (its last segment).
@@ -392,6 +392,23 @@ mod tests {
         assert_eq!(judge("PUT", "/v1/files/f1"), Err(Refusal::Method { allow: "GET, DELETE".into() }));
         assert_eq!(judge("get", "/v1/models"), Err(Refusal::Method { allow: "GET".into() }));
         assert_eq!(judge("DELETE", "/v1/batches/b1"), Err(Refusal::Method { allow: "GET".into() }));
+    }
+
+    #[test]
+    fn the_generating_surfaces() {
+        for (path, anthropic) in [
+            ("/v1/chat/completions", false),
+            ("/v1/completions", false),
+            ("/v1/responses", false),
+            ("/v1/messages", true),
+            ("/v1/complete", true),
+        ] {
+            assert!(classify("POST", path, anthropic).unwrap().generates_text(), "{path}");
+        }
+        for path in ["/v1/embeddings", "/v1/moderations", "/v1/models"] {
+            let s = classify(if path == "/v1/models" { "GET" } else { "POST" }, path, false).unwrap();
+            assert!(!s.generates_text(), "{path}");
+        }
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct Worker {
     gated: bool,
     /// Numbers the request ids this VM gives requests without a usable one.
     next_request: u64,
+    /// The store's last account of each key that checked itself, and when
+    /// (by digest; see `request::self_check`).
+    self_checks: HashMap<String, (u64, Rc<serde_json::Value>)>,
     /// Concurrency slots this VM holds, by access key id (`concurrency`).
     slots: HashMap<String, u32>,
     last_vouch_ms: u64,
@@ -140,6 +143,7 @@ impl Worker {
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             gated: false,
             next_request: 0,
+            self_checks: HashMap::new(),
             slots: HashMap::new(),
             last_vouch_ms: 0,
             running: Running::Root(0),

@@ -37,6 +37,10 @@ use crate::usage::{self, BodyKind, SseScanner, Usage};
 
 /// Output tokens assumed for a request that sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: u64 = 4_096;
+/// How long a worker answers a key's self-check from the store's last
+/// account of it, and how many keys' accounts it keeps.
+const SELF_CHECK_REUSE_MS: u64 = 1_000;
+const MAX_SELF_CHECKS: usize = 1_024;
 /// Largest JSON response read for its `usage` (it passes through regardless).
 const MAX_JSON_BODY: usize = 4 << 20;
 
@@ -114,6 +118,9 @@ struct Facts {
     strip: Vec<String>,
     anthropic_version: bool,
     has_body: bool,
+    /// The body's size is known (`content-length`, which Envoy's buffer
+    /// filter sets; none without a body).
+    size_known: bool,
     model: Option<ModelField>,
     /// `model` and `max_tokens` came from the gate (no metadata reads).
     body_read: bool,
@@ -123,6 +130,8 @@ struct Facts {
     /// `"stream": true`, and whether the client chose `stream_options`.
     stream: bool,
     stream_options: bool,
+    /// A limit field whose value is not a count.
+    unclear_limit: bool,
     /// A form's boundary (the body to rewrite is a form, not JSON).
     form_boundary: Option<String>,
     body_bytes: u64,
@@ -241,6 +250,7 @@ impl Worker {
         f.has_body = has_body;
         f.started_ms = now;
         f.body_bytes = content_length.unwrap_or(0);
+        f.size_known = content_length.is_some() || !has_body;
         // The gate may file callouts for this request only from this VM.
         f.gate = tapped.as_ref().filter(|t| t.vm == vm_tag).map(|t| t.gate);
         match tapped.map(|t| t.facts) {
@@ -251,6 +261,7 @@ impl Worker {
                 f.access_key_in_body = facts.access_key;
                 f.stream = facts.stream;
                 f.stream_options = facts.stream_options;
+                f.unclear_limit = facts.unclear_limit;
                 f.body_read = true;
             }
             // A gate runs in this VM, yet no findings: refuse rather than guess.
@@ -331,6 +342,7 @@ impl Worker {
                 && (lookup.limits.is_some() || lookup.budgeted || lookup.request_limits.is_some())
             {
                 f.max_tokens = read_max_tokens(host, &config.metadata_namespace);
+                f.choices = read_choices(host, &config.metadata_namespace).unwrap_or(1);
             }
             req.admitted.estimate = req.estimate();
         }
@@ -345,7 +357,7 @@ impl Worker {
             None
         };
         if !req.facts.self_check {
-            if let Err(step) = self.take_slot(host, id, lookup, now) {
+            if let Err(step) = self.take_slot(host, id, lookup, now, client_ip) {
                 return step;
             }
         }
@@ -369,7 +381,8 @@ impl Worker {
         let ask = Ask {
             facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
             estimate: req.admitted.estimate,
-            output_stated: f.max_tokens.is_some(),
+            output_stated: f.max_tokens.is_some() && !f.unclear_limit,
+            size_known: f.size_known,
             anthropic_version: f.anthropic_version,
             admitted: req.admitted.done,
             now_ms: now,
@@ -552,12 +565,23 @@ impl Worker {
 
     /// A slot of the key's concurrency cap, taken before anything is counted
     /// and held until the request ends (`request_done`): `Err` refuses.
-    fn take_slot(&mut self, host: &impl Host, id: u32, lookup: &Lookup, now: u64) -> Result<(), Step> {
+    fn take_slot(
+        &mut self,
+        host: &impl Host,
+        id: u32,
+        lookup: &Lookup,
+        now: u64,
+        client_ip: Option<IpAddr>,
+    ) -> Result<(), Step> {
         let cap = lookup.request_limits.as_ref().and_then(|r| r.max_concurrent_requests);
         let (Some(max), Some(key)) = (cap, &lookup.key) else { return Ok(()) };
         let holds = self.requests.get(&id).is_none_or(|r| r.admitted.slot.is_some());
-        // A key that will be refused anyway takes none.
-        if holds || check_key(lookup, (now / 1000) as i64).is_err() {
+        // A key that will be refused anyway takes none (nor does a leaked
+        // key used from outside its addresses crowd out its owner).
+        let allow_all = Access::default();
+        let refused = check_key(lookup, (now / 1000) as i64).is_err()
+            || check_client_ip(lookup.access.as_deref().unwrap_or(&allow_all), client_ip).is_err();
+        if holds || refused {
             return Ok(());
         }
         match take_slot(host, &key.id, self.vm_tag, max) {
@@ -593,6 +617,16 @@ impl Worker {
             return self.refuse_step(host, id, &denial);
         }
         let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
+        // The store's account of a key, at most once a second per worker:
+        // a key asking about itself in a loop does not load the store.
+        let now = host.now_ms();
+        let recent =
+            self.self_checks.get(&req.facts.digest).filter(|(at, _)| now.saturating_sub(*at) < SELF_CHECK_REUSE_MS);
+        if let Some((_, doc)) = recent {
+            let doc = doc.clone();
+            self.answer_self_check(host, id, &doc, lookup);
+            return Step::Refused;
+        }
         req.phase = Phase::Checking { lookup: lookup.clone() };
         let path = format!("/v1/self/{}", req.facts.digest);
         if !self.may_file_for(id) {
@@ -613,13 +647,26 @@ impl Worker {
         if !self.focus(host, id) {
             return;
         }
-        let window_ms = self.config.rate_limit_window_ms;
         let Some(req) = self.requests.get_mut(&id) else { return };
-        let (Some(mut doc), Phase::Checking { lookup }) = (answer, std::mem::take(&mut req.phase)) else {
+        let (Some(doc), Phase::Checking { lookup }) = (answer, std::mem::take(&mut req.phase)) else {
             self.refuse(host, id, &Denial::store_unavailable());
             return;
         };
+        let doc = Rc::new(doc);
+        if self.self_checks.len() >= MAX_SELF_CHECKS {
+            self.self_checks.clear();
+        }
+        self.self_checks.insert(req.facts.digest.clone(), (host.now_ms(), doc.clone()));
+        self.answer_self_check(host, id, &doc, &lookup);
+    }
+
+    /// Sends a self-check's answer: the store's account of the key, with the
+    /// rate limits as this Envoy counts them (now).
+    fn answer_self_check(&mut self, host: &impl Host, id: u32, doc: &serde_json::Value, lookup: &Lookup) {
+        let window_ms = self.config.rate_limit_window_ms;
+        let Some(req) = self.requests.get_mut(&id) else { return };
         req.phase = Phase::Refused;
+        let mut doc = doc.clone();
         if let (Some(limits), Some(key), Some(obj)) = (&lookup.limits, &lookup.key, doc.as_object_mut()) {
             let pool = Shared::new(host).rate_pool(&key.id).ok().flatten();
             let left = ratelimit::remaining(pool, host.now_ms(), limits);
@@ -1085,8 +1132,18 @@ fn read_model(host: &impl Host, namespace: &str) -> ModelField {
 }
 
 /// `max_tokens` (or `max_completion_tokens` / `max_output_tokens`) from the metadata.
+/// The largest output limit `json_to_metadata` found (no gate: Istio).
 fn read_max_tokens(host: &impl Host, namespace: &str) -> Option<u64> {
-    ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|key| metadata::count(&host.property(&["metadata", "filter_metadata", namespace, key])?))
+    read_largest(host, namespace, &["max_tokens", "max_completion_tokens", "max_output_tokens", "max_tokens_to_sample"])
+}
+
+/// The largest of `n` and `best_of` that `json_to_metadata` found.
+fn read_choices(host: &impl Host, namespace: &str) -> Option<u64> {
+    read_largest(host, namespace, &["n", "best_of"])
+}
+
+fn read_largest(host: &impl Host, namespace: &str, keys: &[&str]) -> Option<u64> {
+    keys.iter()
+        .filter_map(|key| metadata::count(&host.property(&["metadata", "filter_metadata", namespace, key])?))
+        .max()
 }

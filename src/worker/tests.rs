@@ -657,6 +657,19 @@ fn a_key_checks_itself_through_the_store() {
     assert_eq!(doc["rateLimits"]["requestsPerWindow"], 5);
     assert!(doc["rateLimits"]["remainingRequests"].is_null(), "no lease held: unknown");
     assert!(host.resumed.borrow().is_empty(), "nothing goes upstream");
+    // Within a second the worker answers from the store's last account.
+    let self_calls = || host.calls.borrow().iter().filter(|c| c.path.starts_with("/v1/self/")).count();
+    let mut again = |ctx: u32| {
+        host.enter(ctx);
+        host.set_headers(ctx, Map::RequestHeaders, &headers);
+        w.request_created(ctx);
+        w.request_headers(&host, ctx, true)
+    };
+    assert_eq!(again(3), Flow::Pause);
+    assert_eq!((host.replies_to(3).pop().unwrap().status, self_calls()), (200, 1));
+    host.advance(1_000);
+    assert_eq!(again(4), Flow::Pause);
+    assert_eq!(self_calls(), 2, "a second later, the store is asked again");
 }
 
 #[test]

@@ -326,7 +326,7 @@ def test_envoyfilter_fragments_validate_in_envoy(tmp_path):
     del filt["config_discovery"]
     filt["typed_config"] = resource["typed_config"]
     inlined = tmp_path / "inlined.yaml"
-    inlined.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+    inlined.write_text(json.dumps(bootstrap, indent=1))  # JSON: Envoy reads a bare `n` in YAML as false
     ok, output = envoy_validate(inlined)
     assert ok, f"the WasmPlugin's filter does not load:\n{output[-4000:]}"
 

@@ -230,6 +230,21 @@ def test_a_new_resource_version_in_the_vm_environment_under_traffic(istio_pre_11
     assert set(credentials_seen(mocks["openai"])) <= {va, vb}
 
 
+def test_per_request_limits_hold_without_a_gate(istio, store, mocks):
+    """Istio has no gate: the output limit comes from json_to_metadata."""
+    cfg = store.ok("POST", "/access-key-configurations", {
+        "name": f"istio-rl-{uuid.uuid4().hex[:8]}", "requestLimits": {"maxOutputTokens": 100, "maxInputTokens": 2000}})
+    token = new_token(store, accessKeyConfigurationId=cfg["id"])
+    client = openai_client(istio, token)
+    hi = [{"role": "user", "content": "hi"}]
+    assert client.chat.completions.create(model="gpt-4o", messages=hi, max_tokens=50).choices
+    for kwargs in ({"max_tokens": 101}, {"max_tokens": 60, "n": 2}, {"max_tokens": 10, "max_completion_tokens": 500}, {}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(model="gpt-4o", messages=hi, **kwargs)
+        assert e.value.body["code"] == "output_tokens_exceeded", kwargs
+    assert len(mocks["openai"].received()) == 1
+
+
 def test_the_gateway_log_is_clean(istio):
     """Runs last: what every test above left in Envoy's log."""
     log = istio.log()
@@ -237,3 +252,4 @@ def test_the_gateway_log_is_clean(istio):
         assert line not in log
     leaked = [s[:12] for s in harness.CANARIES if len(s) >= 8 and s in log]
     assert leaked == [], "credentials or access tokens in Envoy's log"
+
