@@ -55,9 +55,16 @@ fn usage_only(event: &[u8]) -> bool {
         .map(|d| d.strip_prefix(' ').unwrap_or(d))
         .collect::<Vec<_>>()
         .join("\n");
-    let Ok(doc) = serde_json::from_str::<serde_json::Value>(&data) else { return false };
-    let no_choices = doc.get("choices").and_then(|c| c.as_array()).is_some_and(Vec::is_empty);
-    no_choices && doc.get("usage").is_some_and(serde_json::Value::is_object)
+    // Typed, not a `serde_json::Value` tree: the module stays smaller.
+    #[derive(serde::Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    let Ok(chunk) = serde_json::from_str::<Chunk>(&data) else { return false };
+    chunk.choices.is_some_and(|c| c.is_empty()) && chunk.usage.is_some()
 }
 
 /// The event without the `"usage":null` member asking added. (Inside a JSON

@@ -69,7 +69,7 @@ pub fn add_stream_usage(doc: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-fn skip_ws(doc: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(doc: &[u8], mut i: usize) -> usize {
     while matches!(doc.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
         i += 1;
     }
@@ -89,7 +89,7 @@ fn skip_string(doc: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// Returns the index after the value starting at `i`.
-fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
     match doc.get(i)? {
         b'"' => skip_string(doc, i),
         b'{' | b'[' => {

@@ -4,26 +4,65 @@
 //! picker shows the truth. Only a key whose configuration lists models is
 //! filtered (without a list, every model of the provider is allowed).
 
-use serde_json::Value;
-
 use crate::access::allows;
+use crate::model_json::{find_top_level_value, skip_value, skip_ws};
 
 /// Largest model list read (OpenAI's is ~100 KB); a larger one is answered
 /// as empty rather than passed unread.
 pub const MAX_LIST_BYTES: usize = 4 << 20;
 
 /// The listing `body` of provider `provider`, keeping the models whose
-/// qualified name (`provider/id`) `allow` admits. A body that is not such a
-/// list becomes an empty one: what cannot be read is not shown.
+/// qualified name (`provider/id`) `allow` admits; every other byte stays as
+/// the provider sent it (no JSON tree is built: the module stays smaller).
+/// A body that is not such a list becomes an empty one: what cannot be read
+/// is not shown.
 pub fn filter_listing(body: &[u8], provider: &str, allow: &[String]) -> Vec<u8> {
-    let Ok(mut doc) = serde_json::from_slice::<Value>(body) else { return empty() };
-    let Some(list) = doc.get_mut("data").and_then(Value::as_array_mut) else { return empty() };
-    list.retain(|m| {
-        m.get("id").and_then(Value::as_str).is_some_and(|id| allows(Some(allow), &format!("{provider}/{id}")))
-    });
-    // Anthropic's page cursors (`first_id`, `last_id`, `has_more`) stay the
-    // provider's: the next page starts where this one did, filtered too.
-    serde_json::to_vec(&doc).unwrap_or_else(|_| empty())
+    let Some((start, end)) = find_top_level_value(body, "data") else { return empty() };
+    let (Some(list), Some(head), Some(tail)) = (body.get(start..end), body.get(..start), body.get(end..)) else {
+        return empty();
+    };
+    let Some(kept) = kept_models(list, provider, allow) else { return empty() };
+    let mut out = Vec::with_capacity(body.len());
+    out.extend_from_slice(head);
+    out.push(b'[');
+    out.extend_from_slice(&kept.join(&b","[..]));
+    out.push(b']');
+    out.extend_from_slice(tail);
+    out
+}
+
+/// The elements of JSON array `list` that are objects naming an allowed
+/// model `id` (`None`: not an array).
+fn kept_models<'a>(list: &'a [u8], provider: &str, allow: &[String]) -> Option<Vec<&'a [u8]>> {
+    if list.first() != Some(&b'[') {
+        return None;
+    }
+    let mut kept = Vec::new();
+    let mut i = skip_ws(list, 1);
+    loop {
+        match list.get(i)? {
+            b']' => return Some(kept),
+            b',' => i = skip_ws(list, i + 1),
+            _ => {
+                let end = skip_value(list, i)?;
+                let item = list.get(i..end)?;
+                if id_of(item).is_some_and(|id| allows(Some(allow), &format!("{provider}/{id}"))) {
+                    kept.push(item);
+                }
+                i = skip_ws(list, end);
+            }
+        }
+    }
+}
+
+/// The string `id` of a JSON object.
+fn id_of(item: &[u8]) -> Option<String> {
+    let (start, end) = find_top_level_value(item, "id")?;
+    let raw = item.get(start..end)?;
+    if raw.first() != Some(&b'"') {
+        return None;
+    }
+    crate::body::unescape(raw).ok().map(|id| id.into_owned())
 }
 
 fn empty() -> Vec<u8> {
@@ -33,6 +72,7 @@ fn empty() -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn allow(items: &[&str]) -> Vec<String> {
         items.iter().map(|s| s.to_string()).collect()

@@ -110,7 +110,7 @@ pub struct Worker {
     next_request: u64,
     /// The store's last account of each key that checked itself, and when
     /// (by digest; see `request::self_check`).
-    self_checks: HashMap<String, (u64, Rc<serde_json::Value>)>,
+    self_checks: HashMap<String, (u64, Rc<[u8]>)>,
     /// Concurrency slots this VM holds, by access key id (`concurrency`).
     slots: HashMap<String, u32>,
     last_vouch_ms: u64,
