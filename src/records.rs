@@ -62,6 +62,7 @@ pub fn tokens(usage: &Usage, served_ok: bool, estimate: (u64, u64)) -> (u64, u64
 /// neither went upstream nor holds a reservation.
 pub fn records(f: Finished) -> Vec<UsageRecord> {
     let (input, output) = tokens(&f.usage, served_ok(&f.attempts), f.estimate);
+    let estimated = !f.usage.seen && served_ok(&f.attempts);
     let mut attempts = f.attempts;
     let last_attempt = attempts.pop();
     if last_attempt.is_none() && f.reservation.is_none() {
@@ -98,6 +99,7 @@ pub fn records(f: Finished) -> Vec<UsageRecord> {
     last.final_attempt = true;
     last.input_tokens = input;
     last.output_tokens = output;
+    last.estimated = estimated;
     last.cached_tokens = f.usage.cached;
     last.reasoning_tokens = f.usage.reasoning;
     last.reservation_id = f.reservation;
@@ -188,11 +190,13 @@ mod tests {
     }
 
     #[test]
-    fn a_served_answer_without_usage_counts_its_estimate() {
+    fn a_served_answer_without_usage_counts_its_estimate_marked_as_such() {
         let r = records(finished(vec![attempt("pk_a", Some(200))], Usage::default(), None));
-        assert_eq!((r[0].input_tokens, r[0].output_tokens), (100, 4096));
+        assert_eq!((r[0].input_tokens, r[0].output_tokens, r[0].estimated), (100, 4096, true));
         let failed = records(finished(vec![attempt("pk_a", Some(500))], Usage::default(), None));
-        assert_eq!((failed[0].input_tokens, failed[0].output_tokens), (0, 0));
+        assert_eq!((failed[0].input_tokens, failed[0].output_tokens, failed[0].estimated), (0, 0, false));
+        let usage = Usage { seen: true, input: 3, output: 4, ..Usage::default() };
+        assert!(!records(finished(vec![attempt("pk_a", Some(200))], usage, None))[0].estimated);
     }
 
     #[test]

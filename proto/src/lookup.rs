@@ -313,6 +313,10 @@ pub struct UsageRecord {
     /// and replaced by the real cost).
     #[serde(default)]
     pub reservation_id: Option<String>,
+    /// The tokens are keygate's estimate: no usage came from the provider
+    /// (a stream cut short, the client gone, an answer without `usage`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -233,6 +233,7 @@ async fn usage_is_stored_once_and_settles_once() {
     assert_eq!(a2["cachedTokens"], 1000);
     assert!(approx(&a2["costUsd"], 0.002));
     assert_eq!(a2["startedAt"], "2023-11-14T22:13:20.000Z");
+    assert_eq!(a2["estimated"], false, "the provider's figures");
     // lastUsed: the latest end of the key's records; the provider key's of its own.
     let k = h.ok("GET", &format!("/access-keys/{id}"), None).await;
     assert_eq!(k["lastUsed"], "2023-11-14T22:13:25.000Z");
@@ -591,7 +592,7 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }
 
@@ -788,4 +789,17 @@ async fn openapi_describes_the_budget_fields_served() {
     for w in windows.as_array().unwrap() {
         h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"budget": {"tokens": 1, "window": w}}))).await;
     }
+}
+
+#[tokio::test]
+async fn an_estimated_record_says_so() {
+    let h = harness();
+    let (id, _) = key(&h, json!({"name": "k"})).await;
+    let mut r = rec("req-est", &id, 1, Some("gpt-4o"), 100, 4096, None);
+    r["finalAttempt"] = json!(true);
+    r["estimated"] = json!(true);
+    usage(&h, vec![r]).await;
+    let list = h.ok("GET", &format!("/usage?accessKeyId={id}"), None).await;
+    let item = &list["usage"][0];
+    assert_eq!((item["estimated"].clone(), item["outputTokens"].clone()), (json!(true), json!(4096)));
 }

@@ -21,6 +21,7 @@ def test_a_stream_without_usage_is_recorded_from_the_providers_figures(gateway, 
     assert direct_status == 200 and through_gateway == direct, "the client's stream as it asked for it"
     [record] = usage_of(store, key_id, 1)
     assert (record["inputTokens"], record["outputTokens"]) == (11, 7), "the provider's figures, not the estimate"
+    assert record["estimated"] is False
 
 
 def test_the_sdk_stream_has_no_chunk_without_choices(gateway, store, mocks):
@@ -44,4 +45,5 @@ def test_a_client_that_asks_for_usage_or_chooses_its_options_is_left_alone(gatew
     records = usage_of(store, key_id, 2)
     # The provider's figures for the first; the estimate (no max_tokens:
     # 4096) for the one whose client chose options without usage.
-    assert sorted(r["outputTokens"] for r in records) == [7, 4096]
+    assert sorted((r["outputTokens"], r["estimated"]) for r in records) == [(7, False), (4096, True)], \
+        "an estimate is marked as such"

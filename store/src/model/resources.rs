@@ -192,6 +192,8 @@ pub struct UsageItem {
     pub cost_usd: f64,
     pub started_at: String,
     pub ended_at: String,
+    /// The tokens are the gateway's estimate, not the provider's figures.
+    pub estimated: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

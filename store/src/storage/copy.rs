@@ -151,6 +151,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("ended_ms", Int),
             ("reservation_id", Text),
             ("charged", Bool),
+            ("estimated", Bool),
         ],
     ),
     (

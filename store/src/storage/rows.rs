@@ -262,7 +262,7 @@ pub(crate) fn uncharged<C: Cells>(r: &C) -> Result<Uncharged, C::Error> {
 pub(crate) const USAGE_COLS: &str =
     "id, request_id, access_key_id, config_id, provider, model, provider_key_id, attempt,
      final, status, streaming, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_micros, started_ms,
-     ended_ms FROM usage";
+     ended_ms, estimated FROM usage";
 
 pub(crate) fn usage_item<C: Cells>(r: &C) -> Result<UsageItem, C::Error> {
     Ok(UsageItem {
@@ -284,6 +284,7 @@ pub(crate) fn usage_item<C: Cells>(r: &C) -> Result<UsageItem, C::Error> {
         cost_usd: micros_to_usd(r.int(15)?),
         started_at: rfc3339_ms(r.int(16)?),
         ended_at: rfc3339_ms(r.int(17)?),
+        estimated: r.flag(18)?,
     })
 }
 

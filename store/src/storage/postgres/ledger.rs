@@ -156,8 +156,8 @@ impl Ledger for PgLedger<'_, '_> {
         let n = self.0.execute(
             "INSERT INTO usage(id, request_id, attempt, access_key_id, config_id, provider, model,
                provider_key_id, final, status, streaming, input_tokens, output_tokens, cached_tokens,
-               reasoning_tokens, cost_micros, started_ms, ended_ms, reservation_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+               reasoning_tokens, cost_micros, started_ms, ended_ms, reservation_id, estimated)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
              ON CONFLICT DO NOTHING",
             &[
                 &u.id,
@@ -179,6 +179,7 @@ impl Ledger for PgLedger<'_, '_> {
                 &u.started_ms,
                 &u.ended_ms,
                 &rec.reservation_id,
+                &rec.estimated,
             ],
         )?;
         Ok(n > 0)

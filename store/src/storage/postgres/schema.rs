@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial schema" },
     Migration { version: 2, name: "rate-limit leases" },
     Migration { version: 3, name: "per-request limits" },
+    Migration { version: 4, name: "estimated usage" },
 ];
 
 const V1: &str = r#"
@@ -163,6 +164,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 3 {
         tx.batch_execute("ALTER TABLE configs ADD COLUMN request_limits_json TEXT")?;
+    }
+    if m.version == 4 {
+        tx.batch_execute("ALTER TABLE usage ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT FALSE")?;
     }
     if m.version == 1 {
         tx.batch_execute(V1)?;

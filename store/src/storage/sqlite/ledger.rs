@@ -164,8 +164,8 @@ impl Ledger for SqlLedger<'_, '_> {
             .prepare_cached(
                 "INSERT OR IGNORE INTO usage(id, request_id, attempt, access_key_id, config_id, provider, model,
                    provider_key_id, final, status, streaming, input_tokens, output_tokens, cached_tokens,
-                   reasoning_tokens, cost_micros, started_ms, ended_ms, reservation_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                   reasoning_tokens, cost_micros, started_ms, ended_ms, reservation_id, estimated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?
             .execute(params![
                 u.id,
@@ -186,7 +186,8 @@ impl Ledger for SqlLedger<'_, '_> {
                 u.cost_micros,
                 u.started_ms,
                 u.ended_ms,
-                rec.reservation_id
+                rec.reservation_id,
+                rec.estimated
             ])?;
         Ok(n > 0)
     }

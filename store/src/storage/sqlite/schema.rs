@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial schema" },
     Migration { version: 2, name: "rate-limit leases" },
     Migration { version: 3, name: "per-request limits" },
+    Migration { version: 4, name: "estimated usage" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -190,6 +191,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 3 {
             tx.execute_batch(REQUEST_LIMITS_SQL)?;
+        }
+        if m.version == 4 {
+            tx.execute_batch("ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;")?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
