@@ -336,7 +336,13 @@ impl BodyReader {
         let key = if raw.len() <= MAX_KEY { unescape(&raw).ok() } else { None };
         // Go's encoding/json also folds the Kelvin sign to `k` and the long
         // s to `s` when it matches keys: so does this comparison.
-        let folded = key.as_deref().map(|k| k.replace('\u{212A}', "k").replace('\u{17F}', "s"));
+        let folded = key.as_deref().map(|k| {
+            if k.is_ascii() {
+                std::borrow::Cow::Borrowed(k)
+            } else {
+                std::borrow::Cow::Owned(k.replace('\u{212A}', "k").replace('\u{17F}', "s"))
+            }
+        });
         let is = |names: &[&str]| folded.as_deref().is_some_and(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k)));
         self.want = if key.as_deref() == Some("model") {
             Want::Model

@@ -192,7 +192,44 @@ class Store:
         return http("GET", f"{self.lookup}/v1/stats", headers={"authorization": f"Bearer {self.gateway_token}"})[1]
 
 
-class Envoy:
+class EnvoyProcess:
+    """A running Envoy: how it starts and stops, its log and stats. A
+    subclass sets `port`, `admin_port`, `concurrency` and `log_path`."""
+
+    proc = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def launch(self, config, env, what="envoy ready"):
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(config), "--concurrency", str(self.concurrency), "--base-id", str(self.port),
+             "-l", "warning", "--component-log-level", "wasm:info"],
+            env=env, stdout=log, stderr=log, cwd=str(ROOT),
+        )
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200, timeout=30, what=what)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def log(self):
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stats(self):
+        return http("GET", f"http://127.0.0.1:{self.admin_port}/stats?format=json")[1]
+
+
+class Envoy(EnvoyProcess):
+    """envoy/envoy.yaml, rendered for this test."""
+
     def __init__(self, workdir, store_lookup_port, gateway_token, concurrency=2, extra_env=None):
         self.workdir = Path(workdir)
         self.port = free_port()
@@ -209,34 +246,8 @@ class Envoy:
         }
         self.config = self.workdir / f"envoy-{self.port}.yaml"
         self.log_path = self.workdir / f"envoy-{self.port}.log"
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, str(RENDER), str(ENVOY_TEMPLATE), str(self.config)], env=self.env, check=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config), "--concurrency", str(self.concurrency), "--base-id", str(self.port),
-             "-l", "warning", "--component-log-level", "wasm:info"],
-            env=self.env, stdout=log, stderr=log, cwd=str(ROOT),
-        )
-        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200, timeout=30, what="envoy ready")
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stats(self):
-        return http("GET", f"http://127.0.0.1:{self.admin_port}/stats?format=json")[1]
+        return self.launch(self.config, self.env)

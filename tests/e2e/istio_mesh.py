@@ -7,10 +7,9 @@ in its own VM, the VirtualService's retry policy."""
 import hashlib
 import importlib.util
 import shutil
-import subprocess
 from pathlib import Path
 
-from harness import ROOT, WASM, envoy_binary, free_port, http, wait_until
+from harness import ROOT, WASM, EnvoyProcess, free_port, http, wait_until
 
 _spec = importlib.util.spec_from_file_location("istio_gateway", ROOT / "scripts" / "istio_gateway.py")
 istio_gateway = importlib.util.module_from_spec(_spec)
@@ -21,7 +20,7 @@ PLUGIN = istio_gateway.one(DOCS, "WasmPlugin")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
-class IstioGateway:
+class IstioGateway(EnvoyProcess):
     """An Envoy configured as Istio's ingress gateway for deploy/istio."""
 
     def __init__(self, workdir, store, module=WASM, upstream_module=WASM, concurrency=2, resource_version="1",
@@ -40,11 +39,6 @@ class IstioGateway:
         # ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION in the VM's environment.
         self.strip_meta = strip_meta
         self.module = self.agent_fetch(module)
-        self.proc = None
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
 
     def agent_fetch(self, module, image_digest=None):
         """Copies a module where istio-agent keeps what it pulled for the
@@ -61,30 +55,8 @@ class IstioGateway:
     def start(self):
         istio_gateway.generate(self.config_dir, self.port, self.admin_port, f"127.0.0.1:{self.store.lookup_port}",
                                self.module, self.upstream_module, CA_BUNDLE, self.resource_version, self.strip_meta)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config_dir / "envoy.yaml"), "--concurrency", str(self.concurrency),
-             "--base-id", str(self.port), "-l", "warning", "--component-log-level", "wasm:info"],
-            env={"PATH": "/usr/bin:/bin", "KEYGATE_GATEWAY_TOKEN": self.store.gateway_token},
-            stdout=log, stderr=log, cwd=str(ROOT),
-        )
-        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200,
-                   timeout=30, what="the Istio gateway ready")
-        return self
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def log(self):
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stats(self):
-        return http("GET", f"http://127.0.0.1:{self.admin_port}/stats?format=json")[1]
+        env = {"PATH": "/usr/bin:/bin", "KEYGATE_GATEWAY_TOKEN": self.store.gateway_token}
+        return self.launch(self.config_dir / "envoy.yaml", env, what="the Istio gateway ready")
 
     def ecds_configs(self):
         """The extension configurations Envoy applied: [{name, version, module}]."""
