@@ -10,9 +10,11 @@
 use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy, RequestLimits};
 
 use crate::config::Config;
-use crate::decide::{decide, RequestFacts};
+use crate::body::Fallbacks;
+use crate::decide::{decide, Forward, RequestFacts};
 use crate::errors::{Code, Denial};
 use crate::failover;
+use crate::handover::{Leg, Plan, MAX_ATTEMPTS};
 use crate::ratelimit::{self, Pool, Remaining, Take};
 use crate::records::Served;
 use crate::upstream::credential_header;
@@ -66,26 +68,29 @@ impl Counted {
 /// may carry the credential.)
 #[derive(Clone, PartialEq)]
 pub struct Forwarding<'c> {
-    /// Candidates in the order attempts use them (never empty).
-    pub keys: Vec<Credential>,
+    /// Where and with which credentials attempts go, in order (sealed for
+    /// the upstream filter).
+    pub plan: Plan,
     /// One candidate: the credential is set here and the request goes to a
     /// cluster without the upstream filter (one attempt, no retry).
     pub direct: bool,
-    pub auth: AuthStyle,
     /// Request headers to set (an empty value removes the header).
     pub headers: Vec<(&'c str, String)>,
     /// The provider's model name to write into the body.
     pub rewrite_model: Option<String>,
+    /// The body's `models` (fallbacks) is taken out.
+    pub strip_models: bool,
     pub provider: String,
 }
 
 impl std::fmt::Debug for Forwarding<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Forwarding")
-            .field("keys", &self.keys)
+            .field("plan", &self.plan)
             .field("direct", &self.direct)
             .field("headers", &self.headers.iter().map(|(n, _)| *n).collect::<Vec<_>>())
             .field("rewrite_model", &self.rewrite_model)
+            .field("strip_models", &self.strip_models)
             .field("provider", &self.provider)
             .finish()
     }
@@ -121,8 +126,8 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
     let served = Served {
         key_id: forward.key_id.to_string(),
         config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
-        provider: forward.provider.id.clone(),
-        model: forward.model.clone(),
+        provider: forward.primary.provider.id.clone(),
+        model: forward.primary.model.clone(),
     };
     if let Some(rl) = &lookup.request_limits {
         if let Err(denial) = check_request_limits(rl, &ask) {
@@ -152,30 +157,43 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
             return Verdict::Reserve { counted, served };
         }
     }
-    let cool: Vec<u64> = forward.credentials.iter().map(|c| counters.cool_until(&c.id)).collect();
-    let keys: Vec<Credential> =
-        failover::order(&cool, ask.now_ms).into_iter().filter_map(|i| forward.credentials.get(i).cloned()).collect();
-    let Some(first) = keys.first() else {
+    let legs = legs(&forward, counters, ask.now_ms);
+    let attempts: usize = legs.iter().map(|l| l.keys.len()).sum();
+    let Some(first) = legs.first() else {
         return Verdict::Refuse(Denial::internal("no credential"));
     };
-    let direct = keys.len() == 1;
-    let cluster = match (direct, forward.endpoint.tls) {
-        (true, true) => &config.direct_cluster_https,
-        (true, false) => &config.direct_cluster_http,
-        (false, true) => &config.upstream_cluster_https,
-        (false, false) => &config.upstream_cluster_http,
+    // Legs at different places go through the hop, whose upstream filter
+    // sends each attempt to its own.
+    let hop = legs.iter().any(|l| (l.tls, &l.authority) != (first.tls, &first.authority));
+    if hop && config.hop_cluster.is_empty() {
+        let elsewhere = legs.iter().find(|l| l.authority != first.authority).map_or("", |l| l.provider.as_str());
+        return Verdict::Refuse(Denial::new(
+            400,
+            Code::FallbackUnavailable,
+            format!(
+                "this gateway cannot fall back to another place (`models` reaches provider `{elsewhere}` at another address than the first model's); list models served at the same address"
+            ),
+        ));
+    }
+    let direct = attempts == 1;
+    let cluster = match (hop, direct, first.tls) {
+        (true, _, _) => &config.hop_cluster,
+        (false, true, true) => &config.direct_cluster_https,
+        (false, true, false) => &config.direct_cluster_http,
+        (false, false, true) => &config.upstream_cluster_https,
+        (false, false, false) => &config.upstream_cluster_http,
     };
     let mut headers: Vec<(&'c str, String)> = vec![
-        (":authority", forward.endpoint.authority.clone()),
-        (":path", forward.upstream_path.clone()),
+        (":authority", first.authority.clone()),
+        (":path", first.path.clone()),
         (config.cluster_header.as_str(), cluster.clone()),
     ];
     // The credential itself is set per attempt by the upstream filter; here
     // only what is not secret (or, for one candidate, that one credential).
-    if forward.provider.auth == AuthStyle::XApiKey && !ask.anthropic_version {
+    if legs.iter().any(|l| l.auth == AuthStyle::XApiKey) && !ask.anthropic_version {
         headers.push(("anthropic-version", config.anthropic_version.clone()));
     }
-    headers.push(("x-envoy-max-retries", keys.len().saturating_sub(1).to_string()));
+    headers.push(("x-envoy-max-retries", attempts.saturating_sub(1).to_string()));
     // The configuration's timeouts: Envoy's router takes them per request.
     let timeouts = lookup.request_limits.as_ref().map_or((None, None), |r| (r.total_timeout_ms, r.attempt_timeout_ms));
     if let Some(ms) = timeouts.0 {
@@ -184,23 +202,54 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
     if let Some(ms) = timeouts.1 {
         headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.to_string()));
     }
-    if direct {
-        let (name, value) = credential_header(forward.provider.auth, &first.value);
-        headers.push((name, value));
+    if let (true, Some(key)) = (direct, first.keys.first()) {
+        headers.push(credential_header(first.auth, &key.value));
     }
-    let rewrite_model = forward.rewrite_model.then(|| forward.model.clone()).flatten();
-    if rewrite_model.is_some() {
+    let rewrite_model = forward.rewrite_model.then(|| forward.primary.model.clone()).flatten();
+    // A body's `models` is keygate's: it never reaches a provider.
+    let strip_models = matches!(ask.facts.fallbacks, Fallbacks::List(_));
+    if rewrite_model.is_some() || strip_models {
         headers.push(("content-length", String::new()));
     }
     let forwarding = Forwarding {
-        keys,
+        plan: Plan { hop, legs },
         direct,
-        auth: forward.provider.auth,
         headers,
         rewrite_model,
-        provider: forward.provider.id.clone(),
+        strip_models,
+        provider: forward.primary.provider.id.clone(),
     };
     Verdict::Forward { counted, served, forwarding }
+}
+
+/// The request's legs: its model, then its fallbacks, each with its
+/// credentials ordered by cool-down (`failover::order`); at most
+/// `MAX_ATTEMPTS` credentials in all.
+fn legs(forward: &Forward<'_>, counters: &impl Counters, now_ms: u64) -> Vec<Leg> {
+    let mut room = MAX_ATTEMPTS;
+    let mut legs = Vec::with_capacity(1 + forward.fallbacks.len());
+    for target in std::iter::once(&forward.primary).chain(&forward.fallbacks) {
+        let cool: Vec<u64> = target.credentials.iter().map(|c| counters.cool_until(&c.id)).collect();
+        let keys: Vec<Credential> = failover::order(&cool, now_ms)
+            .into_iter()
+            .filter_map(|i| target.credentials.get(i).cloned())
+            .take(room)
+            .collect();
+        room -= keys.len();
+        if keys.is_empty() {
+            break;
+        }
+        legs.push(Leg {
+            provider: target.provider.id.clone(),
+            model: target.model.clone(),
+            auth: target.provider.auth,
+            tls: target.endpoint.tls,
+            authority: target.endpoint.authority.clone(),
+            path: target.upstream_path.clone(),
+            keys,
+        });
+    }
+    legs
 }
 
 /// A configuration's per-request token limits, judged on the estimate
@@ -297,7 +346,7 @@ mod tests {
     fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
         let ask = Ask {
             facts,
             estimate: (10, 90),
@@ -314,7 +363,7 @@ mod tests {
     fn admit_sized<'c>(l: &Lookup, config: &'c Config, path: &str, estimate: (u64, u64), stated: bool) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", path, false).unwrap();
-        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
         let ask = Ask {
             facts,
             estimate,
@@ -354,7 +403,7 @@ mod tests {
         // filter to set one) cannot be judged: refused.
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", chat, false).unwrap();
-        let facts = RequestFacts { surface, model: &model, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
         let unknown = Ask {
             facts,
             estimate: (0, 50),
@@ -426,7 +475,7 @@ mod tests {
             panic!("not forwarded")
         };
         assert!(!f.direct);
-        let ids: Vec<&str> = f.keys.iter().map(|k| k.id.as_str()).collect();
+        let ids: Vec<&str> = f.plan.candidates().map(|(_, _, k)| k.id.as_str()).collect();
         assert_eq!(ids, ["pk_b", "pk_a"]);
         assert!(f.headers.iter().all(|(n, _)| *n != "authorization"), "no credential before the attempt");
         assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.clone())));

@@ -11,20 +11,23 @@ use log::{error, warn};
 use crate::errors::{Denial, Dialect};
 use crate::failover::retry_hint_ms;
 use crate::handover::{self, encode_trail, parse_trail, Outcome, SealKey};
-use crate::host::{Host, Map};
+use crate::config::Config;
+use crate::host::{Buffer, Host, Map};
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
-/// An attempt whose credential went on: its entry in the trail, and the
-/// trail as it wrote it (attempts are sequential: nobody writes the trail
-/// until its answer comes back, so the answer needs no second read).
+/// An attempt whose credential went on: its entry in the trail, the trail
+/// as it wrote it (attempts are sequential: nobody writes the trail until
+/// its answer comes back, so the answer needs no second read), and the
+/// model its body must name (a fallback's).
 pub struct Sent {
     index: usize,
     trail: Vec<Outcome>,
+    pub body_model: Option<String>,
 }
 
 /// An attempt's request headers: `None` when it was refused (no plan, or no
 /// credential left for it): nothing goes to the provider then.
-pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<Sent> {
+pub fn attempt_headers(host: &impl Host, key: &SealKey, config: &Config) -> Option<Sent> {
     // One snapshot of the headers: each host call costs ~1 µs. The first of
     // a repeated header counts, read as the keygate filter reads it.
     let (mut request_id, mut authority, mut attempt_count) = (None, None, None);
@@ -53,27 +56,66 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey) -> Option<Sent> {
             let _ = host.set_header(Map::RequestHeaders, name, None);
         }
     }
-    let plan =
-        host.property(&handover::PLAN_STATE).and_then(|sealed| handover::open(key, &request_id, &authority, &sealed));
+    let plan = host
+        .property(&handover::PLAN_STATE)
+        .and_then(|sealed| handover::open(key, &request_id, &sealed))
+        .filter(|plan| plan.goes_to(&authority));
     let Some(plan) = plan else {
         error!("keygate: request {request_id}: an upstream attempt without a plan this filter can open: refused");
         return refuse(host, "the gateway's halves do not agree (is the gateway credential the same for both?)");
     };
-    let Some(credential) = plan.keys.get(index) else {
+    let Some((leg_index, leg, credential)) = plan.attempt(index) else {
         warn!("keygate: request {request_id}: attempt {} has no credential left: refused", index + 1);
         return refuse(host, "no provider key left for this attempt");
     };
-    let (name, value) = credential_header(plan.auth, &credential.value);
-    if host.set_header(Map::RequestHeaders, name, Some(value.as_bytes())).is_err() {
-        warn!("keygate: request {request_id}: could not set the credential of attempt {}", index + 1);
-        return refuse(host, "the gateway could not prepare the request");
+    let (name, value) = credential_header(leg.auth, &credential.value);
+    let mut headers = vec![(name, value)];
+    // With fallbacks, each attempt goes to its leg's path (and, through the
+    // hop, its place); the header map is the previous attempt's.
+    if plan.legs.len() > 1 {
+        headers.push((":path", leg.path.clone()));
+        if plan.hop {
+            headers.push((":authority", leg.authority.clone()));
+            let via = if leg.tls { &config.via_cluster_https } else { &config.via_cluster_http };
+            headers.push((config.cluster_header.as_str(), via.clone()));
+        }
+    }
+    let body_model = leg.model.clone().filter(|_| leg_index > 0);
+    if body_model.is_some() {
+        headers.push(("content-length", String::new()));
+    }
+    for (name, value) in &headers {
+        let value = (!value.is_empty()).then_some(value.as_bytes());
+        if host.set_header(Map::RequestHeaders, name, value).is_err() {
+            warn!("keygate: request {request_id}: could not prepare attempt {}", index + 1);
+            return refuse(host, "the gateway could not prepare the request");
+        }
     }
     // Sent, not yet answered: a reset or a timeout leaves it so.
     trail.push(Outcome::default());
     if host.set_property(&[handover::TRAIL], encode_trail(&trail).as_bytes()).is_err() {
         warn!("keygate: request {request_id}: could not record attempt {}", index + 1);
     }
-    Some(Sent { index, trail })
+    Some(Sent { index, trail, body_model })
+}
+
+/// An attempt's request body, once whole: a fallback's names its model.
+/// (`false`: not whole yet, Envoy buffers it.)
+pub fn attempt_body(host: &impl Host, sent: &Sent, body_size: usize, end_of_stream: bool) -> bool {
+    let Some(model) = &sent.body_model else { return true };
+    if !end_of_stream {
+        return false;
+    }
+    let body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
+    // The keygate filter checked that the body names a `model` (JSON): a
+    // body that does not would go out naming another leg's model.
+    let rewritten = crate::model_json::rewrite_model(&body, model);
+    if rewritten.is_none_or(|b| host.set_buffer(Buffer::RequestBody, 0, body_size, &b).is_err()) {
+        warn!("keygate: a fallback attempt's body could not name its model: refused");
+        let _ = refuse(host, "the gateway could not prepare the request");
+        return false;
+    }
+    true
 }
 
 /// An attempt's response headers: its outcome goes into the trail.
@@ -111,26 +153,39 @@ fn refuse(host: &impl Host, why: &str) -> Option<Sent> {
 mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
-    use crate::handover::{Plan, Sealer};
+    use crate::handover::{Leg, Plan, Sealer};
     use keygate_proto::lookup::{AuthStyle, Credential};
 
-    fn plan() -> Plan {
-        Plan {
+    fn leg(provider: &str, authority: &str, path: &str, keys: &[&str]) -> Leg {
+        Leg {
+            provider: provider.into(),
+            model: Some(format!("{provider}-model")),
             auth: AuthStyle::Bearer,
-            keys: vec![
-                Credential { id: "pk_a".into(), value: "sk-a".into() },
-                Credential { id: "pk_b".into(), value: "sk-b".into() },
-            ],
+            tls: true,
+            authority: authority.into(),
+            path: path.into(),
+            keys: keys.iter().map(|k| Credential { id: format!("pk_{k}"), value: format!("sk-{k}") }).collect(),
         }
+    }
+
+    /// Two credentials for one model.
+    fn plan() -> Plan {
+        Plan { hop: false, legs: vec![leg("openai", "api.example", "/v1/chat/completions", &["a", "b"])] }
+    }
+
+    fn config() -> Config {
+        Config::parse(br#"{"role":"upstream"}"#).unwrap()
     }
 
     /// A request whose keygate filter (context 1) sealed `plan` for it; its
     /// attempts run in contexts 10, 11, ... of the same request.
     fn request(host: &FakeHost, token: &str, request_id: &str) {
+        request_with(host, token, request_id, &plan());
+    }
+
+    fn request_with(host: &FakeHost, token: &str, request_id: &str, plan: &Plan) {
         host.enter(1);
-        let p = plan();
-        let sealed =
-            Sealer::new(SealKey::derive(token), [3; 16]).seal(request_id, "api.example", p.auth, &p.keys).unwrap();
+        let sealed = Sealer::new(SealKey::derive(token), [3; 16]).seal(request_id, plan).unwrap();
         host.set_property(&[handover::PLAN], &sealed).unwrap();
     }
 
@@ -142,7 +197,7 @@ mod tests {
             vec![("x-request-id", request_id), (":authority", "api.example"), ("authorization", "Bearer sk-a")];
         headers.extend(count.map(|c| ("x-envoy-attempt-count", c)));
         host.set_headers(ctx, Map::RequestHeaders, &headers);
-        attempt_headers(host, &SealKey::derive("gw"))
+        attempt_headers(host, &SealKey::derive("gw"), &config())
     }
 
     fn answer(host: &FakeHost, ctx: u32, sent: Sent, headers: &[(&str, &str)]) {
@@ -199,7 +254,7 @@ mod tests {
         host.join_stream(10, 1);
         host.enter(10);
         host.set_headers(10, Map::RequestHeaders, &[("x-request-id", "r1"), (":authority", "evil.example")]);
-        assert!(attempt_headers(&host, &SealKey::derive("gw")).is_none());
+        assert!(attempt_headers(&host, &SealKey::derive("gw"), &config()).is_none());
         assert_eq!(host.header_of(10, Map::RequestHeaders, "authorization"), None);
         assert_eq!(host.replies_to(10).len(), 1);
     }
@@ -211,5 +266,77 @@ mod tests {
         host.set_property(&[handover::TRAIL], b"500,500").unwrap();
         assert!(attempt(&host, 12, "r1", Some("3")).is_none());
         assert_eq!(host.replies_to(12).len(), 1);
+    }
+
+    /// Attempt `ctx` of a request with fallbacks, its header map as the
+    /// attempt before left it, with `body`; returns its headers and body.
+    fn fallback_attempt(host: &FakeHost, ctx: u32, authority: &str, body: &str) -> (Option<Sent>, Vec<(String, String)>, String) {
+        host.join_stream(ctx, 1);
+        host.enter(ctx);
+        let headers = [("x-request-id", "r1"), (":authority", authority), (":path", "/v1/chat/completions"), ("content-length", "9")];
+        host.set_headers(ctx, Map::RequestHeaders, &headers);
+        host.set_buffer_of(ctx, Buffer::RequestBody, body.as_bytes());
+        let sent = attempt_headers(host, &SealKey::derive("gw"), &config());
+        if let Some(s) = &sent {
+            assert!(attempt_body(host, s, body.len(), true));
+        }
+        let body = String::from_utf8(host.buffer_of(ctx, Buffer::RequestBody)).unwrap();
+        (sent, host.headers_of(ctx, Map::RequestHeaders), body)
+    }
+
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_fallback_attempt_goes_to_its_leg_with_its_model() {
+        let host = FakeHost::default();
+        let plan = Plan {
+            hop: true,
+            legs: vec![
+                leg("openai", "api.example", "/v1/chat/completions", &["a"]),
+                leg("other", "other.example:8443", "/compat/v1/chat/completions", &["c"]),
+            ],
+        };
+        request_with(&host, "gw", "r1", &plan);
+        let body = r#"{"model":"openai-model","messages":[]}"#;
+        let (first, headers, sent_body) = fallback_attempt(&host, 10, "api.example", body);
+        let first = first.unwrap();
+        assert_eq!(header(&headers, "authorization"), Some("Bearer sk-a"));
+        assert_eq!(header(&headers, ":authority"), Some("api.example"));
+        assert_eq!(header(&headers, "x-keygate-cluster"), Some("keygate_via_https"));
+        assert_eq!(header(&headers, "content-length"), Some("9"), "the first leg's body is the keygate filter's");
+        assert_eq!(sent_body, body);
+        answer(&host, 10, first, &[(":status", "503")]);
+
+        // The second attempt finds the header map as the first left it.
+        let (second, headers, sent_body) = fallback_attempt(&host, 11, "api.example", body);
+        assert!(second.is_some());
+        assert_eq!(header(&headers, "authorization"), Some("Bearer sk-c"), "its own credential only");
+        assert_eq!(header(&headers, ":authority"), Some("other.example:8443"));
+        assert_eq!(header(&headers, ":path"), Some("/compat/v1/chat/completions"));
+        assert_eq!(header(&headers, "content-length"), None);
+        assert_eq!(sent_body, r#"{"model":"other-model","messages":[]}"#);
+        assert_eq!(trail(&host), "503,0");
+    }
+
+    #[test]
+    fn without_the_hop_a_fallback_stays_at_the_first_place() {
+        let host = FakeHost::default();
+        let plan = Plan {
+            hop: false,
+            legs: vec![
+                leg("openai", "api.example", "/v1/chat/completions", &["a"]),
+                leg("openai", "api.example", "/v1/chat/completions", &["b"]),
+            ],
+        };
+        request_with(&host, "gw", "r1", &plan);
+        let (first, headers, _) = fallback_attempt(&host, 10, "api.example", r#"{"model":"x"}"#);
+        assert_eq!(header(&headers, "x-keygate-cluster"), None, "the route's cluster stays");
+        answer(&host, 10, first.unwrap(), &[(":status", "429")]);
+        // A plan without the hop opens only at the first leg's place.
+        let (refused, _, _) = fallback_attempt(&host, 11, "other.example:8443", r#"{"model":"x"}"#);
+        assert!(refused.is_none());
+        assert_eq!(host.replies_to(11).len(), 1);
     }
 }

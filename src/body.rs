@@ -28,6 +28,23 @@ const LIMIT_KEYS: [&str; 7] = [
 const CHOICE_KEYS: [&str; 2] = ["n", "best_of"];
 /// Nesting deeper than this is refused (as serde_json does).
 const MAX_DEPTH: usize = 128;
+/// Most fallback models a request may list (`models`).
+pub const MAX_FALLBACKS: usize = 8;
+
+/// The request's fallback models (`"models": [...]`, tried in order after
+/// `model`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fallbacks {
+    #[default]
+    None,
+    List(Vec<String>),
+    /// Not an array of at most `MAX_FALLBACKS` model names, or named twice.
+    Malformed,
+    /// A top-level key that is `models` but for case: a provider matching
+    /// keys without regard to case could read it (and it would not be
+    /// checked or removed).
+    CaseVariant,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyFacts {
@@ -46,6 +63,7 @@ pub struct BodyFacts {
     /// An output-limit or multiplier field whose value is not a count (`-1`,
     /// `null`, a word): some servers read those as "no limit".
     pub unclear_limit: bool,
+    pub fallbacks: Fallbacks,
 }
 
 impl BodyFacts {
@@ -59,6 +77,7 @@ impl BodyFacts {
             stream: false,
             stream_options: false,
             unclear_limit: false,
+            fallbacks: Fallbacks::None,
         }
     }
 }
@@ -96,6 +115,7 @@ pub struct BodyReader {
     stream: bool,
     stream_options: bool,
     unclear_limit: bool,
+    fallbacks: Fallbacks,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +201,7 @@ enum Want {
     Limit,
     Choices,
     Stream,
+    Models,
 }
 
 /// Longest raw key kept: an escaped `max_completion_tokens` fits many times.
@@ -188,6 +209,8 @@ const MAX_KEY: usize = 256;
 /// Longest raw `model` value kept; a longer one is not a model name.
 const MAX_MODEL: usize = 4096;
 const MAX_LIMIT: usize = 64;
+/// Longest raw `models` value kept (its names, without whitespace).
+const MAX_MODELS: usize = MAX_FALLBACKS * (crate::decide::MAX_MODEL_NAME + 8);
 
 impl BodyReader {
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -227,6 +250,7 @@ impl BodyReader {
             stream: self.stream,
             stream_options: self.stream_options,
             unclear_limit: self.unclear_limit,
+            fallbacks: self.fallbacks,
         }
     }
 
@@ -269,6 +293,7 @@ impl BodyReader {
         let (buf, max) = match (self.capture, self.want) {
             (Capture::Key, _) => (&mut self.key, MAX_KEY),
             (Capture::Value, Want::Model) => (&mut self.value, MAX_MODEL),
+            (Capture::Value, Want::Models) => (&mut self.value, MAX_MODELS),
             (Capture::Value, _) => (&mut self.value, MAX_LIMIT),
             (Capture::None, _) => return,
         };
@@ -321,6 +346,13 @@ impl BodyReader {
                 }
                 // Providers read JSON keys exactly: only `true` streams.
                 Want::Stream => self.stream = raw == b"true",
+                Want::Models => {
+                    self.fallbacks = match self.fallbacks {
+                        Fallbacks::None if raw.len() <= MAX_MODELS => fallback_list(&raw),
+                        Fallbacks::CaseVariant => Fallbacks::CaseVariant,
+                        _ => Fallbacks::Malformed,
+                    }
+                }
                 Want::None => {}
             }
             self.capture = Capture::None;
@@ -355,6 +387,11 @@ impl BodyReader {
             Want::Choices
         } else if key.as_deref() == Some("stream") {
             Want::Stream
+        } else if key.as_deref() == Some("models") {
+            Want::Models
+        } else if is(&["models"]) {
+            self.fallbacks = Fallbacks::CaseVariant;
+            Want::None
         } else {
             if key.as_deref() == Some("stream_options") {
                 self.stream_options = true;
@@ -372,6 +409,7 @@ impl BodyReader {
                 Mode::Done => return Err(()),
                 Mode::Value | Mode::FirstElement if ws => i += 1,
                 Mode::FirstElement if b == b']' => {
+                    self.cap(&[b]);
                     self.close(b)?;
                     i += 1;
                 }
@@ -402,6 +440,7 @@ impl BodyReader {
                 }
                 Mode::FirstKey | Mode::Key | Mode::Colon | Mode::AfterValue if ws => i += 1,
                 Mode::FirstKey if b == b'}' => {
+                    self.cap(&[b]);
                     self.close(b)?;
                     i += 1;
                 }
@@ -411,8 +450,8 @@ impl BodyReader {
                     }
                     if self.stack.len() == 1 {
                         self.capture = Capture::Key;
-                        self.cap(&[b]);
                     }
+                    self.cap(&[b]);
                     self.mode = Mode::Str { key: true, esc: Esc::No };
                     i += 1;
                 }
@@ -420,10 +459,13 @@ impl BodyReader {
                     if b != b':' {
                         return Err(());
                     }
+                    self.cap(&[b]);
                     self.mode = Mode::Value;
                     i += 1;
                 }
                 Mode::AfterValue => {
+                    // (Inside a captured container: its commas and closing.)
+                    self.cap(&[b]);
                     match (b, self.stack.last()) {
                         (b',', Some(b'{')) => self.mode = Mode::Key,
                         (b',', Some(b'[')) => self.mode = Mode::Value,
@@ -562,6 +604,17 @@ fn model_value(raw: &[u8]) -> ModelField {
     match unescape(raw) {
         Ok(s) if !s.chars().any(char::is_control) => ModelField::Str(s.into_owned()),
         _ => ModelField::NotString,
+    }
+}
+
+/// The `models` value (raw, whitespace left out): an array of at most
+/// `MAX_FALLBACKS` strings without control characters.
+fn fallback_list(raw: &[u8]) -> Fallbacks {
+    match serde_json::from_slice::<Vec<String>>(raw) {
+        Ok(list) if list.len() <= MAX_FALLBACKS && !list.iter().any(|m| m.chars().any(char::is_control)) => {
+            Fallbacks::List(list)
+        }
+        _ => Fallbacks::Malformed,
     }
 }
 
@@ -764,6 +817,40 @@ mod tests {
             let filler = "x".repeat(pad);
             let doc = format!(r#"{{"p":"{filler}\"{filler}é{filler}","model":"m{filler}"}}"#);
             assert_eq!(model(&doc), ModelField::Str(format!("m{filler}")), "pad {pad}");
+        }
+    }
+
+    #[test]
+    fn fallback_models_are_read_as_a_list_of_names() {
+        let list = |v: &[&str]| Fallbacks::List(v.iter().map(|s| s.to_string()).collect());
+        assert_eq!(read(br#"{"model":"a"}"#).fallbacks, Fallbacks::None);
+        assert_eq!(read(br#"{"model":"a","models":["b", "openai/c" ]}"#).fallbacks, list(&["b", "openai/c"]));
+        assert_eq!(read(br#"{"models" : [ ] ,"model":"a"}"#).fallbacks, list(&[]));
+        assert_eq!(read(br#"{"mod\u0065ls":["b\u0041"]}"#).fallbacks, list(&["bA"]), "escapes read as a provider would");
+        assert_eq!(read(br#"{"messages":[{"models":["x"]}]}"#).fallbacks, Fallbacks::None, "nested is not top-level");
+        for bad in [
+            &br#"{"models":"b"}"#[..],
+            br#"{"models":["b",1]}"#,
+            br#"{"models":[["b"]]}"#,
+            br#"{"models":[{"b":"c"}]}"#,
+            br#"{"models":null}"#,
+            br#"{"models":["a"],"models":["b"]}"#,
+            br#"{"models":["a\u0000"]}"#,
+            br#"{"models":["1","2","3","4","5","6","7","8","9"]}"#,
+        ] {
+            assert_eq!(read(bad).fallbacks, Fallbacks::Malformed, "{}", String::from_utf8_lossy(bad));
+        }
+        let long = format!(r#"{{"models":["{}"]}}"#, "m".repeat(MAX_MODELS));
+        assert_eq!(read(long.as_bytes()).fallbacks, Fallbacks::Malformed);
+        assert_eq!(read(br#"{"MODELS":["b"]}"#).fallbacks, Fallbacks::CaseVariant);
+        assert_eq!(read(br#"{"models":["a"],"Models":["b"]}"#).fallbacks, Fallbacks::CaseVariant);
+        // Chunk boundaries anywhere read the same.
+        let doc = br#"{"model":"a","models":["b","c\"d"],"max_tokens":5}"#;
+        for cut in 0..doc.len() {
+            let mut r = BodyReader::default();
+            r.feed(&doc[..cut]);
+            r.feed(&doc[cut..]);
+            assert_eq!(r.finish().fallbacks, list(&["b", "c\"d"]), "cut at {cut}");
         }
     }
 

@@ -8,6 +8,7 @@ use keygate_proto::cidr;
 use keygate_proto::lookup::{Access, Credential, Format, KeyStatus, Lookup, ProviderPlan};
 
 use crate::access::{allows, endpoint_allowed, pattern_matches};
+use crate::body::{Fallbacks, MAX_FALLBACKS};
 use crate::errors::{quote, Code, Denial};
 use crate::surface::{self, Judge, Surface};
 use crate::upstream::{parse_base_url, Endpoint};
@@ -35,6 +36,8 @@ pub struct RequestFacts<'a> {
     /// What the request is, from the surface table.
     pub surface: Surface<'a>,
     pub model: &'a ModelField,
+    /// The body's fallback models (`models`).
+    pub fallbacks: &'a Fallbacks,
     /// The body carries a well-formed keygate token.
     pub access_key_in_body: bool,
     /// The client's address as Envoy resolved it (read only for a key whose
@@ -46,15 +49,25 @@ pub struct RequestFacts<'a> {
 #[derive(Debug, PartialEq)]
 pub struct Forward<'a> {
     pub key_id: &'a str,
+    /// Where the request's `model` is served.
+    pub primary: Target<'a>,
+    /// Set when the body's `model` must be rewritten to the provider's name.
+    pub rewrite_model: bool,
+    /// Where the request's fallback models (`models`) are served, in order:
+    /// tried when every credential of the ones before failed.
+    pub fallbacks: Vec<Target<'a>>,
+}
+
+/// Where one model is served: its provider, credentials and path.
+#[derive(Debug, PartialEq)]
+pub struct Target<'a> {
     pub provider: &'a ProviderPlan,
-    /// Candidate credentials in failover order (never empty).
+    /// Credentials in failover order (never empty).
     pub credentials: &'a [Credential],
     pub endpoint: Endpoint,
     pub upstream_path: String,
     /// The provider's own name for the model, when the request names one.
     pub model: Option<String>,
-    /// Set when the body's `model` must be rewritten to the provider's name.
-    pub rewrite_model: bool,
 }
 
 pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) -> Result<Forward<'a>, Denial> {
@@ -76,6 +89,25 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
         Judge::PathModel => surface.path_model(),
         Judge::Listing | Judge::Account(_) | Judge::SelfCheck => None,
     };
+    let (primary, qualified) = target(lookup, access, surface, model)?;
+    let fallbacks = fallback_targets(lookup, access, surface, facts.fallbacks, &primary)?;
+    Ok(Forward {
+        key_id: &key.id,
+        primary,
+        rewrite_model: qualified && matches!(surface.judge, Judge::Model(_)),
+        fallbacks,
+    })
+}
+
+/// Where one model (or, for a surface that names none, the format's own
+/// provider) is served, after every allow-list and check: the target and
+/// whether the name was provider-qualified.
+fn target<'a>(
+    lookup: &'a Lookup,
+    access: &Access,
+    surface: Surface<'_>,
+    model: Option<&str>,
+) -> Result<(Target<'a>, bool), Denial> {
     if let Some(m) = model {
         if m.trim().is_empty() {
             return Err(Denial::new(400, Code::InvalidModel, "`model` must not be empty"));
@@ -150,16 +182,46 @@ pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) ->
     };
     let rest = path_model.as_deref().unwrap_or(surface.rest);
     let upstream_path = surface::upstream_path(&endpoint.path_prefix, rest, surface.query);
+    let target = Target { provider, credentials, endpoint, upstream_path, model: local_model.map(str::to_string) };
+    Ok((target, qualified))
+}
 
-    Ok(Forward {
-        key_id: &key.id,
-        provider,
-        credentials,
-        endpoint,
-        upstream_path,
-        model: local_model.map(str::to_string),
-        rewrite_model: qualified && matches!(surface.judge, Judge::Model(_)),
-    })
+/// The request's fallback models, each checked as its `model` is; a refusal
+/// names the model. A model that resolves to a target already in the list
+/// (the primary included) is left out: no model is tried twice.
+fn fallback_targets<'a>(
+    lookup: &'a Lookup,
+    access: &Access,
+    surface: Surface<'_>,
+    fallbacks: &Fallbacks,
+    primary: &Target<'a>,
+) -> Result<Vec<Target<'a>>, Denial> {
+    let invalid = |msg: &str| Err(Denial::new(400, Code::InvalidModel, msg));
+    let names = match fallbacks {
+        Fallbacks::None => return Ok(Vec::new()),
+        Fallbacks::List(names) => names,
+        Fallbacks::Malformed => {
+            return invalid(&format!("`models` must be an array of at most {MAX_FALLBACKS} model names (strings)"))
+        }
+        Fallbacks::CaseVariant => {
+            return invalid("the request body has a field that is `models` but for case (e.g. `Models`); send `models` only")
+        }
+    };
+    if !names.is_empty() && !matches!(surface.judge, Judge::Model(_)) {
+        return invalid("`models` (fallback models) applies to requests that name their `model` in the body");
+    }
+    let mut out: Vec<Target<'a>> = Vec::new();
+    for name in names {
+        let (t, _) = target(lookup, access, surface, Some(name)).map_err(|d| Denial {
+            message: format!("`models` names {}: {}", quote(name), d.message),
+            ..d
+        })?;
+        let same = |o: &Target<'_>| o.provider.id == t.provider.id && o.model == t.model;
+        if !same(primary) && !out.iter().any(same) {
+            out.push(t);
+        }
+    }
+    Ok(out)
 }
 
 /// The body's `model` for an inference surface, or why there is none.
@@ -357,7 +419,7 @@ mod tests {
 
     fn run_as<'a>(l: &'a Lookup, method: &str, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
         let surface = crate::surface::classify(method, path, false).expect("a path of the table");
-        decide(RequestFacts { surface, model, access_key_in_body: false, client_ip: None }, l, 1_000)
+        decide(RequestFacts { surface, model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None }, l, 1_000)
     }
 
     fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
@@ -373,12 +435,12 @@ mod tests {
         let l = all();
         for m in ["openai/gpt-4o", "openai:gpt-4o"] {
             let f = run(&l, "/v1/chat/completions", &chat(m)).unwrap();
-            assert_eq!(f.provider.id, "openai");
-            assert_eq!(f.model.as_deref(), Some("gpt-4o"));
+            assert_eq!(f.primary.provider.id, "openai");
+            assert_eq!(f.primary.model.as_deref(), Some("gpt-4o"));
             assert!(f.rewrite_model);
-            assert_eq!(f.upstream_path, "/v1/chat/completions");
-            assert_eq!(f.endpoint.authority, "api.openai.com");
-            assert_eq!(f.credentials.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["pk_oa1", "pk_oa2"]);
+            assert_eq!(f.primary.upstream_path, "/v1/chat/completions");
+            assert_eq!(f.primary.endpoint.authority, "api.openai.com");
+            assert_eq!(f.primary.credentials.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["pk_oa1", "pk_oa2"]);
         }
     }
 
@@ -386,12 +448,12 @@ mod tests {
     fn bare_models_resolve_through_the_catalog_and_the_api_surface() {
         let l = all();
         let f = run(&l, "/v1/chat/completions", &chat("gpt-4o")).unwrap();
-        assert_eq!((f.provider.id.as_str(), f.rewrite_model), ("openai", false));
+        assert_eq!((f.primary.provider.id.as_str(), f.rewrite_model), ("openai", false));
         let f = run(&l, "/v1/messages", &chat("claude-sonnet-4-6")).unwrap();
-        assert_eq!(f.provider.id, "anthropic");
-        assert_eq!(f.upstream_path, "/v1/messages");
+        assert_eq!(f.primary.provider.id, "anthropic");
+        assert_eq!(f.primary.upstream_path, "/v1/messages");
         // Anthropic surface: a model outside the catalog still goes to anthropic.
-        assert_eq!(run(&l, "/v1/messages", &chat("some-new-model")).unwrap().provider.id, "anthropic");
+        assert_eq!(run(&l, "/v1/messages", &chat("some-new-model")).unwrap().primary.provider.id, "anthropic");
         assert_eq!(code(run(&l, "/v1/chat/completions", &chat("llama-3"))), "unknown_model");
         // A slash that is not a provider prefix is part of a bare name.
         assert_eq!(code(run(&l, "/v1/chat/completions", &chat("meta-llama/llama-3"))), "unknown_model");
@@ -401,18 +463,18 @@ mod tests {
     fn bare_model_prefers_a_provider_the_key_may_use() {
         let l = lookup(Access { providers: s(&["azure"]), models: None, ..Access::default() });
         let f = run(&l, "/v1/chat/completions", &chat("gpt-4o")).unwrap();
-        assert_eq!(f.provider.id, "azure");
-        assert_eq!(f.upstream_path, "/openai/chat/completions");
+        assert_eq!(f.primary.provider.id, "azure");
+        assert_eq!(f.primary.upstream_path, "/openai/chat/completions");
     }
 
     #[test]
     fn custom_provider() {
         let l = all();
         let f = run(&l, "/v1/chat/completions", &chat("my-vllm/llama-3")).unwrap();
-        assert_eq!(f.provider.id, "my-vllm");
-        assert_eq!(f.model.as_deref(), Some("llama-3"));
-        assert!(!f.endpoint.tls);
-        assert_eq!(f.endpoint.authority, "10.0.0.5:8000");
+        assert_eq!(f.primary.provider.id, "my-vllm");
+        assert_eq!(f.primary.model.as_deref(), Some("llama-3"));
+        assert!(!f.primary.endpoint.tls);
+        assert_eq!(f.primary.endpoint.authority, "10.0.0.5:8000");
     }
 
     #[test]
@@ -440,7 +502,7 @@ mod tests {
     fn model_routes_win_over_the_provider_route() {
         let l = all();
         let f = run(&l, "/v1/chat/completions", &chat("gpt-4o-mini")).unwrap();
-        assert_eq!(f.credentials[0].id, "pk_mini");
+        assert_eq!(f.primary.credentials[0].id, "pk_mini");
     }
 
     #[test]
@@ -465,7 +527,7 @@ mod tests {
     fn a_body_carrying_an_access_key_is_refused() {
         let l = all();
         let surface = crate::surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &chat("gpt-4o"), access_key_in_body: true, client_ip: None };
+        let facts = RequestFacts { surface, model: &chat("gpt-4o"), fallbacks: &Fallbacks::None, access_key_in_body: true, client_ip: None };
         assert_eq!(code(decide(facts, &l, 0)), "access_key_in_body");
     }
 
@@ -477,10 +539,11 @@ mod tests {
             let facts = RequestFacts {
                 surface,
                 model: &chat("gpt-4o"),
+                fallbacks: &Fallbacks::None,
                 access_key_in_body: false,
                 client_ip: ip.map(|i| i.parse().unwrap()),
             };
-            decide(facts, &l, 0).map(|f| f.provider.id.clone())
+            decide(facts, &l, 0).map(|f| f.primary.provider.id.clone())
         };
         assert!(from(Some("10.1.2.3")).is_ok());
         assert!(from(Some("2001:db8::7")).is_ok());
@@ -492,6 +555,7 @@ mod tests {
         let facts = RequestFacts {
             surface,
             model: &chat("gpt-4o"),
+            fallbacks: &Fallbacks::None,
             access_key_in_body: false,
             client_ip: Some("10.1.2.3".parse().unwrap()),
         };
@@ -507,7 +571,7 @@ mod tests {
         let files = |allow: &[&str]| lookup(Access { endpoints: s(allow), ..Access::default() });
         let reader = files(&["files.read"]);
         let f = run_as(&reader, "GET", "/v1/files/file-1/content?x=1", &ModelField::Absent).unwrap();
-        assert_eq!((f.provider.id.as_str(), f.upstream_path.as_str()), ("openai", "/v1/files/file-1/content?x=1"));
+        assert_eq!((f.primary.provider.id.as_str(), f.primary.upstream_path.as_str()), ("openai", "/v1/files/file-1/content?x=1"));
         assert_eq!(code(run_as(&reader, "DELETE", "/v1/files/file-1", &ModelField::Absent)), "endpoint_not_allowed");
         let all_files = files(&["files.*"]);
         assert_eq!(code(run_as(&all_files, "DELETE", "/v1/files/file-1", &ModelField::Absent)), "forwarded");
@@ -521,17 +585,17 @@ mod tests {
     fn a_model_in_the_path_is_judged_like_a_model_in_the_body() {
         let l = lookup(Access { models: s(&["openai/gpt-4o-mini"]), ..Access::default() });
         let f = run_as(&l, "GET", "/v1/models/gpt-4o-mini", &ModelField::Absent).unwrap();
-        assert_eq!(f.upstream_path, "/v1/models/gpt-4o-mini");
+        assert_eq!(f.primary.upstream_path, "/v1/models/gpt-4o-mini");
         assert_eq!(code(run_as(&l, "GET", "/v1/models/gpt-4o", &ModelField::Absent)), "model_not_allowed");
         let f = run_as(&l, "GET", "/v1/models/openai:gpt-4o-mini", &ModelField::Absent).unwrap();
-        assert_eq!((f.upstream_path.as_str(), f.rewrite_model), ("/v1/models/gpt-4o-mini", false));
+        assert_eq!((f.primary.upstream_path.as_str(), f.rewrite_model), ("/v1/models/gpt-4o-mini", false));
     }
 
     #[test]
     fn model_lists_use_the_formats_provider() {
         let l = all();
         let f = run_as(&l, "GET", "/v1/models", &ModelField::Absent).unwrap();
-        assert_eq!((f.provider.id.as_str(), f.model), ("openai", None));
+        assert_eq!((f.primary.provider.id.as_str(), f.primary.model), ("openai", None));
         let l = lookup(Access { providers: s(&["anthropic"]), ..Access::default() });
         assert_eq!(code(run_as(&l, "GET", "/v1/models", &ModelField::Absent)), "provider_not_allowed");
     }

@@ -86,6 +86,7 @@ codes! {
     InvalidModel => "invalid_model",
     UnknownModel => "unknown_model",
     UnsupportedApi => "unsupported_api",
+    FallbackUnavailable => "fallback_unavailable",
     NoProviderCredentials => "no_provider_credentials",
     InsufficientCredits => "insufficient_credits",
     ProviderNotAllowed => "provider_not_allowed",

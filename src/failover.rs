@@ -71,6 +71,8 @@ fn decimal_ms(v: &str, unit: u64) -> Option<u64> {
 pub struct Attempt {
     pub key_id: String,
     pub status: Option<u16>,
+    /// Its leg in the plan: 0 the request's model, then its fallbacks.
+    pub leg: usize,
 }
 
 /// The answer when every candidate failed: the last upstream status (503 when
@@ -140,9 +142,9 @@ mod tests {
     #[test]
     fn exhaustion_lists_ids_and_statuses() {
         let attempts = vec![
-            Attempt { key_id: "pk_a".into(), status: Some(429) },
-            Attempt { key_id: "pk_b".into(), status: Some(401) },
-            Attempt { key_id: "pk_c".into(), status: None },
+            Attempt { key_id: "pk_a".into(), status: Some(429), leg: 0 },
+            Attempt { key_id: "pk_b".into(), status: Some(401), leg: 0 },
+            Attempt { key_id: "pk_c".into(), status: None, leg: 1 },
         ];
         let d = exhausted(&attempts, 503);
         assert_eq!((d.status, d.code.as_str()), (503, "all_provider_keys_failed"));

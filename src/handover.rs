@@ -25,7 +25,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use keygate_proto::lookup::{AuthStyle, Credential};
 use sha2::Sha256;
 
-use crate::body::BodyFacts;
+use crate::body::{BodyFacts, Fallbacks};
 use crate::decide::ModelField;
 
 /// Names under which each is set (`set_property`), and where each is read
@@ -38,7 +38,7 @@ pub const BODY: &str = "keygate_body";
 pub const BODY_STATE: [&str; 2] = ["filter_state", "wasm.keygate_body"];
 
 /// The format of a sealed plan (its first byte).
-const SEALED_V1: u8 = 1;
+const SEALED_V2: u8 = 2;
 const NONCE_LEN: usize = 24;
 /// Most attempts a trail records: Envoy's retries are bounded by the
 /// candidates, this only bounds what a damaged trail could make us parse.
@@ -77,75 +77,156 @@ impl Sealer {
         Some(Sealer::new(key, prefix))
     }
 
-    /// The sealed plan (`auth`, `keys`) of request `request_id` to `authority`.
-    pub fn seal(&mut self, request_id: &str, authority: &str, auth: AuthStyle, keys: &[Credential]) -> Option<Vec<u8>> {
+    /// The sealed `plan` of request `request_id`.
+    pub fn seal(&mut self, request_id: &str, plan: &Plan) -> Option<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         nonce[..16].copy_from_slice(&self.prefix);
         nonce[16..].copy_from_slice(&self.counter.to_le_bytes());
         self.counter = self.counter.wrapping_add(1);
-        let payload = Payload { msg: &encode_plan(auth, keys), aad: &binding(request_id, authority) };
+        let payload = Payload { msg: &plan.encode(), aad: request_id.as_bytes() };
         let sealed = self.key.0.encrypt(XNonce::from_slice(&nonce), payload).ok()?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
-        out.push(SEALED_V1);
+        out.push(SEALED_V2);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);
         Some(out)
     }
 }
 
-/// What a plan is bound to (the associated data). A newline separates
-/// them: Envoy refuses one inside a header value.
-fn binding(request_id: &str, authority: &str) -> Vec<u8> {
-    [request_id.as_bytes(), b"\n", authority.as_bytes()].concat()
-}
-
-/// Opens a plan sealed for request `request_id` to `authority` (`None`: not
-/// one, not for this request or place, or not under this key).
-pub fn open(key: &SealKey, request_id: &str, authority: &str, sealed: &[u8]) -> Option<Plan> {
+/// Opens a plan sealed for request `request_id` (`None`: not one, not for
+/// this request, or not under this key). Where the request may go is the
+/// caller's check (`Plan::goes_to`).
+pub fn open(key: &SealKey, request_id: &str, sealed: &[u8]) -> Option<Plan> {
     let (&version, rest) = sealed.split_first()?;
-    if version != SEALED_V1 || rest.len() < NONCE_LEN {
+    if version != SEALED_V2 || rest.len() < NONCE_LEN {
         return None;
     }
     let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-    let payload = Payload { msg: ciphertext, aad: &binding(request_id, authority) };
+    let payload = Payload { msg: ciphertext, aad: request_id.as_bytes() };
     let plain = key.0.decrypt(XNonce::from_slice(nonce), payload).ok()?;
     Plan::decode(&plain)
 }
 
-/// The candidate credentials of a request, in the order attempts use them.
+/// Where and how a request may be served, in the order attempts go: each
+/// leg (a model at a provider) with its candidate credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The attempts go through the hop (the `hopCluster`'s internal
+    /// listener): each sets its own `:authority` and inner cluster. Only a
+    /// plan whose legs are at different places needs it.
+    pub hop: bool,
+    /// Never empty: the first is the request's `model`, the others its
+    /// fallbacks (`models`).
+    pub legs: Vec<Leg>,
+}
+
+/// One model at one provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leg {
+    pub provider: String,
+    /// The provider's name for the model (`None`: the request names none).
+    /// A fallback's attempts carry it as the body's `model`.
+    pub model: Option<String>,
     pub auth: AuthStyle,
+    pub tls: bool,
+    pub authority: String,
+    pub path: String,
+    /// Candidate credentials, in the order attempts use them.
     pub keys: Vec<Credential>,
 }
 
-/// Style byte, then each key's id and value, each with a u16 length.
-fn encode_plan(auth: AuthStyle, keys: &[Credential]) -> Vec<u8> {
-    let mut out = vec![style_byte(auth)];
-    for k in keys {
-        for field in [k.id.as_bytes(), k.value.as_bytes()] {
-            let len = field.len().min(usize::from(u16::MAX));
-            out.extend_from_slice(&(len as u16).to_le_bytes());
-            out.extend_from_slice(field.get(..len).unwrap_or_default());
-        }
+impl Plan {
+    /// Every attempt's leg (its index and itself) and credential, in order.
+    pub fn candidates(&self) -> impl Iterator<Item = (usize, &Leg, &Credential)> {
+        self.legs.iter().enumerate().flat_map(|(i, leg)| leg.keys.iter().map(move |k| (i, leg, k)))
     }
-    out
+
+    /// Attempt `index`'s leg (index and leg) and credential.
+    pub fn attempt(&self, index: usize) -> Option<(usize, &Leg, &Credential)> {
+        self.candidates().nth(index)
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.legs.iter().map(|l| l.keys.len()).sum()
+    }
+
+    /// A request at `authority` may be served by this plan: the first leg's
+    /// place (what the keygate filter set), or, through the hop, any leg's
+    /// (an earlier attempt set it). Anything else was sent elsewhere after
+    /// the keygate filter.
+    pub fn goes_to(&self, authority: &str) -> bool {
+        let mut places = self.legs.iter().take(if self.hop { usize::MAX } else { 1 });
+        places.any(|l| l.authority == authority)
+    }
+
+    /// Flags (1: hop), then per leg its style, TLS, provider, model (`-` or
+    /// `+name`), authority, path and credentials (a count, then each id and
+    /// value); strings with a u16 length.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![u8::from(self.hop), self.legs.len().min(255) as u8];
+        for leg in self.legs.iter().take(255) {
+            out.push(style_byte(leg.auth));
+            out.push(u8::from(leg.tls));
+            let model = leg.model.as_ref().map_or_else(|| "-".to_string(), |m| format!("+{m}"));
+            for field in [&leg.provider, &model, &leg.authority, &leg.path] {
+                put(&mut out, field.as_bytes());
+            }
+            out.push(leg.keys.len().min(255) as u8);
+            for k in leg.keys.iter().take(255) {
+                put(&mut out, k.id.as_bytes());
+                put(&mut out, k.value.as_bytes());
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Plan> {
+        let mut r = Reader(bytes);
+        let hop = match r.byte()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        let mut legs = Vec::new();
+        for _ in 0..r.byte()? {
+            let auth = style_from(r.byte()?)?;
+            let tls = r.byte()? != 0;
+            let provider = r.text()?;
+            let model = match r.text()? {
+                m if m == "-" => None,
+                m => Some(m.strip_prefix('+')?.to_string()),
+            };
+            let (authority, path) = (r.text()?, r.text()?);
+            let mut keys = Vec::new();
+            for _ in 0..r.byte()? {
+                keys.push(Credential { id: r.text()?, value: r.text()? });
+            }
+            legs.push(Leg { provider, model, auth, tls, authority, path, keys });
+        }
+        (r.0.is_empty() && !legs.is_empty()).then_some(Plan { hop, legs })
+    }
 }
 
-impl Plan {
-    fn decode(bytes: &[u8]) -> Option<Plan> {
-        let (&style, mut rest) = bytes.split_first()?;
-        let mut field = || -> Option<String> {
-            let (len, tail) = rest.split_first_chunk::<2>()?;
-            let (value, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
-            rest = tail;
-            String::from_utf8(value.to_vec()).ok()
-        };
-        let mut keys = Vec::new();
-        while let Some(id) = field() {
-            keys.push(Credential { id, value: field()? });
-        }
-        rest.is_empty().then_some(Plan { auth: style_from(style)?, keys })
+fn put(out: &mut Vec<u8>, field: &[u8]) {
+    let len = field.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(len as u16).to_le_bytes());
+    out.extend_from_slice(field.get(..len).unwrap_or_default());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        let (len, tail) = self.0.split_first_chunk::<2>()?;
+        let (value, tail) = tail.split_at_checked(usize::from(u16::from_le_bytes(*len)))?;
+        self.0 = tail;
+        String::from_utf8(value.to_vec()).ok()
     }
 }
 
@@ -214,10 +295,12 @@ pub struct Tapped {
 }
 
 impl Tapped {
-    /// `1|vm|gate|max_tokens|choices|flags|<kind><model>`: the model, the
-    /// client's string, comes last and needs no escaping. Flags: 1 an access
-    /// key in the body, 2 `"stream": true`, 4 a `stream_options`, 8 a limit
-    /// that is not a count.
+    /// `2|vm|gate|max_tokens|choices|flags|<fallbacks>|<kind><model>`: the
+    /// model, the client's string, comes last and needs no escaping; the
+    /// fallbacks are `-` (none), `x` (malformed), `c` (`models` but for case)
+    /// or `l` and each name as `<byte length>:<name>`. Flags: 1 an access key
+    /// in the body, 2 `"stream": true`, 4 a `stream_options`, 8 a limit that
+    /// is not a count.
     pub fn encode(&self) -> String {
         let f = &self.facts;
         let max = f.max_tokens.map(|m| m.to_string()).unwrap_or_default();
@@ -234,14 +317,26 @@ impl Tapped {
             | u8::from(f.stream) << 1
             | u8::from(f.stream_options) << 2
             | u8::from(f.unclear_limit) << 3;
-        format!("1|{:x}|{}|{max}|{}|{flags}|{kind}{model}", self.vm, self.gate, f.choices)
+        let fallbacks = match &f.fallbacks {
+            Fallbacks::None => "-".to_string(),
+            Fallbacks::Malformed => "x".to_string(),
+            Fallbacks::CaseVariant => "c".to_string(),
+            Fallbacks::List(names) => {
+                let mut out = String::from("l");
+                for name in names {
+                    out.push_str(&format!("{}:{name}", name.len()));
+                }
+                out
+            }
+        };
+        format!("2|{:x}|{}|{max}|{}|{flags}|{fallbacks}|{kind}{model}", self.vm, self.gate, f.choices)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Tapped> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut parts = text.splitn(7, '|');
         let mut next = || parts.next();
-        if next()? != "1" {
+        if next()? != "2" {
             return None;
         }
         let vm = u64::from_str_radix(next()?, 16).ok()?;
@@ -252,7 +347,7 @@ impl Tapped {
         };
         let choices = next()?.parse().ok()?;
         let flags: u8 = next()?.parse().ok().filter(|f| *f < 16)?;
-        let model = next()?;
+        let (fallbacks, model) = decode_fallbacks(next()?)?;
         let mut chars = model.chars();
         let model = match chars.next()? {
             'a' => ModelField::Absent,
@@ -272,9 +367,35 @@ impl Tapped {
             stream: flags & 2 != 0,
             stream_options: flags & 4 != 0,
             unclear_limit: flags & 8 != 0,
+            fallbacks,
         };
         Some(Tapped { vm, gate, facts })
     }
+}
+
+/// The fallbacks at the start of `text`, and what follows their `|`.
+fn decode_fallbacks(text: &str) -> Option<(Fallbacks, &str)> {
+    let (kind, mut rest) = text.split_at_checked(1)?;
+    let fallbacks = match kind {
+        "-" => Fallbacks::None,
+        "x" => Fallbacks::Malformed,
+        "c" => Fallbacks::CaseVariant,
+        "l" => {
+            let mut names = Vec::new();
+            while !rest.starts_with('|') {
+                let (len, tail) = rest.split_once(':')?;
+                let (name, tail) = tail.split_at_checked(len.parse().ok()?)?;
+                names.push(name.to_string());
+                rest = tail;
+                if names.len() > crate::body::MAX_FALLBACKS {
+                    return None;
+                }
+            }
+            Fallbacks::List(names)
+        }
+        _ => return None,
+    };
+    Some((fallbacks, rest.strip_prefix('|')?))
 }
 
 #[cfg(test)]
@@ -282,12 +403,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn plan() -> Plan {
-        Plan {
+    /// A plan for `model` at `anthropic` with two credentials, falling back
+    /// to `other` at another place with one.
+    pub(crate) fn plan() -> Plan {
+        let leg = |provider: &str, model: &str, authority: &str, keys: &[(&str, &str)]| Leg {
+            provider: provider.into(),
+            model: Some(model.into()),
             auth: AuthStyle::XApiKey,
-            keys: vec![
-                Credential { id: "pk_a".into(), value: "sk-ant-a".into() },
-                Credential { id: "pk_b".into(), value: "sk|with,odd\u{e9}bytes".into() },
+            tls: true,
+            authority: authority.into(),
+            path: "/v1/messages".into(),
+            keys: keys.iter().map(|(id, value)| Credential { id: (*id).into(), value: (*value).into() }).collect(),
+        };
+        Plan {
+            hop: true,
+            legs: vec![
+                leg("anthropic", "claude", "api.example", &[("pk_a", "sk-ant-a"), ("pk_b", "sk|with,odd\u{e9}bytes")]),
+                leg("other", "o|ther", "other.example:8443", &[("pk_c", "sk-c")]),
             ],
         }
     }
@@ -295,32 +427,35 @@ mod tests {
     #[test]
     fn a_sealed_plan_opens_for_its_request_under_the_same_credential() {
         let mut sealer = Sealer::new(SealKey::derive("gateway-secret"), [7; 16]);
-        let sealed = {
-            let p = plan();
-            sealer.seal("req-1", "api.example", p.auth, &p.keys)
-        }
-        .unwrap();
+        let sealed = sealer.seal("req-1", &plan()).unwrap();
         let key = SealKey::derive("gateway-secret");
-        assert_eq!(open(&key, "req-1", "api.example", &sealed), Some(plan()));
-        assert_eq!(open(&SealKey::derive("another-secret"), "req-1", "api.example", &sealed), None, "another key");
-        assert_eq!(open(&key, "req-2", "api.example", &sealed), None, "another request");
-        assert_eq!(open(&key, "req-1", "evil.example", &sealed), None, "another place");
-        assert_eq!(open(&key, "req-1\napi", ".example", &sealed), None, "the parts cannot shift");
+        assert_eq!(open(&key, "req-1", &sealed), Some(plan()));
+        assert_eq!(open(&SealKey::derive("another-secret"), "req-1", &sealed), None, "another key");
+        assert_eq!(open(&key, "req-2", &sealed), None, "another request");
+    }
+
+    #[test]
+    fn a_plan_goes_only_to_its_places() {
+        let mut p = plan();
+        assert!(p.goes_to("api.example") && p.goes_to("other.example:8443"), "through the hop: any leg's");
+        assert!(!p.goes_to("evil.example") && !p.goes_to(""));
+        p.hop = false;
+        assert!(p.goes_to("api.example") && !p.goes_to("other.example:8443"), "without: the first leg's only");
+    }
+
+    #[test]
+    fn attempts_walk_the_legs_in_order() {
+        let p = plan();
+        let at = |i| p.attempt(i).map(|(leg, _, k)| (leg, k.id.as_str()));
+        assert_eq!([at(0), at(1), at(2), at(3)], [Some((0, "pk_a")), Some((0, "pk_b")), Some((1, "pk_c")), None]);
+        assert_eq!(p.attempts(), 3);
     }
 
     #[test]
     fn sealed_plans_hide_their_secrets_and_never_repeat_a_nonce() {
         let mut sealer = Sealer::new(SealKey::derive("t"), [0; 16]);
-        let a = {
-            let p = plan();
-            sealer.seal("r", "a", p.auth, &p.keys)
-        }
-        .unwrap();
-        let b = {
-            let p = plan();
-            sealer.seal("r", "a", p.auth, &p.keys)
-        }
-        .unwrap();
+        let a = sealer.seal("r", &plan()).unwrap();
+        let b = sealer.seal("r", &plan()).unwrap();
         assert_ne!(a.get(1..25), b.get(1..25), "nonces differ");
         assert_ne!(a, b);
         for secret in ["sk-ant-a", "pk_a", "odd"] {
@@ -331,16 +466,16 @@ mod tests {
     #[test]
     fn a_tampered_plan_does_not_open() {
         let key = SealKey::derive("t");
-        let sealed = Sealer::new(SealKey::derive("t"), [1; 16]).seal("r", "a", plan().auth, &plan().keys).unwrap();
+        let sealed = Sealer::new(SealKey::derive("t"), [1; 16]).seal("r", &plan()).unwrap();
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(open(&key, "r", "a", &bad), None, "byte {i}");
+            assert_eq!(open(&key, "r", &bad), None, "byte {i}");
         }
-        assert_eq!(open(&key, "r", "a", &sealed), Some(plan()));
-        assert_eq!(open(&key, "r", "a", &sealed[..sealed.len() - 1]), None);
-        assert_eq!(open(&key, "r", "a", b""), None);
-        assert_eq!(open(&key, "r", "a", &[1; 30]), None);
+        assert_eq!(open(&key, "r", &sealed), Some(plan()));
+        assert_eq!(open(&key, "r", &sealed[..sealed.len() - 1]), None);
+        assert_eq!(open(&key, "r", b""), None);
+        assert_eq!(open(&key, "r", &[2; 30]), None);
     }
 
     #[test]
@@ -384,6 +519,7 @@ mod tests {
                     stream: true,
                     stream_options: false,
                     unclear_limit: true,
+                    fallbacks: Fallbacks::List(vec!["a|b".into(), "2:x".into(), String::new(), "é".into()]),
                 },
             };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t.clone()));
@@ -393,13 +529,29 @@ mod tests {
                     access_key: false,
                     stream: false,
                     stream_options: true,
+                    fallbacks: Fallbacks::None,
                     ..t.facts
                 },
                 ..t
             };
             assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t));
         }
-        for bad in ["", "2|0|0||1|0|a", "1|zz|0||1|0|a", "1|0|0||1|16|a", "1|0|0||1|0|q", "1|0|0||1|0|"] {
+        for fallbacks in [Fallbacks::Malformed, Fallbacks::CaseVariant, Fallbacks::List(vec![])] {
+            let t = Tapped { vm: 1, gate: 2, facts: BodyFacts { fallbacks, ..BodyFacts::of(ModelField::Absent) } };
+            assert_eq!(Tapped::decode(t.encode().as_bytes()), Some(t));
+        }
+        for bad in [
+            "",
+            "1|0|0||1|0|-|a",
+            "2|zz|0||1|0|-|a",
+            "2|0|0||1|16|-|a",
+            "2|0|0||1|0|-|q",
+            "2|0|0||1|0|-|",
+            "2|0|0||1|0|a",
+            "2|0|0||1|0|l5:ab|a",
+            "2|0|0||1|0|l1:a1:b1:c1:d1:e1:f1:g1:h1:i|a",
+            "2|0|0||1|0|l1:é|a",
+        ] {
             assert_eq!(Tapped::decode(bad.as_bytes()), None, "{bad}");
         }
     }
@@ -407,19 +559,37 @@ mod tests {
     proptest! {
         #[test]
         fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = open(&SealKey::derive("t"), "r", "a", &bytes);
+            let _ = open(&SealKey::derive("t"), "r", &bytes);
             let _ = Plan::decode(&bytes);
             let _ = parse_trail(&bytes);
             let _ = Tapped::decode(&bytes);
         }
 
         #[test]
-        fn plans_round_trip(ids in proptest::collection::vec((".{0,20}", ".{0,40}"), 0..6)) {
+        fn plans_round_trip(
+            hop in any::<bool>(),
+            legs in proptest::collection::vec(
+                (".{0,20}", proptest::option::of(".{0,20}"), any::<bool>(), ".{0,20}", ".{0,20}",
+                 proptest::collection::vec((".{0,20}", ".{0,40}"), 0..4)),
+                1..4,
+            ),
+        ) {
             let p = Plan {
-                auth: AuthStyle::Bearer,
-                keys: ids.into_iter().map(|(id, value)| Credential { id, value }).collect(),
+                hop,
+                legs: legs
+                    .into_iter()
+                    .map(|(provider, model, tls, authority, path, keys)| Leg {
+                        provider,
+                        model,
+                        auth: AuthStyle::Bearer,
+                        tls,
+                        authority,
+                        path,
+                        keys: keys.into_iter().map(|(id, value)| Credential { id, value }).collect(),
+                    })
+                    .collect(),
             };
-            prop_assert_eq!(Plan::decode(&encode_plan(p.auth, &p.keys)), Some(p));
+            prop_assert_eq!(Plan::decode(&p.encode()), Some(p));
         }
     }
 }

@@ -4,6 +4,12 @@
 /// Byte range of the value of the top-level key `key` (including quotes for a
 /// string), or `None` when absent or the document is not a JSON object.
 pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
+    find_member(doc, key).map(|(_, start, end)| (start, end))
+}
+
+/// Where the top-level member `key` is: its key's start, and its value's
+/// start and end.
+fn find_member(doc: &[u8], key: &str) -> Option<(usize, usize, usize)> {
     let mut i = skip_ws(doc, 0);
     if doc.get(i) != Some(&b'{') {
         return None;
@@ -31,7 +37,7 @@ pub fn find_top_level_value(doc: &[u8], key: &str) -> Option<(usize, usize)> {
         let end = skip_value(doc, start)?;
         let raw_key = doc.get(i_key..key_end)?;
         if this_key == key.as_bytes() || crate::body::unescape(raw_key).is_ok_and(|k| k == key) {
-            return Some((start, end));
+            return Some((i_key, start, end));
         }
         i = end;
     }
@@ -45,6 +51,28 @@ pub fn rewrite_model(doc: &[u8], new_model: &str) -> Option<Vec<u8>> {
     out.extend_from_slice(doc.get(..start)?);
     out.extend_from_slice(literal.as_bytes());
     out.extend_from_slice(doc.get(end..)?);
+    Some(out)
+}
+
+/// Takes the top-level member `key` out (the first, the body reader refuses
+/// a repeated one), with the comma that joined it to its neighbour.
+pub fn remove_member(doc: &[u8], key: &str) -> Option<Vec<u8>> {
+    let (key_start, _, end) = find_member(doc, key)?;
+    let after = skip_ws(doc, end);
+    let (cut_start, cut_end) = if doc.get(after) == Some(&b',') {
+        (key_start, after + 1)
+    } else {
+        // The last member: the comma before it goes (if any).
+        let before = doc.get(..key_start)?.iter().rposition(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))?;
+        if doc.get(before) == Some(&b',') {
+            (before, end)
+        } else {
+            (key_start, end)
+        }
+    };
+    let mut out = Vec::with_capacity(doc.len());
+    out.extend_from_slice(doc.get(..cut_start)?);
+    out.extend_from_slice(doc.get(cut_end..)?);
     Some(out)
 }
 
@@ -132,6 +160,22 @@ mod tests {
 
     fn rewrite(doc: &str, m: &str) -> Option<String> {
         rewrite_model(doc.as_bytes(), m).map(|b| String::from_utf8(b).unwrap())
+    }
+
+    #[test]
+    fn removes_a_top_level_member_and_its_comma() {
+        let remove = |doc: &str| remove_member(doc.as_bytes(), "models").map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(remove(r#"{"models":["a"],"model":"m"}"#).unwrap(), r#"{"model":"m"}"#);
+        assert_eq!(remove(r#"{"model":"m", "models" : ["a", "b"] }"#).unwrap(), r#"{"model":"m" }"#);
+        assert_eq!(remove(r#"{"model":"m","models":[],"n":1}"#).unwrap(), r#"{"model":"m","n":1}"#);
+        assert_eq!(remove(r#"{"models":[]}"#).unwrap(), r#"{}"#);
+        assert_eq!(remove(r#"{"mod\u0065ls":["x"],"model":"m"}"#).unwrap(), r#"{"model":"m"}"#, "as a provider reads the key");
+        let nested = r#"{"model":"m","messages":[{"models":["x"]}]}"#;
+        assert_eq!(remove(nested), None, "only the top level");
+        for doc in [r#"{"models":["a"],"model":"m"}"#, r#"{"a":1,"models":["a"]}"#, r#"{"a":1,"models":["a"],"b":2}"#] {
+            let v: serde_json::Value = serde_json::from_str(&remove(doc).unwrap()).unwrap();
+            assert!(v.get("models").is_none(), "{doc}");
+        }
     }
 
     #[test]

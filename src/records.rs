@@ -31,6 +31,9 @@ pub struct Finished {
     pub request_id: String,
     pub served: Served,
     pub attempts: Vec<Attempt>,
+    /// Provider and model of each leg (`Attempt::leg`): the first is
+    /// `served`'s, the others the request's fallbacks.
+    pub legs: Vec<(String, Option<String>)>,
     /// What the provider reported.
     pub usage: Usage,
     /// The admission's estimate (input, output), counted when the provider
@@ -79,11 +82,21 @@ pub fn records(f: Finished) -> Vec<UsageRecord> {
         ended_ms: f.ended_ms,
         ..UsageRecord::default()
     };
-    let of_attempt = |i: usize, a: Attempt, base: UsageRecord| UsageRecord {
-        provider_key_id: Some(a.key_id),
-        attempt: i as u32 + 1,
-        status: a.status.unwrap_or(0),
-        ..base
+    // A fallback's attempt is its leg's provider and model.
+    let legs = f.legs;
+    let of_attempt = |i: usize, a: Attempt, base: UsageRecord| {
+        let (provider, model) = match legs.get(a.leg) {
+            Some((provider, model)) if a.leg > 0 => (provider.clone(), model.clone()),
+            _ => (base.provider.clone(), base.model.clone()),
+        };
+        UsageRecord {
+            provider_key_id: Some(a.key_id),
+            attempt: i as u32 + 1,
+            status: a.status.unwrap_or(0),
+            provider,
+            model,
+            ..base
+        }
     };
     let earlier = attempts.len();
     let mut out: Vec<UsageRecord> = Vec::with_capacity(earlier + 1);
@@ -164,6 +177,7 @@ mod tests {
             request_id: "req".into(),
             served: served(),
             attempts,
+            legs: vec![("openai".into(), None), ("other".into(), Some("other-model".into()))],
             usage,
             estimate: (100, 4096),
             streaming: false,
@@ -174,7 +188,7 @@ mod tests {
     }
 
     fn attempt(key: &str, status: Option<u16>) -> Attempt {
-        Attempt { key_id: key.into(), status }
+        Attempt { key_id: key.into(), status, leg: 0 }
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl RootContext for Root {
         let Some(config) = self.config.as_ref() else { return Some(Box::new(Unconfigured)) };
         Some(match config.role {
             Role::Upstream => match self.seal.clone() {
-                Some(seal) => Box::new(UpstreamAttempt { seal, sent: None }),
+                Some(seal) => Box::new(UpstreamAttempt { seal, config: config.clone(), sent: None }),
                 None => Box::new(Unconfigured),
             },
             Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
@@ -297,6 +297,7 @@ impl HttpContext for Gate {
 /// The upstream filter's context of one attempt (see `attempt`).
 struct UpstreamAttempt {
     seal: Rc<SealKey>,
+    config: Rc<Config>,
     /// Its entry in the request's trail, once its credential is on.
     sent: Option<attempt::Sent>,
 }
@@ -305,12 +306,19 @@ impl Context for UpstreamAttempt {}
 
 impl HttpContext for UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.sent = attempt::attempt_headers(&Abi, &self.seal);
+        self.sent = attempt::attempt_headers(&Abi, &self.seal, &self.config);
         // Refused: a local reply was sent, nothing goes to the provider.
         if self.sent.is_some() {
             Action::Continue
         } else {
             Action::Pause
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match &self.sent {
+            Some(sent) if !attempt::attempt_body(&Abi, sent, body_size, end_of_stream) => Action::Pause,
+            _ => Action::Continue,
         }
     }
 

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::net::IpAddr;
 
 use keygate_proto::lookup::{
-    Access, AuthStyle, Credential, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest,
+    Access, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest,
     ReserveResponse,
 };
 use keygate_proto::token;
@@ -20,10 +20,11 @@ use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEA
 use crate::admission::{self, Ask, Counted, Counters, Verdict};
 use crate::cache::Freshness;
 use crate::callouts::{LeaseAsk, Purpose};
+use crate::body::Fallbacks;
 use crate::decide::{check_client_ip, check_key, ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, retry_hint_ms, Attempt};
-use crate::handover::{self, Outcome, Tapped};
+use crate::handover::{self, Outcome, Plan, Tapped};
 use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
@@ -73,9 +74,8 @@ pub struct Forwarded {
     /// One candidate: the keygate filter set its credential, and the
     /// cluster has no upstream filter.
     pub direct: bool,
-    pub auth: AuthStyle,
-    /// Candidate credentials, in the order attempts use them.
-    pub keys: Vec<Credential>,
+    /// Where attempts go, with which credentials, in order.
+    pub plan: Plan,
     pub attempts: Vec<Attempt>,
     /// The upstream filter's trail was read into `attempts`.
     trail_read: bool,
@@ -85,6 +85,8 @@ pub struct Forwarded {
     ask_usage: bool,
     /// The provider's model name to write into the body.
     rewrite_model: Option<String>,
+    /// The body's `models` (fallbacks) to take out.
+    strip_models: bool,
     answer: Answer,
 }
 
@@ -122,6 +124,7 @@ struct Facts {
     /// filter sets; none without a body).
     size_known: bool,
     model: Option<ModelField>,
+    fallbacks: Fallbacks,
     /// `model` and `max_tokens` came from the gate (no metadata reads).
     body_read: bool,
     max_tokens: Option<u64>,
@@ -262,6 +265,7 @@ impl Worker {
                 f.stream = facts.stream;
                 f.stream_options = facts.stream_options;
                 f.unclear_limit = facts.unclear_limit;
+                f.fallbacks = facts.fallbacks;
                 f.body_read = true;
             }
             // A gate runs in this VM, yet no findings: refuse rather than guess.
@@ -379,7 +383,13 @@ impl Worker {
             && surface.format == keygate_proto::lookup::Format::Openai
             && matches!(surface.rest, "chat/completions" | "completions");
         let ask = Ask {
-            facts: RequestFacts { surface, model: &model, access_key_in_body: f.access_key_in_body, client_ip },
+            facts: RequestFacts {
+                surface,
+                model: &model,
+                fallbacks: &f.fallbacks,
+                access_key_in_body: f.access_key_in_body,
+                client_ip,
+            },
             estimate: req.admitted.estimate,
             output_stated: f.max_tokens.is_some() && !f.unclear_limit,
             size_known: f.size_known,
@@ -456,8 +466,7 @@ impl Worker {
         // The upstream filter puts each attempt's credential on; direct
         // clusters have none (the headers above carry the one credential).
         if !fw.direct {
-            let authority = fw.headers.iter().find(|(n, _)| *n == ":authority").map_or("", |(_, v)| v.as_str());
-            let sealed = self.sealer.as_mut().and_then(|s| s.seal(&req.facts.request_id, authority, fw.auth, &fw.keys));
+            let sealed = self.sealer.as_mut().and_then(|s| s.seal(&req.facts.request_id, &fw.plan));
             if sealed.is_none_or(|plan| host.set_property(&[handover::PLAN], &plan).is_err()) {
                 warn!("keygate: request {}: could not hand the plan to the upstream filter", req.facts.request_id);
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
@@ -473,19 +482,19 @@ impl Worker {
             "keygate: request {} provider={} credential={}",
             req.facts.request_id,
             fw.provider,
-            fw.keys.first().map_or("-", |k| k.id.as_str())
+            fw.plan.attempt(0).map_or("-", |(_, _, k)| k.id.as_str())
         );
         // A model list is shown as the key may use it (`models`).
         let listing = listing.then(|| lookup.access.as_ref().and_then(|a| a.models.clone())).flatten();
         req.phase = Phase::Forwarded(Box::new(Forwarded {
             direct: fw.direct,
-            auth: fw.auth,
-            keys: fw.keys,
+            plan: fw.plan,
             attempts: Vec::new(),
             trail_read: false,
             listing: listing.map(|allow| (fw.provider.clone(), allow)),
             ask_usage,
             rewrite_model: fw.rewrite_model,
+            strip_models: fw.strip_models,
             answer: Answer::default(),
         }));
         Step::Forwarded
@@ -780,7 +789,7 @@ impl Worker {
         let max = self.config.max_body_bytes;
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
-        if fw.rewrite_model.is_none() && !fw.ask_usage {
+        if fw.rewrite_model.is_none() && !fw.ask_usage && !fw.strip_models {
             return Flow::Continue;
         }
         if body_size as u64 > max {
@@ -791,6 +800,13 @@ impl Worker {
             return Flow::Pause; // buffer until the whole body is here
         }
         let mut body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
+        if std::mem::take(&mut fw.strip_models) {
+            // The gate read `models` from this JSON body: it is there.
+            match crate::model_json::remove_member(&body, "models") {
+                Some(new_body) => body = new_body,
+                None => return self.refuse(host, id, &Denial::internal("the gateway could not prepare the request")),
+            }
+        }
         if let Some(model) = fw.rewrite_model.take() {
             let rewritten = match req.facts.form_boundary.as_deref() {
                 Some(boundary) => crate::multipart::rewrite_model(&body, boundary, &model),
@@ -819,7 +835,7 @@ impl Worker {
         let rewriting = self
             .requests
             .get(&id)
-            .is_some_and(|r| matches!(&r.phase, Phase::Forwarded(fw) if fw.rewrite_model.is_some() || fw.ask_usage));
+            .is_some_and(|r| matches!(&r.phase, Phase::Forwarded(fw) if fw.rewrite_model.is_some() || fw.ask_usage || fw.strip_models));
         if rewriting {
             return self.refuse(host, id, &Denial::unexpected_trailers());
         }
@@ -842,7 +858,7 @@ impl Worker {
         }
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
         // One snapshot: the status, and any header that echoes a credential.
-        let secrets: Vec<String> = fw.keys.iter().map(|k| k.value.clone()).collect();
+        let secrets: Vec<String> = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
         let mut status = 0;
         let mut refused_upstream = false;
         let mut retry_after = (None, None);
@@ -868,11 +884,11 @@ impl Worker {
             }
         }
         if fw.direct && fw.attempts.is_empty() {
-            let key_id = fw.keys.first().map(|k| k.id.clone()).unwrap_or_default();
+            let key_id = fw.plan.attempt(0).map(|(_, _, k)| k.id.clone()).unwrap_or_default();
             let retry_hint_ms =
                 if status == 429 { retry_hint_ms(retry_after.0.as_deref(), retry_after.1.as_deref()) } else { None };
             cool_down(host, &mut self.metrics, &key_id, Outcome { status: Some(status), retry_hint_ms }, &config);
-            fw.attempts.push(Attempt { key_id, status: Some(status) });
+            fw.attempts.push(Attempt { key_id, status: Some(status), leg: 0 });
         } else if !fw.direct {
             read_trail(host, &mut self.metrics, &config, fw);
             if refused_upstream {
@@ -895,6 +911,14 @@ impl Worker {
         set("x-keygate-attempts", &fw.attempts.len().to_string());
         if let Some(last) = fw.attempts.last() {
             set("x-keygate-provider-key", &last.key_id);
+            // Which model and provider served (with fallbacks, not always
+            // the first).
+            if let Some(leg) = fw.plan.legs.get(last.leg) {
+                set("x-keygate-provider", &leg.provider);
+                if let Some(model) = &leg.model {
+                    set("x-keygate-model", model);
+                }
+            }
         }
         if failover::is_failover_status(status) {
             // Every candidate was tried (Envoy stops retrying only then, or on
@@ -995,7 +1019,7 @@ impl Worker {
                 *count = count.saturating_sub(1);
             }
         }
-        let (attempts, answer) = match std::mem::take(&mut req.phase) {
+        let (attempts, answer, legs) = match std::mem::take(&mut req.phase) {
             Phase::Forwarded(mut fw) => {
                 // Ended before its answer's headers (the client left): the
                 // attempts that went out are still recorded.
@@ -1003,9 +1027,10 @@ impl Worker {
                     let config = self.config.clone();
                     read_trail(host, &mut self.metrics, &config, &mut fw);
                 }
-                (fw.attempts, fw.answer)
+                let legs = fw.plan.legs.into_iter().map(|l| (l.provider, l.model)).collect();
+                (fw.attempts, fw.answer, legs)
             }
-            _ => (Vec::new(), Answer::default()),
+            _ => (Vec::new(), Answer::default(), Vec::new()),
         };
         let Some(served) = req.admitted.served.take() else { return };
         let usage = match (&answer.scanner, &answer.json) {
@@ -1029,6 +1054,7 @@ impl Worker {
             request_id: std::mem::take(&mut req.facts.request_id),
             served,
             attempts,
+            legs,
             usage,
             estimate: req.admitted.estimate,
             streaming: answer.scanner.is_some(),
@@ -1078,9 +1104,9 @@ fn read_trail(host: &impl Host, metrics: &mut Metrics, config: &crate::config::C
     }
     let trail = host.property(&handover::TRAIL_STATE).map(|b| handover::parse_trail(&b)).unwrap_or_default();
     metrics.add(Counter::FailoverRetries, trail.len().saturating_sub(1) as u64);
-    for (outcome, key) in trail.into_iter().zip(&fw.keys) {
+    for (outcome, (leg, _, key)) in trail.into_iter().zip(fw.plan.candidates()) {
         cool_down(host, metrics, &key.id, outcome, config);
-        fw.attempts.push(Attempt { key_id: key.id.clone(), status: outcome.status });
+        fw.attempts.push(Attempt { key_id: key.id.clone(), status: outcome.status, leg });
     }
 }
 

@@ -337,7 +337,8 @@ fn attempt(host: &FakeHost, ctx: u32, token: &str, answer: Option<&[(&str, &str)
     host.enter(ctx);
     let headers = [("x-request-id", "req-2"), (":authority", "api.openai.com"), ("authorization", "Bearer old")];
     host.set_headers(ctx, Map::RequestHeaders, &headers);
-    let sent = crate::attempt::attempt_headers(host, &crate::handover::SealKey::derive(token));
+    let config = crate::config::Config::parse(br#"{"role":"upstream"}"#).unwrap();
+    let sent = crate::attempt::attempt_headers(host, &crate::handover::SealKey::derive(token), &config);
     let went = sent.is_some();
     if let (Some(sent), Some(headers)) = (sent, answer) {
         host.set_headers(ctx, Map::ResponseHeaders, headers);
@@ -575,7 +576,7 @@ fn a_new_configuration_keeps_the_requests_in_flight() {
     chat(&host, &mut w, 3, &key(1));
     let sealed = host.property_of(3, &crate::handover::PLAN_STATE).unwrap();
     let key = crate::handover::SealKey::derive("gw-token-2");
-    assert!(crate::handover::open(&key, "req-3", "api.openai.com", &sealed).is_some());
+    assert!(crate::handover::open(&key, "req-3", &sealed).is_some_and(|p| p.goes_to("api.openai.com")));
 }
 
 #[test]
