@@ -47,6 +47,27 @@ fn openapi_lists_every_route_served() {
 }
 
 #[tokio::test]
+async fn openapi_describes_every_access_key_field_served() {
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let props = |name: &str| {
+        let mut keys: Vec<String> =
+            doc["components"]["schemas"][name]["properties"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let h = harness();
+    let k = h.ok("POST", "/access-keys", Some(json!({"name": "k", "maxConcurrentRequests": 2}))).await;
+    let got = h.ok("GET", &format!("/access-keys/{}", k["id"].as_str().unwrap()), None).await;
+    let mut served: Vec<String> = got.as_object().unwrap().keys().cloned().collect();
+    served.sort();
+    assert_eq!(served, props("AccessKey"));
+    for body in ["CreateAccessKey", "PatchAccessKey"] {
+        let cap = &doc["components"]["schemas"][body]["properties"]["maxConcurrentRequests"];
+        assert_eq!((cap["minimum"].clone(), cap["maximum"].clone()), (json!(1), json!(1_000_000)), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn management_api_requires_the_admin_token() {
     let h = harness();
     let created = h.ok("POST", "/access-keys", Some(json!({"name": "k"}))).await;
