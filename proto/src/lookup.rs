@@ -69,7 +69,8 @@ pub struct Limits {
     pub tokens_per_minute: Option<u64>,
 }
 
-/// Per-request limits from the key's configuration, enforced by the filter.
+/// Per-request limits from the key's configuration (the concurrency cap: the
+/// key's own when it has one), enforced by the filter.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RequestLimits {

@@ -262,6 +262,10 @@ pub enum AccessKeysCmd {
         disabled: bool,
         #[command(flatten)]
         budget: BudgetArgs,
+        /// This key's own cap on its requests in flight at once (per Envoy),
+        /// in place of its configuration's (1 to 1000000).
+        #[arg(long)]
+        max_concurrent_requests: Option<u64>,
     },
     List(ListArgs),
     Get {
@@ -303,6 +307,13 @@ pub enum AccessKeysCmd {
         /// Remove the budget.
         #[arg(long, conflicts_with_all = ["budget_tokens", "budget_usd", "budget_window", "budget_time_zone"])]
         no_budget: bool,
+        /// This key's own cap on its requests in flight at once (per Envoy),
+        /// in place of its configuration's (1 to 1000000).
+        #[arg(long, conflicts_with = "no_max_concurrent_requests")]
+        max_concurrent_requests: Option<u64>,
+        /// Remove the key's own cap (its configuration's applies again).
+        #[arg(long)]
+        no_max_concurrent_requests: bool,
     },
 }
 
@@ -551,7 +562,16 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
     match cli.command {
         Command::Serve(_) | Command::Migrate | Command::Copy(_) => Err("not an admin command".into()),
         Command::AccessKeys(cmd) => match cmd {
-            AccessKeysCmd::Create { name, config, description, metadata, expires_at, disabled, budget } => {
+            AccessKeysCmd::Create {
+                name,
+                config,
+                description,
+                metadata,
+                expires_at,
+                disabled,
+                budget,
+                max_concurrent_requests,
+            } => {
                 let mut b = Map::new();
                 b.insert("name".into(), Value::String(name));
                 put_opt(&mut b, "accessKeyConfigurationId", config);
@@ -563,6 +583,9 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 }
                 if let Some(v) = budget.to_json() {
                     b.insert("budget".into(), v);
+                }
+                if let Some(n) = max_concurrent_requests {
+                    b.insert("maxConcurrentRequests".into(), json!(n));
                 }
                 c.call(Verb::Post, "/access-keys", Some(Value::Object(b)))
             }
@@ -590,6 +613,8 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 enable,
                 budget,
                 no_budget,
+                max_concurrent_requests,
+                no_max_concurrent_requests,
             } => {
                 let mut b = Map::new();
                 put_opt(&mut b, "name", name);
@@ -611,6 +636,12 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 }
                 if no_budget {
                     b.insert("budget".into(), Value::Null);
+                }
+                if let Some(n) = max_concurrent_requests {
+                    b.insert("maxConcurrentRequests".into(), json!(n));
+                }
+                if no_max_concurrent_requests {
+                    b.insert("maxConcurrentRequests".into(), Value::Null);
                 }
                 c.call(Verb::Patch, &format!("/access-keys/{}", seg(&id)?), Some(Value::Object(b)))
             }

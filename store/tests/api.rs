@@ -47,6 +47,27 @@ fn openapi_lists_every_route_served() {
 }
 
 #[tokio::test]
+async fn openapi_describes_every_access_key_field_served() {
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let props = |name: &str| {
+        let mut keys: Vec<String> =
+            doc["components"]["schemas"][name]["properties"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let h = harness();
+    let k = h.ok("POST", "/access-keys", Some(json!({"name": "k", "maxConcurrentRequests": 2}))).await;
+    let got = h.ok("GET", &format!("/access-keys/{}", k["id"].as_str().unwrap()), None).await;
+    let mut served: Vec<String> = got.as_object().unwrap().keys().cloned().collect();
+    served.sort();
+    assert_eq!(served, props("AccessKey"));
+    for body in ["CreateAccessKey", "PatchAccessKey"] {
+        let cap = &doc["components"]["schemas"][body]["properties"]["maxConcurrentRequests"];
+        assert_eq!((cap["minimum"].clone(), cap["maximum"].clone()), (json!(1), json!(1_000_000)), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn management_api_requires_the_admin_token() {
     let h = harness();
     let created = h.ok("POST", "/access-keys", Some(json!({"name": "k"}))).await;
@@ -140,6 +161,41 @@ async fn access_key_lifecycle_and_token_shown_once() {
 }
 
 #[tokio::test]
+async fn an_access_key_has_a_concurrency_cap_of_its_own_that_null_clears() {
+    let h = harness();
+    let plain = h.ok("POST", "/access-keys", Some(json!({"name": "plain"}))).await;
+    assert_eq!(plain["maxConcurrentRequests"], Value::Null, "none unless given");
+    let (s, created) = h.api("POST", "/access-keys", Some(json!({"name": "capped", "maxConcurrentRequests": 2}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    assert_eq!(created["maxConcurrentRequests"], 2);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(h.ok("GET", &format!("/access-keys/{id}"), None).await["maxConcurrentRequests"], 2);
+    let list = h.ok("GET", "/access-keys", None).await;
+    let listed: Vec<(Value, Value)> = list["accessKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].clone(), k["maxConcurrentRequests"].clone()))
+        .collect();
+    assert_eq!(listed, [(json!("capped"), json!(2)), (json!("plain"), Value::Null)]);
+    // A PATCH without it leaves it; a value replaces it (the largest
+    // accepted too); null clears it.
+    let patched = h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"name": "renamed"}))).await;
+    assert_eq!(patched["maxConcurrentRequests"], 2);
+    let patched = h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"maxConcurrentRequests": 1_000_000}))).await;
+    assert_eq!(patched["maxConcurrentRequests"], 1_000_000);
+    let patched = h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"maxConcurrentRequests": null}))).await;
+    assert_eq!(patched["maxConcurrentRequests"], Value::Null);
+    assert_eq!(h.ok("GET", &format!("/access-keys/{id}"), None).await["maxConcurrentRequests"], Value::Null);
+    // null on create is no cap; a rotation keeps the cap.
+    let k = h.ok("POST", "/access-keys", Some(json!({"name": "n", "maxConcurrentRequests": null}))).await;
+    assert_eq!(k["maxConcurrentRequests"], Value::Null);
+    h.ok("PATCH", &format!("/access-keys/{id}"), Some(json!({"maxConcurrentRequests": 1}))).await;
+    let rotated = h.ok("POST", &format!("/access-keys/{id}/rotate"), None).await;
+    assert_eq!(rotated["maxConcurrentRequests"], 1);
+}
+
+#[tokio::test]
 async fn bad_input_is_a_400_in_the_error_shape_and_changes_nothing() {
     let h = harness();
     let key = h.ok("POST", "/access-keys", Some(json!({"name": "k"}))).await;
@@ -163,6 +219,15 @@ async fn bad_input_is_a_400_in_the_error_shape_and_changes_nothing() {
         ("POST", "/access-keys".into(), json!({"name": "a", "expiresAt": "2001-01-01T00:00:00Z"}).to_string(), "invalid_field", Some("expiresAt")),
         ("POST", "/access-keys".into(), json!({"name": "a", "expiresAt": "soon"}).to_string(), "invalid_field", Some("expiresAt")),
         ("POST", "/access-keys".into(), json!({"name": "a", "accessKeyConfigurationId": "akc_nope"}).to_string(), "invalid_field", Some("accessKeyConfigurationId")),
+        ("POST", "/access-keys".into(), json!({"name": "a", "maxConcurrentRequests": 0}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("POST", "/access-keys".into(), json!({"name": "a", "maxConcurrentRequests": 1_000_001}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("POST", "/access-keys".into(), json!({"name": "a", "maxConcurrentRequests": 1.5}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("POST", "/access-keys".into(), json!({"name": "a", "maxConcurrentRequests": -1}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("POST", "/access-keys".into(), json!({"name": "a", "maxConcurrentRequests": "2"}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("PATCH", format!("/access-keys/{id}"), json!({"maxConcurrentRequests": 0}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("PATCH", format!("/access-keys/{id}"), json!({"maxConcurrentRequests": 9_999_999_999u64}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("PATCH", format!("/access-keys/{id}"), json!({"maxConcurrentRequests": 2.0}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
+        ("PATCH", format!("/access-keys/{id}"), json!({"maxConcurrentRequests": true}).to_string(), "invalid_field", Some("maxConcurrentRequests")),
         ("PATCH", format!("/access-keys/{id}"), json!({"name": null}).to_string(), "invalid_field", Some("name")),
         ("PATCH", format!("/access-keys/{id}"), json!({"description": "d".repeat(300)}).to_string(), "invalid_field", Some("description")),
         ("PATCH", format!("/access-keys/{id}"), json!({"token": "x"}).to_string(), "unknown_field", Some("token")),

@@ -571,6 +571,7 @@ async fn a_database_from_before_budgets_is_migrated() {
          ALTER TABLE configs DROP COLUMN rate_limits_json; ALTER TABLE configs DROP COLUMN budget_json;
          ALTER TABLE configs DROP COLUMN request_limits_json;
          ALTER TABLE access_keys DROP COLUMN budget_json; ALTER TABLE access_keys DROP COLUMN last_used_ms;
+         ALTER TABLE access_keys DROP COLUMN max_concurrent_requests;
          ALTER TABLE provider_keys DROP COLUMN last_used_ms;
          DROP TABLE schema_migrations;
          DELETE FROM meta WHERE key LIKE 'credits%' OR key = 'prices_seeded';",
@@ -592,7 +593,7 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }
 

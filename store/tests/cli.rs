@@ -81,6 +81,25 @@ fn cli_round_trip() {
     let (list, _) = cli.ok(&["access-keys", "list", "--limit", "5"], None);
     assert_eq!(list["accessKeys"][0]["id"], id.as_str());
 
+    // A key's own concurrency cap: set, replaced, removed; refused out of bounds.
+    let (capped, _) = cli.ok(&["access-keys", "create", "--name", "capped", "--max-concurrent-requests", "2"], None);
+    assert_eq!(capped["maxConcurrentRequests"], 2);
+    let cap_id = capped["id"].as_str().unwrap().to_string();
+    let (upd, _) = cli.ok(&["access-keys", "update", &cap_id, "--max-concurrent-requests", "5"], None);
+    assert_eq!(upd["maxConcurrentRequests"], 5);
+    let (upd, _) = cli.ok(&["access-keys", "update", &cap_id, "--name", "still-capped"], None);
+    assert_eq!(upd["maxConcurrentRequests"], 5);
+    let (upd, _) = cli.ok(&["access-keys", "update", &cap_id, "--no-max-concurrent-requests"], None);
+    assert_eq!(upd["maxConcurrentRequests"], Value::Null);
+    let err = cli.fails(&["access-keys", "update", &cap_id, "--max-concurrent-requests", "0"]);
+    assert!(err.contains("maxConcurrentRequests"), "{err}");
+    let out = cli.run(
+        &["access-keys", "update", &cap_id, "--max-concurrent-requests", "3", "--no-max-concurrent-requests"],
+        None,
+    );
+    assert!(!out.status.success(), "both a cap and none");
+    cli.ok(&["access-keys", "delete", &cap_id], None);
+
     // The lookup listener serves the managed key (decrypted, trimmed).
     let gw = std::fs::read_to_string(dir.join("gateway-token")).unwrap();
     let mut r = agent()

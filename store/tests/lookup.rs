@@ -191,6 +191,69 @@ async fn key_with_configuration_gets_allow_lists_and_routes() {
     assert_eq!(doc(h.lookup_token(&token).await).request_limits, None);
 }
 
+/// `requestLimits` of a key's lookup and of its self-check.
+async fn limits_of(h: &H, token: &str) -> (Value, Value) {
+    let d = h.lookup_token(token).await;
+    let (s, me) = h.gw(&format!("/v1/self/{}", digest(token))).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    (d["requestLimits"].clone(), me["requestLimits"].clone())
+}
+
+#[tokio::test]
+async fn a_keys_own_concurrency_cap_replaces_its_configurations() {
+    let h = harness();
+    let limits = json!({"maxInputTokens": 1000, "maxConcurrentRequests": 5, "totalTimeoutMs": 9000});
+    let cfg = h.ok("POST", "/access-key-configurations", Some(json!({"name": "c", "requestLimits": limits}))).await;
+    let cid = cfg["id"].as_str().unwrap().to_string();
+    let bare = h.ok("POST", "/access-key-configurations", Some(json!({"name": "bare"}))).await;
+    let bare_id = bare["id"].as_str().unwrap().to_string();
+    let with_cap = |cap: u64| json!({"maxInputTokens": 1000, "maxConcurrentRequests": cap, "totalTimeoutMs": 9000});
+
+    // Without a cap of its own, a key has its configuration's limits.
+    let (inherits, t_inherits) = key(&h, json!({"name": "inherits", "accessKeyConfigurationId": cid})).await;
+    assert_eq!(limits_of(&h, &t_inherits).await, (limits.clone(), limits.clone()));
+    // Its own cap replaces the configuration's, tighter or looser; the
+    // configuration's other limits stay; the self-check says the same.
+    let (tight, t_tight) =
+        key(&h, json!({"name": "tight", "accessKeyConfigurationId": cid, "maxConcurrentRequests": 1})).await;
+    assert_eq!(limits_of(&h, &t_tight).await, (with_cap(1), with_cap(1)));
+    let v = h.version().await;
+    h.ok("PATCH", &format!("/access-keys/{inherits}"), Some(json!({"maxConcurrentRequests": 50}))).await;
+    assert_eq!(limits_of(&h, &t_inherits).await, (with_cap(50), with_cap(50)));
+    // Each change of a key's cap reaches the Envoys' caches through the change feed.
+    let c = changes(&h, v).await;
+    assert_eq!((c.version, c.all, c.digests), (v + 1, false, vec![digest(&t_inherits)]));
+    // null: the configuration's again.
+    h.ok("PATCH", &format!("/access-keys/{inherits}"), Some(json!({"maxConcurrentRequests": null}))).await;
+    assert_eq!(changes(&h, v + 1).await.digests, [digest(&t_inherits)]);
+    assert_eq!(limits_of(&h, &t_inherits).await, (limits.clone(), limits.clone()));
+    // A configuration's later change keeps the key's own cap over it.
+    h.ok(
+        "PATCH",
+        &format!("/access-key-configurations/{cid}"),
+        Some(json!({"requestLimits": {"maxConcurrentRequests": 7}})),
+    )
+    .await;
+    assert_eq!(limits_of(&h, &t_tight).await.0, json!({"maxConcurrentRequests": 1}));
+    assert_eq!(limits_of(&h, &t_inherits).await.0, json!({"maxConcurrentRequests": 7}));
+
+    // A configuration without request limits, and no configuration: the
+    // key's cap makes request limits of their own.
+    h.ok("PATCH", &format!("/access-keys/{tight}"), Some(json!({"accessKeyConfigurationId": bare_id}))).await;
+    assert_eq!(
+        limits_of(&h, &t_tight).await,
+        (json!({"maxConcurrentRequests": 1}), json!({"maxConcurrentRequests": 1}))
+    );
+    let (_, t_alone) = key(&h, json!({"name": "alone", "maxConcurrentRequests": 3})).await;
+    assert_eq!(limits_of(&h, &t_alone).await.0, json!({"maxConcurrentRequests": 3}));
+    let (_, t_none) = key(&h, json!({"name": "none", "accessKeyConfigurationId": bare_id})).await;
+    assert_eq!(limits_of(&h, &t_none).await, (Value::Null, Value::Null), "no limits at all");
+    // The cap is the key's, not the configuration's: the configuration's
+    // answer does not change.
+    let cfg = h.ok("GET", &format!("/access-key-configurations/{cid}"), None).await;
+    assert_eq!(cfg["requestLimits"], json!({"maxConcurrentRequests": 7}));
+}
+
 #[tokio::test]
 async fn disabled_and_expired_keys() {
     let h = harness();
@@ -396,6 +459,7 @@ fn version_and_data_survive_reopen() {
             digest: "d".repeat(64),
             redacted: "kg-...".into(),
             budget: None,
+            max_concurrent_requests: Some(4),
         })
         .unwrap();
     drop(store);
@@ -405,6 +469,8 @@ fn version_and_data_survive_reopen() {
     let d = store.lookup(&"d".repeat(64)).unwrap();
     assert_eq!(d.key.unwrap().id, k.id);
     assert_eq!(d.providers[0].base_url, "http://127.0.0.1:1/v1");
+    assert_eq!(d.request_limits.and_then(|r| r.max_concurrent_requests), Some(4));
+    assert_eq!(store.get_access_key(&k.id).unwrap().max_concurrent_requests, Some(4));
     drop(store);
     // The wrong master key is refused.
     assert!(backend.open(keygate_store::crypto::Cipher::new(&[2u8; 32]), Options::default()).is_err());

@@ -52,6 +52,7 @@ fn new_key(name: &str, token: &str, config_id: Option<&str>, budget: Option<Valu
         digest: digest_of(token),
         redacted: format!("kg-...{}", &token[token.len() - 4..]),
         budget: budget.map(spec),
+        max_concurrent_requests: None,
     }
 }
 
@@ -178,13 +179,20 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         })
         .unwrap();
     let tokens: Vec<String> = (0..4).map(|i| format!("kg-copytest{i:02}{}", "x".repeat(40))).collect();
-    let k0 =
-        src.create_access_key(&new_key("k0", &tokens[0], Some(&config.id), Some(json!({"tokens": 5000})))).unwrap();
+    // k0 has a concurrency cap of its own, over its configuration's limits.
+    let k0 = src
+        .create_access_key(&NewAccessKey {
+            max_concurrent_requests: Some(3),
+            ..new_key("k0", &tokens[0], Some(&config.id), Some(json!({"tokens": 5000})))
+        })
+        .unwrap();
     let k1 = src
         .create_access_key(&new_key("k1", &tokens[1], None, Some(json!({"costUsd": 2.5, "window": "daily"}))))
         .unwrap();
     let k2 = src.create_access_key(&new_key("k2", &tokens[2], None, None)).unwrap();
     src.update_access_key(&k2.id, &AccessKeyChanges { disabled: Some(true), ..Default::default() }).unwrap();
+    src.update_access_key(&k1.id, &AccessKeyChanges { max_concurrent_requests: Some(Some(9)), ..Default::default() })
+        .unwrap();
     // k1 rotated: its old token works during the grace period.
     let rotated = format!("kg-rotated00{}", "y".repeat(40));
     src.rotate_access_key(&k1.id, &digest_of(&rotated), "kg-...yyyy", 3600).unwrap();
@@ -203,6 +211,11 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     assert!(reserve(&src, "req-2", &k1.id, 50).ok);
     src.ingest_usage(&[record("req-3", &k1.id, 0, Some("rsv_unknown"), 10)]).unwrap();
     let before = everything(&src, &tokens);
+    assert_eq!(
+        before["lookups"][0]["requestLimits"],
+        json!({"maxInputTokens": 1000, "maxConcurrentRequests": 3, "totalTimeoutMs": 30000})
+    );
+    assert_eq!(before["lookups"][1]["requestLimits"], json!({"maxConcurrentRequests": 9}));
     let version = src.changes(0).unwrap().version;
     drop(src);
 
@@ -323,10 +336,10 @@ fn migrations_started_at_once_apply_once() {
         applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
     }
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2, 3, 4], "each migration is applied by exactly one of them");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5], "each migration is applied by exactly one of them");
     assert_eq!(
         db.query("SELECT version FROM schema_migrations ORDER BY version"),
-        (1..=4).map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
+        (1..=5).map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
     );
     // And again: nothing to do.
     let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();

@@ -1,7 +1,8 @@
-"""Concurrency caps (`requestLimits.maxConcurrentRequests`): over the cap a
-request gets 429 `concurrency_limit_exceeded` at once; a finished request,
-and one whose client went away, frees its slot. The cap holds per Envoy,
-across its workers."""
+"""Concurrency caps (`requestLimits.maxConcurrentRequests`, or an access
+key's own `maxConcurrentRequests` in its place): over the cap a request gets
+429 `concurrency_limit_exceeded` at once; a finished request, and one whose
+client went away, frees its slot. The cap holds per Envoy, across its
+workers."""
 
 import threading
 import time
@@ -16,11 +17,17 @@ HI = [{"role": "user", "content": "hi"}]
 SLOW = (200, {}, {"id": "x", "object": "chat.completion", "choices": []})
 
 
-def capped_key(store, cap, pk):
-    cfg = store.ok("POST", "/access-key-configurations", {
-        "name": f"cc-{uuid.uuid4().hex[:8]}", "requestLimits": {"maxConcurrentRequests": cap},
-        "router": {"rules": [{"provider": "openai", "steps": [user_step(pk)]}]}})["id"]
-    return store.ok("POST", "/access-keys", {"name": "cc", "accessKeyConfigurationId": cfg})["token"]
+def capped_key(store, cap, pk, key_cap=None):
+    """A key under a configuration capped at `cap` (None: no requestLimits),
+    with a cap of its own when `key_cap` is given."""
+    cfg = {"name": f"cc-{uuid.uuid4().hex[:8]}", "router": {"rules": [{"provider": "openai", "steps": [user_step(pk)]}]}}
+    if cap is not None:
+        cfg["requestLimits"] = {"maxConcurrentRequests": cap}
+    cfg_id = store.ok("POST", "/access-key-configurations", cfg)["id"]
+    key = {"name": "cc", "accessKeyConfigurationId": cfg_id}
+    if key_cap is not None:
+        key["maxConcurrentRequests"] = key_cap
+    return store.ok("POST", "/access-keys", key)["token"]
 
 
 def client(gw, token, timeout=10.0):
@@ -68,3 +75,21 @@ def test_a_client_that_goes_away_frees_its_slot(gateway, store, mocks):
             time.sleep(0.05)
     assert time.monotonic() < deadline
 
+
+@pytest.mark.parametrize("config_cap", [5, None], ids=["config-cap-5", "config-without-limits"])
+def test_a_keys_own_cap_replaces_its_configurations(gateway, store, mocks, config_cap):
+    a, va = user_key(store)
+    token = capped_key(store, config_cap, a, key_cap=1)
+    mocks["openai"].script(va, SLOW + ({"delay": 1.5},))
+    results = []
+    first = threading.Thread(target=lambda: results.append(
+        client(gateway, token).chat.completions.create(model="gpt-4o", messages=HI)))
+    first.start()
+    time.sleep(0.5)  # in flight
+    with pytest.raises(openai.RateLimitError) as e:
+        client(gateway, token).chat.completions.create(model="gpt-4o", messages=HI)
+    assert e.value.body["code"] == "concurrency_limit_exceeded"
+    assert "at most 1 requests" in e.value.body["message"]
+    first.join()
+    assert len(results) == 1 and results[0].id == "x", "the first request still succeeds"
+    assert len(mocks["openai"].received()) == 1, "the refused request went nowhere"

@@ -11,8 +11,8 @@ use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::{new_access_token, now_secs, parse_rfc3339};
 use crate::model::{
-    check_budget, check_name, check_text_changes, check_texts, is_plausible_id, AccessKey, CreateAccessKey,
-    PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS,
+    check_budget, check_key_concurrency, check_name, check_text_changes, check_texts, is_plausible_id, AccessKey,
+    CreateAccessKey, PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS,
 };
 use crate::storage::{AccessKeyChanges, NewAccessKey};
 
@@ -46,6 +46,9 @@ pub async fn create(
     if let Some(b) = &req.budget {
         check_budget("budget", b)?;
     }
+    if let Some(n) = req.max_concurrent_requests {
+        check_key_concurrency(n)?;
+    }
     let tok = new_access_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let new = NewAccessKey {
         name: req.name,
@@ -57,6 +60,7 @@ pub async fn create(
         digest: token::digest(&tok),
         redacted: token::redact(&tok),
         budget: req.budget,
+        max_concurrent_requests: req.max_concurrent_requests,
     };
     let mut key = run(&state, move |s| s.create_access_key(&new)).await?;
     key.token = Some(tok);
@@ -90,6 +94,9 @@ pub async fn update(
     if let Some(Some(b)) = &req.budget {
         check_budget("budget", b)?;
     }
+    if let Some(Some(n)) = req.max_concurrent_requests {
+        check_key_concurrency(n)?;
+    }
     let changes = AccessKeyChanges {
         name: req.name,
         description,
@@ -98,6 +105,7 @@ pub async fn update(
         expires_at,
         disabled: req.disabled,
         budget: req.budget,
+        max_concurrent_requests: req.max_concurrent_requests,
     };
     Ok(Json(run(&state, move |s| s.update_access_key(&id, &changes)).await?))
 }

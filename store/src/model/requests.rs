@@ -41,6 +41,9 @@ pub struct CreateAccessKey {
     pub disabled: bool,
     #[serde(default)]
     pub budget: Option<BudgetSpec>,
+    /// The key's own concurrency cap (absent or null: its configuration's).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -60,6 +63,9 @@ pub struct PatchAccessKey {
     pub disabled: Option<bool>,
     #[serde(default, deserialize_with = "double_option")]
     pub budget: Option<Option<BudgetSpec>>,
+    /// `null` clears the key's own cap (its configuration's applies again).
+    #[serde(default, deserialize_with = "double_option")]
+    pub max_concurrent_requests: Option<Option<u64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -31,6 +31,11 @@ pub struct AccessKey {
     pub budget: Option<BudgetSpec>,
     /// The current window of `budget` (null without a budget).
     pub budget_usage: Option<BudgetUsage>,
+    /// This key's own concurrency cap (per Envoy): when set, it replaces its
+    /// configuration's `requestLimits.maxConcurrentRequests` (null: the
+    /// configuration's, if any).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u64>,
     /// Only in the create and rotate responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,

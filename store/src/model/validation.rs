@@ -112,6 +112,18 @@ pub const MAX_CONCURRENT: u64 = 1_000_000;
 /// Longest per-request timeout accepted (an hour).
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
+/// An access key's own `maxConcurrentRequests`: the bounds of a
+/// configuration's `requestLimits.maxConcurrentRequests`.
+pub fn check_key_concurrency(v: u64) -> V<()> {
+    if v == 0 || v > MAX_CONCURRENT {
+        return Err(StoreError::invalid(
+            "maxConcurrentRequests",
+            format!("maxConcurrentRequests must be an integer from 1 to {MAX_CONCURRENT}"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_request_limits(field: &str, r: &RequestLimitsSpec) -> V<()> {
     let bounds = [
         ("maxInputTokens", r.max_input_tokens, MAX_REQUEST_TOKENS),

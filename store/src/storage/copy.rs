@@ -81,6 +81,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("updated_ms", Int),
             ("budget_json", Text),
             ("last_used_ms", Int),
+            ("max_concurrent_requests", Int),
         ],
     ),
     (

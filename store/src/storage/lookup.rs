@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use keygate_proto::lookup::{KeyInfo, KeyStatus, Lookup, RequestLimits, SCHEMA};
 
-use super::rows::{json_opt, parse_enum, Cells};
+use super::rows::{count_opt, json_opt, parse_enum, Cells};
 use crate::crypto::Cipher;
 use crate::error::StoreError;
 use crate::model::{AccessSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
@@ -22,10 +22,13 @@ pub(crate) struct KeyHit {
     pub disabled: bool,
     pub prev_until: Option<i64>,
     pub budget_json: Option<String>,
+    /// The key's own concurrency cap, over its configuration's.
+    pub max_concurrent_requests: Option<i64>,
 }
 
 /// Columns of [`key_hit`]; the backend adds `WHERE digest = ?` or `WHERE prev_digest = ?`.
-pub(crate) const KEY_HIT_COLS: &str = "id, config_id, expires_at, disabled, prev_until, budget_json FROM access_keys";
+pub(crate) const KEY_HIT_COLS: &str =
+    "id, config_id, expires_at, disabled, prev_until, budget_json, max_concurrent_requests FROM access_keys";
 
 pub(crate) fn key_hit<C: Cells>(r: &C) -> Result<KeyHit, C::Error> {
     Ok(KeyHit {
@@ -35,6 +38,7 @@ pub(crate) fn key_hit<C: Cells>(r: &C) -> Result<KeyHit, C::Error> {
         disabled: r.flag(3)?,
         prev_until: r.opt_int(4)?,
         budget_json: r.opt_text(5)?,
+        max_concurrent_requests: r.opt_int(6)?,
     })
 }
 
@@ -96,6 +100,23 @@ pub(crate) trait LookupSource {
     fn secret(&mut self, key_id: &str) -> Result<Option<Vec<u8>>, Self::Error>;
 }
 
+/// The request limits the gateway enforces for a key: its configuration's,
+/// with the key's own concurrency cap, when it has one, in place of the
+/// configuration's (limits of their own even when the configuration has none).
+pub(crate) fn request_limits(config: Option<RequestLimitsSpec>, key_cap: Option<u64>) -> Option<RequestLimits> {
+    let mut limits = config.map(|r| RequestLimits {
+        max_input_tokens: r.max_input_tokens,
+        max_output_tokens: r.max_output_tokens,
+        max_concurrent_requests: r.max_concurrent_requests,
+        attempt_timeout_ms: r.attempt_timeout_ms,
+        total_timeout_ms: r.total_timeout_ms,
+    });
+    if let Some(cap) = key_cap {
+        limits.get_or_insert_with(RequestLimits::default).max_concurrent_requests = Some(cap);
+    }
+    limits
+}
+
 /// The lookup document of a token digest at `now_secs`.
 pub(crate) fn lookup<S: LookupSource>(
     s: &mut S,
@@ -138,13 +159,8 @@ pub(crate) fn lookup<S: LookupSource>(
     let access: Option<AccessSpec> = json_opt(config.access)?;
     let router: Option<RouterSpec> = json_opt(config.router)?;
     doc.limits = key_status::limits(json_opt::<RateLimitsSpec>(config.rate_limits)?);
-    doc.request_limits = json_opt::<RequestLimitsSpec>(config.request_limits)?.map(|r| RequestLimits {
-        max_input_tokens: r.max_input_tokens,
-        max_output_tokens: r.max_output_tokens,
-        max_concurrent_requests: r.max_concurrent_requests,
-        attempt_timeout_ms: r.attempt_timeout_ms,
-        total_timeout_ms: r.total_timeout_ms,
-    });
+    doc.request_limits =
+        request_limits(json_opt::<RequestLimitsSpec>(config.request_limits)?, count_opt(key.max_concurrent_requests)?);
     doc.budgeted = budget::budgeted(key.budget_json.is_some(), config.budget.is_some(), s.credits_enabled()?);
     let providers = s.providers()?;
     let keys = s.provider_keys()?;
@@ -167,4 +183,24 @@ pub(crate) fn lookup<S: LookupSource>(
     )?);
     doc.access = Some(Arc::new(plan::access_of(access.as_ref())));
     Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(cap: Option<u64>) -> RequestLimitsSpec {
+        RequestLimitsSpec { max_input_tokens: Some(100), max_concurrent_requests: cap, ..Default::default() }
+    }
+
+    #[test]
+    fn a_keys_own_cap_replaces_its_configurations() {
+        let rl = |config, key| request_limits(config, key).map(|r| (r.max_input_tokens, r.max_concurrent_requests));
+        assert_eq!(rl(Some(spec(Some(5))), Some(1)), Some((Some(100), Some(1))), "tightened");
+        assert_eq!(rl(Some(spec(Some(5))), Some(50)), Some((Some(100), Some(50))), "loosened");
+        assert_eq!(rl(Some(spec(Some(5))), None), Some((Some(100), Some(5))), "inherited");
+        assert_eq!(rl(Some(spec(None)), Some(2)), Some((Some(100), Some(2))), "the configuration has no cap");
+        assert_eq!(rl(None, Some(3)), Some((None, Some(3))), "nor any request limits");
+        assert_eq!(rl(None, None), None);
+    }
 }

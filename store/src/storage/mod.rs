@@ -136,6 +136,8 @@ pub struct NewAccessKey {
     pub digest: String,
     pub redacted: String,
     pub budget: Option<BudgetSpec>,
+    /// The key's own concurrency cap (`None`: its configuration's).
+    pub max_concurrent_requests: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -147,6 +149,7 @@ pub struct AccessKeyChanges {
     pub expires_at: Option<Option<i64>>,
     pub disabled: Option<bool>,
     pub budget: Option<Option<BudgetSpec>>,
+    pub max_concurrent_requests: Option<Option<u64>>,
 }
 
 /// A new provider key; `value` is encrypted by the store. No `Debug`.

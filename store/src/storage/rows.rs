@@ -97,7 +97,7 @@ pub(crate) fn credit_meta(s: &CreditState) -> [(&'static str, i64); 3] {
 
 pub(crate) const ACCESS_KEY_COLS: &str =
     "a.id, a.name, a.description, a.metadata, a.created_ms, a.updated_ms, a.redacted,
-     a.config_id, c.name, a.expires_at, a.disabled, a.budget_json, a.last_used_ms
+     a.config_id, c.name, a.expires_at, a.disabled, a.budget_json, a.last_used_ms, a.max_concurrent_requests
      FROM access_keys a LEFT JOIN configs c ON c.id = a.config_id";
 
 pub(crate) fn access_key<C: Cells>(r: &C) -> Result<AccessKey, C::Error> {
@@ -117,8 +117,24 @@ pub(crate) fn access_key<C: Cells>(r: &C) -> Result<AccessKey, C::Error> {
         disabled: r.flag(10)?,
         budget: r.json(11)?,
         budget_usage: None,
+        max_concurrent_requests: count_opt(r.opt_int(13)?)?,
         token: None,
     })
+}
+
+/// A stored count (a concurrency cap) as the API's unsigned integer.
+pub(crate) fn count_opt(v: Option<i64>) -> Result<Option<u64>, StoreError> {
+    v.map(|v| u64::try_from(v).map_err(|_| StoreError::Internal(format!("stored count {v} out of range")))).transpose()
+}
+
+/// A count (a concurrency cap) as stored: validated counts always fit.
+pub(crate) fn count_cell(v: Option<u64>) -> Result<Option<i64>, StoreError> {
+    v.map(|v| i64::try_from(v).map_err(|_| StoreError::invalid("maxConcurrentRequests", "too large"))).transpose()
+}
+
+/// A PATCH of a count column: absent stays, `null` clears.
+pub(crate) fn count_change(change: Option<Option<u64>>) -> Result<Option<Option<i64>>, StoreError> {
+    change.map(count_cell).transpose()
 }
 
 /// Fills `budgetUsage` of an access key read from the database.

@@ -60,7 +60,9 @@ use self::error::{PgError, R};
 use self::ledger::{forget_scope, PgLedger};
 use super::lookup::{self as lookup_doc, ConfigHit, KeyHit, LookupSource};
 use super::migrations::Migration;
-use super::rows::{self, auth_str, format_str, json_change, json_opt, limit_i64, to_json_opt, Cells};
+use super::rows::{
+    self, auth_str, count_cell, count_change, format_str, json_change, json_opt, limit_i64, to_json_opt, Cells,
+};
 use super::update::Assignments;
 use super::{
     AccessKeyChanges, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
@@ -515,15 +517,16 @@ impl Store for PgStore {
     fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey> {
         let id = new_id("ak_")?;
         let budget = to_json_opt(new.budget.as_ref())?;
+        let cap = count_cell(new.max_concurrent_requests)?;
         self.write(|tx| {
             if let Some(c) = &new.config_id {
                 check_config_id(tx, c)?;
             }
             let now = now_ms();
             tx.execute(
-                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms, budget_json)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)",
-                &[&id, &new.name, &new.description, &new.metadata, &new.config_id, &new.expires_at, &new.disabled, &new.digest, &new.redacted, &now, &budget],
+                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms, budget_json, max_concurrent_requests)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12)",
+                &[&id, &new.name, &new.description, &new.metadata, &new.config_id, &new.expires_at, &new.disabled, &new.digest, &new.redacted, &now, &budget, &cap],
             )?;
             self.bump(tx, &[Some(new.digest.clone())])?;
             get_access_key(tx, &id)
@@ -552,6 +555,7 @@ impl Store for PgStore {
 
     fn update_access_key(&self, id: &str, ch: &AccessKeyChanges) -> StoreResult<AccessKey> {
         let budget = json_change(&ch.budget)?;
+        let cap = count_change(ch.max_concurrent_requests)?;
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             if let Some(Some(c)) = &ch.config_id {
@@ -565,6 +569,7 @@ impl Store for PgStore {
                 .set_some("expires_at", ch.expires_at)
                 .set_some("disabled", ch.disabled)
                 .set_some("budget_json", budget.clone())
+                .set_some("max_concurrent_requests", cap)
                 .set("updated_ms", now_ms());
             execute(a, tx, "access_keys", id)?;
             self.bump(tx, &digests)?;

@@ -22,6 +22,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "rate-limit leases" },
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
+    Migration { version: 5, name: "access keys' own concurrency caps" },
 ];
 
 const V1: &str = r#"
@@ -167,6 +168,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 4 {
         tx.batch_execute("ALTER TABLE usage ADD COLUMN estimated BOOLEAN NOT NULL DEFAULT FALSE")?;
+    }
+    if m.version == 5 {
+        tx.batch_execute("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests BIGINT")?;
     }
     if m.version == 1 {
         tx.batch_execute(V1)?;

@@ -24,7 +24,9 @@ mod schema;
 use self::error::{DbError, R};
 use self::ledger::{forget_scope, SqlLedger};
 use super::lookup::{self as lookup_doc, ConfigHit, KeyHit, LookupSource};
-use super::rows::{self, auth_str, format_str, json_change, json_opt, limit_i64, to_json_opt, Cells};
+use super::rows::{
+    self, auth_str, count_cell, count_change, format_str, json_change, json_opt, limit_i64, to_json_opt, Cells,
+};
 use super::update::Assignments;
 pub use super::Options;
 use super::{
@@ -411,9 +413,9 @@ impl Store for SqliteStore {
             }
             let now = now_ms();
             tx.execute(
-                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms, budget_json)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
-                params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now, to_json_opt(new.budget.as_ref())?],
+                "INSERT INTO access_keys(id, name, description, metadata, config_id, expires_at, disabled, digest, redacted, created_ms, updated_ms, budget_json, max_concurrent_requests)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12)",
+                params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now, to_json_opt(new.budget.as_ref())?, count_cell(new.max_concurrent_requests)?],
             )?;
             self.bump(tx, &[Some(new.digest.clone())])?;
             get_access_key(tx, &id)
@@ -448,6 +450,7 @@ impl Store for SqliteStore {
                 .set_some("expires_at", ch.expires_at)
                 .set_some("disabled", ch.disabled)
                 .set_some("budget_json", json_change(&ch.budget)?)
+                .set_some("max_concurrent_requests", count_change(ch.max_concurrent_requests)?)
                 .set("updated_ms", now_ms());
             execute(a, tx, "access_keys", id)?;
             self.bump(tx, &digests)?;

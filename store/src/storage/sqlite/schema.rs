@@ -19,6 +19,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "rate-limit leases" },
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
+    Migration { version: 5, name: "access keys' own concurrency caps" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -194,6 +195,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 4 {
             tx.execute_batch("ALTER TABLE usage ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;")?;
+        }
+        if m.version == 5 {
+            tx.execute_batch("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests INTEGER;")?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
