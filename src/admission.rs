@@ -9,8 +9,8 @@
 
 use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy, RequestLimits};
 
-use crate::config::Config;
 use crate::body::Fallbacks;
+use crate::config::Config;
 use crate::decide::{decide, Forward, RequestFacts};
 use crate::errors::{Code, Denial};
 use crate::failover;
@@ -206,9 +206,10 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
         headers.push(credential_header(first.auth, &key.value));
     }
     let rewrite_model = forward.rewrite_model.then(|| forward.primary.model.clone()).flatten();
-    // A body's `models` is keygate's: it never reaches a provider.
+    // A body's `models` is keygate's: it never reaches a provider (blanked
+    // in place: the body keeps its length).
     let strip_models = matches!(ask.facts.fallbacks, Fallbacks::List(_));
-    if rewrite_model.is_some() || strip_models {
+    if rewrite_model.is_some() {
         headers.push(("content-length", String::new()));
     }
     let forwarding = Forwarding {
@@ -346,7 +347,13 @@ mod tests {
     fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts {
+            surface,
+            model: &model,
+            fallbacks: &Fallbacks::None,
+            access_key_in_body: false,
+            client_ip: None,
+        };
         let ask = Ask {
             facts,
             estimate: (10, 90),
@@ -363,7 +370,13 @@ mod tests {
     fn admit_sized<'c>(l: &Lookup, config: &'c Config, path: &str, estimate: (u64, u64), stated: bool) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", path, false).unwrap();
-        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts {
+            surface,
+            model: &model,
+            fallbacks: &Fallbacks::None,
+            access_key_in_body: false,
+            client_ip: None,
+        };
         let ask = Ask {
             facts,
             estimate,
@@ -403,7 +416,13 @@ mod tests {
         // filter to set one) cannot be judged: refused.
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", chat, false).unwrap();
-        let facts = RequestFacts { surface, model: &model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None };
+        let facts = RequestFacts {
+            surface,
+            model: &model,
+            fallbacks: &Fallbacks::None,
+            access_key_in_body: false,
+            client_ip: None,
+        };
         let unknown = Ask {
             facts,
             estimate: (0, 50),

@@ -8,10 +8,10 @@
 
 use log::{error, warn};
 
+use crate::config::Config;
 use crate::errors::{Denial, Dialect};
 use crate::failover::retry_hint_ms;
 use crate::handover::{self, encode_trail, parse_trail, Outcome, SealKey};
-use crate::config::Config;
 use crate::host::{Buffer, Host, Map};
 use crate::upstream::{credential_header, CLIENT_CREDENTIAL_HEADERS};
 
@@ -76,7 +76,7 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey, config: &Config) -> Opti
         headers.push((":path", leg.path.clone()));
         if plan.hop {
             headers.push((":authority", leg.authority.clone()));
-            let via = if leg.tls { &config.via_cluster_https } else { &config.via_cluster_http };
+            let via = if leg.tls { &config.direct_cluster_https } else { &config.direct_cluster_http };
             headers.push((config.cluster_header.as_str(), via.clone()));
         }
     }
@@ -270,10 +270,20 @@ mod tests {
 
     /// Attempt `ctx` of a request with fallbacks, its header map as the
     /// attempt before left it, with `body`; returns its headers and body.
-    fn fallback_attempt(host: &FakeHost, ctx: u32, authority: &str, body: &str) -> (Option<Sent>, Vec<(String, String)>, String) {
+    fn fallback_attempt(
+        host: &FakeHost,
+        ctx: u32,
+        authority: &str,
+        body: &str,
+    ) -> (Option<Sent>, Vec<(String, String)>, String) {
         host.join_stream(ctx, 1);
         host.enter(ctx);
-        let headers = [("x-request-id", "r1"), (":authority", authority), (":path", "/v1/chat/completions"), ("content-length", "9")];
+        let headers = [
+            ("x-request-id", "r1"),
+            (":authority", authority),
+            (":path", "/v1/chat/completions"),
+            ("content-length", "9"),
+        ];
         host.set_headers(ctx, Map::RequestHeaders, &headers);
         host.set_buffer_of(ctx, Buffer::RequestBody, body.as_bytes());
         let sent = attempt_headers(host, &SealKey::derive("gw"), &config());
@@ -304,7 +314,7 @@ mod tests {
         let first = first.unwrap();
         assert_eq!(header(&headers, "authorization"), Some("Bearer sk-a"));
         assert_eq!(header(&headers, ":authority"), Some("api.example"));
-        assert_eq!(header(&headers, "x-keygate-cluster"), Some("keygate_via_https"));
+        assert_eq!(header(&headers, "x-keygate-cluster"), Some("keygate_direct_https"));
         assert_eq!(header(&headers, "content-length"), Some("9"), "the first leg's body is the keygate filter's");
         assert_eq!(sent_body, body);
         answer(&host, 10, first, &[(":status", "503")]);

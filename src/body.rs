@@ -826,7 +826,11 @@ mod tests {
         assert_eq!(read(br#"{"model":"a"}"#).fallbacks, Fallbacks::None);
         assert_eq!(read(br#"{"model":"a","models":["b", "openai/c" ]}"#).fallbacks, list(&["b", "openai/c"]));
         assert_eq!(read(br#"{"models" : [ ] ,"model":"a"}"#).fallbacks, list(&[]));
-        assert_eq!(read(br#"{"mod\u0065ls":["b\u0041"]}"#).fallbacks, list(&["bA"]), "escapes read as a provider would");
+        assert_eq!(
+            read(br#"{"mod\u0065ls":["b\u0041"]}"#).fallbacks,
+            list(&["bA"]),
+            "escapes read as a provider would"
+        );
         assert_eq!(read(br#"{"messages":[{"models":["x"]}]}"#).fallbacks, Fallbacks::None, "nested is not top-level");
         for bad in [
             &br#"{"models":"b"}"#[..],

@@ -45,7 +45,8 @@ pub struct Config {
     pub upstream_cluster_http: String,
     #[serde(default = "defaults::cluster_https")]
     pub upstream_cluster_https: String,
-    /// The same without the upstream filter, for requests with one candidate.
+    /// The same without the upstream filter, for requests with one
+    /// candidate, and behind the hop.
     #[serde(default = "defaults::direct_http")]
     pub direct_cluster_http: String,
     #[serde(default = "defaults::direct_https")]
@@ -55,12 +56,6 @@ pub struct Config {
     /// different places. Empty: no hop (such fallbacks are refused).
     #[serde(default)]
     pub hop_cluster: String,
-    /// The clusters behind the hop (dynamic forward proxies without the
-    /// upstream filter), for plaintext and TLS providers.
-    #[serde(default = "defaults::via_http")]
-    pub via_cluster_http: String,
-    #[serde(default = "defaults::via_https")]
-    pub via_cluster_https: String,
     /// Request header the route's `cluster_header` reads.
     #[serde(default = "defaults::cluster_header")]
     pub cluster_header: String,
@@ -151,12 +146,6 @@ mod defaults {
     }
     pub fn direct_https() -> String {
         "keygate_direct_https".into()
-    }
-    pub fn via_http() -> String {
-        "keygate_via_http".into()
-    }
-    pub fn via_https() -> String {
-        "keygate_via_https".into()
     }
     pub fn cluster_header() -> String {
         "x-keygate-cluster".into()

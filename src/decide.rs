@@ -204,7 +204,9 @@ fn fallback_targets<'a>(
             return invalid(&format!("`models` must be an array of at most {MAX_FALLBACKS} model names (strings)"))
         }
         Fallbacks::CaseVariant => {
-            return invalid("the request body has a field that is `models` but for case (e.g. `Models`); send `models` only")
+            return invalid(
+                "the request body has a field that is `models` but for case (e.g. `Models`); send `models` only",
+            )
         }
     };
     if !names.is_empty() && !matches!(surface.judge, Judge::Model(_)) {
@@ -212,10 +214,8 @@ fn fallback_targets<'a>(
     }
     let mut out: Vec<Target<'a>> = Vec::new();
     for name in names {
-        let (t, _) = target(lookup, access, surface, Some(name)).map_err(|d| Denial {
-            message: format!("`models` names {}: {}", quote(name), d.message),
-            ..d
-        })?;
+        let (t, _) = target(lookup, access, surface, Some(name))
+            .map_err(|d| Denial { message: format!("`models` names {}: {}", quote(name), d.message), ..d })?;
         let same = |o: &Target<'_>| o.provider.id == t.provider.id && o.model == t.model;
         if !same(primary) && !out.iter().any(same) {
             out.push(t);
@@ -419,7 +419,11 @@ mod tests {
 
     fn run_as<'a>(l: &'a Lookup, method: &str, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
         let surface = crate::surface::classify(method, path, false).expect("a path of the table");
-        decide(RequestFacts { surface, model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None }, l, 1_000)
+        decide(
+            RequestFacts { surface, model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None },
+            l,
+            1_000,
+        )
     }
 
     fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
@@ -527,7 +531,13 @@ mod tests {
     fn a_body_carrying_an_access_key_is_refused() {
         let l = all();
         let surface = crate::surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts { surface, model: &chat("gpt-4o"), fallbacks: &Fallbacks::None, access_key_in_body: true, client_ip: None };
+        let facts = RequestFacts {
+            surface,
+            model: &chat("gpt-4o"),
+            fallbacks: &Fallbacks::None,
+            access_key_in_body: true,
+            client_ip: None,
+        };
         assert_eq!(code(decide(facts, &l, 0)), "access_key_in_body");
     }
 
@@ -571,7 +581,10 @@ mod tests {
         let files = |allow: &[&str]| lookup(Access { endpoints: s(allow), ..Access::default() });
         let reader = files(&["files.read"]);
         let f = run_as(&reader, "GET", "/v1/files/file-1/content?x=1", &ModelField::Absent).unwrap();
-        assert_eq!((f.primary.provider.id.as_str(), f.primary.upstream_path.as_str()), ("openai", "/v1/files/file-1/content?x=1"));
+        assert_eq!(
+            (f.primary.provider.id.as_str(), f.primary.upstream_path.as_str()),
+            ("openai", "/v1/files/file-1/content?x=1")
+        );
         assert_eq!(code(run_as(&reader, "DELETE", "/v1/files/file-1", &ModelField::Absent)), "endpoint_not_allowed");
         let all_files = files(&["files.*"]);
         assert_eq!(code(run_as(&all_files, "DELETE", "/v1/files/file-1", &ModelField::Absent)), "forwarded");

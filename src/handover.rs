@@ -297,8 +297,8 @@ pub struct Tapped {
 impl Tapped {
     /// `2|vm|gate|max_tokens|choices|flags|<fallbacks>|<kind><model>`: the
     /// model, the client's string, comes last and needs no escaping; the
-    /// fallbacks are `-` (none), `x` (malformed), `c` (`models` but for case)
-    /// or `l` and each name as `<byte length>:<name>`. Flags: 1 an access key
+    /// fallbacks are `-` (none), `x` (malformed), `c` (`models` but for
+    /// case) or `l` and each name as `<byte length>:<name>`. Flags: 1 an access key
     /// in the body, 2 `"stream": true`, 4 a `stream_options`, 8 a limit that
     /// is not a count.
     pub fn encode(&self) -> String {

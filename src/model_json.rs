@@ -54,26 +54,27 @@ pub fn rewrite_model(doc: &[u8], new_model: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Takes the top-level member `key` out (the first, the body reader refuses
-/// a repeated one), with the comma that joined it to its neighbour.
-pub fn remove_member(doc: &[u8], key: &str) -> Option<Vec<u8>> {
-    let (key_start, _, end) = find_member(doc, key)?;
+/// Blanks the top-level member `key` (the first: the body reader refuses a
+/// repeated one) and the comma that joined it to its neighbour: spaces in
+/// their place keep the document valid JSON of the same length, so its
+/// `content-length` stands. `false`: there is no such member.
+pub fn blank_member(doc: &mut [u8], key: &str) -> bool {
+    let Some((key_start, _, end)) = find_member(doc, key) else { return false };
     let after = skip_ws(doc, end);
     let (cut_start, cut_end) = if doc.get(after) == Some(&b',') {
         (key_start, after + 1)
     } else {
         // The last member: the comma before it goes (if any).
-        let before = doc.get(..key_start)?.iter().rposition(|b| !matches!(b, b' ' | b'\n' | b'\r' | b'\t'))?;
-        if doc.get(before) == Some(&b',') {
-            (before, end)
-        } else {
-            (key_start, end)
+        let before = doc.get(..key_start).and_then(|d| d.iter().rposition(|b| !b.is_ascii_whitespace()));
+        match before {
+            Some(i) if doc.get(i) == Some(&b',') => (i, end),
+            _ => (key_start, end),
         }
     };
-    let mut out = Vec::with_capacity(doc.len());
-    out.extend_from_slice(doc.get(..cut_start)?);
-    out.extend_from_slice(doc.get(cut_end..)?);
-    Some(out)
+    if let Some(span) = doc.get_mut(cut_start..cut_end) {
+        span.fill(b' ');
+    }
+    true
 }
 
 /// Asks an OpenAI stream for its usage: `"stream_options":{"include_usage":true}`
@@ -163,17 +164,26 @@ mod tests {
     }
 
     #[test]
-    fn removes_a_top_level_member_and_its_comma() {
-        let remove = |doc: &str| remove_member(doc.as_bytes(), "models").map(|b| String::from_utf8(b).unwrap());
-        assert_eq!(remove(r#"{"models":["a"],"model":"m"}"#).unwrap(), r#"{"model":"m"}"#);
-        assert_eq!(remove(r#"{"model":"m", "models" : ["a", "b"] }"#).unwrap(), r#"{"model":"m" }"#);
-        assert_eq!(remove(r#"{"model":"m","models":[],"n":1}"#).unwrap(), r#"{"model":"m","n":1}"#);
-        assert_eq!(remove(r#"{"models":[]}"#).unwrap(), r#"{}"#);
-        assert_eq!(remove(r#"{"mod\u0065ls":["x"],"model":"m"}"#).unwrap(), r#"{"model":"m"}"#, "as a provider reads the key");
-        let nested = r#"{"model":"m","messages":[{"models":["x"]}]}"#;
-        assert_eq!(remove(nested), None, "only the top level");
-        for doc in [r#"{"models":["a"],"model":"m"}"#, r#"{"a":1,"models":["a"]}"#, r#"{"a":1,"models":["a"],"b":2}"#] {
-            let v: serde_json::Value = serde_json::from_str(&remove(doc).unwrap()).unwrap();
+    fn blanks_a_top_level_member_and_its_comma() {
+        let blank = |doc: &str| {
+            let mut bytes = doc.as_bytes().to_vec();
+            blank_member(&mut bytes, "models").then(|| String::from_utf8(bytes).unwrap())
+        };
+        assert_eq!(blank(r#"{"models":["a"],"model":"m"}"#).unwrap(), r#"{               "model":"m"}"#);
+        let out = blank(r#"{"model":"m", "models" : ["a"] }"#).unwrap();
+        assert_eq!((out.len(), out.replace(' ', "")), (32, r#"{"model":"m"}"#.to_string()));
+        assert_eq!(blank(r#"{"models":[]}"#).unwrap(), r#"{           }"#);
+        assert!(
+            blank(r#"{"mod\u0065ls":["x"],"model":"m"}"#).unwrap().starts_with(r#"{                    "model""#),
+            "as a provider reads the key"
+        );
+        assert_eq!(blank(r#"{"model":"m","messages":[{"models":["x"]}]}"#), None, "only the top level");
+        for doc in
+            [r#"{"models":["a"],"model":"m"}"#, r#"{"a":1,"models":["a"]}"#, r#"{"a":1,"models":{"b":[1,"]"]},"b":2}"#]
+        {
+            let out = blank(doc).unwrap();
+            assert_eq!(out.len(), doc.len(), "{doc}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert!(v.get("models").is_none(), "{doc}");
         }
     }

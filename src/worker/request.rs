@@ -9,8 +9,7 @@ use std::rc::Rc;
 use std::net::IpAddr;
 
 use keygate_proto::lookup::{
-    Access, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest,
-    ReserveResponse,
+    Access, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest, ReserveResponse,
 };
 use keygate_proto::token;
 use log::{debug, info, warn};
@@ -18,9 +17,9 @@ use log::{debug, info, warn};
 use super::shared::{add_grant, cool_down, give_back_slot, rate_key, settle_rate, take_slot, Shared};
 use super::{blank_leaks, read_json, reply, Flow, Running, Worker, REQUEST_ID_HEADER};
 use crate::admission::{self, Ask, Counted, Counters, Verdict};
+use crate::body::Fallbacks;
 use crate::cache::Freshness;
 use crate::callouts::{LeaseAsk, Purpose};
-use crate::body::Fallbacks;
 use crate::decide::{check_client_ip, check_key, ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, retry_hint_ms, Attempt};
@@ -382,6 +381,8 @@ impl Worker {
             && !f.stream_options
             && surface.format == keygate_proto::lookup::Format::Openai
             && matches!(surface.rest, "chat/completions" | "completions");
+        let blank_unread =
+            f.has_body && !f.body_read && f.form_boundary.is_none() && matches!(surface.judge, Judge::Model(_));
         let ask = Ask {
             facts: RequestFacts {
                 surface,
@@ -494,7 +495,9 @@ impl Worker {
             listing: listing.map(|allow| (fw.provider.clone(), allow)),
             ask_usage,
             rewrite_model: fw.rewrite_model,
-            strip_models: fw.strip_models,
+            // Without a gate nobody read the body: a `models` in it is
+            // blanked unread (no fallbacks, and nothing unchecked upstream).
+            strip_models: fw.strip_models || blank_unread,
             answer: Answer::default(),
         }));
         Step::Forwarded
@@ -800,11 +803,12 @@ impl Worker {
             return Flow::Pause; // buffer until the whole body is here
         }
         let mut body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
+        let mut changed = false;
         if std::mem::take(&mut fw.strip_models) {
-            // The gate read `models` from this JSON body: it is there.
-            match crate::model_json::remove_member(&body, "models") {
-                Some(new_body) => body = new_body,
-                None => return self.refuse(host, id, &Denial::internal("the gateway could not prepare the request")),
+            changed = crate::model_json::blank_member(&mut body, "models");
+            if !changed && req.facts.body_read {
+                // The gate read `models` in this body: it is there.
+                return self.refuse(host, id, &Denial::internal("the gateway could not prepare the request"));
             }
         }
         if let Some(model) = fw.rewrite_model.take() {
@@ -813,16 +817,25 @@ impl Worker {
                 None => crate::model_json::rewrite_model(&body, &model),
             };
             match rewritten {
-                Some(new_body) => body = new_body,
+                Some(new_body) => {
+                    body = new_body;
+                    changed = true;
+                }
                 None => warn!("keygate: request body has no top-level model to rewrite"),
             }
         }
         if fw.ask_usage {
             match crate::model_json::add_stream_usage(&body) {
-                Some(new_body) => body = new_body,
+                Some(new_body) => {
+                    body = new_body;
+                    changed = true;
+                }
                 // Not asked after all: the client's stream is left as it is.
                 None => fw.ask_usage = false,
             }
+        }
+        if !changed {
+            return Flow::Continue;
         }
         if host.set_buffer(Buffer::RequestBody, 0, body_size, &body).is_err() {
             warn!("keygate: could not rewrite the request body");

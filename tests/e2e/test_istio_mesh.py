@@ -245,6 +245,21 @@ def test_per_request_limits_hold_without_a_gate(istio, store, mocks):
     assert len(mocks["openai"].received()) == 1
 
 
+def test_fallback_models_never_reach_the_provider_without_a_gate(istio, store, mocks):
+    """No gate reads `models` here (json_to_metadata cannot tell a list from
+    a missing key): the keygate filter blanks it unread, so the request is
+    served by its `model` alone and nothing unchecked goes upstream."""
+    client = openai_client(istio, new_token(store))
+    hi = [{"role": "user", "content": "hi"}]
+    for models in (["my-vllm/llama-3"], [], "not-a-list"):
+        assert client.chat.completions.create(model="gpt-4o", messages=hi, extra_body={"models": models}).choices
+    sent = mocks["openai"].received()
+    assert len(sent) == 3 and mocks["vllm"].received() == []
+    for req in sent:
+        assert req["json"] == {"model": "gpt-4o", "messages": hi}, req["raw"]
+        assert "models" not in req["raw"] and req["headers"].get("content-length") == str(len(req["raw"]))
+
+
 def test_the_gateway_log_is_clean(istio):
     """Runs last: what every test above left in Envoy's log."""
     log = istio.log()
