@@ -345,12 +345,22 @@ mod tests {
     }
 
     fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
+        admit_with(l, counters, config, admitted, &Fallbacks::None)
+    }
+
+    fn admit_with<'c>(
+        l: &Lookup,
+        counters: &Now,
+        config: &'c Config,
+        admitted: bool,
+        fallbacks: &Fallbacks,
+    ) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
         let facts = RequestFacts {
             surface,
             model: &model,
-            fallbacks: &Fallbacks::None,
+            fallbacks,
             access_key_in_body: false,
             client_ip: None,
         };
@@ -544,6 +554,63 @@ mod tests {
         let l = lookup(r#","limits":{"requestsPerMinute":1},"access":{"models":["openai/gpt-3*"]}"#, &["pk_a"]);
         let Verdict::Refuse(d) = admit_chat(&l, &Now::default(), &config, false) else { panic!("admitted") };
         assert_eq!(d.code, Code::ModelNotAllowed);
+    }
+
+    /// A lookup whose `openai` has keys a, b and whose `other` (another
+    /// address) has c; and whose `same` serves at openai's address.
+    fn two_places() -> Lookup {
+        let json = r#"{"schema":1,"version":1,"status":"active","key":{"id":"ak_1"},"providers":[
+            {"id":"openai","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1","models":["gpt-*"],
+             "routes":[{"keys":[{"id":"pk_a","value":"sk-a"},{"id":"pk_b","value":"sk-b"}]}]},
+            {"id":"other","format":"openai","auth":"api-key","baseUrl":"http://10.0.0.5:8000/compat/v1","models":[],
+             "routes":[{"keys":[{"id":"pk_c","value":"sk-c"}]}]},
+            {"id":"same","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1","models":[],
+             "routes":[{"keys":[{"id":"pk_d","value":"sk-d"}]}]}]}"#;
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn forwarded(v: Verdict<'_>) -> Forwarding<'_> {
+        match v {
+            Verdict::Forward { forwarding, .. } => forwarding,
+            other => panic!("not forwarded: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fallbacks_elsewhere_go_through_the_hop_leg_by_leg() {
+        let config = Config::parse(br#"{"storeCluster":"store","hopCluster":"hop"}"#).unwrap();
+        let mut now = Now::default();
+        now.cool.insert("pk_a".into(), NOW + 5_000);
+        let list = Fallbacks::List(vec!["other/m".into()]);
+        let f = forwarded(admit_with(&two_places(), &now, &config, false, &list));
+        assert!(f.plan.hop && !f.direct && f.strip_models);
+        let order: Vec<(usize, &str)> = f.plan.candidates().map(|(leg, _, k)| (leg, k.id.as_str())).collect();
+        assert_eq!(order, [(0, "pk_b"), (1, "pk_c")], "a cooling key sits out while its leg has another");
+        let other = &f.plan.legs[1];
+        assert_eq!(
+            (other.authority.as_str(), other.path.as_str(), other.tls, other.auth, other.model.as_deref()),
+            ("10.0.0.5:8000", "/compat/v1/chat/completions", false, AuthStyle::ApiKey, Some("m"))
+        );
+        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        assert_eq!(header(&config.cluster_header), Some("hop"));
+        assert_eq!(header("x-envoy-max-retries"), Some("1"));
+        assert_eq!(header(":authority"), Some("api.openai.com"));
+        assert_eq!(header("content-length"), None, "`models` is blanked: the length stands");
+    }
+
+    #[test]
+    fn fallbacks_at_the_same_place_need_no_hop_and_without_one_others_are_refused() {
+        let config = config();
+        let same = Fallbacks::List(vec!["same/m".into()]);
+        let f = forwarded(admit_with(&two_places(), &Now::default(), &config, false, &same));
+        assert!(!f.plan.hop);
+        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.clone())));
+        let elsewhere = Fallbacks::List(vec!["other/m".into()]);
+        let Verdict::Refuse(d) = admit_with(&two_places(), &Now::default(), &config, false, &elsewhere) else {
+            panic!("forwarded without a hop")
+        };
+        assert_eq!((d.status, d.code), (400, Code::FallbackUnavailable));
+        assert!(d.message.contains("`other`"), "{}", d.message);
     }
 
     #[test]

@@ -434,6 +434,69 @@ mod tests {
         r.err().map(|d| d.code.as_str()).unwrap_or("forwarded")
     }
 
+    /// A chat request for `gpt-4o` with fallbacks `models`.
+    fn with_fallbacks<'a>(l: &'a Lookup, models: &[&str]) -> Result<Forward<'a>, Denial> {
+        let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
+        let fallbacks = Fallbacks::List(models.iter().map(|m| m.to_string()).collect());
+        let facts = RequestFacts {
+            surface,
+            model: &chat("gpt-4o"),
+            fallbacks: &fallbacks,
+            access_key_in_body: false,
+            client_ip: None,
+        };
+        decide(facts, l, 1_000)
+    }
+
+    #[test]
+    fn fallbacks_are_resolved_and_checked_like_the_model() {
+        let l = lookup(Access::default());
+        let f = with_fallbacks(&l, &["my-vllm/llama-3", "gpt-4o-mini", "openai/gpt-4o", "my-vllm:llama-3"]).unwrap();
+        let legs: Vec<(&str, Option<&str>, &str)> = f
+            .fallbacks
+            .iter()
+            .map(|t| (t.provider.id.as_str(), t.model.as_deref(), t.upstream_path.as_str()))
+            .collect();
+        assert_eq!(
+            legs,
+            [("my-vllm", Some("llama-3"), "/v1/chat/completions"), ("openai", Some("gpt-4o-mini"), "/v1/chat/completions")],
+            "the primary and a repeat are left out"
+        );
+        assert_eq!(f.fallbacks[1].credentials.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["pk_mini"]);
+        assert!(with_fallbacks(&l, &[]).unwrap().fallbacks.is_empty());
+
+        let only_4o = lookup(Access { models: Some(vec!["openai/gpt-4o".into()]), ..Access::default() });
+        let d = with_fallbacks(&only_4o, &["gpt-4o-mini"]).unwrap_err();
+        assert_eq!((d.status, d.code.as_str()), (403, "model_not_allowed"));
+        assert!(d.message.starts_with("`models` names `gpt-4o-mini`: "), "{}", d.message);
+        let no_vllm = lookup(Access { providers: Some(vec!["openai".into()]), ..Access::default() });
+        assert_eq!(code(with_fallbacks(&no_vllm, &["my-vllm/llama-3"])), "provider_not_allowed");
+        assert_eq!(code(with_fallbacks(&l, &["anthropic/claude-x"])), "unsupported_api");
+        assert_eq!(code(with_fallbacks(&l, &["nobody-serves-this"])), "unknown_model");
+        assert_eq!(code(with_fallbacks(&l, &[""])), "invalid_model");
+    }
+
+    #[test]
+    fn malformed_fallbacks_and_fallbacks_without_a_body_model_are_refused() {
+        let l = lookup(Access::default());
+        for (fallbacks, path) in [
+            (Fallbacks::Malformed, "/v1/chat/completions"),
+            (Fallbacks::CaseVariant, "/v1/chat/completions"),
+            (Fallbacks::List(vec!["gpt-4o-mini".into()]), "/v1/models/gpt-4o"),
+        ] {
+            let method = if path.starts_with("/v1/models") { "GET" } else { "POST" };
+            let surface = surface::classify(method, path, false).unwrap();
+            let facts = RequestFacts {
+                surface,
+                model: &chat("gpt-4o"),
+                fallbacks: &fallbacks,
+                access_key_in_body: false,
+                client_ip: None,
+            };
+            assert_eq!(code(decide(facts, &l, 1_000)), "invalid_model", "{fallbacks:?} {path}");
+        }
+    }
+
     #[test]
     fn qualified_models_are_rewritten_to_the_providers_name() {
         let l = all();

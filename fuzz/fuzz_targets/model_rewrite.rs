@@ -1,13 +1,25 @@
-//! Rewriting `model` in place: never panics; for a body the reader accepts,
-//! the result is JSON whose `model` is the new name and whose other
-//! top-level members are unchanged.
+//! Rewriting `model` and blanking `models` in place: never panics; for a
+//! body the reader accepts, the result is JSON whose `model` is the new name
+//! (or that has no `models`, at the same length) and whose other top-level
+//! members are unchanged.
 #![no_main]
-use keygate_filter::body::read;
+use keygate_filter::body::{read, Fallbacks};
 use keygate_filter::decide::ModelField;
-use keygate_filter::model_json::rewrite_model;
+use keygate_filter::model_json::{blank_member, rewrite_model};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let mut blanked = data.to_vec();
+    let found = blank_member(&mut blanked, "models");
+    if let Fallbacks::List(_) = read(data).fallbacks {
+        assert!(found, "a body with `models` has it blanked");
+        assert_eq!(blanked.len(), data.len());
+        if let Ok(mut before) = serde_json::from_slice::<serde_json::Value>(data) {
+            let after: serde_json::Value = serde_json::from_slice(&blanked).expect("the blanked body is JSON");
+            before.as_object_mut().expect("an object").remove("models");
+            assert_eq!(after, before);
+        }
+    }
     let out = rewrite_model(data, "gpt-4o \"mini\"\\é");
     if let ModelField::Str(_) = read(data).model {
         let out = out.expect("a body with a model can be rewritten");
