@@ -357,13 +357,7 @@ mod tests {
     ) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
-        let facts = RequestFacts {
-            surface,
-            model: &model,
-            fallbacks,
-            access_key_in_body: false,
-            client_ip: None,
-        };
+        let facts = RequestFacts { surface, model: &model, fallbacks, access_key_in_body: false, client_ip: None };
         let ask = Ask {
             facts,
             estimate: (10, 90),

@@ -459,7 +459,10 @@ mod tests {
             .collect();
         assert_eq!(
             legs,
-            [("my-vllm", Some("llama-3"), "/v1/chat/completions"), ("openai", Some("gpt-4o-mini"), "/v1/chat/completions")],
+            [
+                ("my-vllm", Some("llama-3"), "/v1/chat/completions"),
+                ("openai", Some("gpt-4o-mini"), "/v1/chat/completions")
+            ],
             "the primary and a repeat are left out"
         );
         assert_eq!(f.fallbacks[1].credentials.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["pk_mini"]);
