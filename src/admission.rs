@@ -7,7 +7,7 @@
 //! after which the request is admitted again with `admitted` set), then the
 //! candidates, ordered by their cool-down.
 
-use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, RefusedBy, RequestLimits};
+use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, ModelRef, RefusedBy, RequestLimits};
 
 use crate::body::Fallbacks;
 use crate::config::Config;
@@ -128,6 +128,11 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config
         config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
         provider: forward.primary.provider.id.clone(),
         model: forward.primary.model.clone(),
+        fallbacks: forward
+            .fallbacks
+            .iter()
+            .map(|t| ModelRef { provider: t.provider.id.clone(), model: t.model.clone() })
+            .collect(),
     };
     if let Some(rl) = &lookup.request_limits {
         if let Err(denial) = check_request_limits(rl, &ask) {

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use keygate_proto::lookup::UsageRecord;
+use keygate_proto::lookup::{ModelRef, UsageRecord};
 
 use crate::failover::Attempt;
 use crate::usage::Usage;
@@ -23,6 +23,9 @@ pub struct Served {
     pub config_id: Option<String>,
     pub provider: String,
     pub model: Option<String>,
+    /// Provider and model of each fallback (`models`), in order: an
+    /// attempt of leg `i > 0` is the `i - 1`th's.
+    pub fallbacks: Vec<ModelRef>,
 }
 
 /// A request that went upstream (or holds a reservation) and is over.
@@ -31,9 +34,6 @@ pub struct Finished {
     pub request_id: String,
     pub served: Served,
     pub attempts: Vec<Attempt>,
-    /// Provider and model of each leg (`Attempt::leg`): the first is
-    /// `served`'s, the others the request's fallbacks.
-    pub legs: Vec<(String, Option<String>)>,
     /// What the provider reported.
     pub usage: Usage,
     /// The admission's estimate (input, output), counted when the provider
@@ -83,11 +83,11 @@ pub fn records(f: Finished) -> Vec<UsageRecord> {
         ..UsageRecord::default()
     };
     // A fallback's attempt is its leg's provider and model.
-    let legs = f.legs;
+    let fallbacks = f.served.fallbacks;
     let of_attempt = |i: usize, a: Attempt, base: UsageRecord| {
-        let (provider, model) = match legs.get(a.leg) {
-            Some((provider, model)) if a.leg > 0 => (provider.clone(), model.clone()),
-            _ => (base.provider.clone(), base.model.clone()),
+        let (provider, model) = match a.leg.checked_sub(1).and_then(|i| fallbacks.get(i)) {
+            Some(m) => (m.provider.clone(), m.model.clone()),
+            None => (base.provider.clone(), base.model.clone()),
         };
         UsageRecord {
             provider_key_id: Some(a.key_id),
@@ -169,7 +169,13 @@ mod tests {
     use super::*;
 
     fn served() -> Served {
-        Served { key_id: "ak_1".into(), config_id: Some("cfg_1".into()), provider: "openai".into(), model: None }
+        Served {
+            key_id: "ak_1".into(),
+            config_id: Some("cfg_1".into()),
+            provider: "openai".into(),
+            model: None,
+            fallbacks: vec![ModelRef { provider: "other".into(), model: Some("other-model".into()) }],
+        }
     }
 
     fn finished(attempts: Vec<Attempt>, usage: Usage, reservation: Option<&str>) -> Finished {
@@ -177,7 +183,6 @@ mod tests {
             request_id: "req".into(),
             served: served(),
             attempts,
-            legs: vec![("openai".into(), None), ("other".into(), Some("other-model".into()))],
             usage,
             estimate: (100, 4096),
             streaming: false,
@@ -189,6 +194,16 @@ mod tests {
 
     fn attempt(key: &str, status: Option<u16>) -> Attempt {
         Attempt { key_id: key.into(), status, leg: 0 }
+    }
+
+    #[test]
+    fn a_fallback_attempt_is_recorded_under_its_provider_and_model() {
+        let mut second = attempt("pk_other", Some(200));
+        second.leg = 1;
+        let recs = records(finished(vec![attempt("pk_a", Some(503)), second], Usage::default(), None));
+        let who: Vec<(&str, Option<&str>, u32)> =
+            recs.iter().map(|r| (r.provider.as_str(), r.model.as_deref(), r.attempt)).collect();
+        assert_eq!(who, [("openai", None, 1), ("other", Some("other-model"), 2)]);
     }
 
     #[test]

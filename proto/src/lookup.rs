@@ -231,6 +231,19 @@ pub struct ReserveRequest {
     /// Upper estimates: prompt tokens from the body size, output from `max_tokens`.
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// The request's fallback models (`models`), in order: the estimate is
+    /// priced at the dearest of them and the model (a fallback may serve).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<ModelRef>,
+}
+
+/// A model at a provider (the provider's own model name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRef {
+    pub provider: String,
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

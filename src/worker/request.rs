@@ -734,6 +734,7 @@ impl Worker {
             model: served.model,
             input_tokens: req.admitted.estimate.0,
             output_tokens: req.admitted.estimate.1,
+            fallbacks: served.fallbacks,
         };
         let dispatched = match serde_json::to_vec(&body) {
             Ok(json) => self.store_call(host, "POST", "/v1/reserve", Some(&json), Purpose::Reserve(id)),
@@ -1032,7 +1033,7 @@ impl Worker {
                 *count = count.saturating_sub(1);
             }
         }
-        let (attempts, answer, legs) = match std::mem::take(&mut req.phase) {
+        let (attempts, answer) = match std::mem::take(&mut req.phase) {
             Phase::Forwarded(mut fw) => {
                 // Ended before its answer's headers (the client left): the
                 // attempts that went out are still recorded.
@@ -1040,10 +1041,9 @@ impl Worker {
                     let config = self.config.clone();
                     read_trail(host, &mut self.metrics, &config, &mut fw);
                 }
-                let legs = fw.plan.legs.into_iter().map(|l| (l.provider, l.model)).collect();
-                (fw.attempts, fw.answer, legs)
+                (fw.attempts, fw.answer)
             }
-            _ => (Vec::new(), Answer::default(), Vec::new()),
+            _ => (Vec::new(), Answer::default()),
         };
         let Some(served) = req.admitted.served.take() else { return };
         let usage = match (&answer.scanner, &answer.json) {
@@ -1067,7 +1067,6 @@ impl Worker {
             request_id: std::mem::take(&mut req.facts.request_id),
             served,
             attempts,
-            legs,
             usage,
             estimate: req.admitted.estimate,
             streaming: answer.scanner.is_some(),

@@ -73,6 +73,7 @@ fn reserve(store: &dyn Store, req: &str, key: &str, input: u64) -> keygate_proto
             model: Some("gpt-4o".into()),
             input_tokens: input,
             output_tokens: 0,
+            fallbacks: Vec::new(),
         })
         .unwrap()
 }

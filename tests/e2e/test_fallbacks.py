@@ -199,3 +199,24 @@ def test_when_every_model_fails_the_answer_lists_every_attempt(gateway, store, m
     assert (status, doc["error"]["code"]) == (502, "all_provider_keys_failed")
     assert f"{oa}: 503" in doc["error"]["message"] and f"{vl}: 502" in doc["error"]["message"]
     assert vl_value not in json.dumps(doc) and vl_value not in json.dumps(dict(headers))
+
+
+def test_a_budget_reserves_for_the_dearest_fallback(gateway, store, mocks, two_providers):
+    """A fallback may serve: the reservation is priced at the dearest model
+    of the request, so a cheap `model` cannot smuggle in a dear fallback."""
+    pricey = f"pricey-{uuid.uuid4().hex[:8]}"
+    store.ok("PUT", f"/prices/my-vllm/{pricey}", {"inputPerMillionUsd": 1_000_000, "outputPerMillionUsd": 1_000_000})
+    oa, _ = two_providers["openai"]
+    vl, _ = two_providers["vllm"]
+    cfg = store.ok("POST", "/access-key-configurations", {
+        "name": f"fb-budget-{uuid.uuid4().hex[:8]}", "budget": {"costUsd": 50},
+        "router": {"rules": [{"provider": "openai", "steps": steps(oa)}, {"provider": "my-vllm", "steps": steps(vl)}]}})
+    token = store.ok("POST", "/access-keys", {"name": "fb", "accessKeyConfigurationId": cfg["id"]})["token"]
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.APIStatusError) as e:
+        client(gateway, token).chat.completions.create(model="gpt-4o", messages=hi, max_tokens=10,
+                                                       extra_body={"models": [f"my-vllm/{pricey}"]})
+    assert (e.value.status_code, e.value.body["code"]) == (402, "insufficient_credits")
+    assert mocks["openai"].received() == [] and mocks["vllm"].received() == []
+    # The same request without the dear fallback fits.
+    assert client(gateway, token).chat.completions.create(model="gpt-4o", messages=hi, max_tokens=10).choices

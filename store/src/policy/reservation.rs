@@ -35,12 +35,18 @@ fn ms_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Fallback models priced per reservation (the filter sends at most 8).
+const MAX_FALLBACKS: usize = 8;
+
 /// What a request is estimated to use: (tokens, micro-USD), input and output
-/// at the catalog's price for its provider and model.
+/// at the catalog's price for its provider and model, or for the dearest of
+/// its fallbacks (any of them may serve).
 pub fn estimate(catalog: &Catalog, req: &ReserveRequest) -> (i64, i64) {
-    let price = price_of(catalog, &req.provider, req.model.as_deref());
     let tokens = tokens_i64(req.input_tokens).saturating_add(tokens_i64(req.output_tokens));
-    let micros = cost_micros(&price, req.input_tokens.min(MAX_TOKENS), req.output_tokens.min(MAX_TOKENS), 0);
+    let (input, output) = (req.input_tokens.min(MAX_TOKENS), req.output_tokens.min(MAX_TOKENS));
+    let models = std::iter::once((req.provider.as_str(), req.model.as_deref()))
+        .chain(req.fallbacks.iter().take(MAX_FALLBACKS).map(|f| (f.provider.as_str(), f.model.as_deref())));
+    let micros = models.map(|(p, m)| cost_micros(&price_of(catalog, p, m), input, output, 0)).max().unwrap_or(0);
     (tokens, micros)
 }
 
@@ -276,6 +282,7 @@ mod tests {
             model: Some("gpt-4o".into()),
             input_tokens: input,
             output_tokens: output,
+            fallbacks: Vec::new(),
         }
     }
 
@@ -309,6 +316,21 @@ mod tests {
     #[test]
     fn an_estimate_counts_input_and_output_at_the_catalog_price() {
         assert_eq!(estimate(&ledger().prices, &request("r", 10, 5)), (15, 15));
+    }
+
+    #[test]
+    fn an_estimate_with_fallbacks_is_priced_at_the_dearest_model() {
+        let mut l = ledger();
+        l.prices
+            .insert(0, ("other".into(), "dear".into(), Price { input: 3_000_000, output: 3_000_000, cached: None }));
+        l.prices.insert(0, ("other".into(), "cheap".into(), Price { input: 0, output: 0, cached: None }));
+        let fallback =
+            |model: &str| keygate_proto::lookup::ModelRef { provider: "other".into(), model: Some(model.into()) };
+        let mut req = request("r", 10, 5);
+        req.fallbacks = vec![fallback("cheap"), fallback("dear")];
+        assert_eq!(estimate(&l.prices, &req), (15, 45), "tokens once, cost at the dearest");
+        req.fallbacks = vec![fallback("cheap")];
+        assert_eq!(estimate(&l.prices, &req), (15, 15), "never below the model's own price");
     }
 
     #[test]
