@@ -6,6 +6,7 @@ pub mod billing;
 pub mod configs;
 pub mod extract;
 pub mod gateway;
+pub mod principal;
 pub mod provider_keys;
 pub mod providers;
 pub mod usage;
