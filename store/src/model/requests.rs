@@ -5,6 +5,8 @@
 use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Deserializer};
 
+use crate::api::principal::Role;
+
 use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
 
 /// `Option<Option<T>>` for PATCH: absent = `None`, `null` = `Some(None)`.
@@ -74,6 +76,27 @@ pub struct RotateAccessKey {
     #[serde(default)]
     pub grace_period_seconds: Option<u64>,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateApiKey {
+    pub name: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchApiKey {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub role: Option<Role>,
+}
+
+/// `POST /api-keys/{id}/rotate` takes no fields (an empty body or `{}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateApiKey {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

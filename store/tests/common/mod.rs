@@ -4,6 +4,8 @@
 
 #[path = "../testdb/mod.rs"]
 pub mod testdb;
+#[allow(unused_imports)]
+pub use testdb::test_audit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
