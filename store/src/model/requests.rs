@@ -77,10 +77,22 @@ pub struct RotateAccessKey {
     pub grace_period_seconds: Option<u64>,
 }
 
+/// A role by its name: a string naming no role (or not a string: `null`,
+/// a number) is an `invalid_field` error on `role`.
+fn role<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+    let name = String::deserialize(d)?;
+    Role::parse(&name).ok_or_else(|| serde::de::Error::custom("role must be one of admin, operator, viewer"))
+}
+
+fn some_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+    role(d).map(Some)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CreateApiKey {
     pub name: String,
+    #[serde(deserialize_with = "role")]
     pub role: Role,
 }
 
@@ -89,7 +101,7 @@ pub struct CreateApiKey {
 pub struct PatchApiKey {
     #[serde(default, deserialize_with = "non_null")]
     pub name: Option<String>,
-    #[serde(default, deserialize_with = "non_null")]
+    #[serde(default, deserialize_with = "some_role")]
     pub role: Option<Role>,
 }
 
