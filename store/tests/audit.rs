@@ -474,6 +474,22 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
         assert!(!raw.contains(s.as_str()), "{s} in the audit_log table");
     }
     assert_eq!(text.matches(REDACTED).count(), 2, "the two provider-key values");
+    // The served fields are the documented ones.
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let schema = &doc["components"]["schemas"]["AuditEntry"];
+    let mut documented: Vec<&str> = schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    documented.sort_unstable();
+    let mut served: Vec<&str> = log[0].as_object().unwrap().keys().map(String::as_str).collect();
+    served.sort_unstable();
+    assert_eq!(served, documented);
+    for e in &log {
+        let action = e["action"].as_str().unwrap();
+        assert!(schema["properties"]["action"]["description"]
+            .as_str()
+            .unwrap()
+            .contains(action.split('.').next().unwrap()));
+        assert!(schema["properties"]["resourceType"]["enum"].as_array().unwrap().contains(&e["resourceType"]), "{e}");
+    }
     // Newest first.
     let ids_desc: Vec<&str> = log.iter().map(|e| e["id"].as_str().unwrap()).collect();
     let mut sorted = ids_desc.clone();
