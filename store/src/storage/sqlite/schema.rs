@@ -20,6 +20,9 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
+    // 6 and 7 are taken by the management keys / audit log and the alert
+    // webhooks, developed beside this one.
+    Migration { version: 8, name: "access-key name search" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -153,6 +156,11 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('credits_enabled', 0), ('credits_
 /// Migration 3: a configuration's per-request limits.
 pub(crate) const REQUEST_LIMITS_SQL: &str = "ALTER TABLE configs ADD COLUMN request_limits_json TEXT;";
 
+/// Migration 8: `GET /access-keys?q=` (a name prefix, ASCII letters folded)
+/// reads a range of this index. SQLite's `lower()` folds ASCII letters only.
+pub(crate) const NAME_SEARCH_SQL: &str =
+    "CREATE INDEX IF NOT EXISTS access_keys_name_search ON access_keys(lower(name), id);";
+
 /// Columns added to tables of the first schema (databases created before
 /// budgets existed get them on open).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -198,6 +206,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 5 {
             tx.execute_batch("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests INTEGER;")?;
+        }
+        if m.version == 8 {
+            tx.execute_batch(NAME_SEARCH_SQL)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
