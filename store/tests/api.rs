@@ -738,3 +738,11 @@ async fn internal_errors_are_500_without_details() {
     assert_eq!(v["details"], json!({}));
     assert_eq!(v["msg"], "internal error");
 }
+
+#[tokio::test]
+async fn whoami_names_the_bootstrap_admin() {
+    let h = harness();
+    assert_eq!(h.ok("GET", "/whoami", None).await, json!({"actor": "bootstrap", "name": null, "role": "admin"}));
+    let (s, v) = send(&h.api, "GET", "/whoami", Some(GATEWAY), None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
+}

@@ -10,6 +10,7 @@ pub mod principal;
 pub mod provider_keys;
 pub mod providers;
 pub mod usage;
+pub mod whoami;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -216,6 +217,7 @@ pub fn management_routes() -> Routes {
         .open(M::Get, "/healthz", healthz)
         .open(M::Get, "/openapi.json", openapi)
         .open(M::Get, "/metrics", metrics)
+        .auth(M::Get, "/whoami", whoami::whoami)
         .auth(M::Get, "/access-keys", access_keys::list)
         .auth(M::Post, "/access-keys", access_keys::create)
         .auth(M::Get, "/access-keys/{id}", access_keys::get)
