@@ -230,6 +230,11 @@ pub struct ServeArgs {
     /// (0 = forever; at least 32, the longest budget window, otherwise).
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = crate::policy::retention::DEFAULT_DAYS)]
     pub usage_retention_days: u32,
+    /// Mark the web console's cookies `Secure` always (it is reached over
+    /// TLS); without it they are `Secure` when a proxy sends
+    /// `X-Forwarded-Proto: https`.
+    #[arg(long, env = "KEYGATE_CONSOLE_SECURE_COOKIE")]
+    pub console_secure_cookie: bool,
 }
 
 #[derive(Args)]
