@@ -15,6 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
+import anthropic
 import openai
 import pytest
 from playwright.sync_api import sync_playwright
@@ -285,14 +286,33 @@ def test_the_usage_page_shows_the_key_after_traffic(page, stack):
     store, gateway = stack
     for _ in range(3):
         assert chat(gateway, STATE["token"]) == 200
-    wait_until(lambda: len(store.ok("GET", f"/usage?accessKeyId={STATE['key_id']}")["usage"]) >= 5, timeout=10,
-               what="usage records flushed")
+    client = openai_client(gateway, STATE["token"])
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    # A second key, on another provider, with the Anthropic SDK.
+    other = store.ok("POST", "/access-keys", {"name": "console-batch"})
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=other["token"], max_retries=0)
+    for _ in range(2):
+        claude.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+
+    def flushed():
+        rows = store.ok("GET", "/usage/summary?groupBy=model")["rows"]
+        got = {r["group"]: r["requests"] for r in rows}
+        STATE["flushed"] = got
+        return got.get("openai/gpt-4o-mini", 0) >= 1 and got.get("anthropic/claude-sonnet-4-6", 0) >= 2
+
+    try:
+        wait_until(flushed, timeout=15, what="usage records flushed")
+    except TimeoutError:
+        raise AssertionError(f"usage so far: {STATE['flushed']}") from None
     page.goto("/console/usage?days=1")
     per_key = page.locator("figure.chart", has_text="Per access key")
-    assert STATE["key_name"] in per_key.inner_text()
-    assert per_key.locator("svg.bar rect.tokens").count() >= 1
-    assert "gpt-4o" in page.locator("figure.chart", has_text="Per model").inner_text()
-    assert "openai" in page.locator("figure.chart", has_text="Per provider").inner_text()
+    labels = per_key.locator(".bar-label").all_inner_texts()
+    assert labels == [STATE["key_name"], "console-batch"], labels
+    assert per_key.locator("svg.bar rect.tokens").count() == 2
+    models = page.locator("figure.chart", has_text="Per model").locator(".bar-label").all_inner_texts()
+    assert set(models) == {"openai/gpt-4o", "openai/gpt-4o-mini", "anthropic/claude-sonnet-4-6"}, models
+    providers = page.locator("figure.chart", has_text="Per provider").locator(".bar-label").all_inner_texts()
+    assert set(providers) == {"openai", "anthropic"}, providers
     shot(page, "usage")
     page.click(f"figure.chart >> text={STATE['key_name']}")
     assert page.inner_text("h1").startswith(STATE["key_name"])
@@ -327,7 +347,7 @@ def test_ten_thousand_keys_are_paged_and_searched(page, stack):
     assert rows.first.inner_text().startswith(f"bulk-{BULK - 1:05d}")
     TIMINGS["keys page, next (ms)"] = timed(page.get_attribute("a[rel=next]", "href"))
     assert rows.first.inner_text().startswith(f"bulk-{BULK - 51:05d}")
-    shot(page, "access-keys")
+    page.screenshot(path=str(ARTIFACTS / "access-keys.png"))
     page.goto("/console/access-keys")
     page.fill("#f-q", "BULK-0012")
     t = time.monotonic()
@@ -350,7 +370,7 @@ def test_a_375px_screen_and_the_keyboard(page, stack):
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, f"{path} is {width} px wide"
         page.goto("/console/access-keys")
-        shot(page, "access-keys-375px")
+        page.screenshot(path=str(ARTIFACTS / "access-keys-375px.png"))
         # The first Tab reaches the skip link, which is then shown, with a visible focus ring.
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.textContent") == "Skip to content"

@@ -57,7 +57,7 @@ pub fn chart(title: &str, bars: &[Bar]) -> Markup {
                                 rect.cost x="0" y="5.25" width=(format!("{:.2}", width(b.cost, max_cost))) height="4.25" {}
                             }
                             span.bar-value {
-                                (int(b.tokens)) " tokens · " (usd(b.cost)) " · " (int(b.requests)) " requests"
+                                (int(b.tokens)) " tokens · " (usd(b.cost)) " · " (int(b.requests)) @if b.requests == 1 { " request" } @else { " requests" }
                             }
                         }
                     }

@@ -56,14 +56,14 @@ pub async fn list(sg: Signed, q: RawQuery) -> Response {
         }
         (done_notice(q.has("done").then(|| q.get("done"))))
         @if items.is_empty() { p.empty { "No configurations yet." } } @else {
-            div.table-wrap { table {
+            div.table-wrap { table.cards {
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Id" } th scope="col" { "Limits" } th scope="col" { "Budget" } th scope="col" { "Updated" } } }
                 tbody { @for c in &items { tr {
-                    td { a href={ "/console/configurations/" (seg(s(c, "id"))) } { (s(c, "name")) } }
-                    td.mono { (s(c, "id")) }
-                    td { @if let Some(r) = c["rateLimits"]["requestsPerMinute"].as_u64() { (r) " req/min" } @else { "—" } }
-                    td { @if c["budget"].is_object() { (s(&c["budget"], "window")) } @else { "—" } }
-                    td { (when(c["updatedAt"].as_str())) }
+                    td data-label="Name" { a href={ "/console/configurations/" (seg(s(c, "id"))) } { (s(c, "name")) } }
+                    td.mono data-label="Id" { (s(c, "id")) }
+                    td data-label="Limits" { @if let Some(r) = c["rateLimits"]["requestsPerMinute"].as_u64() { (r) " req/min" } @else { "—" } }
+                    td data-label="Budget" { @if c["budget"].is_object() { (s(&c["budget"], "window")) } @else { "—" } }
+                    td data-label="Updated" { (when(c["updatedAt"].as_str())) }
                 } } }
             } }
         }

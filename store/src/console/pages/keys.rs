@@ -70,19 +70,19 @@ pub async fn list(sg: Signed, q: RawQuery) -> Response {
             p.empty { @if search.is_empty() { "No access keys yet." } @else { "No key's name starts with “" (search) "”." } }
         } @else {
             div.table-wrap {
-                table {
+                table.cards {
                     caption.visually-hidden { "Access keys, newest first" }
                     thead { tr { th scope="col" { "Name" } th scope="col" { "Token" } th scope="col" { "Configuration" } th scope="col" { "Status" } th scope="col" { "Last used" } th scope="col" { "Created" } } }
                     tbody {
                         @for k in &keys {
                             @let (st, class) = status(k);
                             tr {
-                                td { a href={ "/console/access-keys/" (seg(s(k, "id"))) } { (s(k, "name")) } }
-                                td.mono { (s(k, "keyRedacted")) }
-                                td { (k["accessKeyConfiguration"]["name"].as_str().unwrap_or("—")) }
-                                td { span.badge.(class) { (st) } }
-                                td { (when(k["lastUsed"].as_str())) }
-                                td { (when(k["createdAt"].as_str())) }
+                                td data-label="Name" { a href={ "/console/access-keys/" (seg(s(k, "id"))) } { (s(k, "name")) } }
+                                td.mono data-label="Token" { (s(k, "keyRedacted")) }
+                                td data-label="Configuration" { (k["accessKeyConfiguration"]["name"].as_str().unwrap_or("—")) }
+                                td data-label="Status" { span.badge.(class) { (st) } }
+                                td data-label="Last used" { (when(k["lastUsed"].as_str())) }
+                                td data-label="Created" { (when(k["createdAt"].as_str())) }
                             }
                         }
                     }

@@ -66,14 +66,14 @@ async fn list_page(sg: &Signed, q: &crate::console::Form, form: Option<Markup>, 
         (done_notice(q.has("done").then(|| q.get("done"))))
         p.hint { "Upstream credentials. Their values are write-only: set on creation, replaced by rotation, never shown." }
         @if items.is_empty() { p.empty { "No provider keys yet." } } @else {
-            div.table-wrap { table {
+            div.table-wrap { table.cards {
                 thead { tr { th scope="col" { "Name" } th scope="col" { "Provider" } th scope="col" { "Value" } th scope="col" { "Managed" } th scope="col" { "Last used" } } }
                 tbody { @for k in &items { tr {
-                    td { a href={ "/console/provider-keys/" (seg(s(k, "id"))) } { (s(k, "name")) } }
-                    td { (s(k, "providerId")) }
-                    td.mono { (s(k, "keyRedacted")) }
-                    td { @if k["managed"].as_bool().unwrap_or(false) { "yes" } @else { "no" } }
-                    td { (when(k["lastUsed"].as_str())) }
+                    td data-label="Name" { a href={ "/console/provider-keys/" (seg(s(k, "id"))) } { (s(k, "name")) } }
+                    td data-label="Provider" { (s(k, "providerId")) }
+                    td.mono data-label="Value" { (s(k, "keyRedacted")) }
+                    td data-label="Managed" { @if k["managed"].as_bool().unwrap_or(false) { "yes" } @else { "no" } }
+                    td data-label="Last used" { (when(k["lastUsed"].as_str())) }
                 } } }
             } }
         }
