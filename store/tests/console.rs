@@ -385,3 +385,82 @@ async fn the_key_list_pages_and_searches_through_the_api() {
     let rows = r.body.matches("<tr>").count() - 1;
     assert_eq!(rows, 5, "even-000 … even-008");
 }
+
+#[tokio::test]
+async fn provider_key_values_are_never_sent_back() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let page = b.get(&c.app, "/console/provider-keys").await;
+    let csrf = page.csrf();
+    // Refused (a control character): the form comes back without the value.
+    let secret = "sk-console-secret-0123456789";
+    let r = b
+        .post(
+            &c.app,
+            "/console/provider-keys",
+            &format!("_csrf={csrf}&providerId=openai&name=p1&value={}", enc(&format!("{secret}\t"))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-value-error""#), "{}", r.body);
+    assert!(!r.body.contains(secret));
+    let r = b
+        .post(
+            &c.app,
+            "/console/provider-keys",
+            &format!("_csrf={csrf}&providerId=openai&name=p1&value={secret}&managed=on"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let shown = b.get(&c.app, r.location()).await;
+    assert!(shown.body.contains("sk-...6789") && !shown.body.contains(secret));
+    // Rotated: the new value is not shown either.
+    let rotate = format!("{}/rotate", r.location().split('?').next().unwrap());
+    let r = b.post(&c.app, &rotate, &format!("_csrf={csrf}&value=sk-console-rotated-0123456789")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let shown = b.get(&c.app, r.location()).await;
+    assert!(shown.body.contains("The value was replaced.") && !shown.body.contains("sk-console-rotated-0123456789"));
+    assert!(!b.get(&c.app, "/console/provider-keys").await.body.contains("sk-console-"));
+}
+
+#[tokio::test]
+async fn a_key_is_edited_through_the_api_and_its_errors_land_by_their_fields() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let (_, key) = send(&c.app, "POST", "/access-keys", Some(ADMIN), Some(json!({"name": "k1"}).to_string())).await;
+    let id = key["id"].as_str().unwrap();
+    let edit = format!("/console/access-keys/{id}/edit");
+    let csrf = b.get(&c.app, &edit).await.csrf();
+    let form = |extra: &str| format!("_csrf={csrf}&name=k2&description=d&budgetWindow=monthly{extra}");
+    let r = b.post(&c.app, &edit, &form("&budgetTokens=1000&budgetTimeZone=Mars%2FOlympus")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-budget-error">budget.timeZone: "#), "{}", r.body);
+    let r = b.post(&c.app, &edit, &form("&maxConcurrentRequests=lots")).await;
+    assert!(r.body.contains(r#"id="f-maxConcurrentRequests-error""#), "{}", r.body);
+    let r =
+        b.post(&c.app, &edit, &form("&budgetTokens=1000&budgetTimeZone=Europe%2FBerlin&maxConcurrentRequests=3")).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, format!("/console/access-keys/{id}?done=saved").as_str())
+    );
+    let (_, k) = send(&c.app, "GET", &format!("/access-keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!(
+        (k["name"].as_str(), k["description"].as_str(), k["maxConcurrentRequests"].as_u64()),
+        (Some("k2"), Some("d"), Some(3))
+    );
+    assert_eq!(k["budget"], json!({"tokens": 1000, "window": "monthly", "timeZone": "Europe/Berlin"}));
+    // Emptied fields clear their values.
+    let r = b.post(&c.app, &edit, &form("")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let (_, k) = send(&c.app, "GET", &format!("/access-keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!((k["budget"].is_null(), k["maxConcurrentRequests"].is_null()), (true, true));
+    // Credits: an admin's form, through the API.
+    let csrf = b.get(&c.app, "/console/budgets").await.csrf();
+    let r = b.post(&c.app, "/console/credits/add", &format!("_csrf={csrf}&addUsd=12.5")).await;
+    assert_eq!(r.location(), "/console/budgets?done=credits");
+    let (_, credits) = send(&c.app, "GET", "/credits", Some(ADMIN), None).await;
+    assert_eq!((credits["enabled"].as_bool(), credits["balanceUsd"].as_f64()), (Some(true), Some(12.5)));
+    assert!(b.get(&c.app, "/console/budgets").await.body.contains("$12.50"));
+}
