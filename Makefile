@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build toolchain fuzz wasm wasm-fault store venv deploy-tools test test-unit test-store-pg test-e2e lint run bench clean
+.PHONY: all build toolchain fuzz wasm wasm-fault store venv system-packages deploy-tools browser test test-unit test-store-pg test-e2e lint run bench clean
 
 all: build
 
@@ -59,13 +59,25 @@ test-store-pg: toolchain
 	trap 'scripts/pg-cluster stop "$$dir"' EXIT && \
 	KEYGATE_TEST_DATABASE_URL="$$url" cargo test --locked -p keygate-store
 
-# docker-compose (Debian) only parses and resolves docker-compose.yml in the
-# deploy tests; no Docker engine is needed or used.
-deploy-tools:
-	command -v docker-compose >/dev/null || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
+# Debian packages of the test tiers (command:package), installed when
+# missing, with one `apt-get update` for all of them:
+# - docker-compose only parses and resolves docker-compose.yml in the deploy
+#   tests; no Docker engine is needed or used;
+# - chromium: the console's browser tests (tests/e2e/test_console.py) drive
+#   Debian's headless Chromium through Playwright (PyPI); Playwright's own
+#   browser download cannot work here and is never asked for.
+SYSTEM_PACKAGES := docker-compose:docker-compose chromium:chromium
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+deploy-tools browser: system-packages
 
 # The end-to-end tier (tests/e2e) and the deployment checks (tests/deploy).
-test-e2e: build wasm-fault venv deploy-tools
+test-e2e: build wasm-fault venv deploy-tools browser
 	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint test-unit test-store-pg test-e2e

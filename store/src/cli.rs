@@ -296,6 +296,11 @@ pub struct ServeArgs {
     /// (0 = forever).
     #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", default_value_t = crate::policy::audit::DEFAULT_RETENTION_DAYS)]
     pub audit_retention_days: u32,
+    /// Mark the web console's cookies `Secure` always (it is reached over
+    /// TLS); without it they are `Secure` when a proxy sends
+    /// `X-Forwarded-Proto: https`.
+    #[arg(long, env = "KEYGATE_CONSOLE_SECURE_COOKIE")]
+    pub console_secure_cookie: bool,
 }
 
 #[derive(Args)]

@@ -30,6 +30,12 @@ pub enum CryptoError {
     Random(#[from] std::io::Error),
 }
 
+/// The 32 bytes of a 64-hex-character master key.
+pub fn parse_key(hex_key: &str) -> Result<[u8; 32], CryptoError> {
+    let bytes = hex::decode(hex_key.trim()).map_err(|_| CryptoError::BadKey)?;
+    bytes.try_into().map_err(|_| CryptoError::BadKey)
+}
+
 impl Cipher {
     pub fn new(key: &[u8; 32]) -> Self {
         Cipher { aead: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key)) }
@@ -37,9 +43,7 @@ impl Cipher {
 
     /// Parses a 64-hex-character key.
     pub fn from_hex(hex_key: &str) -> Result<Self, CryptoError> {
-        let bytes = hex::decode(hex_key.trim()).map_err(|_| CryptoError::BadKey)?;
-        let key: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::BadKey)?;
-        Ok(Cipher::new(&key))
+        Ok(Cipher::new(&parse_key(hex_key)?))
     }
 
     pub fn encrypt(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {

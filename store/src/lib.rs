@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod console;
 pub mod crypto;
 pub mod error;
 pub mod ids;

@@ -57,6 +57,7 @@ fn main() -> ExitCode {
                 gateway_token: args.gateway_token.clone(),
                 usage_retention_days: args.usage_retention_days,
                 audit_retention_days: args.audit_retention_days,
+                console_secure_cookie: args.console_secure_cookie,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{gateway_app, management_app, AppState};
-use crate::crypto::Cipher;
+use crate::crypto::{parse_key, Cipher};
 use crate::ids::{is_management_token, random_hex, MANAGEMENT_TOKEN_PREFIX};
 use crate::policy::audit::AuditRetention;
 use crate::policy::retention::{self, Retention};
@@ -35,6 +35,9 @@ pub struct ServeConfig {
     /// Days audit-log entries are kept (`KEYGATE_AUDIT_RETENTION_DAYS`; 0 =
     /// forever).
     pub audit_retention_days: u32,
+    /// Mark the console's cookies `Secure` whatever the request says
+    /// (`KEYGATE_CONSOLE_SECURE_COOKIE`: the console is reached over TLS).
+    pub console_secure_cookie: bool,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -149,15 +152,19 @@ pub fn migrate(data_dir: &Path, database_url: Option<&str>, database_ca: Option<
 pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
     prepare_data_dir(&cfg.data_dir)?;
 
-    let cipher = match &cfg.master_key {
-        Some(k) => Cipher::from_hex(k).map_err(|e| fail("KEYGATE_MASTER_KEY", e))?,
+    let master_key = match &cfg.master_key {
+        Some(k) => parse_key(k).map_err(|e| fail("KEYGATE_MASTER_KEY", e))?,
         None => {
             let path = cfg.data_dir.join("master.key");
             let (hex_key, _) =
                 load_or_create_secret(&path, || random_hex(32)).map_err(|e| fail(&path.display().to_string(), e))?;
-            Cipher::from_hex(&hex_key).map_err(|e| fail(&path.display().to_string(), e))?
+            parse_key(&hex_key).map_err(|e| fail(&path.display().to_string(), e))?
         }
     };
+    let cipher = Cipher::new(&master_key);
+    // The console's cookie key is derived from the master key: replicas that
+    // share the data share it too.
+    let console = crate::console::Config::new(&master_key, cfg.console_secure_cookie);
 
     let admin_token = match &cfg.admin_token {
         Some(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -200,7 +207,7 @@ pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
 
     let backend = backend(&cfg.data_dir, cfg.database_url.as_deref(), cfg.database_ca.as_deref())?;
     let store = backend.open(cipher, Options::default()).map_err(|e| fail(&backend.describe(), e))?;
-    Ok(Prepared { state: AppState::new(store, &admin_token, &gateway_token) })
+    Ok(Prepared { state: AppState::new(store, &admin_token, &gateway_token).with_console(console) })
 }
 
 /// Waits for SIGINT or SIGTERM. The handlers are installed before this
@@ -387,6 +394,7 @@ mod tests {
             gateway_token: None,
             usage_retention_days: retention::DEFAULT_DAYS,
             audit_retention_days: crate::policy::audit::DEFAULT_RETENTION_DAYS,
+            console_secure_cookie: false,
         };
         let prepared = prepare(&cfg).map_err(|e| e.to_string()).unwrap();
         assert_eq!(fs::metadata(&cfg.data_dir).unwrap().permissions().mode() & 0o777, 0o700);
@@ -423,6 +431,7 @@ mod tests {
             gateway_token: None,
             usage_retention_days: 7,
             audit_retention_days: 0,
+            console_secure_cookie: false,
         };
         let e = serve(cfg).await.unwrap_err();
         assert!(e.starts_with("KEYGATE_USAGE_RETENTION_DAYS=7 is shorter than the longest budget window"), "{e}");

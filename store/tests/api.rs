@@ -337,6 +337,38 @@ async fn oversized_bodies_are_413() {
 }
 
 #[tokio::test]
+async fn access_keys_are_searched_by_name_prefix() {
+    let h = harness();
+    let mut ids = std::collections::HashMap::new();
+    for name in ["Web-App", "web-api", "webhook", "worker", "db", "we", "Wéb", "web-zz"] {
+        let id = h.ok("POST", "/access-keys", Some(json!({"name": name}))).await["id"].as_str().unwrap().to_string();
+        ids.insert(name, id);
+    }
+    let names = |page: &Value| -> Vec<String> {
+        page["accessKeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap().to_string()).collect()
+    };
+    // Newest first, ASCII letters without regard to case, the prefix only.
+    let page = h.ok("GET", "/access-keys?q=WEB", None).await;
+    assert_eq!(names(&page), ["web-zz", "webhook", "web-api", "Web-App"]);
+    assert_eq!(names(&h.ok("GET", "/access-keys?q=web-", None).await), ["web-zz", "web-api", "Web-App"]);
+    assert_eq!(names(&h.ok("GET", "/access-keys?q=w%C3%A9", None).await), ["Wéb"]);
+    assert_eq!(names(&h.ok("GET", "/access-keys?q=W%C3%89", None).await), Vec::<String>::new());
+    assert_eq!(names(&h.ok("GET", "/access-keys?q=app", None).await), Vec::<String>::new());
+    assert_eq!(names(&h.ok("GET", "/access-keys?q=", None).await).len(), 8, "empty q: no filter");
+    // The next page keeps the filter.
+    let page = h.ok("GET", "/access-keys?q=web&limit=2", None).await;
+    assert_eq!(names(&page), ["web-zz", "webhook"]);
+    let next = page["nextPageUri"].as_str().unwrap();
+    assert_eq!(next, format!("/access-keys?limit=2&beforeId={}&q=web", ids["webhook"]));
+    let page = h.ok("GET", next, None).await;
+    assert_eq!(names(&page), ["web-api", "Web-App"]);
+    assert_eq!(page["nextPageUri"], Value::Null);
+    let (s, v) = h.api("GET", &format!("/access-keys?q={}", "a".repeat(256)), None).await;
+    assert_error(s, &v, StatusCode::BAD_REQUEST, "invalid_field");
+    assert_eq!(v["details"]["field"], "q");
+}
+
+#[tokio::test]
 async fn pagination_newest_first_with_next_page_uri() {
     let h = harness();
     let mut ids = Vec::new();
@@ -705,4 +737,15 @@ async fn internal_errors_are_500_without_details() {
     assert_error(s, &v, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
     assert_eq!(v["details"], json!({}));
     assert_eq!(v["msg"], "internal error");
+}
+
+#[tokio::test]
+async fn whoami_names_the_bootstrap_admin() {
+    let h = harness();
+    assert_eq!(
+        h.ok("GET", "/whoami", None).await,
+        json!({"actor": "bootstrap", "name": "bootstrap admin token", "role": "admin"})
+    );
+    let (s, v) = send(&h.api, "GET", "/whoami", Some(GATEWAY), None).await;
+    assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
 }

@@ -2,20 +2,21 @@
 //! digest reaches the store.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::Json;
 use keygate_proto::token;
+use serde::Deserialize;
 use serde_json::json;
 
-use super::extract::{Audited, AuditedOrEmpty, Caller, Id, Paging};
+use super::extract::{page_request, parse_query, Audited, AuditedOrEmpty, Caller, Id};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::{new_access_token, now_secs, parse_rfc3339};
 use crate::model::{
     check_budget, check_key_concurrency, check_name, check_text_changes, check_texts, is_plausible_id, AccessKey,
-    CreateAccessKey, PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS,
+    CreateAccessKey, PatchAccessKey, RotateAccessKey, MAX_GRACE_SECONDS, NAME_MAX,
 };
-use crate::storage::{AccessKeyChanges, NewAccessKey};
+use crate::storage::{AccessKeyChanges, AccessKeyFilter, NewAccessKey};
 
 fn parse_expiry(s: &str) -> Result<i64, ApiError> {
     let t =
@@ -73,10 +74,31 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(key)))
 }
 
-pub async fn list(State(state): State<AppState>, Paging(page): Paging) -> Result<Json<PageBody<AccessKey>>, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ListQuery {
+    limit: Option<String>,
+    before_id: Option<String>,
+    q: Option<String>,
+}
+
+/// `?limit=&beforeId=&q=`: `q` keeps the keys whose name starts with it
+/// (ASCII letters without regard to case); empty means no filter.
+pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Json<PageBody<AccessKey>>, ApiError> {
+    let query: ListQuery = parse_query(uri.query())?;
+    let page = page_request(query.limit, query.before_id)?;
+    let q = query.q.filter(|q| !q.is_empty());
+    if let Some(q) = &q {
+        if q.chars().count() > NAME_MAX {
+            return Err(ApiError::invalid("q", format!("q is longer than {NAME_MAX} characters")));
+        }
+    }
+    let extra = q.as_deref().map(|q| serde_urlencoded::to_string([("q", q)]).unwrap_or_default()).unwrap_or_default();
+    let filter = AccessKeyFilter { name_prefix: q };
     let p = page.clone();
-    let items = run(&state, move |s| s.list_access_keys(&p)).await?;
-    page_response("accessKeys", "/access-keys", items, &page, |k| &k.id)
+    let items = run(&state, move |s| s.list_access_keys(&p, &filter)).await?;
+    let Json(body) = page_response("accessKeys", "/access-keys", items, &page, |k| &k.id)?;
+    Ok(Json(body.with_query(&extra)))
 }
 
 pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<AccessKey>, ApiError> {

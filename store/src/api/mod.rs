@@ -87,11 +87,25 @@ pub struct AppState {
     admin_token: Arc<str>,
     gateway_token: Arc<str>,
     pub stats: Arc<Stats>,
+    /// The web console's settings; without them `/console` is not served.
+    pub console: Option<Arc<crate::console::Config>>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, admin_token: &str, gateway_token: &str) -> Self {
-        AppState { store, admin_token: admin_token.into(), gateway_token: gateway_token.into(), stats: Arc::default() }
+        AppState {
+            store,
+            admin_token: admin_token.into(),
+            gateway_token: gateway_token.into(),
+            stats: Arc::default(),
+            console: None,
+        }
+    }
+
+    /// Serves the web console at `/console` on the management listener.
+    pub fn with_console(mut self, console: crate::console::Config) -> Self {
+        self.console = Some(Arc::new(console));
+        self
     }
 
     /// Who holds `token` on the management API: the bootstrap admin token
@@ -373,7 +387,11 @@ pub fn gateway_routes() -> Routes {
 
 /// The management API (the bootstrap admin token and management keys, by role).
 pub fn management_app(state: AppState) -> Router {
-    management_routes().finish(state, Guard::Admin)
+    let api = management_routes().finish(state.clone(), Guard::Admin);
+    match &state.console {
+        Some(cfg) => crate::console::app(cfg.clone(), api, state.clone()),
+        None => api,
+    }
 }
 
 /// The gateway lookup API (gateway token).
@@ -426,7 +444,7 @@ async fn require_management(State(state): State<AppState>, mut req: Request, nex
 #[derive(Clone)]
 struct RouteTemplate(Arc<str>);
 
-async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response {
+pub(crate) async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     resp.extensions_mut().insert(RouteTemplate(path.as_str().into()));
     resp
@@ -434,7 +452,7 @@ async fn tag_route(path: MatchedPath, req: Request, next: Next) -> Response {
 
 /// Logs and counts method, route template (never the raw path: it may hold a
 /// digest) and status.
-async fn log_requests(
+pub(crate) async fn log_requests(
     State((stats, listener)): State<(Arc<Stats>, &'static str)>,
     req: Request,
     next: Next,

@@ -124,6 +124,42 @@ pub struct PageRequest {
     pub before_id: Option<String>,
 }
 
+/// Filters of `GET /access-keys` (combined with the page).
+#[derive(Debug, Clone, Default)]
+pub struct AccessKeyFilter {
+    /// Keys whose name starts with this, ASCII letters compared without
+    /// regard to case (`q`). Served from an index on the folded name.
+    pub name_prefix: Option<String>,
+}
+
+impl AccessKeyFilter {
+    /// The folded names a prefix search covers: `lo <= name < hi` (no upper
+    /// bound when `hi` is `None`). Names fold as the index folds them: ASCII
+    /// letters to lower case, every other character as it is (SQLite's
+    /// `lower()`, PostgreSQL's `lower()` under the "C" collation), and both
+    /// compare folded names by code point (byte order of UTF-8).
+    pub fn name_range(&self) -> Option<(String, Option<String>)> {
+        let prefix = self.name_prefix.as_deref().filter(|p| !p.is_empty())?;
+        let lo = prefix.to_ascii_lowercase();
+        let mut hi: Vec<char> = lo.chars().collect();
+        // The smallest string above every string that starts with `lo`:
+        // `lo` with its last character raised by one (a character that is
+        // already the largest is dropped and the one before it raised).
+        let hi = loop {
+            let Some(last) = hi.pop() else { break None };
+            let next = match last {
+                '\u{D7FF}' => Some('\u{E000}'),
+                c => char::from_u32(u32::from(c) + 1),
+            };
+            if let Some(n) = next {
+                hi.push(n);
+                break Some(hi.into_iter().collect());
+            }
+        };
+        Some((lo, hi))
+    }
+}
+
 /// A new access key. The token itself never reaches the store: only its digest
 /// and redacted form.
 #[derive(Debug, Clone)]
@@ -323,7 +359,7 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> StoreResult<()>;
 
     fn create_access_key(&self, new: &NewAccessKey, audit: &Audit) -> StoreResult<AccessKey>;
-    fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>>;
+    fn list_access_keys(&self, page: &PageRequest, filter: &AccessKeyFilter) -> StoreResult<Vec<AccessKey>>;
     fn get_access_key(&self, id: &str) -> StoreResult<AccessKey>;
     fn update_access_key(&self, id: &str, changes: &AccessKeyChanges, audit: &Audit) -> StoreResult<AccessKey>;
     fn delete_access_key(&self, id: &str, audit: &Audit) -> StoreResult<()>;
@@ -414,4 +450,25 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` audit-log entries recorded before `before_ms`,
     /// oldest first, in one transaction; returns how many.
     fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(p: &str) -> Option<(String, Option<String>)> {
+        AccessKeyFilter { name_prefix: Some(p.into()) }.name_range()
+    }
+
+    #[test]
+    fn a_name_prefix_covers_a_range_of_folded_names() {
+        assert_eq!(range(""), None);
+        assert_eq!(AccessKeyFilter::default().name_range(), None);
+        assert_eq!(range("Web"), Some(("web".into(), Some("wec".into()))));
+        assert_eq!(range("a\u{D7FF}"), Some(("a\u{D7FF}".into(), Some("a\u{E000}".into()))));
+        assert_eq!(range("a\u{10FFFF}"), Some(("a\u{10FFFF}".into(), Some("b".into()))));
+        assert_eq!(range("\u{10FFFF}"), Some(("\u{10FFFF}".into(), None)));
+        // Only ASCII letters fold, as the indexes fold them.
+        assert_eq!(range("É"), Some(("É".into(), Some("Ê".into()))));
+    }
 }

@@ -66,8 +66,8 @@ use super::rows::{
 };
 use super::update::Assignments;
 use super::{
-    AccessKeyChanges, ApiKeyAuth, ApiKeyChanges, Audit, AuditFilter, ConfigChanges, Gauges, GroupBy, NewAccessKey,
-    NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges,
+    AccessKeyChanges, AccessKeyFilter, ApiKeyAuth, ApiKeyChanges, Audit, AuditFilter, ConfigChanges, Gauges, GroupBy,
+    NewAccessKey, NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges,
     ProviderKeyChanges, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
@@ -536,17 +536,24 @@ impl Store for PgStore {
         })
     }
 
-    fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>> {
+    fn list_access_keys(&self, page: &PageRequest, filter: &AccessKeyFilter) -> StoreResult<Vec<AccessKey>> {
+        let limit = limit_i64(page);
+        let range = filter.name_range();
+        let mut sql = format!("SELECT {} WHERE ($1::TEXT IS NULL OR a.id < $1)", rows::ACCESS_KEY_COLS);
+        let mut args: Vec<&(dyn ToSql + Sync)> = vec![&page.before_id, &limit];
+        // `lower(a.name COLLATE "C")` is the expression of the index
+        // access_keys_name_search: ASCII letters folded, code-point order.
+        if let Some((lo, hi)) = &range {
+            sql.push_str(r#" AND lower(a.name COLLATE "C") >= $3"#);
+            args.push(lo);
+            if let Some(hi) = hi {
+                sql.push_str(r#" AND lower(a.name COLLATE "C") < $4"#);
+                args.push(hi);
+            }
+        }
+        sql.push_str(" ORDER BY a.id DESC LIMIT $2");
         self.read(|tx| {
-            let sql = format!(
-                "SELECT {} WHERE ($1::TEXT IS NULL OR a.id < $1) ORDER BY a.id DESC LIMIT $2",
-                rows::ACCESS_KEY_COLS
-            );
-            let keys = tx
-                .query(&sql, &[&page.before_id, &limit_i64(page)])?
-                .iter()
-                .map(rows::access_key)
-                .collect::<R<Vec<_>>>()?;
+            let keys = tx.query(&sql, &args)?.iter().map(rows::access_key).collect::<R<Vec<_>>>()?;
             let now = now_ms();
             keys.into_iter().map(|k| rows::with_key_usage(&mut PgLedger(tx), k, now)).collect()
         })

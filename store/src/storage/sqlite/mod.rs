@@ -31,9 +31,9 @@ use super::rows::{
 use super::update::Assignments;
 pub use super::Options;
 use super::{
-    AccessKeyChanges, ApiKeyAuth, ApiKeyChanges, Audit, AuditFilter, ConfigChanges, Gauges, GroupBy, NewAccessKey,
-    NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, PageRequest, ProviderChanges, ProviderKeyChanges,
-    Store, UsageFilter,
+    AccessKeyChanges, AccessKeyFilter, ApiKeyAuth, ApiKeyChanges, Audit, AuditFilter, ConfigChanges, Gauges, GroupBy,
+    NewAccessKey, NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, PageRequest, ProviderChanges,
+    ProviderKeyChanges, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
@@ -400,6 +400,23 @@ impl LookupSource for SqlLookup<'_, '_> {
     }
 }
 
+/// The statement and arguments of a page of access keys.
+fn access_key_list_query(page: &PageRequest, filter: &AccessKeyFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = format!("SELECT {} WHERE (?1 IS NULL OR a.id < ?1)", rows::ACCESS_KEY_COLS);
+    let mut args: Vec<rusqlite::types::Value> = vec![page.before_id.clone().into(), limit_i64(page).into()];
+    // `lower(a.name)` is the expression of the index access_keys_name_search.
+    if let Some((lo, hi)) = filter.name_range() {
+        sql.push_str(" AND lower(a.name) >= ?3");
+        args.push(lo.into());
+        if let Some(hi) = hi {
+            sql.push_str(" AND lower(a.name) < ?4");
+            args.push(hi.into());
+        }
+    }
+    sql.push_str(" ORDER BY a.id DESC LIMIT ?2");
+    (sql, args)
+}
+
 impl Store for SqliteStore {
     fn ping(&self) -> StoreResult<()> {
         self.read_gateway(|tx| current_version(tx).map(|_| ()))
@@ -425,11 +442,10 @@ impl Store for SqliteStore {
         })
     }
 
-    fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>> {
+    fn list_access_keys(&self, page: &PageRequest, filter: &AccessKeyFilter) -> StoreResult<Vec<AccessKey>> {
+        let (sql, args) = access_key_list_query(page, filter);
         self.read(|tx| {
-            let sql =
-                format!("SELECT {} WHERE (?1 IS NULL OR a.id < ?1) ORDER BY a.id DESC LIMIT ?2", rows::ACCESS_KEY_COLS);
-            let keys = all(tx, &sql, params![page.before_id, limit_i64(page)], |r| rows::access_key(r))?;
+            let keys = all(tx, &sql, rusqlite::params_from_iter(args.iter()), |r| rows::access_key(r))?;
             let now = now_ms();
             keys.into_iter().map(|k| rows::with_key_usage(&mut SqlLedger(tx), k, now)).collect()
         })
@@ -866,5 +882,28 @@ impl Store for SqliteStore {
 
     fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize> {
         self.write(|tx| management::purge_audit(tx, before_ms, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_search_reads_the_name_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keygate.db");
+        drop(SqliteStore::open(&path, Cipher::new(&[1u8; 32])).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let page = PageRequest { limit: 50, before_id: None };
+        let filter = AccessKeyFilter { name_prefix: Some("Web".into()) };
+        let (sql, args) = access_key_list_query(&page, &filter);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(plan.iter().any(|l| l.contains("USING INDEX access_keys_name_search")), "{plan:?}");
     }
 }

@@ -21,6 +21,8 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
     Migration { version: 6, name: "management API keys and the audit log" },
+    // 7: the alert webhooks (developed beside these).
+    Migration { version: 8, name: "access-key name search" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -185,6 +187,10 @@ BEGIN
     SELECT RAISE(ABORT, 'the audit log is append-only');
 END;
 "#;
+/// Migration 8: `GET /access-keys?q=` (a name prefix, ASCII letters folded)
+/// reads a range of this index. SQLite's `lower()` folds ASCII letters only.
+pub(crate) const NAME_SEARCH_SQL: &str =
+    "CREATE INDEX IF NOT EXISTS access_keys_name_search ON access_keys(lower(name), id);";
 
 /// Columns added to tables of the first schema (databases created before
 /// budgets existed get them on open).
@@ -234,6 +240,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 6 {
             tx.execute_batch(API_KEYS_AND_AUDIT_SQL)?;
+        }
+        if m.version == 8 {
+            tx.execute_batch(NAME_SEARCH_SQL)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",

@@ -1,0 +1,466 @@
+//! In-process tests of the web console: its headers, sessions, CSRF and
+//! origin checks, the token shown once, and the API's errors in its forms.
+//! (The browser tests are in tests/e2e/test_console.py.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use common::*;
+use http_body_util::BodyExt;
+use keygate_store::api::{management_app, AppState};
+use keygate_store::console::{Config, CSP};
+use keygate_store::crypto::Cipher;
+use keygate_store::storage::Options;
+use serde_json::json;
+use tower::ServiceExt;
+
+const MASTER: [u8; 32] = [7u8; 32];
+
+struct Console {
+    _dir: tempfile::TempDir,
+    _pg: Option<testdb::PgDb>,
+    app: Router,
+    store: std::sync::Arc<dyn keygate_store::storage::Store>,
+}
+
+fn console() -> Console {
+    let dir = tempfile::tempdir().unwrap();
+    let (backend, pg) = test_backend(&dir);
+    let store = backend.open(Cipher::new(&MASTER), Options::default()).unwrap();
+    let state = AppState::new(store.clone(), ADMIN, GATEWAY).with_console(Config::new(&MASTER, false));
+    Console { app: management_app(state), store, _dir: dir, _pg: pg }
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn location(&self) -> &str {
+        self.headers.get("location").map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    /// The CSRF token of the page's first form.
+    fn csrf(&self) -> String {
+        let at = self.body.find(r#"name="_csrf" value=""#).expect("a form with a CSRF token") + 20;
+        self.body[at..].split('"').next().unwrap().to_string()
+    }
+}
+
+/// A browser: a cookie jar (paths ignored but for the token's cookie) and
+/// the headers a same-origin page sends.
+#[derive(Default)]
+struct Browser {
+    jar: HashMap<String, String>,
+}
+
+impl Browser {
+    async fn send(
+        &mut self,
+        app: &Router,
+        method: &str,
+        uri: &str,
+        form: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let mut req = Request::builder().method(method).uri(uri).header("host", "console.test");
+        if !self.jar.is_empty() {
+            let c: Vec<String> = self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req = req.header("cookie", c.join("; "));
+        }
+        if form.is_some() {
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", "null")
+                .header("sec-fetch-site", "same-origin");
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let resp = app.clone().oneshot(req.body(Body::from(form.unwrap_or("").to_string())).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+        let r = Resp { status, headers, body };
+        for c in r.set_cookies() {
+            let (kv, attrs) = c.split_once(';').unwrap();
+            let (k, v) = kv.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.jar.remove(k);
+            } else {
+                self.jar.insert(k.to_string(), v.to_string());
+            }
+        }
+        r
+    }
+
+    async fn get(&mut self, app: &Router, uri: &str) -> Resp {
+        self.send(app, "GET", uri, None, &[]).await
+    }
+
+    async fn post(&mut self, app: &Router, uri: &str, form: &str) -> Resp {
+        self.send(app, "POST", uri, Some(form), &[]).await
+    }
+
+    async fn sign_in(&mut self, app: &Router) {
+        let r = self.post(app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    }
+}
+
+fn enc(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_string()
+}
+
+#[tokio::test]
+async fn every_console_response_has_the_security_headers() {
+    let c = console();
+    let mut b = Browser::default();
+    for uri in ["/console/sign-in", "/console", "/console/access-keys", "/console/static/console.css", "/console/nope"]
+    {
+        let r = b.get(&c.app, uri).await;
+        assert_eq!(r.headers["content-security-policy"], CSP, "{uri}");
+        assert_eq!(r.headers["x-content-type-options"], "nosniff", "{uri}");
+        assert_eq!(r.headers["referrer-policy"], "no-referrer", "{uri}");
+        assert!(r.headers.contains_key("cache-control"), "{uri}");
+    }
+    assert_eq!(b.get(&c.app, "/console/sign-in").await.headers["cache-control"], "no-store");
+    // Signed out, pages lead to the sign-in page.
+    let r = b.get(&c.app, "/console/access-keys").await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/sign-in"));
+    // No inline script or style anywhere.
+    b.sign_in(&c.app).await;
+    for uri in [
+        "/console/access-keys",
+        "/console/access-keys/new",
+        "/console/configurations/new",
+        "/console/usage",
+        "/console/budgets",
+    ] {
+        let r = b.get(&c.app, uri).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert_eq!(r.headers["cache-control"], "no-store", "{uri}");
+        assert!(!r.body.contains("<script>") && !r.body.contains("style=") && !r.body.contains("<style"), "{uri}");
+    }
+    // The API is still served beside the console, and unchanged.
+    let (s, v) = send(&c.app, "GET", "/whoami", Some(ADMIN), None).await;
+    assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some("admin")));
+    let (s, _) = send(&c.app, "GET", "/access-keys", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Each request is counted once, under its route template: the API's and
+    // the console's (whose own API calls count as API requests).
+    let (_, m) = send(&c.app, "GET", "/metrics", None, None).await;
+    let m = m.as_str().unwrap();
+    assert!(m.contains(r#"{listener="management",route="/access-keys",status="401"} 1"#), "{m}");
+    assert!(m.contains(r#"{listener="management",route="/console/sign-in",status="200"} 2"#), "{m}");
+    assert!(m.contains(r#"{listener="management",route="/console/{*rest}",status="404"} 1"#), "{m}");
+}
+
+#[tokio::test]
+async fn sign_in_takes_what_the_api_accepts_and_sign_out_ends_it() {
+    let c = console();
+    let mut b = Browser::default();
+    for bad in [GATEWAY, "", "nope", "kg-0123"] {
+        let r = b.post(&c.app, "/console/sign-in", &format!("credential={}", enc(bad))).await;
+        assert!(r.status == StatusCode::UNAUTHORIZED, "{bad}: {}", r.status);
+        assert!(r.set_cookies().is_empty());
+    }
+    let r = b.post(&c.app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/access-keys"));
+    let cookie = r.set_cookies().pop().unwrap();
+    assert!(cookie.starts_with("kg_console="), "{cookie}");
+    assert!(cookie.ends_with("; Path=/console; Max-Age=43200; HttpOnly; SameSite=Strict"), "{cookie}");
+    assert!(!cookie.contains(ADMIN), "the credential is sealed");
+    let r = b.get(&c.app, "/console/access-keys").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("admin token") && r.body.contains(r#"data-role="admin""#));
+    // Sign out: the cookie is deleted.
+    let csrf = r.csrf();
+    let r = b.post(&c.app, "/console/sign-out", &format!("_csrf={csrf}")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/sign-in?why=signed-out"));
+    assert!(b.jar.is_empty());
+    // Behind a TLS proxy, the cookie is Secure.
+    let r = b
+        .send(
+            &c.app,
+            "POST",
+            "/console/sign-in",
+            Some(&format!("credential={ADMIN}")),
+            &[("x-forwarded-proto", "https")],
+        )
+        .await;
+    assert!(r.set_cookies()[0].ends_with("; Secure"));
+}
+
+#[tokio::test]
+async fn a_session_opens_on_every_replica_and_nowhere_else() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    // Another store process with the same master key (a replica).
+    let replica =
+        management_app(AppState::new(c.store.clone(), ADMIN, GATEWAY).with_console(Config::new(&MASTER, false)));
+    assert_eq!(b.get(&replica, "/console/access-keys").await.status, StatusCode::OK);
+    // A store with another master key, or a changed cookie: signed out.
+    let sealed = b.jar["kg_console"].clone();
+    let other =
+        management_app(AppState::new(c.store.clone(), ADMIN, GATEWAY).with_console(Config::new(&[8u8; 32], false)));
+    assert_eq!(b.get(&other, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+    let mut flipped = sealed.clone().into_bytes();
+    flipped[40] = if flipped[40] == b'a' { b'b' } else { b'a' };
+    b.jar.insert("kg_console".into(), String::from_utf8(flipped).unwrap());
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+    // A credential the API no longer accepts ends the session at once.
+    b.jar.insert("kg_console".into(), sealed);
+    let rotated = management_app(
+        AppState::new(c.store.clone(), "another-admin-token", GATEWAY).with_console(Config::new(&MASTER, false)),
+    );
+    let r = b.get(&rotated, "/console/access-keys").await;
+    assert_eq!(r.location(), "/console/sign-in?why=revoked");
+    assert!(b.jar.is_empty(), "the cookie is deleted");
+}
+
+async fn key_count(c: &Console) -> usize {
+    let (_, v) = send(&c.app, "GET", "/access-keys", Some(ADMIN), None).await;
+    v["accessKeys"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn writes_need_the_session_csrf_token_and_this_origin() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let csrf = b.get(&c.app, "/console/access-keys/new").await.csrf();
+    let form = "name=web-app";
+    for (what, body, extra) in [
+        ("no token", form.to_string(), vec![]),
+        ("a wrong token", format!("{form}&_csrf={}", "0".repeat(64)), vec![]),
+        ("an empty token", format!("{form}&_csrf="), vec![]),
+        ("another site", format!("{form}&_csrf={csrf}"), vec![("sec-fetch-site", "cross-site")]),
+        ("another origin", format!("{form}&_csrf={csrf}"), vec![("origin", "https://evil.example")]),
+    ] {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/console/access-keys")
+            .header("host", "console.test")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("kg_console={}", b.jar["kg_console"]));
+        let mut has_site = false;
+        for (k, v) in &extra {
+            has_site |= *k == "sec-fetch-site";
+            req = req.header(*k, *v);
+        }
+        if !has_site {
+            req = req.header("sec-fetch-site", "same-origin");
+        }
+        let resp = c.app.clone().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(key_count(&c).await, 0, "{what}: nothing was created");
+    }
+    // Without a session at all: to the sign-in page, nothing changed.
+    let mut stranger = Browser::default();
+    let r = stranger.post(&c.app, "/console/access-keys", &format!("{form}&_csrf={csrf}")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(key_count(&c).await, 0);
+    // The right token from this origin.
+    let r = b.post(&c.app, "/console/access-keys", &format!("{form}&_csrf={csrf}")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(key_count(&c).await, 1);
+}
+
+#[tokio::test]
+async fn a_token_is_shown_once_then_never() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let csrf = b.get(&c.app, "/console/access-keys/new").await.csrf();
+    let r = b.post(&c.app, "/console/access-keys", &format!("name=web-app&_csrf={csrf}")).await;
+    let token_page = r.location().to_string();
+    assert!(token_page.starts_with("/console/access-keys/ak_") && token_page.ends_with("/token"), "{token_page}");
+    let once = r.set_cookies().into_iter().find(|c| c.starts_with("kg_console_once=")).unwrap();
+    assert!(
+        once.contains(&format!("Path={token_page};")) && once.contains("Max-Age=120; HttpOnly; SameSite=Strict"),
+        "{once}"
+    );
+    let r = b.get(&c.app, &token_page).await;
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let at = r.body.find("value=\"kg-").unwrap() + 7;
+    let token = r.body[at..].split('"').next().unwrap().to_string();
+    // It is the key's token: the gateway lookup knows it.
+    let gw = keygate_store::api::gateway_app(AppState::new(c.store.clone(), ADMIN, GATEWAY));
+    let (s, _) =
+        send(&gw, "GET", &format!("/v1/lookup/{}", keygate_proto::token::digest(&token)), Some(GATEWAY), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(r.set_cookies().iter().any(|c| c.starts_with("kg_console_once=;") && c.contains("Max-Age=0")));
+    // Again: gone.
+    let r = b.get(&c.app, &token_page).await;
+    assert!(!r.body.contains(&token) && r.body.contains("Token no longer shown"));
+    // Nowhere else either.
+    let id = token_page.split('/').nth(3).unwrap();
+    for uri in [
+        "/console/access-keys".to_string(),
+        format!("/console/access-keys/{id}"),
+        format!("/console/access-keys/{id}/edit"),
+    ] {
+        assert!(!b.get(&c.app, &uri).await.body.contains(&token), "{uri}");
+    }
+    // The cookie of another session does not open.
+    let once_value = {
+        let r = b
+            .post(&c.app, &format!("/console/access-keys/{id}/rotate"), &format!("gracePeriodSeconds=0&_csrf={csrf}"))
+            .await;
+        let c = r.set_cookies().into_iter().find(|c| c.starts_with("kg_console_once=")).unwrap();
+        c.split(';').next().unwrap().to_string()
+    };
+    let mut other = Browser::default();
+    other.sign_in(&c.app).await;
+    other.jar.insert("kg_console_once".into(), once_value["kg_console_once=".len()..].to_string());
+    assert!(other.get(&c.app, &token_page).await.body.contains("Token no longer shown"));
+}
+
+#[tokio::test]
+async fn api_errors_are_shown_next_to_their_field_and_values_escaped() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let csrf = b.get(&c.app, "/console/configurations/new").await.csrf();
+    let form = format!("_csrf={csrf}&name=c1&rateLimits={}", enc(r#"{"requestsPerMinute": 0}"#));
+    let r = b.post(&c.app, "/console/configurations", &form).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let at = r.body.find(r#"id="f-rateLimits-error""#).expect("an error next to rateLimits");
+    assert!(
+        r.body[at..].starts_with(r#"id="f-rateLimits-error">rateLimits.requestsPerMinute: "#),
+        "{}",
+        &r.body[at..at + 200]
+    );
+    assert!(r.body.contains(r#"aria-invalid="true""#));
+    // Not JSON at all: said next to the field, nothing sent.
+    let form = format!("_csrf={csrf}&name=c1&access={}", enc("{nope"));
+    let r = b.post(&c.app, "/console/configurations", &form).await;
+    assert!(r.body.contains(r#"id="f-access-error">not valid JSON"#));
+    // An unknown field inside a part.
+    let form = format!("_csrf={csrf}&name=c1&budget={}", enc(r#"{"costUsd": 1, "bogus": 1}"#));
+    let r = b.post(&c.app, "/console/configurations", &form).await;
+    assert!(r.body.contains(r#"id="f-budget-error">budget.bogus: "#), "{}", r.body);
+    // Names are escaped wherever they are shown.
+    send(
+        &c.app,
+        "POST",
+        "/access-keys",
+        Some(ADMIN),
+        Some(json!({"name": "<img src=x onerror=alert(1)>"}).to_string()),
+    )
+    .await;
+    let r = b.get(&c.app, "/console/access-keys").await;
+    assert!(r.body.contains("&lt;img src=x onerror=alert(1)&gt;") && !r.body.contains("<img"));
+}
+
+#[tokio::test]
+async fn the_key_list_pages_and_searches_through_the_api() {
+    let c = console();
+    for i in 0..120 {
+        let name = if i % 2 == 0 { format!("even-{i:03}") } else { format!("odd-{i:03}") };
+        send(&c.app, "POST", "/access-keys", Some(ADMIN), Some(json!({"name": name}).to_string())).await;
+    }
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let r = b.get(&c.app, "/console/access-keys").await;
+    assert_eq!(r.body.matches("<tr>").count(), 51, "a header and 50 keys");
+    assert!(r.body.contains("even-118") && !r.body.contains("even-000"));
+    let at = r.body.find(r#"rel="next""#).unwrap();
+    let href = r.body[..at].rsplit("href=\"").next().unwrap().split('"').next().unwrap().replace("&amp;", "&");
+    assert!(href.starts_with("/console/access-keys?before=ak_"), "{href}");
+    let r = b.get(&c.app, "/console/access-keys?q=EVEN-00").await;
+    let rows = r.body.matches("<tr>").count() - 1;
+    assert_eq!(rows, 5, "even-000 … even-008");
+}
+
+#[tokio::test]
+async fn provider_key_values_are_never_sent_back() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let page = b.get(&c.app, "/console/provider-keys").await;
+    let csrf = page.csrf();
+    // Refused (a control character): the form comes back without the value.
+    let secret = "sk-console-secret-0123456789";
+    let r = b
+        .post(
+            &c.app,
+            "/console/provider-keys",
+            &format!("_csrf={csrf}&providerId=openai&name=p1&value={}", enc(&format!("{secret}\t"))),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-value-error""#), "{}", r.body);
+    assert!(!r.body.contains(secret));
+    let r = b
+        .post(
+            &c.app,
+            "/console/provider-keys",
+            &format!("_csrf={csrf}&providerId=openai&name=p1&value={secret}&managed=on"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let shown = b.get(&c.app, r.location()).await;
+    assert!(shown.body.contains("sk-...6789") && !shown.body.contains(secret));
+    // Rotated: the new value is not shown either.
+    let rotate = format!("{}/rotate", r.location().split('?').next().unwrap());
+    let r = b.post(&c.app, &rotate, &format!("_csrf={csrf}&value=sk-console-rotated-0123456789")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let shown = b.get(&c.app, r.location()).await;
+    assert!(shown.body.contains("The value was replaced.") && !shown.body.contains("sk-console-rotated-0123456789"));
+    assert!(!b.get(&c.app, "/console/provider-keys").await.body.contains("sk-console-"));
+}
+
+#[tokio::test]
+async fn a_key_is_edited_through_the_api_and_its_errors_land_by_their_fields() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let (_, key) = send(&c.app, "POST", "/access-keys", Some(ADMIN), Some(json!({"name": "k1"}).to_string())).await;
+    let id = key["id"].as_str().unwrap();
+    let edit = format!("/console/access-keys/{id}/edit");
+    let csrf = b.get(&c.app, &edit).await.csrf();
+    let form = |extra: &str| format!("_csrf={csrf}&name=k2&description=d&budgetWindow=monthly{extra}");
+    let r = b.post(&c.app, &edit, &form("&budgetTokens=1000&budgetTimeZone=Mars%2FOlympus")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-budget-error">budget.timeZone: "#), "{}", r.body);
+    let r = b.post(&c.app, &edit, &form("&maxConcurrentRequests=lots")).await;
+    assert!(r.body.contains(r#"id="f-maxConcurrentRequests-error""#), "{}", r.body);
+    let r =
+        b.post(&c.app, &edit, &form("&budgetTokens=1000&budgetTimeZone=Europe%2FBerlin&maxConcurrentRequests=3")).await;
+    assert_eq!(
+        (r.status, r.location()),
+        (StatusCode::SEE_OTHER, format!("/console/access-keys/{id}?done=saved").as_str())
+    );
+    let (_, k) = send(&c.app, "GET", &format!("/access-keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!(
+        (k["name"].as_str(), k["description"].as_str(), k["maxConcurrentRequests"].as_u64()),
+        (Some("k2"), Some("d"), Some(3))
+    );
+    assert_eq!(k["budget"], json!({"tokens": 1000, "window": "monthly", "timeZone": "Europe/Berlin"}));
+    // Emptied fields clear their values.
+    let r = b.post(&c.app, &edit, &form("")).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let (_, k) = send(&c.app, "GET", &format!("/access-keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!((k["budget"].is_null(), k["maxConcurrentRequests"].is_null()), (true, true));
+    // Credits: an admin's form, through the API.
+    let csrf = b.get(&c.app, "/console/budgets").await.csrf();
+    let r = b.post(&c.app, "/console/credits/add", &format!("_csrf={csrf}&addUsd=12.5")).await;
+    assert_eq!(r.location(), "/console/budgets?done=credits");
+    let (_, credits) = send(&c.app, "GET", "/credits", Some(ADMIN), None).await;
+    assert_eq!((credits["enabled"].as_bool(), credits["balanceUsd"].as_f64()), (Some(true), Some(12.5)));
+    assert!(b.get(&c.app, "/console/budgets").await.body.contains("$12.50"));
+}
