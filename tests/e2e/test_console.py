@@ -421,7 +421,17 @@ def test_the_audit_log_shows_what_the_console_did(page, stack):
     page.goto(f"/console/audit-log?resourceId={STATE['key_id']}")
     rows = page.locator("table.audit tbody tr").all_inner_texts()
     assert len(rows) >= 4, rows  # created, rotated, disabled, enabled
-    assert all("console" in r for r in rows), rows
+    assert all("console" in r and "bootstrap" in r for r in rows), rows  # via the console, by who signed in
+    text = "\n".join(rows)
+    for action in ("access_key.create", "access_key.rotate", "access_key.disable", "access_key.enable"):
+        assert action in text, (action, rows)
+    # The sign-ins are there too, and the API agrees with the page.
+    entries = stack[0].ok("GET", f"/audit-log?resourceId={STATE['key_id']}")["auditLog"]
+    assert {e["action"] for e in entries} >= {"access_key.create", "access_key.rotate", "access_key.disable",
+                                               "access_key.enable"}
+    assert all((e["actor"], e["via"]) == ("bootstrap", "console") for e in entries)
+    logins = stack[0].ok("GET", "/audit-log?resourceId=bootstrap")["auditLog"]
+    assert any(e["action"] == "console.login" and e["via"] == "console" for e in logins), logins
     assert STATE["token"] not in page.content()
     shot(page, "audit-log")
 

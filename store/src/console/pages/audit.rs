@@ -51,7 +51,7 @@ pub async fn show(sg: Signed, q: RawQuery) -> Response {
         }
         Err(f) => return failure_page(&sg, &f),
     };
-    let entries = doc["entries"].as_array().cloned().unwrap_or_default();
+    let entries = doc["auditLog"].as_array().cloned().unwrap_or_default();
     let mut next_query = filters.to_vec();
     let next_before = next_before_id(&doc);
     if let Some(b) = &next_before {
