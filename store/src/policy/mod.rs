@@ -12,7 +12,7 @@
 //!   limits and the `budgeted` flag, rate-limit leases ([`leases`]), reference checks and "still in use"
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
 //!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]), usage retention
-//!   ([`retention`]).
+//!   ([`retention`]), alert thresholds, signatures and retries ([`alerts`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
 //!   ingesting usage read and write many rows in an order that is itself the
 //!   rule (sweep first; key, then configuration, then credits; settle, then
@@ -25,6 +25,7 @@
 //! function here is tested natively, the billing ones against an in-memory
 //! ledger.
 
+pub mod alerts;
 pub mod budget;
 pub mod changes;
 pub mod credits;

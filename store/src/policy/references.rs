@@ -17,6 +17,7 @@ pub enum Resource {
     ProviderKey,
     Config,
     Provider,
+    AlertWebhook,
 }
 
 impl Resource {
@@ -26,6 +27,7 @@ impl Resource {
             Resource::ProviderKey => "provider key",
             Resource::Config => "access key configuration",
             Resource::Provider => "provider",
+            Resource::AlertWebhook => "alert webhook",
         }
     }
 }

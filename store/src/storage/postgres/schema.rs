@@ -23,6 +23,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
+    Migration { version: 7, name: "alert webhooks and their deliveries" },
 ];
 
 const V1: &str = r#"
@@ -171,6 +172,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 5 {
         tx.batch_execute("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests BIGINT")?;
+    }
+    if m.version == 7 {
+        tx.batch_execute(super::alerts::SCHEMA)?;
     }
     if m.version == 1 {
         tx.batch_execute(V1)?;

@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
+    Migration { version: 7, name: "alert webhooks and their deliveries" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -198,6 +199,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 5 {
             tx.execute_batch("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests INTEGER;")?;
+        }
+        if m.version == 7 {
+            tx.execute_batch(super::alerts::SCHEMA)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
