@@ -230,6 +230,19 @@ pub struct ServeArgs {
     /// (0 = forever; at least 32, the longest budget window, otherwise).
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = crate::policy::retention::DEFAULT_DAYS)]
     pub usage_retention_days: u32,
+    /// Wait before the second attempt of a failed alert delivery (ms); it
+    /// doubles after each attempt (at most an hour).
+    #[arg(long, env = "KEYGATE_ALERT_RETRY_BASE_MS", default_value_t = crate::policy::alerts::DEFAULT_RETRY_BASE_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub alert_retry_base_ms: u64,
+    /// Attempts of an alert delivery before it is marked failed.
+    #[arg(long, env = "KEYGATE_ALERT_MAX_ATTEMPTS", default_value_t = crate::policy::alerts::DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub alert_max_attempts: u32,
+    /// The longest one alert delivery attempt may take (ms), connecting included.
+    #[arg(long, env = "KEYGATE_ALERT_TIMEOUT_MS", default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub alert_timeout_ms: u64,
 }
 
 #[derive(Args)]

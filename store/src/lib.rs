@@ -14,3 +14,4 @@ pub mod policy;
 pub mod pricing;
 pub mod serve;
 pub mod storage;
+pub mod webhooks;

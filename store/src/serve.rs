@@ -14,6 +14,7 @@ use crate::crypto::Cipher;
 use crate::ids::random_hex;
 use crate::policy::retention::{self, Retention};
 use crate::storage::{Backend, Options};
+use crate::webhooks::{self, AlertSettings};
 
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     /// Days usage records are kept (`KEYGATE_USAGE_RETENTION_DAYS`; 0 =
     /// forever; 1 to 31 are refused, see [`crate::policy::retention`]).
     pub usage_retention_days: u32,
+    /// How alert webhooks are called (`KEYGATE_ALERT_*`).
+    pub alerts: AlertSettings,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -41,6 +44,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("api_port", &self.api_port)
             .field("lookup_port", &self.lookup_port)
             .field("usage_retention_days", &self.usage_retention_days)
+            .field("alerts", &self.alerts)
             .finish_non_exhaustive()
     }
 }
@@ -294,6 +298,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     if let Some(retention) = retention {
         tokio::spawn(sweep_usage(prepared.state.clone(), retention));
     }
+    tokio::spawn(webhooks::sweep(prepared.state.clone(), SWEEP_EVERY));
+    tokio::spawn(webhooks::worker(prepared.state.clone(), cfg.alerts));
     let api_server = axum::serve(api, management_app(prepared.state.clone())).with_graceful_shutdown(wait(rx.clone()));
     let lookup_server = axum::serve(lookup, gateway_app(prepared.state)).with_graceful_shutdown(wait(rx));
     tokio::spawn(shutdown_signal(tx));
@@ -338,6 +344,7 @@ mod tests {
             master_key: None,
             gateway_token: None,
             usage_retention_days: retention::DEFAULT_DAYS,
+            alerts: AlertSettings::default(),
         };
         let prepared = prepare(&cfg).map_err(|e| e.to_string()).unwrap();
         assert_eq!(fs::metadata(&cfg.data_dir).unwrap().permissions().mode() & 0o777, 0o700);
@@ -370,6 +377,7 @@ mod tests {
             master_key: None,
             gateway_token: None,
             usage_retention_days: 7,
+            alerts: AlertSettings::default(),
         };
         let e = serve(cfg).await.unwrap_err();
         assert!(e.starts_with("KEYGATE_USAGE_RETENTION_DAYS=7 is shorter than the longest budget window"), "{e}");

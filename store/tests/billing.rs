@@ -593,7 +593,7 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 7]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use keygate_proto::lookup::{ReserveRequest, UsageRecord};
 use keygate_store::crypto::Cipher;
 use keygate_store::storage::{
-    AccessKeyChanges, Backend, NewAccessKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest,
-    PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
+    AccessKeyChanges, Backend, NewAccessKey, NewAlertWebhook, NewConfig, NewPrice, NewProvider, NewProviderKey,
+    Options, PageRequest, PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
 };
 use serde_json::{json, Value};
 use server::testdb::PgDb;
@@ -201,6 +201,18 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     src.put_price("acme", "acme-*", &NewPrice { input: 1_000_000, output: 2_000_000, cached: None }).unwrap();
     src.delete_price("openai", "gpt-4o-mini").unwrap();
     src.add_credits(25_000_000).unwrap();
+    // An alert webhook (its secret sealed) whose 1 % threshold req-1 crosses.
+    let hook = src
+        .create_alert_webhook(&NewAlertWebhook {
+            url: "https://hooks.example/keygate".into(),
+            secret: "whsec_copied-secret-0000000000000".into(),
+            config_id: Some(config.id.clone()),
+            thresholds: vec![1],
+            events: vec![keygate_store::policy::alerts::AlertEvent::Budget],
+            expiry_warning_days: 7,
+            enabled: true,
+        })
+        .unwrap();
     // Usage: a settled request (two attempts), an open reservation, a late record.
     let r = reserve(&src, "req-1", &k0.id, 100);
     assert!(r.ok);
@@ -233,6 +245,10 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     assert_eq!(report["copied"]["access_keys"], 3);
     assert_eq!(report["copied"]["provider_keys"], 3);
     assert_eq!(report["copied"]["usage"], 3);
+    assert_eq!(
+        (report["copied"]["alert_webhooks"].clone(), report["copied"]["alert_deliveries"].clone()),
+        (json!(1), json!(1))
+    );
 
     // The copied store answers exactly as the original did.
     let dst = Backend::Postgres(db.url.clone().into()).open(cipher(), Options::default()).unwrap();
@@ -252,6 +268,10 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         ("usage", "seq"),
         ("providers", "seq"),
         ("prices", "provider, model"),
+        ("alert_webhooks", "id"),
+        ("alert_fired", "webhook_id, subject, unit, period, threshold"),
+        ("alert_deliveries", "id"),
+        ("alert_attempts", "delivery_id, attempt"),
     ] {
         let cols: Vec<String> = sqlite_rows(&path, &format!("SELECT name FROM pragma_table_info('{table}')"))
             .into_iter()
@@ -287,6 +307,14 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
                 .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get::<_, Vec<u8>>(0))
                 .unwrap()
         )
+    );
+
+    // The webhook's secret opens with the same master key: its delivery goes out signed.
+    let claimed = dst.claim_alert_deliveries(60_000, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].webhook_id.as_str(), claimed[0].secret.as_str()),
+        (hook.id.as_str(), "whsec_copied-secret-0000000000000")
     );
 
     // It goes on from there: the next change is the next version.
@@ -337,10 +365,10 @@ fn migrations_started_at_once_apply_once() {
         applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
     }
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5], "each migration is applied by exactly one of them");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 7], "each migration is applied by exactly one of them");
     assert_eq!(
         db.query("SELECT version FROM schema_migrations ORDER BY version"),
-        (1..=5).map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
+        [1, 2, 3, 4, 5, 7].iter().map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
     );
     // And again: nothing to do.
     let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();

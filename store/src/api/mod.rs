@@ -2,6 +2,7 @@
 //! ([`gateway_app`]), on separate listeners, sharing one [`AppState`].
 
 pub mod access_keys;
+pub mod alerts;
 pub mod billing;
 pub mod configs;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod provider_keys;
 pub mod providers;
 pub mod usage;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,11 +85,20 @@ pub struct AppState {
     admin_token: Arc<str>,
     gateway_token: Arc<str>,
     pub stats: Arc<Stats>,
+    /// Wakes the alert delivery worker (`crate::webhooks`) when usage was
+    /// ingested: settling may have queued deliveries.
+    pub alerts: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, admin_token: &str, gateway_token: &str) -> Self {
-        AppState { store, admin_token: admin_token.into(), gateway_token: gateway_token.into(), stats: Arc::default() }
+        AppState {
+            store,
+            admin_token: admin_token.into(),
+            gateway_token: gateway_token.into(),
+            stats: Arc::default(),
+            alerts: Arc::default(),
+        }
     }
 }
 
@@ -246,6 +257,12 @@ pub fn management_routes() -> Routes {
         .auth(M::Get, "/prices", billing::list_prices)
         .auth(M::Put, "/prices/{provider}/{model}", billing::put_price)
         .auth(M::Delete, "/prices/{provider}/{model}", billing::delete_price)
+        .auth(M::Get, "/alert-webhooks", alerts::list)
+        .auth(M::Post, "/alert-webhooks", alerts::create)
+        .auth(M::Get, "/alert-webhooks/{id}", alerts::get)
+        .auth(M::Patch, "/alert-webhooks/{id}", alerts::update)
+        .auth(M::Delete, "/alert-webhooks/{id}", alerts::delete)
+        .auth(M::Get, "/alert-webhooks/{id}/deliveries", alerts::deliveries)
 }
 
 /// Every route of the gateway listener.
@@ -398,7 +415,7 @@ async fn openapi() -> Response {
 pub struct PageBody<T> {
     key: &'static str,
     items: Vec<T>,
-    uri: &'static str,
+    uri: Cow<'static, str>,
     next: Option<String>,
 }
 
@@ -421,7 +438,7 @@ impl<T: Serialize> Serialize for PageBody<T> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(3))?;
         m.serialize_entry(self.key, &self.items)?;
-        m.serialize_entry("uri", self.uri)?;
+        m.serialize_entry("uri", &self.uri)?;
         m.serialize_entry("nextPageUri", &self.next)?;
         m.end()
     }
@@ -431,11 +448,12 @@ impl<T: Serialize> Serialize for PageBody<T> {
 /// one only says that there is a next page).
 pub fn page_response<T: Serialize>(
     key: &'static str,
-    base: &'static str,
+    base: impl Into<Cow<'static, str>>,
     mut items: Vec<T>,
     page: &PageRequest,
     id_of: impl Fn(&T) -> &str,
 ) -> Result<Json<PageBody<T>>, ApiError> {
+    let base = base.into();
     let more = items.len() > page.limit;
     items.truncate(page.limit);
     let next = match (more, items.last()) {

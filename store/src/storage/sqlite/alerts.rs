@@ -22,9 +22,10 @@ use crate::policy::references::{not_found, Resource};
 use crate::storage::rows::{self, alert_lists, delivery_state, limit_i64};
 use crate::storage::{AlertWebhookChanges, AttemptRecord, ClaimedDelivery, NewAlertWebhook, PageRequest};
 
-/// Migration 7.
+/// Migration 7 (idempotent, as migration 1 is: a database whose record of
+/// migrations was lost gets only what it lacks).
 pub(super) const SCHEMA: &str = r#"
-CREATE TABLE alert_webhooks (
+CREATE TABLE IF NOT EXISTS alert_webhooks (
     id                  TEXT PRIMARY KEY,
     url                 TEXT NOT NULL,
     secret              BLOB NOT NULL,
@@ -36,8 +37,8 @@ CREATE TABLE alert_webhooks (
     created_ms          INTEGER NOT NULL,
     updated_ms          INTEGER NOT NULL
 );
-CREATE INDEX alert_webhooks_config ON alert_webhooks(config_id);
-CREATE TABLE alert_fired (
+CREATE INDEX IF NOT EXISTS alert_webhooks_config ON alert_webhooks(config_id);
+CREATE TABLE IF NOT EXISTS alert_fired (
     webhook_id    TEXT NOT NULL,
     subject       TEXT NOT NULL,
     unit          TEXT NOT NULL,
@@ -47,7 +48,7 @@ CREATE TABLE alert_fired (
     created_ms    INTEGER NOT NULL,
     PRIMARY KEY (webhook_id, subject, unit, period, threshold)
 ) WITHOUT ROWID;
-CREATE TABLE alert_deliveries (
+CREATE TABLE IF NOT EXISTS alert_deliveries (
     id              TEXT PRIMARY KEY,
     webhook_id      TEXT NOT NULL,
     event           TEXT NOT NULL,
@@ -62,9 +63,9 @@ CREATE TABLE alert_deliveries (
     created_ms      INTEGER NOT NULL,
     delivered_ms    INTEGER
 );
-CREATE INDEX alert_deliveries_due ON alert_deliveries(status, next_attempt_ms);
-CREATE INDEX alert_deliveries_webhook ON alert_deliveries(webhook_id, id);
-CREATE TABLE alert_attempts (
+CREATE INDEX IF NOT EXISTS alert_deliveries_due ON alert_deliveries(status, next_attempt_ms);
+CREATE INDEX IF NOT EXISTS alert_deliveries_webhook ON alert_deliveries(webhook_id, id);
+CREATE TABLE IF NOT EXISTS alert_attempts (
     delivery_id TEXT NOT NULL,
     attempt     INTEGER NOT NULL,
     started_ms  INTEGER NOT NULL,
