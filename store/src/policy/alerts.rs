@@ -220,7 +220,7 @@ pub fn normalize_thresholds(mut t: Vec<u8>) -> Vec<u8> {
 }
 
 /// What a budget scope names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Subject<'a> {
     Key(&'a str),
     Config(&'a str),
@@ -348,16 +348,12 @@ fn budget_alerts<L: AlertLedger>(
     s: Subject<'_>,
     now_ms: i64,
 ) -> Result<usize, L::Error> {
-    let (spec, config, kind, id, name) = match s {
+    let (spec, config, kind, id) = match s {
         Subject::Key(id) => {
             let Some(k) = l.key_budgets(id)? else { return Ok(0) };
-            let name = l.key_name(id)?.unwrap_or_default();
-            (k.budget, k.config_id, "access_key", id, name)
+            (k.budget, k.config_id, "access_key", id)
         }
-        Subject::Config(id) => {
-            let name = l.config_name(id)?.unwrap_or_default();
-            (l.config_budget(id)?, Some(id.to_string()), "configuration", id, name)
-        }
+        Subject::Config(id) => (l.config_budget(id)?, Some(id.to_string()), "configuration", id),
         Subject::Credits => return Ok(0),
     };
     // A budget removed, or given another window since the request reserved:
@@ -368,6 +364,11 @@ fn budget_alerts<L: AlertLedger>(
     if targets.is_empty() {
         return Ok(0);
     }
+    let name = match s {
+        Subject::Key(id) => l.key_name(id)?,
+        _ => l.config_name(id)?,
+    }
+    .unwrap_or_default();
     let row = l.budget_row(at)?;
     let end = budget::bounds(&spec, at.start).1;
     let window = json!({
