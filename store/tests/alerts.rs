@@ -689,3 +689,37 @@ async fn two_stores_sweeping_at_once_announce_each_expiry_once_and_claim_each_de
     assert!(next_due(&h).unwrap() > now_ms() + 50_000);
     testdb::off_runtime(move || drop(other));
 }
+
+#[tokio::test]
+async fn openapi_describes_every_alert_field_served() {
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let props = |name: &str| {
+        let mut keys: Vec<String> =
+            doc["components"]["schemas"][name]["properties"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let h = harness();
+    let rx = Receiver::start().await;
+    let hook = webhook(&h, json!({"url": rx.url(), "thresholds": [100]})).await;
+    let id = hook["id"].as_str().unwrap();
+    assert_eq!(keys(&h.ok("GET", &format!("/alert-webhooks/{id}"), None).await), props("AlertWebhook"));
+    let k = key(&h, json!({"name": "k", "budget": {"tokens": 10}})).await;
+    spend(&h, &k, "gpt-4o", 10, 0).await;
+    assert_eq!(deliver(&h, &settings(50, 3)).await, 1);
+    let d = &deliveries(&h, id).await[0];
+    assert_eq!(keys(d), props("AlertDelivery"));
+    assert_eq!(keys(&d["attemptLog"][0]), props("AlertAttempt"));
+    // The payload: every field it carries is described.
+    let described = props("AlertPayload");
+    assert!(keys(&d["payload"]).iter().all(|k| described.contains(k)), "{}", d["payload"]);
+    for body in ["CreateAlertWebhook", "PatchAlertWebhook"] {
+        let t = &doc["components"]["schemas"][body]["properties"]["thresholds"]["items"];
+        assert_eq!((t["minimum"].clone(), t["maximum"].clone()), (json!(1), json!(100)), "{body}");
+    }
+}
