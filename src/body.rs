@@ -366,13 +366,16 @@ impl BodyReader {
         let raw = std::mem::take(&mut self.key);
         self.capture = Capture::None;
         let key = if raw.len() <= MAX_KEY { unescape(&raw).ok() } else { None };
-        // Go's encoding/json also folds the Kelvin sign to `k` and the long
-        // s to `s` when it matches keys: so does this comparison.
+        // Go's encoding/json matches keys by `ToUpper(ToLower(r))`: the Kelvin
+        // sign folds to `k`, the long s to `s`, and the dotless and dotted
+        // capital I (U+0131, U+0130) to `i`: so does this comparison.
         let folded = key.as_deref().map(|k| {
             if k.is_ascii() {
                 std::borrow::Cow::Borrowed(k)
             } else {
-                std::borrow::Cow::Owned(k.replace('\u{212A}', "k").replace('\u{17F}', "s"))
+                std::borrow::Cow::Owned(
+                    k.replace('\u{212A}', "k").replace('\u{17F}', "s").replace(['\u{131}', '\u{130}'], "i"),
+                )
             }
         });
         let is = |names: &[&str]| folded.as_deref().is_some_and(|k| names.iter().any(|n| n.eq_ignore_ascii_case(k)));
@@ -882,5 +885,7 @@ mod tests {
         assert!(read(br#"{"n":"all"}"#).unclear_limit);
         assert!(!read(br#"{"max_tokens":10,"n":2}"#).unclear_limit);
         assert_eq!(read(br#"{"max_tokens_to_sample":300}"#).max_tokens, Some(300));
+        let f = read(br#"{"max_tokens":10,"max_complet\u0131on_tokens":100000,"n_pred\u0130ct":7}"#);
+        assert_eq!(f.max_tokens, Some(100_000), "Go folds U+0131 and U+0130 to `I`");
     }
 }

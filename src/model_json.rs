@@ -54,27 +54,68 @@ pub fn rewrite_model(doc: &[u8], new_model: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Blanks the top-level member `key` (the first: the body reader refuses a
-/// repeated one) and the comma that joined it to its neighbour: spaces in
-/// their place keep the document valid JSON of the same length, so its
-/// `content-length` stands. `false`: there is no such member.
-pub fn blank_member(doc: &mut [u8], key: &str) -> bool {
-    let Some((key_start, _, end)) = find_member(doc, key) else { return false };
-    let after = skip_ws(doc, end);
-    let (cut_start, cut_end) = if doc.get(after) == Some(&b',') {
-        (key_start, after + 1)
-    } else {
-        // The last member: the comma before it goes (if any).
-        let before = doc.get(..key_start).and_then(|d| d.iter().rposition(|b| !b.is_ascii_whitespace()));
-        match before {
-            Some(i) if doc.get(i) == Some(&b',') => (i, end),
-            _ => (key_start, end),
-        }
-    };
-    if let Some(span) = doc.get_mut(cut_start..cut_end) {
-        span.fill(b' ');
+/// Blanks every top-level member whose key is `key` as any provider could
+/// read it (escapes decoded; ASCII case and the folds Go's `encoding/json`
+/// makes ignored: `Models`, `mod\u0065ls`, `modelſ`), and the comma that
+/// joined each to its neighbour: spaces in their place keep the document
+/// valid JSON of the same length, so its `content-length` stands. One pass
+/// (a body of many repeated members costs no more than one). Returns how
+/// many were blanked (0: there is no such member). Behind a gate there is at
+/// most one (the gate refuses a repeated or case-variant `models`); without
+/// one (Istio) every copy must go, not just the first a parser would see.
+pub fn blank_member(doc: &mut [u8], key: &str) -> usize {
+    let mut blanked = 0;
+    let mut i = skip_ws(doc, 0);
+    if doc.get(i) != Some(&b'{') {
+        return 0;
     }
-    true
+    i += 1;
+    loop {
+        i = skip_ws(doc, i);
+        match doc.get(i) {
+            Some(b',') => {
+                i += 1;
+                continue;
+            }
+            Some(b'"') => {}
+            _ => return blanked,
+        }
+        let key_start = i;
+        let Some(key_end) = skip_string(doc, i) else { return blanked };
+        i = skip_ws(doc, key_end);
+        if doc.get(i) != Some(&b':') {
+            return blanked;
+        }
+        let Some(end) = skip_value(doc, skip_ws(doc, i + 1)) else { return blanked };
+        i = end;
+        let matches = doc.get(key_start..key_end).and_then(|raw| crate::body::unescape(raw).ok()).is_some_and(|k| {
+            if k.is_ascii() {
+                return k.eq_ignore_ascii_case(key);
+            }
+            let folded = k.replace('\u{212A}', "k").replace('\u{17F}', "s").replace(['\u{131}', '\u{130}'], "i");
+            folded.eq_ignore_ascii_case(key)
+        });
+        if !matches {
+            continue;
+        }
+        let after = skip_ws(doc, end);
+        let (cut_start, cut_end) = if doc.get(after) == Some(&b',') {
+            i = after + 1;
+            (key_start, after + 1)
+        } else {
+            // The last member: the comma before it goes (if any; members
+            // blanked before it are spaces by now).
+            let before = doc.get(..key_start).and_then(|d| d.iter().rposition(|b| !b.is_ascii_whitespace()));
+            match before {
+                Some(c) if doc.get(c) == Some(&b',') => (c, end),
+                _ => (key_start, end),
+            }
+        };
+        if let Some(span) = doc.get_mut(cut_start..cut_end) {
+            span.fill(b' ');
+            blanked += 1;
+        }
+    }
 }
 
 /// Asks an OpenAI stream for its usage: `"stream_options":{"include_usage":true}`
@@ -167,7 +208,7 @@ mod tests {
     fn blanks_a_top_level_member_and_its_comma() {
         let blank = |doc: &str| {
             let mut bytes = doc.as_bytes().to_vec();
-            blank_member(&mut bytes, "models").then(|| String::from_utf8(bytes).unwrap())
+            (blank_member(&mut bytes, "models") > 0).then(|| String::from_utf8(bytes).unwrap())
         };
         assert_eq!(blank(r#"{"models":["a"],"model":"m"}"#).unwrap(), r#"{               "model":"m"}"#);
         let out = blank(r#"{"model":"m", "models" : ["a"] }"#).unwrap();
@@ -185,6 +226,31 @@ mod tests {
             assert_eq!(out.len(), doc.len(), "{doc}");
             let v: serde_json::Value = serde_json::from_str(&out).unwrap();
             assert!(v.get("models").is_none(), "{doc}");
+        }
+    }
+
+    #[test]
+    fn blanks_every_copy_a_provider_could_read() {
+        for doc in [
+            r#"{"model":"m","models":[],"models":["x"]}"#,
+            r#"{"model":"m","models":["a"],"mod\u0065ls":["x"]}"#,
+            r#"{"model":"m","Models":["x"]}"#,
+            r#"{"MODELS":["x"],"model":"m","models":[]}"#,
+            r#"{"model":"m","model\u017F":["x"]}"#,
+            r#"{"models":1,"models":2}"#,
+            r#"{"a":1,"models":1,"b":2,"models":2}"#,
+            r#"{"a":1,"models":1,"models":2}"#,
+            r#"{"a":1 , "models":1 ,"Models" : 2 }"#,
+        ] {
+            let mut b = doc.as_bytes().to_vec();
+            assert!(blank_member(&mut b, "models") > 0, "{doc}");
+            let out = String::from_utf8(b).unwrap();
+            assert_eq!(out.len(), doc.len());
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{doc} -> {out}: {e}"));
+            assert!(
+                v.as_object().unwrap().keys().all(|k| !k.to_lowercase().starts_with("model") || k == "model"),
+                "{out}"
+            );
         }
     }
 

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let mut blanked = data.to_vec();
     let found = blank_member(&mut blanked, "models");
     if let Fallbacks::List(_) = read(data).fallbacks {
-        assert!(found, "a body with `models` has it blanked");
+        assert!(found > 0, "a body with `models` has it blanked");
         assert_eq!(blanked.len(), data.len());
         if let Ok(mut before) = serde_json::from_slice::<serde_json::Value>(data) {
             let after: serde_json::Value = serde_json::from_slice(&blanked).expect("the blanked body is JSON");

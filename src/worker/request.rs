@@ -806,7 +806,7 @@ impl Worker {
         let mut body = host.buffer(Buffer::RequestBody, 0, body_size).unwrap_or_default();
         let mut changed = false;
         if std::mem::take(&mut fw.strip_models) {
-            changed = crate::model_json::blank_member(&mut body, "models");
+            changed = crate::model_json::blank_member(&mut body, "models") > 0;
             if !changed && req.facts.body_read {
                 // The gate read `models` in this body: it is there.
                 return self.refuse(host, id, &Denial::internal("the gateway could not prepare the request"));
@@ -840,6 +840,8 @@ impl Worker {
         }
         if host.set_buffer(Buffer::RequestBody, 0, body_size, &body).is_err() {
             warn!("keygate: could not rewrite the request body");
+            // The body as sent may hold an unchecked `models`: fail closed.
+            return self.refuse(host, id, &Denial::internal("the gateway could not prepare the request"));
         }
         Flow::Continue
     }

@@ -18,6 +18,10 @@ pub struct Cli {
     /// Admin token (default: read from <data dir>/admin-token).
     #[arg(long, env = "KEYGATE_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub admin_token: Option<String>,
+    /// A management API key (`kgm_…`) to call the API with, in place of the
+    /// admin token (its role decides what it may do).
+    #[arg(long, env = "KEYGATE_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
     /// Data directory (database, generated secrets).
     #[arg(long, env = "KEYGATE_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
@@ -68,6 +72,64 @@ pub enum Command {
     /// Webhooks told of budget, credit and key-expiry alerts, and what they were sent.
     #[command(subcommand)]
     AlertWebhooks(AlertWebhooksCmd),
+    /// Manage management API keys (named credentials of this API, with a role).
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCmd),
+    /// The credential in use: its actor (`bootstrap` or `mk_…`), name and role.
+    Whoami,
+    /// Management changes, newest first.
+    AuditLog(AuditLogArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ApiKeysCmd {
+    /// Create a management API key; prints its token (shown only once).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, operator (access keys and configurations) or viewer (reading).
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    /// Rename it and/or change its role.
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: Option<String>,
+    },
+    /// Delete it: its token stops working at once.
+    Delete {
+        id: String,
+    },
+    /// Issue a new token; the old one stops working at once.
+    Rotate {
+        id: String,
+    },
+}
+
+/// Arguments of `keygate audit-log`.
+#[derive(Args)]
+pub struct AuditLogArgs {
+    /// Only changes by this actor: `bootstrap` or a management key id (`mk_…`).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only changes of this resource id (`ak_…`, `openai`, `openai/gpt-4o`, ...).
+    #[arg(long)]
+    pub resource: Option<String>,
+    /// RFC 3339: entries recorded at or after.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339: entries recorded before.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub page: ListArgs,
 }
 
 /// Arguments of `keygate copy`.
@@ -328,6 +390,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYGATE_ALERT_TIMEOUT_MS", default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub alert_timeout_ms: u64,
+    /// Days audit-log entries are kept before the store's sweep deletes them
+    /// (0 = forever).
+    #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", default_value_t = crate::policy::audit::DEFAULT_RETENTION_DAYS)]
+    pub audit_retention_days: u32,
 }
 
 #[derive(Args)]
@@ -654,10 +720,14 @@ fn put_opt(m: &mut Map<String, Value>, k: &str, v: Option<String>) {
     }
 }
 
-/// Runs an admin subcommand; returns what to print.
+/// Runs an admin subcommand; returns what to print. It calls the API with
+/// the management key of `--api-key` (`KEYGATE_API_KEY`) if given, else the
+/// admin token (`--admin-token`, `KEYGATE_ADMIN_TOKEN`, or the data
+/// directory's `admin-token` file).
 pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
-    let token = match cli.admin_token.clone() {
-        Some(t) if !t.trim().is_empty() => t.trim().to_string(),
+    let token = match (cli.api_key.clone(), cli.admin_token.clone()) {
+        (Some(k), _) if !k.trim().is_empty() => k.trim().to_string(),
+        (_, Some(t)) if !t.trim().is_empty() => t.trim().to_string(),
         _ => read_token_file(&cli.data_dir)?,
     };
     let c = Client::new(&cli.api_url, token);
@@ -883,5 +953,38 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
                 c.call(Verb::Get, &list_path(&base, &page), None)
             }
         },
+        Command::ApiKeys(cmd) => match cmd {
+            ApiKeysCmd::Create { name, role } => {
+                c.call(Verb::Post, "/api-keys", Some(json!({ "name": name, "role": role })))
+            }
+            ApiKeysCmd::List(a) => c.call(Verb::Get, &list_path("/api-keys", &a), None),
+            ApiKeysCmd::Get { id } => c.call(Verb::Get, &format!("/api-keys/{}", seg(&id)?), None),
+            ApiKeysCmd::Update { id, name, role } => {
+                let mut b = Map::new();
+                put_opt(&mut b, "name", name);
+                put_opt(&mut b, "role", role);
+                c.call(Verb::Patch, &format!("/api-keys/{}", seg(&id)?), Some(Value::Object(b)))
+            }
+            ApiKeysCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/api-keys/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+            ApiKeysCmd::Rotate { id } => c.call(Verb::Post, &format!("/api-keys/{}/rotate", seg(&id)?), None),
+        },
+        Command::Whoami => c.call(Verb::Get, "/whoami", None),
+        Command::AuditLog(a) => {
+            let mut q: Vec<(&str, String)> =
+                [("actor", a.actor), ("resourceId", a.resource), ("since", a.since), ("until", a.until)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k, v)))
+                    .collect();
+            if let Some(l) = a.page.limit {
+                q.push(("limit", l.to_string()));
+            }
+            if let Some(b) = a.page.before_id {
+                q.push(("beforeId", b));
+            }
+            c.call(Verb::Get, &with_query("/audit-log", &q), None)
+        }
     }
 }

@@ -54,6 +54,11 @@ pub enum ApiError {
         field: Option<String>,
     },
     Unauthorized,
+    /// 403: the caller's role does not cover the route.
+    InsufficientRole {
+        required: crate::api::principal::Role,
+        role: crate::api::principal::Role,
+    },
     NotFound(String),
     MethodNotAllowed,
     Conflict(String),
@@ -71,6 +76,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::InsufficientRole { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
@@ -83,6 +89,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { code, .. } => code,
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InsufficientRole { .. } => "insufficient_role",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -115,6 +122,10 @@ impl IntoResponse for ApiError {
                 },
             ),
             ApiError::Unauthorized => ("missing or invalid bearer token for this API".to_string(), json!({})),
+            ApiError::InsufficientRole { required, role } => (
+                format!("this call needs the {} role; this credential has {}", required.as_str(), role.as_str()),
+                json!({ "required": required, "role": role }),
+            ),
             ApiError::NotFound(m) | ApiError::Conflict(m) => (m.clone(), json!({})),
             ApiError::MethodNotAllowed => ("method not allowed on this route".to_string(), json!({})),
             ApiError::BodyTooLarge => (

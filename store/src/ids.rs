@@ -25,6 +25,38 @@ pub fn new_access_token() -> std::io::Result<String> {
     Ok(keygate_proto::token::from_random(&random))
 }
 
+/// Every management-key token starts with this (access keys: `kg-`).
+pub const MANAGEMENT_TOKEN_PREFIX: &str = "kgm_";
+/// Random bytes of a management-key token (192 bits: 48 hex characters).
+const MANAGEMENT_TOKEN_BYTES: usize = 24;
+/// Hex characters of a management token shown for recognition (`kgm_1a2b3c4d`).
+const MANAGEMENT_PREFIX_HEX: usize = 8;
+
+/// A new management-key token: `kgm_` + 48 lowercase hex (192 bits from the
+/// OS random source). Neither an access key (`kg-`) nor the gateway token.
+pub fn new_management_token() -> std::io::Result<String> {
+    Ok(format!("{MANAGEMENT_TOKEN_PREFIX}{}", random_hex(MANAGEMENT_TOKEN_BYTES)?))
+}
+
+/// Whether `s` has the form of a management-key token.
+pub fn is_management_token(s: &str) -> bool {
+    s.strip_prefix(MANAGEMENT_TOKEN_PREFIX).is_some_and(|hex| {
+        hex.len() == MANAGEMENT_TOKEN_BYTES * 2 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Whether `s` contains a management-key token anywhere.
+pub fn contains_management_token(s: &str) -> bool {
+    let want = MANAGEMENT_TOKEN_PREFIX.len() + MANAGEMENT_TOKEN_BYTES * 2;
+    s.match_indices(MANAGEMENT_TOKEN_PREFIX).any(|(i, _)| s.get(i..i + want).is_some_and(is_management_token))
+}
+
+/// The part of a management token kept for recognition: `kgm_` and its first
+/// 8 hex characters (32 of its 192 bits).
+pub fn management_token_prefix(token: &str) -> String {
+    token.chars().take(MANAGEMENT_TOKEN_PREFIX.len() + MANAGEMENT_PREFIX_HEX).collect()
+}
+
 static LAST_ID_MICROS: AtomicU64 = AtomicU64::new(0);
 
 /// A new id: `prefix` + 14 hex digits of a process-monotonic microsecond clock +
@@ -70,6 +102,11 @@ pub fn rfc3339_secs(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs).ok().and_then(|t| t.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
+/// Parses RFC 3339 into unix milliseconds (sub-millisecond digits dropped).
+pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
+    OffsetDateTime::parse(s, &Rfc3339).ok().and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+}
+
 /// Parses RFC 3339 into unix seconds.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     OffsetDateTime::parse(s, &Rfc3339).ok().map(|t| t.unix_timestamp())
@@ -106,6 +143,21 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-01T00:01:00Z"), Some(60));
         assert_eq!(parse_rfc3339("2030-01-01T00:00:00+01:00"), Some(1_893_452_400));
         assert_eq!(parse_rfc3339("tomorrow"), None);
+    }
+
+    #[test]
+    fn management_tokens() {
+        let t = new_management_token().unwrap();
+        assert_eq!(t.len(), 4 + 48);
+        assert!(is_management_token(&t));
+        assert!(keygate_proto::token::validate(&t).is_err());
+        assert_eq!(management_token_prefix(&t), t[..12]);
+        assert!(!is_management_token(&t[..51]));
+        assert!(!is_management_token(&t.to_uppercase()));
+        assert!(!is_management_token(&format!("{t}0")));
+        assert!(contains_management_token(&format!("note: {t}.")));
+        assert!(!contains_management_token(&t[..40]));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.234Z"), Some(1234));
     }
 
     #[test]

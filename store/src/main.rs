@@ -62,6 +62,7 @@ fn main() -> ExitCode {
                     retry: RetryPolicy { base_ms: args.alert_retry_base_ms, max_attempts: args.alert_max_attempts },
                     timeout_ms: args.alert_timeout_ms,
                 },
+                audit_retention_days: args.audit_retention_days,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,

@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::api::{gateway_app, management_app, AppState};
 use crate::crypto::Cipher;
-use crate::ids::random_hex;
+use crate::ids::{is_management_token, random_hex, MANAGEMENT_TOKEN_PREFIX};
+use crate::policy::audit::AuditRetention;
 use crate::policy::retention::{self, Retention};
 use crate::storage::{Backend, Options};
 use crate::webhooks::{self, AlertSettings};
@@ -34,6 +35,9 @@ pub struct ServeConfig {
     pub usage_retention_days: u32,
     /// How alert webhooks are called (`KEYGATE_ALERT_*`).
     pub alerts: AlertSettings,
+    /// Days audit-log entries are kept (`KEYGATE_AUDIT_RETENTION_DAYS`; 0 =
+    /// forever).
+    pub audit_retention_days: u32,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("lookup_port", &self.lookup_port)
             .field("usage_retention_days", &self.usage_retention_days)
             .field("alerts", &self.alerts)
+            .field("audit_retention_days", &self.audit_retention_days)
             .finish_non_exhaustive()
     }
 }
@@ -191,6 +196,11 @@ pub fn prepare(cfg: &ServeConfig) -> Result<Prepared, String> {
     if keygate_proto::token::validate(&admin_token).is_ok() || keygate_proto::token::validate(&gateway_token).is_ok() {
         return Err("the admin and gateway tokens must not look like access keys (kg-...)".into());
     }
+    if is_management_token(&admin_token) || is_management_token(&gateway_token) {
+        return Err(format!(
+            "the admin and gateway tokens must not look like management API keys ({MANAGEMENT_TOKEN_PREFIX}...)"
+        ));
+    }
 
     let backend = backend(&cfg.data_dir, cfg.database_url.as_deref(), cfg.database_ca.as_deref())?;
     let store = backend.open(cipher, Options::default()).map_err(|e| fail(&backend.describe(), e))?;
@@ -274,6 +284,41 @@ async fn sweep_usage(state: AppState, retention: Retention) {
     }
 }
 
+/// Deletes the audit-log entries past `retention`, `batch` per transaction,
+/// at most `max_batches` transactions; returns how many.
+pub async fn purge_audit(
+    state: &AppState,
+    retention: AuditRetention,
+    now_ms: i64,
+    batch: usize,
+    max_batches: usize,
+) -> Result<usize, crate::error::ApiError> {
+    let cutoff = retention.cutoff_ms(now_ms);
+    let mut deleted = 0;
+    for _ in 0..max_batches {
+        let n = crate::api::run(state, move |s| s.purge_audit(cutoff, batch)).await?;
+        deleted += n;
+        if n < batch {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Deletes audit-log entries past retention, once a minute.
+async fn sweep_audit(state: AppState, retention: AuditRetention) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match purge_audit(&state, retention, crate::ids::now_ms(), retention::BATCH, retention::MAX_BATCHES).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, days = retention.days(), "deleted audit-log entries past retention"),
+            Err(e) => tracing::warn!(error = ?e, "audit-log retention sweep failed"),
+        }
+    }
+}
+
 /// Runs the store until SIGTERM/SIGINT.
 pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     let retention = Retention::from_days(cfg.usage_retention_days)?;
@@ -300,6 +345,9 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     }
     tokio::spawn(webhooks::sweep(prepared.state.clone(), SWEEP_EVERY));
     tokio::spawn(webhooks::worker(prepared.state.clone(), cfg.alerts));
+    if let Some(retention) = AuditRetention::from_days(cfg.audit_retention_days) {
+        tokio::spawn(sweep_audit(prepared.state.clone(), retention));
+    }
     let api_server = axum::serve(api, management_app(prepared.state.clone())).with_graceful_shutdown(wait(rx.clone()));
     let lookup_server = axum::serve(lookup, gateway_app(prepared.state)).with_graceful_shutdown(wait(rx));
     tokio::spawn(shutdown_signal(tx));
@@ -345,6 +393,7 @@ mod tests {
             gateway_token: None,
             usage_retention_days: retention::DEFAULT_DAYS,
             alerts: AlertSettings::default(),
+            audit_retention_days: crate::policy::audit::DEFAULT_RETENTION_DAYS,
         };
         let prepared = prepare(&cfg).map_err(|e| e.to_string()).unwrap();
         assert_eq!(fs::metadata(&cfg.data_dir).unwrap().permissions().mode() & 0o777, 0o700);
@@ -359,8 +408,11 @@ mod tests {
         // A different master key is refused rather than silently breaking decryption.
         let other = ServeConfig { master_key: Some("11".repeat(32)), ..cfg.clone() };
         assert!(prepare(&other).is_err());
-        let same = ServeConfig { gateway_token: Some(admin.trim().to_string()), ..cfg };
+        let same = ServeConfig { gateway_token: Some(admin.trim().to_string()), ..cfg.clone() };
         assert!(prepare(&same).is_err());
+        // Neither token may have the form of a management key.
+        let like_mgmt = ServeConfig { admin_token: Some(format!("kgm_{}", "0".repeat(48))), ..cfg };
+        assert!(prepare(&like_mgmt).err().unwrap().contains("management API keys"));
     }
 
     #[tokio::test]
@@ -378,6 +430,7 @@ mod tests {
             gateway_token: None,
             usage_retention_days: 7,
             alerts: AlertSettings::default(),
+            audit_retention_days: 0,
         };
         let e = serve(cfg).await.unwrap_err();
         assert!(e.starts_with("KEYGATE_USAGE_RETENTION_DAYS=7 is shorter than the longest budget window"), "{e}");

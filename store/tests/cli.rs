@@ -274,6 +274,94 @@ fn cli_budgets_usage_credits_prices() {
 }
 
 #[test]
+fn cli_management_keys_roles_and_the_audit_log() {
+    let deployment = Deployment::new();
+    let dir = deployment.dir.clone();
+    let server = Server::start(&dir, &[("KEYGATE_AUDIT_RETENTION_DAYS", "30")]);
+    let cli = Cli { dir: &dir, api: server.api.clone() };
+
+    let (me, _) = cli.ok(&["whoami"], None);
+    assert_eq!(me, json!({"actor": "bootstrap", "name": "bootstrap admin token", "role": "admin"}));
+    let (op, out) = cli.ok(&["api-keys", "create", "--name", "ops", "--role", "operator"], None);
+    let op_id = op["id"].as_str().unwrap().to_string();
+    let op_token = op["token"].as_str().unwrap().to_string();
+    assert!(op_token.starts_with("kgm_") && out.contains(&op_token), "shown once, here");
+    let (v, _) = cli.ok(&["api-keys", "create", "--name", "reader", "--role", "viewer"], None);
+    let v_id = v["id"].as_str().unwrap().to_string();
+    let v_token = v["token"].as_str().unwrap().to_string();
+    assert!(cli.run(&["api-keys", "create", "--name", "x", "--role", "root"], None).status.code() != Some(0));
+    let (list, out) = cli.ok(&["api-keys", "list", "--limit", "1"], None);
+    assert_eq!(list["apiKeys"][0]["id"], v_id.as_str());
+    assert!(list["nextPageUri"].is_string());
+    assert!(!out.contains(&op_token) && !out.contains(&v_token));
+    let (got, _) = cli.ok(&["api-keys", "get", &op_id], None);
+    assert_eq!(got["role"], "operator");
+
+    // The CLI as the operator (--api-key, or KEYGATE_API_KEY) and as the viewer.
+    let (me, _) = cli.ok(&["whoami", "--api-key", &op_token], None);
+    assert_eq!(me["actor"], op_id.as_str());
+    let (k, _) = cli.ok(&["access-keys", "create", "--name", "by-operator", "--api-key", &op_token], None);
+    let k_id = k["id"].as_str().unwrap().to_string();
+    let err = cli.fails(&["credits", "add", "--usd", "1", "--api-key", &op_token]);
+    assert!(err.contains("403 insufficient_role") && err.contains("admin"), "{err}");
+    let mut c = command(&dir);
+    let out = c
+        .env("KEYGATE_API_URL", &server.api)
+        .env("KEYGATE_API_KEY", &v_token)
+        .args(["access-keys", "delete", &k_id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient_role"));
+    let (list, _) = cli.ok(&["access-keys", "list", "--api-key", &v_token], None);
+    assert_eq!(list["accessKeys"][0]["id"], k_id.as_str());
+
+    // Update, rotate, delete.
+    let (upd, _) = cli.ok(&["api-keys", "update", &v_id, "--role", "operator", "--name", "reader2"], None);
+    assert_eq!((upd["role"].as_str(), upd["name"].as_str()), (Some("operator"), Some("reader2")));
+    let (rot, _) = cli.ok(&["api-keys", "rotate", &v_id], None);
+    let v_token2 = rot["token"].as_str().unwrap().to_string();
+    assert!(cli.fails(&["whoami", "--api-key", &v_token]).contains("unauthorized"));
+    cli.ok(&["access-keys", "delete", &k_id, "--api-key", &v_token2], None);
+    let (del, _) = cli.ok(&["api-keys", "delete", &v_id], None);
+    assert_eq!(del["deleted"], true);
+    assert!(cli.fails(&["whoami", "--api-key", &v_token2]).contains("unauthorized"));
+
+    // The audit log, filtered.
+    let (log, out) = cli.ok(&["audit-log"], None);
+    let actions: Vec<&str> =
+        log["auditLog"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        [
+            "api_key.delete",
+            "access_key.delete",
+            "api_key.rotate",
+            "api_key.role_change",
+            "access_key.create",
+            "api_key.create",
+            "api_key.create"
+        ]
+    );
+    for t in [&op_token, &v_token, &v_token2, &k["token"].as_str().unwrap().to_string()] {
+        assert!(!out.contains(t.as_str()));
+    }
+    let (mine, _) = cli.ok(&["audit-log", "--actor", &op_id], None);
+    assert_eq!(mine["auditLog"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["auditLog"][0]["resourceId"], k_id.as_str());
+    let (res, _) = cli.ok(&["audit-log", "--resource", &k_id, "--since", "2020-01-01T00:00:00Z", "--limit", "1"], None);
+    assert_eq!(res["auditLog"][0]["action"], "access_key.delete");
+    assert!(res["nextPageUri"].as_str().unwrap().contains("resourceId="));
+    let (none, _) = cli.ok(&["audit-log", "--until", "2020-01-01T00:00:00Z"], None);
+    assert_eq!(none["auditLog"], json!([]));
+    assert!(cli.fails(&["audit-log", "--since", "yesterday"]).contains("since"));
+    let stderr = server.stop();
+    for t in [&op_token, &v_token, &v_token2] {
+        assert!(!stderr.contains(t.as_str()), "token in the log");
+    }
+}
+
+#[test]
 fn serve_refuses_a_usage_retention_shorter_than_the_longest_budget_window() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = command(&tmp.path().join("data"));

@@ -446,21 +446,25 @@ fn version_and_data_survive_reopen() {
                 base_url: Some("http://127.0.0.1:1/v1".into()),
                 ..Default::default()
             },
+            &test_audit(),
         )
         .unwrap();
     let k = store
-        .create_access_key(&NewAccessKey {
-            name: "n".into(),
-            description: String::new(),
-            metadata: String::new(),
-            config_id: None,
-            expires_at: None,
-            disabled: false,
-            digest: "d".repeat(64),
-            redacted: "kg-...".into(),
-            budget: None,
-            max_concurrent_requests: Some(4),
-        })
+        .create_access_key(
+            &NewAccessKey {
+                name: "n".into(),
+                description: String::new(),
+                metadata: String::new(),
+                config_id: None,
+                expires_at: None,
+                disabled: false,
+                digest: "d".repeat(64),
+                redacted: "kg-...".into(),
+                budget: None,
+                max_concurrent_requests: Some(4),
+            },
+            &test_audit(),
+        )
         .unwrap();
     drop(store);
     let store = backend.open(cipher, Options::default()).unwrap();

@@ -12,10 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keygate_proto::lookup::{ReserveRequest, UsageRecord};
+use keygate_store::api::principal::{Principal, Role, Via};
 use keygate_store::crypto::Cipher;
 use keygate_store::storage::{
-    AccessKeyChanges, Backend, NewAccessKey, NewAlertWebhook, NewConfig, NewPrice, NewProvider, NewProviderKey,
-    Options, PageRequest, PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
+    AccessKeyChanges, Audit, Backend, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig, NewPrice, NewProvider,
+    NewProviderKey, Options, PageRequest, PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
 };
 use serde_json::{json, Value};
 use server::testdb::PgDb;
@@ -99,6 +100,9 @@ fn everything(s: &dyn Store, tokens: &[String]) -> Value {
         "changesSince3": s.changes(3).unwrap(),
         "gauges": format!("{:?}", s.gauges().unwrap()),
         "lookups": lookups,
+        "apiKeys": s.list_api_keys(&page).unwrap(),
+        "auditLog": s.list_audit(&Default::default(), &page).unwrap(),
+        "mk": s.api_key_by_digest(&"e".repeat(64)).unwrap().map(|k| format!("{k:?}")),
     })
 }
 
@@ -135,72 +139,110 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     let src = SqliteStore::open(&path, cipher()).unwrap();
 
     // A deployment with something of everything.
-    src.create_provider(&NewProvider {
-        id: "acme".into(),
-        name: "Acme".into(),
-        base_url: "https://acme.example/v1".into(),
-        format: spec(json!("openai")),
-        auth: spec(json!("x-api-key")),
-        models: vec!["acme-1".into(), "acme-2".into()],
-    })
+    src.create_provider(
+        &NewProvider {
+            id: "acme".into(),
+            name: "Acme".into(),
+            base_url: "https://acme.example/v1".into(),
+            format: spec(json!("openai")),
+            auth: spec(json!("x-api-key")),
+            models: vec!["acme-1".into(), "acme-2".into()],
+        },
+        &test_audit(),
+    )
     .unwrap();
     src.update_provider(
         "groq",
         &ProviderChanges { base_url: Some("https://groq.example/v1".into()), ..Default::default() },
+        &test_audit(),
     )
     .unwrap();
     let pk = |provider: &str, name: &str, value: &str, managed: bool| {
-        src.create_provider_key(&NewProviderKey {
-            provider_id: provider.into(),
-            name: name.into(),
-            description: "d".into(),
-            metadata: "m".into(),
-            managed,
-            value: value.into(),
-        })
+        src.create_provider_key(
+            &NewProviderKey {
+                provider_id: provider.into(),
+                name: name.into(),
+                description: "d".into(),
+                metadata: "m".into(),
+                managed,
+                value: value.into(),
+            },
+            &test_audit(),
+        )
         .unwrap()
         .id
     };
     pk("openai", "managed", "sk-managed-0000000000000001", true);
     let user = pk("openai", "user", "sk-user-00000000000000000002", false);
     pk("acme", "acme", "acme-secret-000000000000003", true);
-    src.rotate_provider_key(&user, "sk-user-rotated-0000000000004").unwrap();
+    src.rotate_provider_key(&user, "sk-user-rotated-0000000000004", &test_audit()).unwrap();
     let config = src
-        .create_config(&NewConfig {
-            name: "team".into(),
-            description: "the team".into(),
-            metadata: "{}".into(),
-            access: Some(spec(json!({"providers": {"allow": ["openai", "acme"]}}))),
-            router: Some(spec(json!({"rules": [
-                {"provider": "openai", "steps": [{"type": "user", "keys": [{"id": user}]}, {"type": "managed"}]}
-            ]}))),
-            rate_limits: Some(spec(json!({"requestsPerMinute": 60, "tokensPerMinute": 10000}))),
-            request_limits: Some(spec(json!({"maxInputTokens": 1000, "totalTimeoutMs": 30000}))),
-            budget: Some(spec(json!({"tokens": 100000, "costUsd": 50.0, "window": "monthly"}))),
-        })
+        .create_config(
+            &NewConfig {
+                name: "team".into(),
+                description: "the team".into(),
+                metadata: "{}".into(),
+                access: Some(spec(json!({"providers": {"allow": ["openai", "acme"]}}))),
+                router: Some(spec(json!({"rules": [
+                    {"provider": "openai", "steps": [{"type": "user", "keys": [{"id": user}]}, {"type": "managed"}]}
+                ]}))),
+                rate_limits: Some(spec(json!({"requestsPerMinute": 60, "tokensPerMinute": 10000}))),
+                request_limits: Some(spec(json!({"maxInputTokens": 1000, "totalTimeoutMs": 30000}))),
+                budget: Some(spec(json!({"tokens": 100000, "costUsd": 50.0, "window": "monthly"}))),
+            },
+            &test_audit(),
+        )
         .unwrap();
     let tokens: Vec<String> = (0..4).map(|i| format!("kg-copytest{i:02}{}", "x".repeat(40))).collect();
     // k0 has a concurrency cap of its own, over its configuration's limits.
     let k0 = src
-        .create_access_key(&NewAccessKey {
-            max_concurrent_requests: Some(3),
-            ..new_key("k0", &tokens[0], Some(&config.id), Some(json!({"tokens": 5000})))
-        })
+        .create_access_key(
+            &NewAccessKey {
+                max_concurrent_requests: Some(3),
+                ..new_key("k0", &tokens[0], Some(&config.id), Some(json!({"tokens": 5000})))
+            },
+            &test_audit(),
+        )
         .unwrap();
     let k1 = src
-        .create_access_key(&new_key("k1", &tokens[1], None, Some(json!({"costUsd": 2.5, "window": "daily"}))))
+        .create_access_key(
+            &new_key("k1", &tokens[1], None, Some(json!({"costUsd": 2.5, "window": "daily"}))),
+            &test_audit(),
+        )
         .unwrap();
-    let k2 = src.create_access_key(&new_key("k2", &tokens[2], None, None)).unwrap();
-    src.update_access_key(&k2.id, &AccessKeyChanges { disabled: Some(true), ..Default::default() }).unwrap();
-    src.update_access_key(&k1.id, &AccessKeyChanges { max_concurrent_requests: Some(Some(9)), ..Default::default() })
+    let k2 = src.create_access_key(&new_key("k2", &tokens[2], None, None), &test_audit()).unwrap();
+    src.update_access_key(&k2.id, &AccessKeyChanges { disabled: Some(true), ..Default::default() }, &test_audit())
         .unwrap();
+    src.update_access_key(
+        &k1.id,
+        &AccessKeyChanges { max_concurrent_requests: Some(Some(9)), ..Default::default() },
+        &test_audit(),
+    )
+    .unwrap();
     // k1 rotated: its old token works during the grace period.
     let rotated = format!("kg-rotated00{}", "y".repeat(40));
-    src.rotate_access_key(&k1.id, &digest_of(&rotated), "kg-...yyyy", 3600).unwrap();
+    src.rotate_access_key(&k1.id, &digest_of(&rotated), "kg-...yyyy", 3600, &test_audit()).unwrap();
     let tokens: Vec<String> = tokens.into_iter().chain([rotated]).collect();
-    src.put_price("acme", "acme-*", &NewPrice { input: 1_000_000, output: 2_000_000, cached: None }).unwrap();
-    src.delete_price("openai", "gpt-4o-mini").unwrap();
-    src.add_credits(25_000_000).unwrap();
+    src.put_price("acme", "acme-*", &NewPrice { input: 1_000_000, output: 2_000_000, cached: None }, &test_audit())
+        .unwrap();
+    src.delete_price("openai", "gpt-4o-mini", &test_audit()).unwrap();
+    src.add_credits(25_000_000, &test_audit()).unwrap();
+    // A management key, used, and a console sign-in with it.
+    let mk = src
+        .create_api_key(
+            &NewApiKey {
+                name: "ops".into(),
+                role: Role::Operator,
+                digest: "e".repeat(64),
+                token_prefix: "kgm_eeeeeeee".into(),
+            },
+            &test_audit(),
+        )
+        .unwrap();
+    src.touch_api_key(&mk.id, 1_700_000_000_000).unwrap();
+    let operator = Principal { actor: mk.id.clone(), name: "ops".into(), role: Role::Operator };
+    src.record_audit(&Audit::new(&operator, Via::Console, "console.login", "console", Some(mk.id.clone()), json!({})))
+        .unwrap();
     // An alert webhook (its secret sealed) whose 1 % threshold req-1 crosses.
     let hook = src
         .create_alert_webhook(&NewAlertWebhook {
@@ -249,6 +291,9 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         (report["copied"]["alert_webhooks"].clone(), report["copied"]["alert_deliveries"].clone()),
         (json!(1), json!(1))
     );
+    assert_eq!(report["copied"]["api_keys"], 1);
+    assert_eq!(report["copied"]["audit_log"], json!(before["auditLog"].as_array().unwrap().len()));
+    assert!(before["auditLog"].as_array().unwrap().len() >= 18);
 
     // The copied store answers exactly as the original did.
     let dst = Backend::Postgres(db.url.clone().into()).open(cipher(), Options::default()).unwrap();
@@ -268,6 +313,8 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         ("usage", "seq"),
         ("providers", "seq"),
         ("prices", "provider, model"),
+        ("api_keys", "id"),
+        ("audit_log", "id"),
         ("alert_webhooks", "id"),
         ("alert_fired", "webhook_id, subject, unit, period, threshold"),
         ("alert_deliveries", "id"),
@@ -318,7 +365,9 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     );
 
     // It goes on from there: the next change is the next version.
-    let k4 = dst.create_access_key(&new_key("k4", &format!("kg-after0000{}", "z".repeat(40)), None, None)).unwrap();
+    let k4 = dst
+        .create_access_key(&new_key("k4", &format!("kg-after0000{}", "z".repeat(40)), None, None), &test_audit())
+        .unwrap();
     let c = dst.changes(version).unwrap();
     assert_eq!((c.version, c.digests.len()), (version + 1, 1));
     assert_eq!(dst.list_usage(&UsageFilter::default(), &PageRequest { limit: 10, before_id: None }).unwrap().len(), 3);
@@ -365,10 +414,10 @@ fn migrations_started_at_once_apply_once() {
         applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
     }
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 7], "each migration is applied by exactly one of them");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7], "each migration is applied by exactly one of them");
     assert_eq!(
         db.query("SELECT version FROM schema_migrations ORDER BY version"),
-        [1, 2, 3, 4, 5, 7].iter().map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
+        (1..=7).map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
     );
     // And again: nothing to do.
     let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();
@@ -392,12 +441,10 @@ fn writers_in_several_stores_stay_exact() {
     let stores: Vec<Arc<dyn Store>> =
         (0..2).map(|_| Backend::Postgres(db.url.clone().into()).open(cipher(), Options::default()).unwrap()).collect();
     let key = stores[0]
-        .create_access_key(&new_key(
-            "b",
-            &format!("kg-budget000{}", "b".repeat(40)),
-            None,
-            Some(json!({"tokens": 100})),
-        ))
+        .create_access_key(
+            &new_key("b", &format!("kg-budget000{}", "b".repeat(40)), None, Some(json!({"tokens": 100}))),
+            &test_audit(),
+        )
         .unwrap();
     let v0 = stores[0].changes(0).unwrap().version;
     const THREADS: usize = 6;
@@ -418,7 +465,7 @@ fn writers_in_several_stores_stay_exact() {
                     }
                     // The version counter: every new key is one version.
                     let token = format!("kg-v{t:02}{i:04}{}", "v".repeat(40));
-                    store.create_access_key(&new_key("v", &token, None, None)).unwrap();
+                    store.create_access_key(&new_key("v", &token, None, None), &test_audit()).unwrap();
                 }
             });
         }
@@ -462,7 +509,7 @@ fn writers_in_several_stores_stay_exact() {
     std::thread::scope(|s| {
         for t in 0..THREADS {
             let store = stores[t % stores.len()].clone();
-            s.spawn(move || (0..EACH).for_each(|_| assert!(store.add_credits(1).unwrap().enabled)));
+            s.spawn(move || (0..EACH).for_each(|_| assert!(store.add_credits(1, &test_audit()).unwrap().enabled)));
         }
     });
     let credits = stores[1].get_credits().unwrap();

@@ -220,3 +220,16 @@ def test_a_budget_reserves_for_the_dearest_fallback(gateway, store, mocks, two_p
     assert mocks["openai"].received() == [] and mocks["vllm"].received() == []
     # The same request without the dear fallback fits.
     assert client(gateway, token).chat.completions.create(model="gpt-4o", messages=hi, max_tokens=10).choices
+
+
+def test_a_request_with_many_headers_passes_the_hop(gateway, store, mocks, two_providers):
+    """The hop's listener has room for all the gateway accepts plus what an
+    attempt adds (credential, routing, forwarding headers)."""
+    _, oa_value = two_providers["openai"]
+    mocks["openai"].script(oa_value, (503, {}, {"error": {"message": "overloaded"}}))
+    padding = {f"x-pad-{i}": "v" * 40 for i in range(90)}
+    body = {"model": "gpt-4o", "messages": [], "models": ["my-vllm/llama-3"]}
+    status, doc, headers = http("POST", gateway.url + CHAT, body,
+                                {"authorization": f"Bearer {two_providers['token']}", **padding})
+    assert status == 200, doc
+    assert headers["x-keygate-provider"] == "my-vllm"

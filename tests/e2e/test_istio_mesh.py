@@ -259,6 +259,20 @@ def test_fallback_models_never_reach_the_provider_without_a_gate(istio, store, m
         assert req["json"] == {"model": "gpt-4o", "messages": hi}, req["raw"]
         assert "models" not in req["raw"] and req["headers"].get("content-length") == str(len(req["raw"]))
 
+    # Every copy a provider could read goes: repeated, escaped, or `models` but for case.
+    import http.client
+    mocks["openai"].reset()
+    token = new_token(store)
+    for raw in (b'{"model":"gpt-4o","messages":[],"models":[],"models":["openai/gpt-4o-mini"]}',
+                b'{"model":"gpt-4o","messages":[],"models":["a"],"mod\\u0065ls":["openai/gpt-4o-mini"]}',
+                b'{"model":"gpt-4o","messages":[],"Models":["openai/gpt-4o-mini"]}'):
+        conn = http.client.HTTPConnection("127.0.0.1", int(istio.url.rsplit(":", 1)[1]), timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=raw,
+                     headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+        assert conn.getresponse().status == 200, raw
+    for req in mocks["openai"].received():
+        assert req["json"] == {"model": "gpt-4o", "messages": []}, req["raw"]
+
 
 def test_the_gateway_log_is_clean(istio):
     """Runs last: what every test above left in Envoy's log."""

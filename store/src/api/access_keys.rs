@@ -5,8 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use keygate_proto::token;
+use serde_json::json;
 
-use super::extract::{ApiJson, ApiJsonOrEmpty, Id, Paging};
+use super::extract::{Audited, AuditedOrEmpty, Caller, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::{new_access_token, now_secs, parse_rfc3339};
@@ -33,9 +34,13 @@ fn check_config_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// The audit log's resource type of access keys.
+const RESOURCE: &str = "access_key";
+
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateAccessKey>,
+    caller: Caller,
+    Audited(req, body): Audited<CreateAccessKey>,
 ) -> Result<(StatusCode, Json<AccessKey>), ApiError> {
     check_name("name", &req.name)?;
     let (description, metadata) = check_texts(req.description, req.metadata)?;
@@ -62,7 +67,8 @@ pub async fn create(
         budget: req.budget,
         max_concurrent_requests: req.max_concurrent_requests,
     };
-    let mut key = run(&state, move |s| s.create_access_key(&new)).await?;
+    let audit = caller.audit("access_key.create", RESOURCE, None, body);
+    let mut key = run(&state, move |s| s.create_access_key(&new, &audit)).await?;
     key.token = Some(tok);
     Ok((StatusCode::CREATED, Json(key)))
 }
@@ -77,10 +83,13 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Acces
     Ok(Json(run(&state, move |s| s.get_access_key(&id)).await?))
 }
 
+/// PATCH; recorded as `access_key.disable` / `access_key.enable` when it
+/// sets `disabled`, else `access_key.update`.
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<PatchAccessKey>,
+    Audited(req, body): Audited<PatchAccessKey>,
 ) -> Result<Json<AccessKey>, ApiError> {
     let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     if let Some(Some(c)) = &req.access_key_configuration_id {
@@ -97,6 +106,12 @@ pub async fn update(
     if let Some(Some(n)) = req.max_concurrent_requests {
         check_key_concurrency(n)?;
     }
+    let action = match req.disabled {
+        Some(true) => "access_key.disable",
+        Some(false) => "access_key.enable",
+        None => "access_key.update",
+    };
+    let audit = caller.audit(action, RESOURCE, Some(id.clone()), body);
     let changes = AccessKeyChanges {
         name: req.name,
         description,
@@ -107,18 +122,20 @@ pub async fn update(
         budget: req.budget,
         max_concurrent_requests: req.max_concurrent_requests,
     };
-    Ok(Json(run(&state, move |s| s.update_access_key(&id, &changes)).await?))
+    Ok(Json(run(&state, move |s| s.update_access_key(&id, &changes, &audit)).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    run(&state, move |s| s.delete_access_key(&id)).await?;
+pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {
+    let audit = caller.audit("access_key.delete", RESOURCE, Some(id.clone()), json!({}));
+    run(&state, move |s| s.delete_access_key(&id, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn rotate(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJsonOrEmpty(req): ApiJsonOrEmpty<RotateAccessKey>,
+    AuditedOrEmpty(req, _): AuditedOrEmpty<RotateAccessKey>,
 ) -> Result<Json<AccessKey>, ApiError> {
     let grace = req.grace_period_seconds.unwrap_or(0);
     if grace > MAX_GRACE_SECONDS {
@@ -128,9 +145,10 @@ pub async fn rotate(
         ));
     }
     let grace = i64::try_from(grace).unwrap_or(0);
+    let audit = caller.audit("access_key.rotate", RESOURCE, Some(id.clone()), json!({ "gracePeriodSeconds": grace }));
     let tok = new_access_token().map_err(|e| ApiError::Internal(e.to_string()))?;
     let (digest, redacted) = (token::digest(&tok), token::redact(&tok));
-    let mut key = run(&state, move |s| s.rotate_access_key(&id, &digest, &redacted, grace)).await?;
+    let mut key = run(&state, move |s| s.rotate_access_key(&id, &digest, &redacted, grace, &audit)).await?;
     key.token = Some(tok);
     Ok(Json(key))
 }

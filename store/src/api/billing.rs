@@ -3,8 +3,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use serde_json::json;
 
-use super::extract::ApiJson;
+use super::extract::{Audited, Caller};
 use super::{run, AppState};
 use crate::error::ApiError;
 use crate::model::{check_model_pattern, check_price, check_usd, is_provider_id, AddCredits, Credits, PatchCredits};
@@ -18,18 +19,24 @@ pub async fn get_credits(State(state): State<AppState>) -> Result<Json<Credits>,
 
 pub async fn add_credits(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<AddCredits>,
+    caller: Caller,
+    Audited(req, body): Audited<AddCredits>,
 ) -> Result<Json<Credits>, ApiError> {
     check_usd("addUsd", req.add_usd, -MAX_USD, MAX_USD)?;
     let micros = usd_to_micros(req.add_usd);
-    Ok(Json(run(&state, move |s| s.add_credits(micros)).await?))
+    let audit = caller.audit("credits.add", "credits", None, body);
+    Ok(Json(run(&state, move |s| s.add_credits(micros, &audit)).await?))
 }
 
+/// `PATCH /credits`: recorded as `credits.enable` or `credits.disable`.
 pub async fn patch_credits(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<PatchCredits>,
+    caller: Caller,
+    Audited(req, body): Audited<PatchCredits>,
 ) -> Result<Json<Credits>, ApiError> {
-    Ok(Json(run(&state, move |s| s.set_credits_enabled(req.enabled)).await?))
+    let action = if req.enabled { "credits.enable" } else { "credits.disable" };
+    let audit = caller.audit(action, "credits", None, body);
+    Ok(Json(run(&state, move |s| s.set_credits_enabled(req.enabled, &audit)).await?))
 }
 
 #[derive(serde::Serialize)]
@@ -59,10 +66,16 @@ fn price_key(
     Ok((provider, model))
 }
 
+/// A price's id in the audit log: `provider/model`.
+fn price_id(provider: &str, model: &str) -> Option<String> {
+    Some(format!("{provider}/{model}"))
+}
+
 pub async fn put_price(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
-    ApiJson(req): ApiJson<PutPrice>,
+    Audited(req, body): Audited<PutPrice>,
 ) -> Result<Json<PriceEntry>, ApiError> {
     let (provider, model) = price_key(path)?;
     check_price(&req)?;
@@ -71,14 +84,17 @@ pub async fn put_price(
         output: usd_to_micros(req.output_per_million_usd),
         cached: req.cached_input_per_million_usd.map(usd_to_micros),
     };
-    Ok(Json(run(&state, move |s| s.put_price(&provider, &model, &price)).await?))
+    let audit = caller.audit("price.set", "price", price_id(&provider, &model), body);
+    Ok(Json(run(&state, move |s| s.put_price(&provider, &model, &price, &audit)).await?))
 }
 
 pub async fn delete_price(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let (provider, model) = price_key(path)?;
-    run(&state, move |s| s.delete_price(&provider, &model)).await?;
+    let audit = caller.audit("price.delete", "price", price_id(&provider, &model), json!({}));
+    run(&state, move |s| s.delete_price(&provider, &model, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

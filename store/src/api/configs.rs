@@ -3,8 +3,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use serde_json::json;
 
-use super::extract::{ApiJson, Id, Paging};
+use super::extract::{Audited, Caller, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
@@ -13,9 +14,13 @@ use crate::model::{
 };
 use crate::storage::{ConfigChanges, NewConfig};
 
+/// The audit log's resource type of access-key configurations.
+const RESOURCE: &str = "access_key_configuration";
+
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateConfig>,
+    caller: Caller,
+    Audited(req, body): Audited<CreateConfig>,
 ) -> Result<(StatusCode, Json<AccessKeyConfiguration>), ApiError> {
     check_name("name", &req.name)?;
     let (description, metadata) = check_texts(req.description, req.metadata)?;
@@ -39,7 +44,8 @@ pub async fn create(
         request_limits: req.request_limits,
         budget: req.budget,
     };
-    let config = run(&state, move |s| s.create_config(&new)).await?;
+    let audit = caller.audit("access_key_configuration.create", RESOURCE, None, body);
+    let config = run(&state, move |s| s.create_config(&new, &audit)).await?;
     Ok((StatusCode::CREATED, Json(config)))
 }
 
@@ -58,8 +64,9 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Acces
 
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<PatchConfig>,
+    Audited(req, body): Audited<PatchConfig>,
 ) -> Result<Json<AccessKeyConfiguration>, ApiError> {
     let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     check_config_syntax(req.access.as_ref().and_then(Option::as_ref), req.router.as_ref().and_then(Option::as_ref))?;
@@ -82,10 +89,12 @@ pub async fn update(
         request_limits: req.request_limits,
         budget: req.budget,
     };
-    Ok(Json(run(&state, move |s| s.update_config(&id, &changes)).await?))
+    let audit = caller.audit("access_key_configuration.update", RESOURCE, Some(id.clone()), body);
+    Ok(Json(run(&state, move |s| s.update_config(&id, &changes, &audit)).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    run(&state, move |s| s.delete_config(&id)).await?;
+pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {
+    let audit = caller.audit("access_key_configuration.delete", RESOURCE, Some(id.clone()), json!({}));
+    run(&state, move |s| s.delete_config(&id, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

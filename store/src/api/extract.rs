@@ -7,9 +7,10 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+use super::principal::{Principal, Via, ViaConsole};
 use crate::error::ApiError;
 use crate::model::is_plausible_id;
-use crate::storage::PageRequest;
+use crate::storage::{Audit, PageRequest};
 
 /// A JSON body: bad JSON, wrong types, unknown or missing fields, and bodies
 /// over the limit all become [`ApiError`]s.
@@ -53,6 +54,79 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for ApiJsonOr
             return Ok(ApiJsonOrEmpty(T::default()));
         }
         parse_json(&bytes).map(ApiJsonOrEmpty)
+    }
+}
+
+/// Like [`ApiJson`], with the body as the JSON it was too: the fields a
+/// change sets, as the audit log records them.
+pub struct Audited<T>(pub T, pub serde_json::Value);
+
+/// Like [`ApiJsonOrEmpty`], with the body as JSON too (`{}` when empty).
+pub struct AuditedOrEmpty<T>(pub T, pub serde_json::Value);
+
+fn as_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::Internal(format!("re-reading a parsed body: {e}")))
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Audited<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::BadRequest {
+                code: "invalid_json",
+                msg: "the request body is empty; expected a JSON object".into(),
+                field: None,
+            });
+        }
+        let parsed = parse_json(&bytes)?;
+        Ok(Audited(parsed, as_value(&bytes)?))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for AuditedOrEmpty<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = body_bytes(req, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(AuditedOrEmpty(T::default(), serde_json::json!({})));
+        }
+        let parsed = parse_json(&bytes)?;
+        Ok(AuditedOrEmpty(parsed, as_value(&bytes)?))
+    }
+}
+
+/// Who makes a management call and through what: the [`Principal`] the
+/// authentication middleware found, and `console` when the request carries
+/// the [`ViaConsole`] extension (`api` otherwise).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub via: Via,
+}
+
+impl Caller {
+    /// The audit-log entry of a change this caller makes (see [`Audit::new`]).
+    pub fn audit(
+        &self,
+        action: &str,
+        resource_type: &str,
+        resource_id: Option<String>,
+        changes: serde_json::Value,
+    ) -> Audit {
+        Audit::new(&self.principal, self.via, action, resource_type, resource_id, changes)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let principal = parts.extensions.get::<Principal>().cloned().ok_or(ApiError::Unauthorized)?;
+        let via = if parts.extensions.get::<ViaConsole>().is_some() { Via::Console } else { Via::Api };
+        Ok(Caller { principal, via })
     }
 }
 

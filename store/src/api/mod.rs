@@ -3,6 +3,8 @@
 
 pub mod access_keys;
 pub mod alerts;
+pub mod api_keys;
+pub mod audit;
 pub mod billing;
 pub mod configs;
 pub mod extract;
@@ -29,9 +31,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
+use self::principal::{Principal, Role};
 use crate::error::{ApiError, StoreResult};
-use crate::ids::secret_eq;
-use crate::storage::{PageRequest, Store};
+use crate::ids::{is_management_token, now_ms, secret_eq};
+use crate::storage::{PageRequest, Store, API_KEY_TOUCH_MS};
 
 /// Largest accepted request body (bytes).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -82,6 +85,7 @@ impl Stats {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// The bootstrap admin token (`KEYGATE_ADMIN_TOKEN`).
     admin_token: Arc<str>,
     gateway_token: Arc<str>,
     pub stats: Arc<Stats>,
@@ -99,6 +103,34 @@ impl AppState {
             stats: Arc::default(),
             alerts: Arc::default(),
         }
+    }
+
+    /// Who holds `token` on the management API: the bootstrap admin token
+    /// (constant-time compare), or a management key (`kgm_…`, found by its
+    /// digest, read afresh on every call: a deleted or rotated key stops
+    /// working as soon as that change commits). `None`: nobody (an access
+    /// key, the gateway token, anything else). A key's use is recorded at
+    /// most once a minute ([`API_KEY_TOUCH_MS`]). The console signs a user
+    /// in with this, then records it with [`audit::record_console_login`].
+    pub async fn authenticate(&self, token: &str) -> Result<Option<Principal>, ApiError> {
+        if secret_eq(token, &self.admin_token) {
+            return Ok(Some(Principal::bootstrap()));
+        }
+        if !is_management_token(token) {
+            return Ok(None);
+        }
+        let digest = keygate_proto::token::digest(token);
+        let Some(key) = run(self, move |s| s.api_key_by_digest(&digest)).await? else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        if key.last_used_ms.is_none_or(|t| now.saturating_sub(t) >= API_KEY_TOUCH_MS) {
+            let id = key.id.clone();
+            if let Err(e) = run(self, move |s| s.touch_api_key(&id, now)).await {
+                tracing::warn!(error = ?e, "could not record a management key's use");
+            }
+        }
+        Ok(Some(Principal { actor: key.id, name: key.name, role: key.role }))
     }
 }
 
@@ -137,6 +169,19 @@ impl M {
         }
     }
 
+    /// The method of a request (`HEAD` is served as `GET`).
+    pub fn of(method: &axum::http::Method) -> Option<M> {
+        use axum::http::Method;
+        match *method {
+            Method::GET | Method::HEAD => Some(M::Get),
+            Method::POST => Some(M::Post),
+            Method::PUT => Some(M::Put),
+            Method::PATCH => Some(M::Patch),
+            Method::DELETE => Some(M::Delete),
+            _ => None,
+        }
+    }
+
     fn filter(self) -> MethodFilter {
         match self {
             M::Get => MethodFilter::GET,
@@ -153,12 +198,15 @@ impl M {
 pub struct Routes {
     public: Router<AppState>,
     protected: Router<AppState>,
+    /// Every route served.
     pub table: Vec<(M, &'static str)>,
+    /// The routes of `table` served without authentication.
+    pub open_table: Vec<(M, &'static str)>,
 }
 
 impl Routes {
     fn new() -> Self {
-        Routes { public: Router::new(), protected: Router::new(), table: Vec::new() }
+        Routes { public: Router::new(), protected: Router::new(), table: Vec::new(), open_table: Vec::new() }
     }
 
     /// A route that needs the listener's bearer token.
@@ -191,6 +239,7 @@ impl Routes {
     {
         self.public = self.public.route(path, on(m.filter(), h));
         self.table.push((m, path));
+        self.open_table.push((m, path));
         self
     }
 
@@ -199,10 +248,11 @@ impl Routes {
             Guard::Admin => "management",
             Guard::Gateway => "gateway",
         };
-        let protected = self
-            .protected
-            .route_layer(from_fn_with_state((state.clone(), guard), require_token))
-            .route_layer(from_fn(tag_route));
+        let protected = match guard {
+            Guard::Admin => self.protected.route_layer(from_fn_with_state(state.clone(), require_management)),
+            Guard::Gateway => self.protected.route_layer(from_fn_with_state(state.clone(), require_gateway)),
+        };
+        let protected = protected.route_layer(from_fn(tag_route));
         let public = self.public.route_layer(from_fn(tag_route));
         public
             .merge(protected)
@@ -221,12 +271,65 @@ enum Guard {
     Gateway,
 }
 
+/// The role each protected route of the management API needs: the one place
+/// where roles are decided. `viewer`: every GET; `operator`: a viewer's, and
+/// the writes on access keys and access-key configurations; `admin`:
+/// everything. A route not listed here needs `admin` ([`required_role`]),
+/// and `every_management_route_has_a_role_rule` fails until it is listed.
+pub const ROUTE_ROLES: &[(M, &str, Role)] = &[
+    (M::Get, "/whoami", Role::Viewer),
+    (M::Get, "/access-keys", Role::Viewer),
+    (M::Post, "/access-keys", Role::Operator),
+    (M::Get, "/access-keys/{id}", Role::Viewer),
+    (M::Patch, "/access-keys/{id}", Role::Operator),
+    (M::Delete, "/access-keys/{id}", Role::Operator),
+    (M::Post, "/access-keys/{id}/rotate", Role::Operator),
+    (M::Get, "/access-key-configurations", Role::Viewer),
+    (M::Post, "/access-key-configurations", Role::Operator),
+    (M::Get, "/access-key-configurations/{id}", Role::Viewer),
+    (M::Patch, "/access-key-configurations/{id}", Role::Operator),
+    (M::Delete, "/access-key-configurations/{id}", Role::Operator),
+    (M::Get, "/provider-keys", Role::Viewer),
+    (M::Post, "/provider-keys", Role::Admin),
+    (M::Get, "/provider-keys/{id}", Role::Viewer),
+    (M::Patch, "/provider-keys/{id}", Role::Admin),
+    (M::Delete, "/provider-keys/{id}", Role::Admin),
+    (M::Post, "/provider-keys/{id}/rotate", Role::Admin),
+    (M::Get, "/providers", Role::Viewer),
+    (M::Post, "/providers", Role::Admin),
+    (M::Get, "/providers/{id}", Role::Viewer),
+    (M::Patch, "/providers/{id}", Role::Admin),
+    (M::Delete, "/providers/{id}", Role::Admin),
+    (M::Get, "/usage", Role::Viewer),
+    (M::Get, "/usage/summary", Role::Viewer),
+    (M::Get, "/credits", Role::Viewer),
+    (M::Post, "/credits", Role::Admin),
+    (M::Patch, "/credits", Role::Admin),
+    (M::Get, "/prices", Role::Viewer),
+    (M::Put, "/prices/{provider}/{model}", Role::Admin),
+    (M::Delete, "/prices/{provider}/{model}", Role::Admin),
+    (M::Get, "/api-keys", Role::Viewer),
+    (M::Post, "/api-keys", Role::Admin),
+    (M::Get, "/api-keys/{id}", Role::Viewer),
+    (M::Patch, "/api-keys/{id}", Role::Admin),
+    (M::Delete, "/api-keys/{id}", Role::Admin),
+    (M::Post, "/api-keys/{id}/rotate", Role::Admin),
+    (M::Get, "/audit-log", Role::Viewer),
+];
+
+/// The role a management route needs: its rule in [`ROUTE_ROLES`], else
+/// `admin` (a new route is admin-only until it is given a rule).
+pub fn required_role(m: M, path: &str) -> Role {
+    ROUTE_ROLES.iter().find(|(rm, rp, _)| *rm == m && *rp == path).map_or(Role::Admin, |(_, _, r)| *r)
+}
+
 /// Every route of the management API.
 pub fn management_routes() -> Routes {
     Routes::new()
         .open(M::Get, "/healthz", healthz)
         .open(M::Get, "/openapi.json", openapi)
         .open(M::Get, "/metrics", metrics)
+        .auth(M::Get, "/whoami", api_keys::whoami)
         .auth(M::Get, "/access-keys", access_keys::list)
         .auth(M::Post, "/access-keys", access_keys::create)
         .auth(M::Get, "/access-keys/{id}", access_keys::get)
@@ -263,6 +366,13 @@ pub fn management_routes() -> Routes {
         .auth(M::Patch, "/alert-webhooks/{id}", alerts::update)
         .auth(M::Delete, "/alert-webhooks/{id}", alerts::delete)
         .auth(M::Get, "/alert-webhooks/{id}/deliveries", alerts::deliveries)
+        .auth(M::Get, "/api-keys", api_keys::list)
+        .auth(M::Post, "/api-keys", api_keys::create)
+        .auth(M::Get, "/api-keys/{id}", api_keys::get)
+        .auth(M::Patch, "/api-keys/{id}", api_keys::update)
+        .auth(M::Delete, "/api-keys/{id}", api_keys::delete)
+        .auth(M::Post, "/api-keys/{id}/rotate", api_keys::rotate)
+        .auth(M::Get, "/audit-log", audit::list)
 }
 
 /// Every route of the gateway listener.
@@ -278,7 +388,7 @@ pub fn gateway_routes() -> Routes {
         .auth_limit(M::Post, "/v1/usage", USAGE_BODY_LIMIT, gateway::usage)
 }
 
-/// The management API (admin token).
+/// The management API (the bootstrap admin token and management keys, by role).
 pub fn management_app(state: AppState) -> Router {
     management_routes().finish(state, Guard::Admin)
 }
@@ -296,18 +406,37 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Constant-time check of the listener's bearer token. The admin and gateway
-/// tokens are distinct (checked at startup), so neither works on the other
-/// listener, and access keys work on neither.
-async fn require_token(State((state, guard)): State<(AppState, Guard)>, req: Request, next: Next) -> Response {
-    let expected = match guard {
-        Guard::Admin => &state.admin_token,
-        Guard::Gateway => &state.gateway_token,
-    };
+/// Constant-time check of the gateway listener's bearer token: the gateway
+/// token only (never the admin token, a management key or an access key).
+async fn require_gateway(State(state): State<AppState>, req: Request, next: Next) -> Response {
     match bearer(&req) {
-        Some(t) if secret_eq(t, expected) => next.run(req).await,
+        Some(t) if secret_eq(t, &state.gateway_token) => next.run(req).await,
         _ => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// Authenticates a management call ([`AppState::authenticate`]: 401 when
+/// nobody holds the token), checks the caller's role against the route's
+/// rule (403 `insufficient_role`), and hands the [`Principal`] to the
+/// handler as a request extension (replacing any the request carried).
+async fn require_management(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(token) = bearer(&req).map(str::to_owned) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let principal = match state.authenticate(&token).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return ApiError::Unauthorized.into_response(),
+        Err(e) => return e.into_response(),
+    };
+    let required = match (M::of(req.method()), req.extensions().get::<MatchedPath>()) {
+        (Some(m), Some(path)) => required_role(m, path.as_str()),
+        _ => Role::Admin,
+    };
+    if !principal.may(required) {
+        return ApiError::InsufficientRole { required, role: principal.role }.into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 /// The route template a response came from, for the request log.

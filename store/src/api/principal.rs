@@ -31,3 +31,86 @@ impl Role {
 /// the audit log records them as made through the console.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViaConsole;
+
+impl Role {
+    /// A role by its wire name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The actor of the bootstrap admin token (`KEYGATE_ADMIN_TOKEN`).
+pub const BOOTSTRAP: &str = "bootstrap";
+
+/// Who makes a management call: the bootstrap admin token, or a management
+/// key (`mk_…`) with its role as it is at the time of the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// `bootstrap`, or the management key's id (`mk_…`).
+    pub actor: String,
+    /// The management key's name (`bootstrap admin token` for the bootstrap token).
+    pub name: String,
+    pub role: Role,
+}
+
+impl Principal {
+    /// The bootstrap admin token's principal: role admin.
+    pub fn bootstrap() -> Self {
+        Principal { actor: BOOTSTRAP.into(), name: "bootstrap admin token".into(), role: Role::Admin }
+    }
+
+    /// Whether this principal's role covers `required`.
+    pub fn may(&self, required: Role) -> bool {
+        self.role >= required
+    }
+}
+
+/// Through what a management call came: the HTTP API, or the console (a
+/// request carrying the [`ViaConsole`] extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    Api,
+    Console,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Api => "api",
+            Via::Console => "console",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Via> {
+        match s {
+            "api" => Some(Via::Api),
+            "console" => Some(Via::Console),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_and_named() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+            assert_eq!(serde_json::to_value(r).unwrap(), serde_json::json!(r.as_str()));
+        }
+        assert_eq!(Role::parse("Admin"), None);
+        let p = Principal::bootstrap();
+        assert!(p.may(Role::Admin) && p.may(Role::Viewer));
+        let v = Principal { actor: "mk_1".into(), name: "v".into(), role: Role::Viewer };
+        assert!(v.may(Role::Viewer) && !v.may(Role::Operator));
+    }
+}

@@ -3,8 +3,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use serde_json::json;
 
-use super::extract::{ApiJson, Id, Paging};
+use super::extract::{Audited, Caller, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::model::{
@@ -26,9 +27,14 @@ fn check_value(v: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The audit log's resource type of provider keys (whose `value` it
+/// records as `[redacted]`).
+const RESOURCE: &str = "provider_key";
+
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateProviderKey>,
+    caller: Caller,
+    Audited(req, body): Audited<CreateProviderKey>,
 ) -> Result<(StatusCode, Json<ProviderKey>), ApiError> {
     if !is_provider_id(&req.provider_id) {
         return Err(ApiError::invalid("providerId", "not a provider id"));
@@ -44,7 +50,8 @@ pub async fn create(
         managed: req.managed,
         value: req.value,
     };
-    let key = run(&state, move |s| s.create_provider_key(&new)).await?;
+    let audit = caller.audit("provider_key.create", RESOURCE, None, body);
+    let key = run(&state, move |s| s.create_provider_key(&new, &audit)).await?;
     Ok((StatusCode::CREATED, Json(key)))
 }
 
@@ -63,8 +70,9 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Provi
 
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<PatchProviderKey>,
+    Audited(req, body): Audited<PatchProviderKey>,
 ) -> Result<Json<ProviderKey>, ApiError> {
     if req.value.is_some() {
         return Err(ApiError::invalid(
@@ -74,20 +82,24 @@ pub async fn update(
     }
     let (description, metadata) = check_text_changes(req.name.as_deref(), req.description, req.metadata)?;
     let changes = ProviderKeyChanges { name: req.name, description, metadata, managed: req.managed };
-    Ok(Json(run(&state, move |s| s.update_provider_key(&id, &changes)).await?))
+    let audit = caller.audit("provider_key.update", RESOURCE, Some(id.clone()), body);
+    Ok(Json(run(&state, move |s| s.update_provider_key(&id, &changes, &audit)).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    run(&state, move |s| s.delete_provider_key(&id)).await?;
+pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {
+    let audit = caller.audit("provider_key.delete", RESOURCE, Some(id.clone()), json!({}));
+    run(&state, move |s| s.delete_provider_key(&id, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn rotate(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<RotateProviderKey>,
+    Audited(req, body): Audited<RotateProviderKey>,
 ) -> Result<Json<ProviderKey>, ApiError> {
     check_value(&req.value)?;
     let value = req.value;
-    Ok(Json(run(&state, move |s| s.rotate_provider_key(&id, &value)).await?))
+    let audit = caller.audit("provider_key.rotate", RESOURCE, Some(id.clone()), body);
+    Ok(Json(run(&state, move |s| s.rotate_provider_key(&id, &value, &audit)).await?))
 }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::extract::{ApiJson, Id};
+use super::extract::{Audited, Caller, Id};
 use super::{run, AppState};
 use crate::error::ApiError;
 use crate::model::{
@@ -13,9 +13,13 @@ use crate::model::{
 };
 use crate::storage::{NewProvider, ProviderChanges};
 
+/// The audit log's resource type of providers.
+const RESOURCE: &str = "provider";
+
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateProvider>,
+    caller: Caller,
+    Audited(req, body): Audited<CreateProvider>,
 ) -> Result<(StatusCode, Json<Provider>), ApiError> {
     if !is_provider_id(&req.provider_id) {
         return Err(ApiError::invalid("providerId", "providerId must match [a-z0-9][a-z0-9._-]{0,62}"));
@@ -31,7 +35,8 @@ pub async fn create(
         auth: req.auth.unwrap_or_else(|| default_auth(req.format)),
         models: req.models,
     };
-    let provider = run(&state, move |s| s.create_provider(&new)).await?;
+    let audit = caller.audit("provider.create", RESOURCE, Some(new.id.clone()), body);
+    let provider = run(&state, move |s| s.create_provider(&new, &audit)).await?;
     Ok((StatusCode::CREATED, Json(provider)))
 }
 
@@ -46,8 +51,9 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Provi
 
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<PatchProvider>,
+    Audited(req, body): Audited<PatchProvider>,
 ) -> Result<Json<Provider>, ApiError> {
     if let Some(n) = &req.name {
         check_name("name", n)?;
@@ -57,10 +63,12 @@ pub async fn update(
         check_models("models", m)?;
     }
     let changes = ProviderChanges { name: req.name, base_url, format: req.format, auth: req.auth, models: req.models };
-    Ok(Json(run(&state, move |s| s.update_provider(&id, &changes)).await?))
+    let audit = caller.audit("provider.update", RESOURCE, Some(id.clone()), body);
+    Ok(Json(run(&state, move |s| s.update_provider(&id, &changes, &audit)).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    run(&state, move |s| s.delete_provider(&id)).await?;
+pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {
+    let audit = caller.audit("provider.delete", RESOURCE, Some(id.clone()), json!({}));
+    run(&state, move |s| s.delete_provider(&id, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,8 @@
 use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Deserializer};
 
+use crate::api::principal::Role;
+
 use super::resources::{AccessSpec, AlertEvent, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
 
 /// `Option<Option<T>>` for PATCH: absent = `None`, `null` = `Some(None)`.
@@ -74,6 +76,39 @@ pub struct RotateAccessKey {
     #[serde(default)]
     pub grace_period_seconds: Option<u64>,
 }
+
+/// A role by its name: a string naming no role (or not a string: `null`,
+/// a number) is an `invalid_field` error on `role`.
+fn role<'de, D: Deserializer<'de>>(d: D) -> Result<Role, D::Error> {
+    let name = String::deserialize(d)?;
+    Role::parse(&name).ok_or_else(|| serde::de::Error::custom("role must be one of admin, operator, viewer"))
+}
+
+fn some_role<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Role>, D::Error> {
+    role(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateApiKey {
+    pub name: String,
+    #[serde(deserialize_with = "role")]
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchApiKey {
+    #[serde(default, deserialize_with = "non_null")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "some_role")]
+    pub role: Option<Role>,
+}
+
+/// `POST /api-keys/{id}/rotate` takes no fields (an empty body or `{}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateApiKey {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -5,6 +5,7 @@
 use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Serialize};
 
+use crate::api::principal::{Role, Via};
 pub use crate::policy::alerts::AlertEvent;
 use crate::pricing::Window;
 
@@ -40,6 +41,45 @@ pub struct AccessKey {
     /// Only in the create and rotate responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+}
+
+/// A management API key (`mk_…`): a named credential of the management API
+/// with a role. Carries its token in the create and rotate answers only.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// `kgm_` and the token's first 8 hex characters, to recognise it.
+    pub token_prefix: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Last authenticated call, to the minute (null: never used).
+    pub last_used_at: Option<String>,
+    /// Only in the create and rotate responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+/// One audit-log entry: a management change, who made it and through what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub id: String,
+    /// RFC 3339 UTC, milliseconds.
+    pub time: String,
+    /// The same instant, unix milliseconds.
+    pub time_ms: i64,
+    /// `bootstrap` or the management key's id (`mk_…`).
+    pub actor: String,
+    pub via: Via,
+    /// `<resource type>.<verb>`: `access_key.create`, `api_key.role_change`, ...
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: Option<String>,
+    /// The changed fields with their new values; secrets are `[redacted]`.
+    pub changes: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

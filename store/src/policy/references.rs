@@ -18,6 +18,7 @@ pub enum Resource {
     Config,
     Provider,
     AlertWebhook,
+    ApiKey,
 }
 
 impl Resource {
@@ -28,6 +29,7 @@ impl Resource {
             Resource::Config => "access key configuration",
             Resource::Provider => "provider",
             Resource::AlertWebhook => "alert webhook",
+            Resource::ApiKey => "management API key",
         }
     }
 }

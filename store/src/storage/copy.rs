@@ -1,14 +1,16 @@
 //! `keygate copy`: moves a SQLite deployment onto PostgreSQL with nothing
 //! lost. Every table is copied row for row, column for column (ids, digests,
 //! redacted forms, sealed provider-key values and webhook secrets byte for
-//! byte, sequence numbers, the version counter and the change log, alert
-//! webhooks with their marks and deliveries), in one PostgreSQL transaction, from
-//! one SQLite read snapshot; row counts are compared before it commits.
+//! byte, sequence numbers, the version counter and the change log, management
+//! keys and the audit log, alert webhooks with their marks and deliveries), in
+//! one PostgreSQL transaction, from one SQLite read snapshot; row counts are
+//! compared before it commits.
 //!
 //! The target must be empty (migrated or not, never served): the copy refuses
-//! a database that holds any key, configuration, provider, usage or a master
-//! key check. Provider-key values stay sealed, so the PostgreSQL store must be
-//! run with the same master key as the SQLite one.
+//! a database that holds any key, configuration, provider, usage, management
+//! key, audit-log entry, alert webhook or delivery, or a master key check.
+//! Provider-key values and webhook secrets stay sealed, so the PostgreSQL store
+//! must be run with the same master key as the SQLite one.
 
 use std::path::{Path, PathBuf};
 
@@ -223,6 +225,32 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("error", Text),
         ],
     ),
+    (
+        "api_keys",
+        &[
+            ("id", Text),
+            ("name", Text),
+            ("role", Text),
+            ("digest", Text),
+            ("token_prefix", Text),
+            ("created_ms", Int),
+            ("updated_ms", Int),
+            ("last_used_ms", Int),
+        ],
+    ),
+    (
+        "audit_log",
+        &[
+            ("id", Text),
+            ("at_ms", Int),
+            ("actor", Text),
+            ("via", Text),
+            ("action", Text),
+            ("resource_type", Text),
+            ("resource_id", Text),
+            ("changes_json", Text),
+        ],
+    ),
 ];
 
 /// Tables whose `seq` is an identity column: its sequence continues after the copy.
@@ -340,7 +368,19 @@ fn copy(src: &mut Connection, dst: &mut postgres::Client) -> Result<Copied, Copy
     tx.execute("LOCK TABLE meta, key_check, providers IN EXCLUSIVE MODE", &[])?;
     let version = tx.query_one("SELECT value FROM meta WHERE key = 'version'", &[])?.try_get::<_, i64>(0)?;
     let mut held = Vec::new();
-    for table in ["key_check", "providers", "configs", "access_keys", "provider_keys", "usage", "reservations"] {
+    for table in [
+        "key_check",
+        "providers",
+        "configs",
+        "access_keys",
+        "provider_keys",
+        "usage",
+        "reservations",
+        "api_keys",
+        "audit_log",
+        "alert_webhooks",
+        "alert_deliveries",
+    ] {
         let n: i64 = tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?.try_get(0)?;
         if n > 0 {
             held.push(format!("{table} ({n})"));

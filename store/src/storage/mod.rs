@@ -23,13 +23,15 @@ use keygate_proto::lookup::{
     AuthStyle, Changes, Format, LeaseRequest, LeaseResponse, Lookup, ReserveRequest, ReserveResponse, UsageRecord,
 };
 
+use crate::api::principal::Role;
 use crate::crypto::Cipher;
 use crate::error::StoreResult;
 use crate::model::{
-    AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, BudgetSpec, Credits, PriceEntry,
-    Provider, ProviderKey, RateLimitsSpec, RequestLimitsSpec, RouterSpec, SummaryRow, UsageItem,
+    AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, ApiKey, AuditEntry, BudgetSpec,
+    Credits, PriceEntry, Provider, ProviderKey, RateLimitsSpec, RequestLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::policy::alerts::{AlertEvent, NextState};
+pub use crate::policy::audit::Audit;
 
 pub use postgres::{PgStore, PgTarget};
 pub use sqlite::SqliteStore;
@@ -215,6 +217,47 @@ pub struct ProviderChanges {
     pub models: Option<Vec<String>>,
 }
 
+/// A new management API key. Only the token's digest and its recognisable
+/// prefix reach the store.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub name: String,
+    pub role: Role,
+    pub digest: String,
+    pub token_prefix: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyChanges {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// The management key that holds a token, as authentication needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyAuth {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// Unix ms of the last recorded use.
+    pub last_used_ms: Option<i64>,
+}
+
+/// How stale `last_used_ms` of a management key may get: a key's use is
+/// written at most once per this many milliseconds.
+pub const API_KEY_TOUCH_MS: i64 = 60_000;
+
+/// Filters of `/audit-log` (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Entries recorded at or after (unix ms).
+    pub since_ms: Option<i64>,
+    /// Entries recorded before (unix ms).
+    pub until_ms: Option<i64>,
+    pub actor: Option<String>,
+    pub resource_id: Option<String>,
+}
+
 /// A price to store, micro-USD per million tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewPrice {
@@ -326,37 +369,47 @@ pub struct Gauges {
 
 /// The key store. Lists return up to `limit + 1` items so that the caller can
 /// tell whether there is a next page.
+///
+/// Every management change takes the [`Audit`] entry that describes it and
+/// records it in the change's own transaction: no change without its entry.
 pub trait Store: Send + Sync + 'static {
     /// Cheap readiness check.
     fn ping(&self) -> StoreResult<()>;
 
-    fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey>;
+    fn create_access_key(&self, new: &NewAccessKey, audit: &Audit) -> StoreResult<AccessKey>;
     fn list_access_keys(&self, page: &PageRequest) -> StoreResult<Vec<AccessKey>>;
     fn get_access_key(&self, id: &str) -> StoreResult<AccessKey>;
-    fn update_access_key(&self, id: &str, changes: &AccessKeyChanges) -> StoreResult<AccessKey>;
-    fn delete_access_key(&self, id: &str) -> StoreResult<()>;
+    fn update_access_key(&self, id: &str, changes: &AccessKeyChanges, audit: &Audit) -> StoreResult<AccessKey>;
+    fn delete_access_key(&self, id: &str, audit: &Audit) -> StoreResult<()>;
     /// Installs a new token digest; the previous one keeps working for
     /// `grace_seconds` (replacing any earlier grace token).
-    fn rotate_access_key(&self, id: &str, digest: &str, redacted: &str, grace_seconds: i64) -> StoreResult<AccessKey>;
+    fn rotate_access_key(
+        &self,
+        id: &str,
+        digest: &str,
+        redacted: &str,
+        grace_seconds: i64,
+        audit: &Audit,
+    ) -> StoreResult<AccessKey>;
 
-    fn create_provider_key(&self, new: &NewProviderKey) -> StoreResult<ProviderKey>;
+    fn create_provider_key(&self, new: &NewProviderKey, audit: &Audit) -> StoreResult<ProviderKey>;
     fn list_provider_keys(&self, page: &PageRequest) -> StoreResult<Vec<ProviderKey>>;
     fn get_provider_key(&self, id: &str) -> StoreResult<ProviderKey>;
-    fn update_provider_key(&self, id: &str, changes: &ProviderKeyChanges) -> StoreResult<ProviderKey>;
-    fn delete_provider_key(&self, id: &str) -> StoreResult<()>;
-    fn rotate_provider_key(&self, id: &str, value: &str) -> StoreResult<ProviderKey>;
+    fn update_provider_key(&self, id: &str, changes: &ProviderKeyChanges, audit: &Audit) -> StoreResult<ProviderKey>;
+    fn delete_provider_key(&self, id: &str, audit: &Audit) -> StoreResult<()>;
+    fn rotate_provider_key(&self, id: &str, value: &str, audit: &Audit) -> StoreResult<ProviderKey>;
 
-    fn create_config(&self, new: &NewConfig) -> StoreResult<AccessKeyConfiguration>;
+    fn create_config(&self, new: &NewConfig, audit: &Audit) -> StoreResult<AccessKeyConfiguration>;
     fn list_configs(&self, page: &PageRequest) -> StoreResult<Vec<AccessKeyConfiguration>>;
     fn get_config(&self, id: &str) -> StoreResult<AccessKeyConfiguration>;
-    fn update_config(&self, id: &str, changes: &ConfigChanges) -> StoreResult<AccessKeyConfiguration>;
-    fn delete_config(&self, id: &str) -> StoreResult<()>;
+    fn update_config(&self, id: &str, changes: &ConfigChanges, audit: &Audit) -> StoreResult<AccessKeyConfiguration>;
+    fn delete_config(&self, id: &str, audit: &Audit) -> StoreResult<()>;
 
-    fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider>;
+    fn create_provider(&self, new: &NewProvider, audit: &Audit) -> StoreResult<Provider>;
     fn list_providers(&self) -> StoreResult<Vec<Provider>>;
     fn get_provider(&self, id: &str) -> StoreResult<Provider>;
-    fn update_provider(&self, id: &str, changes: &ProviderChanges) -> StoreResult<Provider>;
-    fn delete_provider(&self, id: &str) -> StoreResult<()>;
+    fn update_provider(&self, id: &str, changes: &ProviderChanges, audit: &Audit) -> StoreResult<Provider>;
+    fn delete_provider(&self, id: &str, audit: &Audit) -> StoreResult<()>;
 
     /// The lookup document of a token digest (64 lowercase hex).
     fn lookup(&self, digest: &str) -> StoreResult<Lookup>;
@@ -385,12 +438,12 @@ pub trait Store: Send + Sync + 'static {
 
     fn get_credits(&self) -> StoreResult<Credits>;
     /// Adds (or, negative, removes) micro-USD; the first grant ever enables credits.
-    fn add_credits(&self, micros: i64) -> StoreResult<Credits>;
-    fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits>;
+    fn add_credits(&self, micros: i64, audit: &Audit) -> StoreResult<Credits>;
+    fn set_credits_enabled(&self, enabled: bool, audit: &Audit) -> StoreResult<Credits>;
 
     fn list_prices(&self) -> StoreResult<Vec<PriceEntry>>;
-    fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry>;
-    fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()>;
+    fn put_price(&self, provider: &str, model: &str, price: &NewPrice, audit: &Audit) -> StoreResult<PriceEntry>;
+    fn delete_price(&self, provider: &str, model: &str, audit: &Audit) -> StoreResult<()>;
 
     fn gauges(&self) -> StoreResult<Gauges>;
 
@@ -415,4 +468,26 @@ pub trait Store: Send + Sync + 'static {
     /// Records an attempt of a claimed delivery and moves it to `next`;
     /// `false` (nothing written) when the claim was lost meanwhile.
     fn finish_alert_attempt(&self, d: &ClaimedDelivery, attempt: &AttemptRecord, next: NextState) -> StoreResult<bool>;
+
+    fn create_api_key(&self, new: &NewApiKey, audit: &Audit) -> StoreResult<ApiKey>;
+    fn list_api_keys(&self, page: &PageRequest) -> StoreResult<Vec<ApiKey>>;
+    fn get_api_key(&self, id: &str) -> StoreResult<ApiKey>;
+    fn update_api_key(&self, id: &str, changes: &ApiKeyChanges, audit: &Audit) -> StoreResult<ApiKey>;
+    fn delete_api_key(&self, id: &str, audit: &Audit) -> StoreResult<()>;
+    /// Replaces the token digest: the old token stops working when this commits.
+    fn rotate_api_key(&self, id: &str, digest: &str, token_prefix: &str, audit: &Audit) -> StoreResult<ApiKey>;
+    /// The management key whose token has this digest (read afresh on every
+    /// call: nothing is cached).
+    fn api_key_by_digest(&self, digest: &str) -> StoreResult<Option<ApiKeyAuth>>;
+    /// Records a use of management key `id` at `now_ms`, unless one within
+    /// [`API_KEY_TOUCH_MS`] is already recorded.
+    fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()>;
+
+    /// Records an entry that goes with no stored change (a console sign-in).
+    fn record_audit(&self, audit: &Audit) -> StoreResult<()>;
+    /// Audit-log entries, newest first.
+    fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> StoreResult<Vec<AuditEntry>>;
+    /// Deletes at most `limit` audit-log entries recorded before `before_ms`,
+    /// oldest first, in one transaction; returns how many.
+    fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize>;
 }

@@ -7,14 +7,15 @@ use keygate_proto::lookup::{AuthStyle, Format};
 use crate::error::StoreError;
 use crate::ids::{rfc3339_ms, rfc3339_secs};
 use crate::model::{
-    AccessKey, AccessKeyConfiguration, AlertAttempt, AlertDelivery, AlertWebhook, BudgetSpec, ConfigRef, PriceEntry,
-    Provider, ProviderKey, SummaryRow, UsageItem,
+    AccessKey, AccessKeyConfiguration, AlertAttempt, AlertDelivery, AlertWebhook, ApiKey, AuditEntry, BudgetSpec,
+    ConfigRef, PriceEntry, Provider, ProviderKey, SummaryRow, UsageItem,
 };
 use crate::policy::alerts::{AlertEvent, AlertTarget, ExpiringKey, NextState};
 use crate::policy::budget::{self, config_scope, key_scope, BudgetRow};
 use crate::policy::credits::CreditState;
 use crate::policy::ledger::{Ledger, Reservation, Uncharged};
 use crate::pricing::{micros_to_usd, Price};
+use crate::storage::ApiKeyAuth;
 use crate::storage::PageRequest;
 
 /// The cells of one result row, read by column index.
@@ -418,4 +419,46 @@ pub(crate) fn delivery_state(next: NextState, now_ms: i64) -> (&'static str, i64
 /// A webhook's thresholds and events as stored (JSON arrays).
 pub(crate) fn alert_lists(thresholds: &[u8], events: &[AlertEvent]) -> Result<(String, String), StoreError> {
     Ok((serde_json::to_string(thresholds)?, serde_json::to_string(events)?))
+}
+
+// ------------------------------------------------------------ management keys and the audit log
+
+pub(crate) const API_KEY_COLS: &str =
+    "id, name, role, token_prefix, created_ms, updated_ms, last_used_ms FROM api_keys";
+
+pub(crate) fn api_key<C: Cells>(r: &C) -> Result<ApiKey, C::Error> {
+    Ok(ApiKey {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        role: parse_enum(r.text(2)?)?,
+        token_prefix: r.text(3)?,
+        created_at: rfc3339_ms(r.int(4)?),
+        updated_at: rfc3339_ms(r.int(5)?),
+        last_used_at: r.opt_int(6)?.map(rfc3339_ms),
+        token: None,
+    })
+}
+
+pub(crate) const API_KEY_AUTH_COLS: &str = "id, name, role, last_used_ms FROM api_keys";
+
+pub(crate) fn api_key_auth<C: Cells>(r: &C) -> Result<ApiKeyAuth, C::Error> {
+    Ok(ApiKeyAuth { id: r.text(0)?, name: r.text(1)?, role: parse_enum(r.text(2)?)?, last_used_ms: r.opt_int(3)? })
+}
+
+pub(crate) const AUDIT_COLS: &str =
+    "id, at_ms, actor, via, action, resource_type, resource_id, changes_json FROM audit_log";
+
+pub(crate) fn audit_entry<C: Cells>(r: &C) -> Result<AuditEntry, C::Error> {
+    let at_ms = r.int(1)?;
+    Ok(AuditEntry {
+        id: r.text(0)?,
+        time: rfc3339_ms(at_ms),
+        time_ms: at_ms,
+        actor: r.text(2)?,
+        via: parse_enum(r.text(3)?)?,
+        action: r.text(4)?,
+        resource_type: r.text(5)?,
+        resource_id: r.opt_text(6)?,
+        changes: serde_json::from_str(&r.text(7)?)?,
+    })
 }

@@ -4,6 +4,8 @@
 
 #[path = "../testdb/mod.rs"]
 pub mod testdb;
+#[allow(unused_imports)]
+pub use testdb::test_audit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,7 +69,23 @@ pub async fn send(
     token: Option<&str>,
     body: Option<String>,
 ) -> (StatusCode, Value) {
+    send_via(router, method, uri, token, body, false).await
+}
+
+/// [`send`], as the console sends it when `console` (the request carries
+/// the `ViaConsole` extension).
+pub async fn send_via(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    token: Option<&str>,
+    body: Option<String>,
+    console: bool,
+) -> (StatusCode, Value) {
     let mut req = Request::builder().method(method).uri(uri);
+    if console {
+        req = req.extension(keygate_store::api::principal::ViaConsole);
+    }
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -99,6 +117,20 @@ impl H {
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
         conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
         conn.execute_batch(sql).unwrap();
+    }
+
+    /// Direct SQL on the database that may fail (the error as text).
+    pub fn try_sql(&self, sql: &str) -> Result<(), String> {
+        if let Some(db) = &self.pg {
+            let url = db.url.clone();
+            return testdb::off_runtime(|| {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).map_err(|e| e.to_string())?;
+                c.batch_execute(sql).map_err(|e| format!("{e:?}"))
+            });
+        }
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        conn.execute_batch(sql).map_err(|e| e.to_string())
     }
 
     /// A byte-string literal of the backend's SQL.

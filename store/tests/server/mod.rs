@@ -4,6 +4,8 @@
 
 #[path = "../testdb/mod.rs"]
 pub mod testdb;
+#[allow(unused_imports)]
+pub use testdb::test_audit;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

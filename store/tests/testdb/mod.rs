@@ -6,6 +6,18 @@
 /// The server the PostgreSQL runs use; unset = SQLite.
 pub const ENV: &str = "KEYGATE_TEST_DATABASE_URL";
 
+/// The audit entry of a change a test makes on a store directly.
+pub fn test_audit() -> keygate_store::storage::Audit {
+    keygate_store::storage::Audit::new(
+        &keygate_store::api::principal::Principal::bootstrap(),
+        keygate_store::api::principal::Via::Api,
+        "test.change",
+        "test",
+        None,
+        serde_json::json!({}),
+    )
+}
+
 /// Runs `f` on a plain thread: the blocking PostgreSQL client must not run
 /// on a thread that drives async tasks (the tests' own runtime).
 pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {

@@ -50,6 +50,7 @@ mod alerts;
 pub(crate) mod error;
 mod leases;
 mod ledger;
+mod management;
 mod reports;
 mod schema;
 pub mod tls;
@@ -66,17 +67,17 @@ use super::rows::{
 };
 use super::update::Assignments;
 use super::{
-    AccessKeyChanges, AlertWebhookChanges, AttemptRecord, ClaimedDelivery, ConfigChanges, Gauges, GroupBy,
-    NewAccessKey, NewAlertWebhook, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest,
-    ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
+    AccessKeyChanges, AlertWebhookChanges, ApiKeyAuth, ApiKeyChanges, AttemptRecord, Audit, AuditFilter,
+    ClaimedDelivery, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig, NewPrice,
+    NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
 use crate::error::{StoreError, StoreResult};
 use crate::ids::{new_id, now_ms, now_secs};
 use crate::model::{
-    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, Credits, PriceEntry,
-    Provider, ProviderKey, RouterSpec, SummaryRow, UsageItem,
+    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, ApiKey, AuditEntry,
+    Credits, PriceEntry, Provider, ProviderKey, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::plan::{KeyRow, ProviderRow};
 use crate::policy::alerts::NextState;
@@ -517,7 +518,7 @@ impl Store for PgStore {
 
     // -------------------------------------------------------- access keys
 
-    fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey> {
+    fn create_access_key(&self, new: &NewAccessKey, audit: &Audit) -> StoreResult<AccessKey> {
         let id = new_id("ak_")?;
         let budget = to_json_opt(new.budget.as_ref())?;
         let cap = count_cell(new.max_concurrent_requests)?;
@@ -532,6 +533,7 @@ impl Store for PgStore {
                 &[&id, &new.name, &new.description, &new.metadata, &new.config_id, &new.expires_at, &new.disabled, &new.digest, &new.redacted, &now, &budget, &cap],
             )?;
             self.bump(tx, &[Some(new.digest.clone())])?;
+            management::record(tx, audit, Some(&id))?;
             get_access_key(tx, &id)
         })
     }
@@ -556,7 +558,7 @@ impl Store for PgStore {
         self.read(|tx| get_access_key(tx, id))
     }
 
-    fn update_access_key(&self, id: &str, ch: &AccessKeyChanges) -> StoreResult<AccessKey> {
+    fn update_access_key(&self, id: &str, ch: &AccessKeyChanges, audit: &Audit) -> StoreResult<AccessKey> {
         let budget = json_change(&ch.budget)?;
         let cap = count_change(ch.max_concurrent_requests)?;
         self.write(|tx| {
@@ -576,21 +578,29 @@ impl Store for PgStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "access_keys", id)?;
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_access_key(tx, id)
         })
     }
 
-    fn delete_access_key(&self, id: &str) -> StoreResult<()> {
+    fn delete_access_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             tx.execute("DELETE FROM access_keys WHERE id = $1", &[&id])?;
             forget_scope(tx, &key_scope(id))?;
             self.bump(tx, &digests)?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
-    fn rotate_access_key(&self, id: &str, digest: &str, redacted: &str, grace_seconds: i64) -> StoreResult<AccessKey> {
+    fn rotate_access_key(
+        &self,
+        id: &str,
+        digest: &str,
+        redacted: &str,
+        grace_seconds: i64,
+        audit: &Audit,
+    ) -> StoreResult<AccessKey> {
         self.write(|tx| {
             let mut digests = digests_of_key(tx, id)?;
             let now = now_ms();
@@ -602,13 +612,14 @@ impl Store for PgStore {
             )?;
             digests.push(Some(digest.to_string()));
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_access_key(tx, id)
         })
     }
 
     // -------------------------------------------------------- provider keys
 
-    fn create_provider_key(&self, new: &NewProviderKey) -> StoreResult<ProviderKey> {
+    fn create_provider_key(&self, new: &NewProviderKey, audit: &Audit) -> StoreResult<ProviderKey> {
         let id = new_id("pk_")?;
         let sealed = self.cipher.encrypt(&id, new.value.as_bytes())?;
         let redacted = redact_value(&new.value);
@@ -621,6 +632,7 @@ impl Store for PgStore {
                 &[&id, &new.provider_id, &new.name, &new.description, &new.metadata, &new.managed, &sealed, &redacted, &now],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, Some(&id))?;
             get_provider_key(tx, &id)
         })
     }
@@ -639,7 +651,7 @@ impl Store for PgStore {
         self.read(|tx| get_provider_key(tx, id))
     }
 
-    fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges) -> StoreResult<ProviderKey> {
+    fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges, audit: &Audit) -> StoreResult<ProviderKey> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
             let a = Assignments::default()
@@ -650,21 +662,22 @@ impl Store for PgStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "provider_keys", id)?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider_key(tx, id)
         })
     }
 
-    fn delete_provider_key(&self, id: &str) -> StoreResult<()> {
+    fn delete_provider_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
             refs::may_delete_provider_key(id, &config_specs(tx)?)?;
             tx.execute("DELETE FROM provider_keys WHERE id = $1", &[&id])?;
             self.bump(tx, &[None])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
-    fn rotate_provider_key(&self, id: &str, value: &str) -> StoreResult<ProviderKey> {
+    fn rotate_provider_key(&self, id: &str, value: &str, audit: &Audit) -> StoreResult<ProviderKey> {
         let sealed = self.cipher.encrypt(id, value.as_bytes())?;
         let redacted = redact_value(value);
         self.write(|tx| {
@@ -674,13 +687,14 @@ impl Store for PgStore {
                 &[&id, &sealed, &redacted, &now_ms()],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider_key(tx, id)
         })
     }
 
     // -------------------------------------------------------- configurations
 
-    fn create_config(&self, new: &NewConfig) -> StoreResult<AccessKeyConfiguration> {
+    fn create_config(&self, new: &NewConfig, audit: &Audit) -> StoreResult<AccessKeyConfiguration> {
         let id = new_id("akc_")?;
         let access = to_json_opt(new.access.as_ref())?;
         let router = to_json_opt(new.router.as_ref())?;
@@ -709,6 +723,7 @@ impl Store for PgStore {
                 ],
             )?;
             self.bump(tx, &[])?;
+            management::record(tx, audit, Some(&id))?;
             get_config(tx, &id)
         })
     }
@@ -731,7 +746,7 @@ impl Store for PgStore {
         self.read(|tx| get_config(tx, id))
     }
 
-    fn update_config(&self, id: &str, ch: &ConfigChanges) -> StoreResult<AccessKeyConfiguration> {
+    fn update_config(&self, id: &str, ch: &ConfigChanges, audit: &Audit) -> StoreResult<AccessKeyConfiguration> {
         let (access_json, router_json) = (json_change(&ch.access)?, json_change(&ch.router)?);
         let (limits_json, budget_json) = (json_change(&ch.rate_limits)?, json_change(&ch.budget)?);
         let request_limits_json = json_change(&ch.request_limits)?;
@@ -756,11 +771,12 @@ impl Store for PgStore {
             execute(a, tx, "configs", id)?;
             let digests = digests_of_config(tx, id)?;
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_config(tx, id)
         })
     }
 
-    fn delete_config(&self, id: &str) -> StoreResult<()> {
+    fn delete_config(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             get_config(tx, id)?;
             let users = count(tx, "SELECT COUNT(*) FROM access_keys WHERE config_id = $1", id)?;
@@ -769,13 +785,13 @@ impl Store for PgStore {
             tx.execute("DELETE FROM configs WHERE id = $1", &[&id])?;
             forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
     // -------------------------------------------------------- providers
 
-    fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider> {
+    fn create_provider(&self, new: &NewProvider, audit: &Audit) -> StoreResult<Provider> {
         let models = serde_json::to_string(&new.models)?;
         self.write(|tx| {
             refs::require_new_provider(&new.id, provider_exists(tx, &new.id)?)?;
@@ -786,6 +802,7 @@ impl Store for PgStore {
                 &[&new.id, &new.name, &new.base_url, &format_str(new.format), &auth_str(new.auth), &models, &now],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, Some(&new.id))?;
             get_provider(tx, &new.id)
         })
     }
@@ -800,7 +817,7 @@ impl Store for PgStore {
         self.read(|tx| get_provider(tx, id))
     }
 
-    fn update_provider(&self, id: &str, ch: &ProviderChanges) -> StoreResult<Provider> {
+    fn update_provider(&self, id: &str, ch: &ProviderChanges, audit: &Audit) -> StoreResult<Provider> {
         let models = ch.models.as_ref().map(serde_json::to_string).transpose()?;
         self.write(|tx| {
             let current = get_provider(tx, id)?;
@@ -814,18 +831,19 @@ impl Store for PgStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "providers", id)?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider(tx, id)
         })
     }
 
-    fn delete_provider(&self, id: &str) -> StoreResult<()> {
+    fn delete_provider(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             let keys = count(tx, "SELECT COUNT(*) FROM provider_keys WHERE provider_id = $1", id)?;
             refs::may_delete_provider(&current, keys, &config_specs(tx)?)?;
             tx.execute("DELETE FROM providers WHERE id = $1", &[&id])?;
             self.bump(tx, &[None])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
@@ -884,20 +902,22 @@ impl Store for PgStore {
         self.read(|tx| credits::view(&mut PgLedger(tx)))
     }
 
-    fn add_credits(&self, micros: i64) -> StoreResult<Credits> {
+    fn add_credits(&self, micros: i64, audit: &Audit) -> StoreResult<Credits> {
         self.write(|tx| {
             if credits::add(&mut PgLedger(tx), micros)? {
                 self.bump(tx, &[None])?;
             }
+            management::record(tx, audit, None)?;
             credits::view(&mut PgLedger(tx))
         })
     }
 
-    fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits> {
+    fn set_credits_enabled(&self, enabled: bool, audit: &Audit) -> StoreResult<Credits> {
         self.write(|tx| {
             if credits::set_enabled(&mut PgLedger(tx), enabled)? {
                 self.bump(tx, &[None])?;
             }
+            management::record(tx, audit, None)?;
             credits::view(&mut PgLedger(tx))
         })
     }
@@ -906,12 +926,19 @@ impl Store for PgStore {
         self.read(reports::list_prices)
     }
 
-    fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry> {
-        self.write(|tx| reports::put_price(tx, provider, model, price, now_ms()))
+    fn put_price(&self, provider: &str, model: &str, price: &NewPrice, audit: &Audit) -> StoreResult<PriceEntry> {
+        self.write(|tx| {
+            let entry = reports::put_price(tx, provider, model, price, now_ms())?;
+            management::record(tx, audit, None)?;
+            Ok(entry)
+        })
     }
 
-    fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()> {
-        self.write(|tx| reports::delete_price(tx, provider, model))
+    fn delete_price(&self, provider: &str, model: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| {
+            reports::delete_price(tx, provider, model)?;
+            management::record(tx, audit, None)
+        })
     }
 
     fn gauges(&self) -> StoreResult<Gauges> {
@@ -962,5 +989,53 @@ impl Store for PgStore {
 
     fn finish_alert_attempt(&self, d: &ClaimedDelivery, attempt: &AttemptRecord, next: NextState) -> StoreResult<bool> {
         self.write(|tx| alerts::finish(tx, d, attempt, next))
+    }
+
+    // -------------------------------------------------------- management keys, audit log
+
+    fn create_api_key(&self, new: &NewApiKey, audit: &Audit) -> StoreResult<ApiKey> {
+        let id = new_id("mk_")?;
+        self.write(|tx| management::create_api_key(tx, &id, new, audit))
+    }
+
+    fn list_api_keys(&self, page: &PageRequest) -> StoreResult<Vec<ApiKey>> {
+        self.read(|tx| management::list_api_keys(tx, page))
+    }
+
+    fn get_api_key(&self, id: &str) -> StoreResult<ApiKey> {
+        self.read(|tx| management::get_api_key(tx, id))
+    }
+
+    fn update_api_key(&self, id: &str, changes: &ApiKeyChanges, audit: &Audit) -> StoreResult<ApiKey> {
+        self.write(|tx| management::update_api_key(tx, id, changes, audit))
+    }
+
+    fn delete_api_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| management::delete_api_key(tx, id, audit))
+    }
+
+    fn rotate_api_key(&self, id: &str, digest: &str, token_prefix: &str, audit: &Audit) -> StoreResult<ApiKey> {
+        self.write(|tx| management::rotate_api_key(tx, id, digest, token_prefix, audit))
+    }
+
+    fn api_key_by_digest(&self, digest: &str) -> StoreResult<Option<ApiKeyAuth>> {
+        self.read(|tx| management::api_key_by_digest(tx, digest))
+    }
+
+    fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()> {
+        self.write(|tx| management::touch_api_key(tx, id, now_ms))
+    }
+
+    fn record_audit(&self, entry: &Audit) -> StoreResult<()> {
+        self.write(|tx| management::record(tx, entry, None))
+    }
+
+    fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> StoreResult<Vec<AuditEntry>> {
+        self.read(|tx| management::list_audit(tx, filter, page))
+    }
+
+    fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize> {
+        let n = self.write(|tx| management::purge_audit(tx, before_ms, limit))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }

@@ -23,6 +23,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
+    Migration { version: 6, name: "management API keys and the audit log" },
     Migration { version: 7, name: "alert webhooks and their deliveries" },
 ];
 
@@ -160,6 +161,41 @@ INSERT INTO meta(key, value) VALUES ('version', 0), ('trimmed_through', 0), ('cr
     ('credits_granted', 0), ('credits_touched', 0), ('prices_seeded', 1);
 "#;
 
+/// Migration 6: management API keys (token digests only) and the audit log,
+/// which nothing may update (the retention sweep deletes old entries).
+const V6: &str = r#"
+CREATE TABLE api_keys (
+    id           TEXT COLLATE "C" PRIMARY KEY,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    digest       TEXT COLLATE "C" NOT NULL UNIQUE,
+    token_prefix TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    updated_ms   BIGINT NOT NULL,
+    last_used_ms BIGINT
+);
+CREATE TABLE audit_log (
+    id            TEXT COLLATE "C" PRIMARY KEY,
+    at_ms         BIGINT NOT NULL,
+    actor         TEXT COLLATE "C" NOT NULL,
+    via           TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id   TEXT COLLATE "C",
+    changes_json  TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log(at_ms);
+CREATE INDEX audit_log_actor ON audit_log(actor, id);
+CREATE INDEX audit_log_resource ON audit_log(resource_id, id);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+"#;
+
 fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     if m.version == 2 {
         tx.batch_execute(super::leases::SCHEMA)?;
@@ -172,6 +208,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 5 {
         tx.batch_execute("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests BIGINT")?;
+    }
+    if m.version == 6 {
+        tx.batch_execute(V6)?;
     }
     if m.version == 7 {
         tx.batch_execute(super::alerts::SCHEMA)?;

@@ -19,6 +19,7 @@ mod alerts;
 pub(crate) mod error;
 mod leases;
 mod ledger;
+mod management;
 mod reports;
 mod schema;
 
@@ -31,17 +32,17 @@ use super::rows::{
 use super::update::Assignments;
 pub use super::Options;
 use super::{
-    AccessKeyChanges, AlertWebhookChanges, AttemptRecord, ClaimedDelivery, ConfigChanges, Gauges, GroupBy,
-    NewAccessKey, NewAlertWebhook, NewConfig, NewPrice, NewProvider, NewProviderKey, PageRequest, ProviderChanges,
-    ProviderKeyChanges, Store, UsageFilter,
+    AccessKeyChanges, AlertWebhookChanges, ApiKeyAuth, ApiKeyChanges, AttemptRecord, Audit, AuditFilter,
+    ClaimedDelivery, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig, NewPrice,
+    NewProvider, NewProviderKey, PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
 use crate::error::{StoreError, StoreResult};
 use crate::ids::{new_id, now_ms, now_secs};
 use crate::model::{
-    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, Credits, PriceEntry,
-    Provider, ProviderKey, RouterSpec, SummaryRow, UsageItem,
+    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, ApiKey, AuditEntry,
+    Credits, PriceEntry, Provider, ProviderKey, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::plan::{KeyRow, ProviderRow};
 use crate::policy::alerts::NextState;
@@ -408,7 +409,7 @@ impl Store for SqliteStore {
 
     // -------------------------------------------------------- access keys
 
-    fn create_access_key(&self, new: &NewAccessKey) -> StoreResult<AccessKey> {
+    fn create_access_key(&self, new: &NewAccessKey, audit: &Audit) -> StoreResult<AccessKey> {
         let id = new_id("ak_")?;
         self.write(|tx| {
             if let Some(c) = &new.config_id {
@@ -421,6 +422,7 @@ impl Store for SqliteStore {
                 params![id, new.name, new.description, new.metadata, new.config_id, new.expires_at, new.disabled, new.digest, new.redacted, now, to_json_opt(new.budget.as_ref())?, count_cell(new.max_concurrent_requests)?],
             )?;
             self.bump(tx, &[Some(new.digest.clone())])?;
+            management::record(tx, audit, Some(&id))?;
             get_access_key(tx, &id)
         })
     }
@@ -439,7 +441,7 @@ impl Store for SqliteStore {
         self.read(|tx| get_access_key(tx, id))
     }
 
-    fn update_access_key(&self, id: &str, ch: &AccessKeyChanges) -> StoreResult<AccessKey> {
+    fn update_access_key(&self, id: &str, ch: &AccessKeyChanges, audit: &Audit) -> StoreResult<AccessKey> {
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             if let Some(Some(c)) = &ch.config_id {
@@ -457,21 +459,29 @@ impl Store for SqliteStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "access_keys", id)?;
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_access_key(tx, id)
         })
     }
 
-    fn delete_access_key(&self, id: &str) -> StoreResult<()> {
+    fn delete_access_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             let digests = digests_of_key(tx, id)?;
             tx.execute("DELETE FROM access_keys WHERE id = ?1", params![id])?;
             forget_scope(tx, &key_scope(id))?;
             self.bump(tx, &digests)?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
-    fn rotate_access_key(&self, id: &str, digest: &str, redacted: &str, grace_seconds: i64) -> StoreResult<AccessKey> {
+    fn rotate_access_key(
+        &self,
+        id: &str,
+        digest: &str,
+        redacted: &str,
+        grace_seconds: i64,
+        audit: &Audit,
+    ) -> StoreResult<AccessKey> {
         self.write(|tx| {
             let mut digests = digests_of_key(tx, id)?;
             let now = now_ms();
@@ -483,13 +493,14 @@ impl Store for SqliteStore {
             )?;
             digests.push(Some(digest.to_string()));
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_access_key(tx, id)
         })
     }
 
     // -------------------------------------------------------- provider keys
 
-    fn create_provider_key(&self, new: &NewProviderKey) -> StoreResult<ProviderKey> {
+    fn create_provider_key(&self, new: &NewProviderKey, audit: &Audit) -> StoreResult<ProviderKey> {
         let id = new_id("pk_")?;
         let sealed = self.cipher.encrypt(&id, new.value.as_bytes())?;
         let redacted = redact_value(&new.value);
@@ -502,6 +513,7 @@ impl Store for SqliteStore {
                 params![id, new.provider_id, new.name, new.description, new.metadata, new.managed, sealed, redacted, now],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, Some(&id))?;
             get_provider_key(tx, &id)
         })
     }
@@ -518,7 +530,7 @@ impl Store for SqliteStore {
         self.read(|tx| get_provider_key(tx, id))
     }
 
-    fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges) -> StoreResult<ProviderKey> {
+    fn update_provider_key(&self, id: &str, ch: &ProviderKeyChanges, audit: &Audit) -> StoreResult<ProviderKey> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
             let a = Assignments::default()
@@ -529,21 +541,22 @@ impl Store for SqliteStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "provider_keys", id)?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider_key(tx, id)
         })
     }
 
-    fn delete_provider_key(&self, id: &str) -> StoreResult<()> {
+    fn delete_provider_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             get_provider_key(tx, id)?;
             refs::may_delete_provider_key(id, &config_specs(tx)?)?;
             tx.execute("DELETE FROM provider_keys WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
-    fn rotate_provider_key(&self, id: &str, value: &str) -> StoreResult<ProviderKey> {
+    fn rotate_provider_key(&self, id: &str, value: &str, audit: &Audit) -> StoreResult<ProviderKey> {
         let sealed = self.cipher.encrypt(id, value.as_bytes())?;
         let redacted = redact_value(value);
         self.write(|tx| {
@@ -553,13 +566,14 @@ impl Store for SqliteStore {
                 params![id, sealed, redacted, now_ms()],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider_key(tx, id)
         })
     }
 
     // -------------------------------------------------------- configurations
 
-    fn create_config(&self, new: &NewConfig) -> StoreResult<AccessKeyConfiguration> {
+    fn create_config(&self, new: &NewConfig, audit: &Audit) -> StoreResult<AccessKeyConfiguration> {
         let id = new_id("akc_")?;
         self.write(|tx| {
             name_conflict(tx, &new.name, None)?;
@@ -583,6 +597,7 @@ impl Store for SqliteStore {
                 ],
             )?;
             self.bump(tx, &[])?;
+            management::record(tx, audit, Some(&id))?;
             get_config(tx, &id)
         })
     }
@@ -600,7 +615,7 @@ impl Store for SqliteStore {
         self.read(|tx| get_config(tx, id))
     }
 
-    fn update_config(&self, id: &str, ch: &ConfigChanges) -> StoreResult<AccessKeyConfiguration> {
+    fn update_config(&self, id: &str, ch: &ConfigChanges, audit: &Audit) -> StoreResult<AccessKeyConfiguration> {
         self.write(|tx| {
             let current = get_config(tx, id)?;
             if let Some(name) = &ch.name {
@@ -622,11 +637,12 @@ impl Store for SqliteStore {
             execute(a, tx, "configs", id)?;
             let digests = digests_of_config(tx, id)?;
             self.bump(tx, &digests)?;
+            management::record(tx, audit, None)?;
             get_config(tx, id)
         })
     }
 
-    fn delete_config(&self, id: &str) -> StoreResult<()> {
+    fn delete_config(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             get_config(tx, id)?;
             let users: i64 =
@@ -636,13 +652,13 @@ impl Store for SqliteStore {
             tx.execute("DELETE FROM configs WHERE id = ?1", params![id])?;
             forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
     // -------------------------------------------------------- providers
 
-    fn create_provider(&self, new: &NewProvider) -> StoreResult<Provider> {
+    fn create_provider(&self, new: &NewProvider, audit: &Audit) -> StoreResult<Provider> {
         self.write(|tx| {
             refs::require_new_provider(&new.id, provider_exists(tx, &new.id)?)?;
             let now = now_ms();
@@ -660,6 +676,7 @@ impl Store for SqliteStore {
                 ],
             )?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, Some(&new.id))?;
             get_provider(tx, &new.id)
         })
     }
@@ -672,7 +689,7 @@ impl Store for SqliteStore {
         self.read(|tx| get_provider(tx, id))
     }
 
-    fn update_provider(&self, id: &str, ch: &ProviderChanges) -> StoreResult<Provider> {
+    fn update_provider(&self, id: &str, ch: &ProviderChanges, audit: &Audit) -> StoreResult<Provider> {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             refs::may_change_provider(&current, ch.format)?;
@@ -685,11 +702,12 @@ impl Store for SqliteStore {
                 .set("updated_ms", now_ms());
             execute(a, tx, "providers", id)?;
             self.bump(tx, &[None])?;
+            management::record(tx, audit, None)?;
             get_provider(tx, id)
         })
     }
 
-    fn delete_provider(&self, id: &str) -> StoreResult<()> {
+    fn delete_provider(&self, id: &str, audit: &Audit) -> StoreResult<()> {
         self.write(|tx| {
             let current = get_provider(tx, id)?;
             let keys: i64 =
@@ -697,7 +715,7 @@ impl Store for SqliteStore {
             refs::may_delete_provider(&current, keys, &config_specs(tx)?)?;
             tx.execute("DELETE FROM providers WHERE id = ?1", params![id])?;
             self.bump(tx, &[None])?;
-            Ok(())
+            management::record(tx, audit, None)
         })
     }
 
@@ -760,20 +778,22 @@ impl Store for SqliteStore {
         self.read(|tx| credits::view(&mut SqlLedger(tx)))
     }
 
-    fn add_credits(&self, micros: i64) -> StoreResult<Credits> {
+    fn add_credits(&self, micros: i64, audit: &Audit) -> StoreResult<Credits> {
         self.write(|tx| {
             if credits::add(&mut SqlLedger(tx), micros)? {
                 self.bump(tx, &[None])?;
             }
+            management::record(tx, audit, None)?;
             credits::view(&mut SqlLedger(tx))
         })
     }
 
-    fn set_credits_enabled(&self, enabled: bool) -> StoreResult<Credits> {
+    fn set_credits_enabled(&self, enabled: bool, audit: &Audit) -> StoreResult<Credits> {
         self.write(|tx| {
             if credits::set_enabled(&mut SqlLedger(tx), enabled)? {
                 self.bump(tx, &[None])?;
             }
+            management::record(tx, audit, None)?;
             credits::view(&mut SqlLedger(tx))
         })
     }
@@ -782,12 +802,19 @@ impl Store for SqliteStore {
         self.read(reports::list_prices)
     }
 
-    fn put_price(&self, provider: &str, model: &str, price: &NewPrice) -> StoreResult<PriceEntry> {
-        self.write(|tx| reports::put_price(tx, provider, model, price, now_ms()))
+    fn put_price(&self, provider: &str, model: &str, price: &NewPrice, audit: &Audit) -> StoreResult<PriceEntry> {
+        self.write(|tx| {
+            let entry = reports::put_price(tx, provider, model, price, now_ms())?;
+            management::record(tx, audit, None)?;
+            Ok(entry)
+        })
     }
 
-    fn delete_price(&self, provider: &str, model: &str) -> StoreResult<()> {
-        self.write(|tx| reports::delete_price(tx, provider, model))
+    fn delete_price(&self, provider: &str, model: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| {
+            reports::delete_price(tx, provider, model)?;
+            management::record(tx, audit, None)
+        })
     }
 
     fn gauges(&self) -> StoreResult<Gauges> {
@@ -837,5 +864,52 @@ impl Store for SqliteStore {
 
     fn finish_alert_attempt(&self, d: &ClaimedDelivery, attempt: &AttemptRecord, next: NextState) -> StoreResult<bool> {
         self.write(|tx| alerts::finish(tx, d, attempt, next))
+    }
+
+    // -------------------------------------------------------- management keys, audit log
+
+    fn create_api_key(&self, new: &NewApiKey, audit: &Audit) -> StoreResult<ApiKey> {
+        let id = new_id("mk_")?;
+        self.write(|tx| management::create_api_key(tx, &id, new, audit))
+    }
+
+    fn list_api_keys(&self, page: &PageRequest) -> StoreResult<Vec<ApiKey>> {
+        self.read(|tx| management::list_api_keys(tx, page))
+    }
+
+    fn get_api_key(&self, id: &str) -> StoreResult<ApiKey> {
+        self.read(|tx| management::get_api_key(tx, id))
+    }
+
+    fn update_api_key(&self, id: &str, changes: &ApiKeyChanges, audit: &Audit) -> StoreResult<ApiKey> {
+        self.write(|tx| management::update_api_key(tx, id, changes, audit))
+    }
+
+    fn delete_api_key(&self, id: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| management::delete_api_key(tx, id, audit))
+    }
+
+    fn rotate_api_key(&self, id: &str, digest: &str, token_prefix: &str, audit: &Audit) -> StoreResult<ApiKey> {
+        self.write(|tx| management::rotate_api_key(tx, id, digest, token_prefix, audit))
+    }
+
+    fn api_key_by_digest(&self, digest: &str) -> StoreResult<Option<ApiKeyAuth>> {
+        self.read_gateway(|tx| management::api_key_by_digest(tx, digest))
+    }
+
+    fn touch_api_key(&self, id: &str, now_ms: i64) -> StoreResult<()> {
+        self.write(|tx| management::touch_api_key(tx, id, now_ms))
+    }
+
+    fn record_audit(&self, entry: &Audit) -> StoreResult<()> {
+        self.write(|tx| management::record(tx, entry, None))
+    }
+
+    fn list_audit(&self, filter: &AuditFilter, page: &PageRequest) -> StoreResult<Vec<AuditEntry>> {
+        self.read_gateway(|tx| management::list_audit(tx, filter, page))
+    }
+
+    fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize> {
+        self.write(|tx| management::purge_audit(tx, before_ms, limit))
     }
 }

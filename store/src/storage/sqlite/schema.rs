@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "per-request limits" },
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
+    Migration { version: 6, name: "management API keys and the audit log" },
     Migration { version: 7, name: "alert webhooks and their deliveries" },
 ];
 
@@ -154,6 +155,38 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('credits_enabled', 0), ('credits_
 /// Migration 3: a configuration's per-request limits.
 pub(crate) const REQUEST_LIMITS_SQL: &str = "ALTER TABLE configs ADD COLUMN request_limits_json TEXT;";
 
+/// Migration 6: management API keys (token digests only) and the audit log,
+/// which nothing may update (the retention sweep deletes old entries).
+pub(crate) const API_KEYS_AND_AUDIT_SQL: &str = r#"
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    role         TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+    digest       TEXT NOT NULL UNIQUE,
+    token_prefix TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    updated_ms   INTEGER NOT NULL,
+    last_used_ms INTEGER
+);
+CREATE TABLE audit_log (
+    id            TEXT PRIMARY KEY,
+    at_ms         INTEGER NOT NULL,
+    actor         TEXT NOT NULL,
+    via           TEXT NOT NULL,
+    action        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id   TEXT,
+    changes_json  TEXT NOT NULL
+);
+CREATE INDEX audit_log_at ON audit_log(at_ms);
+CREATE INDEX audit_log_actor ON audit_log(actor, id);
+CREATE INDEX audit_log_resource ON audit_log(resource_id, id);
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'the audit log is append-only');
+END;
+"#;
+
 /// Columns added to tables of the first schema (databases created before
 /// budgets existed get them on open).
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -199,6 +232,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 5 {
             tx.execute_batch("ALTER TABLE access_keys ADD COLUMN max_concurrent_requests INTEGER;")?;
+        }
+        if m.version == 6 {
+            tx.execute_batch(API_KEYS_AND_AUDIT_SQL)?;
         }
         if m.version == 7 {
             tx.execute_batch(super::alerts::SCHEMA)?;
