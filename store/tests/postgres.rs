@@ -245,15 +245,18 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         .unwrap();
     // An alert webhook (its secret sealed) whose 1 % threshold req-1 crosses.
     let hook = src
-        .create_alert_webhook(&NewAlertWebhook {
-            url: "https://hooks.example/keygate".into(),
-            secret: "whsec_copied-secret-0000000000000".into(),
-            config_id: Some(config.id.clone()),
-            thresholds: vec![1],
-            events: vec![keygate_store::policy::alerts::AlertEvent::Budget],
-            expiry_warning_days: 7,
-            enabled: true,
-        })
+        .create_alert_webhook(
+            &NewAlertWebhook {
+                url: "https://hooks.example/keygate".into(),
+                secret: "whsec_copied-secret-0000000000000".into(),
+                config_id: Some(config.id.clone()),
+                thresholds: vec![1],
+                events: vec![keygate_store::policy::alerts::AlertEvent::Budget],
+                expiry_warning_days: 7,
+                enabled: true,
+            },
+            &test_audit(),
+        )
         .unwrap();
     // Usage: a settled request (two attempts), an open reservation, a late record.
     let r = reserve(&src, "req-1", &k0.id, 100);

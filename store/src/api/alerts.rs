@@ -1,12 +1,14 @@
 //! `/alert-webhooks`: where budget, credit and key-expiry alerts are sent, and
 //! what was sent. The secret is write-only: generated when absent and shown
-//! once, in the create answer.
+//! once, in the create answer. Writes need the admin role (a webhook holds a
+//! secret and a URL the store will call); each is recorded in the audit log,
+//! its secret redacted.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::extract::{ApiJson, Id, Paging};
+use super::extract::{Audited, Caller, Id, Paging};
 use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::random_hex;
@@ -16,6 +18,9 @@ use crate::model::{
 };
 use crate::policy::alerts::{AlertEvent, DEFAULT_EXPIRY_WARNING_DAYS, DEFAULT_THRESHOLDS};
 use crate::storage::{AlertWebhookChanges, NewAlertWebhook};
+
+/// The audit log's resource type of alert webhooks.
+const RESOURCE: &str = "alert_webhook";
 
 /// A new secret: `whsec_` and 32 random bytes in hex.
 fn generate_secret() -> Result<String, ApiError> {
@@ -33,7 +38,8 @@ fn check_config_id(id: Option<&str>) -> Result<(), ApiError> {
 
 pub async fn create(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<CreateAlertWebhook>,
+    caller: Caller,
+    Audited(req, body): Audited<CreateAlertWebhook>,
 ) -> Result<(StatusCode, Json<AlertWebhook>), ApiError> {
     let url = check_webhook_url(&req.url)?;
     let secret = match req.secret {
@@ -65,7 +71,8 @@ pub async fn create(
         expiry_warning_days,
         enabled: req.enabled.unwrap_or(true),
     };
-    let mut hook = run(&state, move |s| s.create_alert_webhook(&new)).await?;
+    let audit = caller.audit("alert_webhook.create", RESOURCE, None, body);
+    let mut hook = run(&state, move |s| s.create_alert_webhook(&new, &audit)).await?;
     hook.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(hook)))
 }
@@ -85,8 +92,9 @@ pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<Alert
 
 pub async fn update(
     State(state): State<AppState>,
+    caller: Caller,
     Id(id): Id,
-    ApiJson(req): ApiJson<PatchAlertWebhook>,
+    Audited(req, body): Audited<PatchAlertWebhook>,
 ) -> Result<Json<AlertWebhook>, ApiError> {
     let url = req.url.as_deref().map(check_webhook_url).transpose()?;
     if let Some(s) = &req.secret {
@@ -104,11 +112,13 @@ pub async fn update(
         expiry_warning_days: req.expiry_warning_days.map(check_expiry_warning_days).transpose()?,
         enabled: req.enabled,
     };
-    Ok(Json(run(&state, move |s| s.update_alert_webhook(&id, &changes)).await?))
+    let audit = caller.audit("alert_webhook.update", RESOURCE, Some(id.clone()), body);
+    Ok(Json(run(&state, move |s| s.update_alert_webhook(&id, &changes, &audit)).await?))
 }
 
-pub async fn delete(State(state): State<AppState>, Id(id): Id) -> Result<StatusCode, ApiError> {
-    run(&state, move |s| s.delete_alert_webhook(&id)).await?;
+pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {
+    let audit = caller.audit("alert_webhook.delete", RESOURCE, Some(id.clone()), serde_json::json!({}));
+    run(&state, move |s| s.delete_alert_webhook(&id, &audit)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

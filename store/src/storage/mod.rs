@@ -449,12 +449,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Alert webhooks (`policy::alerts`). Deliveries are queued by
     // `ingest_usage` (budgets, credits) and `sweep_alerts` (key expiry).
-    fn create_alert_webhook(&self, new: &NewAlertWebhook) -> StoreResult<AlertWebhook>;
+    fn create_alert_webhook(&self, new: &NewAlertWebhook, audit: &Audit) -> StoreResult<AlertWebhook>;
     fn list_alert_webhooks(&self, page: &PageRequest) -> StoreResult<Vec<AlertWebhook>>;
     fn get_alert_webhook(&self, id: &str) -> StoreResult<AlertWebhook>;
-    fn update_alert_webhook(&self, id: &str, changes: &AlertWebhookChanges) -> StoreResult<AlertWebhook>;
+    fn update_alert_webhook(&self, id: &str, changes: &AlertWebhookChanges, audit: &Audit)
+        -> StoreResult<AlertWebhook>;
     /// Deletes the webhook with its deliveries and marks.
-    fn delete_alert_webhook(&self, id: &str) -> StoreResult<()>;
+    fn delete_alert_webhook(&self, id: &str, audit: &Audit) -> StoreResult<()>;
     /// A webhook's deliveries, newest first, with their attempts.
     fn list_alert_deliveries(&self, webhook_id: &str, page: &PageRequest) -> StoreResult<Vec<AlertDelivery>>;
     /// Queues the key-expiry alerts due and forgets old marks and finished

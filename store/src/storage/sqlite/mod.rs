@@ -826,8 +826,12 @@ impl Store for SqliteStore {
 
     // -------------------------------------------------------- alert webhooks
 
-    fn create_alert_webhook(&self, new: &NewAlertWebhook) -> StoreResult<AlertWebhook> {
-        self.write(|tx| alerts::create_webhook(tx, &self.cipher, new))
+    fn create_alert_webhook(&self, new: &NewAlertWebhook, audit: &Audit) -> StoreResult<AlertWebhook> {
+        self.write(|tx| {
+            let hook = alerts::create_webhook(tx, &self.cipher, new)?;
+            management::record(tx, audit, Some(&hook.id))?;
+            Ok(hook)
+        })
     }
 
     fn list_alert_webhooks(&self, page: &PageRequest) -> StoreResult<Vec<AlertWebhook>> {
@@ -838,12 +842,24 @@ impl Store for SqliteStore {
         self.read(|tx| alerts::get_webhook(tx, id))
     }
 
-    fn update_alert_webhook(&self, id: &str, changes: &AlertWebhookChanges) -> StoreResult<AlertWebhook> {
-        self.write(|tx| alerts::update_webhook(tx, &self.cipher, id, changes))
+    fn update_alert_webhook(
+        &self,
+        id: &str,
+        changes: &AlertWebhookChanges,
+        audit: &Audit,
+    ) -> StoreResult<AlertWebhook> {
+        self.write(|tx| {
+            let hook = alerts::update_webhook(tx, &self.cipher, id, changes)?;
+            management::record(tx, audit, None)?;
+            Ok(hook)
+        })
     }
 
-    fn delete_alert_webhook(&self, id: &str) -> StoreResult<()> {
-        self.write(|tx| alerts::delete_webhook(tx, id))
+    fn delete_alert_webhook(&self, id: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| {
+            alerts::delete_webhook(tx, id)?;
+            management::record(tx, audit, None)
+        })
     }
 
     fn list_alert_deliveries(&self, webhook_id: &str, page: &PageRequest) -> StoreResult<Vec<AlertDelivery>> {
