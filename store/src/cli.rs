@@ -69,6 +69,9 @@ pub enum Command {
     /// The price catalog (USD per million tokens).
     #[command(subcommand)]
     Prices(PricesCmd),
+    /// Webhooks told of budget, credit and key-expiry alerts, and what they were sent.
+    #[command(subcommand)]
+    AlertWebhooks(AlertWebhooksCmd),
     /// Manage management API keys (named credentials of this API, with a role).
     #[command(subcommand)]
     ApiKeys(ApiKeysCmd),
@@ -271,6 +274,88 @@ pub enum PricesCmd {
     },
 }
 
+/// The settings of `alert-webhooks create/update`.
+#[derive(Args)]
+pub struct AlertWebhookArgs {
+    /// Percent thresholds, comma-separated (default on create: 50,80,100).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub thresholds: Option<Vec<i64>>,
+    /// Events, comma-separated (default on create: all).
+    #[arg(long, value_delimiter = ',', value_parser = ["budget", "credits", "key_expiry"])]
+    pub events: Option<Vec<String>>,
+    /// Days before a key's expiry it is announced (default on create: 7).
+    #[arg(long)]
+    pub expiry_warning_days: Option<i64>,
+    /// Read the signing secret from stdin (one trailing newline removed);
+    /// without it, create generates one (printed once).
+    #[arg(long)]
+    pub secret_stdin: bool,
+}
+
+impl AlertWebhookArgs {
+    fn fill(self, b: &mut Map<String, Value>) -> Result<(), String> {
+        if let Some(t) = self.thresholds {
+            b.insert("thresholds".into(), json!(t));
+        }
+        if let Some(e) = self.events {
+            b.insert("events".into(), json!(e));
+        }
+        if let Some(d) = self.expiry_warning_days {
+            b.insert("expiryWarningDays".into(), json!(d));
+        }
+        if self.secret_stdin {
+            b.insert("secret".into(), Value::String(read_stdin_line("the webhook secret")?));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum AlertWebhooksCmd {
+    /// Create a webhook; prints it with its secret (shown only once).
+    Create {
+        #[arg(long)]
+        url: String,
+        /// Only this access key configuration's budget and keys (default: store-wide).
+        #[arg(long)]
+        config: Option<String>,
+        #[command(flatten)]
+        settings: AlertWebhookArgs,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    List(ListArgs),
+    Get {
+        id: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long, conflicts_with = "no_config")]
+        config: Option<String>,
+        /// Make it store-wide.
+        #[arg(long)]
+        no_config: bool,
+        #[command(flatten)]
+        settings: AlertWebhookArgs,
+        #[arg(long, conflicts_with = "enable")]
+        disable: bool,
+        #[arg(long)]
+        enable: bool,
+    },
+    Delete {
+        id: String,
+    },
+    /// The webhook's deliveries, newest first, with their attempts.
+    Deliveries {
+        id: String,
+        #[command(flatten)]
+        page: ListArgs,
+    },
+}
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// Address both listeners bind to.
@@ -292,6 +377,19 @@ pub struct ServeArgs {
     /// (0 = forever; at least 32, the longest budget window, otherwise).
     #[arg(long, env = "KEYGATE_USAGE_RETENTION_DAYS", default_value_t = crate::policy::retention::DEFAULT_DAYS)]
     pub usage_retention_days: u32,
+    /// Wait before the second attempt of a failed alert delivery (ms); it
+    /// doubles after each attempt (at most an hour).
+    #[arg(long, env = "KEYGATE_ALERT_RETRY_BASE_MS", default_value_t = crate::policy::alerts::DEFAULT_RETRY_BASE_MS,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub alert_retry_base_ms: u64,
+    /// Attempts of an alert delivery before it is marked failed.
+    #[arg(long, env = "KEYGATE_ALERT_MAX_ATTEMPTS", default_value_t = crate::policy::alerts::DEFAULT_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub alert_max_attempts: u32,
+    /// The longest one alert delivery attempt may take (ms), connecting included.
+    #[arg(long, env = "KEYGATE_ALERT_TIMEOUT_MS", default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub alert_timeout_ms: u64,
     /// Days audit-log entries are kept before the store's sweep deletes them
     /// (0 = forever).
     #[arg(long, env = "KEYGATE_AUDIT_RETENTION_DAYS", default_value_t = crate::policy::audit::DEFAULT_RETENTION_DAYS)]
@@ -544,11 +642,16 @@ fn read_token_file(data_dir: &Path) -> Result<String, String> {
 }
 
 fn read_stdin_value() -> Result<String, String> {
+    read_stdin_line("the provider key value")
+}
+
+/// A secret from stdin, one trailing newline removed.
+fn read_stdin_line(what: &str) -> Result<String, String> {
     let mut s = String::new();
     std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading stdin: {e}"))?;
     let v = s.trim_end_matches(['\n', '\r']).to_string();
     if v.is_empty() {
-        return Err("expected the provider key value on stdin".into());
+        return Err(format!("expected {what} on stdin"));
     }
     Ok(v)
 }
@@ -818,6 +921,41 @@ pub fn run_admin(cli: Cli) -> Result<Option<Value>, String> {
             PricesCmd::Delete { model } => {
                 c.call(Verb::Delete, &price_path(&model)?, None)?;
                 Ok(Some(json!({ "price": model, "deleted": true })))
+            }
+        },
+        Command::AlertWebhooks(cmd) => match cmd {
+            AlertWebhooksCmd::Create { url, config, settings, disabled } => {
+                let mut b = Map::new();
+                b.insert("url".into(), Value::String(url));
+                put_opt(&mut b, "configurationId", config);
+                settings.fill(&mut b)?;
+                if disabled {
+                    b.insert("enabled".into(), Value::Bool(false));
+                }
+                c.call(Verb::Post, "/alert-webhooks", Some(Value::Object(b)))
+            }
+            AlertWebhooksCmd::List(a) => c.call(Verb::Get, &list_path("/alert-webhooks", &a), None),
+            AlertWebhooksCmd::Get { id } => c.call(Verb::Get, &format!("/alert-webhooks/{}", seg(&id)?), None),
+            AlertWebhooksCmd::Update { id, url, config, no_config, settings, disable, enable } => {
+                let mut b = Map::new();
+                put_opt(&mut b, "url", url);
+                put_opt(&mut b, "configurationId", config);
+                if no_config {
+                    b.insert("configurationId".into(), Value::Null);
+                }
+                settings.fill(&mut b)?;
+                if disable || enable {
+                    b.insert("enabled".into(), Value::Bool(enable));
+                }
+                c.call(Verb::Patch, &format!("/alert-webhooks/{}", seg(&id)?), Some(Value::Object(b)))
+            }
+            AlertWebhooksCmd::Delete { id } => {
+                c.call(Verb::Delete, &format!("/alert-webhooks/{}", seg(&id)?), None)?;
+                Ok(deleted(&id))
+            }
+            AlertWebhooksCmd::Deliveries { id, page } => {
+                let base = format!("/alert-webhooks/{}/deliveries", seg(&id)?);
+                c.call(Verb::Get, &list_path(&base, &page), None)
             }
         },
         Command::ApiKeys(cmd) => match cmd {

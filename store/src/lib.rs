@@ -15,3 +15,4 @@ pub mod policy;
 pub mod pricing;
 pub mod serve;
 pub mod storage;
+pub mod webhooks;

@@ -3,8 +3,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keygate_store::cli::{run_admin, Cli, Command};
+use keygate_store::policy::alerts::RetryPolicy;
 use keygate_store::serve::{serve, ServeConfig};
 use keygate_store::storage::{copy, PgTarget};
+use keygate_store::webhooks::AlertSettings;
 use serde_json::{json, Value};
 
 fn init_logging() {
@@ -56,6 +58,10 @@ fn main() -> ExitCode {
                 master_key: args.master_key.clone(),
                 gateway_token: args.gateway_token.clone(),
                 usage_retention_days: args.usage_retention_days,
+                alerts: AlertSettings {
+                    retry: RetryPolicy { base_ms: args.alert_retry_base_ms, max_attempts: args.alert_max_attempts },
+                    timeout_ms: args.alert_timeout_ms,
+                },
                 audit_retention_days: args.audit_retention_days,
                 console_secure_cookie: args.console_secure_cookie,
             };

@@ -15,6 +15,7 @@ use crate::ids::{is_management_token, random_hex, MANAGEMENT_TOKEN_PREFIX};
 use crate::policy::audit::AuditRetention;
 use crate::policy::retention::{self, Retention};
 use crate::storage::{Backend, Options};
+use crate::webhooks::{self, AlertSettings};
 
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -32,6 +33,8 @@ pub struct ServeConfig {
     /// Days usage records are kept (`KEYGATE_USAGE_RETENTION_DAYS`; 0 =
     /// forever; 1 to 31 are refused, see [`crate::policy::retention`]).
     pub usage_retention_days: u32,
+    /// How alert webhooks are called (`KEYGATE_ALERT_*`).
+    pub alerts: AlertSettings,
     /// Days audit-log entries are kept (`KEYGATE_AUDIT_RETENTION_DAYS`; 0 =
     /// forever).
     pub audit_retention_days: u32,
@@ -48,6 +51,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("api_port", &self.api_port)
             .field("lookup_port", &self.lookup_port)
             .field("usage_retention_days", &self.usage_retention_days)
+            .field("alerts", &self.alerts)
             .field("audit_retention_days", &self.audit_retention_days)
             .finish_non_exhaustive()
     }
@@ -346,6 +350,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
     if let Some(retention) = retention {
         tokio::spawn(sweep_usage(prepared.state.clone(), retention));
     }
+    tokio::spawn(webhooks::sweep(prepared.state.clone(), SWEEP_EVERY));
+    tokio::spawn(webhooks::worker(prepared.state.clone(), cfg.alerts));
     if let Some(retention) = AuditRetention::from_days(cfg.audit_retention_days) {
         tokio::spawn(sweep_audit(prepared.state.clone(), retention));
     }
@@ -393,6 +399,7 @@ mod tests {
             master_key: None,
             gateway_token: None,
             usage_retention_days: retention::DEFAULT_DAYS,
+            alerts: AlertSettings::default(),
             audit_retention_days: crate::policy::audit::DEFAULT_RETENTION_DAYS,
             console_secure_cookie: false,
         };
@@ -430,6 +437,7 @@ mod tests {
             master_key: None,
             gateway_token: None,
             usage_retention_days: 7,
+            alerts: AlertSettings::default(),
             audit_retention_days: 0,
             console_secure_cookie: false,
         };

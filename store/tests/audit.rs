@@ -46,7 +46,7 @@ async fn all_entries(h: &H, uri: &str) -> Vec<Value> {
     out
 }
 
-/// The ids created so far, by kind (`pk`, `config`, `ak`, `mk`).
+/// The ids created so far, by kind (`pk`, `config`, `ak`, `awh`, `mk`).
 type Ids = std::collections::HashMap<&'static str, String>;
 
 /// A step made from the ids created before it.
@@ -91,7 +91,9 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
     let mut secrets = vec![admin.clone(), ADMIN.to_string(), GATEWAY.to_string()];
     let value1 = "sk-audit-provider-secret-0001-AAAAAAAA".to_string();
     let value2 = "sk-audit-provider-secret-0002-BBBBBBBB".to_string();
-    secrets.extend([value1.clone(), value2.clone()]);
+    let hook1 = "whsec_audit-webhook-secret-0001-CCCCCCCC".to_string();
+    let hook2 = "whsec_audit-webhook-secret-0002-DDDDDDDD".to_string();
+    secrets.extend([value1.clone(), value2.clone(), hook1.clone(), hook2.clone()]);
     let mut covered = Vec::new();
 
     // Runs a step as the admin management key and checks the entry it left.
@@ -339,6 +341,56 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
         Box::new(|_| {
             step(
                 M::Post,
+                "/alert-webhooks",
+                "/alert-webhooks",
+                Some(
+                    json!({"url": "https://hooks.example/audit", "secret": "whsec_audit-webhook-secret-0001-CCCCCCCC",
+                            "thresholds": [80, 100], "events": ["budget"]}),
+                ),
+                "alert_webhook.create",
+                "alert_webhook",
+                None,
+            )
+        }),
+        Box::new(|ids| {
+            let w = &ids["awh"];
+            step(
+                M::Patch,
+                "/alert-webhooks/{id}",
+                &format!("/alert-webhooks/{w}"),
+                Some(json!({"url": "https://hooks.example/audit-2", "enabled": false})),
+                "alert_webhook.update",
+                "alert_webhook",
+                Some(Some(w)),
+            )
+        }),
+        Box::new(|ids| {
+            let w = &ids["awh"];
+            step(
+                M::Patch,
+                "/alert-webhooks/{id}",
+                &format!("/alert-webhooks/{w}"),
+                Some(json!({"secret": "whsec_audit-webhook-secret-0002-DDDDDDDD"})),
+                "alert_webhook.update",
+                "alert_webhook",
+                Some(Some(w)),
+            )
+        }),
+        Box::new(|ids| {
+            let w = &ids["awh"];
+            step(
+                M::Delete,
+                "/alert-webhooks/{id}",
+                &format!("/alert-webhooks/{w}"),
+                None,
+                "alert_webhook.delete",
+                "alert_webhook",
+                Some(Some(w)),
+            )
+        }),
+        Box::new(|_| {
+            step(
+                M::Post,
                 "/api-keys",
                 "/api-keys",
                 Some(json!({"name": "viewer", "role": "viewer"})),
@@ -404,8 +456,10 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
         assert!(s.is_success(), "{method} {}: {s} {answer}", st.uri);
         entries += 1;
         covered.push((st.m, st.template));
-        if let Some(t) = answer.get("token").and_then(Value::as_str) {
-            secrets.push(t.to_string());
+        for field in ["token", "secret"] {
+            if let Some(t) = answer.get(field).and_then(Value::as_str) {
+                secrets.push(t.to_string());
+            }
         }
         let created = answer.get("id").and_then(Value::as_str).map(str::to_string);
         if st.resource_id.is_none() {
@@ -413,6 +467,7 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
                 "provider_key" => "pk",
                 "access_key_configuration" => "config",
                 "access_key" => "ak",
+                "alert_webhook" => "awh",
                 _ => "mk",
             };
             ids.insert(key, created.clone().unwrap());
@@ -428,10 +483,13 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
         let time_ms = e["timeMs"].as_i64().unwrap();
         assert!((keygate_store::ids::now_ms() - time_ms).abs() < 60_000);
         assert_eq!(e["time"], keygate_store::ids::rfc3339_ms(time_ms));
-        // The changed fields with their new values; a provider key's value redacted.
+        // The changed fields with their new values; a provider key's value and
+        // a webhook's secret redacted.
         let mut want = st.body.clone().unwrap_or(json!({}));
-        if let Some(v) = want.get_mut("value") {
-            *v = json!(REDACTED);
+        for field in ["value", "secret"] {
+            if let Some(v) = want.get_mut(field) {
+                *v = json!(REDACTED);
+            }
         }
         assert_eq!(e["changes"], want, "{}", st.action);
     }
@@ -468,12 +526,12 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
             rows.join("\n")
         }
     };
-    assert!(secrets.len() >= 9, "{secrets:?}");
+    assert!(secrets.len() >= 11, "{secrets:?}");
     for s in &secrets {
         assert!(!text.contains(s.as_str()), "{s} in the audit log");
         assert!(!raw.contains(s.as_str()), "{s} in the audit_log table");
     }
-    assert_eq!(text.matches(REDACTED).count(), 2, "the two provider-key values");
+    assert_eq!(text.matches(REDACTED).count(), 4, "the two provider-key values and the two webhook secrets");
     // The served fields are the documented ones.
     let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
     let schema = &doc["components"]["schemas"]["AuditEntry"];
@@ -578,7 +636,10 @@ async fn a_change_is_not_made_when_its_entry_cannot_be_written() {
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     let (s, _) = h.api("PATCH", "/credits", Some(json!({"enabled": true}))).await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    let (s, _) = h.api("POST", "/alert-webhooks", Some(json!({"url": "https://hooks.example/unrecorded"}))).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
     h.sql("ALTER TABLE audit_log_away RENAME TO audit_log");
+    assert_eq!(h.ok("GET", "/alert-webhooks", None).await["alertWebhooks"], json!([]));
     let keys = h.ok("GET", "/access-keys", None).await;
     let names: Vec<&str> = keys["accessKeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["before"]);

@@ -15,8 +15,8 @@ use keygate_proto::lookup::{ReserveRequest, UsageRecord};
 use keygate_store::api::principal::{Principal, Role, Via};
 use keygate_store::crypto::Cipher;
 use keygate_store::storage::{
-    AccessKeyChanges, Audit, Backend, NewAccessKey, NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey,
-    Options, PageRequest, PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
+    AccessKeyChanges, Audit, Backend, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig, NewPrice, NewProvider,
+    NewProviderKey, Options, PageRequest, PgTarget, ProviderChanges, SqliteStore, Store, UsageFilter,
 };
 use serde_json::{json, Value};
 use server::testdb::PgDb;
@@ -243,6 +243,21 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     let operator = Principal { actor: mk.id.clone(), name: "ops".into(), role: Role::Operator };
     src.record_audit(&Audit::new(&operator, Via::Console, "console.login", "console", Some(mk.id.clone()), json!({})))
         .unwrap();
+    // An alert webhook (its secret sealed) whose 1 % threshold req-1 crosses.
+    let hook = src
+        .create_alert_webhook(
+            &NewAlertWebhook {
+                url: "https://hooks.example/keygate".into(),
+                secret: "whsec_copied-secret-0000000000000".into(),
+                config_id: Some(config.id.clone()),
+                thresholds: vec![1],
+                events: vec![keygate_store::policy::alerts::AlertEvent::Budget],
+                expiry_warning_days: 7,
+                enabled: true,
+            },
+            &test_audit(),
+        )
+        .unwrap();
     // Usage: a settled request (two attempts), an open reservation, a late record.
     let r = reserve(&src, "req-1", &k0.id, 100);
     assert!(r.ok);
@@ -275,6 +290,10 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
     assert_eq!(report["copied"]["access_keys"], 3);
     assert_eq!(report["copied"]["provider_keys"], 3);
     assert_eq!(report["copied"]["usage"], 3);
+    assert_eq!(
+        (report["copied"]["alert_webhooks"].clone(), report["copied"]["alert_deliveries"].clone()),
+        (json!(1), json!(1))
+    );
     assert_eq!(report["copied"]["api_keys"], 1);
     assert_eq!(report["copied"]["audit_log"], json!(before["auditLog"].as_array().unwrap().len()));
     assert!(before["auditLog"].as_array().unwrap().len() >= 18);
@@ -299,6 +318,10 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
         ("prices", "provider, model"),
         ("api_keys", "id"),
         ("audit_log", "id"),
+        ("alert_webhooks", "id"),
+        ("alert_fired", "webhook_id, subject, unit, period, threshold"),
+        ("alert_deliveries", "id"),
+        ("alert_attempts", "delivery_id, attempt"),
     ] {
         let cols: Vec<String> = sqlite_rows(&path, &format!("SELECT name FROM pragma_table_info('{table}')"))
             .into_iter()
@@ -334,6 +357,14 @@ fn copy_moves_a_sqlite_deployment_with_nothing_lost() {
                 .query_row("SELECT value FROM meta WHERE key = 'key_check'", [], |r| r.get::<_, Vec<u8>>(0))
                 .unwrap()
         )
+    );
+
+    // The webhook's secret opens with the same master key: its delivery goes out signed.
+    let claimed = dst.claim_alert_deliveries(60_000, 10).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].webhook_id.as_str(), claimed[0].secret.as_str()),
+        (hook.id.as_str(), "whsec_copied-secret-0000000000000")
     );
 
     // It goes on from there: the next change is the next version.
@@ -386,10 +417,10 @@ fn migrations_started_at_once_apply_once() {
         applied.extend(v["applied"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()));
     }
     applied.sort_unstable();
-    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 8], "each migration is applied by exactly one of them");
+    assert_eq!(applied, vec![1, 2, 3, 4, 5, 6, 7, 8], "each migration is applied by exactly one of them");
     assert_eq!(
         db.query("SELECT version FROM schema_migrations ORDER BY version"),
-        [1, 2, 3, 4, 5, 6, 8].map(|v| vec![Some(v.to_string())]).to_vec()
+        (1..=8).map(|v| vec![Some(v.to_string())]).collect::<Vec<_>>()
     );
     // And again: nothing to do.
     let out = command(tmp.path()).arg("migrate").env("KEYGATE_DATABASE_URL", &db.url).output().unwrap();

@@ -157,6 +157,8 @@ class Store:
             "KEYGATE_LOOKUP_PORT": str(self.lookup_port),
             "KEYGATE_ADMIN_TOKEN": self.admin_token,
             "KEYGATE_GATEWAY_TOKEN": self.gateway_token,
+            # Alert deliveries retried within the tests' patience (test_alerts).
+            "KEYGATE_ALERT_RETRY_BASE_MS": "100",
             "RUST_LOG": "info",
         }
 
@@ -178,9 +180,13 @@ class Store:
     def call(self, method, path, body=None):
         if isinstance(body, dict) and path.startswith("/provider-keys") and body.get("value"):
             CANARIES.add(body["value"])
+        if isinstance(body, dict) and path.startswith("/alert-webhooks") and body.get("secret"):
+            CANARIES.add(body["secret"])
         result = http(method, f"{self.api}{path}", body, {"authorization": f"Bearer {self.admin_token}"})
-        if isinstance(result[1], dict) and result[1].get("token"):
-            CANARIES.add(result[1]["token"])
+        if isinstance(result[1], dict):
+            for field in ("token", "secret"):  # an access token; a webhook secret, shown once
+                if result[1].get(field):
+                    CANARIES.add(result[1][field])
         return result
 
     def ok(self, method, path, body=None):

@@ -1,8 +1,8 @@
 """The canary sweep, run after every other end-to-end test (conftest orders
-it last): no access token and no provider-key value that any test created
-appears in Envoy's log or admin endpoints, the store's log, its data
-directory, or any response a test received, but the one response that
-hands a token out (create and rotate)."""
+it last): no access token, provider-key value or alert-webhook secret that
+any test created appears in Envoy's log or admin endpoints, the store's
+log, its data directory, or any response a test received, but the one
+response that hands it out (create and rotate; a webhook's create)."""
 
 import json
 
@@ -34,9 +34,11 @@ def places():
 
 
 def hands_out(url, body, secret):
-    """The create/rotate answer of the management API shows the token once."""
+    """The create/rotate answer of the management API shows the token once
+    (and the create answer of an alert webhook its secret)."""
     try:
-        return json.loads(body).get("token") == secret and not url.startswith("raw:")
+        doc = json.loads(body)
+        return secret in (doc.get("token"), doc.get("secret")) and not url.startswith("raw:")
     except (ValueError, AttributeError):
         return False
 

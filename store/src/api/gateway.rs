@@ -178,6 +178,8 @@ pub async fn usage(
     }
     let accepted = batch.records.len();
     let inserted = run(&state, move |s| s.ingest_usage(&batch.records)).await?;
+    // Settling may have queued alert deliveries: the worker looks now.
+    state.alerts.notify_one();
     state.stats.usage_records.fetch_add(u64::try_from(inserted).unwrap_or(0), Ordering::Relaxed);
     Ok(Json(json!({ "accepted": accepted, "inserted": inserted })))
 }

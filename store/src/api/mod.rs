@@ -2,6 +2,7 @@
 //! ([`gateway_app`]), on separate listeners, sharing one [`AppState`].
 
 pub mod access_keys;
+pub mod alerts;
 pub mod api_keys;
 pub mod audit;
 pub mod billing;
@@ -13,6 +14,7 @@ pub mod provider_keys;
 pub mod providers;
 pub mod usage;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,6 +91,9 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// The web console's settings; without them `/console` is not served.
     pub console: Option<Arc<crate::console::Config>>,
+    /// Wakes the alert delivery worker (`crate::webhooks`) when usage was
+    /// ingested: settling may have queued deliveries.
+    pub alerts: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -99,6 +104,7 @@ impl AppState {
             gateway_token: gateway_token.into(),
             stats: Arc::default(),
             console: None,
+            alerts: Arc::default(),
         }
     }
 
@@ -311,6 +317,12 @@ pub const ROUTE_ROLES: &[(M, &str, Role)] = &[
     (M::Get, "/prices", Role::Viewer),
     (M::Put, "/prices/{provider}/{model}", Role::Admin),
     (M::Delete, "/prices/{provider}/{model}", Role::Admin),
+    (M::Get, "/alert-webhooks", Role::Viewer),
+    (M::Post, "/alert-webhooks", Role::Admin),
+    (M::Get, "/alert-webhooks/{id}", Role::Viewer),
+    (M::Patch, "/alert-webhooks/{id}", Role::Admin),
+    (M::Delete, "/alert-webhooks/{id}", Role::Admin),
+    (M::Get, "/alert-webhooks/{id}/deliveries", Role::Viewer),
     (M::Get, "/api-keys", Role::Viewer),
     (M::Post, "/api-keys", Role::Admin),
     (M::Get, "/api-keys/{id}", Role::Viewer),
@@ -363,6 +375,12 @@ pub fn management_routes() -> Routes {
         .auth(M::Get, "/prices", billing::list_prices)
         .auth(M::Put, "/prices/{provider}/{model}", billing::put_price)
         .auth(M::Delete, "/prices/{provider}/{model}", billing::delete_price)
+        .auth(M::Get, "/alert-webhooks", alerts::list)
+        .auth(M::Post, "/alert-webhooks", alerts::create)
+        .auth(M::Get, "/alert-webhooks/{id}", alerts::get)
+        .auth(M::Patch, "/alert-webhooks/{id}", alerts::update)
+        .auth(M::Delete, "/alert-webhooks/{id}", alerts::delete)
+        .auth(M::Get, "/alert-webhooks/{id}/deliveries", alerts::deliveries)
         .auth(M::Get, "/api-keys", api_keys::list)
         .auth(M::Post, "/api-keys", api_keys::create)
         .auth(M::Get, "/api-keys/{id}", api_keys::get)
@@ -545,7 +563,7 @@ async fn openapi() -> Response {
 pub struct PageBody<T> {
     key: &'static str,
     items: Vec<T>,
-    uri: &'static str,
+    uri: Cow<'static, str>,
     next: Option<String>,
 }
 
@@ -568,7 +586,7 @@ impl<T: Serialize> Serialize for PageBody<T> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(3))?;
         m.serialize_entry(self.key, &self.items)?;
-        m.serialize_entry("uri", self.uri)?;
+        m.serialize_entry("uri", &self.uri)?;
         m.serialize_entry("nextPageUri", &self.next)?;
         m.end()
     }
@@ -578,11 +596,12 @@ impl<T: Serialize> Serialize for PageBody<T> {
 /// one only says that there is a next page).
 pub fn page_response<T: Serialize>(
     key: &'static str,
-    base: &'static str,
+    base: impl Into<Cow<'static, str>>,
     mut items: Vec<T>,
     page: &PageRequest,
     id_of: impl Fn(&T) -> &str,
 ) -> Result<Json<PageBody<T>>, ApiError> {
+    let base = base.into();
     let more = items.len() > page.limit;
     items.truncate(page.limit);
     let next = match (more, items.last()) {

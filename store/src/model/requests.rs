@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::api::principal::Role;
 
-use super::resources::{AccessSpec, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
+use super::resources::{AccessSpec, AlertEvent, BudgetSpec, RateLimitsSpec, RequestLimitsSpec, RouterSpec};
 
 /// `Option<Option<T>>` for PATCH: absent = `None`, `null` = `Some(None)`.
 pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -234,6 +234,50 @@ pub struct PatchProvider {
     pub auth: Option<AuthStyle>,
     #[serde(default, deserialize_with = "non_null")]
     pub models: Option<Vec<String>>,
+}
+
+/// `POST /alert-webhooks`. Carries a secret: no `Debug`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CreateAlertWebhook {
+    pub url: String,
+    /// Generated when absent (and then shown once).
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub configuration_id: Option<String>,
+    /// Percent (1 to 100); default 50, 80, 100.
+    #[serde(default)]
+    pub thresholds: Option<Vec<i64>>,
+    /// Default: every event.
+    #[serde(default)]
+    pub events: Option<Vec<AlertEvent>>,
+    #[serde(default)]
+    pub expiry_warning_days: Option<i64>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+/// `PATCH /alert-webhooks/{id}`. Carries a secret: no `Debug`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatchAlertWebhook {
+    #[serde(default, deserialize_with = "non_null")]
+    pub url: Option<String>,
+    /// Replaces the secret (not shown back).
+    #[serde(default, deserialize_with = "non_null")]
+    pub secret: Option<String>,
+    /// `null`: store-wide.
+    #[serde(default, deserialize_with = "double_option")]
+    pub configuration_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub thresholds: Option<Vec<i64>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub events: Option<Vec<AlertEvent>>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub expiry_warning_days: Option<i64>,
+    #[serde(default, deserialize_with = "non_null")]
+    pub enabled: Option<bool>,
 }
 
 /// The default credential style of a wire format.

@@ -6,6 +6,7 @@ use keygate_proto::lookup::{AuthStyle, Format};
 use serde::{Deserialize, Serialize};
 
 use crate::api::principal::{Role, Via};
+pub use crate::policy::alerts::AlertEvent;
 use crate::pricing::Window;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +253,62 @@ pub struct SummaryRow {
     pub input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+}
+
+/// A webhook that hears of budget, credit and key-expiry alerts. Its secret
+/// is write-only: shown once, in the create answer (no `Debug`).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertWebhook {
+    pub id: String,
+    pub url: String,
+    /// Null: store-wide; else only that configuration's budget and its keys.
+    pub configuration_id: Option<String>,
+    /// Percent of a limit, ascending.
+    pub thresholds: Vec<u8>,
+    pub events: Vec<AlertEvent>,
+    pub expiry_warning_days: u32,
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Only in the create answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// One alert sent (or being sent) to a webhook, with its attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertDelivery {
+    pub id: String,
+    pub webhook_id: String,
+    /// `budget.threshold`, `credits.threshold` or `key.expiry`.
+    pub event: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    /// The HTTP status of the last attempt (null: none answered).
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (never a secret).
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub delivered_at: Option<String>,
+    /// When a pending delivery is tried next.
+    pub next_attempt_at: Option<String>,
+    /// The JSON body sent (the same on every attempt).
+    pub payload: serde_json::Value,
+    pub attempt_log: Vec<AlertAttempt>,
+}
+
+/// One attempt of a delivery.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertAttempt {
+    pub attempt: u32,
+    pub at: String,
+    pub duration_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

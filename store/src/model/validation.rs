@@ -260,8 +260,88 @@ pub fn check_models(field: &str, models: &[String]) -> V<()> {
 /// Normalizes a provider base URL: `http(s)://host[:port][/path]`, no query,
 /// fragment or user info; trailing slashes removed.
 pub fn normalize_base_url(s: &str) -> V<String> {
-    let field = "baseUrl";
-    let bad = |why: &str| StoreError::invalid(field, format!("baseUrl {why}"));
+    check_http_url("baseUrl", s)
+}
+
+/// An alert webhook's `url`: checked as a provider base URL is (http or
+/// https, a host and port, a plain path; no user info, query, fragment,
+/// whitespace, escape or dot segment), kept as given (a trailing slash too).
+pub fn check_webhook_url(s: &str) -> V<String> {
+    check_http_url("url", s)?;
+    Ok(s.to_string())
+}
+
+/// Shortest and longest webhook secret accepted.
+pub const WEBHOOK_SECRET_MIN: usize = 16;
+pub const WEBHOOK_SECRET_MAX: usize = 256;
+
+/// A webhook secret given by the caller: 16 to 256 printable ASCII
+/// characters without spaces (it goes into HMAC keys, never into a header).
+pub fn check_webhook_secret(s: &str) -> V<()> {
+    let n = s.len();
+    if !(WEBHOOK_SECRET_MIN..=WEBHOOK_SECRET_MAX).contains(&n) || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(StoreError::invalid(
+            "secret",
+            format!(
+                "secret must be {WEBHOOK_SECRET_MIN} to {WEBHOOK_SECRET_MAX} printable ASCII characters without spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A webhook's `thresholds`: 1 to 20 integers from 1 to 100 (percent);
+/// returned sorted and without duplicates.
+pub fn check_thresholds(t: &[i64]) -> V<Vec<u8>> {
+    use crate::policy::alerts::MAX_THRESHOLDS;
+    if t.is_empty() || t.len() > MAX_THRESHOLDS {
+        return Err(StoreError::invalid(
+            "thresholds",
+            format!("thresholds must list 1 to {MAX_THRESHOLDS} percentages"),
+        ));
+    }
+    let mut out = Vec::with_capacity(t.len());
+    for (i, v) in t.iter().enumerate() {
+        match u8::try_from(*v) {
+            Ok(p) if (1..=100).contains(&p) => out.push(p),
+            _ => {
+                return Err(StoreError::invalid(
+                    format!("thresholds[{i}]"),
+                    format!("thresholds[{i}] must be an integer percentage from 1 to 100"),
+                ))
+            }
+        }
+    }
+    Ok(crate::policy::alerts::normalize_thresholds(out))
+}
+
+/// A webhook's `events`: at least one; returned sorted, without duplicates.
+pub fn check_events(e: &[crate::policy::alerts::AlertEvent]) -> V<Vec<crate::policy::alerts::AlertEvent>> {
+    if e.is_empty() {
+        return Err(StoreError::invalid("events", "events must name at least one of budget, credits, key_expiry"));
+    }
+    let mut out = e.to_vec();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// A webhook's `expiryWarningDays`: 1 to 365.
+pub fn check_expiry_warning_days(d: i64) -> V<u32> {
+    use crate::policy::alerts::MAX_EXPIRY_WARNING_DAYS;
+    match u32::try_from(d) {
+        Ok(d) if (1..=MAX_EXPIRY_WARNING_DAYS).contains(&d) => Ok(d),
+        _ => Err(StoreError::invalid(
+            "expiryWarningDays",
+            format!("expiryWarningDays must be an integer from 1 to {MAX_EXPIRY_WARNING_DAYS}"),
+        )),
+    }
+}
+
+/// An `http(s)://host[:port][/path]` URL (see [`normalize_base_url`]), in
+/// errors called `field`; returned without trailing slashes.
+fn check_http_url(field: &str, s: &str) -> V<String> {
+    let bad = |why: &str| StoreError::invalid(field, format!("{field} {why}"));
     if chars(s) > 2048 {
         return Err(bad("is too long"));
     }
@@ -505,6 +585,65 @@ mod tests {
         }
         let azure = "https://az.example/openai/deployments/gpt-4o.v2";
         assert_eq!(normalize_base_url(azure).unwrap(), azure);
+    }
+
+    #[test]
+    fn webhook_urls_are_checked_as_base_urls_are_and_kept_as_given() {
+        assert_eq!(check_webhook_url("https://hooks.example/keygate/").unwrap(), "https://hooks.example/keygate/");
+        assert_eq!(check_webhook_url("http://127.0.0.1:9999/h").unwrap(), "http://127.0.0.1:9999/h");
+        for bad in [
+            "ftp://x/h",
+            "https://user:pass@x/h",
+            "https://token@x/h",
+            "https://x/h?token=1",
+            "https://x/h#f",
+            "https://x/h/../admin",
+            "https://x/h%2f",
+            "https://x /h",
+            "https://x/h\n",
+            "https://x:0/h",
+            "javascript:alert(1)",
+            "//x/h",
+            "",
+        ] {
+            match check_webhook_url(bad) {
+                Err(StoreError::Invalid { field, .. }) => assert_eq!(field, "url", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn webhook_thresholds_events_days_and_secrets() {
+        assert_eq!(check_thresholds(&[100, 50, 80, 50]).unwrap(), vec![50, 80, 100]);
+        assert_eq!(check_thresholds(&[1, 100]).unwrap(), vec![1, 100]);
+        for (bad, field) in [
+            (vec![], "thresholds"),
+            (vec![0], "thresholds[0]"),
+            (vec![50, 101], "thresholds[1]"),
+            (vec![-1], "thresholds[0]"),
+        ] {
+            match check_thresholds(&bad) {
+                Err(StoreError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(check_thresholds(&[5; 21]).is_err());
+        use crate::policy::alerts::AlertEvent::{Budget, KeyExpiry};
+        assert_eq!(check_events(&[KeyExpiry, Budget, KeyExpiry]).unwrap(), vec![Budget, KeyExpiry]);
+        assert!(check_events(&[]).is_err());
+        assert_eq!(check_expiry_warning_days(7).unwrap(), 7);
+        assert!(check_expiry_warning_days(0).is_err() && check_expiry_warning_days(366).is_err());
+        assert!(check_webhook_secret(&"a".repeat(16)).is_ok());
+        for bad in [
+            "short".to_string(),
+            "a".repeat(257),
+            format!("{} x", "a".repeat(20)),
+            format!("{}\n", "a".repeat(20)),
+            "é".repeat(10),
+        ] {
+            assert!(check_webhook_secret(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,8 +16,9 @@ use crate::api::principal::{Principal, Via};
 pub const REDACTED: &str = "[redacted]";
 
 /// Fields whose values are secrets wherever they appear in a change (a
-/// provider key's `value`; a `token`, which no request carries today).
-pub const SECRET_FIELDS: &[&str] = &["value", "token"];
+/// provider key's `value`; an alert webhook's signing `secret`; a `token`,
+/// which no request carries today).
+pub const SECRET_FIELDS: &[&str] = &["value", "secret", "token"];
 
 /// Default of `KEYGATE_AUDIT_RETENTION_DAYS`.
 pub const DEFAULT_RETENTION_DAYS: u32 = 365;
@@ -155,13 +156,14 @@ mod tests {
             "provider_key",
             None,
             json!({"value": "sk-secret", "name": "n", "nested": [{"token": "t"}, {"x": format!("see {access}")}],
-                   "note": format!("{mgmt} here"), "description": null, "value2": "kept"}),
+                   "note": format!("{mgmt} here"), "description": null, "value2": "kept",
+                   "secret": "whsec_0123"}),
         );
         let got: Value = serde_json::from_str(&a.changes_json()).unwrap();
         assert_eq!(
             got,
             json!({"value": REDACTED, "name": "n", "nested": [{"token": REDACTED}, {"x": REDACTED}],
-                   "note": REDACTED, "description": null, "value2": "kept"})
+                   "note": REDACTED, "description": null, "value2": "kept", "secret": REDACTED})
         );
         assert_eq!(a.actor(), "bootstrap");
         assert_eq!(a.resource_id(Some("pk_1")), Some("pk_1"));

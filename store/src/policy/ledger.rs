@@ -108,6 +108,7 @@ pub(crate) mod memory {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::policy::alerts::{AlertLedger, AlertTarget, ExpiringKey, Fired, NewDelivery};
 
     #[derive(Debug, Clone, PartialEq)]
     pub struct StoredUsage {
@@ -127,6 +128,14 @@ pub(crate) mod memory {
         pub reservations: Vec<Reservation>,
         pub usage: Vec<StoredUsage>,
         pub last_used: HashMap<String, i64>,
+        /// Alerts: enabled webhooks, key and configuration names, keys
+        /// expiring, marks, deliveries and what was forgotten.
+        pub targets: Vec<AlertTarget>,
+        pub names: HashMap<String, String>,
+        pub expiring: Vec<ExpiringKey>,
+        pub fired: Vec<Fired>,
+        pub deliveries: Vec<NewDelivery>,
+        pub forgotten: Vec<(i64, i64)>,
     }
 
     fn key(at: &BudgetRef) -> (String, String, i64) {
@@ -236,6 +245,46 @@ pub(crate) mod memory {
         fn touch_provider_key(&mut self, id: &str, ms: i64) -> Result<(), StoreError> {
             let e = self.last_used.entry(format!("pk:{id}")).or_insert(0);
             *e = (*e).max(ms);
+            Ok(())
+        }
+    }
+
+    impl AlertLedger for MemoryLedger {
+        fn alert_targets(&mut self) -> Result<Vec<AlertTarget>, StoreError> {
+            Ok(self.targets.clone())
+        }
+        fn key_name(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+            Ok(self.names.get(id).cloned())
+        }
+        fn config_name(&mut self, id: &str) -> Result<Option<String>, StoreError> {
+            Ok(self.names.get(id).cloned())
+        }
+        fn expiring_keys(&mut self, after_secs: i64, until_secs: i64) -> Result<Vec<ExpiringKey>, StoreError> {
+            Ok(self
+                .expiring
+                .iter()
+                .filter(|k| k.expires_at > after_secs && k.expires_at <= until_secs)
+                .cloned()
+                .collect())
+        }
+        fn insert_fired(&mut self, f: &Fired) -> Result<bool, StoreError> {
+            let same = |o: &Fired| {
+                (&o.webhook_id, &o.subject, &o.unit, &o.period, o.threshold)
+                    == (&f.webhook_id, &f.subject, &f.unit, &f.period, f.threshold)
+            };
+            if self.fired.iter().any(same) {
+                return Ok(false);
+            }
+            self.fired.push(f.clone());
+            Ok(true)
+        }
+        fn insert_delivery(&mut self, d: &NewDelivery) -> Result<(), StoreError> {
+            self.deliveries.push(d.clone());
+            Ok(())
+        }
+        fn forget_alerts(&mut self, ended_before_ms: i64, finished_before_ms: i64) -> Result<(), StoreError> {
+            self.fired.retain(|f| f.period_end_ms.is_none_or(|e| e >= ended_before_ms));
+            self.forgotten.push((ended_before_ms, finished_before_ms));
             Ok(())
         }
     }

@@ -12,8 +12,8 @@
 //!   limits and the `budgeted` flag, rate-limit leases ([`leases`]), reference checks and "still in use"
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
 //!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]), usage retention
-//!   ([`retention`]), what an audit-log entry may hold and how long it is
-//!   kept ([`audit`]).
+//!   ([`retention`]), alert thresholds, signatures and retries ([`alerts`]),
+//!   what an audit-log entry may hold and how long it is kept ([`audit`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
 //!   ingesting usage read and write many rows in an order that is itself the
 //!   rule (sweep first; key, then configuration, then credits; settle, then
@@ -26,6 +26,7 @@
 //! function here is tested natively, the billing ones against an in-memory
 //! ledger.
 
+pub mod alerts;
 pub mod audit;
 pub mod budget;
 pub mod changes;

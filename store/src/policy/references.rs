@@ -17,6 +17,7 @@ pub enum Resource {
     ProviderKey,
     Config,
     Provider,
+    AlertWebhook,
     ApiKey,
 }
 
@@ -27,6 +28,7 @@ impl Resource {
             Resource::ProviderKey => "provider key",
             Resource::Config => "access key configuration",
             Resource::Provider => "provider",
+            Resource::AlertWebhook => "alert webhook",
             Resource::ApiKey => "management API key",
         }
     }

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use keygate_proto::lookup::{RefusedBy, ReserveRequest, ReserveResponse, UsageRecord};
 
+use super::alerts::{self, AlertLedger};
 use super::budget::{self, config_scope, key_scope, BudgetRef, Delta};
 use super::credits;
 use super::ledger::{Catalog, Ledger, Reservation, Uncharged, UsageRow};
@@ -177,9 +178,10 @@ pub fn reserve<L: Ledger>(l: &mut L, req: &ReserveRequest, now_ms: i64) -> Resul
 }
 
 /// Stores usage records (duplicates of (requestId, attempt) ignored), settles
-/// the reservations they quote, charges the records of settled requests and
-/// moves the keys' last use forward. Returns how many records were new.
-pub fn ingest<L: Ledger>(l: &mut L, records: &[UsageRecord], now_ms: i64) -> Result<usize, L::Error> {
+/// the reservations they quote, charges the records of settled requests,
+/// evaluates the alerts of the budgets charged (`policy::alerts`) and moves
+/// the keys' last use forward. Returns how many records were new.
+pub fn ingest<L: AlertLedger>(l: &mut L, records: &[UsageRecord], now_ms: i64) -> Result<usize, L::Error> {
     let catalog = l.prices()?;
     let mut inserted = 0;
     let mut requests: BTreeSet<&str> = BTreeSet::new();
@@ -220,14 +222,19 @@ pub fn ingest<L: Ledger>(l: &mut L, records: &[UsageRecord], now_ms: i64) -> Res
         l.mark_settled(rsv, now_ms)?;
     }
     // Charge every not-yet-charged record of a settled request, once.
+    let mut charged: Vec<BudgetRef> = Vec::new();
     for request_id in requests {
         let Some(holds) = l.settled_holds(request_id)? else { continue };
         let (tokens, micros) = charge(&l.uncharged_usage(request_id)?);
         l.mark_charged(request_id)?;
-        for at in &holds {
-            budget::add(l, at, Delta::spend(tokens, micros))?;
+        for at in holds {
+            budget::add(l, &at, Delta::spend(tokens, micros))?;
+            if (tokens, micros) != (0, 0) {
+                charged.push(at);
+            }
         }
     }
+    alerts::after_charges(l, &charged, now_ms)?;
     for (id, ended) in key_used {
         l.touch_access_key(id, ended)?;
     }

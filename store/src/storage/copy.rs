@@ -1,13 +1,16 @@
 //! `keygate copy`: moves a SQLite deployment onto PostgreSQL with nothing
 //! lost. Every table is copied row for row, column for column (ids, digests,
-//! redacted forms, sealed provider-key values byte for byte, sequence numbers,
-//! the version counter and the change log), in one PostgreSQL transaction, from
-//! one SQLite read snapshot; row counts are compared before it commits.
+//! redacted forms, sealed provider-key values and webhook secrets byte for
+//! byte, sequence numbers, the version counter and the change log, management
+//! keys and the audit log, alert webhooks with their marks and deliveries), in
+//! one PostgreSQL transaction, from one SQLite read snapshot; row counts are
+//! compared before it commits.
 //!
 //! The target must be empty (migrated or not, never served): the copy refuses
 //! a database that holds any key, configuration, provider, usage, management
-//! key, audit-log entry or a master key check. Provider-key values stay sealed, so the PostgreSQL store must be
-//! run with the same master key as the SQLite one.
+//! key, audit-log entry, alert webhook or delivery, or a master key check.
+//! Provider-key values and webhook secrets stay sealed, so the PostgreSQL store
+//! must be run with the same master key as the SQLite one.
 
 use std::path::{Path, PathBuf};
 
@@ -167,6 +170,62 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
+        "alert_webhooks",
+        &[
+            ("id", Text),
+            ("url", Text),
+            ("secret", Bytes),
+            ("config_id", Text),
+            ("thresholds_json", Text),
+            ("events_json", Text),
+            ("expiry_warning_days", Int),
+            ("enabled", Bool),
+            ("created_ms", Int),
+            ("updated_ms", Int),
+        ],
+    ),
+    (
+        "alert_fired",
+        &[
+            ("webhook_id", Text),
+            ("subject", Text),
+            ("unit", Text),
+            ("period", Text),
+            ("threshold", Int),
+            ("period_end_ms", Int),
+            ("created_ms", Int),
+        ],
+    ),
+    (
+        "alert_deliveries",
+        &[
+            ("id", Text),
+            ("webhook_id", Text),
+            ("event", Text),
+            ("payload", Text),
+            ("status", Text),
+            ("attempts", Int),
+            ("next_attempt_ms", Int),
+            ("lease_until_ms", Int),
+            ("lease_token", Text),
+            ("last_status", Int),
+            ("last_error", Text),
+            ("created_ms", Int),
+            ("delivered_ms", Int),
+        ],
+    ),
+    (
+        "alert_attempts",
+        &[
+            ("delivery_id", Text),
+            ("attempt", Int),
+            ("started_ms", Int),
+            ("duration_ms", Int),
+            ("status", Int),
+            ("error", Text),
+        ],
+    ),
+    (
         "api_keys",
         &[
             ("id", Text),
@@ -319,6 +378,8 @@ fn copy(src: &mut Connection, dst: &mut postgres::Client) -> Result<Copied, Copy
         "reservations",
         "api_keys",
         "audit_log",
+        "alert_webhooks",
+        "alert_deliveries",
     ] {
         let n: i64 = tx.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?.try_get(0)?;
         if n > 0 {

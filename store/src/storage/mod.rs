@@ -27,9 +27,10 @@ use crate::api::principal::Role;
 use crate::crypto::Cipher;
 use crate::error::StoreResult;
 use crate::model::{
-    AccessKey, AccessKeyConfiguration, AccessSpec, ApiKey, AuditEntry, BudgetSpec, Credits, PriceEntry, Provider,
-    ProviderKey, RateLimitsSpec, RequestLimitsSpec, RouterSpec, SummaryRow, UsageItem,
+    AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, ApiKey, AuditEntry, BudgetSpec,
+    Credits, PriceEntry, Provider, ProviderKey, RateLimitsSpec, RequestLimitsSpec, RouterSpec, SummaryRow, UsageItem,
 };
+use crate::policy::alerts::{AlertEvent, NextState};
 pub use crate::policy::audit::Audit;
 
 pub use postgres::{PgStore, PgTarget};
@@ -301,6 +302,59 @@ pub struct NewPrice {
     pub cached: Option<i64>,
 }
 
+/// A new alert webhook; `secret` is encrypted by the store. No `Debug`.
+#[derive(Clone)]
+pub struct NewAlertWebhook {
+    pub url: String,
+    pub secret: String,
+    pub config_id: Option<String>,
+    pub thresholds: Vec<u8>,
+    pub events: Vec<AlertEvent>,
+    pub expiry_warning_days: u32,
+    pub enabled: bool,
+}
+
+/// A PATCH of an alert webhook (`secret`: a new one). No `Debug`.
+#[derive(Clone, Default)]
+pub struct AlertWebhookChanges {
+    pub url: Option<String>,
+    pub secret: Option<String>,
+    pub config_id: Option<Option<String>>,
+    pub thresholds: Option<Vec<u8>>,
+    pub events: Option<Vec<AlertEvent>>,
+    pub expiry_warning_days: Option<u32>,
+    pub enabled: Option<bool>,
+}
+
+/// A delivery claimed by one worker until `lease_until_ms` (its `lease` token
+/// proves the claim when the attempt is recorded). Holds the webhook's secret
+/// in clear: no `Debug`.
+#[derive(Clone)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub webhook_id: String,
+    pub event: String,
+    pub url: String,
+    pub secret: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub lease: String,
+}
+
+/// What one attempt of a delivery found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// 1-based.
+    pub attempt: u32,
+    pub started_ms: i64,
+    pub duration_ms: i64,
+    /// The HTTP status, if the receiver answered.
+    pub status: Option<u16>,
+    /// Why it failed (never a secret), if it did.
+    pub error: Option<String>,
+}
+
 /// Filters of `/usage` and `/usage/summary` (all optional, combined with AND).
 #[derive(Debug, Clone, Default)]
 pub struct UsageFilter {
@@ -428,6 +482,29 @@ pub trait Store: Send + Sync + 'static {
     fn delete_price(&self, provider: &str, model: &str, audit: &Audit) -> StoreResult<()>;
 
     fn gauges(&self) -> StoreResult<Gauges>;
+
+    // Alert webhooks (`policy::alerts`). Deliveries are queued by
+    // `ingest_usage` (budgets, credits) and `sweep_alerts` (key expiry).
+    fn create_alert_webhook(&self, new: &NewAlertWebhook, audit: &Audit) -> StoreResult<AlertWebhook>;
+    fn list_alert_webhooks(&self, page: &PageRequest) -> StoreResult<Vec<AlertWebhook>>;
+    fn get_alert_webhook(&self, id: &str) -> StoreResult<AlertWebhook>;
+    fn update_alert_webhook(&self, id: &str, changes: &AlertWebhookChanges, audit: &Audit)
+        -> StoreResult<AlertWebhook>;
+    /// Deletes the webhook with its deliveries and marks.
+    fn delete_alert_webhook(&self, id: &str, audit: &Audit) -> StoreResult<()>;
+    /// A webhook's deliveries, newest first, with their attempts.
+    fn list_alert_deliveries(&self, webhook_id: &str, page: &PageRequest) -> StoreResult<Vec<AlertDelivery>>;
+    /// Queues the key-expiry alerts due and forgets old marks and finished
+    /// deliveries; returns how many deliveries it queued.
+    fn sweep_alerts(&self) -> StoreResult<usize>;
+    /// When the next pending delivery (of an enabled webhook) may be claimed.
+    fn next_alert_due(&self) -> StoreResult<Option<i64>>;
+    /// Claims up to `limit` due deliveries for `lease_ms`: no other worker
+    /// (of this or another replica) claims them until then.
+    fn claim_alert_deliveries(&self, lease_ms: i64, limit: usize) -> StoreResult<Vec<ClaimedDelivery>>;
+    /// Records an attempt of a claimed delivery and moves it to `next`;
+    /// `false` (nothing written) when the claim was lost meanwhile.
+    fn finish_alert_attempt(&self, d: &ClaimedDelivery, attempt: &AttemptRecord, next: NextState) -> StoreResult<bool>;
 
     fn create_api_key(&self, new: &NewApiKey, audit: &Audit) -> StoreResult<ApiKey>;
     fn list_api_keys(&self, page: &PageRequest) -> StoreResult<Vec<ApiKey>>;

@@ -7,9 +7,10 @@ use keygate_proto::lookup::{AuthStyle, Format};
 use crate::error::StoreError;
 use crate::ids::{rfc3339_ms, rfc3339_secs};
 use crate::model::{
-    AccessKey, AccessKeyConfiguration, ApiKey, AuditEntry, BudgetSpec, ConfigRef, PriceEntry, Provider, ProviderKey,
-    SummaryRow, UsageItem,
+    AccessKey, AccessKeyConfiguration, AlertAttempt, AlertDelivery, AlertWebhook, ApiKey, AuditEntry, BudgetSpec,
+    ConfigRef, PriceEntry, Provider, ProviderKey, SummaryRow, UsageItem,
 };
+use crate::policy::alerts::{AlertEvent, AlertTarget, ExpiringKey, NextState};
 use crate::policy::budget::{self, config_scope, key_scope, BudgetRow};
 use crate::policy::credits::CreditState;
 use crate::policy::ledger::{Ledger, Reservation, Uncharged};
@@ -317,6 +318,110 @@ pub(crate) fn summary_row<C: Cells>(r: &C) -> Result<SummaryRow, C::Error> {
         cost_usd: micros_to_usd(r.int(5)?),
     })
 }
+
+// ------------------------------------------------------------ alerts
+
+/// The columns of an alert webhook (never its sealed secret).
+pub(crate) const ALERT_WEBHOOK_COLS: &str =
+    "id, url, config_id, thresholds_json, events_json, expiry_warning_days, enabled, created_ms, updated_ms
+     FROM alert_webhooks";
+
+pub(crate) fn alert_webhook<C: Cells>(r: &C) -> Result<AlertWebhook, C::Error> {
+    Ok(AlertWebhook {
+        id: r.text(0)?,
+        url: r.text(1)?,
+        configuration_id: r.opt_text(2)?,
+        thresholds: r.json(3)?.unwrap_or_default(),
+        events: r.json(4)?.unwrap_or_default(),
+        expiry_warning_days: r.num(5)?,
+        enabled: r.flag(6)?,
+        created_at: rfc3339_ms(r.int(7)?),
+        updated_at: rfc3339_ms(r.int(8)?),
+        secret: None,
+    })
+}
+
+/// The enabled webhooks, as the alert evaluation sees them.
+pub(crate) const ALERT_TARGET_COLS: &str =
+    "id, config_id, thresholds_json, events_json, expiry_warning_days FROM alert_webhooks WHERE enabled ORDER BY id";
+
+pub(crate) fn alert_target<C: Cells>(r: &C) -> Result<AlertTarget, C::Error> {
+    Ok(AlertTarget {
+        id: r.text(0)?,
+        config_id: r.opt_text(1)?,
+        thresholds: r.json(2)?.unwrap_or_default(),
+        events: r.json(3)?.unwrap_or_default(),
+        expiry_warning_days: r.num(4)?,
+    })
+}
+
+/// Keys about to expire (`?1`/`$1` < expires_at ≤ `?2`/`$2`), not disabled.
+pub(crate) const EXPIRING_KEY_COLS: &str = "id, name, config_id, expires_at FROM access_keys";
+
+pub(crate) fn expiring_key<C: Cells>(r: &C) -> Result<ExpiringKey, C::Error> {
+    Ok(ExpiringKey { id: r.text(0)?, name: r.text(1)?, config_id: r.opt_text(2)?, expires_at: r.int(3)? })
+}
+
+pub(crate) const ALERT_DELIVERY_COLS: &str =
+    "id, webhook_id, event, status, attempts, last_status, last_error, created_ms, delivered_ms, next_attempt_ms,
+     payload FROM alert_deliveries";
+
+/// A delivery as listed (its attempts are read apart).
+pub(crate) fn alert_delivery<C: Cells>(r: &C) -> Result<AlertDelivery, C::Error> {
+    let status = r.text(3)?;
+    let next = r.int(9)?;
+    Ok(AlertDelivery {
+        id: r.text(0)?,
+        webhook_id: r.text(1)?,
+        event: r.text(2)?,
+        attempts: r.num(4)?,
+        last_status: r
+            .opt_int(5)?
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Internal("stored status out of range".into()))?,
+        last_error: r.opt_text(6)?,
+        created_at: rfc3339_ms(r.int(7)?),
+        delivered_at: r.opt_int(8)?.map(rfc3339_ms),
+        next_attempt_at: (status == "pending").then(|| rfc3339_ms(next)),
+        payload: serde_json::from_str(&r.text(10)?)?,
+        attempt_log: Vec::new(),
+        status,
+    })
+}
+
+pub(crate) const ALERT_ATTEMPT_COLS: &str = "attempt, started_ms, duration_ms, status, error FROM alert_attempts";
+
+pub(crate) fn alert_attempt<C: Cells>(r: &C) -> Result<AlertAttempt, C::Error> {
+    Ok(AlertAttempt {
+        attempt: r.num(0)?,
+        at: rfc3339_ms(r.int(1)?),
+        duration_ms: r.num(2)?,
+        status: r
+            .opt_int(3)?
+            .map(u16::try_from)
+            .transpose()
+            .map_err(|_| StoreError::Internal("stored status out of range".into()))?,
+        error: r.opt_text(4)?,
+    })
+}
+
+/// The stored `status` of a delivery after an attempt, its next attempt
+/// (unix ms; 0 once it is done) and when it was delivered.
+pub(crate) fn delivery_state(next: NextState, now_ms: i64) -> (&'static str, i64, Option<i64>) {
+    match next {
+        NextState::Delivered => ("delivered", 0, Some(now_ms)),
+        NextState::Retry(at) => ("pending", at, None),
+        NextState::Failed => ("failed", 0, None),
+    }
+}
+
+/// A webhook's thresholds and events as stored (JSON arrays).
+pub(crate) fn alert_lists(thresholds: &[u8], events: &[AlertEvent]) -> Result<(String, String), StoreError> {
+    Ok((serde_json::to_string(thresholds)?, serde_json::to_string(events)?))
+}
+
+// ------------------------------------------------------------ management keys and the audit log
 
 pub(crate) const API_KEY_COLS: &str =
     "id, name, role, token_prefix, created_ms, updated_ms, last_used_ms FROM api_keys";

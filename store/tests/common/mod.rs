@@ -28,6 +28,8 @@ pub struct H {
     pub dir: TempDir,
     pub api: Router,
     pub gw: Router,
+    /// The state both routers share (its store, the alert worker's wake-up).
+    pub state: AppState,
     /// The PostgreSQL database of a PostgreSQL run (dropped last).
     pub pg: Option<testdb::PgDb>,
 }
@@ -56,7 +58,7 @@ impl H {
     /// Both routers over `store`.
     pub fn over(store: Arc<dyn Store>, dir: TempDir, pg: Option<testdb::PgDb>) -> H {
         let state = AppState::new(store, ADMIN, GATEWAY);
-        H { api: management_app(state.clone()), gw: gateway_app(state), dir, pg }
+        H { api: management_app(state.clone()), gw: gateway_app(state.clone()), state, dir, pg }
     }
 }
 

@@ -46,6 +46,7 @@ use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use postgres::{IsolationLevel, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
+mod alerts;
 pub(crate) mod error;
 mod leases;
 mod ledger;
@@ -66,19 +67,21 @@ use super::rows::{
 };
 use super::update::Assignments;
 use super::{
-    AccessKeyChanges, AccessKeyFilter, ApiKeyAuth, ApiKeyChanges, Audit, AuditFilter, ConfigChanges, Gauges, GroupBy,
-    NewAccessKey, NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges,
-    ProviderKeyChanges, Store, UsageFilter,
+    AccessKeyChanges, AccessKeyFilter, AlertWebhookChanges, ApiKeyAuth, ApiKeyChanges, AttemptRecord, Audit,
+    AuditFilter, ClaimedDelivery, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig,
+    NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges, ProviderKeyChanges, Store,
+    UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
 use crate::error::{StoreError, StoreResult};
 use crate::ids::{new_id, now_ms, now_secs};
 use crate::model::{
-    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, ApiKey, AuditEntry, Credits, PriceEntry, Provider,
-    ProviderKey, RouterSpec, SummaryRow, UsageItem,
+    redact_value, AccessKey, AccessKeyConfiguration, AccessSpec, AlertDelivery, AlertWebhook, ApiKey, AuditEntry,
+    Credits, PriceEntry, Provider, ProviderKey, RouterSpec, SummaryRow, UsageItem,
 };
 use crate::plan::{KeyRow, ProviderRow};
+use crate::policy::alerts::NextState;
 use crate::policy::budget::{config_scope, key_scope};
 use crate::policy::key_status;
 use crate::policy::ledger::Ledger;
@@ -786,6 +789,7 @@ impl Store for PgStore {
             get_config(tx, id)?;
             let users = count(tx, "SELECT COUNT(*) FROM access_keys WHERE config_id = $1", id)?;
             refs::may_delete_config(id, users)?;
+            crate::policy::alerts::may_delete_config(id, alerts::webhooks_of_config(tx, id)?)?;
             tx.execute("DELETE FROM configs WHERE id = $1", &[&id])?;
             forget_scope(tx, &config_scope(id))?;
             self.bump(tx, &[])?;
@@ -950,6 +954,65 @@ impl Store for PgStore {
             let access_keys = tx.query_one("SELECT COUNT(*) FROM access_keys", &[])?.int(0)?;
             Ok(Gauges { access_keys, version: current_version(tx)? })
         })
+    }
+
+    // -------------------------------------------------------- alert webhooks
+
+    fn create_alert_webhook(&self, new: &NewAlertWebhook, audit: &Audit) -> StoreResult<AlertWebhook> {
+        let id = alerts::new_webhook_id()?;
+        self.write(|tx| {
+            let hook = alerts::create_webhook(tx, &self.cipher, &id, new)?;
+            management::record(tx, audit, Some(&id))?;
+            Ok(hook)
+        })
+    }
+
+    fn list_alert_webhooks(&self, page: &PageRequest) -> StoreResult<Vec<AlertWebhook>> {
+        self.read(|tx| alerts::list_webhooks(tx, page))
+    }
+
+    fn get_alert_webhook(&self, id: &str) -> StoreResult<AlertWebhook> {
+        self.read(|tx| alerts::get_webhook(tx, id))
+    }
+
+    fn update_alert_webhook(
+        &self,
+        id: &str,
+        changes: &AlertWebhookChanges,
+        audit: &Audit,
+    ) -> StoreResult<AlertWebhook> {
+        self.write(|tx| {
+            let hook = alerts::update_webhook(tx, &self.cipher, id, changes)?;
+            management::record(tx, audit, None)?;
+            Ok(hook)
+        })
+    }
+
+    fn delete_alert_webhook(&self, id: &str, audit: &Audit) -> StoreResult<()> {
+        self.write(|tx| {
+            alerts::delete_webhook(tx, id)?;
+            management::record(tx, audit, None)
+        })
+    }
+
+    fn list_alert_deliveries(&self, webhook_id: &str, page: &PageRequest) -> StoreResult<Vec<AlertDelivery>> {
+        self.read(|tx| alerts::list_deliveries(tx, webhook_id, page))
+    }
+
+    fn sweep_alerts(&self) -> StoreResult<usize> {
+        self.write(|tx| crate::policy::alerts::sweep_expiry(&mut PgLedger(tx), now_ms()))
+    }
+
+    fn next_alert_due(&self) -> StoreResult<Option<i64>> {
+        self.read(|tx| tx.query_one(alerts::NEXT_DUE, &[])?.opt_int(0))
+    }
+
+    fn claim_alert_deliveries(&self, lease_ms: i64, limit: usize) -> StoreResult<Vec<ClaimedDelivery>> {
+        self.write(|tx| alerts::claim(tx, &self.cipher, lease_ms, limit))
+    }
+
+    fn finish_alert_attempt(&self, d: &ClaimedDelivery, attempt: &AttemptRecord, next: NextState) -> StoreResult<bool> {
+        self.write(|tx| alerts::finish(tx, d, attempt, next))
     }
 
     // -------------------------------------------------------- management keys, audit log

@@ -24,7 +24,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
     Migration { version: 6, name: "management API keys and the audit log" },
-    // 7: the alert webhooks (developed beside these).
+    Migration { version: 7, name: "alert webhooks and their deliveries" },
     Migration { version: 8, name: "access-key name search" },
 ];
 
@@ -218,6 +218,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 6 {
         tx.batch_execute(V6)?;
+    }
+    if m.version == 7 {
+        tx.batch_execute(super::alerts::SCHEMA)?;
     }
     if m.version == 8 {
         tx.batch_execute(NAME_SEARCH_SQL)?;

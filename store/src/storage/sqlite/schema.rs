@@ -21,7 +21,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 4, name: "estimated usage" },
     Migration { version: 5, name: "access keys' own concurrency caps" },
     Migration { version: 6, name: "management API keys and the audit log" },
-    // 7: the alert webhooks (developed beside these).
+    Migration { version: 7, name: "alert webhooks and their deliveries" },
     Migration { version: 8, name: "access-key name search" },
 ];
 
@@ -240,6 +240,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 6 {
             tx.execute_batch(API_KEYS_AND_AUDIT_SQL)?;
+        }
+        if m.version == 7 {
+            tx.execute_batch(super::alerts::SCHEMA)?;
         }
         if m.version == 8 {
             tx.execute_batch(NAME_SEARCH_SQL)?;
