@@ -46,9 +46,12 @@ class Conn:
 
 
 def worker_connections(gateway):
+    """Client connections per worker on the gateway's own listener (not the
+    hop's internal listener)."""
     stats = gateway.stats()["stats"]
+    prefix = f"listener.127.0.0.1_{gateway.port}.worker_"
     return {s["name"].split(".")[-2]: s["value"] for s in stats
-            if "name" in s and s["name"].startswith("listener.") and s["name"].endswith("downstream_cx_active") and ".worker_" in s["name"]}
+            if "name" in s and s["name"].startswith(prefix) and s["name"].endswith("downstream_cx_active")}
 
 
 def percentile(values, p):
