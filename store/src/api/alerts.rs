@@ -22,8 +22,9 @@ use crate::storage::{AlertWebhookChanges, NewAlertWebhook};
 /// The audit log's resource type of alert webhooks.
 const RESOURCE: &str = "alert_webhook";
 
-/// A new secret: `whsec_` and 32 random bytes in hex.
-fn generate_secret() -> Result<String, ApiError> {
+/// A new secret: `whsec_` and 32 random bytes in hex. (The console makes
+/// one when it replaces a webhook's secret.)
+pub fn generate_secret() -> Result<String, ApiError> {
     Ok(format!("whsec_{}", random_hex(32).map_err(|e| ApiError::Internal(e.to_string()))?))
 }
 

@@ -18,17 +18,19 @@ pub enum Nav {
     Providers,
     Usage,
     Budgets,
+    Alerts,
     Audit,
     None,
 }
 
-const NAV: [(Nav, &str, &str); 7] = [
+const NAV: [(Nav, &str, &str); 8] = [
     (Nav::Keys, "/console/access-keys", "Access keys"),
     (Nav::Configs, "/console/configurations", "Configurations"),
     (Nav::ProviderKeys, "/console/provider-keys", "Provider keys"),
     (Nav::Providers, "/console/providers", "Providers"),
     (Nav::Usage, "/console/usage", "Usage"),
     (Nav::Budgets, "/console/budgets", "Budgets & credits"),
+    (Nav::Alerts, "/console/alerts", "Alerts"),
     (Nav::Audit, "/console/audit-log", "Audit log"),
 ];
 

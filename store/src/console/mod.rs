@@ -13,8 +13,8 @@
 //!   a 403 that changes nothing;
 //! - every response carries a strict CSP (no inline script or style),
 //!   `nosniff`, `no-referrer`, and pages are `no-store`;
-//! - a token is shown once, on the page right after it was created or
-//!   rotated; provider-key values are never shown.
+//! - a token (or a webhook secret) is shown once, on the page right after
+//!   it was created or rotated; provider-key values are never shown.
 
 // The console reads the API's JSON answers as `serde_json::Value`, whose
 // `value["key"]` answers `Null` for a missing key or a value that is not an
@@ -191,7 +191,7 @@ impl Who {
         self.role >= Role::Operator
     }
 
-    /// May change provider keys, providers and credits.
+    /// May change provider keys, providers, credits and alert webhooks.
     pub fn admin(&self) -> bool {
         self.role >= Role::Admin
     }
@@ -262,6 +262,11 @@ impl Form {
     /// The first value of `name` ("" when absent).
     pub fn get(&self, name: &str) -> &str {
         self.0.iter().find(|(k, _)| k == name).map_or("", |(_, v)| v.as_str())
+    }
+
+    /// Every value of `name` (checkboxes of one name), in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     pub fn has(&self, name: &str) -> bool {

@@ -23,6 +23,9 @@ const NONCE_LEN: usize = 24;
 /// one kind never opens as another.
 pub const PURPOSE_SESSION: &str = "keygate console session v1";
 pub const PURPOSE_ONCE: &str = "keygate console token once v1";
+/// A webhook secret on its way to the one page that shows it (sealed apart
+/// from access-key tokens: one never opens as the other).
+pub const PURPOSE_SECRET_ONCE: &str = "keygate console webhook secret once v1";
 
 /// Seals and opens cookie values. No `Debug` of the key.
 #[derive(Clone)]
@@ -107,11 +110,13 @@ impl Session {
     }
 }
 
-/// A token just created or rotated, on its way to the one page that shows
-/// it: sealed, bound to the key and to the session (its CSRF secret), and
+/// A token just created or rotated (or an alert webhook's secret just
+/// generated or replaced), on its way to the one page that shows it: sealed,
+/// bound to the key (webhook) and to the session (its CSRF secret), and
 /// short-lived. The page that shows it deletes the cookie.
 #[derive(Serialize, Deserialize)]
 pub struct Once {
+    /// The access key's id (or the webhook's).
     #[serde(rename = "k")]
     pub key_id: String,
     #[serde(rename = "t")]
@@ -120,7 +125,8 @@ pub struct Once {
     pub session_csrf: String,
     #[serde(rename = "e")]
     pub expires: i64,
-    /// Created or rotated (with the old token's grace period, seconds).
+    /// Created or rotated (with the old token's grace period, seconds; a
+    /// webhook's replaced secret: `Some(0)`).
     #[serde(rename = "r")]
     pub rotated: Option<u64>,
 }
@@ -136,6 +142,8 @@ mod tests {
         assert_ne!(s, a.seal(PURPOSE_SESSION, b"hello").unwrap(), "fresh nonce each time");
         assert_eq!(a.open(PURPOSE_SESSION, &s).unwrap(), b"hello");
         assert!(a.open(PURPOSE_ONCE, &s).is_none());
+        let once = a.seal(PURPOSE_ONCE, b"token").unwrap();
+        assert!(a.open(PURPOSE_SECRET_ONCE, &once).is_none());
         assert!(Sealer::derive(&[2u8; 32]).open(PURPOSE_SESSION, &s).is_none());
         // Any changed character breaks it.
         let mut t = s.clone().into_bytes();

@@ -24,6 +24,7 @@ fn resource_link(kind: &str, id: &str) -> Option<String> {
             "/console/configurations"
         }
         "provider_key" | "provider-key" | "providerKey" => "/console/provider-keys",
+        "alert_webhook" => "/console/alerts",
         _ => return None,
     };
     Some(format!("{base}/{}", seg(id)))

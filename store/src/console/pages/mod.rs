@@ -2,6 +2,7 @@
 //! writes through the API and redirects (303) to a page that shows the
 //! result; a refused write renders its form again with the API's errors.
 
+mod alerts;
 mod audit;
 mod auth;
 mod billing;
@@ -47,6 +48,12 @@ pub fn routes() -> Router<Console> {
         .route("/console/budgets", get(billing::show))
         .route("/console/credits/add", post(billing::add))
         .route("/console/credits/enabled", post(billing::enabled))
+        .route("/console/alerts", get(alerts::list).post(alerts::create))
+        .route("/console/alerts/{id}", get(alerts::show).post(alerts::update))
+        .route("/console/alerts/{id}/secret", get(alerts::secret))
+        .route("/console/alerts/{id}/rotate", post(alerts::rotate))
+        .route("/console/alerts/{id}/deliveries", get(alerts::deliveries))
+        .route("/console/alerts/{id}/delete", get(alerts::confirm_delete).post(alerts::delete))
         .route("/console/audit-log", get(audit::show))
 }
 
