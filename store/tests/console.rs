@@ -1,5 +1,6 @@
 //! In-process tests of the web console: its headers, sessions, CSRF and
-//! origin checks, the token shown once, and the API's errors in its forms.
+//! origin checks, the token (and a webhook's secret) shown once, the API's
+//! errors in its forms, alert webhooks and their deliveries, a viewer's pages.
 //! (The browser tests are in tests/e2e/test_console.py.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -147,6 +148,7 @@ async fn every_console_response_has_the_security_headers() {
         "/console/configurations/new",
         "/console/usage",
         "/console/budgets",
+        "/console/alerts",
     ] {
         let r = b.get(&c.app, uri).await;
         assert_eq!(r.status, StatusCode::OK, "{uri}");
@@ -463,4 +465,284 @@ async fn a_key_is_edited_through_the_api_and_its_errors_land_by_their_fields() {
     let (_, credits) = send(&c.app, "GET", "/credits", Some(ADMIN), None).await;
     assert_eq!((credits["enabled"].as_bool(), credits["balanceUsd"].as_f64()), (Some(true), Some(12.5)));
     assert!(b.get(&c.app, "/console/budgets").await.body.contains("$12.50"));
+}
+
+// ------------------------------------------------------------ alerts
+
+/// A webhook receiver on 127.0.0.1 that records what it is sent (200).
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>> = Default::default();
+    let s = seen.clone();
+    let app = Router::new().fallback(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push((headers, body));
+            StatusCode::OK
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// Whether `secret` signed this delivery: `x-keygate-signature: t=…,v1=hex(
+/// HMAC-SHA256(secret, "<t>.<body>"))`, as a receiver checks it.
+fn signed_with(secret: &str, headers: &axum::http::HeaderMap, body: &[u8]) -> bool {
+    use hmac::{Hmac, Mac};
+    let sig = headers["x-keygate-signature"].to_str().unwrap();
+    let fields: HashMap<&str, &str> = sig.split(',').filter_map(|p| p.split_once('=')).collect();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{}.", fields["t"]).as_bytes());
+    mac.update(body);
+    mac.verify_slice(&hex::decode(fields["v1"]).unwrap()).is_ok()
+}
+
+/// Settles `tokens` of usage on `key` as the gateway does (reserve, then
+/// usage), then runs the delivery worker once.
+async fn spend_and_deliver(c: &Console, key: &str, tokens: u64) -> usize {
+    let state = AppState::new(c.store.clone(), ADMIN, GATEWAY);
+    let gw = keygate_store::api::gateway_app(state.clone());
+    let req = format!("req-{}", keygate_store::ids::random_hex(6).unwrap());
+    let body = json!({"requestId": req, "accessKeyId": key, "provider": "openai", "model": "gpt-4o",
+                      "inputTokens": 1, "outputTokens": 1});
+    let (s, v) = send(&gw, "POST", "/v1/reserve", Some(GATEWAY), Some(body.to_string())).await;
+    assert!(s == StatusCode::OK && v["ok"] == true, "{v}");
+    let now = keygate_store::ids::now_ms();
+    let rec = json!({"requestId": req, "accessKeyId": key, "provider": "openai", "model": "gpt-4o", "attempt": 1,
+                     "finalAttempt": true, "status": 200, "streaming": false, "inputTokens": tokens,
+                     "outputTokens": 0, "startedMs": now, "endedMs": now, "reservationId": v["reservationId"]});
+    let (s, v) = send(&gw, "POST", "/v1/usage", Some(GATEWAY), Some(json!({"records": [rec]}).to_string())).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let settings = keygate_store::webhooks::AlertSettings::default();
+    keygate_store::webhooks::deliver_due(&state, &keygate_store::webhooks::agent(&settings), &settings).await
+}
+
+/// The `value` of the page's `#secret` field.
+fn shown_secret(r: &Resp) -> Option<String> {
+    let at = r.body.find(r#"id="secret""#)?;
+    let v = r.body[at..].find("value=\"")? + at + 7;
+    Some(r.body[v..].split('"').next().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_webhook_secret_is_shown_once_signs_the_deliveries_the_console_lists_and_is_never_rendered_again() {
+    let c = console();
+    let (url, seen) = receiver().await;
+    let (_, cfg) =
+        send(&c.app, "POST", "/access-key-configurations", Some(ADMIN), Some(json!({"name": "team-a"}).to_string()))
+            .await;
+    let cfg = cfg["id"].as_str().unwrap().to_string();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let list = b.get(&c.app, "/console/alerts").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert!(list.body.contains("No alert webhooks yet.") && list.body.contains(r#"action="/console/alerts""#));
+    assert!(list.body.contains(&format!(r#"<option value="{cfg}">team-a ({cfg})</option>"#)), "{}", list.body);
+    let csrf = list.csrf();
+
+    // Created through the form: to the page that shows the secret, once.
+    let form = format!(
+        "_csrf={csrf}&url={}&configurationId={cfg}&thresholds={}&events=budget&expiryWarningDays=3",
+        enc(&url),
+        enc("90, 50")
+    );
+    let r = b.post(&c.app, "/console/alerts", &form).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let secret_page = r.location().to_string();
+    assert!(secret_page.starts_with("/console/alerts/awh_") && secret_page.ends_with("/secret"), "{secret_page}");
+    let id = secret_page.split('/').nth(3).unwrap().to_string();
+    let once = r.set_cookies().into_iter().find(|c| c.starts_with("kg_console_once=")).unwrap();
+    assert!(once.contains(&format!("Path={secret_page};")) && once.contains("Max-Age=120; HttpOnly"), "{once}");
+    let (_, hook) = send(&c.app, "GET", &format!("/alert-webhooks/{id}"), Some(ADMIN), None).await;
+    assert_eq!(
+        (&hook["url"], &hook["configurationId"], &hook["thresholds"], &hook["events"], &hook["expiryWarningDays"]),
+        (&json!(url), &json!(cfg), &json!([50, 90]), &json!(["budget"]), &json!(3))
+    );
+    let r = b.get(&c.app, &secret_page).await;
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert!(r.body.contains("Alert webhook created"), "{}", r.body);
+    let secret = shown_secret(&r).unwrap();
+    assert!(secret.starts_with("whsec_") && secret.len() == 70, "{secret}");
+    assert!(r.set_cookies().iter().any(|c| c.starts_with("kg_console_once=;") && c.contains("Max-Age=0")));
+    let r = b.get(&c.app, &secret_page).await;
+    assert!(r.body.contains("Secret no longer shown") && !r.body.contains(&secret));
+    let base = format!("/console/alerts/{id}");
+    let pages = [
+        "/console/alerts".to_string(),
+        base.clone(),
+        format!("{base}/deliveries"),
+        format!("{base}/delete"),
+        format!("/console/audit-log?resourceId={id}"),
+    ];
+    for uri in &pages {
+        let r = b.get(&c.app, uri).await;
+        assert_eq!(r.status, StatusCode::OK, "{uri}");
+        assert!(!r.body.contains(&secret) && !r.body.contains("whsec_"), "{uri}");
+    }
+    let r = b.get(&c.app, "/console/alerts").await;
+    assert!(r.body.contains(">team-a</a>") && r.body.contains("50%, 90%"), "{}", r.body);
+    assert!(b.get(&c.app, &format!("{base}/deliveries")).await.body.contains("No deliveries yet."));
+
+    // Traffic past 50 % of a key's budget: one delivery, signed with the secret shown.
+    let (_, key) = send(
+        &c.app,
+        "POST",
+        "/access-keys",
+        Some(ADMIN),
+        Some(json!({"name": "ci", "accessKeyConfigurationId": cfg, "budget": {"tokens": 100}}).to_string()),
+    )
+    .await;
+    let key = key["id"].as_str().unwrap().to_string();
+    assert_eq!(spend_and_deliver(&c, &key, 60).await, 1);
+    {
+        let got = seen.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(signed_with(&secret, &got[0].0, &got[0].1));
+    }
+    let r = b.get(&c.app, &format!("{base}/deliveries")).await;
+    let row = r.body.split("<tbody>").nth(1).unwrap();
+    assert!(row.contains(r#"data-label="Event">budget.threshold<"#), "{row}");
+    assert!(row.contains(r#"data-label="Alert">50% · access key ci<"#), "{row}");
+    assert!(row.contains(r#"<span class="badge good">delivered</span>"#), "{row}");
+    assert!(row.contains(r#"data-label="Attempts">1<"#) && row.contains(r#"data-label="Last status">200<"#), "{row}");
+    assert!(!r.body.contains(&secret));
+
+    // Replaced: a new secret, shown once, signs the next delivery.
+    let r = b.post(&c.app, &format!("{base}/rotate"), &format!("_csrf={csrf}")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, secret_page.as_str()));
+    let r = b.get(&c.app, &secret_page).await;
+    assert!(r.body.contains("Webhook secret replaced"));
+    let replaced = shown_secret(&r).unwrap();
+    assert!(replaced != secret && replaced.starts_with("whsec_"));
+    assert!(b.get(&c.app, &secret_page).await.body.contains("Secret no longer shown"));
+    assert_eq!(spend_and_deliver(&c, &key, 35).await, 1, "90 % crossed");
+    {
+        let got = seen.lock().unwrap();
+        assert!(signed_with(&replaced, &got[1].0, &got[1].1) && !signed_with(&secret, &got[1].0, &got[1].1));
+    }
+    let (_, audit) = send(&c.app, "GET", &format!("/audit-log?resourceId={id}"), Some(ADMIN), None).await;
+    let entries = audit["auditLog"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{audit}");
+    assert!(entries.iter().all(|e| e["via"] == "console"), "{audit}");
+    assert!(!audit.to_string().contains(&secret) && !audit.to_string().contains(&replaced));
+    for uri in &pages {
+        assert!(!b.get(&c.app, uri).await.body.contains("whsec_"), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_is_edited_with_its_errors_by_their_fields_and_deleted_after_a_confirmation() {
+    let c = console();
+    let (_, hook) = send(
+        &c.app,
+        "POST",
+        "/alert-webhooks",
+        Some(ADMIN),
+        Some(json!({"url": "https://hooks.example/k"}).to_string()),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap();
+    let base = format!("/console/alerts/{id}");
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let r = b.get(&c.app, &base).await;
+    assert!(
+        r.body.contains(r#"value="50, 80, 100""#)
+            && r.body.contains(r#"id="f-enabled" name="enabled" value="on" checked"#)
+    );
+    let csrf = r.csrf();
+    let form = |extra: &str| format!("_csrf={csrf}&url={}&expiryWarningDays=7{extra}", enc("https://hooks.example/k2"));
+    for (extra, field) in [
+        ("&thresholds=50%2C+0&events=budget&enabled=on", "thresholds"),
+        ("&thresholds=50&enabled=on", "events"),
+        ("&thresholds=&events=budget", "thresholds"),
+    ] {
+        let r = b.post(&c.app, &base, &form(extra)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{extra}");
+        assert!(r.body.contains(&format!(r#"id="f-{field}-error""#)), "{extra}: {}", r.body);
+        assert!(r.body.contains(r#"value="https://hooks.example/k2""#), "what was typed is kept");
+    }
+    let r = b.post(&c.app, &base, &format!("_csrf={csrf}&url=ftp%3A%2F%2Fx%2Fh&thresholds=50&events=budget")).await;
+    assert!(r.body.contains(r#"id="f-url-error""#));
+    // Creating: the same, on the list page.
+    let r = b.post(&c.app, "/console/alerts", &format!("_csrf={csrf}&url=ftp%3A%2F%2Fx%2Fh&events=budget")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-url-error""#) && r.body.contains("https://hooks.example/k"), "{}", r.body);
+    // Saved: every field, and unchecked "enabled" disables it.
+    let r = b.post(&c.app, &base, &form("&thresholds=30+90&events=budget&events=credits")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, format!("{base}?done=saved").as_str()));
+    let (_, h) = send(&c.app, "GET", &format!("/alert-webhooks/{id}"), Some(ADMIN), None).await;
+    assert_eq!(
+        (&h["url"], &h["thresholds"], &h["events"], &h["enabled"]),
+        (&json!("https://hooks.example/k2"), &json!([30, 90]), &json!(["budget", "credits"]), &json!(false))
+    );
+    let r = b.get(&c.app, &format!("{base}?done=saved")).await;
+    assert!(r.body.contains("Saved.") && r.body.contains(r#"<span class="badge bad">disabled</span>"#));
+    // Delete: a confirmation page, then the POST.
+    let r = b.get(&c.app, &format!("{base}/delete")).await;
+    assert!(r.body.contains("Delete the alert webhook?") && r.body.contains(&format!(r#"action="{base}/delete""#)));
+    let (s, _) = send(&c.app, "GET", &format!("/alert-webhooks/{id}"), Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK, "not deleted by the confirmation page");
+    let r = b.post(&c.app, &format!("{base}/delete"), &format!("_csrf={csrf}")).await;
+    assert_eq!(r.location(), "/console/alerts?done=deleted");
+    let (s, _) = send(&c.app, "GET", &format!("/alert-webhooks/{id}"), Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(b.get(&c.app, &base).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_viewer_sees_webhooks_and_deliveries_without_a_write_control_and_cannot_write() {
+    let c = console();
+    let (_, hook) = send(
+        &c.app,
+        "POST",
+        "/alert-webhooks",
+        Some(ADMIN),
+        Some(json!({"url": "https://hooks.example/k"}).to_string()),
+    )
+    .await;
+    let id = hook["id"].as_str().unwrap();
+    for role in ["viewer", "operator"] {
+        let (s, key) =
+            send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": role, "role": role}).to_string())).await;
+        assert_eq!(s, StatusCode::CREATED, "{key}");
+        let mut b = Browser::default();
+        let r = b.post(&c.app, "/console/sign-in", &format!("credential={}", key["token"].as_str().unwrap())).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        for uri in
+            ["/console/alerts".to_string(), format!("/console/alerts/{id}"), format!("/console/alerts/{id}/deliveries")]
+        {
+            let r = b.get(&c.app, &uri).await;
+            assert_eq!(r.status, StatusCode::OK, "{role} {uri}");
+            assert!(r.body.contains("https://hooks.example/k"), "{role} {uri}");
+            // The sign-out form is the page's only form.
+            assert_eq!(r.body.matches("<form").count(), 1, "{role} {uri}");
+            assert!(!r.body.contains("name=\"url\"") && !r.body.contains("/rotate") && !r.body.contains("Delete…"));
+        }
+        assert_eq!(b.get(&c.app, &format!("/console/alerts/{id}/delete")).await.status, StatusCode::FORBIDDEN);
+        // Forged writes with the session's own token: the API refuses them.
+        let csrf = b.get(&c.app, "/console/alerts").await.csrf();
+        let r = b
+            .post(&c.app, "/console/alerts", &format!("_csrf={csrf}&url={}&events=budget", enc("https://x.example/h")))
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{role}");
+        assert!(r.body.contains("Not allowed") && !r.body.contains("name=\"url\""), "{role}: no form back");
+        for path in [format!("/console/alerts/{id}/rotate"), format!("/console/alerts/{id}/delete")] {
+            let r = b.post(&c.app, &path, &format!("_csrf={csrf}")).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{role} {path}");
+        }
+        let r = b
+            .post(
+                &c.app,
+                &format!("/console/alerts/{id}"),
+                &format!("_csrf={csrf}&url=https%3A%2F%2Fy%2Fh&thresholds=5&events=budget"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{role}");
+        assert!(!r.body.contains("name=\"url\""), "no editor for a refused role");
+    }
+    let (_, list) = send(&c.app, "GET", "/alert-webhooks", Some(ADMIN), None).await;
+    assert_eq!(list["alertWebhooks"].as_array().unwrap().len(), 1);
+    assert_eq!(list["alertWebhooks"][0]["url"], "https://hooks.example/k");
 }
