@@ -602,8 +602,8 @@ async fn a_webhook_secret_is_shown_once_signs_the_deliveries_the_console_lists_a
     }
     let r = b.get(&c.app, &format!("{base}/deliveries")).await;
     let row = r.body.split("<tbody>").nth(1).unwrap();
-    assert!(row.contains(r#"data-label="Event">budget.threshold<"#), "{row}");
-    assert!(row.contains(r#"data-label="Alert">50% · access key ci<"#), "{row}");
+    assert!(row.contains(r#"<span class="event">budget.threshold</span>"#), "{row}");
+    assert!(row.contains(r#"<span class="hint about">50% · access key ci</span>"#), "{row}");
     assert!(row.contains(r#"<span class="badge good">delivered</span>"#), "{row}");
     assert!(row.contains(r#"data-label="Attempts">1<"#) && row.contains(r#"data-label="Last status">200<"#), "{row}");
     assert!(!r.body.contains(&secret));

@@ -210,6 +210,14 @@ fn events_fieldset(v: &HookForm, e: &Errors) -> Markup {
 async fn hook_form(sg: &Signed, editing: Option<&str>, v: &HookForm, e: &Errors) -> Markup {
     let configs = config_options(sg, &v.config).await;
     let action = editing.map_or_else(|| "/console/alerts".to_string(), base);
+    let (thresholds_hint, days_hint) = if editing.is_some() {
+        ("1 to 100, separated by commas.", "How long before a key's expiry it is announced, 1 to 365.")
+    } else {
+        (
+            "1 to 100, separated by commas; empty: 50, 80, 100.",
+            "How long before a key's expiry it is announced, 1 to 365; empty: 7.",
+        )
+    };
     html! {
         (e.summary())
         form.editor method="post" action=(action) novalidate {
@@ -218,10 +226,10 @@ async fn hook_form(sg: &Signed, editing: Option<&str>, v: &HookForm, e: &Errors)
                 Control::Text { value: &v.url, required: true, placeholder: "https://hooks.example/keygate" }, e))
             (field("configurationId", "Configuration", Some("Store-wide: every budget, the credits and every key. A configuration: its budget, and its keys' budgets and expiries."),
                 Control::Select { value: &v.config, options: &configs }, e))
-            (field("thresholds", "Thresholds (percent)", Some("1 to 100, separated by commas; empty when creating: 50, 80, 100."),
+            (field("thresholds", "Thresholds (percent)", Some(thresholds_hint),
                 Control::Text { value: &v.thresholds, required: false, placeholder: "50, 80, 100" }, e))
             (events_fieldset(v, e))
-            (field("expiryWarningDays", "Expiry warning (days)", Some("How long before a key's expiry it is announced, 1 to 365; empty when creating: 7."),
+            (field("expiryWarningDays", "Expiry warning (days)", Some(days_hint),
                 Control::Number { value: &v.expiry_days, step: "1" }, e))
             @if editing.is_some() {
                 (field("enabled", "Enabled (a disabled webhook queues nothing; its pending deliveries wait)", None, Control::Check { checked: v.enabled }, e))
@@ -502,10 +510,15 @@ fn status_badge(d: &Value) -> Markup {
     }
 }
 
-/// A time with its exact value in `datetime` ("—" when absent).
+/// A time with its exact value in `datetime` ("—" when absent); the date
+/// and the time of day each kept on one line.
 fn at(v: &Value) -> Markup {
     match v.as_str() {
-        Some(t) => html! { time datetime=(t) { (when(Some(t))) } },
+        Some(t) => {
+            let shown = when(Some(t));
+            let (date, hm) = shown.split_once(' ').unwrap_or((shown.as_str(), ""));
+            html! { time datetime=(t) { span.nowrap { (date) } " " span.nowrap { (hm) } } }
+        }
         None => html! { "—" },
     }
 }
@@ -541,17 +554,16 @@ pub async fn deliveries(sg: Signed, Path(id): Path<String>, q: RawQuery) -> Resp
         p { "To " a.mono href=(base(&id)) { (s(&hook, "url")) } " " (enabled_badge(&hook)) }
         p.hint { "Newest first. A delivery is retried with backoff until it is delivered (any 2xx) or its last attempt failed." }
         @if items.is_empty() { p.empty { "No deliveries yet." } } @else {
-            div.table-wrap { table.cards.deliveries {
+            div.table-wrap { table.cards.compact.deliveries {
                 caption.visually-hidden { "Deliveries, newest first" }
                 thead { tr {
-                    th scope="col" { "Id" } th scope="col" { "Event" } th scope="col" { "Alert" } th scope="col" { "Status" }
+                    th scope="col" { "Id" } th scope="col" { "Event" } th scope="col" { "Status" }
                     th.num scope="col" { "Attempts" } th scope="col" { "Last status" } th scope="col" { "Last error" }
                     th scope="col" { "Created" } th scope="col" { "Delivered" } th scope="col" { "Next attempt" }
                 } }
                 tbody { @for d in &items { tr {
-                    td.mono data-label="Id" { (s(d, "id")) }
-                    td data-label="Event" { (s(d, "event")) }
-                    td data-label="Alert" { (about(&d["payload"])) }
+                    td.mono.wrap data-label="Id" { (s(d, "id")) }
+                    td data-label="Event" { div { span.event { (s(d, "event")) } br; span.hint.about { (about(&d["payload"])) } } }
                     td data-label="Status" { (status_badge(d)) }
                     td.num data-label="Attempts" { (int(d["attempts"].as_i64().unwrap_or(0))) }
                     td data-label="Last status" { (d["lastStatus"].as_u64().map_or("—".to_string(), |n| n.to_string())) }
