@@ -5,14 +5,21 @@ it through the gateway with the openai SDK, rotate, disable, edit a
 configuration and see the API's validation error next to the field, CSRF
 refusals, the usage page after traffic, 10,000 keys paged and searched, a
 375 px screen, and (once the roles branch is merged) a viewer who cannot
-write and the audit log. Screenshots go to tests/artifacts/console/."""
+write and the audit log; an alert webhook made in the console, its secret read
+once, hearing a configuration's budget crossed through the gateway, its signed
+delivery shown on the deliveries page. Screenshots go to
+tests/artifacts/console/."""
 
+import hashlib
+import hmac
 import http.client
 import json
 import os
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anthropic
@@ -365,7 +372,7 @@ def test_a_375px_screen_and_the_keyboard(page, stack):
     page.set_viewport_size({"width": 375, "height": 800})
     try:
         for path in ["/console/access-keys", f"/console/access-keys/{STATE['key_id']}", "/console/usage?days=1",
-                     f"/console/configurations/{STATE['config_id']}"]:
+                     f"/console/configurations/{STATE['config_id']}", "/console/alerts"]:
             page.goto(path)
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 375, f"{path} is {width} px wide"
@@ -381,6 +388,181 @@ def test_a_375px_screen_and_the_keyboard(page, stack):
         assert page.evaluate("document.activeElement.textContent") == "Access keys"
     finally:
         page.set_viewport_size({"width": 1200, "height": 800})
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 (http.server in a thread): records
+    every request it gets (headers, raw body) and answers 200."""
+
+    def __init__(self):
+        self.got = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["content-length"]))
+                with receiver.lock:
+                    receiver.got.append(({k.lower(): v for k, v in self.headers.items()}, body, self.path))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server.server_address[1]}/console-alerts"
+
+    def received(self):
+        with self.lock:
+            return list(self.got)
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def signed_with(secret, headers, body):
+    """The README's check: `x-keygate-signature: t=<t>,v1=<hex HMAC-SHA256(
+    secret, "<t>.<raw body>")>`, t within 5 minutes."""
+    fields = dict(part.split("=", 1) for part in headers["x-keygate-signature"].split(","))
+    expected = hmac.new(secret.encode(), f"{fields['t']}.".encode() + body, hashlib.sha256).hexdigest()
+    return abs(time.time() - int(fields["t"])) <= 300 and hmac.compare_digest(expected, fields["v1"])
+
+
+def test_an_alert_webhook_made_in_the_console_hears_a_budget_crossed(page, stack):
+    store, gateway = stack
+    receiver = Receiver()
+    try:
+        # A configuration of its own, sharing a 100-token daily budget.
+        name = f"console-alerts-{uuid.uuid4().hex[:6]}"
+        cfg = store.ok("POST", "/access-key-configurations",
+                       {"name": name, "budget": {"tokens": 100, "window": "daily"}})["id"]
+        page.goto("/console/alerts")
+        assert page.inner_text("h1") == "Alerts"
+        page.fill("#f-url", receiver.url)
+        page.select_option("#f-configurationId", cfg)
+        page.fill("#f-thresholds", "30")
+        page.uncheck("#f-events-credits")
+        page.uncheck("#f-events-key_expiry")
+        page.fill("#f-expiryWarningDays", "3")
+        page.click("button:has-text('Create webhook')")
+        assert page.inner_text("h1") == "Alert webhook created"
+        secret = page.input_value("#secret")
+        assert secret.startswith("whsec_") and len(secret) == 70
+        harness.CANARIES.add(secret)  # never in a log
+        hook_id = page.url.split("/")[-2]
+        assert hook_id.startswith("awh_")
+        # The copy button (the script's) puts it on the clipboard.
+        page.click("button[data-copy=secret]")
+        assert page.evaluate("navigator.clipboard.readText()") == secret
+        # Reload: never again.
+        page.reload()
+        assert page.inner_text("h1") == "Secret no longer shown"
+        assert secret not in page.content()
+        hook = store.ok("GET", f"/alert-webhooks/{hook_id}")
+        assert (hook["url"], hook["configurationId"], hook["thresholds"], hook["events"],
+                hook["expiryWarningDays"], hook["enabled"]) == (receiver.url, cfg, [30], ["budget"], 3, True)
+        page.goto("/console/alerts")
+        row = page.locator("table tbody tr", has_text=receiver.url)
+        assert row.locator("td[data-label=Scope]").inner_text() == name
+        assert row.locator("td[data-label=Thresholds]").inner_text() == "30%"
+        assert row.locator("td[data-label=State]").inner_text() == "enabled"
+        assert secret not in page.content()
+        shot(page, "alerts")
+
+        # Traffic through Envoy with the OpenAI SDK, on a key of that
+        # configuration, until 30 % of its budget is spent (each answer of the
+        # mock is 18 tokens: the second request crosses it).
+        key = store.ok("POST", "/access-keys", {"name": name, "accessKeyConfigurationId": cfg})
+        client = openai_client(gateway, key["token"])
+
+        def spent():
+            return store.ok("GET", f"/access-key-configurations/{cfg}")["budgetUsage"]["tokens"]
+
+        sent = 0
+        while spent() < 30:
+            assert sent < 5, f"{spent()} tokens spent after {sent} requests"
+            before = spent()
+            resp = client.chat.completions.create(model="gpt-4o", max_tokens=16,
+                                                  messages=[{"role": "user", "content": "hi"}])
+            assert resp.choices[0].message.content == "hello from openai"
+            sent += 1
+            wait_until(lambda: spent() > before, timeout=10, what="usage flushed and settled")
+        assert sent == 2, sent
+
+        # The deliveries page shows it delivered (the store retries fast here:
+        # KEYGATE_ALERT_RETRY_BASE_MS in harness.Store).
+        rows = page.locator("table.deliveries tbody tr")
+
+        def delivered():
+            page.goto(f"/console/alerts/{hook_id}/deliveries")
+            return rows.count() == 1 and rows.first.locator("td[data-label=Status]").inner_text() == "delivered"
+
+        wait_until(delivered, timeout=10, interval=0.3, what="a delivered delivery on the deliveries page")
+        def cell(label):
+            return rows.first.locator(f"td[data-label='{label}']").inner_text()
+
+        event = rows.first.locator("td[data-label=Event]")
+        assert event.locator(".event").inner_text() == "budget.threshold"
+        assert event.locator(".about").inner_text() == f"30% · configuration {name}"
+        assert (cell("Attempts"), cell("Last status"), cell("Last error")) == ("1", "200", "—")
+        assert cell("Delivered") != "—" and cell("Next attempt") == "—"
+        delivery_id = cell("Id")
+        assert delivery_id.startswith("awd_")
+        assert secret not in page.content()
+        shot(page, "alert-deliveries")
+        page.set_viewport_size({"width": 375, "height": 800})
+        try:
+            page.reload()
+            assert page.evaluate("document.documentElement.scrollWidth") <= 375
+            page.screenshot(path=str(ARTIFACTS / "alert-deliveries-375px.png"), full_page=True)
+        finally:
+            page.set_viewport_size({"width": 1200, "height": 800})
+
+        # The receiver got exactly that one delivery, signed with the secret read once.
+        time.sleep(0.5)
+        [(headers, body, path)] = receiver.received()
+        assert path == "/console-alerts"
+        assert signed_with(secret, headers, body), headers
+        assert headers["x-keygate-delivery"] == delivery_id and headers["x-keygate-event"] == "budget.threshold"
+        payload = json.loads(body)
+        assert payload["threshold"] == 30 and payload["subject"] == {"type": "configuration", "id": cfg, "name": name}
+        assert (payload["used"], payload["limit"], payload["unit"]) == (36, 100, "tokens")
+        assert secret.encode() not in body
+        STATE["hook_id"] = hook_id
+
+        # Replace the secret (a confirm dialog, accepted): a new one, shown once.
+        page.goto(f"/console/alerts/{hook_id}")
+        assert secret not in page.content()
+        assert page.input_value("#f-thresholds") == "30" and page.is_checked("#f-enabled")
+        shot(page, "alert-webhook")
+        page.click("button:has-text('Replace the secret')")
+        assert page.inner_text("h1") == "Webhook secret replaced"
+        replaced = page.input_value("#secret")
+        harness.CANARIES.add(replaced)
+        assert replaced.startswith("whsec_") and replaced != secret
+        page.reload()
+        assert page.inner_text("h1") == "Secret no longer shown" and replaced not in page.content()
+
+        # The audit log: made through the console, by who signed in, no secret.
+        page.goto(f"/console/audit-log?resourceId={hook_id}")
+        rows = page.locator("table.audit tbody tr").all_inner_texts()
+        text = "\n".join(rows)
+        assert "alert_webhook.create" in text and "alert_webhook.update" in text, rows
+        assert all("console" in r and "bootstrap" in r for r in rows), rows
+        entries = store.ok("GET", f"/audit-log?resourceId={hook_id}")["auditLog"]
+        create = next(e for e in entries if e["action"] == "alert_webhook.create")
+        assert (create["actor"], create["via"]) == ("bootstrap", "console")
+        assert secret not in page.content() and replaced not in page.content()
+        assert secret not in json.dumps(entries) and replaced not in json.dumps(entries)
+    finally:
+        receiver.stop()
 
 
 @NEEDS_API_KEYS
@@ -406,6 +588,12 @@ def test_a_viewer_sees_no_write_and_cannot_write(browser, stack):
         assert v.get_attribute("#f-rateLimits", "readonly") is not None
         v.goto("/console/budgets")
         assert v.locator("#f-addUsd").count() == 0
+        v.goto("/console/alerts")
+        assert v.locator("table tbody tr").count() >= 1 and v.locator("#f-url").count() == 0
+        v.goto(f"/console/alerts/{STATE['hook_id']}")
+        assert v.locator("#f-url").count() == 0 and v.locator("text=Replace the secret").count() == 0
+        v.goto(f"/console/alerts/{STATE['hook_id']}/deliveries")
+        assert v.locator("table.deliveries tbody tr").count() == 1
         shot(v, "viewer")
         # A write forged with the viewer's own valid session and token: the API refuses it.
         csrf = v.locator("input[name=_csrf]").first.input_value()
@@ -439,7 +627,7 @@ def test_the_audit_log_shows_what_the_console_did(page, stack):
 def test_no_script_error_or_csp_violation(page, stack):
     """Every page above ran under the strict CSP without a violation."""
     for path in ["/console/access-keys", "/console/configurations", "/console/provider-keys", "/console/providers",
-                 "/console/usage", "/console/budgets", "/console/audit-log"]:
+                 "/console/usage", "/console/budgets", "/console/alerts", "/console/audit-log"]:
         page.goto(path)
         assert page.locator("h1").count() == 1, path
     assert STATE["errors"] == []
