@@ -10,7 +10,8 @@
 //! "<t>.<body>">`, `x-keygate-delivery: <id>`, `x-keygate-event: <event>`.
 //! Any 2xx answer delivers it; a redirect is never followed (it fails the
 //! attempt); the connection and the whole attempt have timeouts. Nothing
-//! logged or recorded carries the secret.
+//! logged or recorded carries the secret, and no recorded error the whole
+//! URL (any role reads a delivery's `lastError`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,6 +87,12 @@ fn clean(e: &str) -> String {
     one_line.chars().take(ERROR_MAX).collect()
 }
 
+/// A failed attempt's error as recorded: [`clean`], with the webhook's URL,
+/// should the client's error quote it, redacted as a viewer is shown it.
+fn recorded_error(e: &str, url: &str) -> String {
+    clean(&e.replace(url, &crate::model::redact_webhook_url(url)))
+}
+
 /// Sends `d` once, signed at `t` (unix seconds).
 pub fn send(agent: &ureq::Agent, d: &ClaimedDelivery, t: i64) -> Outcome {
     let body = d.payload.as_bytes();
@@ -106,7 +113,7 @@ pub fn send(agent: &ureq::Agent, d: &ClaimedDelivery, t: i64) -> Outcome {
             };
             Outcome { status: Some(status), error }
         }
-        Err(e) => Outcome { status: None, error: Some(clean(&e.to_string())) },
+        Err(e) => Outcome { status: None, error: Some(recorded_error(&e.to_string(), &d.url)) },
     }
 }
 
@@ -230,6 +237,8 @@ mod tests {
     fn errors_are_recorded_on_one_short_line() {
         assert_eq!(clean("io: refused\nmore"), "io: refused more");
         assert_eq!(clean(&"x".repeat(500)).len(), ERROR_MAX);
+        let url = "https://hooks.slack.com/services/T0/B0/secret";
+        assert_eq!(recorded_error(&format!("bad uri: {url} is odd"), url), "bad uri: https://hooks.slack.com/… is odd");
     }
 
     #[test]

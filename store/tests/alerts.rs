@@ -292,6 +292,86 @@ async fn webhooks_are_validated_and_their_secret_is_shown_once_and_stored_sealed
     assert_error(s, &v, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
+/// The first 12 hex digits of the SHA-256 of `url`, computed here apart
+/// from the store's code.
+fn fingerprint(url: &str) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(url.as_bytes()))[..12].to_string()
+}
+
+#[tokio::test]
+async fn a_webhook_url_is_shown_whole_to_admins_only_and_fingerprinted_for_every_role() {
+    let h = harness();
+    let rx = Receiver::start().await;
+    // A Slack-like URL: its path is the receiver's only credential.
+    const PATH_SECRET: &str = "Zq3url1secret2path3XYZ";
+    let url = format!("{}/services/T0000000/B0000000/{PATH_SECRET}", rx.base);
+    let redacted = format!("{}/…", rx.base);
+    let mut tokens = vec![("bootstrap", ADMIN.to_string())];
+    for role in ["viewer", "operator", "admin"] {
+        let k = h.ok("POST", "/api-keys", Some(json!({"name": role, "role": role}))).await;
+        tokens.push((role, k["token"].as_str().unwrap().to_string()));
+    }
+    let (_, admin) = &tokens[3];
+    let (s, created) = send(
+        &h.api,
+        "POST",
+        "/alert-webhooks",
+        Some(admin),
+        Some(json!({"url": url, "thresholds": [50], "events": ["budget"]}).to_string()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!((&created["url"], &created["urlFingerprint"]), (&json!(url), &json!(fingerprint(&url))));
+    // A store-wide second webhook, told apart by its fingerprint alone.
+    let other = format!("{}/services/T0000000/B0000001/AnotherSecretPath", rx.base);
+    let other_id = webhook(&h, json!({"url": other, "events": ["credits"]})).await["id"].as_str().unwrap().to_string();
+    let patched = h.ok("PATCH", &format!("/alert-webhooks/{id}"), Some(json!({"enabled": true}))).await;
+    assert_eq!((&patched["url"], &patched["urlFingerprint"]), (&json!(url), &json!(fingerprint(&url))));
+
+    // A delivery, so that the deliveries are read too.
+    let k = key(&h, json!({"name": "k", "budget": {"tokens": 100}})).await;
+    spend(&h, &k, "gpt-4o", 60, 0).await;
+    assert_eq!(deliver(&h, &settings(50, 3)).await, 1);
+    assert_eq!(rx.seen()[0].0, format!("/services/T0000000/B0000000/{PATH_SECRET}"), "delivered to the whole URL");
+
+    for (role, token) in &tokens {
+        let whole = *role == "admin" || *role == "bootstrap";
+        let (want, want_other) =
+            if whole { (url.clone(), other.clone()) } else { (redacted.clone(), redacted.clone()) };
+        let (s, list) = send(&h.api, "GET", "/alert-webhooks", Some(token), None).await;
+        assert_eq!(s, StatusCode::OK, "{role}: {list}");
+        let hooks = list["alertWebhooks"].as_array().unwrap();
+        let by_id = |i: &str| hooks.iter().find(|w| w["id"] == i).unwrap().clone();
+        let (mine, theirs) = (by_id(&id), by_id(&other_id));
+        assert_eq!((&mine["url"], &mine["urlFingerprint"]), (&json!(want), &json!(fingerprint(&url))), "{role}");
+        assert_eq!(
+            (&theirs["url"], &theirs["urlFingerprint"]),
+            (&json!(want_other), &json!(fingerprint(&other))),
+            "{role}"
+        );
+        let (s, got) = send(&h.api, "GET", &format!("/alert-webhooks/{id}"), Some(token), None).await;
+        assert_eq!(s, StatusCode::OK, "{role}: {got}");
+        assert_eq!((&got["url"], &got["urlFingerprint"]), (&json!(want), &json!(fingerprint(&url))), "{role}");
+        let (s, d) = send(&h.api, "GET", &format!("/alert-webhooks/{id}/deliveries"), Some(token), None).await;
+        assert_eq!((s, d["deliveries"].as_array().unwrap().len()), (StatusCode::OK, 1), "{role}: {d}");
+        let (s, log) = send(&h.api, "GET", "/audit-log", Some(token), None).await;
+        assert_eq!(s, StatusCode::OK, "{role}: {log}");
+        // Below admin, the secret path is nowhere; deliveries and the audit log never hold it.
+        for (what, v) in [("list", &list), ("get", &got), ("deliveries", &d), ("audit log", &log)] {
+            let text = v.to_string();
+            let holds = text.contains(PATH_SECRET) || text.contains("AnotherSecretPath");
+            assert_eq!(holds, whole && (what == "list" || what == "get"), "{role} {what}: {text}");
+        }
+    }
+    // The openapi document describes it.
+    let doc: Value = serde_json::from_str(keygate_store::api::OPENAPI_JSON).unwrap();
+    let schema = &doc["components"]["schemas"]["AlertWebhook"];
+    assert!(schema["required"].as_array().unwrap().contains(&json!("urlFingerprint")));
+    assert!(schema["properties"]["url"]["description"].as_str().unwrap().contains("admin"));
+}
+
 // ------------------------------------------------------------ budgets
 
 #[tokio::test]

@@ -95,6 +95,7 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
     let hook2 = "whsec_audit-webhook-secret-0002-DDDDDDDD".to_string();
     secrets.extend([value1.clone(), value2.clone(), hook1.clone(), hook2.clone()]);
     let mut covered = Vec::new();
+    let mut webhook_urls: Vec<String> = Vec::new();
 
     // Runs a step as the admin management key and checks the entry it left.
     let mut ids: Ids = Default::default();
@@ -484,11 +485,18 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
         assert!((keygate_store::ids::now_ms() - time_ms).abs() < 60_000);
         assert_eq!(e["time"], keygate_store::ids::rfc3339_ms(time_ms));
         // The changed fields with their new values; a provider key's value and
-        // a webhook's secret redacted.
+        // a webhook's secret redacted, a webhook's URL too, with its fingerprint.
         let mut want = st.body.clone().unwrap_or(json!({}));
         for field in ["value", "secret"] {
             if let Some(v) = want.get_mut(field) {
                 *v = json!(REDACTED);
+            }
+        }
+        if st.resource_type == "alert_webhook" {
+            if let Some(url) = want.get("url").and_then(Value::as_str).map(str::to_string) {
+                webhook_urls.push(url.clone());
+                want["url"] = json!("https://hooks.example/…");
+                want["urlFingerprint"] = json!(fingerprint(&url));
             }
         }
         assert_eq!(e["changes"], want, "{}", st.action);
@@ -530,6 +538,11 @@ async fn every_write_route_leaves_its_entry_and_no_secret() {
     for s in &secrets {
         assert!(!text.contains(s.as_str()), "{s} in the audit log");
         assert!(!raw.contains(s.as_str()), "{s} in the audit_log table");
+    }
+    assert_eq!(webhook_urls.len(), 2, "a create and an update set a webhook URL");
+    for url in &webhook_urls {
+        assert!(!text.contains(url.as_str()), "{url} in the audit log");
+        assert!(!raw.contains(url.as_str()), "{url} in the audit_log table");
     }
     assert_eq!(text.matches(REDACTED).count(), 4, "the two provider-key values and the two webhook secrets");
     // The served fields are the documented ones.
@@ -654,6 +667,46 @@ async fn the_log_is_append_only() {
     let e = h.try_sql("UPDATE audit_log SET actor = 'someone else'").unwrap_err();
     assert!(e.contains("append-only"), "{e}");
     assert_eq!(newest(&h).await["actor"], "bootstrap");
+}
+
+/// The first 12 hex digits of the SHA-256 of `url` (a webhook URL's fingerprint).
+fn fingerprint(url: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(url.as_bytes()))[..12].to_string()
+}
+
+#[tokio::test]
+async fn a_webhook_url_is_never_in_the_log_for_any_role_even_from_before_it_was_redacted() {
+    let (h, _) = setup();
+    let (_, viewer) = mk(&h, "viewer", "viewer").await;
+    let url = "https://hooks.slack.com/services/T0AUDIT0/B0AUDIT0/Zq3audit1secret2path3XYZ";
+    let hook = h.ok("POST", "/alert-webhooks", Some(json!({"url": url}))).await;
+    let id = hook["id"].as_str().unwrap();
+    let url2 = "https://discord.com/api/webhooks/1234567890/audit-discord-token_abc";
+    h.ok("PATCH", &format!("/alert-webhooks/{id}"), Some(json!({"url": url2}))).await;
+    // An entry as a store before this change recorded it: the URL whole.
+    let old = "https://hooks.slack.com/services/T0OLD000/B0OLD000/old1secret2path3";
+    h.sql(&format!(
+        "INSERT INTO audit_log(id, at_ms, actor, via, action, resource_type, resource_id, changes_json)
+         VALUES ('al_0000000000000100000000000c', 1577836800000, 'bootstrap', 'api', 'alert_webhook.update',
+                 'alert_webhook', '{id}', '{{\"url\": \"{old}\", \"enabled\": true}}')"
+    ));
+    for token in [viewer.as_str(), ADMIN] {
+        let (s, log) = send(&h.api, "GET", &format!("/audit-log?resourceId={id}"), Some(token), None).await;
+        assert_eq!(s, StatusCode::OK, "{log}");
+        let text = log.to_string();
+        for u in [url, url2, old] {
+            assert!(!text.contains(u), "{u} in {text}");
+        }
+        let changes: Vec<&Value> = log["auditLog"].as_array().unwrap().iter().map(|e| &e["changes"]).collect();
+        assert_eq!(changes.len(), 3, "{log}");
+        // Newest first: the update, the create, and the old entry, redacted as it is served.
+        let shown = |c: &Value| (c["url"].clone(), c["urlFingerprint"].clone());
+        assert_eq!(shown(changes[0]), (json!("https://discord.com/…"), json!(fingerprint(url2))));
+        assert_eq!(shown(changes[1]), (json!("https://hooks.slack.com/…"), json!(fingerprint(url))));
+        assert_eq!(shown(changes[2]), (json!("https://hooks.slack.com/…"), json!(fingerprint(old))));
+        assert_eq!(changes[2]["enabled"], true);
+    }
 }
 
 /// Inserts an entry as the store would have written it at `at_ms`.

@@ -715,7 +715,9 @@ async fn a_viewer_sees_webhooks_and_deliveries_without_a_write_control_and_canno
         {
             let r = b.get(&c.app, &uri).await;
             assert_eq!(r.status, StatusCode::OK, "{role} {uri}");
-            assert!(r.body.contains("https://hooks.example/k"), "{role} {uri}");
+            // The URL as the API shows it to this role: its path redacted.
+            assert!(r.body.contains("https://hooks.example/…"), "{role} {uri}");
+            assert!(!r.body.contains("https://hooks.example/k"), "{role} {uri}");
             // The sign-out form is the page's only form.
             assert_eq!(r.body.matches("<form").count(), 1, "{role} {uri}");
             assert!(!r.body.contains("name=\"url\"") && !r.body.contains("/rotate") && !r.body.contains("Delete…"));
@@ -745,4 +747,57 @@ async fn a_viewer_sees_webhooks_and_deliveries_without_a_write_control_and_canno
     let (_, list) = send(&c.app, "GET", "/alert-webhooks", Some(ADMIN), None).await;
     assert_eq!(list["alertWebhooks"].as_array().unwrap().len(), 1);
     assert_eq!(list["alertWebhooks"][0]["url"], "https://hooks.example/k");
+}
+
+#[tokio::test]
+async fn a_viewers_pages_never_hold_a_webhooks_whole_url_and_an_admins_editor_does() {
+    let c = console();
+    // A Slack-like URL: its path is the receiver's only credential.
+    let url = "https://hooks.slack.com/services/T0CONSOLE/B0CONSOLE/Zq3console1secret2path";
+    let secret_path = "Zq3console1secret2path";
+    let (s, hook) = send(&c.app, "POST", "/alert-webhooks", Some(ADMIN), Some(json!({"url": url}).to_string())).await;
+    assert_eq!(s, StatusCode::CREATED, "{hook}");
+    let id = hook["id"].as_str().unwrap();
+    let fingerprint = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(url.as_bytes()))[..12].to_string()
+    };
+    // Changed once through the console too, so the audit log has a console entry.
+    let mut admin = Browser::default();
+    admin.sign_in(&c.app).await;
+    let r = admin.get(&c.app, &format!("/console/alerts/{id}")).await;
+    // The admin's editor holds the whole URL (a save sends it back as it is).
+    assert!(r.body.contains(&format!(r#"value="{url}""#)), "{}", r.body);
+    let form =
+        format!("_csrf={}&url={}&thresholds=50&events=budget&expiryWarningDays=7&enabled=on", r.csrf(), enc(url));
+    let r = admin.post(&c.app, &format!("/console/alerts/{id}"), &form).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (_, h) = send(&c.app, "GET", &format!("/alert-webhooks/{id}"), Some(ADMIN), None).await;
+    assert_eq!((&h["url"], &h["thresholds"]), (&json!(url), &json!([50])), "the admin's save kept the URL");
+
+    for role in ["viewer", "operator"] {
+        let (_, key) =
+            send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": role, "role": role}).to_string())).await;
+        let mut b = Browser::default();
+        let r = b.post(&c.app, "/console/sign-in", &format!("credential={}", key["token"].as_str().unwrap())).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        for uri in [
+            "/console/alerts".to_string(),
+            format!("/console/alerts/{id}"),
+            format!("/console/alerts/{id}/deliveries"),
+            "/console/audit-log".to_string(),
+            format!("/console/audit-log?resourceId={id}"),
+        ] {
+            let r = b.get(&c.app, &uri).await;
+            assert_eq!(r.status, StatusCode::OK, "{role} {uri}");
+            assert!(!r.body.contains(secret_path) && !r.body.contains("T0CONSOLE"), "{role} {uri}: {}", r.body);
+        }
+        for uri in ["/console/alerts".to_string(), format!("/console/alerts/{id}")] {
+            let r = b.get(&c.app, &uri).await;
+            assert!(r.body.contains("https://hooks.slack.com/…") && r.body.contains(&fingerprint), "{role} {uri}");
+        }
+    }
+    // The admin sees the fingerprint beside the whole URL.
+    let r = admin.get(&c.app, &format!("/console/alerts/{id}")).await;
+    assert!(r.body.contains(&fingerprint) && r.body.contains(url));
 }

@@ -2,7 +2,10 @@
 //! what was sent. The secret is write-only: generated when absent and shown
 //! once, in the create answer. Writes need the admin role (a webhook holds a
 //! secret and a URL the store will call); each is recorded in the audit log,
-//! its secret redacted.
+//! its secret redacted and its URL too ([`crate::policy::audit`]). The URL is
+//! often the receiver's only credential: every answer that holds a webhook
+//! shows it whole to an admin only ([`AlertWebhook::shown_to`]); any role
+//! gets its `urlFingerprint`. Deliveries hold no URL.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,7 +23,7 @@ use crate::policy::alerts::{AlertEvent, DEFAULT_EXPIRY_WARNING_DAYS, DEFAULT_THR
 use crate::storage::{AlertWebhookChanges, NewAlertWebhook};
 
 /// The audit log's resource type of alert webhooks.
-const RESOURCE: &str = "alert_webhook";
+const RESOURCE: &str = crate::policy::audit::ALERT_WEBHOOK;
 
 /// A new secret: `whsec_` and 32 random bytes in hex. (The console makes
 /// one when it replaces a webhook's secret.)
@@ -73,22 +76,25 @@ pub async fn create(
         enabled: req.enabled.unwrap_or(true),
     };
     let audit = caller.audit("alert_webhook.create", RESOURCE, None, body);
-    let mut hook = run(&state, move |s| s.create_alert_webhook(&new, &audit)).await?;
+    let mut hook = run(&state, move |s| s.create_alert_webhook(&new, &audit)).await?.shown_to(caller.principal.role);
     hook.secret = Some(secret);
     Ok((StatusCode::CREATED, Json(hook)))
 }
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Paging(page): Paging,
 ) -> Result<Json<PageBody<AlertWebhook>>, ApiError> {
     let p = page.clone();
+    let role = caller.principal.role;
     let items = run(&state, move |s| s.list_alert_webhooks(&p)).await?;
+    let items = items.into_iter().map(|w| w.shown_to(role)).collect();
     page_response("alertWebhooks", "/alert-webhooks", items, &page, |w| &w.id)
 }
 
-pub async fn get(State(state): State<AppState>, Id(id): Id) -> Result<Json<AlertWebhook>, ApiError> {
-    Ok(Json(run(&state, move |s| s.get_alert_webhook(&id)).await?))
+pub async fn get(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<Json<AlertWebhook>, ApiError> {
+    Ok(Json(run(&state, move |s| s.get_alert_webhook(&id)).await?.shown_to(caller.principal.role)))
 }
 
 pub async fn update(
@@ -114,7 +120,8 @@ pub async fn update(
         enabled: req.enabled,
     };
     let audit = caller.audit("alert_webhook.update", RESOURCE, Some(id.clone()), body);
-    Ok(Json(run(&state, move |s| s.update_alert_webhook(&id, &changes, &audit)).await?))
+    let role = caller.principal.role;
+    Ok(Json(run(&state, move |s| s.update_alert_webhook(&id, &changes, &audit)).await?.shown_to(role)))
 }
 
 pub async fn delete(State(state): State<AppState>, caller: Caller, Id(id): Id) -> Result<StatusCode, ApiError> {

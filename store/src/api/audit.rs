@@ -13,6 +13,7 @@ use super::{page_response, run, AppState, PageBody};
 use crate::error::ApiError;
 use crate::ids::parse_rfc3339_ms;
 use crate::model::AuditEntry;
+use crate::policy::audit::redact_recorded_webhook_changes;
 use crate::storage::{Audit, AuditFilter};
 
 #[derive(Deserialize)]
@@ -50,7 +51,8 @@ fn text_filter(field: &str, v: Option<String>) -> Result<Option<String>, ApiErro
 /// `GET /audit-log?since=&until=&actor=&resourceId=&limit=&beforeId=`:
 /// entries newest first. `since` (inclusive) and `until` (exclusive) are
 /// RFC 3339; `actor` is `bootstrap` or a management key id; `resourceId`
-/// the changed resource's id (`ak_…`, `openai`, `openai/gpt-4o`, ...).
+/// the changed resource's id (`ak_…`, `openai`, `openai/gpt-4o`, ...). An
+/// alert webhook's `url` is served redacted, whenever it was recorded.
 pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Json<PageBody<AuditEntry>>, ApiError> {
     let q: AuditQuery = parse_query(uri.query())?;
     let page = page_request(q.limit, q.before_id)?;
@@ -69,7 +71,11 @@ pub async fn list(State(state): State<AppState>, uri: Uri) -> Result<Json<PageBo
         resource_id: text_filter("resourceId", q.resource_id)?,
     };
     let p = page.clone();
-    let items = run(&state, move |s| s.list_audit(&filter, &p)).await?;
+    let mut items = run(&state, move |s| s.list_audit(&filter, &p)).await?;
+    // Entries recorded before webhook URLs were redacted: redacted as served.
+    for e in &mut items {
+        redact_recorded_webhook_changes(&e.resource_type, &mut e.changes);
+    }
     let Json(body) = page_response("auditLog", "/audit-log", items, &page, |e| &e.id)?;
     Ok(Json(body.with_query(&extra)))
 }

@@ -256,12 +256,19 @@ pub struct SummaryRow {
 }
 
 /// A webhook that hears of budget, credit and key-expiry alerts. Its secret
-/// is write-only: shown once, in the create answer (no `Debug`).
+/// is write-only: shown once, in the create answer (no `Debug`). Its URL is
+/// often the receiver's only credential (Slack's `/services/T…/B…/<secret>`,
+/// Discord's `/api/webhooks/{id}/{token}`): only an admin is shown it whole
+/// ([`AlertWebhook::shown_to`]).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AlertWebhook {
     pub id: String,
+    /// Whole for an admin; else [`redact_webhook_url`]'s form.
     pub url: String,
+    /// [`webhook_url_fingerprint`] of the whole URL, for every role: tells
+    /// webhooks apart without showing their URLs.
+    pub url_fingerprint: String,
     /// Null: store-wide; else only that configuration's budget and its keys.
     pub configuration_id: Option<String>,
     /// Percent of a limit, ascending.
@@ -274,6 +281,46 @@ pub struct AlertWebhook {
     /// Only in the create answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+impl AlertWebhook {
+    /// The webhook as `role` is shown it: an admin whole, any other role
+    /// with its URL redacted ([`redact_webhook_url`]). The fingerprint stays.
+    pub fn shown_to(mut self, role: Role) -> Self {
+        if role < Role::Admin {
+            self.url = redact_webhook_url(&self.url);
+        }
+        self
+    }
+}
+
+/// A webhook URL as a role below admin (and the audit log) shows it: the
+/// scheme and the authority (host and port; user info never), then `/…`
+/// in place of any path or query — the part that holds a receiver's
+/// credential. `https://hooks.slack.com/services/T0/B0/xyz` →
+/// `https://hooks.slack.com/…`; `https://hooks.example` and
+/// `https://hooks.example/` stay as they are (nothing follows the host).
+pub fn redact_webhook_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "…".to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if tail.is_empty() || tail == "/" {
+        format!("{scheme}://{host}{tail}")
+    } else {
+        format!("{scheme}://{host}/…")
+    }
+}
+
+/// A webhook URL's fingerprint: the first 12 hex digits of the SHA-256 of
+/// the whole URL — the same URL, the same fingerprint, whoever asks.
+pub fn webhook_url_fingerprint(url: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hex = hex::encode(Sha256::digest(url.as_bytes()));
+    hex.truncate(12);
+    hex
 }
 
 /// One alert sent (or being sent) to a webhook, with its attempts.
@@ -417,6 +464,28 @@ mod tests {
     fn redaction() {
         assert_eq!(redact_value("sk-proj-abcdefghijklmnop1234"), "sk-...1234");
         assert_eq!(redact_value("short"), "...");
+    }
+
+    #[test]
+    fn webhook_urls_are_redacted_to_their_scheme_and_authority() {
+        for (url, shown) in [
+            ("https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX", "https://hooks.slack.com/…"),
+            ("https://discord.com/api/webhooks/123/tok-en_", "https://discord.com/…"),
+            ("http://127.0.0.1:9000/h", "http://127.0.0.1:9000/…"),
+            ("http://[::1]:8080/a/b", "http://[::1]:8080/…"),
+            ("https://hooks.example/h?token=1", "https://hooks.example/…"),
+            ("https://hooks.example?token=1", "https://hooks.example/…"),
+            ("https://user:pw@hooks.example/h", "https://hooks.example/…"),
+            ("https://hooks.example", "https://hooks.example"),
+            ("https://hooks.example/", "https://hooks.example/"),
+            ("not a url", "…"),
+        ] {
+            assert_eq!(redact_webhook_url(url), shown, "{url}");
+        }
+        let fp = webhook_url_fingerprint("https://hooks.example/k");
+        // sha256("https://hooks.example/k"), as `printf %s … | sha256sum` gives it.
+        assert_eq!(fp, "ae5e59b1012c");
+        assert_ne!(webhook_url_fingerprint("https://hooks.example/k2"), fp);
     }
 
     #[test]

@@ -4,13 +4,17 @@
 //! An [`Audit`] is made only by [`Audit::new`], which scrubs the changed
 //! fields: a field named as a secret ([`SECRET_FIELDS`], at any depth) has
 //! its value replaced by [`REDACTED`], and so has any string that holds an
-//! access-key token (`kg-…`) or a management-key token (`kgm_…`). A backend
-//! writes the entry in the transaction of the change it describes, so there
-//! is no change without its entry and no entry of a change that failed.
+//! access-key token (`kg-…`) or a management-key token (`kgm_…`); and an
+//! alert webhook's `url`, often its receiver's only credential, is recorded
+//! redacted with its fingerprint ([`redact_webhook_changes`]): any role reads
+//! the audit log. A backend writes the entry in the transaction of the change
+//! it describes, so there is no change without its entry and no entry of a
+//! change that failed.
 
 use serde_json::Value;
 
 use crate::api::principal::{Principal, Via};
+use crate::model::{redact_webhook_url, webhook_url_fingerprint};
 
 /// What a secret's value becomes in an entry.
 pub const REDACTED: &str = "[redacted]";
@@ -19,6 +23,9 @@ pub const REDACTED: &str = "[redacted]";
 /// provider key's `value`; an alert webhook's signing `secret`; a `token`,
 /// which no request carries today).
 pub const SECRET_FIELDS: &[&str] = &["value", "secret", "token"];
+
+/// The audit log's resource type of alert webhooks, whose `url` is redacted.
+pub const ALERT_WEBHOOK: &str = "alert_webhook";
 
 /// Default of `KEYGATE_AUDIT_RETENTION_DAYS`.
 pub const DEFAULT_RETENTION_DAYS: u32 = 365;
@@ -50,10 +57,13 @@ impl Audit {
         resource_id: Option<String>,
         changes: Value,
     ) -> Self {
-        let changes = match scrub(changes) {
+        let mut changes = match scrub(changes) {
             v @ Value::Object(_) => v,
             _ => Value::Object(serde_json::Map::new()),
         };
+        if resource_type == ALERT_WEBHOOK {
+            redact_webhook_changes(&mut changes);
+        }
         Audit {
             actor: principal.actor.clone(),
             via,
@@ -118,6 +128,30 @@ pub fn scrub(v: Value) -> Value {
     }
 }
 
+/// An alert webhook's changes with their `url` (a string) redacted as a
+/// viewer is shown it ([`redact_webhook_url`]) and `urlFingerprint` (of the
+/// whole URL) beside it. Entries are recorded so; the audit-log API applies
+/// it again to what it reads ([`redact_recorded_webhook_changes`]) for the
+/// entries recorded before URLs were redacted.
+pub fn redact_webhook_changes(changes: &mut Value) {
+    if let Some(m) = changes.as_object_mut() {
+        if let Some(Value::String(url)) = m.get("url") {
+            let fingerprint = webhook_url_fingerprint(url);
+            let shown = redact_webhook_url(url);
+            m.insert("url".into(), Value::String(shown));
+            m.insert("urlFingerprint".into(), Value::String(fingerprint));
+        }
+    }
+}
+
+/// [`redact_webhook_changes`] for an entry as read: an entry that has a
+/// `urlFingerprint` was redacted when it was recorded, and is left as it is.
+pub fn redact_recorded_webhook_changes(resource_type: &str, changes: &mut Value) {
+    if resource_type == ALERT_WEBHOOK && changes.get("urlFingerprint").is_none() {
+        redact_webhook_changes(changes);
+    }
+}
+
 /// An audit retention in force: entries older than `days` go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditRetention {
@@ -170,6 +204,45 @@ mod tests {
         let not_object = Audit::new(&Principal::bootstrap(), Via::Console, "x.y", "x", Some("i".into()), json!(5));
         assert_eq!(not_object.changes_json(), "{}");
         assert_eq!(not_object.resource_id(Some("other")), Some("i"));
+    }
+
+    #[test]
+    fn an_alert_webhooks_url_is_recorded_redacted_with_its_fingerprint() {
+        let url = "https://hooks.slack.com/services/T000/B000/XXXXXXXXXXXXXXXXXXXXXXXX";
+        let a = Audit::new(
+            &Principal::bootstrap(),
+            Via::Api,
+            "alert_webhook.create",
+            ALERT_WEBHOOK,
+            None,
+            json!({"url": url, "secret": "whsec_0123", "thresholds": [80]}),
+        );
+        assert!(!a.changes_json().contains("XXXX"), "{}", a.changes_json());
+        let got: Value = serde_json::from_str(&a.changes_json()).unwrap();
+        assert_eq!(
+            got,
+            json!({"url": "https://hooks.slack.com/…", "urlFingerprint": webhook_url_fingerprint(url),
+                   "secret": REDACTED, "thresholds": [80]})
+        );
+        // Other resources' `url`-named fields are not webhook URLs; a change without a url has none.
+        let other = Audit::new(&Principal::bootstrap(), Via::Api, "x.update", "provider", None, json!({"url": url}));
+        assert_eq!(other.changes_json(), json!({"url": url}).to_string());
+        let none = Audit::new(&Principal::bootstrap(), Via::Api, "x", ALERT_WEBHOOK, None, json!({"enabled": false}));
+        assert_eq!(none.changes_json(), r#"{"enabled":false}"#);
+        // As read: an entry recorded before redaction is redacted; a redacted one is left alone.
+        let mut old = json!({"url": url, "enabled": true});
+        redact_recorded_webhook_changes(ALERT_WEBHOOK, &mut old);
+        assert_eq!(
+            old,
+            json!({"url": "https://hooks.slack.com/…", "urlFingerprint": webhook_url_fingerprint(url),
+                               "enabled": true})
+        );
+        let again = old.clone();
+        redact_recorded_webhook_changes(ALERT_WEBHOOK, &mut old);
+        assert_eq!(old, again);
+        let mut elsewhere = json!({"url": url});
+        redact_recorded_webhook_changes("provider", &mut elsewhere);
+        assert_eq!(elsewhere, json!({"url": url}));
     }
 
     #[test]

@@ -327,9 +327,11 @@ pub(crate) const ALERT_WEBHOOK_COLS: &str =
      FROM alert_webhooks";
 
 pub(crate) fn alert_webhook<C: Cells>(r: &C) -> Result<AlertWebhook, C::Error> {
+    let url = r.text(1)?;
     Ok(AlertWebhook {
         id: r.text(0)?,
-        url: r.text(1)?,
+        url_fingerprint: crate::model::webhook_url_fingerprint(&url),
+        url,
         configuration_id: r.opt_text(2)?,
         thresholds: r.json(3)?.unwrap_or_default(),
         events: r.json(4)?.unwrap_or_default(),

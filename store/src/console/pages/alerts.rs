@@ -4,6 +4,9 @@
 //! first. The secret is write-only: the API answers it only when creating,
 //! and the console shows it once, on the page right after it was generated
 //! (a sealed cookie for that page, as an access key's token), never again.
+//! The URL is shown as the API answers it: whole to an admin, to any other
+//! role redacted to its scheme and host (the path is often the receiver's
+//! credential), with its fingerprint for every role.
 
 use std::collections::HashMap;
 
@@ -34,6 +37,13 @@ const FIELDS: [&str; 6] = ["url", "configurationId", "thresholds", "events", "ex
 
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or("")
+}
+
+/// The fingerprint of a webhook's whole URL, as the API answers it.
+fn fingerprint(h: &Value) -> Markup {
+    html! {
+        span.hint.mono title="URL fingerprint: the first 12 hex digits of the SHA-256 of the whole URL" { (s(h, "urlFingerprint")) }
+    }
 }
 
 fn base(id: &str) -> String {
@@ -277,7 +287,7 @@ async fn list_page(sg: &Signed, q: &Form, form: Option<Markup>, status: StatusCo
                 tbody { @for h in &hooks {
                     @let id = s(h, "id");
                     tr {
-                        td.wrap data-label="URL" { a href=(base(id)) { (s(h, "url")) } }
+                        td.wrap data-label="URL" { a href=(base(id)) { (s(h, "url")) } br; (fingerprint(h)) }
                         td data-label="Scope" { (scope(h, &names)) }
                         td data-label="Thresholds" { (thresholds_text(h)) }
                         td data-label="Events" { (events_text(h)) }
@@ -402,7 +412,11 @@ async fn hook_page(
         (done_notice(q.has("done").then(|| q.get("done"))))
         dl.facts {
             dt { "Id" } dd.mono { (s(h, "id")) }
-            dt { "URL" } dd.mono { (s(h, "url")) }
+            dt { "URL" } dd {
+                span.mono { (s(h, "url")) }
+                @if !sg.who.admin() { br; span.hint { "Only an admin is shown the path: it is often the receiver's credential." } }
+            }
+            dt { "URL fingerprint" } dd.mono { (s(h, "urlFingerprint")) }
             dt { "Scope" } dd { (scope(h, &names)) }
             dt { "Thresholds" } dd { (thresholds_text(h)) }
             dt { "Events" } dd { (events_text(h)) }
