@@ -22,6 +22,7 @@ mod ledger;
 mod management;
 mod reports;
 mod schema;
+mod sessions;
 
 use self::error::{DbError, R};
 use self::ledger::{forget_scope, SqlLedger};
@@ -33,8 +34,9 @@ use super::update::Assignments;
 pub use super::Options;
 use super::{
     AccessKeyChanges, AccessKeyFilter, AlertWebhookChanges, ApiKeyAuth, ApiKeyChanges, AttemptRecord, Audit,
-    AuditFilter, ClaimedDelivery, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig,
-    NewPrice, NewProvider, NewProviderKey, PageRequest, ProviderChanges, ProviderKeyChanges, Store, UsageFilter,
+    AuditFilter, ClaimedDelivery, ConfigChanges, ExpiredSessions, Gauges, GroupBy, NewAccessKey, NewAlertWebhook,
+    NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, PageRequest, ProviderChanges, ProviderKeyChanges,
+    SessionRow, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
@@ -943,6 +945,36 @@ impl Store for SqliteStore {
 
     fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize> {
         self.write(|tx| management::purge_audit(tx, before_ms, limit))
+    }
+
+    // -------------------------------------------------------- console sessions
+
+    fn create_console_session(&self, session: &SessionRow) -> StoreResult<()> {
+        self.write(|tx| sessions::create(tx, session))
+    }
+
+    fn console_session(&self, id: &str) -> StoreResult<Option<SessionRow>> {
+        self.read_gateway(|tx| sessions::get(tx, id))
+    }
+
+    fn touch_console_session(&self, id: &str, now_ms: i64, touch_before_ms: i64) -> StoreResult<()> {
+        self.write(|tx| sessions::touch(tx, id, now_ms, touch_before_ms))
+    }
+
+    fn delete_console_session(&self, id: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::delete(tx, id))
+    }
+
+    fn set_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::set_reveal(tx, id, nonce))
+    }
+
+    fn take_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::take_reveal(tx, id, nonce))
+    }
+
+    fn purge_console_sessions(&self, expired: ExpiredSessions) -> StoreResult<usize> {
+        self.write(|tx| sessions::purge(tx, expired))
     }
 }
 
