@@ -250,7 +250,8 @@ async fn a_session_opens_on_every_replica_and_ends_on_all() {
     let token = b.jar["kg_console"].clone();
     let elsewhere = console();
     assert_eq!(b.get(&elsewhere.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
-    for changed in [format!("{}0", &token[..63]), token.to_uppercase(), digest(&token), String::new()] {
+    let flipped = format!("{}{}", &token[..63], if token.ends_with('0') { '1' } else { '0' });
+    for changed in [flipped, token.to_uppercase(), digest(&token), String::new()] {
         b.jar.insert("kg_console".into(), changed.clone());
         assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired", "{changed}");
     }
