@@ -353,6 +353,34 @@ async fn sessions_end_after_30_idle_minutes_or_12_hours_and_are_swept() {
     }
 }
 
+#[tokio::test]
+async fn sign_ins_are_limited_per_credential() {
+    let c = console();
+    for i in 0..10 {
+        let mut b = Browser::default();
+        let r = b.post(&c.app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "sign-in {i}");
+    }
+    let mut b = Browser::default();
+    let r = b.post(&c.app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.body.contains("Too many sign-ins") && r.body.contains("Try again in"), "{}", r.body);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(b.jar.is_empty(), "no session");
+    // Ten entries in the audit log, not eleven.
+    let (_, log) = send(&c.app, "GET", "/audit-log?actor=bootstrap&limit=100", Some(ADMIN), None).await;
+    let logins = log["auditLog"].as_array().unwrap().iter().filter(|e| e["action"] == "console.login").count();
+    assert_eq!(logins, 10);
+    // Another credential is not held back; a wrong one is refused as before.
+    let (_, key) =
+        send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": "v", "role": "viewer"}).to_string())).await;
+    let r = b.post(&c.app, "/console/sign-in", &format!("credential={}", key["token"].as_str().unwrap())).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = Browser::default().post(&c.app, "/console/sign-in", "credential=nope").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
 async fn key_count(c: &Console) -> usize {
     let (_, v) = send(&c.app, "GET", "/access-keys", Some(ADMIN), None).await;
     v["accessKeys"].as_array().unwrap().len()

@@ -17,7 +17,8 @@
 //!   `nosniff`, `no-referrer`, and pages are `no-store`;
 //! - a token (or a webhook secret) is shown once, on the page right after
 //!   it was created or rotated (the session row records that it was shown);
-//!   provider-key values are never shown.
+//!   provider-key values are never shown;
+//! - sign-ins are limited per actor (10 a minute per store process).
 
 // The console reads the API's JSON answers as `serde_json::Value`, whose
 // `value["key"]` answers `Null` for a missing key or a value that is not an
@@ -29,7 +30,7 @@ mod layout;
 mod pages;
 pub mod session;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -45,7 +46,7 @@ use self::client::Api;
 use self::session::{Fingerprinter, Sealer, Session};
 use crate::api::principal::{Role, SessionCredential};
 use crate::api::{run, Stats};
-use crate::policy::sessions as rules;
+use crate::policy::sessions::{self as rules, SignInThrottle};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "kg_console";
@@ -109,13 +110,15 @@ pub struct Console {
     /// The API's state: a sign-in is recorded in the audit log, and the
     /// sessions are rows of its store.
     state: crate::api::AppState,
+    /// Successful sign-ins per actor (this process's).
+    throttle: Arc<Mutex<SignInThrottle>>,
 }
 
 /// The management listener's app: the console's routes, everything else to
 /// the API.
 pub fn app(cfg: Arc<Config>, api: Router, state: crate::api::AppState) -> Router {
     let stats: Arc<Stats> = state.stats.clone();
-    let console = Console { cfg, api: api.clone(), state };
+    let console = Console { cfg, api: api.clone(), state, throttle: Arc::default() };
     pages::routes()
         .route("/console/static/console.css", get(css))
         .route("/console/static/console.js", get(js))

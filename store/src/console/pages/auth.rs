@@ -10,6 +10,7 @@ use crate::api::run;
 use crate::console::layout::{self, page, respond, Nav};
 use crate::console::session::{self, SESSION_SECONDS};
 use crate::console::{cookie, see_other, set_cookie, Console, Posted, Signed, Write, COOKIE};
+use crate::policy::sessions::SIGN_INS_PER_WINDOW;
 
 fn form(message: Option<(&str, bool)>) -> Response {
     let status = match message {
@@ -70,7 +71,35 @@ pub async fn sign_in(State(c): State<Console>, Posted(form_data, secure, headers
         Ok(None) => return form(Some(("That credential was not accepted.", true))),
         Err(_) => return layout::message_page(None, StatusCode::SERVICE_UNAVAILABLE, "Error", "Could not sign in."),
     };
+    // Every sign-in writes an audit entry: a credential may sign in at most
+    // SIGN_INS_PER_WINDOW times a minute (per store process).
     let now = crate::ids::now_ms();
+    let admitted = c.throttle.lock().map_or(Err(1), |mut t| t.admit(&principal.actor, now));
+    if let Err(wait_ms) = admitted {
+        let secs = (wait_ms + 999) / 1000;
+        let mut resp = respond(
+            StatusCode::TOO_MANY_REQUESTS,
+            page(
+                None,
+                Nav::None,
+                "Sign in",
+                html! {
+                    div.narrow {
+                        h1 { "Too many sign-ins" }
+                        p.notice.error role="alert" {
+                            "This credential signed in " (SIGN_INS_PER_WINDOW) " times in the last minute. "
+                            "Try again in " (secs) " seconds."
+                        }
+                        p { a href="/console/sign-in" { "Back to sign-in" } }
+                    }
+                },
+            ),
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return resp;
+    }
     // Every sign-in is in the audit log (`console.login`); one that cannot
     // be recorded does not happen.
     if crate::api::audit::record_console_login(&c.state, &principal).await.is_err() {
