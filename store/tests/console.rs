@@ -17,7 +17,7 @@ use keygate_proto::token::digest;
 use keygate_store::api::{management_app, AppState};
 use keygate_store::console::{Config, CSP};
 use keygate_store::crypto::Cipher;
-use keygate_store::storage::Options;
+use keygate_store::storage::{Options, SessionRow};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -36,6 +36,28 @@ fn console() -> Console {
     let store = backend.open(Cipher::new(&MASTER), Options::default()).unwrap();
     let state = AppState::new(store.clone(), ADMIN, GATEWAY).with_console(Config::new(&MASTER, false));
     Console { app: management_app(state), store, _dir: dir, _pg: pg }
+}
+
+impl Console {
+    /// The session row of `token` (the store called off the async thread,
+    /// as the HTTP layer calls it: PostgreSQL's client blocks).
+    async fn session(&self, token: &str) -> Option<SessionRow> {
+        let (store, id) = (self.store.clone(), digest(token));
+        tokio::task::spawn_blocking(move || store.console_session(&id).unwrap()).await.unwrap()
+    }
+
+    /// Puts the session row of `token` back with other times.
+    async fn reset_session(&self, token: &str, created_ms: i64, seen_ms: i64) {
+        let (store, id) = (self.store.clone(), digest(token));
+        tokio::task::spawn_blocking(move || {
+            let row = store.console_session(&id).unwrap().unwrap();
+            store.delete_console_session(&id).unwrap();
+            let row = SessionRow { created_ms, expires_ms: created_ms + 12 * HOUR_MS, seen_ms, ..row };
+            store.create_console_session(&row).unwrap();
+        })
+        .await
+        .unwrap();
+    }
 }
 
 struct Resp {
@@ -192,7 +214,7 @@ async fn sign_in_takes_what_the_api_accepts_and_sign_out_ends_it() {
     // session under the token's digest, with no credential in it.
     let token = b.jar["kg_console"].clone();
     assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
-    let row = c.store.console_session(&digest(&token)).unwrap().expect("a session row");
+    let row = c.session(&token).await.expect("a session row");
     assert_eq!(row.actor, "bootstrap");
     assert!(row.credential_digest != ADMIN && row.credential_digest != digest(ADMIN), "a keyed fingerprint");
     assert!(row.id != token && row.csrf != token);
@@ -204,7 +226,7 @@ async fn sign_in_takes_what_the_api_accepts_and_sign_out_ends_it() {
     let r = b.post(&c.app, "/console/sign-out", &format!("_csrf={csrf}")).await;
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/sign-in?why=signed-out"));
     assert!(b.jar.is_empty());
-    assert!(c.store.console_session(&digest(&token)).unwrap().is_none());
+    assert!(c.session(&token).await.is_none());
     // ...and a copy of the cookie taken before (by another service on this
     // host, say) opens nothing.
     let mut thief = Browser::default();
@@ -264,7 +286,7 @@ async fn a_session_opens_on_every_replica_and_ends_on_all() {
     let r = b.get(&rotated, "/console/access-keys").await;
     assert_eq!(r.location(), "/console/sign-in?why=revoked");
     assert!(b.jar.is_empty(), "the cookie is deleted");
-    assert!(c.store.console_session(&digest(&token)).unwrap().is_none(), "the session is deleted");
+    assert!(c.session(&token).await.is_none(), "the session is deleted");
     b.jar.insert("kg_console".into(), token);
     assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
 }
@@ -278,7 +300,7 @@ async fn a_management_key_session_follows_the_key() {
     let id = key["id"].as_str().unwrap().to_string();
     let mut b = Browser::default();
     b.sign_in_with(&c.app, key["token"].as_str().unwrap()).await;
-    let row = c.store.console_session(&digest(&b.jar["kg_console"])).unwrap().unwrap();
+    let row = c.session(&b.jar["kg_console"]).await.unwrap();
     assert_eq!(
         (row.actor.as_str(), row.credential_digest.clone()),
         (id.as_str(), digest(key["token"].as_str().unwrap()))
@@ -298,15 +320,6 @@ async fn a_management_key_session_follows_the_key() {
     assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=revoked");
 }
 
-/// Puts a copy of the session row of `token` back with other times.
-fn reset_session(c: &Console, token: &str, created_ms: i64, seen_ms: i64) {
-    let id = digest(token);
-    let row = c.store.console_session(&id).unwrap().unwrap();
-    c.store.delete_console_session(&id).unwrap();
-    let row = keygate_store::storage::SessionRow { created_ms, expires_ms: created_ms + 12 * HOUR_MS, seen_ms, ..row };
-    c.store.create_console_session(&row).unwrap();
-}
-
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
@@ -318,22 +331,22 @@ async fn sessions_end_after_30_idle_minutes_or_12_hours_and_are_swept() {
     b.sign_in(&c.app).await;
     let token = b.jar["kg_console"].clone();
     // Used 2 minutes ago: open, and its use is recorded.
-    reset_session(&c, &token, now - HOUR_MS, now - 2 * MINUTE_MS);
+    c.reset_session(&token, now - HOUR_MS, now - 2 * MINUTE_MS).await;
     assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
-    let seen = c.store.console_session(&digest(&token)).unwrap().unwrap().seen_ms;
+    let seen = c.session(&token).await.unwrap().seen_ms;
     assert!(seen >= now, "touched");
     // Used 10 seconds ago: open, and not written again.
-    reset_session(&c, &token, now - HOUR_MS, now - 10_000);
+    c.reset_session(&token, now - HOUR_MS, now - 10_000).await;
     assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
-    assert_eq!(c.store.console_session(&digest(&token)).unwrap().unwrap().seen_ms, now - 10_000);
+    assert_eq!(c.session(&token).await.unwrap().seen_ms, now - 10_000);
     // 29 idle minutes: open; 31: over.
-    reset_session(&c, &token, now - HOUR_MS, now - 29 * MINUTE_MS);
+    c.reset_session(&token, now - HOUR_MS, now - 29 * MINUTE_MS).await;
     assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
-    reset_session(&c, &token, now - HOUR_MS, now - 31 * MINUTE_MS);
+    c.reset_session(&token, now - HOUR_MS, now - 31 * MINUTE_MS).await;
     assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
     // Used all along, but signed in more than 12 hours ago: over.
     b.jar.insert("kg_console".into(), token.clone());
-    reset_session(&c, &token, now - 12 * HOUR_MS - MINUTE_MS, now - MINUTE_MS);
+    c.reset_session(&token, now - 12 * HOUR_MS - MINUTE_MS, now - MINUTE_MS).await;
     assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
     // The sweep deletes both kinds, and keeps open sessions.
     let mut others = Vec::new();
@@ -342,14 +355,14 @@ async fn sessions_end_after_30_idle_minutes_or_12_hours_and_are_swept() {
         o.sign_in(&c.app).await;
         others.push(o.jar["kg_console"].clone());
     }
-    reset_session(&c, &others[0], now - HOUR_MS, now - 31 * MINUTE_MS);
-    reset_session(&c, &others[1], now - 13 * HOUR_MS, now - MINUTE_MS);
+    c.reset_session(&others[0], now - HOUR_MS, now - 31 * MINUTE_MS).await;
+    c.reset_session(&others[1], now - 13 * HOUR_MS, now - MINUTE_MS).await;
     let state = AppState::new(c.store.clone(), ADMIN, GATEWAY);
     let n = keygate_store::serve::purge_console_sessions(&state, keygate_store::ids::now_ms()).await.unwrap();
     assert_eq!(n, 3, "the two above and the first one, 12 hours old");
-    assert!(c.store.console_session(&digest(&others[2])).unwrap().is_some());
+    assert!(c.session(&others[2]).await.is_some());
     for t in [&token, &others[0], &others[1]] {
-        assert!(c.store.console_session(&digest(t)).unwrap().is_none());
+        assert!(c.session(t).await.is_none());
     }
 }
 
