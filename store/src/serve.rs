@@ -253,6 +253,28 @@ async fn sweep_reservations(state: AppState) {
     }
 }
 
+/// Deletes the web console's sessions past their absolute or idle expiry
+/// (`policy::sessions`); returns how many. Every replica sweeps the shared
+/// table; an expired session is refused before the sweep comes anyway.
+pub async fn purge_console_sessions(state: &AppState, now_ms: i64) -> Result<usize, crate::error::ApiError> {
+    let expired = crate::policy::sessions::Expired::at(now_ms);
+    crate::api::run(state, move |s| s.purge_console_sessions(expired)).await
+}
+
+/// Deletes expired console sessions, once a minute.
+async fn sweep_console_sessions(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match purge_console_sessions(&state, crate::ids::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(deleted = n, "deleted expired console sessions"),
+            Err(e) => tracing::warn!(error = ?e, "console session sweep failed"),
+        }
+    }
+}
+
 /// Deletes the usage records past `retention` (and free of reservations, see
 /// [`crate::policy::retention`]), `batch` per transaction, at most
 /// `max_batches` transactions; returns how many. Other writes run between
@@ -347,6 +369,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), String> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::spawn(sweep_reservations(prepared.state.clone()));
+    tokio::spawn(sweep_console_sessions(prepared.state.clone()));
     if let Some(retention) = retention {
         tokio::spawn(sweep_usage(prepared.state.clone(), retention));
     }

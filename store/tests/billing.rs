@@ -575,6 +575,7 @@ async fn a_database_from_before_budgets_is_migrated() {
          ALTER TABLE provider_keys DROP COLUMN last_used_ms;
          DROP TABLE api_keys; DROP TABLE audit_log;
          DROP TABLE alert_attempts; DROP TABLE alert_deliveries; DROP TABLE alert_fired; DROP TABLE alert_webhooks;
+         DROP TABLE console_sessions;
          DROP TABLE schema_migrations;
          DELETE FROM meta WHERE key LIKE 'credits%' OR key = 'prices_seeded';",
     )
@@ -595,7 +596,7 @@ async fn a_database_from_before_budgets_is_migrated() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert!(keygate_store::storage::Backend::Sqlite(h.db_path()).migrate().unwrap().is_empty());
 }
 

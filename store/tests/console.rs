@@ -13,10 +13,11 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use common::*;
 use http_body_util::BodyExt;
+use keygate_proto::token::digest;
 use keygate_store::api::{management_app, AppState};
 use keygate_store::console::{Config, CSP};
 use keygate_store::crypto::Cipher;
-use keygate_store::storage::Options;
+use keygate_store::storage::{Options, SessionRow};
 use serde_json::json;
 use tower::ServiceExt;
 
@@ -35,6 +36,28 @@ fn console() -> Console {
     let store = backend.open(Cipher::new(&MASTER), Options::default()).unwrap();
     let state = AppState::new(store.clone(), ADMIN, GATEWAY).with_console(Config::new(&MASTER, false));
     Console { app: management_app(state), store, _dir: dir, _pg: pg }
+}
+
+impl Console {
+    /// The session row of `token` (the store called off the async thread,
+    /// as the HTTP layer calls it: PostgreSQL's client blocks).
+    async fn session(&self, token: &str) -> Option<SessionRow> {
+        let (store, id) = (self.store.clone(), digest(token));
+        tokio::task::spawn_blocking(move || store.console_session(&id).unwrap()).await.unwrap()
+    }
+
+    /// Puts the session row of `token` back with other times.
+    async fn reset_session(&self, token: &str, created_ms: i64, seen_ms: i64) {
+        let (store, id) = (self.store.clone(), digest(token));
+        tokio::task::spawn_blocking(move || {
+            let row = store.console_session(&id).unwrap().unwrap();
+            store.delete_console_session(&id).unwrap();
+            let row = SessionRow { created_ms, expires_ms: created_ms + 12 * HOUR_MS, seen_ms, ..row };
+            store.create_console_session(&row).unwrap();
+        })
+        .await
+        .unwrap();
+    }
 }
 
 struct Resp {
@@ -115,7 +138,11 @@ impl Browser {
     }
 
     async fn sign_in(&mut self, app: &Router) {
-        let r = self.post(app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+        self.sign_in_with(app, ADMIN).await;
+    }
+
+    async fn sign_in_with(&mut self, app: &Router, credential: &str) {
+        let r = self.post(app, "/console/sign-in", &format!("credential={}", enc(credential))).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     }
 }
@@ -183,15 +210,32 @@ async fn sign_in_takes_what_the_api_accepts_and_sign_out_ends_it() {
     let cookie = r.set_cookies().pop().unwrap();
     assert!(cookie.starts_with("kg_console="), "{cookie}");
     assert!(cookie.ends_with("; Path=/console; Max-Age=43200; HttpOnly; SameSite=Strict"), "{cookie}");
-    assert!(!cookie.contains(ADMIN), "the credential is sealed");
+    // The cookie is a random token and nothing else; the server keeps its
+    // session under the token's digest, with no credential in it.
+    let token = b.jar["kg_console"].clone();
+    assert!(token.len() == 64 && token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
+    let row = c.session(&token).await.expect("a session row");
+    assert_eq!(row.actor, "bootstrap");
+    assert!(row.credential_digest != ADMIN && row.credential_digest != digest(ADMIN), "a keyed fingerprint");
+    assert!(row.id != token && row.csrf != token);
     let r = b.get(&c.app, "/console/access-keys").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("admin token") && r.body.contains(r#"data-role="admin""#));
-    // Sign out: the cookie is deleted.
+    // Sign out: the session ends on the server, the cookie is deleted...
     let csrf = r.csrf();
     let r = b.post(&c.app, "/console/sign-out", &format!("_csrf={csrf}")).await;
     assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/sign-in?why=signed-out"));
     assert!(b.jar.is_empty());
+    assert!(c.session(&token).await.is_none());
+    // ...and a copy of the cookie taken before (by another service on this
+    // host, say) opens nothing.
+    let mut thief = Browser::default();
+    thief.jar.insert("kg_console".into(), token.clone());
+    let r = thief.get(&c.app, "/console/access-keys").await;
+    assert_eq!(r.location(), "/console/sign-in?why=expired");
+    let r = thief.post(&c.app, "/console/access-keys", &format!("name=x&_csrf={csrf}")).await;
+    assert_eq!(r.location(), "/console/sign-in?why=expired");
+    assert_eq!(key_count(&c).await, 0);
     // Behind a TLS proxy, the cookie is Secure.
     let r = b
         .send(
@@ -206,31 +250,148 @@ async fn sign_in_takes_what_the_api_accepts_and_sign_out_ends_it() {
 }
 
 #[tokio::test]
-async fn a_session_opens_on_every_replica_and_nowhere_else() {
+async fn a_session_opens_on_every_replica_and_ends_on_all() {
     let c = console();
     let mut b = Browser::default();
     b.sign_in(&c.app).await;
-    // Another store process with the same master key (a replica).
+    let token = b.jar["kg_console"].clone();
+    // Another store process over the same database and master key (a replica).
     let replica =
         management_app(AppState::new(c.store.clone(), ADMIN, GATEWAY).with_console(Config::new(&MASTER, false)));
-    assert_eq!(b.get(&replica, "/console/access-keys").await.status, StatusCode::OK);
-    // A store with another master key, or a changed cookie: signed out.
-    let sealed = b.jar["kg_console"].clone();
-    let other =
-        management_app(AppState::new(c.store.clone(), ADMIN, GATEWAY).with_console(Config::new(&[8u8; 32], false)));
-    assert_eq!(b.get(&other, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
-    let mut flipped = sealed.clone().into_bytes();
-    flipped[40] = if flipped[40] == b'a' { b'b' } else { b'a' };
-    b.jar.insert("kg_console".into(), String::from_utf8(flipped).unwrap());
+    let r = b.get(&replica, "/console/access-keys").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Signed out on the replica: ended on the first store too.
+    let r = b.post(&replica, "/console/sign-out", &format!("_csrf={}", r.csrf())).await;
+    assert_eq!(r.location(), "/console/sign-in?why=signed-out");
+    b.jar.insert("kg_console".into(), token);
     assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
-    // A credential the API no longer accepts ends the session at once.
-    b.jar.insert("kg_console".into(), sealed);
+    // A store with another database knows nothing of it; a changed cookie
+    // is no session.
+    b.jar.clear();
+    b.sign_in(&c.app).await;
+    let token = b.jar["kg_console"].clone();
+    let elsewhere = console();
+    assert_eq!(b.get(&elsewhere.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+    let flipped = format!("{}{}", &token[..63], if token.ends_with('0') { '1' } else { '0' });
+    for changed in [flipped, token.to_uppercase(), digest(&token), String::new()] {
+        b.jar.insert("kg_console".into(), changed.clone());
+        assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired", "{changed}");
+    }
+    // A credential the API no longer accepts (a replica started with another
+    // admin token) ends the session at once, everywhere.
+    b.jar.insert("kg_console".into(), token.clone());
     let rotated = management_app(
         AppState::new(c.store.clone(), "another-admin-token", GATEWAY).with_console(Config::new(&MASTER, false)),
     );
     let r = b.get(&rotated, "/console/access-keys").await;
     assert_eq!(r.location(), "/console/sign-in?why=revoked");
     assert!(b.jar.is_empty(), "the cookie is deleted");
+    assert!(c.session(&token).await.is_none(), "the session is deleted");
+    b.jar.insert("kg_console".into(), token);
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+}
+
+#[tokio::test]
+async fn a_management_key_session_follows_the_key() {
+    let c = console();
+    let (_, key) =
+        send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": "ops", "role": "operator"}).to_string()))
+            .await;
+    let id = key["id"].as_str().unwrap().to_string();
+    let mut b = Browser::default();
+    b.sign_in_with(&c.app, key["token"].as_str().unwrap()).await;
+    let row = c.session(&b.jar["kg_console"]).await.unwrap();
+    assert_eq!(
+        (row.actor.as_str(), row.credential_digest.clone()),
+        (id.as_str(), digest(key["token"].as_str().unwrap()))
+    );
+    assert!(b.get(&c.app, "/console/access-keys").await.body.contains(r#"data-role="operator""#));
+    // Its role is read on every request.
+    send(&c.app, "PATCH", &format!("/api-keys/{id}"), Some(ADMIN), Some(json!({"role": "viewer"}).to_string())).await;
+    assert!(b.get(&c.app, "/console/access-keys").await.body.contains(r#"data-role="viewer""#));
+    // Rotated: the session of the old token ends at its next request.
+    let (_, rotated) = send(&c.app, "POST", &format!("/api-keys/{id}/rotate"), Some(ADMIN), None).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=revoked");
+    // Deleted: so does the session of the new one.
+    let mut b = Browser::default();
+    b.sign_in_with(&c.app, rotated["token"].as_str().unwrap()).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
+    send(&c.app, "DELETE", &format!("/api-keys/{id}"), Some(ADMIN), None).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=revoked");
+}
+
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+#[tokio::test]
+async fn sessions_end_after_30_idle_minutes_or_12_hours_and_are_swept() {
+    let c = console();
+    let now = keygate_store::ids::now_ms();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let token = b.jar["kg_console"].clone();
+    // Used 2 minutes ago: open, and its use is recorded.
+    c.reset_session(&token, now - HOUR_MS, now - 2 * MINUTE_MS).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
+    let seen = c.session(&token).await.unwrap().seen_ms;
+    assert!(seen >= now, "touched");
+    // Used 10 seconds ago: open, and not written again.
+    c.reset_session(&token, now - HOUR_MS, now - 10_000).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
+    assert_eq!(c.session(&token).await.unwrap().seen_ms, now - 10_000);
+    // 29 idle minutes: open; 31: over.
+    c.reset_session(&token, now - HOUR_MS, now - 29 * MINUTE_MS).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.status, StatusCode::OK);
+    c.reset_session(&token, now - HOUR_MS, now - 31 * MINUTE_MS).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+    // Used all along, but signed in more than 12 hours ago: over.
+    b.jar.insert("kg_console".into(), token.clone());
+    c.reset_session(&token, now - 12 * HOUR_MS - MINUTE_MS, now - MINUTE_MS).await;
+    assert_eq!(b.get(&c.app, "/console/access-keys").await.location(), "/console/sign-in?why=expired");
+    // The sweep deletes both kinds, and keeps open sessions.
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut o = Browser::default();
+        o.sign_in(&c.app).await;
+        others.push(o.jar["kg_console"].clone());
+    }
+    c.reset_session(&others[0], now - HOUR_MS, now - 31 * MINUTE_MS).await;
+    c.reset_session(&others[1], now - 13 * HOUR_MS, now - MINUTE_MS).await;
+    let state = AppState::new(c.store.clone(), ADMIN, GATEWAY);
+    let n = keygate_store::serve::purge_console_sessions(&state, keygate_store::ids::now_ms()).await.unwrap();
+    assert_eq!(n, 3, "the two above and the first one, 12 hours old");
+    assert!(c.session(&others[2]).await.is_some());
+    for t in [&token, &others[0], &others[1]] {
+        assert!(c.session(t).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn sign_ins_are_limited_per_credential() {
+    let c = console();
+    for i in 0..10 {
+        let mut b = Browser::default();
+        let r = b.post(&c.app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "sign-in {i}");
+    }
+    let mut b = Browser::default();
+    let r = b.post(&c.app, "/console/sign-in", &format!("credential={ADMIN}")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.body.contains("Too many sign-ins") && r.body.contains("Try again in"), "{}", r.body);
+    let wait: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert!(b.jar.is_empty(), "no session");
+    // Ten entries in the audit log, not eleven.
+    let (_, log) = send(&c.app, "GET", "/audit-log?actor=bootstrap&limit=100", Some(ADMIN), None).await;
+    let logins = log["auditLog"].as_array().unwrap().iter().filter(|e| e["action"] == "console.login").count();
+    assert_eq!(logins, 10);
+    // Another credential is not held back; a wrong one is refused as before.
+    let (_, key) =
+        send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": "v", "role": "viewer"}).to_string())).await;
+    let r = b.post(&c.app, "/console/sign-in", &format!("credential={}", key["token"].as_str().unwrap())).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = Browser::default().post(&c.app, "/console/sign-in", "credential=nope").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 }
 
 async fn key_count(c: &Console) -> usize {
@@ -295,6 +456,7 @@ async fn a_token_is_shown_once_then_never() {
         once.contains(&format!("Path={token_page};")) && once.contains("Max-Age=120; HttpOnly; SameSite=Strict"),
         "{once}"
     );
+    let once_value = b.jar["kg_console_once"].clone();
     let r = b.get(&c.app, &token_page).await;
     assert_eq!(r.headers["cache-control"], "no-store");
     let at = r.body.find("value=\"kg-").unwrap() + 7;
@@ -305,9 +467,13 @@ async fn a_token_is_shown_once_then_never() {
         send(&gw, "GET", &format!("/v1/lookup/{}", keygate_proto::token::digest(&token)), Some(GATEWAY), None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(r.set_cookies().iter().any(|c| c.starts_with("kg_console_once=;") && c.contains("Max-Age=0")));
-    // Again: gone.
+    // Again: gone. And a copy of the cookie taken before is refused too
+    // (within its two minutes): the session says it was shown.
     let r = b.get(&c.app, &token_page).await;
     assert!(!r.body.contains(&token) && r.body.contains("Token no longer shown"));
+    b.jar.insert("kg_console_once".into(), once_value);
+    let r = b.get(&c.app, &token_page).await;
+    assert!(!r.body.contains(&token) && r.body.contains("Token no longer shown"), "replayed");
     // Nowhere else either.
     let id = token_page.split('/').nth(3).unwrap();
     for uri in [
@@ -559,6 +725,7 @@ async fn a_webhook_secret_is_shown_once_signs_the_deliveries_the_console_lists_a
         (&hook["url"], &hook["configurationId"], &hook["thresholds"], &hook["events"], &hook["expiryWarningDays"]),
         (&json!(url), &json!(cfg), &json!([50, 90]), &json!(["budget"]), &json!(3))
     );
+    let once_value = b.jar["kg_console_once"].clone();
     let r = b.get(&c.app, &secret_page).await;
     assert_eq!(r.headers["cache-control"], "no-store");
     assert!(r.body.contains("Alert webhook created"), "{}", r.body);
@@ -567,6 +734,10 @@ async fn a_webhook_secret_is_shown_once_signs_the_deliveries_the_console_lists_a
     assert!(r.set_cookies().iter().any(|c| c.starts_with("kg_console_once=;") && c.contains("Max-Age=0")));
     let r = b.get(&c.app, &secret_page).await;
     assert!(r.body.contains("Secret no longer shown") && !r.body.contains(&secret));
+    // A copy of the cookie, replayed within its two minutes: not again.
+    b.jar.insert("kg_console_once".into(), once_value);
+    let r = b.get(&c.app, &secret_page).await;
+    assert!(r.body.contains("Secret no longer shown") && !r.body.contains(&secret), "replayed");
     let base = format!("/console/alerts/{id}");
     let pages = [
         "/console/alerts".to_string(),

@@ -210,6 +210,28 @@ def test_rotate(page, stack):
     assert chat(gateway, new) == 200
 
 
+def test_a_copy_of_the_token_cookie_shows_the_token_no_more(page, stack):
+    """The cookie that carries a fresh token, copied before the token page and
+    replayed within its two minutes, shows nothing: the session row says the
+    token was shown."""
+    page.goto("/console/access-keys/new")
+    csrf = page.locator("input[name=_csrf]").first.input_value()
+    name = f"console-once-{uuid.uuid4().hex[:6]}"
+    resp = page.context.request.post("/console/access-keys", form={"_csrf": csrf, "name": name}, max_redirects=0)
+    assert resp.status == 303
+    location = resp.headers["location"]
+    once = [c for c in page.context.cookies() if c["name"] == "kg_console_once"]
+    assert len(once) == 1 and once[0]["httpOnly"] and once[0]["path"] == location
+    page.goto(location)
+    assert page.inner_text("h1") == "Access key created"
+    token = read_token(page)
+    assert not [c for c in page.context.cookies() if c["name"] == "kg_console_once"]
+    page.context.add_cookies(once)
+    page.goto(location)
+    assert page.inner_text("h1") == "Token no longer shown"
+    assert token not in page.content()
+
+
 def test_disable_then_the_gateway_refuses(page, stack):
     store, gateway = stack
     page.goto(f"/console/access-keys/{STATE['key_id']}")
@@ -631,8 +653,17 @@ def test_no_script_error_or_csp_violation(page, stack):
         page.goto(path)
         assert page.locator("h1").count() == 1, path
     assert STATE["errors"] == []
+    session = [c for c in page.context.cookies() if c["name"] == "kg_console"]
+    assert len(session) == 1 and len(session[0]["value"]) == 64
     page.click("button:has-text('Sign out')")
     assert "You are signed out." in page.inner_text("main")
     assert not [c for c in page.context.cookies() if c["name"] == "kg_console"]
     page.goto("/console/access-keys")
     assert page.url.endswith("/console/sign-in")
+    # A copy of the cookie taken before signing out opens nothing: the
+    # session ended on the server.
+    page.context.add_cookies(session)
+    page.goto("/console/access-keys")
+    assert "/console/sign-in" in page.url
+    assert "Your session has expired." in page.inner_text("main")
+    assert not [c for c in page.context.cookies() if c["name"] == "kg_console"]

@@ -31,7 +31,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
-use self::principal::{Principal, Role};
+use self::principal::{Principal, Role, SessionCredential};
 use crate::error::{ApiError, StoreResult};
 use crate::ids::{is_management_token, now_ms, secret_eq};
 use crate::storage::{PageRequest, Store, API_KEY_TOUCH_MS};
@@ -94,6 +94,9 @@ pub struct AppState {
     /// Wakes the alert delivery worker (`crate::webhooks`) when usage was
     /// ingested: settling may have queued deliveries.
     pub alerts: Arc<tokio::sync::Notify>,
+    /// The admin token's fingerprint under the console's key: what a console
+    /// session opened with the admin token holds ([`SessionCredential`]).
+    bootstrap_fingerprint: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -105,11 +108,13 @@ impl AppState {
             stats: Arc::default(),
             console: None,
             alerts: Arc::default(),
+            bootstrap_fingerprint: None,
         }
     }
 
     /// Serves the web console at `/console` on the management listener.
     pub fn with_console(mut self, console: crate::console::Config) -> Self {
+        self.bootstrap_fingerprint = Some(console.fingerprint(&self.admin_token).into());
         self.console = Some(Arc::new(console));
         self
     }
@@ -128,7 +133,28 @@ impl AppState {
         if !is_management_token(token) {
             return Ok(None);
         }
-        let digest = keygate_proto::token::digest(token);
+        self.authenticate_key(keygate_proto::token::digest(token)).await
+    }
+
+    /// Who holds the credential of a console session ([`SessionCredential`]),
+    /// judged as [`AppState::authenticate`] judges the credential itself, and
+    /// as afresh: the admin token by its fingerprint (constant-time compare;
+    /// a store started with another admin token refuses it), a management
+    /// key by its token's digest, read from the database on every call.
+    pub async fn authenticate_session(&self, credential: &SessionCredential) -> Result<Option<Principal>, ApiError> {
+        match credential {
+            SessionCredential::Bootstrap(fingerprint) => Ok(self
+                .bootstrap_fingerprint
+                .as_deref()
+                .is_some_and(|mine| secret_eq(fingerprint, mine))
+                .then(Principal::bootstrap)),
+            SessionCredential::Key(digest) => self.authenticate_key(digest.clone()).await,
+        }
+    }
+
+    /// The management key whose token has `digest`, its use recorded at most
+    /// once a minute.
+    async fn authenticate_key(&self, digest: String) -> Result<Option<Principal>, ApiError> {
         let Some(key) = run(self, move |s| s.api_key_by_digest(&digest)).await? else {
             return Ok(None);
         };
@@ -434,15 +460,22 @@ async fn require_gateway(State(state): State<AppState>, req: Request, next: Next
     }
 }
 
-/// Authenticates a management call ([`AppState::authenticate`]: 401 when
-/// nobody holds the token), checks the caller's role against the route's
+/// Authenticates a management call ([`AppState::authenticate`], or for a
+/// console session's call [`AppState::authenticate_session`]: 401 when
+/// nobody holds the credential), checks the caller's role against the route's
 /// rule (403 `insufficient_role`), and hands the [`Principal`] to the
 /// handler as a request extension (replacing any the request carried).
 async fn require_management(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let Some(token) = bearer(&req).map(str::to_owned) else {
-        return ApiError::Unauthorized.into_response();
+    // A console session's call carries its credential as an extension (never
+    // a header: no client can send one); any other call, a bearer token.
+    let authenticated = match req.extensions().get::<SessionCredential>().cloned() {
+        Some(credential) => state.authenticate_session(&credential).await,
+        None => match bearer(&req).map(str::to_owned) {
+            Some(token) => state.authenticate(&token).await,
+            None => return ApiError::Unauthorized.into_response(),
+        },
     };
-    let principal = match state.authenticate(&token).await {
+    let principal = match authenticated {
         Ok(Some(p)) => p,
         Ok(None) => return ApiError::Unauthorized.into_response(),
         Err(e) => return e.into_response(),

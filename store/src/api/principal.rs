@@ -32,6 +32,42 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViaConsole;
 
+/// A request extension the console sets, in place of an `Authorization`
+/// header, on the management calls of a signed-in session: the credential
+/// the session was opened with, by a digest that identifies it without
+/// being it (the database keeps this digest, never the credential). The
+/// API authenticates it afresh on every call, as it would the token itself
+/// ([`crate::api::AppState::authenticate_session`]): a management key by its
+/// token's digest (deleted or rotated: refused), the bootstrap admin token
+/// by its keyed fingerprint (another admin token: refused). An extension,
+/// never a header: only code in this process can attach one. No `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SessionCredential {
+    /// The bootstrap admin token, by its fingerprint (HMAC-SHA256 under a key
+    /// derived from the master key: see `crate::console::Config`).
+    Bootstrap(String),
+    /// A management key, by its token's SHA-256 digest (`api_keys.digest`).
+    Key(String),
+}
+
+impl SessionCredential {
+    /// The stored form: the session row's actor says which kind it is.
+    pub fn from_row(actor: &str, digest: &str) -> SessionCredential {
+        if actor == BOOTSTRAP {
+            SessionCredential::Bootstrap(digest.to_string())
+        } else {
+            SessionCredential::Key(digest.to_string())
+        }
+    }
+
+    /// The digest kept in the session row.
+    pub fn digest(&self) -> &str {
+        match self {
+            SessionCredential::Bootstrap(d) | SessionCredential::Key(d) => d,
+        }
+    }
+}
+
 impl Role {
     /// A role by its wire name.
     pub fn parse(s: &str) -> Option<Role> {

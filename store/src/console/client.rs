@@ -1,15 +1,16 @@
 //! The console's only way to the data: the management API, called in
 //! process (`tower::ServiceExt::oneshot` on the management router) with the
-//! signed-in credential as the bearer token and the [`ViaConsole`] extension.
-//! Authentication, roles, validation and the audit log are the API's own.
+//! session's [`SessionCredential`] and the [`ViaConsole`] extension (request
+//! extensions: no client can send either). Authentication, roles,
+//! validation and the audit log are the API's own.
 
 use axum::body::Body;
-use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::api::principal::ViaConsole;
+use crate::api::principal::{SessionCredential, ViaConsole};
 
 /// Largest API answer the console reads (a page of 100 keys is far below).
 const ANSWER_LIMIT: usize = 16 * 1024 * 1024;
@@ -35,11 +36,11 @@ impl Failure {
     }
 }
 
-/// The management API as one signed-in credential sees it.
+/// The management API as one signed-in session sees it.
 #[derive(Clone)]
 pub struct Api {
     router: Router,
-    credential: String,
+    credential: SessionCredential,
 }
 
 /// Percent-encodes one path segment (everything but RFC 3986's unreserved).
@@ -65,22 +66,13 @@ pub fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
 }
 
 impl Api {
-    pub fn new(router: Router, credential: &str) -> Api {
-        Api { router, credential: credential.to_string() }
+    pub fn session(router: Router, credential: SessionCredential) -> Api {
+        Api { router, credential }
     }
 
     /// Calls the API; `Ok` is the JSON answer of a 2xx (`Null` for 204).
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
-        let Ok(auth) = HeaderValue::from_str(&format!("Bearer {}", self.credential)) else {
-            // Not a header value: it cannot be a credential either.
-            return Err(Failure {
-                status: StatusCode::UNAUTHORIZED,
-                code: "unauthorized".into(),
-                msg: "not a valid credential".into(),
-                field: None,
-            });
-        };
-        let mut req = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, auth);
+        let mut req = Request::builder().method(method).uri(path);
         let body = match body {
             Some(v) => {
                 req = req.header(header::CONTENT_TYPE, "application/json");
@@ -89,6 +81,7 @@ impl Api {
             None => Body::empty(),
         };
         let mut req = req.body(body).map_err(|_| Failure::internal("could not build the request"))?;
+        req.extensions_mut().insert(self.credential.clone());
         req.extensions_mut().insert(ViaConsole);
         let resp = match self.router.clone().oneshot(req).await {
             Ok(r) => r,

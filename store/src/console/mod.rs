@@ -6,15 +6,19 @@
 //! and the audit log are the API's own; the console only shows them.
 //!
 //! Security, in one place:
-//! - the session is a sealed, stateless cookie ([`session`]), re-checked
-//!   against the API (`GET /whoami`) on every request;
+//! - the session is a row in the database, found by the digest of the random
+//!   token that is the cookie's whole value ([`session`]); it ends after 12
+//!   hours, 30 idle minutes, or at sign-out, and its credential is checked
+//!   by the API (`GET /whoami`) on every request;
 //! - every POST carries the session's CSRF token (a hidden field) and must
 //!   come from this origin (`Sec-Fetch-Site`, `Origin`); a refused write is
 //!   a 403 that changes nothing;
 //! - every response carries a strict CSP (no inline script or style),
 //!   `nosniff`, `no-referrer`, and pages are `no-store`;
 //! - a token (or a webhook secret) is shown once, on the page right after
-//!   it was created or rotated; provider-key values are never shown.
+//!   it was created or rotated (the session row records that it was shown);
+//!   provider-key values are never shown;
+//! - sign-ins are limited per actor (10 a minute per store process).
 
 // The console reads the API's JSON answers as `serde_json::Value`, whose
 // `value["key"]` answers `Null` for a missing key or a value that is not an
@@ -26,7 +30,7 @@ mod layout;
 mod pages;
 pub mod session;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -39,9 +43,10 @@ use axum::Router;
 use serde::Deserialize;
 
 use self::client::Api;
-use self::session::{Sealer, Session, PURPOSE_SESSION};
-use crate::api::principal::Role;
-use crate::api::Stats;
+use self::session::{Fingerprinter, Sealer, Session};
+use crate::api::principal::{Role, SessionCredential};
+use crate::api::{run, Stats};
+use crate::policy::sessions::{self as rules, SignInThrottle};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "kg_console";
@@ -58,6 +63,7 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// What the console needs besides the management router.
 pub struct Config {
     sealer: Sealer,
+    fingerprinter: Fingerprinter,
     /// Always mark cookies `Secure` (`KEYGATE_CONSOLE_SECURE_COOKIE=1`: the
     /// console is reached over TLS, through a proxy that may not say so).
     secure_cookie: bool,
@@ -70,10 +76,28 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// The session key is derived from the master key (HKDF), so every
-    /// replica of a store opens every other's sessions.
+    /// The keys are derived from the master key (HKDF), so every replica of
+    /// a store opens the others' sealed cookies and recognises the admin
+    /// token's fingerprint in their sessions.
     pub fn new(master_key: &[u8; 32], secure_cookie: bool) -> Config {
-        Config { sealer: Sealer::derive(master_key), secure_cookie }
+        Config { sealer: Sealer::derive(master_key), fingerprinter: Fingerprinter::derive(master_key), secure_cookie }
+    }
+
+    /// The fingerprint a session keeps of the bootstrap admin token.
+    pub fn fingerprint(&self, credential: &str) -> String {
+        self.fingerprinter.fingerprint(credential)
+    }
+
+    /// What a session opened with `credential` keeps of it (see
+    /// [`SessionCredential`]): a management key's token digest, else the
+    /// fingerprint (whatever is not a management key can only be the admin
+    /// token; the API refuses anything else).
+    pub fn session_credential(&self, credential: &str) -> SessionCredential {
+        if crate::ids::is_management_token(credential) {
+            SessionCredential::Key(keygate_proto::token::digest(credential))
+        } else {
+            SessionCredential::Bootstrap(self.fingerprint(credential))
+        }
     }
 }
 
@@ -83,15 +107,18 @@ pub struct Console {
     cfg: Arc<Config>,
     /// The management API router, called in process.
     api: Router,
-    /// The API's state: a sign-in is recorded in the audit log.
+    /// The API's state: a sign-in is recorded in the audit log, and the
+    /// sessions are rows of its store.
     state: crate::api::AppState,
+    /// Successful sign-ins per actor (this process's).
+    throttle: Arc<Mutex<SignInThrottle>>,
 }
 
 /// The management listener's app: the console's routes, everything else to
 /// the API.
 pub fn app(cfg: Arc<Config>, api: Router, state: crate::api::AppState) -> Router {
     let stats: Arc<Stats> = state.stats.clone();
-    let console = Console { cfg, api: api.clone(), state };
+    let console = Console { cfg, api: api.clone(), state, throttle: Arc::default() };
     pages::routes()
         .route("/console/static/console.css", get(css))
         .route("/console/static/console.js", get(js))
@@ -170,11 +197,46 @@ fn set_cookie(name: &str, path: &str, value: Option<(&str, i64)>, secure: bool) 
 }
 
 impl Console {
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let sealed = cookie(headers, COOKIE)?;
-        let s: Session = self.cfg.sealer.open_json(PURPOSE_SESSION, sealed)?;
-        (s.expires > crate::ids::now_secs()).then_some(s)
+    /// The open session the request's cookie names, if any; its use is
+    /// recorded (at most once a minute). `Err`: the database did not answer.
+    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, Response> {
+        let Some(id) = cookie(headers, COOKIE).and_then(session::id_of) else { return Ok(None) };
+        let lookup = id.clone();
+        let row = match run(&self.state, move |s| s.console_session(&lookup)).await {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::warn!(error = ?e, "could not read a console session");
+                return Err(unavailable());
+            }
+        };
+        let now = crate::ids::now_ms();
+        let Some(row) = row.filter(|r| r.live(now)) else { return Ok(None) };
+        if row.needs_touch(now) {
+            let before = rules::touch_before(now);
+            if let Err(e) = run(&self.state, move |s| s.touch_console_session(&id, now, before)).await {
+                tracing::warn!(error = ?e, "could not record a console session's use");
+            }
+        }
+        Ok(Some(Session::of_row(&row)))
     }
+
+    /// Deletes a session (sign-out, or its credential was refused).
+    async fn end(&self, id: &str) -> Result<(), Response> {
+        let id = id.to_string();
+        run(&self.state, move |s| s.delete_console_session(&id)).await.map(|_| ()).map_err(|e| {
+            tracing::warn!(error = ?e, "could not delete a console session");
+            unavailable()
+        })
+    }
+}
+
+fn unavailable() -> Response {
+    layout::message_page(
+        None,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Unavailable",
+        "The store's database did not answer. Try again in a moment.",
+    )
 }
 
 /// Who is signed in, as `GET /whoami` says.
@@ -206,6 +268,39 @@ pub struct Signed {
     pub api: Api,
     pub secure: bool,
     pub sealer: Sealer,
+    state: crate::api::AppState,
+}
+
+impl Signed {
+    /// Makes a fresh nonce this session's pending reveal (replacing any
+    /// earlier one) and returns it; `None` if it could not be recorded.
+    pub async fn pend_reveal(&self) -> Option<String> {
+        let nonce = crate::ids::random_hex(16).ok()?;
+        let (id, n) = (self.session.id.clone(), nonce.clone());
+        match run(&self.state, move |s| s.set_console_reveal(&id, &n)).await {
+            Ok(true) => Some(nonce),
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(error = ?e, "could not record a pending reveal");
+                None
+            }
+        }
+    }
+
+    /// Takes the session's pending reveal `nonce`: `true` the first time only.
+    pub async fn take_reveal(&self, nonce: &str) -> bool {
+        let (id, n) = (self.session.id.clone(), nonce.to_string());
+        run(&self.state, move |s| s.take_console_reveal(&id, &n)).await.unwrap_or_else(|e| {
+            tracing::warn!(error = ?e, "could not take a pending reveal");
+            false
+        })
+    }
+
+    /// Ends this session (sign-out): its row is deleted, so no copy of the
+    /// cookie opens it again, on any replica.
+    pub async fn end(&self, c: &Console) -> Result<(), Response> {
+        c.end(&self.session.id).await
+    }
 }
 
 /// To the sign-in page (303), the session cookie deleted.
@@ -228,14 +323,29 @@ impl FromRequestParts<Console> for Signed {
 
     async fn from_request_parts(parts: &mut Parts, c: &Console) -> Result<Self, Response> {
         let secure = secure(&c.cfg, &parts.headers);
-        let Some(session) = c.session(&parts.headers) else {
+        let Some(session) = c.session(&parts.headers).await? else {
             let why = if cookie(&parts.headers, COOKIE).is_some() { "expired" } else { "" };
             return Err(to_sign_in(secure, why));
         };
-        let api = Api::new(c.api.clone(), &session.credential);
+        c.signed(session, secure).await
+    }
+}
+
+impl Console {
+    /// The session's credential checked again by the API (`GET /whoami`).
+    async fn signed(&self, session: Session, secure: bool) -> Result<Signed, Response> {
+        let api = Api::session(self.api.clone(), session.credential.clone());
         match api.get("/whoami").await {
             Ok(doc) => match serde_json::from_value::<Who>(doc) {
-                Ok(who) => Ok(Signed { session, who, api, secure, sealer: c.cfg.sealer.clone() }),
+                // The credential is the one signed in with (a key's digest is
+                // unique to it, so this holds unless the row was tampered with).
+                Ok(who) if who.actor == session.actor => {
+                    Ok(Signed { session, who, api, secure, sealer: self.cfg.sealer.clone(), state: self.state.clone() })
+                }
+                Ok(_) => {
+                    self.end(&session.id).await?;
+                    Err(to_sign_in(secure, "revoked"))
+                }
                 Err(_) => Err(layout::message_page(
                     None,
                     StatusCode::BAD_GATEWAY,
@@ -244,7 +354,10 @@ impl FromRequestParts<Console> for Signed {
                 )),
             },
             // The credential was deleted or rotated: the session ends now.
-            Err(f) if f.status == StatusCode::UNAUTHORIZED => Err(to_sign_in(secure, "revoked")),
+            Err(f) if f.status == StatusCode::UNAUTHORIZED => {
+                self.end(&session.id).await?;
+                Err(to_sign_in(secure, "revoked"))
+            }
             Err(f) => Err(layout::message_page(None, f.status, "The API refused", &f.msg)),
         }
     }
@@ -327,7 +440,7 @@ impl FromRequest<Console> for Write {
     type Rejection = Response;
 
     async fn from_request(req: Request<Body>, c: &Console) -> Result<Self, Response> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         if !same_origin(&parts.headers) {
             return Err(refused(None));
         }
@@ -340,19 +453,21 @@ impl FromRequest<Console> for Write {
             ));
         };
         let Some(form) = Form::parse(&bytes) else { return Err(refused(None)) };
-        let Some(session) = c.session(&parts.headers) else {
-            return Err(to_sign_in(secure(&c.cfg, &parts.headers), "expired"));
+        let secure = secure(&c.cfg, &parts.headers);
+        let Some(session) = c.session(&parts.headers).await? else {
+            return Err(to_sign_in(secure, "expired"));
         };
         if !session.csrf_matches(form.get("_csrf")) {
             return Err(refused(None));
         }
-        let s = Signed::from_request_parts(&mut parts, c).await?;
+        let s = c.signed(session, secure).await?;
         Ok(Write { s, form })
     }
 }
 
-/// A form without a session (sign-in): the origin checked, the form read.
-pub struct Posted(pub Form, pub bool);
+/// A form without a session (sign-in): the origin checked, the form read;
+/// with whether cookies get `Secure`, and the request's headers.
+pub struct Posted(pub Form, pub bool, pub HeaderMap);
 
 impl FromRequest<Console> for Posted {
     type Rejection = Response;
@@ -362,10 +477,11 @@ impl FromRequest<Console> for Posted {
         if !same_origin(req.headers()) {
             return Err(refused(None));
         }
-        let Ok(bytes) = axum::body::to_bytes(req.into_body(), FORM_LIMIT).await else {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
             return Err(refused(None));
         };
-        Form::parse(&bytes).map(|f| Posted(f, secure)).ok_or_else(|| refused(None))
+        Form::parse(&bytes).map(|f| Posted(f, secure, parts.headers)).ok_or_else(|| refused(None))
     }
 }
 

@@ -13,7 +13,8 @@
 //!   refusals ([`references`]), budget and credit decisions ([`budget`],
 //!   [`credits`]), prices ([`prices`]), the change feed ([`changes`]), usage retention
 //!   ([`retention`]), alert thresholds, signatures and retries ([`alerts`]),
-//!   what an audit-log entry may hold and how long it is kept ([`audit`]).
+//!   what an audit-log entry may hold and how long it is kept ([`audit`]),
+//!   how long a console session lasts and how often one may start ([`sessions`]).
 //! - **Billing driven over [`ledger::Ledger`].** Reserving, sweeping and
 //!   ingesting usage read and write many rows in an order that is itself the
 //!   rule (sweep first; key, then configuration, then credits; settle, then
@@ -39,3 +40,4 @@ pub mod references;
 pub mod reservation;
 pub mod retention;
 pub mod self_check;
+pub mod sessions;

@@ -257,9 +257,11 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
 const IDENTITY_TABLES: &[&str] = &["providers", "usage"];
 
 /// Tables of the source that hold nothing the store needs.
-/// Not copied: migration bookkeeping, and the rate-limit leases of windows
-/// that end within minutes (the new database starts its windows afresh).
-const NOT_COPIED: &[&str] = &["schema_migrations", "sqlite_sequence", "rate_leases"];
+/// Not copied: migration bookkeeping, the rate-limit leases of windows
+/// that end within minutes (the new database starts its windows afresh), and
+/// the web console's sessions (the copied store starts with everyone signed
+/// out: a session lasts 12 hours at most anyway).
+const NOT_COPIED: &[&str] = &["schema_migrations", "sqlite_sequence", "rate_leases", "console_sessions"];
 
 /// One cell on its way.
 #[derive(Debug)]

@@ -32,6 +32,7 @@ use crate::model::{
 };
 use crate::policy::alerts::{AlertEvent, NextState};
 pub use crate::policy::audit::Audit;
+pub use crate::policy::sessions::{Expired as ExpiredSessions, SessionRow};
 
 pub use postgres::{PgStore, PgTarget};
 pub use sqlite::SqliteStore;
@@ -527,6 +528,29 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes at most `limit` audit-log entries recorded before `before_ms`,
     /// oldest first, in one transaction; returns how many.
     fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize>;
+
+    // Console sessions (`console_sessions`, migration 9; the rules are in
+    // `policy::sessions`). Not copied by `keygate copy`: a copy starts with
+    // everyone signed out.
+    /// Stores a new session.
+    fn create_console_session(&self, session: &SessionRow) -> StoreResult<()>;
+    /// The session with this id, open or not ([`SessionRow::live`] decides).
+    fn console_session(&self, id: &str) -> StoreResult<Option<SessionRow>>;
+    /// Records a use at `now_ms`, unless one after `touch_before_ms` is
+    /// recorded already (a conditional update: several replicas do not
+    /// write more often either).
+    fn touch_console_session(&self, id: &str, now_ms: i64, touch_before_ms: i64) -> StoreResult<()>;
+    /// Deletes a session (sign-out); whether there was one.
+    fn delete_console_session(&self, id: &str) -> StoreResult<bool>;
+    /// Makes `nonce` the session's pending reveal (a token or secret on its
+    /// way to the one page that shows it), replacing any earlier one;
+    /// `false` when there is no such session.
+    fn set_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool>;
+    /// Takes the session's pending reveal if it is `nonce`: `true` once, and
+    /// `false` ever after (one statement: of two requests at once, one wins).
+    fn take_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool>;
+    /// Deletes the sessions past their absolute or idle expiry; how many.
+    fn purge_console_sessions(&self, expired: ExpiredSessions) -> StoreResult<usize>;
 }
 
 #[cfg(test)]

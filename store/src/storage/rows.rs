@@ -464,3 +464,18 @@ pub(crate) fn audit_entry<C: Cells>(r: &C) -> Result<AuditEntry, C::Error> {
         changes: serde_json::from_str(&r.text(7)?)?,
     })
 }
+
+pub(crate) const SESSION_COLS: &str =
+    "id, actor, credential_digest, csrf, created_ms, expires_ms, seen_ms FROM console_sessions";
+
+pub(crate) fn session<C: Cells>(r: &C) -> Result<crate::policy::sessions::SessionRow, C::Error> {
+    Ok(crate::policy::sessions::SessionRow {
+        id: r.text(0)?,
+        actor: r.text(1)?,
+        credential_digest: r.text(2)?,
+        csrf: r.text(3)?,
+        created_ms: r.int(4)?,
+        expires_ms: r.int(5)?,
+        seen_ms: r.int(6)?,
+    })
+}

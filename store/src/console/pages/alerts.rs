@@ -316,17 +316,20 @@ pub async fn list(sg: Signed, q: RawQuery) -> Response {
 }
 
 /// Hands a fresh secret to the page that shows it once: a sealed cookie for
-/// that page's path only, bound to the webhook and this session.
-fn hand_over(sg: &Signed, id: &str, secret: &str, replaced: bool) -> Response {
+/// that page's path only, bound to the webhook and this session, and a nonce
+/// the session row holds until that page takes it (once).
+async fn hand_over(sg: &Signed, id: &str, secret: &str, replaced: bool) -> Response {
+    let path = format!("{}/secret", base(id));
+    let mut resp = see_other(&path);
+    let Some(nonce) = sg.pend_reveal().await else { return resp };
     let once = Once {
         key_id: id.to_string(),
         token: secret.to_string(),
         session_csrf: sg.session.csrf.clone(),
         expires: crate::ids::now_secs() + ONCE_SECONDS,
         rotated: replaced.then_some(0),
+        nonce,
     };
-    let path = format!("{}/secret", base(id));
-    let mut resp = see_other(&path);
     if let Some(sealed) = sg.sealer.seal_json(PURPOSE_SECRET_ONCE, &once) {
         resp.headers_mut()
             .append(header::SET_COOKIE, set_cookie(ONCE_COOKIE, &path, Some((&sealed, ONCE_SECONDS)), sg.secure));
@@ -337,7 +340,7 @@ fn hand_over(sg: &Signed, id: &str, secret: &str, replaced: bool) -> Response {
 pub async fn create(w: Write) -> Response {
     let v = HookForm::of_form(&w.form);
     match w.s.api.post("/alert-webhooks", &v.body(false)).await {
-        Ok(h) => hand_over(&w.s, s(&h, "id"), s(&h, "secret"), false),
+        Ok(h) => hand_over(&w.s, s(&h, "id"), s(&h, "secret"), false).await,
         // A role that may not create one gets no form back either.
         Err(f) if f.status == StatusCode::FORBIDDEN => failure_page(&w.s, &f),
         Err(f) => {
@@ -354,6 +357,11 @@ pub async fn secret(sg: Signed, Path(id): Path<String>, headers: HeaderMap) -> R
     let once: Option<Once> = cookie(&headers, ONCE_COOKIE)
         .and_then(|c| sg.sealer.open_json::<Once>(PURPOSE_SECRET_ONCE, c))
         .filter(|o| o.key_id == id && sg.session.csrf_matches(&o.session_csrf) && o.expires > crate::ids::now_secs());
+    // Shown once: only if this session still holds the cookie's nonce (taken now).
+    let once = match once {
+        Some(o) if sg.take_reveal(&o.nonce).await => Some(o),
+        _ => None,
+    };
     let body = match &once {
         Some(o) => html! {
             h1 { @if o.rotated.is_some() { "Webhook secret replaced" } @else { "Alert webhook created" } }
@@ -481,7 +489,7 @@ pub async fn rotate(Path(id): Path<String>, w: Write) -> Response {
         );
     };
     match w.s.api.patch(&format!("/alert-webhooks/{}", seg(&id)), &json!({ "secret": secret })).await {
-        Ok(h) => hand_over(&w.s, s(&h, "id"), &secret, true),
+        Ok(h) => hand_over(&w.s, s(&h, "id"), &secret, true).await,
         Err(f) => failure_page(&w.s, &f),
     }
 }

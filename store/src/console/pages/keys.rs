@@ -269,18 +269,21 @@ fn not_allowed(sg: &Signed) -> Response {
 }
 
 /// Hands a fresh token to the page that shows it once: a sealed cookie for
-/// that page's path only, bound to the key and this session.
-fn hand_over(sg: &Signed, key: &Value, rotated: Option<u64>) -> Response {
+/// that page's path only, bound to the key and this session, and a nonce
+/// the session row holds until that page takes it (once).
+async fn hand_over(sg: &Signed, key: &Value, rotated: Option<u64>) -> Response {
     let id = s(key, "id");
+    let path = format!("/console/access-keys/{}/token", seg(id));
+    let mut resp = see_other(&path);
+    let Some(nonce) = sg.pend_reveal().await else { return resp };
     let once = Once {
         key_id: id.to_string(),
         token: s(key, "token").to_string(),
         session_csrf: sg.session.csrf.clone(),
         expires: crate::ids::now_secs() + ONCE_SECONDS,
         rotated,
+        nonce,
     };
-    let path = format!("/console/access-keys/{}/token", seg(id));
-    let mut resp = see_other(&path);
     if let Some(sealed) = sg.sealer.seal_json(PURPOSE_ONCE, &once) {
         resp.headers_mut()
             .append(header::SET_COOKIE, set_cookie(ONCE_COOKIE, &path, Some((&sealed, ONCE_SECONDS)), sg.secure));
@@ -291,7 +294,7 @@ fn hand_over(sg: &Signed, key: &Value, rotated: Option<u64>) -> Response {
 pub async fn create(w: Write) -> Response {
     let v = KeyForm::of_form(&w.form);
     match w.s.api.post("/access-keys", &v.body(false)).await {
-        Ok(key) => hand_over(&w.s, &key, None),
+        Ok(key) => hand_over(&w.s, &key, None).await,
         Err(f) => {
             let e = Errors::from_failure(&f, &KEY_FIELDS);
             let form = key_form(&w.s, None, &v, &e).await;
@@ -306,6 +309,11 @@ pub async fn token(sg: Signed, Path(id): Path<String>, headers: axum::http::Head
     let once: Option<Once> = cookie(&headers, ONCE_COOKIE)
         .and_then(|c| sg.sealer.open_json::<Once>(PURPOSE_ONCE, c))
         .filter(|o| o.key_id == id && sg.session.csrf_matches(&o.session_csrf) && o.expires > crate::ids::now_secs());
+    // Shown once: only if this session still holds the cookie's nonce (taken now).
+    let once = match once {
+        Some(o) if sg.take_reveal(&o.nonce).await => Some(o),
+        _ => None,
+    };
     let key_link = format!("/console/access-keys/{}", seg(&id));
     let body = match &once {
         Some(o) => html! {
@@ -490,7 +498,7 @@ pub async fn update(Path(id): Path<String>, w: Write) -> Response {
 pub async fn rotate(Path(id): Path<String>, w: Write) -> Response {
     let grace = w.form.get("gracePeriodSeconds").parse::<u64>().unwrap_or(0);
     match w.s.api.post(&format!("/access-keys/{}/rotate", seg(&id)), &json!({ "gracePeriodSeconds": grace })).await {
-        Ok(key) => hand_over(&w.s, &key, Some(grace)),
+        Ok(key) => hand_over(&w.s, &key, Some(grace)).await,
         Err(f) => failure_page(&w.s, &f),
     }
 }

@@ -1,5 +1,6 @@
 //! Management API keys and the audit log on PostgreSQL.
 
+use postgres::types::ToSql;
 use postgres::Transaction;
 
 use super::error::R;
@@ -32,17 +33,46 @@ pub(super) fn record(tx: &mut Transaction<'_>, audit: &Audit, created: Option<&s
 }
 
 pub(super) fn list_audit(tx: &mut Transaction<'_>, f: &AuditFilter, page: &PageRequest) -> R<Vec<AuditEntry>> {
-    let sql = format!(
-        "SELECT {} WHERE ($1::TEXT IS NULL OR id < $1) AND ($2::BIGINT IS NULL OR at_ms >= $2)
-           AND ($3::BIGINT IS NULL OR at_ms < $3) AND ($4::TEXT IS NULL OR actor = $4)
-           AND ($5::TEXT IS NULL OR resource_id = $5)
-         ORDER BY id DESC LIMIT $6",
-        rows::AUDIT_COLS
-    );
-    tx.query(&sql, &[&page.before_id, &f.since_ms, &f.until_ms, &f.actor, &f.resource_id, &limit_i64(page)])?
-        .iter()
-        .map(rows::audit_entry)
-        .collect()
+    let limit = limit_i64(page);
+    let (sql, mut args) = audit_list_query(f, page);
+    args.push(&limit);
+    tx.query(&sql, &args)?.iter().map(rows::audit_entry).collect()
+}
+
+/// The statement and arguments (but the limit, the last one) of a page of
+/// the audit log: a condition for each filter given and none for the
+/// others, so that the planner sees the indexes `audit_log_actor` and
+/// `audit_log_resource` (`(…, id)`: the page in id order without sorting),
+/// as it would not behind `($4::TEXT IS NULL OR actor = $4)`.
+pub(super) fn audit_list_query<'a>(f: &'a AuditFilter, page: &'a PageRequest) -> (String, Vec<&'a (dyn ToSql + Sync)>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<&'a (dyn ToSql + Sync)> = Vec::new();
+    let mut cond = |c: &str, v: &'a (dyn ToSql + Sync)| {
+        args.push(v);
+        conds.push(format!("{c} ${}", args.len()));
+    };
+    if let Some(actor) = &f.actor {
+        cond("actor =", actor);
+    }
+    if let Some(resource) = &f.resource_id {
+        cond("resource_id =", resource);
+    }
+    if let Some(before) = &page.before_id {
+        cond("id <", before);
+    }
+    if let Some(since) = &f.since_ms {
+        cond("at_ms >=", since);
+    }
+    if let Some(until) = &f.until_ms {
+        cond("at_ms <", until);
+    }
+    let mut sql = format!("SELECT {}", rows::AUDIT_COLS);
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len() + 1));
+    (sql, args)
 }
 
 pub(super) fn purge_audit(tx: &mut Transaction<'_>, before_ms: i64, limit: usize) -> R<u64> {

@@ -53,6 +53,7 @@ mod ledger;
 mod management;
 mod reports;
 mod schema;
+mod sessions;
 pub mod tls;
 
 pub use self::tls::PgTarget;
@@ -68,9 +69,9 @@ use super::rows::{
 use super::update::Assignments;
 use super::{
     AccessKeyChanges, AccessKeyFilter, AlertWebhookChanges, ApiKeyAuth, ApiKeyChanges, AttemptRecord, Audit,
-    AuditFilter, ClaimedDelivery, ConfigChanges, Gauges, GroupBy, NewAccessKey, NewAlertWebhook, NewApiKey, NewConfig,
-    NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges, ProviderKeyChanges, Store,
-    UsageFilter,
+    AuditFilter, ClaimedDelivery, ConfigChanges, ExpiredSessions, Gauges, GroupBy, NewAccessKey, NewAlertWebhook,
+    NewApiKey, NewConfig, NewPrice, NewProvider, NewProviderKey, Options, PageRequest, ProviderChanges,
+    ProviderKeyChanges, SessionRow, Store, UsageFilter,
 };
 use crate::catalog::BUILT_INS;
 use crate::crypto::Cipher;
@@ -1060,6 +1061,37 @@ impl Store for PgStore {
 
     fn purge_audit(&self, before_ms: i64, limit: usize) -> StoreResult<usize> {
         let n = self.write(|tx| management::purge_audit(tx, before_ms, limit))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    // -------------------------------------------------------- console sessions
+
+    fn create_console_session(&self, session: &SessionRow) -> StoreResult<()> {
+        self.write(|tx| sessions::create(tx, session))
+    }
+
+    fn console_session(&self, id: &str) -> StoreResult<Option<SessionRow>> {
+        self.read(|tx| sessions::get(tx, id))
+    }
+
+    fn touch_console_session(&self, id: &str, now_ms: i64, touch_before_ms: i64) -> StoreResult<()> {
+        self.write(|tx| sessions::touch(tx, id, now_ms, touch_before_ms))
+    }
+
+    fn delete_console_session(&self, id: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::delete(tx, id))
+    }
+
+    fn set_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::set_reveal(tx, id, nonce))
+    }
+
+    fn take_console_reveal(&self, id: &str, nonce: &str) -> StoreResult<bool> {
+        self.write(|tx| sessions::take_reveal(tx, id, nonce))
+    }
+
+    fn purge_console_sessions(&self, expired: ExpiredSessions) -> StoreResult<usize> {
+        let n = self.write(|tx| sessions::purge(tx, expired))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }

@@ -26,6 +26,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "management API keys and the audit log" },
     Migration { version: 7, name: "alert webhooks and their deliveries" },
     Migration { version: 8, name: "access-key name search" },
+    Migration { version: 9, name: "web console sessions" },
 ];
 
 /// Migration 8: `GET /access-keys?q=` (a name prefix, ASCII letters folded)
@@ -224,6 +225,9 @@ fn apply(tx: &mut Transaction<'_>, m: &Migration) -> R<()> {
     }
     if m.version == 8 {
         tx.batch_execute(NAME_SEARCH_SQL)?;
+    }
+    if m.version == 9 {
+        tx.batch_execute(super::sessions::SCHEMA)?;
     }
     if m.version == 1 {
         tx.batch_execute(V1)?;

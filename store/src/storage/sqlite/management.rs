@@ -32,14 +32,47 @@ pub(super) fn record(tx: &Transaction<'_>, audit: &Audit, created: Option<&str>)
 }
 
 pub(super) fn list_audit(tx: &Transaction<'_>, f: &AuditFilter, page: &PageRequest) -> R<Vec<AuditEntry>> {
-    let sql = format!(
-        "SELECT {} WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR at_ms >= ?2) AND (?3 IS NULL OR at_ms < ?3)
-           AND (?4 IS NULL OR actor = ?4) AND (?5 IS NULL OR resource_id = ?5)
-         ORDER BY id DESC LIMIT ?6",
-        rows::AUDIT_COLS
-    );
-    let params = params![page.before_id, f.since_ms, f.until_ms, f.actor, f.resource_id, limit_i64(page)];
-    all(tx, &sql, params, |r| rows::audit_entry(r))
+    let (sql, args) = audit_list_query(f, page);
+    all(tx, &sql, rusqlite::params_from_iter(args.iter()), |r| rows::audit_entry(r))
+}
+
+/// The statement and arguments of a page of the audit log: a condition for
+/// each filter given and none for the others, so that SQLite can read the
+/// index of the filter (`audit_log_actor`, `audit_log_resource`: both
+/// `(…, id)`, so the page comes in id order without sorting). A condition
+/// like `(?4 IS NULL OR actor = ?4)` would hide the index from the planner
+/// and scan the whole table.
+pub(super) fn audit_list_query(f: &AuditFilter, page: &PageRequest) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value;
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
+    let mut cond = |c: &str, v: Value| {
+        args.push(v);
+        conds.push(format!("{c} ?{}", args.len()));
+    };
+    if let Some(actor) = &f.actor {
+        cond("actor =", Value::Text(actor.clone()));
+    }
+    if let Some(resource) = &f.resource_id {
+        cond("resource_id =", Value::Text(resource.clone()));
+    }
+    if let Some(before) = &page.before_id {
+        cond("id <", Value::Text(before.clone()));
+    }
+    if let Some(since) = f.since_ms {
+        cond("at_ms >=", Value::Integer(since));
+    }
+    if let Some(until) = f.until_ms {
+        cond("at_ms <", Value::Integer(until));
+    }
+    let mut sql = format!("SELECT {}", rows::AUDIT_COLS);
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    args.push(Value::Integer(limit_i64(page)));
+    sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", args.len()));
+    (sql, args)
 }
 
 pub(super) fn purge_audit(tx: &Transaction<'_>, before_ms: i64, limit: usize) -> R<usize> {

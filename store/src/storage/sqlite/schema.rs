@@ -23,6 +23,7 @@ pub(super) const MIGRATIONS: &[Migration] = &[
     Migration { version: 6, name: "management API keys and the audit log" },
     Migration { version: 7, name: "alert webhooks and their deliveries" },
     Migration { version: 8, name: "access-key name search" },
+    Migration { version: 9, name: "web console sessions" },
 ];
 
 const SCHEMA_SQL: &str = r#"
@@ -246,6 +247,9 @@ pub(super) fn migrate(conn: &mut Connection) -> R<Vec<Migration>> {
         }
         if m.version == 8 {
             tx.execute_batch(NAME_SEARCH_SQL)?;
+        }
+        if m.version == 9 {
+            tx.execute_batch(super::sessions::SCHEMA)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations(version, applied_ms) VALUES (?1, ?2)",
