@@ -16,6 +16,7 @@ pub enum Nav {
     Configs,
     ProviderKeys,
     Providers,
+    Prices,
     Usage,
     Budgets,
     Alerts,
@@ -23,11 +24,12 @@ pub enum Nav {
     None,
 }
 
-const NAV: [(Nav, &str, &str); 8] = [
+const NAV: [(Nav, &str, &str); 9] = [
     (Nav::Keys, "/console/access-keys", "Access keys"),
     (Nav::Configs, "/console/configurations", "Configurations"),
     (Nav::ProviderKeys, "/console/provider-keys", "Provider keys"),
     (Nav::Providers, "/console/providers", "Providers"),
+    (Nav::Prices, "/console/prices", "Prices"),
     (Nav::Usage, "/console/usage", "Usage"),
     (Nav::Budgets, "/console/budgets", "Budgets & credits"),
     (Nav::Alerts, "/console/alerts", "Alerts"),

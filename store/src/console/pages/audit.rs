@@ -25,6 +25,7 @@ fn resource_link(kind: &str, id: &str) -> Option<String> {
         }
         "provider_key" | "provider-key" | "providerKey" => "/console/provider-keys",
         "alert_webhook" => "/console/alerts",
+        "provider" => "/console/providers",
         _ => return None,
     };
     Some(format!("{base}/{}", seg(id)))

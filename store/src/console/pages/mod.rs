@@ -10,6 +10,7 @@ mod charts;
 mod configs;
 mod keys;
 mod provider_keys;
+mod providers;
 mod usage;
 
 use axum::extract::RawQuery;
@@ -43,7 +44,11 @@ pub fn routes() -> Router<Console> {
         .route("/console/provider-keys/{id}", get(provider_keys::show))
         .route("/console/provider-keys/{id}/rotate", post(provider_keys::rotate))
         .route("/console/provider-keys/{id}/delete", get(provider_keys::confirm_delete).post(provider_keys::delete))
-        .route("/console/providers", get(provider_keys::providers))
+        .route("/console/providers", get(providers::list).post(providers::create))
+        .route("/console/providers/{id}", get(providers::show).post(providers::update))
+        .route("/console/providers/{id}/delete", get(providers::confirm_delete).post(providers::delete))
+        .route("/console/prices", get(providers::prices).post(providers::set_price))
+        .route("/console/prices/delete", get(providers::confirm_delete_price).post(providers::delete_price))
         .route("/console/usage", get(usage::show))
         .route("/console/budgets", get(billing::show))
         .route("/console/credits/add", post(billing::add))

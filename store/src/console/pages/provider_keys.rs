@@ -1,5 +1,5 @@
 //! Provider keys (write-only values: set on create, replaced by rotate,
-//! never shown; the API answers only their redacted form) and providers.
+//! never shown; the API answers only their redacted form).
 
 use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
@@ -190,28 +190,4 @@ pub async fn delete(Path(id): Path<String>, w: Write) -> Response {
         Ok(_) => see_other("/console/provider-keys?done=deleted"),
         Err(f) => failure_page(&w.s, &f),
     }
-}
-
-pub async fn providers(sg: Signed) -> Response {
-    let doc = match sg.api.get("/providers").await {
-        Ok(d) => d,
-        Err(f) => return failure_page(&sg, &f),
-    };
-    let items = doc["providers"].as_array().cloned().unwrap_or_default();
-    let body = html! {
-        h1 { "Providers" }
-        p.hint { "Where requests go. Change them with the management API or the CLI (" code { "keygate providers" } ")." }
-        div.table-wrap { table {
-            thead { tr { th scope="col" { "Id" } th scope="col" { "Name" } th scope="col" { "Base URL" } th scope="col" { "Format" } th scope="col" { "Models" } th scope="col" { "Kind" } } }
-            tbody { @for p in &items { tr {
-                td.mono { (s(p, "id")) }
-                td { (s(p, "name")) }
-                td.mono.wrap { (s(p, "baseUrl")) }
-                td { (s(p, "format")) }
-                td { (p["models"].as_array().map_or(0, Vec::len)) }
-                td { @if p["builtIn"].as_bool().unwrap_or(false) { "built-in" } @else { "custom" } }
-            } } }
-        } }
-    };
-    respond(StatusCode::OK, page(Some(&sg), Nav::Providers, "Providers", body))
 }
