@@ -1,6 +1,7 @@
 //! In-process tests of the web console: its headers, sessions, CSRF and
 //! origin checks, the token (and a webhook's secret) shown once, the API's
-//! errors in its forms, alert webhooks and their deliveries, a viewer's pages.
+//! errors in its forms, alert webhooks and their deliveries, providers and
+//! prices, a viewer's pages.
 //! (The browser tests are in tests/e2e/test_console.py.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -176,6 +177,10 @@ async fn every_console_response_has_the_security_headers() {
         "/console/usage",
         "/console/budgets",
         "/console/alerts",
+        "/console/providers",
+        "/console/providers/openai",
+        "/console/prices",
+        "/console/prices/delete?provider=openai&model=gpt-4o",
     ] {
         let r = b.get(&c.app, uri).await;
         assert_eq!(r.status, StatusCode::OK, "{uri}");
@@ -971,4 +976,188 @@ async fn a_viewers_pages_never_hold_a_webhooks_whole_url_and_an_admins_editor_do
     // The admin sees the fingerprint beside the whole URL.
     let r = admin.get(&c.app, &format!("/console/alerts/{id}")).await;
     assert!(r.body.contains(&fingerprint) && r.body.contains(url));
+}
+
+#[tokio::test]
+async fn an_admin_creates_edits_and_deletes_a_provider_and_sets_and_deletes_a_price() {
+    let c = console();
+    let mut b = Browser::default();
+    b.sign_in(&c.app).await;
+    let r = b.get(&c.app, "/console/providers").await;
+    assert!(r.body.contains(r#"action="/console/providers""#) && r.body.contains(r#"name="baseUrl""#));
+    let csrf = r.csrf();
+
+    // A bad base URL: the API's message next to the field, what was typed kept.
+    let form =
+        |url: &str| format!("_csrf={csrf}&providerId=my-llm&name={}&baseUrl={}&format=openai", enc("My LLM"), enc(url));
+    let r = b.post(&c.app, "/console/providers", &form("ftp://llm.example/v1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains(r#"id="f-baseUrl-error""#), "{}", r.body);
+    assert!(r.body.contains(r#"value="ftp://llm.example/v1""#) && r.body.contains(r#"value="My LLM""#));
+    let (s, _) = send(&c.app, "GET", "/providers/my-llm", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Created.
+    let r = b.post(&c.app, "/console/providers", &form("https://llm.example/v1")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/providers/my-llm?done=created"));
+    let (s, p) = send(&c.app, "GET", "/providers/my-llm", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (&p["name"], &p["baseUrl"], &p["format"]),
+        (&json!("My LLM"), &json!("https://llm.example/v1"), &json!("openai"))
+    );
+    let r = b.get(&c.app, "/console/providers/my-llm?done=created").await;
+    assert!(r.body.contains("Created.") && r.body.contains("/console/providers/my-llm/delete"));
+
+    // Edited; a bad URL in the editor is refused by its field.
+    let edit = |name: &str, url: &str| format!("_csrf={csrf}&name={}&baseUrl={}", enc(name), enc(url));
+    let r = b.post(&c.app, "/console/providers/my-llm", &edit("Mine", "https://x.example/v1?q=1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains(r#"id="f-baseUrl-error""#) && r.body.contains(r#"value="Mine""#), "{}", r.body);
+    let r = b.post(&c.app, "/console/providers/my-llm", &edit("Mine", "https://llm2.example/v1")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/providers/my-llm?done=saved"));
+    let (_, p) = send(&c.app, "GET", "/providers/my-llm", Some(ADMIN), None).await;
+    assert_eq!((&p["name"], &p["baseUrl"]), (&json!("Mine"), &json!("https://llm2.example/v1")));
+    // A built-in's base URL too; a built-in has no delete link.
+    let (_, openai) = send(&c.app, "GET", "/providers/openai", Some(ADMIN), None).await;
+    let r = b.get(&c.app, "/console/providers/openai").await;
+    assert!(!r.body.contains("/console/providers/openai/delete"));
+    let r = b
+        .post(&c.app, "/console/providers/openai", &edit(openai["name"].as_str().unwrap(), "https://proxy.example/v1"))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (_, p) = send(&c.app, "GET", "/providers/openai", Some(ADMIN), None).await;
+    assert_eq!(p["baseUrl"], "https://proxy.example/v1");
+
+    // Deleted after a confirmation page.
+    let r = b.get(&c.app, "/console/providers/my-llm/delete").await;
+    assert!(r.body.contains("Delete provider") && r.body.contains(r#"action="/console/providers/my-llm/delete""#));
+    let (s, _) = send(&c.app, "GET", "/providers/my-llm", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK, "not deleted by the confirmation page");
+    let r = b.post(&c.app, "/console/providers/my-llm/delete", &format!("_csrf={csrf}")).await;
+    assert_eq!(r.location(), "/console/providers?done=deleted");
+    let (s, _) = send(&c.app, "GET", "/providers/my-llm", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // Prices: set (a / in a model is fine), shown, refused by field, deleted.
+    let r = b.get(&c.app, "/console/prices").await;
+    assert!(r.body.contains(r#"action="/console/prices""#) && r.body.contains("/console/prices/delete?provider="));
+    let price = |model: &str, input: &str| {
+        format!(
+            "_csrf={csrf}&provider=openai&model={}&inputPerMillionUsd={input}&outputPerMillionUsd=4&cachedInputPerMillionUsd=",
+            enc(model)
+        )
+    };
+    let r = b.post(&c.app, "/console/prices", &price("ft/test-model*", "-1")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains(r#"id="f-inputPerMillionUsd-error""#), "{}", r.body);
+    assert!(r.body.contains(r#"value="ft/test-model*""#), "what was typed is kept");
+    let r = b.post(&c.app, "/console/prices", &price("ft/test-model*", "1.5")).await;
+    assert_eq!((r.status, r.location()), (StatusCode::SEE_OTHER, "/console/prices?done=saved"), "{}", r.body);
+    let (_, list) = send(&c.app, "GET", "/prices", Some(ADMIN), None).await;
+    let entry = list["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "openai" && p["model"] == "ft/test-model*")
+        .cloned()
+        .expect("the price set");
+    assert_eq!((&entry["inputPerMillionUsd"], &entry["outputPerMillionUsd"]), (&json!(1.5), &json!(4.0)));
+    let r = b.get(&c.app, "/console/prices?provider=openai&model=ft%2Ftest-model*").await;
+    assert!(r.body.contains(r#"value="1.5""#), "the edit link prefills the form");
+    let confirm = "/console/prices/delete?provider=openai&model=ft%2Ftest-model*";
+    let r = b.get(&c.app, confirm).await;
+    assert!(r.body.contains("Delete the price") && r.body.contains(r#"value="ft/test-model*""#));
+    let r = b
+        .post(
+            &c.app,
+            "/console/prices/delete",
+            &format!("_csrf={csrf}&provider=openai&model={}", enc("ft/test-model*")),
+        )
+        .await;
+    assert_eq!(r.location(), "/console/prices?done=deleted");
+    let (_, list) = send(&c.app, "GET", "/prices", Some(ADMIN), None).await;
+    assert!(!list.to_string().contains("ft/test-model*"));
+    // The catch-all cannot be deleted: the API's message is shown.
+    let r = b.post(&c.app, "/console/prices/delete", &format!("_csrf={csrf}&provider=*&model=*")).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.body.contains(r#"class="notice error""#), "{}", r.body);
+    let (_, list) = send(&c.app, "GET", "/prices", Some(ADMIN), None).await;
+    assert!(list["prices"].as_array().unwrap().iter().any(|p| p["provider"] == "*" && p["model"] == "*"));
+
+    // The audit log lists every change, made via the console.
+    let (_, log) = send(&c.app, "GET", "/audit-log?limit=100", Some(ADMIN), None).await;
+    let entries: Vec<(String, String)> = log["auditLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["via"] == "console")
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["resourceId"].as_str().unwrap_or("").to_string()))
+        .collect();
+    for want in [
+        ("provider.create", "my-llm"),
+        ("provider.update", "my-llm"),
+        ("provider.update", "openai"),
+        ("provider.delete", "my-llm"),
+        ("price.set", "openai/ft/test-model*"),
+        ("price.delete", "openai/ft/test-model*"),
+    ] {
+        assert!(entries.iter().any(|(a, id)| a == want.0 && id == want.1), "{want:?} in {entries:?}");
+    }
+    let r = b.get(&c.app, "/console/audit-log").await;
+    assert!(r.body.contains("provider.create") && r.body.contains("price.set"));
+}
+
+#[tokio::test]
+async fn a_viewer_or_operator_sees_providers_and_prices_without_a_form_and_cannot_change_them() {
+    let c = console();
+    let (s, _) = send(
+        &c.app,
+        "POST",
+        "/providers",
+        Some(ADMIN),
+        Some(
+            json!({"providerId": "mine", "name": "Mine", "baseUrl": "https://llm.example/v1", "format": "openai"})
+                .to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, before) = send(&c.app, "GET", "/prices", Some(ADMIN), None).await;
+    for role in ["viewer", "operator"] {
+        let (_, key) =
+            send(&c.app, "POST", "/api-keys", Some(ADMIN), Some(json!({"name": role, "role": role}).to_string())).await;
+        let mut b = Browser::default();
+        b.sign_in_with(&c.app, key["token"].as_str().unwrap()).await;
+        for uri in ["/console/providers", "/console/providers/mine", "/console/providers/openai", "/console/prices"] {
+            let r = b.get(&c.app, uri).await;
+            assert_eq!(r.status, StatusCode::OK, "{role} {uri}");
+            // The sign-out form is the page's only form.
+            assert_eq!(r.body.matches("<form").count(), 1, "{role} {uri}");
+            assert!(!r.body.contains("Delete…") && !r.body.contains(r#"name="baseUrl""#), "{role} {uri}");
+        }
+        assert!(b.get(&c.app, "/console/providers").await.body.contains("https://llm.example/v1"));
+        for uri in ["/console/providers/mine/delete", "/console/prices/delete?provider=openai&model=gpt-4o"] {
+            assert_eq!(b.get(&c.app, uri).await.status, StatusCode::FORBIDDEN, "{role} {uri}");
+        }
+        // Forged writes with the session's own token: the API refuses them.
+        let csrf = b.get(&c.app, "/console/providers").await.csrf();
+        for (path, form) in [
+            ("/console/providers", "providerId=x&name=X&baseUrl=https%3A%2F%2Fx.example&format=openai"),
+            ("/console/providers/mine", "name=Changed&baseUrl=https%3A%2F%2Fx.example"),
+            ("/console/providers/mine/delete", ""),
+            ("/console/prices", "provider=openai&model=x&inputPerMillionUsd=1&outputPerMillionUsd=1"),
+            ("/console/prices/delete", "provider=*&model=*"),
+        ] {
+            let r = b.post(&c.app, path, &format!("_csrf={csrf}&{form}")).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{role} {path}: {}", r.body);
+            assert!(r.body.contains("Not allowed") && !r.body.contains(r#"name="baseUrl""#), "{role} {path}");
+        }
+    }
+    let (_, p) = send(&c.app, "GET", "/providers/mine", Some(ADMIN), None).await;
+    assert_eq!((&p["name"], &p["baseUrl"]), (&json!("Mine"), &json!("https://llm.example/v1")));
+    let (s, _) = send(&c.app, "GET", "/providers/x", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, after) = send(&c.app, "GET", "/prices", Some(ADMIN), None).await;
+    assert_eq!(before, after);
 }
