@@ -649,7 +649,7 @@ def test_the_audit_log_shows_what_the_console_did(page, stack):
 def test_no_script_error_or_csp_violation(page, stack):
     """Every page above ran under the strict CSP without a violation."""
     for path in ["/console/access-keys", "/console/configurations", "/console/provider-keys", "/console/providers",
-                 "/console/usage", "/console/budgets", "/console/alerts", "/console/audit-log"]:
+                 "/console/prices", "/console/usage", "/console/budgets", "/console/alerts", "/console/audit-log"]:
         page.goto(path)
         assert page.locator("h1").count() == 1, path
     assert STATE["errors"] == []
