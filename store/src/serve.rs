@@ -287,15 +287,7 @@ pub async fn purge_usage(
     max_batches: usize,
 ) -> Result<usize, crate::error::ApiError> {
     let cutoff = retention.cutoff_ms(now_ms);
-    let mut deleted = 0;
-    for _ in 0..max_batches {
-        let n = crate::api::run(state, move |s| s.purge_usage(cutoff, batch)).await?;
-        deleted += n;
-        if n < batch {
-            break;
-        }
-    }
-    Ok(deleted)
+    purge_in_batches(state, batch, max_batches, move |s| s.purge_usage(cutoff, batch)).await
 }
 
 /// Deletes usage records past retention, once a minute (beside the
@@ -323,9 +315,25 @@ pub async fn purge_audit(
     max_batches: usize,
 ) -> Result<usize, crate::error::ApiError> {
     let cutoff = retention.cutoff_ms(now_ms);
+    purge_in_batches(state, batch, max_batches, move |s| s.purge_audit(cutoff, batch)).await
+}
+
+/// Runs `purge` (one transaction deleting at most `batch` rows) until it
+/// deletes fewer than `batch`, at most `max_batches` times; returns how many
+/// rows went. Other writes run between the batches.
+async fn purge_in_batches<F>(
+    state: &AppState,
+    batch: usize,
+    max_batches: usize,
+    purge: F,
+) -> Result<usize, crate::error::ApiError>
+where
+    F: Fn(&dyn crate::storage::Store) -> crate::error::StoreResult<usize> + Clone + Send + 'static,
+{
     let mut deleted = 0;
     for _ in 0..max_batches {
-        let n = crate::api::run(state, move |s| s.purge_audit(cutoff, batch)).await?;
+        let purge = purge.clone();
+        let n = crate::api::run(state, move |s| purge(s)).await?;
         deleted += n;
         if n < batch {
             break;
