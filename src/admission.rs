@@ -235,7 +235,13 @@ fn legs(forward: &Forward<'_>, counters: &impl Counters, now_ms: u64) -> Vec<Leg
     let mut room = MAX_ATTEMPTS;
     let mut legs = Vec::with_capacity(1 + forward.fallbacks.len());
     for target in std::iter::once(&forward.primary).chain(&forward.fallbacks) {
-        let cool: Vec<u64> = target.credentials.iter().map(|c| counters.cool_until(&c.id)).collect();
+        // A lone credential is tried whether it cools down or not
+        // (`failover::order`): its cool-down is not read (a host call).
+        let cool: Vec<u64> = if target.credentials.len() == 1 {
+            vec![0]
+        } else {
+            target.credentials.iter().map(|c| counters.cool_until(&c.id)).collect()
+        };
         let keys: Vec<Credential> = failover::order(&cool, now_ms)
             .into_iter()
             .filter_map(|i| target.credentials.get(i).cloned())

@@ -64,7 +64,6 @@ pub struct FakeHost {
     pub replies: RefCell<Vec<Reply>>,
     /// Contexts resumed, in order.
     pub resumed: RefCell<Vec<u32>>,
-    pub route_cache_cleared: Cell<u32>,
     metric_ids: RefCell<HashMap<String, u32>>,
     pub metrics: RefCell<HashMap<String, i64>>,
 }
@@ -193,6 +192,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError> {
+        let list = pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+        self.headers.borrow_mut().insert((self.effective.get(), map), list);
+        Ok(())
+    }
+
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
         let all = self.buffers.borrow();
         let bytes = all.get(&(self.effective.get(), buffer)).ok_or(HostError(1))?;
@@ -277,11 +282,6 @@ impl Host for FakeHost {
 
     fn resume_request(&self) -> Result<(), HostError> {
         self.resumed.borrow_mut().push(self.effective.get());
-        Ok(())
-    }
-
-    fn clear_route_cache(&self) -> Result<(), HostError> {
-        self.route_cache_cleared.set(self.route_cache_cleared.get() + 1);
         Ok(())
     }
 

@@ -65,6 +65,9 @@ pub trait Host {
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
     /// Sets (replaces) a header, or removes it with `None`.
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), HostError>;
+    /// Replaces the whole map with `pairs`, in one call (Envoy removes every
+    /// header, then adds these in order). See `header_edits`.
+    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError>;
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError>;
     fn set_buffer(&self, buffer: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError>;
@@ -87,8 +90,6 @@ pub trait Host {
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;
     /// Resumes the effective context's paused request.
     fn resume_request(&self) -> Result<(), HostError>;
-    /// Makes Envoy pick the route again (after the cluster header changed).
-    fn clear_route_cache(&self) -> Result<(), HostError>;
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError>;

@@ -36,6 +36,7 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: MapType, key: *const u8, key_size: usize) -> u32;
+    fn proxy_set_header_map_pairs(map_type: MapType, data: *const u8, size: usize) -> u32;
     fn proxy_get_buffer_bytes(
         buffer_type: BufferType,
         start: usize,
@@ -142,6 +143,13 @@ fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Stat
         }
     };
     check(status)
+}
+
+/// Replaces the whole map (see `header_edits`).
+fn set_headers(map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
+    let bytes = wire::serialize_pairs(pairs);
+    // SAFETY: a live slice; the host copies it.
+    check(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
 }
 
 fn buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Vec<u8>, Status> {
@@ -275,6 +283,10 @@ impl Host for Abi {
         set_header(map_type(map), name, value).map_err(host_error)
     }
 
+    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError> {
+        set_headers(map_type(map), pairs).map_err(host_error)
+    }
+
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
         self::buffer(buffer_type(buffer), start, max_size).map_err(host_error)
     }
@@ -320,10 +332,6 @@ impl Host for Abi {
 
     fn resume_request(&self) -> Result<(), HostError> {
         resume_request().map_err(host_error)
-    }
-
-    fn clear_route_cache(&self) -> Result<(), HostError> {
-        hostcalls::call_foreign_function("clear_route_cache", None).map(|_| ()).map_err(sdk_error)
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {

@@ -87,7 +87,7 @@ impl Worker {
             _ => {}
         }
         let digest = token::digest(screened.token);
-        let now = host.now_ms();
+        let now = self.now(host);
         match self.cache.get(&digest, now) {
             Some((lookup, crate::cache::Freshness::Fresh)) => {
                 if let Err(denial) = check_key(&lookup, (now / 1000) as i64) {

@@ -124,6 +124,8 @@ pub struct Worker {
     last_flush_ms: u64,
     last_purge_ms: u64,
     reported_entries: usize,
+    /// The time of the callback that runs, read once (`now`).
+    clock: std::cell::Cell<Option<u64>>,
 }
 
 impl Worker {
@@ -153,6 +155,7 @@ impl Worker {
             last_flush_ms: 0,
             last_purge_ms: 0,
             reported_entries: 0,
+            clock: std::cell::Cell::new(None),
         }
     }
 
@@ -182,12 +185,27 @@ impl Worker {
     pub fn enter(&mut self, id: u32) {
         self.running = Running::Context(id);
         self.effective = id;
+        self.clock.set(None);
     }
 
     /// Envoy runs a callback of root context `id`.
     pub fn enter_root(&mut self, id: u32) {
         self.running = Running::Root(id);
         self.effective = id;
+        self.clock.set(None);
+    }
+
+    /// Now (ms), read from the host once per callback: a callback takes
+    /// microseconds, and each read is a host call.
+    fn now(&self, host: &impl Host) -> u64 {
+        match self.clock.get() {
+            Some(now) => now,
+            None => {
+                let now = host.now_ms();
+                self.clock.set(Some(now));
+                now
+            }
+        }
     }
 
     /// Makes context `id` the one host calls act on; false if it is gone.
@@ -211,7 +229,7 @@ impl Worker {
     /// The root context's tick.
     pub fn tick(&mut self, host: &impl Host, root: u32) {
         self.enter_root(root);
-        let now = host.now_ms();
+        let now = self.now(host);
         // Envoy answers every callout by its timeout: one that did not come
         // was lost (its owner went away) and counts as unanswered.
         let deadline = self.config.callout_timeout_ms.saturating_mul(2).saturating_add(TICK_MS);
@@ -398,7 +416,7 @@ impl Worker {
         }
         match sent {
             Ok(token) => {
-                self.callouts.started(token, self.running.id(), purpose, host.now_ms());
+                self.callouts.started(token, self.running.id(), purpose, self.now(host));
                 Ok(token)
             }
             Err(e) => {
@@ -425,7 +443,7 @@ impl Worker {
     /// usable answer). Caches it, completes every request waiting for it, and
     /// refuses through every gate still uploading when the key is refused.
     fn complete_lookup(&mut self, host: &impl Host, digest: &str, answer: Option<Rc<Lookup>>, waiting: Waiting) {
-        let now = host.now_ms();
+        let now = self.now(host);
         if let Some(a) = &answer {
             self.cache.insert(digest, a.clone(), now);
         }
@@ -528,5 +546,7 @@ fn reply(host: &impl Host, metrics: &mut Metrics, dialect: Dialect, request_id: 
     }
 }
 
+#[cfg(test)]
+mod host_call_counts;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,7 @@ use crate::decide::{check_client_ip, check_key, ModelField, RequestFacts};
 use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, retry_hint_ms, Attempt};
 use crate::handover::{self, Outcome, Plan, Tapped};
+use crate::header_edits::Edits;
 use crate::host::{Buffer, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
@@ -117,6 +118,10 @@ struct Facts {
     path: String,
     /// Request headers to remove before the request goes upstream.
     strip: Vec<String>,
+    /// The request's headers as this filter read them, until it forwards
+    /// the request: its changes are written over them in one call
+    /// (`header_edits`).
+    headers: Vec<(String, Vec<u8>)>,
     anthropic_version: bool,
     has_body: bool,
     /// The body's size is known (`content-length`, which Envoy's buffer
@@ -199,7 +204,8 @@ impl Worker {
         self.enter(id);
         // One snapshot of the headers: each host call that returns data
         // costs about 1 µs (see `inbound`).
-        let inbound = Inbound::from_headers(&host.headers(Map::RequestHeaders));
+        let headers = host.headers(Map::RequestHeaders);
+        let inbound = Inbound::from_headers(&headers);
         #[cfg(feature = "fault-injection")]
         #[allow(clippy::panic)]
         if inbound.test_panic {
@@ -217,7 +223,7 @@ impl Worker {
             blank_leaks(host, &inbound);
         }
         let gated = self.gated;
-        let now = host.now_ms();
+        let now = self.now(host);
         // (Envoy creates the context just before; a request never passes unjudged.)
         let req = self.requests.entry(id).or_default();
         let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
@@ -240,12 +246,15 @@ impl Worker {
                 return self.refuse(host, id, &denial);
             }
         };
+        f.headers = headers;
         if !usable_request_id(&f.request_id) {
             // The store keys usage and reservations by it, and the plan is
             // bound to it: one of ours replaces a missing or unusable one.
             self.next_request = self.next_request.wrapping_add(1);
             f.request_id = format!("keygate-{:016x}-{:x}", self.vm_tag, self.next_request);
             let _ = host.set_header(Map::RequestHeaders, "x-request-id", Some(f.request_id.as_bytes()));
+            f.headers.retain(|(n, _)| n != "x-request-id");
+            f.headers.push(("x-request-id".to_string(), f.request_id.as_bytes().to_vec()));
         }
         f.method = method;
         f.path = path;
@@ -329,7 +338,7 @@ impl Worker {
     /// reserves, or sets the upstream headers.
     fn advance(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>) -> Step {
         let config = self.config.clone();
-        let now = host.now_ms();
+        let now = self.now(host);
         let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
         let f = &mut req.facts;
         // Without the gate, the body's fields come from `json_to_metadata`'s
@@ -433,7 +442,7 @@ impl Worker {
             Verdict::Lease { key_id, requests, tokens } => {
                 let limits = lookup.limits.clone().unwrap_or_default();
                 let needed = (1, ratelimit::counted_tokens(&limits, req_estimate(self.requests.get(&id))));
-                let ask = LeaseAsk { key_id, limits, needed, sent_ms: host.now_ms() };
+                let ask = LeaseAsk { key_id, limits, needed, sent_ms: self.now(host) };
                 return self.lease(host, id, lookup, ask, (requests, tokens));
             }
             Verdict::Reserve { counted, served } => (counted, served, None),
@@ -451,17 +460,26 @@ impl Worker {
             return self.reserve(host, id);
         };
         req.admitted.done = true;
+        // Every change in one host call (`header_edits`). Any change of the
+        // request's headers makes Envoy pick the route again: with the Rust
+        // SDK's ABI (0.2.1) Envoy clears the route cache itself.
+        let mut edits = Edits::new();
         for name in &req.facts.strip {
-            let _ = host.set_header(Map::RequestHeaders, name, None);
+            edits.remove(name);
         }
         for (name, value) in &fw.headers {
-            let value = (!value.is_empty()).then_some(value.as_bytes());
-            if host.set_header(Map::RequestHeaders, name, value).is_err() {
-                warn!("keygate: request {}: could not set header {name}", req.facts.request_id);
-                return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
+            if value.is_empty() {
+                edits.remove(name);
+            } else {
+                edits.set(name, value.as_bytes());
             }
         }
-        if ask_usage && host.set_header(Map::RequestHeaders, "content-length", None).is_err() {
+        if ask_usage {
+            edits.remove("content-length");
+        }
+        let snapshot = std::mem::take(&mut req.facts.headers);
+        if edits.write(host, Map::RequestHeaders, &snapshot).is_err() {
+            warn!("keygate: request {}: could not set its upstream headers", req.facts.request_id);
             return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
         }
         // The upstream filter puts each attempt's credential on; direct
@@ -472,9 +490,6 @@ impl Worker {
                 warn!("keygate: request {}: could not hand the plan to the upstream filter", req.facts.request_id);
                 return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
             }
-        }
-        if host.clear_route_cache().is_err() {
-            warn!("keygate: clear_route_cache is not available");
         }
         self.metrics.count(Counter::RequestsAllowed);
         self.metrics.count_labeled(Labeled::RequestsProvider, &fw.provider);
@@ -623,15 +638,15 @@ impl Worker {
     /// Filed as reservations are (see `reserve`).
     fn self_check(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>, client_ip: Option<IpAddr>) -> Step {
         let allow_all = Access::default();
-        let usable = check_key(lookup, (host.now_ms() / 1000) as i64)
+        let usable = check_key(lookup, (self.now(host) / 1000) as i64)
             .and_then(|_| check_client_ip(lookup.access.as_deref().unwrap_or(&allow_all), client_ip));
         if let Err(denial) = usable {
             return self.refuse_step(host, id, &denial);
         }
+        let now = self.now(host);
         let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
         // The store's account of a key, at most once a second per worker:
         // a key asking about itself in a loop does not load the store.
-        let now = host.now_ms();
         let recent =
             self.self_checks.get(&req.facts.digest).filter(|(at, _)| now.saturating_sub(*at) < SELF_CHECK_REUSE_MS);
         if let Some((_, doc)) = recent {
@@ -669,7 +684,7 @@ impl Worker {
         if self.self_checks.len() >= MAX_SELF_CHECKS {
             self.self_checks.clear();
         }
-        self.self_checks.insert(req.facts.digest.clone(), (host.now_ms(), doc.clone()));
+        self.self_checks.insert(req.facts.digest.clone(), (self.now(host), doc.clone()));
         self.answer_self_check(host, id, &doc, &lookup);
     }
 
@@ -678,12 +693,13 @@ impl Worker {
     /// last member (no JSON tree is built: the module stays smaller).
     fn answer_self_check(&mut self, host: &impl Host, id: u32, doc: &[u8], lookup: &Lookup) {
         let window_ms = self.config.rate_limit_window_ms;
+        let now = self.now(host);
         let Some(req) = self.requests.get_mut(&id) else { return };
         req.phase = Phase::Refused;
         let rate = match (&lookup.limits, &lookup.key) {
             (Some(limits), Some(key)) => {
                 let pool = Shared::new(host).rate_pool(&key.id).ok().flatten();
-                let left = ratelimit::remaining(pool, host.now_ms(), limits);
+                let left = ratelimit::remaining(pool, now, limits);
                 let n = |v: Option<u64>| v.map_or_else(|| "null".to_string(), |v| v.to_string());
                 format!(
                     r#"{{"requestsPerWindow":{},"tokensPerWindow":{},"windowMs":{window_ms},"remainingRequests":{},"remainingTokens":{},"resetMs":{}}}"#,
@@ -861,101 +877,26 @@ impl Worker {
     pub fn response_headers(&mut self, host: &impl Host, id: u32) -> Flow {
         let config = self.config.clone();
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
-        let set = |name: &str, value: &str| {
-            let _ = host.set_header(Map::ResponseHeaders, name, Some(value.as_bytes()));
-        };
+        let mut edits = Edits::new();
         if !req.facts.request_id.is_empty() {
-            set(REQUEST_ID_HEADER, &req.facts.request_id);
+            edits.set(REQUEST_ID_HEADER, req.facts.request_id.as_bytes());
         }
         if let Some((_, rate)) = &req.admitted.rate {
             for (name, value) in rate.headers() {
-                set(name, &value);
+                edits.set(name, value);
             }
         }
-        let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
-        // One snapshot: the status, and any header that echoes a credential.
-        let secrets: Vec<String> = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
-        let mut status = 0;
-        let mut refused_upstream = false;
-        let mut retry_after = (None, None);
-        for (name, value) in host.headers(Map::ResponseHeaders) {
-            let text = || String::from_utf8(value.clone()).ok();
-            match name.as_str() {
-                ":status" => status = std::str::from_utf8(&value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                crate::attempt::REFUSED_HEADER => refused_upstream = true,
-                "retry-after-ms" => retry_after.0 = text(),
-                "retry-after" => retry_after.1 = text(),
-                _ => {}
-            }
-            if name.starts_with(':') {
-                continue;
-            }
-            if let Some(clean) = crate::scrub::scrub(&value, &secrets) {
-                warn!(
-                    "keygate: request {}: the provider echoed its credential in `{name}`: scrubbed",
-                    req.facts.request_id
-                );
-                self.metrics.count(Counter::ScrubbedHeaders);
-                let _ = host.set_header(Map::ResponseHeaders, &name, Some(&clean));
-            }
-        }
-        if fw.direct && fw.attempts.is_empty() {
-            let key_id = fw.plan.attempt(0).map(|(_, _, k)| k.id.clone()).unwrap_or_default();
-            let retry_hint_ms =
-                if status == 429 { retry_hint_ms(retry_after.0.as_deref(), retry_after.1.as_deref()) } else { None };
-            cool_down(host, &mut self.metrics, &key_id, Outcome { status: Some(status), retry_hint_ms }, &config);
-            fw.attempts.push(Attempt { key_id, status: Some(status), leg: 0 });
-        } else if !fw.direct {
-            read_trail(host, &mut self.metrics, &config, fw);
-            if refused_upstream {
-                let _ = host.set_header(Map::ResponseHeaders, crate::attempt::REFUSED_HEADER, None);
-            }
-            if fw.attempts.is_empty() && refused_upstream {
-                // The upstream filter refused to send it (it could not open
-                // the plan): nothing reached a provider.
-                let denial = Denial::internal("the gateway could not hand the request to its upstream half");
-                warn!("keygate: request {} refused by the upstream filter", req.facts.request_id);
-                let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
-                set("content-type", "application/json");
-                fw.answer.replace = Some(denial.body(req.facts.dialect));
-                return Flow::Continue;
-            }
-        }
-        // Whether the answer is a JSON document or an event stream is read
-        // from its first byte (`observe_body`), which saves a header read.
-        fw.answer.read_usage = true;
-        set("x-keygate-attempts", &fw.attempts.len().to_string());
-        if let Some(last) = fw.attempts.last() {
-            set("x-keygate-provider-key", &last.key_id);
-            // Which model and provider served (with fallbacks, not always
-            // the first).
-            if let Some(leg) = fw.plan.legs.get(last.leg) {
-                set("x-keygate-provider", &leg.provider);
-                if let Some(model) = &leg.model {
-                    set("x-keygate-model", model);
-                }
-            }
-        }
-        if failover::is_failover_status(status) {
-            // Every candidate was tried (Envoy stops retrying only then, or on
-            // the total timeout): answer in the client's dialect, by key id.
-            let denial = failover::exhausted(&fw.attempts, status);
-            info!("keygate: request {} failed: {}", req.facts.request_id, denial.message);
-            self.metrics.count(Counter::FailoverExhausted);
-            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
-            set("content-type", "application/json");
-            set("x-keygate-error", denial.code.as_str());
-            fw.answer.replace = Some(denial.body(req.facts.dialect));
-        } else if (200..300).contains(&status) && fw.ask_usage {
-            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
-            fw.answer.hidden_usage = Some(crate::hidden_usage::HiddenUsage::default());
-        } else if (200..300).contains(&status) && fw.listing.is_some() {
-            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
-            fw.answer.listing = fw.listing.take();
-        } else if !(200..300).contains(&status) {
-            // Error bodies are where providers echo a rejected credential.
-            let _ = host.set_header(Map::ResponseHeaders, "content-length", None);
-            fw.answer.scrubber = Some(StreamScrubber::new(secrets));
+        let Phase::Forwarded(fw) = &mut req.phase else {
+            // A reply of ours: no snapshot to read, a call per header.
+            edits.write_each(host, Map::ResponseHeaders);
+            return Flow::Continue;
+        };
+        // One snapshot of the answer's headers, and every change written in
+        // one call (`header_edits`).
+        let snapshot = host.headers(Map::ResponseHeaders);
+        answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, &mut edits);
+        if edits.write(host, Map::ResponseHeaders, &snapshot).is_err() {
+            warn!("keygate: request {}: could not set the answer's headers", req.facts.request_id);
         }
         Flow::Continue
     }
@@ -1073,7 +1014,7 @@ impl Worker {
             estimate: req.admitted.estimate,
             streaming: answer.scanner.is_some(),
             started_ms: req.facts.started_ms,
-            ended_ms: host.now_ms(),
+            ended_ms: self.now(host),
             reservation: req.admitted.reservation.take(),
         };
         let recs = records::records(finished);
@@ -1190,4 +1131,100 @@ fn read_largest(host: &impl Host, namespace: &str, keys: &[&str]) -> Option<u64>
     keys.iter()
         .filter_map(|key| metadata::count(&host.property(&["metadata", "filter_metadata", namespace, key])?))
         .max()
+}
+
+/// What the keygate filter does with a forwarded request's answer headers:
+/// reads the status and the attempts, scrubs echoed credentials, names who
+/// served, and decides what the body needs. Its header changes go into
+/// `edits`.
+fn answer_headers(
+    host: &impl Host,
+    metrics: &mut Metrics,
+    config: &crate::config::Config,
+    facts: &Facts,
+    fw: &mut Forwarded,
+    snapshot: &[(String, Vec<u8>)],
+    edits: &mut Edits,
+) {
+    // One snapshot: the status, and any header that echoes a credential.
+    let secrets: Vec<String> = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
+    let mut status = 0;
+    let mut refused_upstream = false;
+    let mut retry_after = (None, None);
+    for (name, value) in snapshot {
+        let text = || String::from_utf8(value.clone()).ok();
+        match name.as_str() {
+            ":status" => status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
+            crate::attempt::REFUSED_HEADER => refused_upstream = true,
+            "retry-after-ms" => retry_after.0 = text(),
+            "retry-after" => retry_after.1 = text(),
+            _ => {}
+        }
+        if name.starts_with(':') {
+            continue;
+        }
+        if let Some(clean) = crate::scrub::scrub(value, &secrets) {
+            warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
+            metrics.count(Counter::ScrubbedHeaders);
+            edits.set(name, clean);
+        }
+    }
+    if fw.direct && fw.attempts.is_empty() {
+        let key_id = fw.plan.attempt(0).map(|(_, _, k)| k.id.clone()).unwrap_or_default();
+        let retry_hint_ms =
+            if status == 429 { retry_hint_ms(retry_after.0.as_deref(), retry_after.1.as_deref()) } else { None };
+        cool_down(host, metrics, &key_id, Outcome { status: Some(status), retry_hint_ms }, config);
+        fw.attempts.push(Attempt { key_id, status: Some(status), leg: 0 });
+    } else if !fw.direct {
+        read_trail(host, metrics, config, fw);
+        if refused_upstream {
+            edits.remove(crate::attempt::REFUSED_HEADER);
+        }
+        if fw.attempts.is_empty() && refused_upstream {
+            // The upstream filter refused to send it (it could not open
+            // the plan): nothing reached a provider.
+            let denial = Denial::internal("the gateway could not hand the request to its upstream half");
+            warn!("keygate: request {} refused by the upstream filter", facts.request_id);
+            edits.remove("content-length");
+            edits.set("content-type", "application/json");
+            fw.answer.replace = Some(denial.body(facts.dialect));
+            return;
+        }
+    }
+    // Whether the answer is a JSON document or an event stream is read
+    // from its first byte (`observe_body`), which saves a header read.
+    fw.answer.read_usage = true;
+    edits.set("x-keygate-attempts", fw.attempts.len().to_string());
+    if let Some(last) = fw.attempts.last() {
+        edits.set("x-keygate-provider-key", last.key_id.as_bytes());
+        // Which model and provider served (with fallbacks, not always
+        // the first).
+        if let Some(leg) = fw.plan.legs.get(last.leg) {
+            edits.set("x-keygate-provider", leg.provider.as_bytes());
+            if let Some(model) = &leg.model {
+                edits.set("x-keygate-model", model.as_bytes());
+            }
+        }
+    }
+    if failover::is_failover_status(status) {
+        // Every candidate was tried (Envoy stops retrying only then, or on
+        // the total timeout): answer in the client's dialect, by key id.
+        let denial = failover::exhausted(&fw.attempts, status);
+        info!("keygate: request {} failed: {}", facts.request_id, denial.message);
+        metrics.count(Counter::FailoverExhausted);
+        edits.remove("content-length");
+        edits.set("content-type", "application/json");
+        edits.set("x-keygate-error", denial.code.as_str());
+        fw.answer.replace = Some(denial.body(facts.dialect));
+    } else if (200..300).contains(&status) && fw.ask_usage {
+        edits.remove("content-length");
+        fw.answer.hidden_usage = Some(crate::hidden_usage::HiddenUsage::default());
+    } else if (200..300).contains(&status) && fw.listing.is_some() {
+        edits.remove("content-length");
+        fw.answer.listing = fw.listing.take();
+    } else if !(200..300).contains(&status) {
+        // Error bodies are where providers echo a rejected credential.
+        edits.remove("content-length");
+        fw.answer.scrubber = Some(StreamScrubber::new(secrets));
+    }
 }
