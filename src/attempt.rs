@@ -31,9 +31,9 @@ pub fn attempt_headers(host: &impl Host, key: &SealKey, config: &Config) -> Opti
     // One snapshot of the headers: each host call costs ~1 µs. The first of
     // a repeated header counts, read as the keygate filter reads it.
     let (mut request_id, mut authority, mut attempt_count) = (None, None, None);
-    for (name, value) in host.headers(Map::RequestHeaders) {
-        let text = || String::from_utf8_lossy(&value).into_owned();
-        match name.as_str() {
+    for (name, value) in host.headers(Map::RequestHeaders).iter() {
+        let text = || String::from_utf8_lossy(value).into_owned();
+        match name {
             "x-request-id" if request_id.is_none() => request_id = Some(text()),
             ":authority" if authority.is_none() => authority = Some(text()),
             "x-envoy-attempt-count" if attempt_count.is_none() => attempt_count = text().parse().ok(),

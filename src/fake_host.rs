@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 
-use crate::host::{Buffer, Call, Host, HostError, Map, MetricKind, SharedError};
+use crate::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, SharedError};
 
 /// A callout the filter made.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,12 +174,12 @@ impl Host for FakeHost {
         self.now.get()
     }
 
-    fn headers(&self, map: Map) -> Vec<(String, Vec<u8>)> {
-        self.headers.borrow().get(&(self.effective.get(), map)).cloned().unwrap_or_default()
+    fn headers(&self, map: Map) -> HeaderMap {
+        HeaderMap::from_pairs(self.headers.borrow().get(&(self.effective.get(), map)).map_or(&[][..], |h| h))
     }
 
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
-        self.headers(map).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+        self.headers(map).get(name).map(<[u8]>::to_vec)
     }
 
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
@@ -192,8 +192,8 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError> {
-        let list = pairs.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
+    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
+        let list = pairs.iter().map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect();
         self.headers.borrow_mut().insert((self.effective.get(), map), list);
         Ok(())
     }

@@ -11,7 +11,7 @@
 //! A removal or a replacement drops *every* copy of the name (a client's
 //! repeated `authorization` does not survive next to the provider's).
 
-use crate::host::{Host, HostError, Map};
+use crate::host::{HeaderMap, Host, HostError, Map};
 
 #[derive(Default)]
 pub struct Edits {
@@ -47,10 +47,10 @@ impl Edits {
 
     /// The map after the changes: `snapshot` (the map as the callback read
     /// it, in order) without the changed names, then the values set.
-    pub fn applied<'a>(&'a self, snapshot: &'a [(String, Vec<u8>)]) -> Vec<(&'a str, &'a [u8])> {
-        let changed = |name: &str| self.changes.iter().any(|(n, _)| n == name);
-        let kept = snapshot.iter().filter(|(n, _)| !changed(n)).map(|(n, v)| (n.as_str(), v.as_slice()));
-        let set = self.changes.iter().filter_map(|(n, v)| v.as_deref().map(|v| (n.as_str(), v)));
+    pub fn applied<'a>(&'a self, snapshot: &'a HeaderMap) -> Vec<(&'a [u8], &'a [u8])> {
+        let changed = |name: &[u8]| self.changes.iter().any(|(n, _)| n.as_bytes() == name);
+        let kept = snapshot.raw_iter().filter(|(n, _)| !changed(n));
+        let set = self.changes.iter().filter_map(|(n, v)| v.as_deref().map(|v| (n.as_bytes(), v)));
         kept.chain(set).collect()
     }
 
@@ -65,7 +65,7 @@ impl Edits {
     /// Writes the changes to `map`, whose headers were `snapshot` when the
     /// callback read them: one host call for any number of changes (none
     /// for none).
-    pub fn write(&self, host: &impl Host, map: Map, snapshot: &[(String, Vec<u8>)]) -> Result<(), HostError> {
+    pub fn write(&self, host: &impl Host, map: Map, snapshot: &HeaderMap) -> Result<(), HostError> {
         match self.changes.as_slice() {
             [] => Ok(()),
             [(name, value)] => host.set_header(map, name, value.as_deref()),
@@ -79,8 +79,8 @@ mod tests {
     use super::*;
     use crate::fake_host::FakeHost;
 
-    fn snapshot(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect()
+    fn snapshot(pairs: &[(&str, &str)]) -> HeaderMap {
+        HeaderMap::from_pairs(pairs)
     }
 
     #[test]
@@ -97,8 +97,11 @@ mod tests {
         edits.remove("x-envoy-max-retries");
         edits.set("authorization", "Bearer sk-provider");
         edits.set(":authority", "api.openai.com");
-        let after: Vec<(&str, &str)> =
-            edits.applied(&before).into_iter().map(|(n, v)| (n, std::str::from_utf8(v).unwrap())).collect();
+        let applied = edits.applied(&before);
+        let after: Vec<(&str, &str)> = applied
+            .into_iter()
+            .map(|(n, v)| (std::str::from_utf8(n).unwrap(), std::str::from_utf8(v).unwrap()))
+            .collect();
         assert_eq!(
             after,
             [
@@ -118,8 +121,8 @@ mod tests {
         edits.remove("content-length");
         edits.set("x-a", "1");
         edits.set("x-a", "2");
-        let after = edits.applied(&[]);
-        assert_eq!(after, [("x-a", &b"2"[..])]);
+        let empty = HeaderMap::default();
+        assert_eq!(edits.applied(&empty), [(&b"x-a"[..], &b"2"[..])]);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! status could reach the SDK's wrappers, which panic on what they do not
 //! expect; the rest goes through the SDK.)
 
+pub use crate::wire::HeaderMap;
+
 /// A header map of the request whose callback runs (or of a callout's answer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Map {
@@ -60,14 +62,14 @@ pub trait Host {
     fn now_ms(&self) -> u64;
 
     /// Every header of `map`, values as bytes (a value need not be UTF-8).
-    fn headers(&self, map: Map) -> Vec<(String, Vec<u8>)>;
+    fn headers(&self, map: Map) -> HeaderMap;
     /// One header's value (the first, if repeated).
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
     /// Sets (replaces) a header, or removes it with `None`.
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), HostError>;
     /// Replaces the whole map with `pairs`, in one call (Envoy removes every
     /// header, then adds these in order). See `header_edits`.
-    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError>;
+    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError>;
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError>;
     fn set_buffer(&self, buffer: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError>;

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::host::{Buffer, Call, Host, HostError, Map, MetricKind, SharedError};
+use crate::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, SharedError};
 
 /// One kind of host call (one ABI function, or one use of it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl<H: Host> Host for Counting<H> {
         self.inner.now_ms()
     }
 
-    fn headers(&self, map: Map) -> Vec<(String, Vec<u8>)> {
+    fn headers(&self, map: Map) -> HeaderMap {
         self.count(Kind::HeaderPairs);
         self.inner.headers(map)
     }
@@ -147,7 +147,7 @@ impl<H: Host> Host for Counting<H> {
         self.inner.set_header(map, name, value)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError> {
+    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
         self.count(Kind::HeaderPairsSet);
         self.inner.set_headers(map, pairs)
     }

@@ -171,7 +171,7 @@ mod tests {
         let auth = format!("Bearer {}", tok());
         let mut headers = vec![(":method", method), (":path", path), ("authorization", auth.as_str())];
         headers.extend_from_slice(extra);
-        Inbound::from_headers(&headers)
+        Inbound::from_headers(headers.iter().map(|(n, v)| (*n, v.as_bytes())))
     }
 
     fn code(inb: &Inbound, has_body: bool) -> &'static str {
@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(code(&inbound("TRACE", "/v1/../x", &[]), false), "invalid_path");
         assert_eq!(code(&inbound("TRACE", "/v1/x", &[]), false), "unsupported_path");
         assert_eq!(code(&inbound("TRACE", "/v1/chat/completions", &[]), false), "method_not_allowed");
-        let keyless = Inbound::from_headers(&[(":method", "POST"), (":path", "/v1/chat/completions")]);
+        let keyless = Inbound::from_headers([(":method", &b"POST"[..]), (":path", &b"/v1/chat/completions"[..])]);
         assert_eq!(code(&keyless, true), "missing_access_key");
         assert_eq!(code(&inbound("GET", "/v1/models", &[]), true), "unexpected_body");
         assert_eq!(

@@ -14,7 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
 
-use crate::host::{Buffer, Call, Host, HostError, Map, MetricKind, SharedError};
+use crate::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, SharedError};
 
 use crate::wire;
 
@@ -107,20 +107,16 @@ unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
 }
 
 /// Every header of `map`, values as bytes. Empty when unavailable.
-fn headers(map: MapType) -> Vec<(String, Vec<u8>)> {
+fn headers(map: MapType) -> HeaderMap {
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the host writes an allocation of ours and its size through two live locals.
     let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut size) };
     // SAFETY: as `owned` requires; taken even on error so nothing leaks.
     let raw = unsafe { owned(data, size) };
     if status != OK {
-        return Vec::new();
+        return HeaderMap::default();
     }
-    wire::parse_pairs(&raw)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
-        .collect()
+    HeaderMap::parse(raw)
 }
 
 /// One header's value (the first, if repeated), as bytes.
@@ -146,7 +142,7 @@ fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Stat
 }
 
 /// Replaces the whole map (see `header_edits`).
-fn set_headers(map: MapType, pairs: &[(&str, &[u8])]) -> Result<(), Status> {
+fn set_headers(map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), Status> {
     let bytes = wire::serialize_pairs(pairs);
     // SAFETY: a live slice; the host copies it.
     check(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
@@ -271,7 +267,7 @@ impl Host for Abi {
             .unwrap_or(0)
     }
 
-    fn headers(&self, map: Map) -> Vec<(String, Vec<u8>)> {
+    fn headers(&self, map: Map) -> HeaderMap {
         headers(map_type(map))
     }
 
@@ -283,7 +279,7 @@ impl Host for Abi {
         set_header(map_type(map), name, value).map_err(host_error)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&str, &[u8])]) -> Result<(), HostError> {
+    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
         set_headers(map_type(map), pairs).map_err(host_error)
     }
 

@@ -25,7 +25,7 @@ use crate::errors::{Code, Denial, Dialect};
 use crate::failover::{self, retry_hint_ms, Attempt};
 use crate::handover::{self, Outcome, Plan, Tapped};
 use crate::header_edits::Edits;
-use crate::host::{Buffer, Host, Map, SharedError};
+use crate::host::{Buffer, HeaderMap, Host, Map, SharedError};
 use crate::inbound::Inbound;
 use crate::metadata;
 use crate::metrics::{Counter, Labeled, Metrics};
@@ -121,7 +121,9 @@ struct Facts {
     /// The request's headers as this filter read them, until it forwards
     /// the request: its changes are written over them in one call
     /// (`header_edits`).
-    headers: Vec<(String, Vec<u8>)>,
+    headers: HeaderMap,
+    /// Ours replaced the client's `x-request-id` (set again with the rest).
+    request_id_replaced: bool,
     anthropic_version: bool,
     has_body: bool,
     /// The body's size is known (`content-length`, which Envoy's buffer
@@ -205,7 +207,7 @@ impl Worker {
         // One snapshot of the headers: each host call that returns data
         // costs about 1 µs (see `inbound`).
         let headers = host.headers(Map::RequestHeaders);
-        let inbound = Inbound::from_headers(&headers);
+        let inbound = Inbound::from_headers(headers.iter());
         #[cfg(feature = "fault-injection")]
         #[allow(clippy::panic)]
         if inbound.test_panic {
@@ -253,8 +255,7 @@ impl Worker {
             self.next_request = self.next_request.wrapping_add(1);
             f.request_id = format!("keygate-{:016x}-{:x}", self.vm_tag, self.next_request);
             let _ = host.set_header(Map::RequestHeaders, "x-request-id", Some(f.request_id.as_bytes()));
-            f.headers.retain(|(n, _)| n != "x-request-id");
-            f.headers.push(("x-request-id".to_string(), f.request_id.as_bytes().to_vec()));
+            f.request_id_replaced = true;
         }
         f.method = method;
         f.path = path;
@@ -476,6 +477,9 @@ impl Worker {
         }
         if ask_usage {
             edits.remove("content-length");
+        }
+        if req.facts.request_id_replaced {
+            edits.set("x-request-id", req.facts.request_id.as_bytes());
         }
         let snapshot = std::mem::take(&mut req.facts.headers);
         if edits.write(host, Map::RequestHeaders, &snapshot).is_err() {
@@ -1143,7 +1147,7 @@ fn answer_headers(
     config: &crate::config::Config,
     facts: &Facts,
     fw: &mut Forwarded,
-    snapshot: &[(String, Vec<u8>)],
+    snapshot: &HeaderMap,
     edits: &mut Edits,
 ) {
     // One snapshot: the status, and any header that echoes a credential.
@@ -1151,9 +1155,9 @@ fn answer_headers(
     let mut status = 0;
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
-    for (name, value) in snapshot {
-        let text = || String::from_utf8(value.clone()).ok();
-        match name.as_str() {
+    for (name, value) in snapshot.iter() {
+        let text = || String::from_utf8(value.to_vec()).ok();
+        match name {
             ":status" => status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
             crate::attempt::REFUSED_HEADER => refused_upstream = true,
             "retry-after-ms" => retry_after.0 = text(),
