@@ -61,6 +61,8 @@ TRAFFIC_LUA = BENCH / "lua" / "traffic.lua"
 CREATE_LUA = BENCH / "lua" / "create-keys.lua"
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
+PEERS = os.environ.get("PEERS", "") not in ("", "0")
+PEERS_VENV = ROOT / ".venv-peers"  # scripts/bench installs bench/peers-requirements.txt there
 P = {
     # rounds of interleaved variants, seconds per throughput / latency run
     "rounds": int(os.environ.get("BENCH_ROUNDS") or (2 if QUICK else 3)),
@@ -77,6 +79,8 @@ P = {
     # request body sizes (KiB) of the hit-by-body-size runs, and seconds per run
     "body_kib": [1, 16, 64],
     "size_s": 2 if QUICK else 3,
+    # PEERS=1: seconds per throughput run of a peer (LiteLLM serves ~50-100 req/s here)
+    "peer_tp_s": 2 if QUICK else 3,
     "revocation_connections": 8,
 }
 CACHE_TTL_MS = 4000  # envoy/envoy.yaml default (KEYGATE_CACHE_TTL_MS)
@@ -263,6 +267,47 @@ class Envoy:
         for s in (doc or {}).get("stats", []) if isinstance(doc, dict) else []:
             if s.get("name", "").endswith(suffix) and "value" in s:
                 return s["value"]
+        return None
+
+
+class LiteLLM:
+    """LiteLLM's proxy (PEERS=1): `litellm --config`, one process (uvicorn)
+    pinned to core 0 like Envoy, master-key mode, no database; its one model
+    is the mock upstream's."""
+
+    def __init__(self, name="litellm"):
+        self.name, self.port, self.concurrency = name, free_port(), 1
+        self.master_key = "sk-bench-master-" + os.urandom(8).hex()
+        self.version = subprocess.run(
+            [str(PEERS_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        self.mode = "master key, no database, `litellm --config` (uvicorn, 1 process)"
+
+    def start(self, upstream_port):
+        config = WORK / f"{self.name}.yaml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": f"http://127.0.0.1:{upstream_port}/v1", "api_key": PROVIDER_KEY}}],
+            "general_settings": {"master_key": self.master_key},
+        }, indent=2) + "\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST")}
+        # The packaged model cost map (no fetch at start-up).
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        argv = ["taskset", "-c", "0", str(PEERS_VENV / "bin" / "litellm"), "--config", str(config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = start(argv, self.name, env=env)
+        return self
+
+    def wait(self):
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.port}/health/liveliness", timeout=1)[0] == 200, 180,
+                   f"{self.name} ready")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stat(self, suffix):
         return None
 
 
@@ -479,9 +524,12 @@ def parse_wrk(text):
 
 
 class Variant:
-    def __init__(self, name, envoy, tokens_file, method="POST", path=CHAT, cycle=False, expect_ok=True, what=""):
+    def __init__(self, name, envoy, tokens_file, method="POST", path=CHAT, cycle=False, expect_ok=True, what="", peer=False):
         self.name, self.envoy, self.tokens_file, self.method, self.path = name, envoy, tokens_file, method, path
         self.cycle, self.expect_ok, self.what = cycle, expect_ok, what
+        # Another gateway (PEERS=1): short throughput runs, no latency runs,
+        # not counted as the slowest variant.
+        self.peer = peer
         self.tp, self.lat, self.latb = [], [], []  # per-round results (lat: ½ baseline max, latb: ½ slowest max)
 
 
@@ -508,10 +556,13 @@ class Bench:
         offset = self.take_keys(v, 0)
         e = v.envoy
         lk0, cpu0, t0 = self.store.lookups(), cpu_ticks(e.pid), time.monotonic()
+        if v.peer:
+            seconds = min(seconds, P["peer_tp_s"])
         with ChildCpu() as cc:
             out, err, rc, wall = run_measured(
-                ["taskset", "-c", "1", "wrk", "-t1", f"-c{P['wrk_connections']}", f"-d{seconds}s", "-s", str(TRAFFIC_LUA),
-                 f"http://127.0.0.1:{e.port}{v.path}"], env=self.lua_env(v, offset), timeout=seconds + 60)
+                ["taskset", "-c", "1", "wrk", "-t1", f"-c{P['wrk_connections']}", f"-d{seconds}s", "-s", str(TRAFFIC_LUA)]
+                + (["--timeout", "10s"] if v.peer else [])  # a peer's answers may take over wrk's 2 s default
+                + [f"http://127.0.0.1:{e.port}{v.path}"], env=self.lua_env(v, offset), timeout=seconds + 60)
         cpu1, lk1 = cpu_ticks(e.pid), self.store.lookups()
         if rc != 0:
             raise RuntimeError(f"wrk failed for {v.name}: {err or out}")
@@ -702,11 +753,11 @@ def report(res):
         if v.get("unavailable"):
             lines.append(f"| {name} | {v['unavailable']} |||||||||")
             continue
-        pair = lambda a, b: "overloaded" if a is None else f"{fmt(a, 1)} / {fmt(b, 1)}"  # noqa: E731
+        pair = lambda a, b: ("not run" if v.get("peer") else "overloaded") if a is None else f"{fmt(a, 1)} / {fmt(b, 1)}"  # noqa: E731
         lines.append("| " + " | ".join([
             name, fmt(v["rps"]), fmt(v["ratio"], 3) + ratio_range(v), pair(v["p50_us"], v["p99_us"]),
             pair(v["added_p50_us"], v["added_p99_us"]),
-            "n/a" if v["b_added_p50_us"] is None else pair(v["b_added_p50_us"], v["b_added_p99_us"]),
+            ("not run" if v.get("peer") else "n/a") if v["b_added_p50_us"] is None else pair(v["b_added_p50_us"], v["b_added_p99_us"]),
             fmt(v["cpu_us_per_req"], 1), fmt(v["rss_mib"], 1), fmt(v["store_calls_per_key"], 3), v["non_2xx"],
             fmt(v["loadgen_cpu_pct_max"], 0),
         ]) + " |")
@@ -730,6 +781,13 @@ def report(res):
         lines.append("")
     if res.get("above_floor"):
         lines.extend(report_above_floor(res))
+    for name, p in (res.get("peers") or {}).items():
+        lines.append(f"**Peer** `{name}` (PEERS=1): {p['what']}, pinned to core 0 like Envoy, on the same mock upstream "
+                     f"with the same 1 KiB body ({p['tp_s']} s throughput runs, wrk {res['params']['wrk_connections']} "
+                     f"connections, in the same rounds; no latency runs): max {fmt(p['rps'])} rps = "
+                     f"**{fmt(p['ratio'], 4)} × baseline**{ratio_range(p)}; its CPU {fmt(p['cpu_us_per_req'], 0)} µs per request "
+                     f"(the table's Envoy CPU column is its process's).")
+        lines.append("")
     m = res["memory"]
     lines.append(f"**Cache memory:** {m['measured_as']}")
     lines.append("")
@@ -947,6 +1005,12 @@ def main():
         envoys["floor"] = Envoy("floor", kg, env=floor, edit=floor_route("keygate_direct_http"))
         envoys["floor-2keys"] = Envoy("floor-2keys", kg, env=floor, edit=floor_route("keygate_upstream_http"))
         envoys["floor-1"] = Envoy("floor-1", BENCH / "envoy-baseline.yaml", env=floor, edit=one_filter)
+        peer = None
+        if PEERS:
+            if not (PEERS_VENV / "bin" / "litellm").exists():
+                sys.exit(f"bench: PEERS=1 needs LiteLLM in {PEERS_VENV} (scripts/bench installs it)")
+            peer = LiteLLM().start(upstream_port)  # starts slowly: waited for below
+            (WORK / "litellm.txt").write_text(peer.master_key + "\n")
         native_error = None
         for name, e in envoys.items():
             try:
@@ -962,6 +1026,9 @@ def main():
             if res.returncode != 0:
                 native_error = "envoy --mode validate rejected bench/envoy-native.yaml"
         log("Envoys up: " + ", ".join(f"{n}:{e.port}" for n, e in envoys.items()))
+        if peer:
+            peer.wait()
+            log(f"LiteLLM {peer.version} up: {peer.port}")
 
         variants = [
             Variant("baseline", envoys["baseline"], WORK / "hit.txt", what="no filter"),
@@ -979,6 +1046,9 @@ def main():
         ]
         if native_error is None:
             variants.append(Variant("native", envoys["native"], WORK / "native.txt", what="api_key_auth + credential_injector"))
+        if peer:
+            variants.append(Variant("peer-litellm", peer, WORK / "litellm.txt", peer=True,
+                                    what=f"LiteLLM {peer.version} proxy, {peer.mode}"))
 
         # Sanity: one request each, expected status.
         for v in variants:
@@ -1031,12 +1101,14 @@ def main():
                 log(f"  {v.name:18s} {r['rps']:>9,.0f} rps  envoy {r['envoy_cpu_pct']:.0f}% cpu  "
                     f"wrk {r['loadgen_cpu_pct']:.0f}%  non-2xx {r['non_2xx']}  lookups {r['store_lookups']}")
             rate = max(100.0, variants[0].tp[-1]["rps"] / 2)
-            slowest = min(v.tp[-1]["rps"] for v in variants)
+            slowest = min(v.tp[-1]["rps"] for v in variants if not v.peer)
             rate_b = max(100.0, slowest / 2)
             rates.append(rate)
             rates_b.append(rate_b if rate_b < 0.95 * rate else None)
             log(f"round {rnd + 1}/{P['rounds']}: latency at {rate:,.0f} req/s (½ baseline max)")
             for v in order:
+                if v.peer:
+                    continue
                 if v.tp[-1]["rps"] < 1.1 * rate:
                     v.lat.append(None)  # it cannot carry that load: the latency would be queueing only
                     log(f"  {v.name:18s} skipped: its max {v.tp[-1]['rps']:,.0f} rps < 1.1 × {rate:,.0f}")
@@ -1047,7 +1119,8 @@ def main():
                 continue
             log(f"round {rnd + 1}/{P['rounds']}: latency at {rate_b:,.0f} req/s (½ of the slowest variant's max)")
             for v in order:
-                log_lat(v, bench.latency(v, rate_b, P["lat_s"], into=v.latb))
+                if not v.peer:
+                    log_lat(v, bench.latency(v, rate_b, P["lat_s"], into=v.latb))
 
         # ---- summary per variant
         out = {}
@@ -1077,7 +1150,7 @@ def main():
             lg = max([t["loadgen_cpu_pct"] for t in v.tp] + [l["loadgen_cpu_pct"] for l in lat_runs])
             overloaded = sum(1 for l in v.lat if l is None)
             out[v.name] = {
-                "what": v.what, "envoy": v.envoy.name,
+                "what": v.what, "envoy": v.envoy.name, "peer": v.peer,
                 "rps": median(t["rps"] for t in v.tp), "ratio": median(ratios),
                 "ratio_range": [min(ratios), max(ratios)] if ratios else None,
                 "overloaded_at_half_baseline": f"{overloaded}/{len(v.lat)} rounds" if overloaded else None,
@@ -1232,6 +1305,9 @@ def main():
             "shape": shape,
             "floor_wasm": wasm_info(FLOOR_WASM),
         }
+        peers = {v.name: {"what": v.what, "version": v.envoy.version, "mode": v.envoy.mode, "tp_s": P["peer_tp_s"],
+                          **{k: out[v.name][k] for k in ("rps", "ratio", "ratio_range", "cpu_us_per_req", "non_2xx")}}
+                 for v in variants if v.peer}
         one = by_size.get(1, {})
         own_1k = one.get("own_cpu_us")
 
@@ -1294,7 +1370,7 @@ def main():
                        "key store pinned with `taskset -c 1` (revocation: Envoy `--concurrency 2`, also on core 0). "
                        "Load generator CPU is measured per run; > 90 % of core 1 is flagged.",
             "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "by_body_size": by_size,
-            "above_floor": above, "memory": memory, "revocation": rev,
+            "above_floor": above, "peers": peers, "memory": memory, "revocation": rev,
             "fleet": fleet,
             "wasm": wasm, "targets": targets, "duration_s": round(time.monotonic() - t_start, 1),
             "store_data_dir": str(store.data_dir),
