@@ -8,18 +8,30 @@ bench/results/latest.md.
 
   baseline       Envoy -> mock upstream, no filter (bench/envoy-baseline.yaml)
   hit            keygate (envoy/envoy.yaml rendered), one cached key
+  hit-2keys      keygate, a cached key with two provider keys (upstream filter)
+  floor          envoy/envoy.yaml rendered as for hit, every wasm filter running
+                 the do-nothing module of bench/floor, routed to hit's cluster
+                 (keygate_direct_http); the route is edited here (floor_route)
+  floor-2keys    the same, routed to hit-2keys's (keygate_upstream_http, with
+                 the upstream wasm filter)
+  floor-1        bench/envoy-baseline.yaml plus one do-nothing wasm filter
   miss           keygate, a fresh key on every request (store call each time)
   invalid-*      keygate, malformed tokens / a few unknown tokens repeated
   headers-only   keygate, GET /v1/models with a cached key (no body)
   native         api_key_auth + credential_injector (bench/envoy-native.yaml)
+  peer-litellm   PEERS=1: LiteLLM's proxy on the same mock (throughput only)
 
 Max throughput: wrk (closed loop). Latency: bench-load (constant rate, open
 loop, wrk2-style) at half of the same round's baseline max. Envoy: one worker
-on core 0; load generators, mock upstream and store on core 1.
+on core 0; load generators, mock upstream and store on core 1. Baseline, floor
+and hit also run at 1, 16 and 64 KiB bodies; "keygate above the floor" reports
+hit ÷ floor and keygate's own Envoy CPU per request (hit − floor), and the
+refusals against floor-1.
 
 Environment: QUICK=1 (short run), KEYGATE_WASM (filter path), KEYGATE_WASM_B
 (a second filter build: adds the variant `hit-b`, a cached key through that
-module, interleaved with `hit` in the same rounds, for an A/B), BENCH_ROUNDS,
+module, interleaved with `hit` in the same rounds, for an A/B), PEERS=1 (the
+peer-litellm variant; LiteLLM from .venv-peers), BENCH_ROUNDS,
 BENCH_KEEP_WORK=1 (keep bench/work with logs and rendered configs).
 """
 
