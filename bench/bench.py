@@ -8,18 +8,30 @@ bench/results/latest.md.
 
   baseline       Envoy -> mock upstream, no filter (bench/envoy-baseline.yaml)
   hit            keygate (envoy/envoy.yaml rendered), one cached key
+  hit-2keys      keygate, a cached key with two provider keys (upstream filter)
+  floor          envoy/envoy.yaml rendered as for hit, every wasm filter running
+                 the do-nothing module of bench/floor, routed to hit's cluster
+                 (keygate_direct_http); the route is edited here (floor_route)
+  floor-2keys    the same, routed to hit-2keys's (keygate_upstream_http, with
+                 the upstream wasm filter)
+  floor-1        bench/envoy-baseline.yaml plus one do-nothing wasm filter
   miss           keygate, a fresh key on every request (store call each time)
   invalid-*      keygate, malformed tokens / a few unknown tokens repeated
   headers-only   keygate, GET /v1/models with a cached key (no body)
   native         api_key_auth + credential_injector (bench/envoy-native.yaml)
+  peer-litellm   PEERS=1: LiteLLM's proxy on the same mock (throughput only)
 
 Max throughput: wrk (closed loop). Latency: bench-load (constant rate, open
 loop, wrk2-style) at half of the same round's baseline max. Envoy: one worker
-on core 0; load generators, mock upstream and store on core 1.
+on core 0; load generators, mock upstream and store on core 1. Baseline, floor
+and hit also run at 1, 16 and 64 KiB bodies; "keygate above the floor" reports
+hit ÷ floor and keygate's own Envoy CPU per request (hit − floor), and the
+refusals against floor-1.
 
 Environment: QUICK=1 (short run), KEYGATE_WASM (filter path), KEYGATE_WASM_B
 (a second filter build: adds the variant `hit-b`, a cached key through that
-module, interleaved with `hit` in the same rounds, for an A/B), BENCH_ROUNDS,
+module, interleaved with `hit` in the same rounds, for an A/B), PEERS=1 (the
+peer-litellm variant; LiteLLM from .venv-peers), BENCH_ROUNDS,
 BENCH_KEEP_WORK=1 (keep bench/work with logs and rendered configs).
 """
 
@@ -31,6 +43,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -52,12 +65,16 @@ RENDER = ROOT / "scripts" / "render-envoy"
 STORE_BIN = ROOT / "target" / "release" / "keygate"
 WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_filter.wasm").resolve()
 WASM_B = Path(os.environ["KEYGATE_WASM_B"]).resolve() if os.environ.get("KEYGATE_WASM_B") else None
+# The do-nothing filter (bench/floor, built by scripts/bench): the floor variants.
+FLOOR_WASM = BENCH / "floor" / "target" / "wasm32-wasip1" / "release" / "keygate_bench_floor.wasm"
 UPSTREAM_BIN = BENCH / "upstream" / "target" / "release" / "bench-upstream"
 LOAD_BIN = BENCH / "upstream" / "target" / "release" / "bench-load"
 TRAFFIC_LUA = BENCH / "lua" / "traffic.lua"
 CREATE_LUA = BENCH / "lua" / "create-keys.lua"
 
 QUICK = os.environ.get("QUICK", "") not in ("", "0")
+PEERS = os.environ.get("PEERS", "") not in ("", "0")
+PEERS_VENV = ROOT / ".venv-peers"  # scripts/bench installs bench/peers-requirements.txt there
 P = {
     # rounds of interleaved variants, seconds per throughput / latency run
     "rounds": int(os.environ.get("BENCH_ROUNDS") or (2 if QUICK else 3)),
@@ -74,6 +91,8 @@ P = {
     # request body sizes (KiB) of the hit-by-body-size runs, and seconds per run
     "body_kib": [1, 16, 64],
     "size_s": 2 if QUICK else 3,
+    # PEERS=1: seconds per throughput run of a peer (LiteLLM serves ~50-100 req/s here)
+    "peer_tp_s": 2 if QUICK else 3,
     "revocation_connections": 8,
 }
 CACHE_TTL_MS = 4000  # envoy/envoy.yaml default (KEYGATE_CACHE_TTL_MS)
@@ -228,10 +247,11 @@ class Store:
 
 
 class Envoy:
-    def __init__(self, name, template, concurrency=1, cpus="0", env=None):
+    def __init__(self, name, template, concurrency=1, cpus="0", env=None, edit=None):
         self.name, self.template, self.concurrency, self.cpus = name, template, concurrency, cpus
         self.port, self.admin_port = free_port(), free_port()
         self.extra = env or {}
+        self.edit = edit  # edit(doc, upstream_port): changes the rendered config (the floor variants)
 
     def start(self, store, upstream_port):
         env = {**os.environ, "KEYGATE_GATEWAY_PORT": str(self.port), "KEYGATE_ENVOY_ADMIN_PORT": str(self.admin_port),
@@ -240,6 +260,8 @@ class Envoy:
                "BENCH_PROVIDER_KEY": PROVIDER_KEY, "BENCH_NATIVE_KEY": NATIVE_KEY, **self.extra}
         config = WORK / f"envoy-{self.name}.yaml"
         subprocess.run([sys.executable, str(RENDER), str(self.template), str(config)], env=env, check=True)
+        if self.edit:
+            edit_config(config, lambda doc: self.edit(doc, upstream_port))
         argv = ["taskset", "-c", self.cpus, envoy_binary(), "-c", str(config), "--concurrency", str(self.concurrency),
                 "--base-id", str(self.port), "-l", "warning", "--component-log-level", "wasm:warning"]
         # stdout carries the access log (one line a request, as in production): discarded.
@@ -258,6 +280,123 @@ class Envoy:
             if s.get("name", "").endswith(suffix) and "value" in s:
                 return s["value"]
         return None
+
+
+class LiteLLM:
+    """LiteLLM's proxy (PEERS=1): `litellm --config`, one process (uvicorn)
+    pinned to core 0 like Envoy, master-key mode, no database; its one model
+    is the mock upstream's."""
+
+    def __init__(self, name="litellm"):
+        self.name, self.port, self.concurrency = name, free_port(), 1
+        self.master_key = "sk-bench-master-" + os.urandom(8).hex()
+        self.version = subprocess.run(
+            [str(PEERS_VENV / "bin" / "python"), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        self.mode = "master key, no database, `litellm --config` (uvicorn, 1 process)"
+
+    def start(self, upstream_port):
+        config = WORK / f"{self.name}.yaml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+                "model": "openai/gpt-4o-mini", "api_base": f"http://127.0.0.1:{upstream_port}/v1", "api_key": PROVIDER_KEY}}],
+            "general_settings": {"master_key": self.master_key},
+        }, indent=2) + "\n")
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "REDIS_HOST")}
+        # The packaged model cost map (no fetch at start-up).
+        env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+        argv = ["taskset", "-c", "0", str(PEERS_VENV / "bin" / "litellm"), "--config", str(config),
+                "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = start(argv, self.name, env=env)
+        return self
+
+    def wait(self):
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.port}/health/liveliness", timeout=1)[0] == 200, 180,
+                   f"{self.name} ready")
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stat(self, suffix):
+        return None
+
+
+def edit_config(path, edit):
+    """Parses a rendered Envoy config, edits it, writes it back (anchors come
+    out as PyYAML's own &id/*id: the same objects, so the same VM sharing)."""
+    import yaml  # PyYAML: tests/requirements.txt, so in .venv
+    doc = yaml.safe_load(path.read_text())
+    edit(doc)
+    path.write_text("# rendered, then edited by bench/bench.py\n" + yaml.safe_dump(doc, sort_keys=False, width=4096))
+
+
+def gateway_hcm(doc):
+    listener = next(l for l in doc["static_resources"]["listeners"] if l["name"] == "gateway")
+    hcm = listener["filter_chains"][0]["filters"][0]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager", hcm["name"]
+    return hcm["typed_config"]
+
+
+def floor_route(cluster):
+    """The `floor` edit of envoy/envoy.yaml: the do-nothing filters set no
+    routing header and no :authority, so the gateway route names the cluster
+    keygate picks (`cluster` instead of `cluster_header`) and the dynamic
+    forward proxy filter rewrites the host to the mock upstream before its
+    lookup, as keygate's :authority would. The route's own
+    `host_rewrite_literal` would be too late: the DFP filter resolves the
+    Host header it sees (the client's), before the router rewrites it."""
+    def edit(doc, upstream_port):
+        route = gateway_hcm(doc)["route_config"]["virtual_hosts"][0]["routes"][0]
+        action = route["route"]
+        if action.pop("cluster_header", None) != "x-keygate-cluster":
+            raise RuntimeError("floor: envoy/envoy.yaml's gateway route no longer reads x-keygate-cluster")
+        action["cluster"] = cluster
+        route["typed_per_filter_config"] = {"envoy.filters.http.dynamic_forward_proxy": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_forward_proxy.v3.PerRouteConfig",
+            "host_rewrite_literal": f"127.0.0.1:{upstream_port}"}}
+    return edit
+
+
+def one_filter(doc, upstream_port):
+    """The `floor-1` edit of bench/envoy-baseline.yaml: one do-nothing wasm
+    filter (configured like keygate's) in front of the router."""
+    filters = gateway_hcm(doc)["http_filters"]
+    filters.insert(len(filters) - 1, {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "keygate", "root_id": "keygate", "failure_policy": "FAIL_RELOAD",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": "{}"},
+                "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": str(FLOOR_WASM)}}},
+            }}})
+
+
+def http_contexts(e, method, path, body, token, clusters=()):
+    """One request with Envoy's wasm log at trace level: its status, the HTTP
+    contexts the proxy-wasm VMs created for it (one per wasm filter instance
+    that ran, upstream ones included), and which of `clusters` took it."""
+    logf = WORK / f"envoy-{e.name}.log"
+    rq = lambda: {c: e.stat(f"cluster.{c}.upstream_rq_total") or 0 for c in clusters}  # noqa: E731
+    before = rq()
+    if http("POST", f"http://127.0.0.1:{e.admin_port}/logging?wasm=trace")[0] != 200:
+        raise RuntimeError(f"{e.name}: the admin API refused the log level")
+    try:
+        size = logf.stat().st_size
+        status = http(method, f"http://127.0.0.1:{e.port}{path}", body if method == "POST" else None,
+                      {"authorization": f"Bearer {token}", "content-type": "application/json"})[0]
+        time.sleep(0.3)
+    finally:
+        http("POST", f"http://127.0.0.1:{e.admin_port}/logging?wasm=warning")
+    with open(logf, "rb") as f:
+        f.seek(size)
+        text = f.read().decode(errors="replace")
+    contexts = len(re.findall(r"proxy_on_context_create\(\d+, [1-9]\d*\)", text))
+    after = rq()
+    return {"status": status, "http_contexts": contexts, "clusters": {c: after[c] - before[c] for c in clusters}}
 
 
 def envoy_binary():
@@ -397,9 +536,12 @@ def parse_wrk(text):
 
 
 class Variant:
-    def __init__(self, name, envoy, tokens_file, method="POST", path=CHAT, cycle=False, expect_ok=True, what=""):
+    def __init__(self, name, envoy, tokens_file, method="POST", path=CHAT, cycle=False, expect_ok=True, what="", peer=False):
         self.name, self.envoy, self.tokens_file, self.method, self.path = name, envoy, tokens_file, method, path
         self.cycle, self.expect_ok, self.what = cycle, expect_ok, what
+        # Another gateway (PEERS=1): short throughput runs, no latency runs,
+        # not counted as the slowest variant.
+        self.peer = peer
         self.tp, self.lat, self.latb = [], [], []  # per-round results (lat: ½ baseline max, latb: ½ slowest max)
 
 
@@ -426,10 +568,13 @@ class Bench:
         offset = self.take_keys(v, 0)
         e = v.envoy
         lk0, cpu0, t0 = self.store.lookups(), cpu_ticks(e.pid), time.monotonic()
+        if v.peer:
+            seconds = min(seconds, P["peer_tp_s"])
         with ChildCpu() as cc:
             out, err, rc, wall = run_measured(
-                ["taskset", "-c", "1", "wrk", "-t1", f"-c{P['wrk_connections']}", f"-d{seconds}s", "-s", str(TRAFFIC_LUA),
-                 f"http://127.0.0.1:{e.port}{v.path}"], env=self.lua_env(v, offset), timeout=seconds + 60)
+                ["taskset", "-c", "1", "wrk", "-t1", f"-c{P['wrk_connections']}", f"-d{seconds}s", "-s", str(TRAFFIC_LUA)]
+                + (["--timeout", "10s"] if v.peer else [])  # a peer's answers may take over wrk's 2 s default
+                + [f"http://127.0.0.1:{e.port}{v.path}"], env=self.lua_env(v, offset), timeout=seconds + 60)
         cpu1, lk1 = cpu_ticks(e.pid), self.store.lookups()
         if rc != 0:
             raise RuntimeError(f"wrk failed for {v.name}: {err or out}")
@@ -586,12 +731,14 @@ def fmt(x, nd=0, unit=""):
     return f"{x:,.{nd}f}{unit}"
 
 
-def verdict(ok):
+def verdict(ok, reported=False):
+    if reported:
+        return "reported"
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
-def ratio_range(v):
-    r = v.get("ratio_range")
+def ratio_range(v, key="ratio_range"):
+    r = v.get(key)
     return f" ({fmt(r[0], 2)}–{fmt(r[1], 2)})" if r and r[0] != r[1] else ""
 
 
@@ -618,11 +765,11 @@ def report(res):
         if v.get("unavailable"):
             lines.append(f"| {name} | {v['unavailable']} |||||||||")
             continue
-        pair = lambda a, b: "overloaded" if a is None else f"{fmt(a, 1)} / {fmt(b, 1)}"  # noqa: E731
+        pair = lambda a, b: ("not run" if v.get("peer") else "overloaded") if a is None else f"{fmt(a, 1)} / {fmt(b, 1)}"  # noqa: E731
         lines.append("| " + " | ".join([
             name, fmt(v["rps"]), fmt(v["ratio"], 3) + ratio_range(v), pair(v["p50_us"], v["p99_us"]),
             pair(v["added_p50_us"], v["added_p99_us"]),
-            "n/a" if v["b_added_p50_us"] is None else pair(v["b_added_p50_us"], v["b_added_p99_us"]),
+            ("not run" if v.get("peer") else "n/a") if v["b_added_p50_us"] is None else pair(v["b_added_p50_us"], v["b_added_p99_us"]),
             fmt(v["cpu_us_per_req"], 1), fmt(v["rss_mib"], 1), fmt(v["store_calls_per_key"], 3), v["non_2xx"],
             fmt(v["loadgen_cpu_pct_max"], 0),
         ]) + " |")
@@ -635,14 +782,23 @@ def report(res):
                  f"(hit, headers-only: per key per {CACHE_TTL_MS / 1000:.0f} s cache lifetime).")
     lines.append("")
     if res.get("by_body_size"):
-        lines.append("**Hit by request body size** (throughput runs only, same rounds interleaved):")
+        lines.append("**Hit by request body size** (throughput runs only, baseline, floor and hit interleaved in the same rounds):")
         lines.append("")
-        lines.append("| body | baseline rps | hit rps | hit ÷ baseline (rounds' range) | Envoy CPU µs/req baseline / hit | added CPU µs/req |")
-        lines.append("|---:|---:|---:|---:|---:|---:|")
+        lines.append("| body | baseline rps | floor rps | hit rps | hit ÷ baseline (rounds' range) | Envoy CPU µs/req baseline / floor / hit | added CPU µs/req (hit − baseline) |")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|")
         for kib, b in res["by_body_size"].items():
-            lines.append(f"| {fmt(b['bytes'] / 1024, 1)} KiB | {fmt(b['baseline_rps'])} | {fmt(b['hit_rps'])} | "
-                         f"{fmt(b['ratio'], 3)}{ratio_range(b)} | {fmt(b['baseline_cpu_us'], 1)} / {fmt(b['hit_cpu_us'], 1)} | "
-                         f"{fmt(b['added_cpu_us'], 1)} |")
+            lines.append(f"| {fmt(b['bytes'] / 1024, 1)} KiB | {fmt(b['baseline_rps'])} | {fmt(b['floor_rps'])} | {fmt(b['hit_rps'])} | "
+                         f"{fmt(b['ratio'], 3)}{ratio_range(b)} | {fmt(b['baseline_cpu_us'], 1)} / {fmt(b['floor_cpu_us'], 1)} / "
+                         f"{fmt(b['hit_cpu_us'], 1)} | {fmt(b['added_cpu_us'], 1)} |")
+        lines.append("")
+    if res.get("above_floor"):
+        lines.extend(report_above_floor(res))
+    for name, p in (res.get("peers") or {}).items():
+        lines.append(f"**Peer** `{name}` (PEERS=1): {p['what']}, pinned to core 0 like Envoy, on the same mock upstream "
+                     f"with the same 1 KiB body ({p['tp_s']} s throughput runs, wrk {res['params']['wrk_connections']} "
+                     f"connections, in the same rounds; no latency runs): max {fmt(p['rps'])} rps = "
+                     f"**{fmt(p['ratio'], 4)} × baseline**{ratio_range(p)}; its CPU {fmt(p['cpu_us_per_req'], 0)} µs per request "
+                     f"(the table's Envoy CPU column is its process's).")
         lines.append("")
     m = res["memory"]
     lines.append(f"**Cache memory:** {m['measured_as']}")
@@ -660,9 +816,41 @@ def report(res):
     lines.append("| target | value | goal | result |")
     lines.append("|---|---:|---|---|")
     for t in res["targets"]:
-        lines.append(f"| {t['what']} | {t['value']} | {t['goal']} | {verdict(t['ok'])} |")
+        lines.append(f"| {t['what']} | {t['value']} | {t['goal']} | {verdict(t['ok'], t.get('reported'))} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def report_above_floor(res):
+    a, by_size = res["above_floor"], res["by_body_size"]
+    fw = a["floor_wasm"]
+    shape = ", ".join(f"{n} {s['http_contexts']}" for n, s in a["shape"].items())
+    lines = ["**keygate above the floor.** The floor is keygate's own Envoy config (envoy/envoy.yaml rendered as for "
+             "`hit`: gate wasm filter, buffer, keygate wasm filter, dynamic forward proxy, router; the same `vm_id` "
+             "sharing; the dynamic-forward-proxy clusters with their upstream wasm filter) with every wasm filter "
+             f"running `bench/floor`, a do-nothing module ({fmt(fw['bytes'] / 1000, 1)} KB) that returns Continue from "
+             "every callback and makes no host call. A do-nothing filter sets no routing header, so the gateway route "
+             "names the cluster keygate picks and the DFP filter's per-route `host_rewrite_literal` points at the mock: "
+             "`floor` takes hit's cluster (`keygate_direct_http`, one candidate key: no upstream filter), `floor-2keys` "
+             "hit-2keys's (`keygate_upstream_http`, with the upstream filter). `floor-1`: bench/envoy-baseline.yaml plus "
+             f"one do-nothing wasm filter. Wasm HTTP contexts per request (one request's trace log): {shape}.", ""]
+    lines.append("| body | hit ÷ floor (rounds' range) | floor ÷ baseline (rounds' range) | keygate's own Envoy CPU µs/req (hit − floor) | the floor's cost µs/req (floor − baseline) |")
+    lines.append("|---:|---:|---:|---:|---:|")
+    for kib, b in by_size.items():
+        lines.append(f"| {fmt(b['bytes'] / 1024, 1)} KiB | {fmt(b['hit_floor_ratio'], 3)}{ratio_range(b, 'hit_floor_ratio_range')} | "
+                     f"{fmt(b['floor_baseline_ratio'], 3)}{ratio_range(b, 'floor_baseline_ratio_range')} | "
+                     f"{fmt(b['own_cpu_us'], 1)} | {fmt(b['floor_cpu_us_over_baseline'], 1)} |")
+    lines.append("")
+    lines.append("In the main rounds (1 KiB; throughput ratio in the same rounds, rounds' range; Envoy CPU µs/req difference):")
+    lines.append("")
+    lines.append("| pair | throughput ratio | Envoy CPU µs/req | difference µs/req |")
+    lines.append("|---|---:|---:|---:|")
+    for pair, r in {**a["main_rounds"], **{f"{n}/floor-1": r for n, r in a["refusals_vs_floor_1"].items()}}.items():
+        x, y = pair.split("/")
+        lines.append(f"| {x} ÷ {y} | {fmt(r['ratio'], 3)}{ratio_range(r)} | {fmt(r['cpu_us'], 1)} vs {fmt(r['ref_cpu_us'], 1)} | "
+                     f"{fmt(r['cpu_diff_us'], 1)} |")
+    lines.append("")
+    return lines
 
 
 # --------------------------------------------------------------------------- fleet
@@ -769,7 +957,7 @@ def main():
         shutil.rmtree(WORK)
     WORK.mkdir(parents=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for path in (STORE_BIN, WASM, UPSTREAM_BIN, LOAD_BIN):
+    for path in (STORE_BIN, WASM, FLOOR_WASM, UPSTREAM_BIN, LOAD_BIN):
         if not path.exists():
             sys.exit(f"bench: missing {path} (scripts/bench builds it)")
     t_start = time.monotonic()
@@ -821,6 +1009,20 @@ def main():
         }
         if WASM_B:
             envoys["hit-b"] = Envoy("hit-b", kg, env={"KEYGATE_WASM": str(WASM_B)})
+        # The floor: keygate's config with the do-nothing module in every wasm
+        # filter, routed where keygate routes a hit (one candidate: the direct
+        # cluster, no upstream filter) and a two-key hit (the cluster with the
+        # upstream filter); and one do-nothing filter on the baseline.
+        floor = {"KEYGATE_WASM": str(FLOOR_WASM)}
+        envoys["floor"] = Envoy("floor", kg, env=floor, edit=floor_route("keygate_direct_http"))
+        envoys["floor-2keys"] = Envoy("floor-2keys", kg, env=floor, edit=floor_route("keygate_upstream_http"))
+        envoys["floor-1"] = Envoy("floor-1", BENCH / "envoy-baseline.yaml", env=floor, edit=one_filter)
+        peer = None
+        if PEERS:
+            if not (PEERS_VENV / "bin" / "litellm").exists():
+                sys.exit(f"bench: PEERS=1 needs LiteLLM in {PEERS_VENV} (scripts/bench installs it)")
+            peer = LiteLLM().start(upstream_port)  # starts slowly: waited for below
+            (WORK / "litellm.txt").write_text(peer.master_key + "\n")
         native_error = None
         for name, e in envoys.items():
             try:
@@ -836,12 +1038,18 @@ def main():
             if res.returncode != 0:
                 native_error = "envoy --mode validate rejected bench/envoy-native.yaml"
         log("Envoys up: " + ", ".join(f"{n}:{e.port}" for n, e in envoys.items()))
+        if peer:
+            peer.wait()
+            log(f"LiteLLM {peer.version} up: {peer.port}")
 
         variants = [
             Variant("baseline", envoys["baseline"], WORK / "hit.txt", what="no filter"),
             Variant("hit", envoys["hit"], WORK / "hit.txt", what="cached key"),
             *([Variant("hit-b", envoys["hit-b"], WORK / "hit.txt", what=f"cached key, module B ({WASM_B.name})")] if WASM_B else []),
             Variant("hit-2keys", envoys["hit"], WORK / "two-keys.txt", what="cached key with two provider keys (upstream filter)"),
+            Variant("floor", envoys["floor"], WORK / "hit.txt", what="keygate's chain, do-nothing filters, hit's route"),
+            Variant("floor-2keys", envoys["floor-2keys"], WORK / "hit.txt", what="the same, hit-2keys's route (upstream filter)"),
+            Variant("floor-1", envoys["floor-1"], WORK / "hit.txt", what="baseline + one do-nothing filter"),
             *([Variant("hit-2keys-b", envoys["hit-b"], WORK / "two-keys.txt", what="the same, module B")] if WASM_B else []),
             Variant("miss", envoys["miss"], WORK / "miss.txt", cycle=True, what="fresh key each request"),
             Variant("invalid-malformed", envoys["invalid"], WORK / "malformed.txt", expect_ok=False, what="malformed tokens"),
@@ -850,6 +1058,9 @@ def main():
         ]
         if native_error is None:
             variants.append(Variant("native", envoys["native"], WORK / "native.txt", what="api_key_auth + credential_injector"))
+        if peer:
+            variants.append(Variant("peer-litellm", peer, WORK / "litellm.txt", peer=True,
+                                    what=f"LiteLLM {peer.version} proxy, {peer.mode}"))
 
         # Sanity: one request each, expected status.
         for v in variants:
@@ -859,6 +1070,24 @@ def main():
             want_ok = v.expect_ok
             if (200 <= st < 300) != want_ok:
                 raise RuntimeError(f"sanity: {v.name} answered {st}")
+        # The floor's shape: as many proxy-wasm filter instances run per request
+        # (HTTP contexts, counted from one request's trace log) as in the
+        # keygate request it stands for, through the same cluster.
+        dfp = ("keygate_direct_http", "keygate_upstream_http")
+        shape = {}
+        for name, e, token in (("hit", envoys["hit"], hit_token), ("hit-2keys", envoys["hit"], two_token),
+                               ("floor", envoys["floor"], hit_token), ("floor-2keys", envoys["floor-2keys"], hit_token),
+                               ("floor-1", envoys["floor-1"], hit_token)):
+            shape[name] = http_contexts(e, "POST", CHAT, body, token, dfp if name != "floor-1" else ())
+            shape[name]["cluster"] = next((c for c, n in shape[name]["clusters"].items() if n), None)
+            log(f"  {name:12s} {shape[name]['status']}  wasm HTTP contexts {shape[name]['http_contexts']}  "
+                f"cluster {shape[name]['cluster'] or '-'}")
+        for f_, k in (("floor", "hit"), ("floor-2keys", "hit-2keys")):
+            got, want = shape[f_], shape[k]
+            if (got["status"], got["http_contexts"], got["cluster"]) != (200, want["http_contexts"], want["cluster"]):
+                raise RuntimeError(f"sanity: {f_} is not {k}'s shape: {got} vs {want}")
+        if shape["floor-1"]["http_contexts"] != 1 or shape["floor-1"]["status"] != 200:
+            raise RuntimeError(f"sanity: floor-1 is not one filter: {shape['floor-1']}")
         if native_error is None:  # the native chain refuses a wrong key
             st = http("POST", f"http://127.0.0.1:{envoys['native'].port}{CHAT}", body, {"authorization": "Bearer kg-nope"})[0]
             if st != 401:
@@ -884,12 +1113,14 @@ def main():
                 log(f"  {v.name:18s} {r['rps']:>9,.0f} rps  envoy {r['envoy_cpu_pct']:.0f}% cpu  "
                     f"wrk {r['loadgen_cpu_pct']:.0f}%  non-2xx {r['non_2xx']}  lookups {r['store_lookups']}")
             rate = max(100.0, variants[0].tp[-1]["rps"] / 2)
-            slowest = min(v.tp[-1]["rps"] for v in variants)
+            slowest = min(v.tp[-1]["rps"] for v in variants if not v.peer)
             rate_b = max(100.0, slowest / 2)
             rates.append(rate)
             rates_b.append(rate_b if rate_b < 0.95 * rate else None)
             log(f"round {rnd + 1}/{P['rounds']}: latency at {rate:,.0f} req/s (½ baseline max)")
             for v in order:
+                if v.peer:
+                    continue
                 if v.tp[-1]["rps"] < 1.1 * rate:
                     v.lat.append(None)  # it cannot carry that load: the latency would be queueing only
                     log(f"  {v.name:18s} skipped: its max {v.tp[-1]['rps']:,.0f} rps < 1.1 × {rate:,.0f}")
@@ -900,7 +1131,8 @@ def main():
                 continue
             log(f"round {rnd + 1}/{P['rounds']}: latency at {rate_b:,.0f} req/s (½ of the slowest variant's max)")
             for v in order:
-                log_lat(v, bench.latency(v, rate_b, P["lat_s"], into=v.latb))
+                if not v.peer:
+                    log_lat(v, bench.latency(v, rate_b, P["lat_s"], into=v.latb))
 
         # ---- summary per variant
         out = {}
@@ -930,7 +1162,7 @@ def main():
             lg = max([t["loadgen_cpu_pct"] for t in v.tp] + [l["loadgen_cpu_pct"] for l in lat_runs])
             overloaded = sum(1 for l in v.lat if l is None)
             out[v.name] = {
-                "what": v.what, "envoy": v.envoy.name,
+                "what": v.what, "envoy": v.envoy.name, "peer": v.peer,
                 "rps": median(t["rps"] for t in v.tp), "ratio": median(ratios),
                 "ratio_range": [min(ratios), max(ratios)] if ratios else None,
                 "overloaded_at_half_baseline": f"{overloaded}/{len(v.lat)} rounds" if overloaded else None,
@@ -971,22 +1203,36 @@ def main():
         try:
             for kib in P["body_kib"]:
                 (WORK / f"body-{kib}k.json").write_bytes(sized_body(kib))
-            runs = {kib: {"baseline": [], "hit": []} for kib in P["body_kib"]}
+            by_name = {v.name: v for v in variants}
+            sized = ("baseline", "floor", "hit")
+            runs = {kib: {n: [] for n in sized} for kib in P["body_kib"]}
             for rnd in range(P["rounds"]):
                 for kib in P["body_kib"]:
                     bench.body_file = WORK / f"body-{kib}k.json"
-                    for v in (variants[0], variants[1]):
-                        runs[kib][v.name].append(bench.throughput(v, P["size_s"], record=False))
+                    # baseline first, then floor and hit in turns
+                    for n in (sized if rnd % 2 == 0 else ("baseline", "hit", "floor")):
+                        runs[kib][n].append(bench.throughput(by_name[n], P["size_s"], record=False))
             for kib, r in runs.items():
-                ratios = [h["rps"] / b["rps"] for h, b in zip(r["hit"], r["baseline"]) if b["rps"]]
-                cpu = {n: median(x["envoy_cpu_us_per_req"] for x in r[n]) for n in ("baseline", "hit")}
-                by_size[kib] = {"bytes": len(sized_body(kib)), "baseline_rps": median(x["rps"] for x in r["baseline"]),
-                                "hit_rps": median(x["rps"] for x in r["hit"]), "ratio": median(ratios),
-                                "ratio_range": [min(ratios), max(ratios)] if ratios else None,
-                                "baseline_cpu_us": cpu["baseline"], "hit_cpu_us": cpu["hit"],
+                def ratios(a, b):
+                    return [x["rps"] / y["rps"] for x, y in zip(r[a], r[b]) if y["rps"]]
+                cpu = {n: median(x["envoy_cpu_us_per_req"] for x in r[n]) for n in sized}
+                rr = {k: ratios(*k.split("/")) for k in ("hit/baseline", "hit/floor", "floor/baseline")}
+                by_size[kib] = {"bytes": len(sized_body(kib)),
+                                **{f"{n}_rps": median(x["rps"] for x in r[n]) for n in sized},
+                                "ratio": median(rr["hit/baseline"]),
+                                "ratio_range": [min(rr["hit/baseline"]), max(rr["hit/baseline"])] if rr["hit/baseline"] else None,
+                                "hit_floor_ratio": median(rr["hit/floor"]),
+                                "hit_floor_ratio_range": [min(rr["hit/floor"]), max(rr["hit/floor"])] if rr["hit/floor"] else None,
+                                "floor_baseline_ratio": median(rr["floor/baseline"]),
+                                "floor_baseline_ratio_range": [min(rr["floor/baseline"]), max(rr["floor/baseline"])] if rr["floor/baseline"] else None,
+                                **{f"{n}_cpu_us": cpu[n] for n in sized},
                                 "added_cpu_us": cpu["hit"] - cpu["baseline"],
-                                "non_2xx": sum(x["non_2xx"] for x in r["hit"] + r["baseline"])}
-                log(f"  {kib:>3} KiB  hit ÷ baseline {by_size[kib]['ratio']:.3f}  added CPU {by_size[kib]['added_cpu_us']:.1f} µs/req")
+                                "own_cpu_us": cpu["hit"] - cpu["floor"], "floor_cpu_us_over_baseline": cpu["floor"] - cpu["baseline"],
+                                "non_2xx": sum(x["non_2xx"] for n in sized for x in r[n])}
+                b = by_size[kib]
+                log(f"  {kib:>3} KiB  hit ÷ baseline {b['ratio']:.3f}  hit ÷ floor {b['hit_floor_ratio']:.3f}  "
+                    f"floor ÷ baseline {b['floor_baseline_ratio']:.3f}  CPU µs/req baseline {cpu['baseline']:.1f} "
+                    f"floor {cpu['floor']:.1f} hit {cpu['hit']:.1f} (keygate's own {b['own_cpu_us']:.1f})")
                 if by_size[kib]["non_2xx"]:
                     bench.flags.append(f"hit by body size {kib} KiB: {by_size[kib]['non_2xx']} non-2xx answers")
         finally:
@@ -1052,36 +1298,67 @@ def main():
         wasm = wasm_info(WASM)
         hit, miss, base_v = out["hit"], out["miss"], out["baseline"]
 
+        # ---- keygate above the floor
+        def versus(a, b):
+            """Variant a against variant b: throughput ratio per round (the
+            same rounds), and their Envoy CPU per request."""
+            ra = [x["rps"] / y["rps"] for x, y in zip(out[a]["rounds"]["throughput"], out[b]["rounds"]["throughput"]) if y["rps"]]
+            ca, cb = out[a]["cpu_us_per_req"], out[b]["cpu_us_per_req"]
+            return {"ratio": median(ra), "ratio_range": [min(ra), max(ra)] if ra else None, "cpu_us": ca, "ref_cpu_us": cb,
+                    "cpu_diff_us": ca - cb if ca is not None and cb is not None else None}
+        above = {
+            "by_body_size": {kib: {k: b[k] for k in ("hit_floor_ratio", "hit_floor_ratio_range", "floor_baseline_ratio",
+                                                     "floor_baseline_ratio_range", "own_cpu_us", "floor_cpu_us_over_baseline")}
+                             for kib, b in by_size.items()},
+            "main_rounds": {f"{a}/{b}": versus(a, b) for a, b in (
+                ("hit", "floor"), ("hit-2keys", "floor-2keys"), ("floor", "baseline"), ("floor-2keys", "baseline"),
+                ("floor-1", "baseline"))},
+            "refusals_vs_floor_1": {n: versus(n, "floor-1") for n in ("invalid-malformed", "invalid-unknown")},
+            "shape": shape,
+            "floor_wasm": wasm_info(FLOOR_WASM),
+        }
+        peers = {v.name: {"what": v.what, "version": v.envoy.version, "mode": v.envoy.mode, "tp_s": P["peer_tp_s"],
+                          **{k: out[v.name][k] for k in ("rps", "ratio", "ratio_range", "cpu_us_per_req", "non_2xx")}}
+                 for v in variants if v.peer}
+        one = by_size.get(1, {})
+        own_1k = one.get("own_cpu_us")
+
         def lat_target(what, o, q, limit, goal):
             a, b = o[f"added_{q}_us"], o[f"b_added_{q}_us"]
             value = f"overloaded (max {fmt(o['rps'])} rps)" if a is None else fmt(a, 1, " µs")
             if b is not None:
                 value += f"; at ½ slowest: {fmt(b, 1, ' µs')}"
-            return {"what": what + " (at ½ baseline max)", "value": value, "goal": goal, "ok": a is not None and a <= limit}
-        inv = [out[n] for n in ("invalid-malformed", "invalid-unknown")]
+            return {"what": what + " (at ½ baseline max)", "value": value, "goal": goal, "ok": None, "reported": True}
         if wasm["stripped"]:
-            wasm_what = "wasm module size (release, stripped)"
+            wasm_what = "wasm module size (release, stripped; KB = 1000 bytes)"
         else:
-            wasm_what = (f"wasm module size (release; the file is NOT stripped: "
-                         f"{wasm['bytes_without_custom_sections'] / 1024:.1f} KiB without custom sections)")
+            wasm_what = (f"wasm module size (release; KB = 1000 bytes; the file is NOT stripped: "
+                         f"{wasm['bytes_without_custom_sections'] / 1000:.1f} KB without custom sections)")
+        per_entry = memory["bytes_per_entry"]
         targets = [
-            {"what": "hit ÷ baseline throughput", "value": fmt(hit["ratio"], 3), "goal": "≥ 0.90", "ok": hit["ratio"] is not None and hit["ratio"] >= 0.90},
-            lat_target("hit added latency p50", hit, "p50", 25, "≤ 25 µs"),
-            lat_target("hit added latency p99", hit, "p99", 100, "≤ 100 µs"),
-            lat_target("miss added latency p99", miss, "p99", 1000, "≤ 1 ms"),
+            {"what": f"hit ÷ floor throughput, {kib} KiB body",
+             "value": fmt(b["hit_floor_ratio"], 3) + ratio_range({"ratio_range": b["hit_floor_ratio_range"]}), "goal": "≥ 0.85",
+             "ok": b["hit_floor_ratio"] is not None and b["hit_floor_ratio"] >= 0.85}
+            for kib, b in by_size.items()
+        ] + [
+            {"what": "keygate's own work per hit at 1 KiB: Envoy CPU of hit − floor", "value": fmt(own_1k, 1, " µs"),
+             "goal": "≤ ~15 µs", "ok": own_1k is not None and own_1k <= 15},
+        ] + [
+            {"what": f"{n} vs floor-1: throughput ratio; Envoy CPU µs/req (floor-1's)",
+             "value": f"{fmt(r['ratio'], 3)}{ratio_range(r)}; {fmt(r['cpu_us'], 1)} ({fmt(r['ref_cpu_us'], 1)})",
+             "goal": "≥ 1.0; ≤ floor-1's",
+             "ok": r["ratio"] is not None and r["ratio"] >= 1.0 and r["cpu_diff_us"] is not None and r["cpu_diff_us"] <= 0}
+            for n, r in above["refusals_vs_floor_1"].items()
+        ] + [
+            {"what": wasm_what, "value": f"{wasm['bytes'] / 1000:.1f} KB ({wasm['kib']} KiB)", "goal": "≤ 300 KB",
+             "ok": wasm["bytes"] <= 300_000},
+            {"what": "cached key, bytes per entry per worker (cache fill: RSS delta ÷ `keygate.cache.entries`)"
+                     + (" (extrapolated)" if memory["extrapolated"] else ""),
+             "value": fmt(per_entry, 0, " B"), "goal": "≤ 100 B", "ok": per_entry is not None and per_entry <= 100},
             {"what": "store calls per distinct key per cache lifetime per worker (miss)", "value": fmt(miss["store_calls_per_key"], 3),
              "goal": "= 1", "ok": miss["store_calls_per_key"] is not None and abs(miss["store_calls_per_key"] - 1) <= 0.01},
             {"what": "store calls per key per cache lifetime (hit)", "value": fmt(hit["store_calls_per_key"], 2),
              "goal": "≤ 1 (+1 for a lifetime cut by the run's edges)", "ok": hit["store_calls_per_key"] is not None and hit["store_calls_per_key"] <= 2},
-        ] + [
-            {"what": f"{n} ÷ baseline throughput", "value": fmt(o["ratio"], 3), "goal": "≥ 1.0", "ok": o["ratio"] is not None and o["ratio"] >= 1.0}
-            for n, o in zip(("invalid-malformed", "invalid-unknown"), inv)
-        ] + [
-            {"what": wasm_what,
-             "value": f"{wasm['kib']} KiB", "goal": "≤ 300 KB", "ok": wasm["bytes"] <= 300 * 1024},
-            {"what": "Envoy RSS with 100 000 cached keys − baseline RSS" + (" (extrapolated)" if memory["extrapolated"] else ""),
-             "value": fmt(memory["rss_100k_minus_baseline_mib"], 1, " MiB"), "goal": "≤ 30 MB",
-             "ok": memory["rss_100k_minus_baseline_mib"] is not None and memory["rss_100k_minus_baseline_mib"] <= 30},
             {"what": "revocation latency p99 (reported, not asserted)", "value": f"{rev['p99_ms']} ms", "goal": "≤ 1 s", "ok": rev["p99_ms"] <= 1000},
             {"what": f"rate limit across 2 Envoys: admitted of {fleet['bound_limit']:,} (3× as many sent at once)",
              "value": fmt(fleet["bound_admitted"]), "goal": f"{fleet['bound_limit'] - 2 * -(-fleet['bound_limit'] // 4):,}..{fleet['bound_limit']:,}",
@@ -1089,6 +1366,14 @@ def main():
             {"what": "store calls per request, rate-limited key at steady state (leases)",
              "value": fmt(fleet["lease_calls_per_request"], 5), "goal": "≤ 0.01",
              "ok": fleet["lease_calls_per_request"] is not None and fleet["lease_calls_per_request"] <= 0.01},
+            # Former targets, out of reach for any proxy-wasm design (issue 19):
+            # the do-nothing floor alone costs more than they allow. Reported only.
+            {"what": "hit ÷ baseline throughput", "value": fmt(hit["ratio"], 3), "goal": "≥ 0.90", "ok": None, "reported": True},
+            lat_target("hit added latency p50", hit, "p50", 25, "≤ 25 µs"),
+            lat_target("hit added latency p99", hit, "p99", 100, "≤ 100 µs"),
+            lat_target("miss added latency p99", miss, "p99", 1000, "≤ 1 ms"),
+            {"what": "Envoy RSS with 100 000 cached keys − baseline RSS" + (" (extrapolated)" if memory["extrapolated"] else ""),
+             "value": fmt(memory["rss_100k_minus_baseline_mib"], 1, " MiB"), "goal": "≤ 30 MB", "ok": None, "reported": True},
         ]
         res = {
             "started": started, "quick": QUICK, "rounds": P["rounds"], "params": P, "envoy_version": envoy_version,
@@ -1096,7 +1381,8 @@ def main():
             "pinning": "Envoy `--concurrency 1` pinned with `taskset -c 0`; wrk, bench-load, the mock upstream and the "
                        "key store pinned with `taskset -c 1` (revocation: Envoy `--concurrency 2`, also on core 0). "
                        "Load generator CPU is measured per run; > 90 % of core 1 is flagged.",
-            "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "by_body_size": by_size, "memory": memory, "revocation": rev,
+            "flags": bench.flags, "latency_rates": rates, "latency_rates_slowest": rates_b, "variants": out, "by_body_size": by_size,
+            "above_floor": above, "peers": peers, "memory": memory, "revocation": rev,
             "fleet": fleet,
             "wasm": wasm, "targets": targets, "duration_s": round(time.monotonic() - t_start, 1),
             "store_data_dir": str(store.data_dir),

@@ -14,7 +14,7 @@ WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_filter.wasm"
 STORE_BIN = ROOT / "target" / "release" / "keygate"
 TEMPLATE = ROOT / "envoy" / "envoy.yaml"
 RENDER = ROOT / "scripts" / "render-envoy"
-EXCLUDED_DIRS = {"target", ".venv", "build", ".git", "node_modules", "__pycache__", ".pytest_cache", "data"}
+EXCLUDED_DIRS = {"target", ".venv", ".venv-peers", "build", ".git", "node_modules", "__pycache__", ".pytest_cache", "data"}
 # A CA bundle that exists on this machine, for configs whose bundle path is the image's.
 LOCAL_CA_BUNDLES = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
 
