@@ -7,7 +7,7 @@
 //! after which the request is admitted again with `admitted` set), then the
 //! candidates, ordered by their cool-down.
 
-use keygate_proto::lookup::{AuthStyle, Credential, Limits, Lookup, ModelRef, RefusedBy, RequestLimits};
+use keygate_proto::lookup::{AuthStyle, Credential, Limits, ModelRef, RefusedBy, RequestLimits};
 
 use crate::body::Fallbacks;
 use crate::config::Config;
@@ -15,6 +15,7 @@ use crate::decide::{decide, Forward, RequestFacts};
 use crate::errors::{Code, Denial};
 use crate::failover;
 use crate::handover::{Leg, Plan, MAX_ATTEMPTS};
+use crate::key_answer::KeyAnswer;
 use crate::ratelimit::{self, Pool, Remaining, Take};
 use crate::records::Served;
 use crate::upstream::credential_header;
@@ -118,14 +119,14 @@ pub enum Verdict<'c> {
     },
 }
 
-pub fn admit<'c>(ask: Ask<'_>, lookup: &Lookup, counters: &impl Counters, config: &'c Config) -> Verdict<'c> {
+pub fn admit<'c>(ask: Ask<'_>, lookup: &KeyAnswer, counters: &impl Counters, config: &'c Config) -> Verdict<'c> {
     let forward = match decide(ask.facts, lookup, (ask.now_ms / 1000) as i64) {
         Ok(f) => f,
         Err(denial) => return Verdict::Refuse(denial),
     };
     let served = Served {
         key_id: forward.key_id.to_string(),
-        config_id: lookup.key.as_ref().and_then(|k| k.config_id.clone()),
+        config_id: lookup.config_id().map(String::from),
         provider: forward.primary.provider.id.clone(),
         model: forward.primary.model.clone(),
         fallbacks: forward
@@ -344,7 +345,7 @@ mod tests {
 
     const NOW: u64 = 1_700_000_000_000;
 
-    fn lookup(extra: &str, keys: &[&str]) -> Lookup {
+    fn lookup(extra: &str, keys: &[&str]) -> KeyAnswer {
         let creds: Vec<String> = keys.iter().map(|k| format!(r#"{{"id":"{k}","value":"sk-{k}"}}"#)).collect();
         let json = format!(
             r#"{{"schema":1,"version":1,"status":"active","key":{{"id":"ak_1","configId":"cfg_1"}},
@@ -352,15 +353,15 @@ mod tests {
             "models":["gpt-*"],"routes":[{{"keys":[{}]}}]}}]{extra}}}"#,
             creds.join(",")
         );
-        serde_json::from_str(&json).unwrap()
+        KeyAnswer::whole(serde_json::from_str(&json).unwrap())
     }
 
-    fn admit_chat<'c>(l: &Lookup, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
+    fn admit_chat<'c>(l: &KeyAnswer, counters: &Now, config: &'c Config, admitted: bool) -> Verdict<'c> {
         admit_with(l, counters, config, admitted, &Fallbacks::None)
     }
 
     fn admit_with<'c>(
-        l: &Lookup,
+        l: &KeyAnswer,
         counters: &Now,
         config: &'c Config,
         admitted: bool,
@@ -382,7 +383,13 @@ mod tests {
     }
 
     /// A request to `path` estimated at `estimate`, stating its output limit or not.
-    fn admit_sized<'c>(l: &Lookup, config: &'c Config, path: &str, estimate: (u64, u64), stated: bool) -> Verdict<'c> {
+    fn admit_sized<'c>(
+        l: &KeyAnswer,
+        config: &'c Config,
+        path: &str,
+        estimate: (u64, u64),
+        stated: bool,
+    ) -> Verdict<'c> {
         let model = ModelField::Str("gpt-4o".into());
         let surface = surface::classify("POST", path, false).unwrap();
         let facts = RequestFacts {
@@ -563,7 +570,7 @@ mod tests {
 
     /// A lookup whose `openai` has keys a, b and whose `other` (another
     /// address) has c; and whose `same` serves at openai's address.
-    fn two_places() -> Lookup {
+    fn two_places() -> KeyAnswer {
         let json = r#"{"schema":1,"version":1,"status":"active","key":{"id":"ak_1"},"providers":[
             {"id":"openai","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1","models":["gpt-*"],
              "routes":[{"keys":[{"id":"pk_a","value":"sk-a"},{"id":"pk_b","value":"sk-b"}]}]},
@@ -571,7 +578,7 @@ mod tests {
              "routes":[{"keys":[{"id":"pk_c","value":"sk-c"}]}]},
             {"id":"same","format":"openai","auth":"bearer","baseUrl":"https://api.openai.com/v1","models":[],
              "routes":[{"keys":[{"id":"pk_d","value":"sk-d"}]}]}]}"#;
-        serde_json::from_str(json).unwrap()
+        KeyAnswer::whole(serde_json::from_str(json).unwrap())
     }
 
     fn forwarded(v: Verdict<'_>) -> Forwarding<'_> {

@@ -7,6 +7,8 @@
 //! the change feed invalidated is gone, so a revoked key is never served stale.
 //! Size: at most `max_entries`. When it is full, the oldest-fetched eighth goes
 //! in one pass (no insertion-order queue: it cost more memory than the map).
+//! Memory: an entry holds the key's own facts inline and one reference to the
+//! answer its configuration's keys share (`intern`): no allocation of its own.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,9 +16,67 @@ use std::rc::Rc;
 use keygate_proto::lookup::{KeyStatus, Lookup};
 use sha2::Digest;
 
+use crate::key_answer::{KeyAnswer, KeyFacts, KeyId, PACKED_LEN};
+
+/// Stand-ins in an entry's `valid_until`: the key has no expiry; the key's
+/// facts are its shared answer's (a whole answer, see `inline`).
+const NO_EXPIRY: i64 = i64::MIN;
+const WHOLE: i64 = i64::MIN + 1;
+
+/// A key's facts as an entry keeps them, `None` when they do not fit (an id
+/// the store does not make, or an expiry 292 billion years ago): the key's
+/// answer is then kept whole.
+pub(crate) fn inline(key: &KeyFacts) -> Option<(i64, [u8; PACKED_LEN])> {
+    let valid_until = match key.valid_until {
+        None => NO_EXPIRY,
+        Some(t) if t > WHOLE => t,
+        Some(_) => return None,
+    };
+    Some((valid_until, key.id.packed()?))
+}
+
+/// Whether `shared` is the whole answer of the key with facts `key`.
+fn carries(shared: &Lookup, key: &KeyFacts) -> bool {
+    shared.key.as_ref().is_some_and(|s| *s.id == *key.id && s.valid_until == key.valid_until)
+}
+
+/// 56 bytes in wasm32 with its key (64 natively): the key's facts inline,
+/// the rest in the answer its configuration's keys share.
 pub struct Entry {
-    pub lookup: Rc<Lookup>,
+    /// Blank where the fields below stand in, unless `valid_until` is `WHOLE`.
+    shared: Rc<Lookup>,
     fetched_ms: u64,
+    version: u64,
+    valid_until: i64,
+    id: [u8; PACKED_LEN],
+}
+
+impl Entry {
+    /// `None` when the key's facts neither fit nor are its shared answer's.
+    fn new(answer: &KeyAnswer, fetched_ms: u64) -> Option<Entry> {
+        let (valid_until, id) = match &answer.key {
+            None => (NO_EXPIRY, [0; PACKED_LEN]),
+            Some(k) => match inline(k) {
+                Some(inline) => inline,
+                None if carries(answer.shared(), k) => (WHOLE, [0; PACKED_LEN]),
+                None => return None,
+            },
+        };
+        Some(Entry { shared: answer.shared().clone(), fetched_ms, version: answer.version, valid_until, id })
+    }
+
+    fn answer(&self) -> KeyAnswer {
+        if self.valid_until == WHOLE {
+            let mut whole = KeyAnswer::of(self.shared.clone());
+            whole.version = self.version;
+            return whole;
+        }
+        let key = self.shared.key.is_some().then(|| KeyFacts {
+            id: KeyId::unpack(&self.id),
+            valid_until: (self.valid_until != NO_EXPIRY).then_some(self.valid_until),
+        });
+        KeyAnswer::split(self.shared.clone(), self.version, key)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,27 +132,28 @@ impl Cache {
         self.entries.is_empty()
     }
 
-    pub fn get(&self, digest: &str, now_ms: u64) -> Option<(Rc<Lookup>, Freshness)> {
+    pub fn get(&self, digest: &str, now_ms: u64) -> Option<(KeyAnswer, Freshness)> {
         let entry = self.entries.get(&key(digest))?;
         let age = now_ms.saturating_sub(entry.fetched_ms);
         if age < self.ttl_ms {
-            return Some((entry.lookup.clone(), Freshness::Fresh));
+            return Some((entry.answer(), Freshness::Fresh));
         }
-        let approval = entry.lookup.status == KeyStatus::Active;
-        (approval && age < self.ttl_ms + self.stale_ms).then(|| (entry.lookup.clone(), Freshness::Stale))
+        let approval = entry.shared.status == KeyStatus::Active;
+        (approval && age < self.ttl_ms + self.stale_ms).then(|| (entry.answer(), Freshness::Stale))
     }
 
     /// Caches an answer unless the change feed already reported a newer change
     /// of that key (the answer raced a revocation). Returns whether it was kept.
-    pub fn insert(&mut self, digest: &str, lookup: Rc<Lookup>, now_ms: u64) -> bool {
+    pub fn insert(&mut self, digest: &str, answer: &KeyAnswer, now_ms: u64) -> bool {
         let k = key(digest);
-        if self.invalidated.get(&k).is_some_and(|&v| v > lookup.version) {
+        if self.invalidated.get(&k).is_some_and(|&v| v > answer.version) {
             return false;
         }
+        let Some(entry) = Entry::new(answer, now_ms) else { return false };
         if self.entries.len() >= self.max_entries && !self.entries.contains_key(&k) {
             self.evict_oldest();
         }
-        self.entries.insert(k, Entry { lookup, fetched_ms: now_ms });
+        self.entries.insert(k, entry);
         true
     }
 
@@ -125,7 +186,7 @@ impl Cache {
     pub fn invalidate<'a>(&mut self, changes: impl IntoIterator<Item = (&'a String, u64)>) {
         for (d, version) in changes {
             let k = key(d);
-            if self.entries.get(&k).is_some_and(|e| e.lookup.version < version) {
+            if self.entries.get(&k).is_some_and(|e| e.version < version) {
                 self.entries.remove(&k);
             }
             let known = self.invalidated.entry(k).or_insert(version);
@@ -140,7 +201,7 @@ impl Cache {
     /// The change feed said "anything may have changed up to `version`" (e.g.
     /// a provider changed): drops every entry fetched before it.
     pub fn invalidate_all(&mut self, version: u64) {
-        self.entries.retain(|_, e| e.lookup.version >= version);
+        self.entries.retain(|_, e| e.version >= version);
     }
 
     /// Drops entries that can no longer be used at all.
@@ -154,8 +215,8 @@ impl Cache {
 mod tests {
     use super::*;
 
-    fn doc(status: KeyStatus, version: u64) -> Rc<Lookup> {
-        Rc::new(Lookup {
+    fn doc(status: KeyStatus, version: u64) -> KeyAnswer {
+        KeyAnswer::whole(Lookup {
             schema: 1,
             version,
             status,
@@ -171,7 +232,7 @@ mod tests {
     #[test]
     fn ttl_is_a_hard_bound_in_strict_mode() {
         let mut c = Cache::new(10, 1_000, 0);
-        c.insert("a", doc(KeyStatus::Active, 1), 0);
+        c.insert("a", &doc(KeyStatus::Active, 1), 0);
         assert_eq!(c.get("a", 999).map(|x| x.1), Some(Freshness::Fresh));
         assert!(c.get("a", 1_000).is_none());
     }
@@ -179,8 +240,8 @@ mod tests {
     #[test]
     fn stale_if_error_extends_approvals_only() {
         let mut c = Cache::new(10, 1_000, 5_000);
-        c.insert("ok", doc(KeyStatus::Active, 1), 0);
-        c.insert("no", doc(KeyStatus::Unknown, 1), 0);
+        c.insert("ok", &doc(KeyStatus::Active, 1), 0);
+        c.insert("no", &doc(KeyStatus::Unknown, 1), 0);
         assert_eq!(c.get("ok", 3_000).map(|x| x.1), Some(Freshness::Stale));
         assert!(c.get("ok", 6_000).is_none());
         assert!(c.get("no", 3_000).is_none());
@@ -189,13 +250,13 @@ mod tests {
     #[test]
     fn invalidation_removes_and_blocks_older_answers() {
         let mut c = Cache::new(10, 1_000, 5_000);
-        c.insert("a", doc(KeyStatus::Active, 1), 0);
+        c.insert("a", &doc(KeyStatus::Active, 1), 0);
         c.invalidate([(&"a".to_string(), 5)]);
         assert!(c.get("a", 1).is_none());
         // An answer fetched before the change (version 4) raced it: not cached.
-        assert!(!c.insert("a", doc(KeyStatus::Active, 4), 2));
+        assert!(!c.insert("a", &doc(KeyStatus::Active, 4), 2));
         assert!(c.get("a", 3).is_none());
-        assert!(c.insert("a", doc(KeyStatus::Disabled, 5), 4));
+        assert!(c.insert("a", &doc(KeyStatus::Disabled, 5), 4));
         assert!(c.get("a", 5).is_some());
         // A change the entry already reflects does not drop it.
         c.invalidate([(&"a".to_string(), 5)]);
@@ -205,8 +266,8 @@ mod tests {
     #[test]
     fn invalidate_all_keeps_answers_newer_than_the_change() {
         let mut c = Cache::new(10, 1_000, 0);
-        c.insert("old", doc(KeyStatus::Active, 3), 0);
-        c.insert("new", doc(KeyStatus::Active, 9), 0);
+        c.insert("old", &doc(KeyStatus::Active, 3), 0);
+        c.insert("new", &doc(KeyStatus::Active, 9), 0);
         c.invalidate_all(9);
         assert!(c.get("old", 1).is_none());
         assert!(c.get("new", 1).is_some());
@@ -216,13 +277,13 @@ mod tests {
     fn size_is_bounded_and_oldest_goes_first() {
         let mut c = Cache::new(3, 10_000, 0);
         for (i, d) in ["a", "b", "c", "d"].iter().enumerate() {
-            c.insert(d, doc(KeyStatus::Unknown, 1), i as u64);
+            c.insert(d, &doc(KeyStatus::Unknown, 1), i as u64);
         }
         assert_eq!(c.len(), 3);
         assert!(c.get("a", 5).is_none());
         assert!(c.get("d", 5).is_some());
         for i in 0..10_000u64 {
-            c.insert(&format!("k{i}"), doc(KeyStatus::Unknown, 1), 10 + i);
+            c.insert(&format!("k{i}"), &doc(KeyStatus::Unknown, 1), 10 + i);
         }
         assert_eq!(c.len(), 3);
         assert!(c.get("k9999", 20_000).is_some());
@@ -233,11 +294,11 @@ mod tests {
         let mut c = Cache::new(16, 1_000_000, 0);
         // Fetched in pairs: entries 0 and 1 at t=0, 2 and 3 at t=1, ...
         for i in 0..16u64 {
-            c.insert(&format!("k{i}"), doc(KeyStatus::Active, 1), i / 2);
+            c.insert(&format!("k{i}"), &doc(KeyStatus::Active, 1), i / 2);
         }
         assert_eq!(c.len(), 16);
         // Full: the oldest two (t=0) go, the newcomer stays.
-        c.insert("new", doc(KeyStatus::Active, 1), 100);
+        c.insert("new", &doc(KeyStatus::Active, 1), 100);
         assert_eq!(c.len(), 15);
         assert!(c.get("k0", 100).is_none() && c.get("k1", 100).is_none());
         assert!((2..16).all(|i| c.get(&format!("k{i}"), 100).is_some()));
@@ -245,9 +306,9 @@ mod tests {
         // Ties at the cutoff: only as many as the count needs.
         let mut c = Cache::new(16, 1_000_000, 0);
         for i in 0..16u64 {
-            c.insert(&format!("k{i}"), doc(KeyStatus::Active, 1), 7);
+            c.insert(&format!("k{i}"), &doc(KeyStatus::Active, 1), 7);
         }
-        c.insert("new", doc(KeyStatus::Active, 1), 8);
+        c.insert("new", &doc(KeyStatus::Active, 1), 8);
         assert_eq!(c.len(), 15);
     }
 
@@ -255,18 +316,64 @@ mod tests {
     fn reinserting_refreshes_without_growing() {
         let mut c = Cache::new(2, 10_000, 0);
         for t in 0..100 {
-            c.insert("a", doc(KeyStatus::Active, 1), t);
+            c.insert("a", &doc(KeyStatus::Active, 1), t);
         }
-        c.insert("b", doc(KeyStatus::Active, 1), 200);
+        c.insert("b", &doc(KeyStatus::Active, 1), 200);
         assert_eq!(c.len(), 2);
         assert!(c.get("a", 201).is_some());
     }
 
     #[test]
+    fn a_keys_own_facts_come_back_from_its_entry() {
+        let mut i = crate::intern::Interner::default();
+        let made = "ak_0197a3b2c4d5e65f3a9c0e1d";
+        let cases = [
+            (made, "null"),
+            (made, "1800000000"),
+            (made, "-9223372036854775808"),
+            (made, "-9223372036854775807"),
+            (made, "-9223372036854775806"),
+            ("ak_1", "1800000000"),
+        ];
+        for (n, (id, until)) in cases.into_iter().enumerate() {
+            let json = format!(
+                r#"{{"schema":1,"version":{n},"status":"active","key":{{"id":"{id}","configId":"akc_1","validUntil":{until}}}}}"#
+            );
+            let lookup: Lookup = serde_json::from_str(&json).unwrap();
+            let answer = i.answer(lookup.clone());
+            let mut c = Cache::new(10, 1_000, 0);
+            c.insert("d", &answer, 0);
+            let (got, _) = c.get("d", 1).unwrap();
+            assert_eq!(got, answer, "{id} {until}");
+            let k = got.key.as_ref().unwrap();
+            let want = lookup.key.as_ref().unwrap();
+            assert_eq!((k.id.as_str(), k.valid_until, got.version), (want.id.as_str(), want.valid_until, n as u64));
+            assert_eq!(got.config_id(), Some("akc_1"));
+        }
+    }
+
+    #[test]
+    fn facts_that_fit_nowhere_are_not_cached() {
+        let mut blank = doc(KeyStatus::Active, 1).shared().as_ref().clone();
+        blank.key = Some(keygate_proto::lookup::KeyInfo { id: String::new(), config_id: None, valid_until: None });
+        let odd = KeyFacts { id: KeyId::new("ak_1"), valid_until: None };
+        let mut c = Cache::new(10, 1_000, 0);
+        assert!(!c.insert("a", &KeyAnswer::split(Rc::new(blank), 1, Some(odd)), 0));
+        assert!(c.get("a", 1).is_none());
+    }
+
+    #[test]
+    fn an_entry_holds_no_more_than_its_facts_and_one_reference() {
+        // With its 16-byte digest: 56 bytes in wasm32 (4-byte `Rc`).
+        let bound = if cfg!(target_pointer_width = "32") { 56 } else { 64 };
+        assert!(std::mem::size_of::<(Key, Entry)>() <= bound, "{}", std::mem::size_of::<(Key, Entry)>());
+    }
+
+    #[test]
     fn clear_and_purge() {
         let mut c = Cache::new(10, 1_000, 0);
-        c.insert("a", doc(KeyStatus::Active, 1), 0);
-        c.insert("b", doc(KeyStatus::Active, 1), 900);
+        c.insert("a", &doc(KeyStatus::Active, 1), 0);
+        c.insert("b", &doc(KeyStatus::Active, 1), 900);
         c.purge_expired(1_500);
         assert_eq!(c.len(), 1);
         c.invalidate_all(2);

@@ -10,6 +10,7 @@ use keygate_proto::lookup::{Access, Credential, Format, KeyStatus, Lookup, Provi
 use crate::access::{allows, endpoint_allowed, pattern_matches};
 use crate::body::{Fallbacks, MAX_FALLBACKS};
 use crate::errors::{quote, Code, Denial};
+use crate::key_answer::{KeyAnswer, KeyFacts};
 use crate::surface::{self, Judge, Surface};
 use crate::upstream::{parse_base_url, Endpoint};
 
@@ -70,8 +71,9 @@ pub struct Target<'a> {
     pub model: Option<String>,
 }
 
-pub fn decide<'a>(facts: RequestFacts<'_>, lookup: &'a Lookup, now_secs: i64) -> Result<Forward<'a>, Denial> {
-    let key = check_key(lookup, now_secs)?;
+pub fn decide<'a>(facts: RequestFacts<'_>, answer: &'a KeyAnswer, now_secs: i64) -> Result<Forward<'a>, Denial> {
+    let key = check_key(answer, now_secs)?;
+    let lookup: &Lookup = answer;
     if facts.access_key_in_body {
         return Err(Denial::new(
             400,
@@ -260,9 +262,9 @@ pub fn check_client_ip(access: &Access, client_ip: Option<IpAddr>) -> Result<(),
     ))
 }
 
-pub fn check_key(lookup: &Lookup, now_secs: i64) -> Result<&keygate_proto::lookup::KeyInfo, Denial> {
+pub fn check_key(answer: &KeyAnswer, now_secs: i64) -> Result<&KeyFacts, Denial> {
     let denied = |code, msg: &str| Err(Denial::new(401, code, msg));
-    match (lookup.status, &lookup.key) {
+    match (answer.status, &answer.key) {
         (KeyStatus::Active, Some(key)) if key.valid_until.is_none_or(|t| now_secs < t) => Ok(key),
         (KeyStatus::Active | KeyStatus::Expired, Some(_)) => {
             denied(Code::AccessKeyExpired, "the access key has expired")
@@ -364,7 +366,11 @@ mod tests {
         Route { model: None, keys: ids.iter().map(|i| cred(i)).collect() }
     }
 
-    fn lookup(access: Access) -> Lookup {
+    fn lookup(access: Access) -> KeyAnswer {
+        KeyAnswer::whole(doc(access))
+    }
+
+    fn doc(access: Access) -> Lookup {
         Lookup {
             schema: 1,
             version: 1,
@@ -405,7 +411,7 @@ mod tests {
         }
     }
 
-    fn all() -> Lookup {
+    fn all() -> KeyAnswer {
         lookup(Access::default())
     }
 
@@ -417,7 +423,7 @@ mod tests {
         ModelField::Str(model.into())
     }
 
-    fn run_as<'a>(l: &'a Lookup, method: &str, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
+    fn run_as<'a>(l: &'a KeyAnswer, method: &str, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
         let surface = crate::surface::classify(method, path, false).expect("a path of the table");
         decide(
             RequestFacts { surface, model, fallbacks: &Fallbacks::None, access_key_in_body: false, client_ip: None },
@@ -426,7 +432,7 @@ mod tests {
         )
     }
 
-    fn run<'a>(l: &'a Lookup, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
+    fn run<'a>(l: &'a KeyAnswer, path: &str, model: &ModelField) -> Result<Forward<'a>, Denial> {
         run_as(l, "POST", path, model)
     }
 
@@ -435,7 +441,7 @@ mod tests {
     }
 
     /// A chat request for `gpt-4o` with fallbacks `models`.
-    fn with_fallbacks<'a>(l: &'a Lookup, models: &[&str]) -> Result<Forward<'a>, Denial> {
+    fn with_fallbacks<'a>(l: &'a KeyAnswer, models: &[&str]) -> Result<Forward<'a>, Denial> {
         let surface = surface::classify("POST", "/v1/chat/completions", false).unwrap();
         let fallbacks = Fallbacks::List(models.iter().map(|m| m.to_string()).collect());
         let facts = RequestFacts {
@@ -691,18 +697,16 @@ mod tests {
 
     #[test]
     fn key_status() {
-        let mut l = all();
-        l.status = KeyStatus::Disabled;
-        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_disabled");
-        l.status = KeyStatus::Unknown;
-        l.key = None;
-        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "invalid_access_key");
-        let mut l = all();
-        l.key.as_mut().unwrap().valid_until = Some(1_000);
-        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_expired");
-        l.key.as_mut().unwrap().valid_until = Some(1_001);
-        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "forwarded");
-        l.status = KeyStatus::Expired;
-        assert_eq!(code(run(&l, "/v1/chat/completions", &chat("gpt-4o"))), "access_key_expired");
+        let run_with = |status, key: Option<KeyInfo>| {
+            let mut l = doc(Access::default());
+            (l.status, l.key) = (status, key);
+            code(run(&KeyAnswer::whole(l), "/v1/chat/completions", &chat("gpt-4o")))
+        };
+        let key = |valid_until| Some(KeyInfo { id: "ak_1".into(), config_id: None, valid_until });
+        assert_eq!(run_with(KeyStatus::Disabled, key(None)), "access_key_disabled");
+        assert_eq!(run_with(KeyStatus::Unknown, None), "invalid_access_key");
+        assert_eq!(run_with(KeyStatus::Active, key(Some(1_000))), "access_key_expired");
+        assert_eq!(run_with(KeyStatus::Active, key(Some(1_001))), "forwarded");
+        assert_eq!(run_with(KeyStatus::Expired, key(Some(1_001))), "access_key_expired");
     }
 }

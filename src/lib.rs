@@ -25,6 +25,7 @@ pub mod host;
 pub mod host_calls;
 pub mod inbound;
 pub mod intern;
+pub mod key_answer;
 pub mod keys;
 pub mod metadata;
 pub mod metrics;

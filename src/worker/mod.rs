@@ -37,6 +37,7 @@ use crate::handover::{SealKey, Sealer};
 use crate::host::{Buffer, Call, Host, Map};
 use crate::inbound::Inbound;
 use crate::intern::Interner;
+use crate::key_answer::KeyAnswer;
 use crate::metrics::{Counter, Gauge, Labeled, Metrics};
 use crate::records::UsageQueue;
 use crate::screen::leaking_headers;
@@ -313,7 +314,7 @@ impl Worker {
     fn handle(&mut self, host: &impl Host, answered: Answered, body_size: usize) {
         match answered {
             Answered::Lookup { digest, waiting } => {
-                let answer = read_json::<Lookup>(host, body_size).map(|l| Rc::new(self.interner.intern(l)));
+                let answer = read_json::<Lookup>(host, body_size).map(|l| self.interner.answer(l));
                 if answer.is_none() {
                     self.metrics.count(Counter::StoreErrors);
                     // A replica that failed (no answer, or a 5xx): once more,
@@ -442,10 +443,10 @@ impl Worker {
     /// A lookup finished (`None`: the store could not be reached or gave no
     /// usable answer). Caches it, completes every request waiting for it, and
     /// refuses through every gate still uploading when the key is refused.
-    fn complete_lookup(&mut self, host: &impl Host, digest: &str, answer: Option<Rc<Lookup>>, waiting: Waiting) {
+    fn complete_lookup(&mut self, host: &impl Host, digest: &str, answer: Option<KeyAnswer>, waiting: Waiting) {
         let now = self.now(host);
         if let Some(a) = &answer {
-            self.cache.insert(digest, a.clone(), now);
+            self.cache.insert(digest, a, now);
         }
         let stale_approval = answer.is_none() && self.cache.get(digest, now).is_some();
         for id in waiting.requests {

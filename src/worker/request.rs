@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::net::IpAddr;
 
 use keygate_proto::lookup::{
-    Access, KeyStatus, LeaseRequest, LeaseResponse, Lookup, RefusedBy, ReserveRequest, ReserveResponse,
+    Access, KeyStatus, LeaseRequest, LeaseResponse, RefusedBy, ReserveRequest, ReserveResponse,
 };
 use keygate_proto::token;
 use log::{debug, info, warn};
@@ -27,6 +27,7 @@ use crate::handover::{self, Outcome, Plan, Tapped};
 use crate::header_edits::Edits;
 use crate::host::{Buffer, HeaderMap, Host, Map, SharedError};
 use crate::inbound::Inbound;
+use crate::key_answer::KeyAnswer;
 use crate::metadata;
 use crate::metrics::{Counter, Labeled, Metrics};
 use crate::ratelimit;
@@ -53,15 +54,15 @@ pub enum Phase {
     New,
     /// Waiting for the store's answer about the key; a cached approval past
     /// its TTL stands in if the store cannot answer.
-    LookingUp { stale: Option<Rc<Lookup>> },
+    LookingUp { stale: Option<KeyAnswer> },
     /// Waiting for a share of the key's rate-limit window (a lease).
-    Leasing { lookup: Rc<Lookup> },
+    Leasing { lookup: KeyAnswer },
     /// Counted, waiting for the store to reserve budget (filed by this
     /// request, its gate, or the root context).
-    Reserving { lookup: Rc<Lookup> },
+    Reserving { lookup: KeyAnswer },
     /// A self-check (`GET /keygate/v1/key`), waiting for the store's account
     /// of the key.
-    Checking { lookup: Rc<Lookup> },
+    Checking { lookup: KeyAnswer },
     /// Headers set for the upstream: the answer is watched as it passes.
     Forwarded(Box<Forwarded>),
     /// A local reply was sent.
@@ -314,7 +315,7 @@ impl Worker {
 
     /// The lookup this request waited for is answered (`None`: no usable
     /// answer); the request's context is effective.
-    pub(super) fn lookup_done(&mut self, host: &impl Host, id: u32, answer: Option<Rc<Lookup>>) {
+    pub(super) fn lookup_done(&mut self, host: &impl Host, id: u32, answer: Option<KeyAnswer>) {
         let Some(req) = self.requests.get_mut(&id) else { return };
         let stale = match &mut req.phase {
             Phase::LookingUp { stale } => stale.take(),
@@ -337,7 +338,7 @@ impl Worker {
 
     /// Decides for request `id` (its context effective) and acts: refuses,
     /// reserves, or sets the upstream headers.
-    fn advance(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>) -> Step {
+    fn advance(&mut self, host: &impl Host, id: u32, lookup: &KeyAnswer) -> Step {
         let config = self.config.clone();
         let now = self.now(host);
         let Some(req) = self.requests.get_mut(&id) else { return Step::Refused };
@@ -524,7 +525,7 @@ impl Worker {
 
     /// Waits for a share of the key's rate window: joins this worker's lease
     /// in flight for the key, or asks the store for `amount` (requests, tokens).
-    fn lease(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>, ask: LeaseAsk, amount: (u64, u64)) -> Step {
+    fn lease(&mut self, host: &impl Host, id: u32, lookup: &KeyAnswer, ask: LeaseAsk, amount: (u64, u64)) -> Step {
         let slot = LeaseAsk::slot(&ask.key_id);
         if let Some(req) = self.requests.get_mut(&id) {
             req.phase = Phase::Leasing { lookup: lookup.clone() };
@@ -600,7 +601,7 @@ impl Worker {
         &mut self,
         host: &impl Host,
         id: u32,
-        lookup: &Lookup,
+        lookup: &KeyAnswer,
         now: u64,
         client_ip: Option<IpAddr>,
     ) -> Result<(), Step> {
@@ -617,9 +618,9 @@ impl Worker {
         }
         match take_slot(host, &key.id, self.vm_tag, max) {
             Ok(true) => {
-                *self.slots.entry(key.id.clone()).or_default() += 1;
+                *self.slots.entry(key.id.to_string()).or_default() += 1;
                 if let Some(req) = self.requests.get_mut(&id) {
-                    req.admitted.slot = Some(key.id.clone());
+                    req.admitted.slot = Some(key.id.to_string());
                 }
                 Ok(())
             }
@@ -640,7 +641,7 @@ impl Worker {
     /// `GET /keygate/v1/key`: a usable key, used from an allowed address,
     /// asks the store what it may learn about itself (`on_self_check`).
     /// Filed as reservations are (see `reserve`).
-    fn self_check(&mut self, host: &impl Host, id: u32, lookup: &Rc<Lookup>, client_ip: Option<IpAddr>) -> Step {
+    fn self_check(&mut self, host: &impl Host, id: u32, lookup: &KeyAnswer, client_ip: Option<IpAddr>) -> Step {
         let allow_all = Access::default();
         let usable = check_key(lookup, (self.now(host) / 1000) as i64)
             .and_then(|_| check_client_ip(lookup.access.as_deref().unwrap_or(&allow_all), client_ip));
@@ -695,7 +696,7 @@ impl Worker {
     /// Sends a self-check's answer: the store's account of the key (a JSON
     /// object) with `rateLimits` as this Envoy counts them now, added as its
     /// last member (no JSON tree is built: the module stays smaller).
-    fn answer_self_check(&mut self, host: &impl Host, id: u32, doc: &[u8], lookup: &Lookup) {
+    fn answer_self_check(&mut self, host: &impl Host, id: u32, doc: &[u8], lookup: &KeyAnswer) {
         let window_ms = self.config.rate_limit_window_ms;
         let now = self.now(host);
         let Some(req) = self.requests.get_mut(&id) else { return };

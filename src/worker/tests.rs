@@ -113,6 +113,45 @@ fn a_cached_key_is_forwarded_without_a_store_call() {
 }
 
 #[test]
+fn keys_of_one_configuration_share_a_cached_answer_but_keep_their_own_facts() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    // Ids as the store makes them (the cache packs them); one key expires in a second.
+    let keys = [("ak_0197a3b2c4d5e65f3a9c0e1d", 1_700_000_100), ("ak_0197a3b2c4d5e65f3a9c0e1e", 1_700_000_001)];
+    for (n, (id, until)) in keys.iter().enumerate() {
+        chat(&host, &mut w, 2 + n as u32, &key(n as u8 + 1));
+        let own = format!(r#"{{"id":"{id}","configId":"akc_1","validUntil":{until}}}"#);
+        let doc = answer("", &["pk_a"]).replace(r#"{"id":"ak_1"}"#, &own);
+        store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &doc);
+    }
+    let cached = |n: u8| w.cache.get(&token::digest(&key(n)), host.now_ms()).unwrap().0;
+    assert!(Rc::ptr_eq(cached(1).shared(), cached(2).shared()), "one shared answer");
+    host.advance(1_500);
+    assert_eq!(chat(&host, &mut w, 4, &key(1)), Flow::Continue);
+    chat(&host, &mut w, 5, &key(2));
+    assert_eq!(host.replies_to(5).pop().expect("refused").code(), "access_key_expired");
+    for id in [2, 3, 4] {
+        host.enter(id);
+        host.set_headers(id, Map::ResponseHeaders, &[(":status", "200")]);
+        w.response_headers(&host, id);
+        w.request_done(&host, id);
+    }
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let batch = host.last_call().unwrap();
+    let sent: serde_json::Value = serde_json::from_slice(batch.body.as_deref().unwrap()).unwrap();
+    let served: Vec<(&str, &str, &str)> = sent["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["attempt"] == 1)
+        .map(|r| {
+            (r["requestId"].as_str().unwrap(), r["accessKeyId"].as_str().unwrap(), r["configId"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(served, [("req-2", keys[0].0, "akc_1"), ("req-3", keys[1].0, "akc_1"), ("req-4", keys[0].0, "akc_1")]);
+}
+
+#[test]
 fn concurrent_requests_for_one_new_key_share_one_lookup() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let k = key(1);
