@@ -16,7 +16,7 @@ pub mod config;
 pub mod decide;
 pub mod errors;
 pub mod failover;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "fake-host"))]
 pub mod fake_host;
 pub mod handover;
 pub mod header_edits;
@@ -43,7 +43,8 @@ pub mod usage;
 pub mod wire;
 pub mod worker;
 
-#[cfg(target_arch = "wasm32")]
+// A build with the recording host (the hot-path harness) is never a filter.
+#[cfg(all(target_arch = "wasm32", not(feature = "fake-host")))]
 mod filter;
 
 #[cfg(test)]
