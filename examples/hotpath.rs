@@ -9,7 +9,7 @@
 //! would). The `host` column replays only those calls, recorded from one
 //! request, against the same host: the rest is the filter's own work.
 //!
-//! Usage: hotpath [--iters N] [--runs R] [--label NAME] [--json] [--only PATH]
+//! Usage: hotpath [--iters N] [--runs R] [--label NAME] [--json] [--only PATH] [--warmup N]
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -593,10 +593,13 @@ struct Args {
     json: bool,
     /// Only this path (for a profiler).
     only: Option<String>,
+    /// Requests before the timed runs (default: a quarter of `iters`); 0
+    /// with short runs shows a runtime warming up (`runs_ns` in the JSON).
+    warmup: Option<u64>,
 }
 
 fn args() -> Result<Args, String> {
-    let mut out = Args { iters: 20_000, runs: 7, label: default_label(), json: false, only: None };
+    let mut out = Args { iters: 20_000, runs: 7, label: default_label(), json: false, only: None, warmup: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -605,6 +608,7 @@ fn args() -> Result<Args, String> {
             "--label" => out.label = it.next().ok_or("--label NAME")?,
             "--json" => out.json = true,
             "--only" => out.only = Some(it.next().ok_or("--only PATH")?),
+            "--warmup" => out.warmup = Some(it.next().and_then(|v| v.parse().ok()).ok_or("--warmup N")?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -695,7 +699,7 @@ fn main() -> Result<(), String> {
     let mut rows = Vec::new();
     for path in paths.iter().filter(|p| args.only.as_deref().is_none_or(|only| only == p.name)) {
         // Warm-up (caches, allocator), then the timed runs.
-        bench.requests(&host, path, (args.iters / 4).max(1))?;
+        bench.requests(&host, path, args.warmup.unwrap_or((args.iters / 4).max(1)))?;
         let mut runs = Vec::new();
         let mut tick_share = Vec::new();
         for _ in 0..args.runs {
@@ -723,14 +727,14 @@ fn main() -> Result<(), String> {
             }
             replays.push(cpu_ns().saturating_sub(start) as f64 / args.iters as f64);
         }
-        rows.push((path, figures(runs), median(&mut tick_share), figures(replays), host_calls));
+        rows.push((path, runs.clone(), figures(runs), median(&mut tick_share), figures(replays), host_calls));
     }
     if args.json {
         let doc: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(path, f, tick, r, calls)| {
+            .map(|(path, each, f, tick, r, calls)| {
                 serde_json::json!({"path": path.name, "what": path.what, "median_ns": f.median, "min_ns": f.min,
-                    "max_ns": f.max, "tick_ns": tick, "host_ns": r.median, "host_calls": calls})
+                    "max_ns": f.max, "tick_ns": tick, "host_ns": r.median, "host_calls": calls, "runs_ns": each})
             })
             .collect();
         let out = serde_json::json!({"label": args.label, "iters": args.iters, "runs": args.runs, "paths": doc});
@@ -747,7 +751,7 @@ fn main() -> Result<(), String> {
         "{:<18} {:>9} {:>19} {:>7} {:>9} {:>9} {:>6}",
         "path", "ns/req", "[min-max]", "tick", "host", "filter", "calls"
     );
-    for (path, f, tick, r, calls) in &rows {
+    for (path, _, f, tick, r, calls) in &rows {
         println!(
             "{:<18} {:>9.0} {:>19} {:>7.0} {:>9.0} {:>9.0} {:>6}",
             path.name,
