@@ -15,9 +15,9 @@ measures from its start:
 
 A speed-up over time would show V8 tiering up (Liftoff -> TurboFan).
 
-Variants: baseline (bench/envoy-baseline.yaml: no filter, for reference), v8 (as shipped), v8 with vm_config.allow_precompiled, and each other
-runtime name this Envoy build may have (wasmtime, wamr: a variant whose Envoy
-does not start is reported as such).
+Variants: baseline (bench/envoy-baseline.yaml: no filter, for reference), v8
+(as shipped), v8 with vm_config.allow_precompiled, and the other runtime names
+(wasmtime, wamr: a variant whose Envoy does not start is reported as such).
 
     .venv/bin/python bench/tierup.py [--windows 12] [--variants v8,v8-precompiled,wasmtime]
 """
