@@ -19,7 +19,7 @@ use keygate_filter::attempt;
 use keygate_filter::config::Config;
 use keygate_filter::fake_host::FakeHost;
 use keygate_filter::handover::SealKey;
-use keygate_filter::host::{Buffer, Call, Host, HostError, Map, MetricKind, SharedError};
+use keygate_filter::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, SharedError};
 use keygate_filter::worker::{Flow, GateState, Worker};
 use keygate_proto::token;
 
@@ -120,6 +120,7 @@ enum Op {
     Headers(Map),
     Header(Map, String),
     SetHeader(Map, String, Option<Vec<u8>>),
+    SetHeaders(Map, Vec<(Vec<u8>, Vec<u8>)>),
     Buffer(Buffer, usize, usize),
     SetBuffer(Buffer, usize, usize, Vec<u8>),
     Property(Vec<String>),
@@ -130,7 +131,6 @@ enum Op {
     SendResponse(u16, Vec<(String, Vec<u8>)>, Vec<u8>),
     SetEffective(u32),
     Resume,
-    ClearRouteCache,
     DefineMetric(MetricKind, String),
     IncrementMetric(u32, i64),
 }
@@ -187,7 +187,7 @@ impl Host for Recorder<'_> {
         self.host.now_ms()
     }
 
-    fn headers(&self, map: Map) -> Vec<(String, Vec<u8>)> {
+    fn headers(&self, map: Map) -> HeaderMap {
         self.log(Op::Headers(map));
         self.host.headers(map)
     }
@@ -200,6 +200,11 @@ impl Host for Recorder<'_> {
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), HostError> {
         self.log(Op::SetHeader(map, name.to_string(), value.map(<[u8]>::to_vec)));
         self.host.set_header(map, name, value)
+    }
+
+    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
+        self.log(Op::SetHeaders(map, pairs.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect()));
+        Host::set_headers(self.host, map, pairs)
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
@@ -258,11 +263,6 @@ impl Host for Recorder<'_> {
         self.host.resume_request()
     }
 
-    fn clear_route_cache(&self) -> Result<(), HostError> {
-        self.log(Op::ClearRouteCache);
-        self.host.clear_route_cache()
-    }
-
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         self.log(Op::DefineMetric(kind, name.to_string()));
         self.host.define_metric(kind, name)
@@ -293,6 +293,10 @@ fn replay(host: &FakeHost, ops: &[Op]) {
             }
             Op::SetHeader(map, name, value) => {
                 black_box(host.set_header(*map, name, value.as_deref()).is_ok());
+            }
+            Op::SetHeaders(map, pairs) => {
+                let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
+                black_box(Host::set_headers(host, *map, &pairs).is_ok());
             }
             Op::Buffer(buffer, start, size) => {
                 black_box(host.buffer(*buffer, *start, *size).ok());
@@ -328,9 +332,6 @@ fn replay(host: &FakeHost, ops: &[Op]) {
             }
             Op::Resume => {
                 black_box(host.resume_request().is_ok());
-            }
-            Op::ClearRouteCache => {
-                black_box(host.clear_route_cache().is_ok());
             }
             Op::DefineMetric(kind, name) => {
                 black_box(host.define_metric(*kind, name).ok());
