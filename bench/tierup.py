@@ -121,11 +121,20 @@ def envoy_config(work, variant, store_port, upstream_port):
 
 
 def request(conn, body, auth):
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, {"authorization": auth, "content-type": "application/json"})
-    resp = conn.getresponse()
-    resp.read()
-    return resp.status, time.perf_counter() - t0
+    for attempt in (1, 2):
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/v1/chat/completions", body,
+                         {"authorization": auth, "content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status, time.perf_counter() - t0
+        except (OSError, http.client.HTTPException):
+            # A keep-alive connection Envoy closed: once more on a new one.
+            conn.close()
+            if attempt == 2:
+                raise
+    return None, 0.0
 
 
 def wrk_window(port, seconds, auth, body_file):
