@@ -36,6 +36,25 @@ pub const TRAIL: &str = "keygate_attempts";
 pub const TRAIL_STATE: [&str; 2] = ["filter_state", "wasm.keygate_attempts"];
 pub const BODY: &str = "keygate_body";
 pub const BODY_STATE: [&str; 2] = ["filter_state", "wasm.keygate_body"];
+/// The request header in which the gate names itself (`gate_tag`): its VM
+/// and context. Set in the gate's headers phase, over any a client sent,
+/// and stripped with every `x-keygate-*` header before the request leaves.
+pub const GATE_HEADER: &str = "x-keygate-gate";
+
+/// The gate's name for itself: `<vm tag, 16 hex>.<context id>`.
+pub fn gate_tag(vm: u64, gate: u32) -> String {
+    format!("{vm:016x}.{gate}")
+}
+
+/// A gate tag read back (`None`: not one).
+pub fn parse_gate_tag(value: &[u8]) -> Option<(u64, u32)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (vm, gate) = text.split_once('.')?;
+    if vm.len() != 16 {
+        return None;
+    }
+    Some((u64::from_str_radix(vm, 16).ok()?, gate.parse().ok()?))
+}
 
 /// The format of a sealed plan (its first byte).
 const SEALED_V2: u8 = 2;

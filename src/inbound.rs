@@ -35,6 +35,8 @@ pub struct Inbound {
     pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
     pub strip: Vec<String>,
+    /// The gate's tag (`handover::GATE_HEADER`), if the request has one.
+    pub gate: Option<(u64, u32)>,
     #[cfg(feature = "fault-injection")]
     pub test_panic: bool,
 }
@@ -59,6 +61,10 @@ impl Inbound {
                     inb.content_length = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok())
                 }
                 "anthropic-version" => inb.anthropic_version = true,
+                crate::handover::GATE_HEADER if inb.gate.is_none() => {
+                    // A value that is not a tag still marks a gate (it refuses).
+                    inb.gate = Some(crate::handover::parse_gate_tag(value).unwrap_or((0, 0)))
+                }
                 "x-http-method-override" | "x-http-method" | "x-method-override" => inb.method_override = true,
                 #[cfg(feature = "fault-injection")]
                 "x-keygate-test-panic" => inb.test_panic = true,

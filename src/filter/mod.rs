@@ -180,11 +180,16 @@ impl RootContext for Root {
                 }
                 // A new configuration of a running VM keeps the worker (and
                 // the requests in flight).
-                if with_worker(|w| w.reconfigure(config.clone(), token.clone())).is_none() {
+                let reconfigured = with_worker(|w| {
+                    w.reconfigure(config.clone(), token.clone());
+                    w.set_downstream();
+                });
+                if reconfigured.is_none() {
                     let mut worker = Worker::new(config.clone(), token);
                     if GATED.with(Cell::get) {
                         worker.set_gated();
                     }
+                    worker.set_downstream();
                     WORKER.with(|w| *w.borrow_mut() = Some(worker));
                 }
             }

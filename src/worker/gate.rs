@@ -5,8 +5,10 @@
 //! overlaps the body upload and a refused key is answered without waiting
 //! for the body. Then it reads each body chunk as it passes (`model` and the
 //! output limit, or the form's `model`; any keygate token) and at the end
-//! leaves what it found in the request's filter state (`handover::Tapped`),
-//! where the keygate filter reads it, in this VM or another.
+//! leaves what it found where the keygate filter finds it: in this VM's
+//! memory when the keygate filter runs in this VM (found by the gate's tag,
+//! a request header the gate sets), else in the request's filter state
+//! (`handover::Tapped`), for a keygate filter in another VM.
 
 use keygate_proto::token;
 use log::{info, warn};
@@ -111,6 +113,13 @@ impl Worker {
         if end_of_stream {
             // No body: nothing to hand over.
             self.hand_over(gate);
+        } else {
+            // Names this gate to the keygate filter (`publish`), over
+            // whatever a client sent under that name.
+            let tag = handover::gate_tag(self.vm_tag, gate.id);
+            if host.set_header(Map::RequestHeaders, handover::GATE_HEADER, Some(tag.as_bytes())).is_err() {
+                return self.gate_deny(host, gate, &Denial::internal("the request could not be prepared"));
+            }
         }
         Flow::Continue
     }
@@ -155,6 +164,7 @@ impl Worker {
 
     pub fn gate_done(&mut self, gate: &mut GateState) {
         self.hand_over(gate);
+        self.findings.remove(&gate.id);
         self.left(gate.id);
     }
 
@@ -197,6 +207,13 @@ impl Worker {
         };
         facts.access_key = gate.tokens.found();
         self.hand_over(gate);
+        // The keygate filter of this VM takes them from memory (it finds
+        // this gate by its tag); one in another VM, from the request's
+        // filter state.
+        if self.downstream {
+            self.findings.insert(gate.id, facts);
+            return;
+        }
         let tapped = Tapped { vm: self.vm_tag, gate: gate.id, facts };
         if host.set_property(&[handover::BODY], tapped.encode().as_bytes()).is_err() {
             // The keygate filter refuses a body without findings.

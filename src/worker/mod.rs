@@ -107,6 +107,12 @@ pub struct Worker {
     vm_tag: u64,
     /// A gate runs in this VM: a request with a body must come with its findings.
     gated: bool,
+    /// The keygate filter is configured in this VM: a gate here leaves its
+    /// findings in `findings` rather than in the request's filter state.
+    downstream: bool,
+    /// Findings of this VM's gates, by gate context, until the keygate
+    /// filter of their request takes them (or the request ends).
+    findings: HashMap<u32, crate::body::BodyFacts>,
     /// Numbers the request ids this VM gives requests without a usable one.
     next_request: u64,
     /// The store's last account of each key that checked itself, and when
@@ -145,6 +151,8 @@ impl Worker {
             sealer,
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             gated: false,
+            downstream: false,
+            findings: HashMap::new(),
             next_request: 0,
             self_checks: HashMap::new(),
             slots: HashMap::new(),
@@ -163,6 +171,12 @@ impl Worker {
     /// A gate filter runs in this VM.
     pub fn set_gated(&mut self) {
         self.gated = true;
+    }
+
+    /// The keygate filter runs in this VM (its configuration is this
+    /// worker's): a gate of this VM hands its findings over in memory.
+    pub fn set_downstream(&mut self) {
+        self.downstream = true;
     }
 
     /// The configuration changed (Envoy keeps the VM and configures a new

@@ -215,10 +215,21 @@ impl Worker {
             panic!("keygate: fault injection"); // allow-panic: test builds only
         }
         let has_body = !end_of_stream;
-        // What the gate read of the body, from the request's filter state.
-        let tapped =
-            if has_body { host.property(&handover::BODY_STATE).and_then(|b| Tapped::decode(&b)) } else { None };
+        // What the gate read of the body: from this VM's memory when the
+        // gate's tag names this VM, else from the request's filter state.
         let vm_tag = self.vm_tag;
+        let in_vm = match inbound.gate {
+            Some((vm, gate)) if has_body && vm == vm_tag => {
+                self.findings.remove(&gate).map(|facts| Tapped { vm, gate, facts })
+            }
+            _ => None,
+        };
+        let tapped = match in_vm {
+            Some(t) => Some(t),
+            None if has_body => host.property(&handover::BODY_STATE).and_then(|b| Tapped::decode(&b)),
+            None => None,
+        };
+        let gate_ran = inbound.gate.is_some();
         let max_body = self.config.max_body_bytes;
         let screened = screen(&inbound, has_body, max_body)
             .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string), s.surface.judge));
@@ -278,8 +289,9 @@ impl Worker {
                 f.fallbacks = facts.fallbacks;
                 f.body_read = true;
             }
-            // A gate runs in this VM, yet no findings: refuse rather than guess.
-            _ if has_body && gated => {
+            // A gate runs in this VM (or named itself), yet no findings:
+            // refuse rather than guess.
+            _ if has_body && (gated || gate_ran) => {
                 return self.refuse(host, id, &Denial::internal("the request body could not be read"));
             }
             _ => {}

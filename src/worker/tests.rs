@@ -761,3 +761,96 @@ fn a_key_capped_at_one_request_in_flight_gets_its_slot_back_when_the_request_end
     store_answers(host2, &mut other_vm, host2.last_call().unwrap().token, Some(200), &answer(cap, &["pk_a"]));
     assert!(host2.resumed.borrow().contains(&7), "the silent VM's slot no longer counts");
 }
+
+/// As in envoy/envoy.yaml: the gate and the keygate filter share a VM.
+fn shared_vm() -> (FakeHost, Worker) {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    w.set_gated();
+    w.set_downstream();
+    (host, w)
+}
+
+#[test]
+fn in_a_shared_vm_the_gate_hands_its_findings_over_in_memory_to_its_own_request() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gated_chat(&host, &mut w, 20, 21, &k, CHAT);
+    let token = host.calls.borrow().first().unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+    assert_eq!(*host.resumed.borrow(), [21]);
+    assert_eq!(host.property_of(21, &crate::handover::BODY_STATE), None, "no filter state written");
+    assert_eq!(host.header_of(21, Map::RequestHeaders, crate::handover::GATE_HEADER), None, "stripped");
+    // The model the keygate filter judges is its own gate's, not another's.
+    assert_eq!(gated_chat(&host, &mut w, 22, 23, &k, r#"{"model":"gpt-3.5-turbo"}"#), Flow::Pause);
+    assert_eq!(host.replies_to(23).pop().unwrap().code(), "model_not_allowed");
+    assert!(w.findings.is_empty(), "taken");
+}
+
+#[test]
+fn a_clients_gate_tag_is_overwritten_by_the_gate() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gated_chat(&host, &mut w, 20, 21, &k, CHAT);
+    let token = host.calls.borrow().first().unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+    // Gate 30 has read an allowed model; request 33's client names gate 30
+    // in its headers, with a disallowed model in its body.
+    let mut gate30 = GateState::new(30, 1 << 20);
+    host.enter(30);
+    let auth = format!("Bearer {k}");
+    let post = [(":method", "POST"), (":path", "/v1/chat/completions"), ("content-type", "application/json")];
+    host.set_headers(30, Map::RequestHeaders, &[&post[..], &[("authorization", auth.as_str())]].concat());
+    w.gate_headers(&host, &mut gate30, false);
+    host.set_buffer_of(30, crate::host::Buffer::RequestBody, CHAT.as_bytes());
+    w.gate_body(&host, &mut gate30, CHAT.len(), true);
+    let forged = crate::handover::gate_tag(w.vm_tag, 30);
+    let mut gate32 = GateState::new(32, 1 << 20);
+    host.enter(32);
+    let headers = [&post[..], &[("authorization", auth.as_str()), (crate::handover::GATE_HEADER, forged.as_str())]];
+    host.set_headers(32, Map::RequestHeaders, &headers.concat());
+    w.gate_headers(&host, &mut gate32, false);
+    let body = r#"{"model":"gpt-3.5-turbo"}"#;
+    host.set_buffer_of(32, crate::host::Buffer::RequestBody, body.as_bytes());
+    w.gate_body(&host, &mut gate32, body.len(), true);
+    let named = host.headers_of(32, Map::RequestHeaders);
+    let tags: Vec<&str> =
+        named.iter().filter(|(n, _)| n == crate::handover::GATE_HEADER).map(|(_, v)| v.as_str()).collect();
+    assert_eq!(tags, [crate::handover::gate_tag(w.vm_tag, 32)], "the gate's own tag only");
+    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(33, Map::RequestHeaders, &named);
+    host.join_stream(33, 32);
+    host.enter(33);
+    w.request_created(33);
+    assert_eq!(w.request_headers(&host, 33, false), Flow::Pause);
+    assert_eq!(host.replies_to(33).pop().unwrap().code(), "model_not_allowed");
+}
+
+#[test]
+fn a_gate_whose_keygate_filter_runs_in_another_vm_fails_closed() {
+    // The gate's VM has the keygate role too, so it keeps its findings in
+    // memory; this request's keygate filter runs in another VM.
+    let (host, mut gate_vm) = shared_vm();
+    let mut other_vm = worker("");
+    let k = key(1);
+    let mut state = GateState::new(20, 1 << 20);
+    host.enter(20);
+    let auth = format!("Bearer {k}");
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    host.set_headers(20, Map::RequestHeaders, &headers);
+    gate_vm.gate_headers(&host, &mut state, false);
+    host.set_buffer_of(20, crate::host::Buffer::RequestBody, CHAT.as_bytes());
+    gate_vm.gate_body(&host, &mut state, CHAT.len(), true);
+    let named = host.headers_of(20, Map::RequestHeaders);
+    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(21, Map::RequestHeaders, &named);
+    host.join_stream(21, 20);
+    host.enter(21);
+    other_vm.request_created(21);
+    assert_eq!(other_vm.request_headers(&host, 21, false), Flow::Pause);
+    assert_eq!(host.replies_to(21).pop().unwrap().code(), "internal_error", "no findings: refused");
+}
