@@ -103,6 +103,9 @@ fn key(digest: &str) -> Key {
     k
 }
 
+/// The most entries a cache is sized for up front (~15 MB of slots).
+const PRESIZE_MAX: usize = 1 << 18;
+
 pub struct Cache {
     entries: HashMap<Key, Entry>,
     /// Digests the change feed invalidated, with the store version that did it,
@@ -116,7 +119,13 @@ pub struct Cache {
 impl Cache {
     pub fn new(max_entries: usize, ttl_ms: u64, stale_ms: u64) -> Cache {
         Cache {
-            entries: HashMap::new(),
+            // Sized for the bound at once (up to `PRESIZE_MAX`): a growing
+            // table would stop a request for a whole rehash (milliseconds at
+            // 100,000 keys), and every table it outgrew stays in the VM's
+            // memory, which never shrinks. Only the control bytes are
+            // written now; a page of slots becomes resident when a key lands
+            // in it.
+            entries: HashMap::with_capacity(max_entries.clamp(1, PRESIZE_MAX)),
             invalidated: HashMap::new(),
             max_entries: max_entries.max(1),
             ttl_ms,

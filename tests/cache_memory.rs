@@ -65,11 +65,12 @@ fn digest(n: usize) -> String {
     token::digest(&token::from_random(&random))
 }
 
-/// Bytes the cache and its interner grow by per key, for `KEYS` answers.
+/// Bytes the cache (its table, sized for `KEYS` at once) and its interner
+/// hold per key, for `KEYS` answers.
 fn per_key(answer: impl Fn(usize) -> String) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
     let mut cache = Cache::new(KEYS, 4_000, 0);
     let mut interner = Interner::default();
-    let before = LIVE.load(Ordering::Relaxed);
     for n in 0..KEYS {
         // As the worker takes a lookup answer (`Worker::handle`).
         let lookup: Lookup = serde_json::from_str(&answer(n)).unwrap();
