@@ -423,6 +423,8 @@ impl Bench {
         let config = Rc::new(Config::parse(KEYGATE_CONFIG.as_bytes())?);
         let mut worker = Worker::new(config, GATEWAY_TOKEN.into());
         worker.set_gated();
+        // As in envoy/envoy.yaml: the keygate filter shares the gate's VM.
+        worker.set_downstream();
         // The keygate filter and each attempt belong to the gate's request.
         host.join_stream(REQUEST, GATE);
         host.join_stream(ATTEMPT, GATE);
@@ -477,9 +479,10 @@ impl Bench {
             w.gate_done(&mut gate);
             return Ok(());
         }
-        // The buffer filter hands the same headers, then the whole body, on.
+        // The buffer filter hands the same headers (as the gate left
+        // them), then the whole body, on.
         h.run(REQUEST);
-        h.put_headers(REQUEST, Map::RequestHeaders, &headers);
+        h.copy_request_headers(GATE, REQUEST, &[]);
         if w.request_headers(h, REQUEST, false) != Flow::Continue {
             return Err(format!("{}: not forwarded at once (is the key cached?)", path.name));
         }

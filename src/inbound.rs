@@ -6,27 +6,30 @@
 //! `get_map_value` calls add ~10 µs a request). One `get_map` and a pass over
 //! it here replace six of them.
 
+use std::borrow::Cow;
+
 use keygate_proto::token;
 
 use crate::upstream::{is_stripped_header, CLIENT_CREDENTIAL_HEADERS};
 
-/// The request headers keygate reads, and the ones it must remove.
+/// The request headers keygate reads, and the ones it must remove, borrowed
+/// from the header snapshot (a value that is not UTF-8 is copied, lossily).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    pub method: String,
-    pub path: String,
-    pub request_id: String,
-    pub authorization: Option<String>,
-    pub x_api_key: Option<String>,
+pub struct Inbound<'a> {
+    pub method: Cow<'a, str>,
+    pub path: Cow<'a, str>,
+    pub request_id: Cow<'a, str>,
+    pub authorization: Option<Cow<'a, str>>,
+    pub x_api_key: Option<Cow<'a, str>>,
     /// `content-length`, if present and a number.
     pub content_length: Option<u64>,
     pub anthropic_version: bool,
-    pub content_type: Option<String>,
+    pub content_type: Option<Cow<'a, str>>,
     /// Headers other than the credential headers (which are removed) whose
     /// value carries a keygate token, `:path` included: it would reach the
     /// provider, or Envoy's access log. Their values are redacted before a
     /// refusal, and an `x-request-id` among them is never logged.
-    pub token_in: Vec<String>,
+    pub token_in: Vec<&'a str>,
     /// `x-http-method-override` or a kin: some servers act on it instead of
     /// the method keygate judged.
     pub method_override: bool,
@@ -34,22 +37,22 @@ pub struct Inbound {
     /// or ESC inside a value on; an HTTP/1 upstream could split on it).
     pub control_in_header: bool,
     /// Client credentials, `x-envoy-*` and `x-keygate-*` headers, by name.
-    pub strip: Vec<String>,
+    pub strip: Vec<&'a str>,
     /// The gate's tag (`handover::GATE_HEADER`), if the request has one.
     pub gate: Option<(u64, u32)>,
     #[cfg(feature = "fault-injection")]
     pub test_panic: bool,
 }
 
-impl Inbound {
+impl<'a> Inbound<'a> {
     /// Header names come lower-cased from Envoy (HTTP/2 and HTTP/1 alike).
     /// A repeated header keeps its first value, as `get_map_value` would.
     /// Values are bytes: Envoy passes bytes that are not UTF-8 on, and such a
     /// value is read lossily (it then fails every check it meets).
-    pub fn from_headers<'a>(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Inbound {
+    pub fn from_headers(headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Inbound<'a> {
         let mut inb = Inbound::default();
         for (name, value) in headers {
-            let text = || String::from_utf8_lossy(value).into_owned();
+            let text = || String::from_utf8_lossy(value);
             match name {
                 ":method" if inb.method.is_empty() => inb.method = text(),
                 ":path" if inb.path.is_empty() => inb.path = text(),
@@ -75,21 +78,21 @@ impl Inbound {
             }
             // Values shorter than a token cost one comparison.
             if !CLIENT_CREDENTIAL_HEADERS.contains(&name) && token::contains_token(value) {
-                inb.token_in.push(name.to_string());
+                inb.token_in.push(name);
             }
-            if is_stripped_header(name) && !inb.strip.iter().any(|s| s == name) {
-                inb.strip.push(name.to_string());
+            if is_stripped_header(name) && !inb.strip.contains(&name) {
+                inb.strip.push(name);
             }
         }
-        if inb.token_in.iter().any(|n| n == "x-request-id") {
-            inb.request_id.clear();
+        if inb.token_in.contains(&"x-request-id") {
+            inb.request_id = Cow::Borrowed("");
         }
         inb
     }
 
     /// A header other than `:path` carries a token.
     pub fn token_in_header(&self) -> bool {
-        self.token_in.iter().any(|n| n != ":path")
+        self.token_in.iter().any(|n| *n != ":path")
     }
 }
 
@@ -97,7 +100,7 @@ impl Inbound {
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Inbound {
+    fn h<'a>(pairs: &'a [(&'a str, &'a str)]) -> Inbound<'a> {
         Inbound::from_headers(pairs.iter().map(|(n, v)| (*n, v.as_bytes())))
     }
 
@@ -134,9 +137,12 @@ mod tests {
         assert!(h(&[("authorization", &bearer), ("x-debug", &format!("key={t}"))]).token_in_header());
         assert!(h(&[("cookie", &format!("session={t}"))]).token_in_header());
         assert!(h(&[(":authority", &t)]).token_in_header());
-        let in_path = h(&[(":path", &format!("/v1/files/{t}"))]);
+        let files = format!("/v1/files/{t}");
+        let pairs = [(":path", files.as_str())];
+        let in_path = h(&pairs);
         assert!(!in_path.token_in_header() && in_path.token_in == [":path"]);
-        let id = h(&[("x-request-id", &t)]);
+        let pairs = [("x-request-id", t.as_str())];
+        let id = h(&pairs);
         assert!(id.request_id.is_empty(), "a request id carrying a token is never logged");
     }
 

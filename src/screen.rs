@@ -30,7 +30,7 @@ pub struct Screened<'a> {
 pub type Refused = (Dialect, Denial);
 
 /// The header checks, in order (see the module's comment).
-pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'_>, Refused> {
+pub fn screen<'a>(inb: &'a Inbound<'_>, has_body: bool, max_body: u64) -> Result<Screened<'a>, Refused> {
     let guess = Dialect::guess(&inb.path, inb.anthropic_version);
     if inb.control_in_header {
         return Err((
@@ -103,15 +103,15 @@ pub fn screen(inb: &Inbound, has_body: bool, max_body: u64) -> Result<Screened<'
 }
 
 fn url_carries_credential(inb: &Inbound) -> bool {
-    inb.token_in.iter().any(|n| n == ":path") || inb.path.split_once('?').is_some_and(|(_, q)| query::has_credential(q))
+    inb.token_in.contains(&":path") || inb.path.split_once('?').is_some_and(|(_, q)| query::has_credential(q))
 }
 
 /// The headers to blank before a refusal is sent: those that carry a
 /// credential would otherwise reach Envoy's access log (it prints the path
 /// and the request id) in clear.
-pub fn leaking_headers(inb: &Inbound) -> impl Iterator<Item = &str> {
+pub fn leaking_headers<'a>(inb: &'a Inbound<'_>) -> impl Iterator<Item = &'a str> {
     let path = url_carries_credential(inb).then_some(":path");
-    inb.token_in.iter().map(String::as_str).filter(|n| *n != ":path").chain(path)
+    inb.token_in.iter().copied().filter(|n| *n != ":path").chain(path)
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -167,11 +167,14 @@ mod tests {
         token::from_random(&[5u8; token::RANDOM_BYTES])
     }
 
-    fn inbound(method: &str, path: &str, extra: &[(&str, &str)]) -> Inbound {
+    /// (Leaks its headers: an `Inbound` borrows them.)
+    fn inbound(method: &str, path: &str, extra: &[(&str, &str)]) -> Inbound<'static> {
         let auth = format!("Bearer {}", tok());
         let mut headers = vec![(":method", method), (":path", path), ("authorization", auth.as_str())];
         headers.extend_from_slice(extra);
-        Inbound::from_headers(headers.iter().map(|(n, v)| (*n, v.as_bytes())))
+        let owned: Vec<(String, String)> = headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        let leaked: &'static [(String, String)] = Box::leak(owned.into_boxed_slice());
+        Inbound::from_headers(leaked.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
     }
 
     fn code(inb: &Inbound, has_body: bool) -> &'static str {

@@ -71,8 +71,9 @@ impl GateState {
 impl Worker {
     pub fn gate_headers(&mut self, host: &impl Host, gate: &mut GateState, end_of_stream: bool) -> Flow {
         self.enter(gate.id);
-        let inbound = Inbound::from_headers(host.headers(Map::RequestHeaders).iter());
-        gate.request_id = inbound.request_id.clone();
+        let headers = host.headers(Map::RequestHeaders);
+        let inbound = Inbound::from_headers(headers.iter());
+        gate.request_id = inbound.request_id.to_string();
         let screened = match screen(&inbound, !end_of_stream, gate.max) {
             Ok(s) => s,
             Err((dialect, denial)) => {

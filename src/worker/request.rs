@@ -241,9 +241,10 @@ impl Worker {
         // (Envoy creates the context just before; a request never passes unjudged.)
         let req = self.requests.entry(id).or_default();
         let Inbound { method, path, request_id, content_length, anthropic_version, strip, .. } = inbound;
+        let (method, path, request_id) = (method.into_owned(), path.into_owned(), request_id.into_owned());
         let f = &mut req.facts;
         f.request_id = request_id;
-        f.strip = strip;
+        f.strip = strip.iter().map(|s| s.to_string()).collect();
         f.anthropic_version = anthropic_version;
         let digest = match screened {
             Ok((dialect, digest, boundary, judge)) => {
