@@ -45,6 +45,8 @@ pub struct GateState {
     deferred: Option<Denial>,
     dialect: Dialect,
     request_id: String,
+    /// The token this gate read and its digest (`Found`).
+    key: Option<(String, String)>,
 }
 
 impl GateState {
@@ -60,6 +62,7 @@ impl GateState {
             deferred: None,
             dialect: Dialect::OpenAi,
             request_id: String::new(),
+            key: None,
         }
     }
 
@@ -90,6 +93,9 @@ impl Worker {
             _ => {}
         }
         let digest = token::digest(screened.token);
+        if self.downstream && !end_of_stream {
+            gate.key = Some((screened.token.to_string(), digest.clone()));
+        }
         let now = self.now(host);
         match self.cache.get(&digest, now) {
             Some((lookup, crate::cache::Freshness::Fresh)) => {
@@ -212,7 +218,7 @@ impl Worker {
         // this gate by its tag); one in another VM, from the request's
         // filter state.
         if self.downstream {
-            self.findings.insert(gate.id, facts);
+            self.findings.insert(gate.id, super::Found { facts, key: gate.key.take() });
             return;
         }
         let tapped = Tapped { vm: self.vm_tag, gate: gate.id, facts };

@@ -112,7 +112,7 @@ pub struct Worker {
     downstream: bool,
     /// Findings of this VM's gates, by gate context, until the keygate
     /// filter of their request takes them (or the request ends).
-    findings: HashMap<u32, crate::body::BodyFacts>,
+    findings: HashMap<u32, Found>,
     /// Numbers the request ids this VM gives requests without a usable one.
     next_request: u64,
     /// The store's last account of each key that checked itself, and when
@@ -133,6 +133,14 @@ pub struct Worker {
     reported_entries: usize,
     /// The time of the callback that runs, read once (`now`).
     clock: std::cell::Cell<Option<u64>>,
+}
+
+/// A gate's findings kept in memory for the keygate filter of its request:
+/// what the body holds, and the token the gate read with its digest (the
+/// keygate filter reuses the digest when it reads the same token).
+pub(crate) struct Found {
+    facts: crate::body::BodyFacts,
+    key: Option<(String, String)>,
 }
 
 impl Worker {

@@ -218,11 +218,11 @@ impl Worker {
         // What the gate read of the body: from this VM's memory when the
         // gate's tag names this VM, else from the request's filter state.
         let vm_tag = self.vm_tag;
-        let in_vm = match inbound.gate {
-            Some((vm, gate)) if has_body && vm == vm_tag => {
-                self.findings.remove(&gate).map(|facts| Tapped { vm, gate, facts })
-            }
-            _ => None,
+        let (in_vm, gate_key) = match inbound.gate.and_then(|(vm, gate)| {
+            (has_body && vm == vm_tag).then(|| self.findings.remove(&gate).map(|found| (gate, found))).flatten()
+        }) {
+            Some((gate, found)) => (Some(Tapped { vm: vm_tag, gate, facts: found.facts }), found.key),
+            None => (None, None),
         };
         let tapped = match in_vm {
             Some(t) => Some(t),
@@ -231,8 +231,14 @@ impl Worker {
         };
         let gate_ran = inbound.gate.is_some();
         let max_body = self.config.max_body_bytes;
-        let screened = screen(&inbound, has_body, max_body)
-            .map(|s| (s.dialect, token::digest(s.token), s.boundary.map(str::to_string), s.surface.judge));
+        let screened = screen(&inbound, has_body, max_body).map(|s| {
+            // The gate hashed the same token already (in this VM).
+            let digest = match gate_key {
+                Some((token, digest)) if token == s.token => digest,
+                _ => token::digest(s.token),
+            };
+            (s.dialect, digest, s.boundary.map(str::to_string), s.surface.judge)
+        });
         if screened.is_err() {
             blank_leaks(host, &inbound);
         }

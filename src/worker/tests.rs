@@ -854,3 +854,40 @@ fn a_gate_whose_keygate_filter_runs_in_another_vm_fails_closed() {
     assert_eq!(other_vm.request_headers(&host, 21, false), Flow::Pause);
     assert_eq!(host.replies_to(21).pop().unwrap().code(), "internal_error", "no findings: refused");
 }
+
+#[test]
+fn the_keygate_filter_judges_its_own_token_even_if_the_gates_differed() {
+    let (host, mut w) = shared_vm();
+    let (k1, k2) = (key(1), key(2));
+    gated_chat(&host, &mut w, 20, 21, &k1, CHAT);
+    let token = host.calls.borrow().first().unwrap().token;
+    store_answers(&host, &mut w, token, Some(200), &answer("", &["pk_a"]));
+    // The gate reads key 1 (cached); by the keygate filter the request
+    // carries key 2: key 2 is the one judged (its own lookup).
+    let mut state = GateState::new(30, 1 << 20);
+    host.enter(30);
+    let auth = format!("Bearer {k1}");
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    host.set_headers(30, Map::RequestHeaders, &headers);
+    w.gate_headers(&host, &mut state, false);
+    host.set_buffer_of(30, crate::host::Buffer::RequestBody, CHAT.as_bytes());
+    w.gate_body(&host, &mut state, CHAT.len(), true);
+    let swapped = format!("Bearer {k2}");
+    let named: Vec<(String, String)> = host
+        .headers_of(30, Map::RequestHeaders)
+        .into_iter()
+        .map(|(n, v)| if n == "authorization" { (n, swapped.clone()) } else { (n, v) })
+        .collect();
+    let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    host.set_headers(31, Map::RequestHeaders, &named);
+    host.join_stream(31, 30);
+    host.enter(31);
+    w.request_created(31);
+    assert_eq!(w.request_headers(&host, 31, false), Flow::Pause, "key 2 is not cached");
+    assert_eq!(host.last_call().unwrap().path, format!("/v1/lookup/{}", token::digest(&k2)));
+}
