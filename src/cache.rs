@@ -103,8 +103,10 @@ fn key(digest: &str) -> Key {
     k
 }
 
-/// The most entries a cache is sized for up front (~15 MB of slots).
-const PRESIZE_MAX: usize = 1 << 18;
+/// The most entries a cache is sized for up front: 131,072 entries take a
+/// table of 262,144 slots, ~15 MB of wasm32 memory reserved (resident as
+/// keys land). Past it the table grows as keys come.
+const PRESIZE_MAX: usize = 1 << 17;
 
 pub struct Cache {
     entries: HashMap<Key, Entry>,

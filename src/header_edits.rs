@@ -15,8 +15,9 @@ use crate::host::{HeaderMap, Host, HostError, Map};
 
 #[derive(Default)]
 pub struct Edits {
-    /// In order; a later change of a name overrides an earlier one.
-    changes: Vec<(String, Option<Vec<u8>>)>,
+    /// In order; a later change of a name overrides an earlier one. Names
+    /// are bytes: a header named in bytes that are not UTF-8 can be removed.
+    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Edits {
@@ -26,18 +27,23 @@ impl Edits {
 
     /// Sets `name` to `value` (every copy of it replaced).
     pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.change(name, Some(value.into()));
+        self.change(name.as_bytes(), Some(value.into()));
     }
 
     /// Removes every copy of `name`.
     pub fn remove(&mut self, name: &str) {
+        self.change(name.as_bytes(), None);
+    }
+
+    /// Removes every copy of a header named in any bytes.
+    pub fn remove_raw(&mut self, name: &[u8]) {
         self.change(name, None);
     }
 
-    fn change(&mut self, name: &str, value: Option<Vec<u8>>) {
+    fn change(&mut self, name: &[u8], value: Option<Vec<u8>>) {
         match self.changes.iter_mut().find(|(n, _)| n == name) {
             Some(entry) => entry.1 = value,
-            None => self.changes.push((name.to_string(), value)),
+            None => self.changes.push((name.to_vec(), value)),
         }
     }
 
@@ -48,9 +54,9 @@ impl Edits {
     /// The map after the changes: `snapshot` (the map as the callback read
     /// it, in order) without the changed names, then the values set.
     pub fn applied<'a>(&'a self, snapshot: &'a HeaderMap) -> Vec<(&'a [u8], &'a [u8])> {
-        let changed = |name: &[u8]| self.changes.iter().any(|(n, _)| n.as_bytes() == name);
+        let changed = |name: &[u8]| self.changes.iter().any(|(n, _)| n == name);
         let kept = snapshot.raw_iter().filter(|(n, _)| !changed(n));
-        let set = self.changes.iter().filter_map(|(n, v)| v.as_deref().map(|v| (n.as_bytes(), v)));
+        let set = self.changes.iter().filter_map(|(n, v)| v.as_deref().map(|v| (n.as_slice(), v)));
         kept.chain(set).collect()
     }
 
@@ -58,7 +64,10 @@ impl Edits {
     /// the host refuses is skipped.
     pub fn write_each(&self, host: &impl Host, map: Map) {
         for (name, value) in &self.changes {
-            let _ = host.set_header(map, name, value.as_deref());
+            // (A name that is not UTF-8 is only ever removed, with the map.)
+            if let Ok(name) = std::str::from_utf8(name) {
+                let _ = host.set_header(map, name, value.as_deref());
+            }
         }
     }
 
@@ -68,7 +77,10 @@ impl Edits {
     pub fn write(&self, host: &impl Host, map: Map, snapshot: &HeaderMap) -> Result<(), HostError> {
         match self.changes.as_slice() {
             [] => Ok(()),
-            [(name, value)] => host.set_header(map, name, value.as_deref()),
+            [(name, value)] => match std::str::from_utf8(name) {
+                Ok(name) => host.set_header(map, name, value.as_deref()),
+                Err(_) => host.set_headers(map, &self.applied(snapshot)),
+            },
             _ => host.set_headers(map, &self.applied(snapshot)),
         }
     }
@@ -112,6 +124,19 @@ mod tests {
                 (":authority", "api.openai.com"),
             ]
         );
+    }
+
+    #[test]
+    fn a_header_named_in_bytes_that_are_not_utf8_can_be_removed() {
+        let before = HeaderMap::from_pairs(&[(&b":status"[..], &b"200"[..]), (b"x-\xff", b"sk-secret")]);
+        let mut edits = Edits::new();
+        edits.remove_raw(b"x-\xff");
+        assert_eq!(edits.applied(&before), [(&b":status"[..], &b"200"[..])]);
+        let host = FakeHost::new();
+        host.enter(1);
+        host.set_headers(1, Map::ResponseHeaders, &[(":status", "200")]);
+        edits.write(&host, Map::ResponseHeaders, &before).unwrap();
+        assert_eq!(host.headers_of(1, Map::ResponseHeaders), [(":status".to_string(), "200".to_string())]);
     }
 
     #[test]

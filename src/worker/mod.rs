@@ -105,6 +105,9 @@ pub struct Worker {
     /// This VM's random tag: a gate's findings name it, and the keygate
     /// filter files callouts for the gate only in the same VM.
     vm_tag: u64,
+    /// Random too, for the request ids this VM makes up (sent to clients:
+    /// not the VM tag, which gates name themselves by).
+    id_tag: u64,
     /// A gate runs in this VM: a request with a body must come with its findings.
     gated: bool,
     /// The keygate filter is configured in this VM: a gate here leaves its
@@ -158,6 +161,7 @@ impl Worker {
             requests: HashMap::new(),
             sealer,
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
+            id_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 1u8),
             gated: false,
             downstream: false,
             findings: HashMap::new(),
@@ -195,6 +199,8 @@ impl Worker {
         if (c.cache_max_entries, c.cache_ttl_ms, c.stale_if_error_ms)
             != (self.config.cache_max_entries, self.config.cache_ttl_ms, self.config.stale_if_error_ms)
         {
+            // The old table goes first: two would be in memory at once.
+            self.cache = Cache::new(1, 0, 0);
             self.cache = Cache::new(c.cache_max_entries, c.cache_ttl_ms, c.stale_if_error_ms);
         }
         self.config = config;

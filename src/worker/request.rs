@@ -119,10 +119,12 @@ struct Facts {
     path: String,
     /// Request headers to remove before the request goes upstream.
     strip: Vec<String>,
-    /// The request's headers as this filter read them, until it forwards
-    /// the request: its changes are written over them in one call
-    /// (`header_edits`).
-    headers: HeaderMap,
+    /// The request's headers as this filter read them, while its headers
+    /// callback runs: its changes are written over them in one call
+    /// (`header_edits`). Not kept across a pause (a request waiting for the
+    /// store holds no copy of its headers); forwarded later, it reads them
+    /// again.
+    headers: Option<HeaderMap>,
     /// Ours replaced the client's `x-request-id` (set again with the rest).
     request_id_replaced: bool,
     anthropic_version: bool,
@@ -204,6 +206,15 @@ impl Worker {
     }
 
     pub fn request_headers(&mut self, host: &impl Host, id: u32, end_of_stream: bool) -> Flow {
+        let flow = self.judge_headers(host, id, end_of_stream);
+        // A paused request keeps no copy of its headers (see `Facts::headers`).
+        if let Some(req) = self.requests.get_mut(&id) {
+            req.facts.headers = None;
+        }
+        flow
+    }
+
+    fn judge_headers(&mut self, host: &impl Host, id: u32, end_of_stream: bool) -> Flow {
         self.enter(id);
         // One snapshot of the headers: each host call that returns data
         // costs about 1 µs (see `inbound`).
@@ -267,12 +278,12 @@ impl Worker {
                 return self.refuse(host, id, &denial);
             }
         };
-        f.headers = headers;
+        f.headers = Some(headers);
         if !usable_request_id(&f.request_id) {
             // The store keys usage and reservations by it, and the plan is
             // bound to it: one of ours replaces a missing or unusable one.
             self.next_request = self.next_request.wrapping_add(1);
-            f.request_id = format!("keygate-{:016x}-{:x}", self.vm_tag, self.next_request);
+            f.request_id = format!("keygate-{:016x}-{:x}", self.id_tag, self.next_request);
             let _ = host.set_header(Map::RequestHeaders, "x-request-id", Some(f.request_id.as_bytes()));
             f.request_id_replaced = true;
         }
@@ -501,7 +512,10 @@ impl Worker {
         if req.facts.request_id_replaced {
             edits.set("x-request-id", req.facts.request_id.as_bytes());
         }
-        let snapshot = std::mem::take(&mut req.facts.headers);
+        let snapshot = match req.facts.headers.take() {
+            Some(snapshot) => snapshot,
+            None => host.headers(Map::RequestHeaders),
+        };
         if edits.write(host, Map::RequestHeaders, &snapshot).is_err() {
             warn!("keygate: request {}: could not set its upstream headers", req.facts.request_id);
             return self.refuse_step(host, id, &Denial::internal("the gateway could not prepare the request"));
@@ -920,7 +934,9 @@ impl Worker {
         let snapshot = host.headers(Map::ResponseHeaders);
         answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, &mut edits);
         if edits.write(host, Map::ResponseHeaders, &snapshot).is_err() {
-            warn!("keygate: request {}: could not set the answer's headers", req.facts.request_id);
+            // One by one then: a scrubbed credential must not pass.
+            warn!("keygate: request {}: could not set the answer's headers at once", req.facts.request_id);
+            edits.write_each(host, Map::ResponseHeaders);
         }
         Flow::Continue
     }
@@ -1175,7 +1191,8 @@ fn answer_headers(
     let mut status = 0;
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
-    for (name, value) in snapshot.iter() {
+    for (raw_name, value) in snapshot.raw_iter() {
+        let name = std::str::from_utf8(raw_name).unwrap_or("");
         let text = || String::from_utf8(value.to_vec()).ok();
         match name {
             ":status" => status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -1190,7 +1207,11 @@ fn answer_headers(
         if let Some(clean) = crate::scrub::scrub(value, &secrets) {
             warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
             metrics.count(Counter::ScrubbedHeaders);
-            edits.set(name, clean);
+            // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
+            match std::str::from_utf8(raw_name) {
+                Ok(name) => edits.set(name, clean),
+                Err(_) => edits.remove_raw(raw_name),
+            }
         }
     }
     if fw.direct && fw.attempts.is_empty() {
