@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build toolchain fuzz wasm wasm-fault store venv system-packages deploy-tools browser test test-unit test-store-pg test-e2e lint run bench clean
+.PHONY: all build toolchain fuzz wasm wasm-fault store venv system-packages deploy-tools browser test test-unit test-store-pg test-e2e lint run bench bench-instructions clean
 
 all: build
 
@@ -96,6 +96,10 @@ fuzz:
 # Filter cost against plain Envoy, interleaved variants; QUICK=1 for a short run.
 bench:
 	scripts/bench
+
+# Instructions per request under callgrind: the low-noise A/B of a filter change.
+bench-instructions: build venv
+	scripts/bench-instructions
 
 clean:
 	cargo clean

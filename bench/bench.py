@@ -247,11 +247,12 @@ class Store:
 
 
 class Envoy:
-    def __init__(self, name, template, concurrency=1, cpus="0", env=None, edit=None):
+    def __init__(self, name, template, concurrency=1, cpus="0", env=None, edit=None, wrap=None):
         self.name, self.template, self.concurrency, self.cpus = name, template, concurrency, cpus
         self.port, self.admin_port = free_port(), free_port()
         self.extra = env or {}
         self.edit = edit  # edit(doc, upstream_port): changes the rendered config (the floor variants)
+        self.wrap = wrap  # a command Envoy runs under (bench/instructions.py: valgrind), instead of taskset
 
     def start(self, store, upstream_port):
         env = {**os.environ, "KEYGATE_GATEWAY_PORT": str(self.port), "KEYGATE_ENVOY_ADMIN_PORT": str(self.admin_port),
@@ -262,12 +263,13 @@ class Envoy:
         subprocess.run([sys.executable, str(RENDER), str(self.template), str(config)], env=env, check=True)
         if self.edit:
             edit_config(config, lambda doc: self.edit(doc, upstream_port))
-        argv = ["taskset", "-c", self.cpus, envoy_binary(), "-c", str(config), "--concurrency", str(self.concurrency),
-                "--base-id", str(self.port), "-l", "warning", "--component-log-level", "wasm:warning"]
+        prefix = self.wrap or ["taskset", "-c", self.cpus]
+        argv = prefix + [envoy_binary(), "-c", str(config), "--concurrency", str(self.concurrency),
+                         "--base-id", str(self.port), "-l", "warning", "--component-log-level", "wasm:warning"]
         # stdout carries the access log (one line a request, as in production): discarded.
         self.proc = start(argv, f"envoy-{self.name}", env=env, stdout=subprocess.DEVNULL)
-        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200, 60,
-                   f"envoy {self.name} ready")
+        wait_until(lambda: http("GET", f"http://127.0.0.1:{self.admin_port}/ready", timeout=1)[0] == 200,
+                   900 if self.wrap else 60, f"envoy {self.name} ready")
         return self
 
     @property
