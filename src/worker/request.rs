@@ -174,6 +174,14 @@ pub struct Request {
     pub phase: Phase,
 }
 
+/// Review (branch `review`): how many headers a request keeps a copy of.
+#[cfg(test)]
+impl Request {
+    pub(crate) fn held_headers(&self) -> usize {
+        self.facts.headers.len()
+    }
+}
+
 impl Default for Request {
     fn default() -> Request {
         Request::new()
