@@ -937,7 +937,7 @@ fn values_of(host: &FakeHost, id: u32, name: &str) -> Vec<String> {
 /// request is forwarded after a store call (its snapshot written back after
 /// the pause) or at once from the cache.
 #[test]
-fn review_repeated_client_headers_leave_no_copy_beside_ours_after_a_pause_or_a_hit() {
+fn repeated_client_headers_leave_no_copy_beside_ours_after_a_pause_or_a_hit() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let k = key(1);
     let extra = [
@@ -968,7 +968,7 @@ fn review_repeated_client_headers_leave_no_copy_beside_ours_after_a_pause_or_a_h
 /// Passes. A request id the filter made up (the client's was unusable) is
 /// set at once, and again with the rest after the pause: once, ours.
 #[test]
-fn review_a_made_up_request_id_is_the_only_one_after_a_pause() {
+fn a_made_up_request_id_is_the_only_one_after_a_pause() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let long = "a".repeat(600);
     assert_eq!(chat_with(&host, &mut w, 2, &key(1), &[("x-request-id", long.as_str())]), Flow::Pause);
@@ -987,7 +987,7 @@ fn review_a_made_up_request_id_is_the_only_one_after_a_pause() {
 /// facts it read. The VM's memory never shrinks, and Envoy's overload
 /// manager (fixed_heap) does not see it.
 #[test]
-fn review_a_request_waiting_for_the_store_keeps_no_copy_of_its_headers() {
+fn a_request_waiting_for_the_store_keeps_no_copy_of_its_headers() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let padding = "p".repeat(600);
     let names: Vec<String> = (0..90).map(|i| format!("x-pad-{i}")).collect();
@@ -1002,10 +1002,12 @@ fn review_a_request_waiting_for_the_store_keeps_no_copy_of_its_headers() {
 /// A host that hands the filter one more answer header, under a name that
 /// is not UTF-8, and records the answer's headers as the filter writes them
 /// back (raw names).
+type RawPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 struct RawNamedAnswer<'a> {
     inner: &'a FakeHost,
     extra: (Vec<u8>, Vec<u8>),
-    written: std::cell::RefCell<Option<Vec<(Vec<u8>, Vec<u8>)>>>,
+    written: std::cell::RefCell<Option<RawPairs>>,
 }
 
 impl crate::host::Host for RawNamedAnswer<'_> {
@@ -1089,7 +1091,7 @@ impl crate::host::Host for RawNamedAnswer<'_> {
 /// raw-named header goes back as it came, credential and all, and a header
 /// with an empty name is added.
 #[test]
-fn review_an_answer_header_named_in_bytes_that_are_not_utf8_loses_its_echoed_credential() {
+fn an_answer_header_named_in_bytes_that_are_not_utf8_loses_its_echoed_credential() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     chat(&host, &mut w, 2, &key(1));
     store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
@@ -1111,7 +1113,7 @@ fn review_an_answer_header_named_in_bytes_that_are_not_utf8_loses_its_echoed_cre
 /// filter (reset, 413, a filter in between that answered) go with the gate;
 /// a gate that refused mid-body (deferred refusal) leaves none.
 #[test]
-fn review_a_gates_findings_do_not_outlive_it_nor_follow_a_refusal() {
+fn a_gates_findings_do_not_outlive_it_nor_follow_a_refusal() {
     let (host, mut w) = shared_vm();
     let k = key(1);
     let auth = format!("Bearer {k}");
@@ -1149,7 +1151,7 @@ fn review_a_gates_findings_do_not_outlive_it_nor_follow_a_refusal() {
 /// on; a tag naming this VM and a live gate, on a request whose own gate
 /// did not run with a body, takes nothing (the `has_body` guard).
 #[test]
-fn review_a_tag_without_a_body_takes_no_findings_and_is_stripped() {
+fn a_tag_without_a_body_takes_no_findings_and_is_stripped() {
     let (host, mut w) = shared_vm();
     let k = key(1);
     gated_chat(&host, &mut w, 10, 11, &k, CHAT);
@@ -1184,7 +1186,7 @@ fn review_a_tag_without_a_body_takes_no_findings_and_is_stripped() {
 /// disabled: it is refused, and the other key of the configuration is still
 /// served from the cache, as active.
 #[test]
-fn review_a_disabled_key_of_a_shared_configuration_is_never_served_as_active() {
+fn a_disabled_key_of_a_shared_configuration_is_never_served_as_active() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     let (a, b) = (key(1), key(2));
     for (id, k, n) in [(2, &a, 1u8), (3, &b, 2u8)] {

@@ -1,9 +1,9 @@
-"""Review probes (branch `review`): header names that are not UTF-8.
+"""Header names that are not UTF-8, and the VM tag kept out of what clients see.
 
-`wire::HeaderMap::iter` reads such a name as "" and `answer_headers` then
-scrubs an echoed credential under the name "" (`Edits::set("", ..)`), which
-leaves the raw-named header as it was. These cases check whether Envoy 1.40
-lets such a name reach the filter at all, from a client and from a provider.
+The filter removes an answer header named in such bytes when it echoes a
+credential (`answer_headers`, `Edits::remove_raw`); these cases check that
+Envoy 1.40 does not let such a name reach the filter at all, from a client
+or from a provider.
 """
 
 import socket
