@@ -94,13 +94,13 @@ struct Entry {
 
 #[derive(Debug, Default)]
 pub struct Callouts {
-    entries: HashMap<u32, Entry>,
+    entries: crate::id_map::IdMap<Entry>,
     /// Callout tokens by owning context, so that a context's end costs
     /// what it owned, not a walk over everything in flight.
-    owned: HashMap<u32, Vec<u32>>,
+    owned: crate::id_map::IdMap<Vec<u32>>,
     lookups: HashMap<String, Waiting>,
     /// The lookup each waiting request or gate waits for.
-    waits: HashMap<u32, String>,
+    waits: crate::id_map::IdMap<String>,
     /// Lookups whose owner went away while others wait: asked again.
     orphans: Vec<String>,
     /// Requests whose reservation the root context files (see `worker::request`).

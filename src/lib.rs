@@ -21,6 +21,7 @@ pub mod fake_host;
 pub mod handover;
 pub mod header_edits;
 pub mod hidden_usage;
+pub mod id_map;
 pub mod host;
 pub mod host_calls;
 pub mod inbound;

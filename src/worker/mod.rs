@@ -98,7 +98,7 @@ pub struct Worker {
     usage: UsageQueue,
     interner: Interner,
     pub metrics: Metrics,
-    requests: HashMap<u32, Request>,
+    requests: crate::id_map::IdMap<Request>,
     /// Seals the attempt plans for the upstream filter (`handover`); `None`
     /// without a gateway credential or randomness: multi-key requests are refused.
     sealer: Option<Sealer>,
@@ -115,7 +115,7 @@ pub struct Worker {
     downstream: bool,
     /// Findings of this VM's gates, by gate context, until the keygate
     /// filter of their request takes them (or the request ends).
-    findings: HashMap<u32, Found>,
+    findings: crate::id_map::IdMap<Found>,
     /// Numbers the request ids this VM gives requests without a usable one.
     next_request: u64,
     /// The store's last account of each key that checked itself, and when
@@ -158,13 +158,13 @@ impl Worker {
             usage: UsageQueue::default(),
             interner: Interner::default(),
             metrics: Metrics::default(),
-            requests: HashMap::new(),
+            requests: Default::default(),
             sealer,
             vm_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8),
             id_tag: std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 1u8),
             gated: false,
             downstream: false,
-            findings: HashMap::new(),
+            findings: Default::default(),
             next_request: 0,
             self_checks: HashMap::new(),
             slots: HashMap::new(),
