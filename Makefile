@@ -9,7 +9,7 @@ WASM := target/wasm32-wasip1/release/keygate_filter.wasm
 STORE := target/release/keygate
 PYTEST_ARGS ?=
 
-.PHONY: all build toolchain fuzz wasm wasm-fault store venv system-packages deploy-tools browser test test-unit test-store-pg test-e2e lint run bench bench-instructions clean
+.PHONY: all build toolchain binaryen fuzz wasm wasm-fault store venv system-packages deploy-tools browser test test-unit test-store-pg test-e2e lint run bench bench-instructions clean
 
 all: build
 
@@ -25,8 +25,19 @@ toolchain:
 	@rustup -q component add --toolchain $(TOOLCHAIN) rustfmt clippy
 	@rustup -q target add --toolchain $(TOOLCHAIN) wasm32-wasip1
 
-wasm: toolchain
+# binaryen's wasm-opt (Debian package), installed when missing.
+binaryen:
+	@command -v wasm-opt >/dev/null || { echo "installing: binaryen"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null; }
+
+# The module as linked, then shrunk by wasm-opt (-Oz: a sixth smaller, no
+# measured cost per request: Envoy's V8 compiles it again). The features are
+# the ones rustc's wasm32-wasip1 output uses. Cargo puts the linked module
+# back on every build, so wasm-opt runs each time, from that.
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals
+wasm: toolchain binaryen
 	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter
+	wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 
 # A test-only build with a fault-injection header (tests prove a VM crash never fails open).
 wasm-fault: toolchain
