@@ -88,14 +88,7 @@ def main():
         up = B.start(["taskset", "-c", "1", str(B.UPSTREAM_BIN), "0"], "upstream", stdout=subprocess.PIPE)
         upstream_port = int(up.stdout.readline().decode().strip().rsplit(":", 1)[1])
         store = B.Store().start()
-        store.ok("PATCH", "/providers/openai", {"baseUrl": f"http://127.0.0.1:{upstream_port}/v1"})
-        store.ok("POST", "/provider-keys", {"providerId": "openai", "name": "bench", "value": B.PROVIDER_KEY, "managed": True})
-        hit = store.ok("POST", "/access-keys", {"name": "bench-hit"})["token"]
-        two = [store.ok("POST", "/provider-keys", {"providerId": "openai", "name": f"bench-{i}", "value": f"{B.PROVIDER_KEY}-{i}"})["id"]
-               for i in (1, 2)]
-        step = {"type": "user", "keySelectionStrategy": "ordered", "keys": [{"id": k} for k in two]}
-        cfg2 = store.ok("POST", "/access-key-configurations", {"name": "bench-two-keys", "router": {"rules": [{"provider": "openai", "steps": [step]}]}})
-        two_keys = store.ok("POST", "/access-keys", {"name": "bench-two-keys", "accessKeyConfigurationId": cfg2["id"]})["token"]
+        hit, two_keys = B.provision(store, upstream_port)
         unknown = B.well_formed_unknown_token()
         kg = B.ROOT / "envoy" / "envoy.yaml"
         floor = {"KEYGATE_WASM": str(B.FLOOR_WASM)}
