@@ -1292,6 +1292,7 @@ def main():
         control_growth = control["rss_after"] - control["rss_before"]
         base_rss = out["baseline"]["rss_mib"] * 1024
         per_entry = (rss_after - rss_before) * 1024 / entries if entries else None
+        # Growth less growth: each Envoy's own start (their RSS differs by a MiB or two) is taken out.
         cache_per_entry = (rss_after - rss_before - control_growth) * 1024 / entries if entries else None
         scale = 100_000 / entries if entries else None
         rss_100k = rss_before + (rss_after - rss_before) * scale if scale else None
@@ -1300,7 +1301,8 @@ def main():
             "rss_before_fill_mib": rss_before / 1024, "rss_after_fill_mib": rss_after / 1024, "rss_peak_mib": hwm / 1024,
             "baseline_rss_mib": base_rss / 1024, "bytes_per_entry": per_entry,
             "control_entries": control["entries"], "control_statuses": control["statuses"],
-            "control_growth_mib": control_growth / 1024, "cache_bytes_per_entry": cache_per_entry, "bound": bound,
+            "control_growth_mib": control_growth / 1024, "control_rss_after_fill_mib": control["rss_after"] / 1024,
+            "cache_bytes_per_entry": cache_per_entry, "bound": bound,
             "rss_100k_mib": rss_100k / 1024 if rss_100k else None,
             "rss_100k_minus_baseline_mib": (rss_100k - base_rss) / 1024 if rss_100k else None,
             "rss_100k_minus_unfilled_keygate_mib": (rss_100k - rss_before) / 1024 if rss_100k else None,
@@ -1311,9 +1313,9 @@ def main():
             f"expired entries stay resident) fed {fill_n:,} distinct valid keys at {fill_rate:,.0f} req/s; the "
             f"`keygate.cache.entries` gauge then read {fmt(entries)}; VmRSS {rss_before / 1024:.1f} → {rss_after / 1024:.1f} MiB "
             f"(peak {hwm / 1024:.1f}), {fmt(per_entry)} B per entry. The control (the same keys and rate, "
-            f"cacheMaxEntries 1, {fmt(control['entries'])} entries kept) grew {control_growth / 1024:.1f} MiB "
-            f"(the fill's traffic: transient allocations, Envoy's and V8's own growth): "
-            f"the cache itself costs **{fmt(cache_per_entry)} B per entry**"
+            f"cacheMaxEntries 1, {fmt(control['entries'])} entries kept) went {control['rss_before'] / 1024:.1f} → "
+            f"{control['rss_after'] / 1024:.1f} MiB (the fill's traffic: transient allocations, Envoy's and V8's own "
+            f"growth): the cache itself costs **{fmt(cache_per_entry)} B per entry** (the fill's growth less the control's)"
             + (f"; scaled linearly to 100 000 entries" if memory["extrapolated"] else "")
             + f". RSS with 100k keys {fmt(memory['rss_100k_mib'], 1)} MiB − baseline Envoy {base_rss / 1024:.1f} MiB = "
             f"**{fmt(memory['rss_100k_minus_baseline_mib'], 1)} MiB** (of which the fill: "
