@@ -175,13 +175,8 @@ fn set_effective_context(context_id: u32) -> Result<(), Status> {
     check(unsafe { proxy_set_effective_context(context_id) })
 }
 
-/// A property path as the ABI takes it: segments joined by NUL.
-fn property_path(path: &[&str]) -> Vec<u8> {
-    path.join("\0").into_bytes()
-}
-
 fn property(path: &[&str]) -> Option<Vec<u8>> {
-    let path = property_path(path);
+    let path = wire::property_path(path);
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: as in `headers`.
     let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
@@ -194,7 +189,7 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
 /// Another filter may have declared the name read-only (the host then
 /// answers `BadArgument`): an error to handle, not a panic.
 fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
-    let path = property_path(path);
+    let path = wire::property_path(path);
     // SAFETY: live slices; the host copies them.
     check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
