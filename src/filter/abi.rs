@@ -141,11 +141,10 @@ fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Stat
     check(status)
 }
 
-/// Replaces the whole map (see `header_edits`).
-fn set_headers(map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), Status> {
-    let bytes = wire::serialize_pairs(pairs);
+/// Replaces the whole map with a serialized one (see `header_edits`).
+fn set_headers(map: MapType, serialized: &[u8]) -> Result<(), Status> {
     // SAFETY: a live slice; the host copies it.
-    check(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
+    check(unsafe { proxy_set_header_map_pairs(map, serialized.as_ptr(), serialized.len()) })
 }
 
 fn buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Vec<u8>, Status> {
@@ -274,8 +273,8 @@ impl Host for Abi {
         set_header(map_type(map), name, value).map_err(host_error)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
-        set_headers(map_type(map), pairs).map_err(host_error)
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError> {
+        set_headers(map_type(map), serialized).map_err(host_error)
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {

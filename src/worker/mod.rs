@@ -136,6 +136,9 @@ pub struct Worker {
     reported_entries: usize,
     /// The time of the callback that runs, read once (`now`).
     clock: std::cell::Cell<Option<u64>>,
+    /// A callback's header changes: one kept for all, so that its buffers
+    /// are reused (`header_edits`).
+    edits: crate::header_edits::Edits,
 }
 
 /// A gate's findings kept in memory for the keygate filter of its request:
@@ -177,6 +180,7 @@ impl Worker {
             last_purge_ms: 0,
             reported_entries: 0,
             clock: std::cell::Cell::new(None),
+            edits: Default::default(),
         }
     }
 

@@ -503,7 +503,8 @@ impl Worker {
         // Every change in one host call (`header_edits`). Any change of the
         // request's headers makes Envoy pick the route again: with the Rust
         // SDK's ABI (0.2.1) Envoy clears the route cache itself.
-        let mut edits = Edits::new();
+        let edits = &mut self.edits;
+        edits.clear();
         for name in &req.facts.strip {
             edits.remove(name);
         }
@@ -923,7 +924,8 @@ impl Worker {
     pub fn response_headers(&mut self, host: &impl Host, id: u32) -> Flow {
         let config = self.config.clone();
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
-        let mut edits = Edits::new();
+        let edits = &mut self.edits;
+        edits.clear();
         if !req.facts.request_id.is_empty() {
             edits.set(REQUEST_ID_HEADER, req.facts.request_id.as_bytes());
         }
@@ -940,7 +942,7 @@ impl Worker {
         // One snapshot of the answer's headers, and every change written in
         // one call (`header_edits`).
         let snapshot = host.headers(Map::ResponseHeaders);
-        answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, &mut edits);
+        answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, edits);
         if edits.write(host, Map::ResponseHeaders, &snapshot).is_err() {
             // One by one then: a scrubbed credential must not pass.
             warn!("keygate: request {}: could not set the answer's headers at once", req.facts.request_id);
@@ -1247,7 +1249,7 @@ fn answer_headers(
     // Whether the answer is a JSON document or an event stream is read
     // from its first byte (`observe_body`), which saves a header read.
     fw.answer.read_usage = true;
-    edits.set("x-keygate-attempts", fw.attempts.len().to_string());
+    edits.set_number("x-keygate-attempts", fw.attempts.len() as u64);
     if let Some(last) = fw.attempts.last() {
         edits.set("x-keygate-provider-key", last.key_id.as_bytes());
         // Which model and provider served (with fallbacks, not always

@@ -1029,11 +1029,12 @@ impl crate::host::Host for RawNamedAnswer<'_> {
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), crate::host::HostError> {
         self.inner.set_header(map, name, value)
     }
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), crate::host::HostError> {
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), crate::host::HostError> {
         if map == Map::ResponseHeaders {
+            let pairs = crate::wire::parse_pairs(serialized).unwrap_or_default();
             *self.written.borrow_mut() = Some(pairs.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect());
         }
-        crate::host::Host::set_headers(self.inner, map, pairs)
+        crate::host::Host::set_headers(self.inner, map, serialized)
     }
     fn buffer(
         &self,
