@@ -139,6 +139,8 @@ pub struct Worker {
     /// A callback's header changes: one kept for all, so that its buffers
     /// are reused (`header_edits`).
     edits: crate::header_edits::Edits,
+    /// A body reader that finished, its buffers kept for the next gate.
+    spare_reader: Option<crate::body::BodyReader>,
 }
 
 /// A gate's findings kept in memory for the keygate filter of its request:
@@ -181,6 +183,7 @@ impl Worker {
             reported_entries: 0,
             clock: std::cell::Cell::new(None),
             edits: Default::default(),
+            spare_reader: None,
         }
     }
 
