@@ -415,7 +415,8 @@ impl Worker {
         }
         let Some(req) = self.requests.get(&id) else { return Step::Refused };
         let f = &req.facts;
-        let model = f.model.clone().unwrap_or(ModelField::Absent);
+        let absent = ModelField::Absent;
+        let model = f.model.as_ref().unwrap_or(&absent);
         // The headers were screened: the surface is in the table.
         let Ok(surface) = surface::classify(&f.method, &f.path, f.anthropic_version) else {
             return self.refuse_step(host, id, &Denial::internal("the gateway could not classify the request"));
@@ -435,7 +436,7 @@ impl Worker {
         let ask = Ask {
             facts: RequestFacts {
                 surface,
-                model: &model,
+                model,
                 fallbacks: &f.fallbacks,
                 access_key_in_body: f.access_key_in_body,
                 client_ip,
@@ -1197,7 +1198,6 @@ fn answer_headers(
     edits: &mut Edits,
 ) {
     // One snapshot: the status, and any header that echoes a credential.
-    let secrets: Vec<String> = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
     let mut status = 0;
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
@@ -1214,7 +1214,7 @@ fn answer_headers(
         if name.starts_with(':') {
             continue;
         }
-        if let Some(clean) = crate::scrub::scrub(value, &secrets) {
+        if let Some(clean) = crate::scrub::scrub_each(value, fw.plan.candidates().map(|(_, _, k)| k.value.as_str())) {
             warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
             metrics.count(Counter::ScrubbedHeaders);
             // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
@@ -1280,6 +1280,7 @@ fn answer_headers(
     } else if !(200..300).contains(&status) {
         // Error bodies are where providers echo a rejected credential.
         edits.remove("content-length");
+        let secrets = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
         fw.answer.scrubber = Some(StreamScrubber::new(secrets));
     }
 }
