@@ -815,7 +815,7 @@ fn a_clients_gate_tag_is_overwritten_by_the_gate() {
     let named = host.headers_of(32, Map::RequestHeaders);
     let tags: Vec<&str> =
         named.iter().filter(|(n, _)| n == crate::handover::GATE_HEADER).map(|(_, v)| v.as_str()).collect();
-    assert_eq!(tags, [crate::handover::gate_tag(w.vm_tag, 32)], "the gate's own tag only");
+    assert_eq!(tags, [crate::handover::gate_tag(w.vm_tag, 32).as_str()], "the gate's own tag only");
     let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     host.set_headers(33, Map::RequestHeaders, &named);
     host.join_stream(33, 32);
