@@ -377,7 +377,7 @@ fn key(n: u8) -> String {
 /// key, a JSON answer with usage), a miss, and a tick that sends 100
 /// hits' usage records.
 const HIT_BOUND: u64 = 48;
-const TICK_BOUND: u64 = 39;
+const TICK_BOUND: u64 = 33;
 const MISS_BOUND: u64 = 77;
 
 #[test]
@@ -395,12 +395,16 @@ fn allocations_of_a_hit() {
     assert_eq!(b.request(&k).total(), hit.total());
     assert!(hit.total() <= HIT_BOUND, "a hit makes {} allocations", hit.total());
 
-    // The usage records of 100 hits go out on one tick.
-    b.tick(1_000);
-    for _ in 0..100 {
-        b.request(&k);
+    // The usage records of 100 hits go out on one tick (the second such
+    // tick: the steady state).
+    let mut tick = 0;
+    for _ in 0..2 {
+        b.tick(1_000);
+        for _ in 0..100 {
+            b.request(&k);
+        }
+        tick = b.tick(1_000);
     }
-    let tick = b.tick(1_000);
     println!("allocations, tick with 100 usage records: {tick}");
     assert!(tick <= TICK_BOUND, "the tick makes {tick} allocations");
 }

@@ -141,6 +141,8 @@ pub struct Worker {
     edits: crate::header_edits::Edits,
     /// A body reader that finished, its buffers kept for the next gate.
     spare_reader: Option<crate::body::BodyReader>,
+    /// The last usage batch's JSON (the host copies it): its buffer is reused.
+    batch_json: Vec<u8>,
 }
 
 /// A gate's findings kept in memory for the keygate filter of its request:
@@ -184,6 +186,7 @@ impl Worker {
             clock: std::cell::Cell::new(None),
             edits: Default::default(),
             spare_reader: None,
+            batch_json: Vec::new(),
         }
     }
 
@@ -524,16 +527,21 @@ impl Worker {
         if batch.records.is_empty() {
             return;
         }
-        let Ok(json) = serde_json::to_vec(&batch) else {
+        // Written into the buffer of the last batch: a batch of hundreds of
+        // records would otherwise grow a new one a dozen times.
+        let mut json = std::mem::take(&mut self.batch_json);
+        json.clear();
+        if serde_json::to_writer(&mut json, &batch).is_err() {
             self.usage.requeue(batch.records);
             return;
-        };
+        }
         // The batch travels with its callout, to be queued again if lost.
         if let Err(Purpose::UsageBatch(records)) =
             self.store_call(host, "POST", "/v1/usage", Some(&json), Purpose::UsageBatch(batch.records))
         {
             self.usage.requeue(records);
         }
+        self.batch_json = json;
     }
 }
 
