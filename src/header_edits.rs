@@ -33,6 +33,8 @@ pub struct Edits {
     changes: Vec<Change>,
     /// The serialized map of the last `write`.
     out: Vec<u8>,
+    /// Which of the snapshot's headers the last `write` kept.
+    kept: Vec<bool>,
 }
 
 impl Edits {
@@ -113,7 +115,11 @@ impl Edits {
     fn serialize_applied(&mut self, snapshot: &HeaderMap) {
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        let kept = || snapshot.raw_iter().filter(|(n, _)| !self.changed(n));
+        // Each header of the snapshot is looked up in the changes once.
+        let mut flags = std::mem::take(&mut self.kept);
+        flags.clear();
+        flags.extend(snapshot.raw_iter().map(|(n, _)| !self.changed(n)));
+        let kept = || snapshot.raw_iter().zip(&flags).filter(|(_, keep)| **keep).map(|(pair, _)| pair);
         let set = || self.iter().filter_map(|(n, v)| v.map(|v| (n, v)));
         let count = kept().count() + set().count();
         out.extend_from_slice(&(count as u32).to_le_bytes());
@@ -128,6 +134,7 @@ impl Edits {
             out.push(0);
         }
         self.out = out;
+        self.kept = flags;
     }
 
     /// Writes each change by itself (for a map not read first); a change
