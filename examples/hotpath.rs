@@ -120,7 +120,7 @@ enum Op {
     Headers(Map),
     Header(Map, String),
     SetHeader(Map, String, Option<Vec<u8>>),
-    SetHeaders(Map, Vec<(Vec<u8>, Vec<u8>)>),
+    SetHeaders(Map, Vec<u8>),
     Buffer(Buffer, usize, usize),
     SetBuffer(Buffer, usize, usize, Vec<u8>),
     Property(Vec<String>),
@@ -202,9 +202,9 @@ impl Host for Recorder<'_> {
         self.host.set_header(map, name, value)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
-        self.log(Op::SetHeaders(map, pairs.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect()));
-        Host::set_headers(self.host, map, pairs)
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError> {
+        self.log(Op::SetHeaders(map, serialized.to_vec()));
+        Host::set_headers(self.host, map, serialized)
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {
@@ -294,9 +294,8 @@ fn replay(host: &FakeHost, ops: &[Op]) {
             Op::SetHeader(map, name, value) => {
                 black_box(host.set_header(*map, name, value.as_deref()).is_ok());
             }
-            Op::SetHeaders(map, pairs) => {
-                let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice())).collect();
-                black_box(Host::set_headers(host, *map, &pairs).is_ok());
+            Op::SetHeaders(map, serialized) => {
+                black_box(Host::set_headers(host, *map, serialized).is_ok());
             }
             Op::Buffer(buffer, start, size) => {
                 black_box(host.buffer(*buffer, *start, *size).ok());

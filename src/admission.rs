@@ -7,6 +7,8 @@
 //! after which the request is admitted again with `admitted` set), then the
 //! candidates, ordered by their cool-down.
 
+use std::borrow::Cow;
+
 use keygate_proto::lookup::{AuthStyle, Credential, Limits, ModelRef, RefusedBy, RequestLimits};
 
 use crate::body::Fallbacks;
@@ -75,8 +77,9 @@ pub struct Forwarding<'c> {
     /// One candidate: the credential is set here and the request goes to a
     /// cluster without the upstream filter (one attempt, no retry).
     pub direct: bool,
-    /// Request headers to set (an empty value removes the header).
-    pub headers: Vec<(&'c str, String)>,
+    /// Request headers to set (an empty value removes the header); values
+    /// from the configuration are borrowed.
+    pub headers: Vec<(&'c str, Cow<'c, str>)>,
     /// The provider's model name to write into the body.
     pub rewrite_model: Option<String>,
     /// The body's `models` (fallbacks) is taken out.
@@ -189,34 +192,36 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &KeyAnswer, counters: &impl Counters, con
         (false, false, true) => &config.upstream_cluster_https,
         (false, false, false) => &config.upstream_cluster_http,
     };
-    let mut headers: Vec<(&'c str, String)> = vec![
-        (":authority", first.authority.clone()),
-        (":path", first.path.clone()),
-        (config.cluster_header.as_str(), cluster.clone()),
-    ];
+    let mut headers: Vec<(&'c str, Cow<'c, str>)> = Vec::with_capacity(8);
+    headers.extend([
+        (":authority", Cow::Owned(first.authority.clone())),
+        (":path", Cow::Owned(first.path.clone())),
+        (config.cluster_header.as_str(), Cow::Borrowed(cluster.as_str())),
+    ]);
     // The credential itself is set per attempt by the upstream filter; here
     // only what is not secret (or, for one candidate, that one credential).
     if legs.iter().any(|l| l.auth == AuthStyle::XApiKey) && !ask.anthropic_version {
-        headers.push(("anthropic-version", config.anthropic_version.clone()));
+        headers.push(("anthropic-version", Cow::Borrowed(config.anthropic_version.as_str())));
     }
-    headers.push(("x-envoy-max-retries", attempts.saturating_sub(1).to_string()));
+    headers.push(("x-envoy-max-retries", count(attempts.saturating_sub(1) as u64)));
     // The configuration's timeouts: Envoy's router takes them per request.
     let timeouts = lookup.request_limits.as_ref().map_or((None, None), |r| (r.total_timeout_ms, r.attempt_timeout_ms));
     if let Some(ms) = timeouts.0 {
-        headers.push(("x-envoy-upstream-rq-timeout-ms", ms.to_string()));
+        headers.push(("x-envoy-upstream-rq-timeout-ms", count(ms)));
     }
     if let Some(ms) = timeouts.1 {
-        headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", ms.to_string()));
+        headers.push(("x-envoy-upstream-rq-per-try-timeout-ms", count(ms)));
     }
     if let (true, Some(key)) = (direct, first.keys.first()) {
-        headers.push(credential_header(first.auth, &key.value));
+        let (name, value) = credential_header(first.auth, &key.value);
+        headers.push((name, Cow::Owned(value)));
     }
     let rewrite_model = forward.rewrite_model.then(|| forward.primary.model.clone()).flatten();
     // A body's `models` is keygate's: it never reaches a provider (blanked
     // in place: the body keeps its length).
     let strip_models = matches!(ask.facts.fallbacks, Fallbacks::List(_));
     if rewrite_model.is_some() {
-        headers.push(("content-length", String::new()));
+        headers.push(("content-length", Cow::Borrowed("")));
     }
     let forwarding = Forwarding {
         plan: Plan { hop, legs },
@@ -229,6 +234,15 @@ pub fn admit<'c>(ask: Ask<'_>, lookup: &KeyAnswer, counters: &impl Counters, con
     Verdict::Forward { counted, served, forwarding }
 }
 
+/// A count as a header value: small ones (a retry count) without an allocation.
+fn count(n: u64) -> Cow<'static, str> {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(n.to_string()),
+    }
+}
+
 /// The request's legs: its model, then its fallbacks, each with its
 /// credentials ordered by cool-down (`failover::order`); at most
 /// `MAX_ATTEMPTS` credentials in all.
@@ -237,17 +251,18 @@ fn legs(forward: &Forward<'_>, counters: &impl Counters, now_ms: u64) -> Vec<Leg
     let mut legs = Vec::with_capacity(1 + forward.fallbacks.len());
     for target in std::iter::once(&forward.primary).chain(&forward.fallbacks) {
         // A lone credential is tried whether it cools down or not
-        // (`failover::order`): its cool-down is not read (a host call).
-        let cool: Vec<u64> = if target.credentials.len() == 1 {
-            vec![0]
+        // (`failover::order`): its cool-down is not read (a host call), and
+        // there is nothing to order.
+        let keys: Vec<Credential> = if target.credentials.len() == 1 {
+            target.credentials.iter().take(room).cloned().collect()
         } else {
-            target.credentials.iter().map(|c| counters.cool_until(&c.id)).collect()
+            let cool: Vec<u64> = target.credentials.iter().map(|c| counters.cool_until(&c.id)).collect();
+            failover::order(&cool, now_ms)
+                .into_iter()
+                .filter_map(|i| target.credentials.get(i).cloned())
+                .take(room)
+                .collect()
         };
-        let keys: Vec<Credential> = failover::order(&cool, now_ms)
-            .into_iter()
-            .filter_map(|i| target.credentials.get(i).cloned())
-            .take(room)
-            .collect();
         room -= keys.len();
         if keys.is_empty() {
             break;
@@ -257,7 +272,7 @@ fn legs(forward: &Forward<'_>, counters: &impl Counters, now_ms: u64) -> Vec<Leg
             model: target.model.clone(),
             auth: target.provider.auth,
             tls: target.endpoint.tls,
-            authority: target.endpoint.authority.clone(),
+            authority: target.endpoint.authority.to_string(),
             path: target.upstream_path.clone(),
             keys,
         });
@@ -498,7 +513,7 @@ mod tests {
         assert!(f.direct && counted.is_none());
         assert_eq!(served.key_id, "ak_1");
         assert_eq!(served.config_id.as_deref(), Some("cfg_1"));
-        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_ref());
         assert_eq!(header("authorization"), Some("Bearer sk-pk_a"));
         assert_eq!(header(&config.cluster_header), Some(config.direct_cluster_https.as_str()));
         assert_eq!(header("x-envoy-max-retries"), Some("0"));
@@ -519,7 +534,7 @@ mod tests {
         let ids: Vec<&str> = f.plan.candidates().map(|(_, _, k)| k.id.as_str()).collect();
         assert_eq!(ids, ["pk_b", "pk_a"]);
         assert!(f.headers.iter().all(|(n, _)| *n != "authorization"), "no credential before the attempt");
-        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.clone())));
+        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.as_str().into())));
         assert!(f.headers.contains(&("x-envoy-max-retries", "1".into())));
     }
 
@@ -603,7 +618,7 @@ mod tests {
             (other.authority.as_str(), other.path.as_str(), other.tls, other.auth, other.model.as_deref()),
             ("10.0.0.5:8000", "/compat/v1/chat/completions", false, AuthStyle::ApiKey, Some("m"))
         );
-        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str());
+        let header = |n: &str| f.headers.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_ref());
         assert_eq!(header(&config.cluster_header), Some("hop"));
         assert_eq!(header("x-envoy-max-retries"), Some("1"));
         assert_eq!(header(":authority"), Some("api.openai.com"));
@@ -616,7 +631,7 @@ mod tests {
         let same = Fallbacks::List(vec!["same/m".into()]);
         let f = forwarded(admit_with(&two_places(), &Now::default(), &config, false, &same));
         assert!(!f.plan.hop);
-        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.clone())));
+        assert!(f.headers.contains(&(config.cluster_header.as_str(), config.upstream_cluster_https.as_str().into())));
         let elsewhere = Fallbacks::List(vec!["other/m".into()]);
         let Verdict::Refuse(d) = admit_with(&two_places(), &Now::default(), &config, false, &elsewhere) else {
             panic!("forwarded without a hop")

@@ -223,8 +223,22 @@ impl BodyReader {
         }
     }
 
-    /// The body ended.
-    pub fn finish(mut self) -> BodyFacts {
+    /// The body ended. The reader is then as new, with its buffers kept
+    /// for another body (the worker keeps one: `Worker::spare_reader`).
+    pub fn finish(&mut self) -> BodyFacts {
+        let facts = self.facts();
+        let keep = |v: &mut Vec<u8>| {
+            let mut v = std::mem::take(v);
+            v.clear();
+            v
+        };
+        let (stack, utf8, key, value) =
+            (keep(&mut self.stack), keep(&mut self.utf8), keep(&mut self.key), keep(&mut self.value));
+        *self = BodyReader { stack, utf8, key, value, ..BodyReader::default() };
+        facts
+    }
+
+    fn facts(&mut self) -> BodyFacts {
         if let Mode::Num(n) = self.mode {
             if n.complete() {
                 self.value_done(); // a number at the very end of the document
@@ -237,7 +251,7 @@ impl BodyReader {
             // Valid JSON, but not an object: it names no model.
             return BodyFacts::of(ModelField::Absent);
         }
-        let model = match self.model {
+        let model = match self.model.take() {
             Some(ModelField::Repeated) => ModelField::Repeated,
             _ if self.case_variant => ModelField::CaseVariant,
             m => m.unwrap_or(ModelField::Absent),
@@ -250,7 +264,7 @@ impl BodyReader {
             stream: self.stream,
             stream_options: self.stream_options,
             unclear_limit: self.unclear_limit,
-            fallbacks: self.fallbacks,
+            fallbacks: std::mem::take(&mut self.fallbacks),
         }
     }
 
@@ -327,7 +341,8 @@ impl BodyReader {
     /// A value is complete: a member of the top-level object may be done.
     fn value_done(&mut self) {
         if self.capture == Capture::Value && self.stack.len() == 1 {
-            let raw = std::mem::take(&mut self.value);
+            // Taken, then given back empty: its capacity serves the next value.
+            let mut raw = std::mem::take(&mut self.value);
             match self.want {
                 Want::Model => {
                     // A second `model` could be read differently upstream: refuse it.
@@ -355,6 +370,8 @@ impl BodyReader {
                 }
                 Want::None => {}
             }
+            raw.clear();
+            self.value = raw;
             self.capture = Capture::None;
             self.want = Want::None;
         }
@@ -363,7 +380,8 @@ impl BodyReader {
 
     /// A key of the top-level object is complete: is it one we read?
     fn key_done(&mut self) {
-        let raw = std::mem::take(&mut self.key);
+        // Taken, then given back empty: its capacity serves the next key.
+        let mut raw = std::mem::take(&mut self.key);
         self.capture = Capture::None;
         let key = if raw.len() <= MAX_KEY { unescape(&raw).ok() } else { None };
         // Go's encoding/json matches keys by `ToUpper(ToLower(r))`: the Kelvin
@@ -401,6 +419,8 @@ impl BodyReader {
             }
             Want::None
         };
+        raw.clear();
+        self.key = raw;
     }
 
     fn scan(&mut self, c: &[u8]) -> Scan<()> {
@@ -811,6 +831,15 @@ mod tests {
                 }
                 assert_eq!(r.finish(), whole, "{:?} in chunks of {size}", String::from_utf8_lossy(doc));
             }
+        }
+        // One reader for every document in turn (the worker reuses one):
+        // each reads as with a new reader, whatever came before, cut or not.
+        let mut reused = BodyReader::default();
+        for doc in docs.iter().chain(docs.iter().rev()) {
+            for chunk in doc.chunks(5) {
+                reused.feed(chunk);
+            }
+            assert_eq!(reused.finish(), read(doc), "{:?} after others", String::from_utf8_lossy(doc));
         }
     }
 

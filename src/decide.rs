@@ -65,7 +65,7 @@ pub struct Target<'a> {
     pub provider: &'a ProviderPlan,
     /// Credentials in failover order (never empty).
     pub credentials: &'a [Credential],
-    pub endpoint: Endpoint,
+    pub endpoint: Endpoint<'a>,
     pub upstream_path: String,
     /// The provider's own name for the model, when the request names one.
     pub model: Option<String>,
@@ -183,7 +183,7 @@ fn target<'a>(
         _ => None,
     };
     let rest = path_model.as_deref().unwrap_or(surface.rest);
-    let upstream_path = surface::upstream_path(&endpoint.path_prefix, rest, surface.query);
+    let upstream_path = surface::upstream_path(endpoint.path_prefix, rest, surface.query);
     let target = Target { provider, credentials, endpoint, upstream_path, model: local_model.map(str::to_string) };
     Ok((target, qualified))
 }

@@ -192,7 +192,9 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError> {
+        // As Envoy: a map it cannot read is refused.
+        let pairs = crate::wire::parse_pairs(serialized).ok_or(HostError(2))?;
         let list = pairs.iter().map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec())).collect();
         self.headers.borrow_mut().insert((self.effective.get(), map), list);
         Ok(())

@@ -42,8 +42,34 @@ pub const BODY_STATE: [&str; 2] = ["filter_state", "wasm.keygate_body"];
 pub const GATE_HEADER: &str = "x-keygate-gate";
 
 /// The gate's name for itself: `<vm tag, 16 hex>.<context id>`.
-pub fn gate_tag(vm: u64, gate: u32) -> String {
-    format!("{vm:016x}.{gate}")
+pub fn gate_tag(vm: u64, gate: u32) -> GateTag {
+    let mut tag = GateTag { bytes: [0; GATE_TAG_MAX], len: 0 };
+    let mut out = &mut tag.bytes[..];
+    // Fits: 16 hex digits, a dot and at most 10 digits.
+    if std::io::Write::write_fmt(&mut out, format_args!("{vm:016x}.{gate}")).is_ok() {
+        tag.len = GATE_TAG_MAX - out.len();
+    }
+    tag
+}
+
+const GATE_TAG_MAX: usize = 16 + 1 + 10;
+
+/// A gate tag, on the stack (a gate sets one for every request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateTag {
+    bytes: [u8; GATE_TAG_MAX],
+    len: usize,
+}
+
+impl GateTag {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+
+    /// Always ASCII.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
 }
 
 /// A gate tag read back (`None`: not one).
@@ -420,6 +446,15 @@ fn decode_fallbacks(text: &str) -> Option<(Fallbacks, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gate_tags_read_back_at_every_width() {
+        for (vm, gate) in [(0, 0), (0x0123_4567_89ab_cdef, 21), (u64::MAX, u32::MAX)] {
+            let tag = gate_tag(vm, gate);
+            assert_eq!(tag.as_str(), format!("{vm:016x}.{gate}"));
+            assert_eq!(parse_gate_tag(tag.as_bytes()), Some((vm, gate)));
+        }
+    }
     use proptest::prelude::*;
 
     /// A plan for `model` at `anthropic` with two credentials, falling back

@@ -11,13 +11,30 @@
 //! A removal or a replacement drops *every* copy of the name (a client's
 //! repeated `authorization` does not survive next to the provider's).
 
+use std::io::Write;
+use std::ops::Range;
+
 use crate::host::{HeaderMap, Host, HostError, Map};
 
+/// One change: where its name lies in `Edits::bytes`, and its value's
+/// (`None`: removed).
+type Change = (Range<usize>, Option<Range<usize>>);
+
+/// A callback's changes. The worker keeps one and clears it for each
+/// callback: the names, values and the serialized map reuse its buffers, so
+/// that a callback's changes cost no allocation once they have grown.
 #[derive(Default)]
 pub struct Edits {
+    /// Names and values, back to back (a change of a name already changed
+    /// appends its new value and leaves the old bytes unused).
+    bytes: Vec<u8>,
     /// In order; a later change of a name overrides an earlier one. Names
     /// are bytes: a header named in bytes that are not UTF-8 can be removed.
-    changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    changes: Vec<Change>,
+    /// The serialized map of the last `write`.
+    out: Vec<u8>,
+    /// Which of the snapshot's headers the last `write` kept.
+    kept: Vec<bool>,
 }
 
 impl Edits {
@@ -25,9 +42,25 @@ impl Edits {
         Edits::default()
     }
 
+    /// No changes (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.changes.clear();
+    }
+
     /// Sets `name` to `value` (every copy of it replaced).
-    pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.change(name.as_bytes(), Some(value.into()));
+    pub fn set(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(value.as_ref());
+        self.change(name.as_bytes(), Some(at..self.bytes.len()));
+    }
+
+    /// Sets `name` to a number, written in decimal.
+    pub fn set_number(&mut self, name: &str, value: u64) {
+        let at = self.bytes.len();
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(self.bytes, "{value}");
+        self.change(name.as_bytes(), Some(at..self.bytes.len()));
     }
 
     /// Removes every copy of `name`.
@@ -40,10 +73,15 @@ impl Edits {
         self.change(name, None);
     }
 
-    fn change(&mut self, name: &[u8], value: Option<Vec<u8>>) {
-        match self.changes.iter_mut().find(|(n, _)| n == name) {
+    fn change(&mut self, name: &[u8], value: Option<Range<usize>>) {
+        let bytes = &self.bytes;
+        match self.changes.iter_mut().find(|(n, _)| bytes.get(n.clone()) == Some(name)) {
             Some(entry) => entry.1 = value,
-            None => self.changes.push((name.to_vec(), value)),
+            None => {
+                let at = self.bytes.len();
+                self.bytes.extend_from_slice(name);
+                self.changes.push((at..self.bytes.len(), value));
+            }
         }
     }
 
@@ -51,22 +89,61 @@ impl Edits {
         self.changes.is_empty()
     }
 
+    fn part(&self, range: &Range<usize>) -> &[u8] {
+        self.bytes.get(range.clone()).unwrap_or_default()
+    }
+
+    /// Each change: its name, and its value (`None`: removed).
+    fn iter(&self) -> impl Iterator<Item = (&[u8], Option<&[u8]>)> {
+        self.changes.iter().map(|(n, v)| (self.part(n), v.as_ref().map(|v| self.part(v))))
+    }
+
+    fn changed(&self, name: &[u8]) -> bool {
+        self.iter().any(|(n, _)| n == name)
+    }
+
     /// The map after the changes: `snapshot` (the map as the callback read
     /// it, in order) without the changed names, then the values set.
     pub fn applied<'a>(&'a self, snapshot: &'a HeaderMap) -> Vec<(&'a [u8], &'a [u8])> {
-        let changed = |name: &[u8]| self.changes.iter().any(|(n, _)| n == name);
-        let kept = snapshot.raw_iter().filter(|(n, _)| !changed(n));
-        let set = self.changes.iter().filter_map(|(n, v)| v.as_deref().map(|v| (n.as_slice(), v)));
+        let kept = snapshot.raw_iter().filter(|(n, _)| !self.changed(n));
+        let set = self.iter().filter_map(|(n, v)| v.map(|v| (n, v)));
         kept.chain(set).collect()
+    }
+
+    /// `applied`, serialized for the host into `out` (no list of pairs in
+    /// between: `wire::serialize_pairs`'s format, written in two passes).
+    fn serialize_applied(&mut self, snapshot: &HeaderMap) {
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        // Each header of the snapshot is looked up in the changes once.
+        let mut flags = std::mem::take(&mut self.kept);
+        flags.clear();
+        flags.extend(snapshot.raw_iter().map(|(n, _)| !self.changed(n)));
+        let kept = || snapshot.raw_iter().zip(&flags).filter(|(_, keep)| **keep).map(|(pair, _)| pair);
+        let set = || self.iter().filter_map(|(n, v)| v.map(|v| (n, v)));
+        let count = kept().count() + set().count();
+        out.extend_from_slice(&(count as u32).to_le_bytes());
+        for (n, v) in kept().chain(set()) {
+            out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        }
+        for (n, v) in kept().chain(set()) {
+            out.extend_from_slice(n);
+            out.push(0);
+            out.extend_from_slice(v);
+            out.push(0);
+        }
+        self.out = out;
+        self.kept = flags;
     }
 
     /// Writes each change by itself (for a map not read first); a change
     /// the host refuses is skipped.
     pub fn write_each(&self, host: &impl Host, map: Map) {
-        for (name, value) in &self.changes {
+        for (name, value) in self.iter() {
             // (A name that is not UTF-8 is only ever removed, with the map.)
             if let Ok(name) = std::str::from_utf8(name) {
-                let _ = host.set_header(map, name, value.as_deref());
+                let _ = host.set_header(map, name, value);
             }
         }
     }
@@ -74,15 +151,17 @@ impl Edits {
     /// Writes the changes to `map`, whose headers were `snapshot` when the
     /// callback read them: one host call for any number of changes (none
     /// for none).
-    pub fn write(&self, host: &impl Host, map: Map, snapshot: &HeaderMap) -> Result<(), HostError> {
-        match self.changes.as_slice() {
-            [] => Ok(()),
-            [(name, value)] => match std::str::from_utf8(name) {
-                Ok(name) => host.set_header(map, name, value.as_deref()),
-                Err(_) => host.set_headers(map, &self.applied(snapshot)),
-            },
-            _ => host.set_headers(map, &self.applied(snapshot)),
+    pub fn write(&mut self, host: &impl Host, map: Map, snapshot: &HeaderMap) -> Result<(), HostError> {
+        if self.changes.is_empty() {
+            return Ok(());
         }
+        if let ([_], Some((Ok(name), value))) =
+            (self.changes.as_slice(), self.iter().next().map(|(n, v)| (std::str::from_utf8(n), v)))
+        {
+            return host.set_header(map, name, value);
+        }
+        self.serialize_applied(snapshot);
+        host.set_headers(map, &self.out)
     }
 }
 

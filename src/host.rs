@@ -67,9 +67,11 @@ pub trait Host {
     fn header(&self, map: Map, name: &str) -> Option<Vec<u8>>;
     /// Sets (replaces) a header, or removes it with `None`.
     fn set_header(&self, map: Map, name: &str, value: Option<&[u8]>) -> Result<(), HostError>;
-    /// Replaces the whole map with `pairs`, in one call (Envoy removes every
-    /// header, then adds these in order). See `header_edits`.
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError>;
+    /// Replaces the whole map with `serialized` (a map as
+    /// `wire::serialize_pairs` writes it), in one call (Envoy removes every
+    /// header, then adds these in order). See `header_edits`, which
+    /// serializes into a buffer it reuses.
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError>;
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError>;
     fn set_buffer(&self, buffer: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError>;

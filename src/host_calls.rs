@@ -147,9 +147,9 @@ impl<H: Host> Host for Counting<H> {
         self.inner.set_header(map, name, value)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError> {
         self.count(Kind::HeaderPairsSet);
-        self.inner.set_headers(map, pairs)
+        self.inner.set_headers(map, serialized)
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {

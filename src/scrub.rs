@@ -11,8 +11,14 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// `text` with every occurrence of each secret replaced, or `None` when it
 /// contains none.
 pub fn scrub<S: AsRef<str>>(text: &[u8], secrets: &[S]) -> Option<Vec<u8>> {
+    scrub_each(text, secrets.iter().map(AsRef::as_ref))
+}
+
+/// [`scrub`] with the secrets from an iterator (borrowed where they are
+/// kept: no list is built for each header).
+pub fn scrub_each<'s>(text: &[u8], secrets: impl Iterator<Item = &'s str>) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
-    for secret in secrets.iter().map(AsRef::as_ref).filter(|s| s.len() >= MIN_SECRET_LEN) {
+    for secret in secrets.filter(|s| s.len() >= MIN_SECRET_LEN) {
         let current = out.as_deref().unwrap_or(text);
         if let Some(replaced) = replace_all(current, secret.as_bytes()) {
             out = Some(replaced);

@@ -27,14 +27,15 @@ fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
 
 /// A provider's base URL, split for Envoy: the scheme picks the cluster, the
 /// authority becomes `:authority`, and the path is prefixed to the request's.
+/// Parts of the URL, not copies (it is read for every request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
+pub struct Endpoint<'a> {
     pub tls: bool,
-    pub authority: String,
-    pub path_prefix: String,
+    pub authority: &'a str,
+    pub path_prefix: &'a str,
 }
 
-pub fn parse_base_url(url: &str) -> Option<Endpoint> {
+pub fn parse_base_url(url: &str) -> Option<Endpoint<'_>> {
     let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
         (true, rest)
     } else {
@@ -49,7 +50,7 @@ pub fn parse_base_url(url: &str) -> Option<Endpoint> {
     if !valid || path.contains(['?', '#']) {
         return None;
     }
-    Some(Endpoint { tls, authority: authority.to_string(), path_prefix: path.trim_end_matches('/').to_string() })
+    Some(Endpoint { tls, authority, path_prefix: path.trim_end_matches('/') })
 }
 
 /// The header that carries a provider credential in that provider's style.
@@ -70,11 +71,11 @@ mod tests {
     fn base_urls() {
         assert_eq!(
             parse_base_url("https://api.openai.com/v1"),
-            Some(Endpoint { tls: true, authority: "api.openai.com".into(), path_prefix: "/v1".into() })
+            Some(Endpoint { tls: true, authority: "api.openai.com", path_prefix: "/v1" })
         );
         assert_eq!(
             parse_base_url("http://127.0.0.1:18101/"),
-            Some(Endpoint { tls: false, authority: "127.0.0.1:18101".into(), path_prefix: "".into() })
+            Some(Endpoint { tls: false, authority: "127.0.0.1:18101", path_prefix: "" })
         );
         assert_eq!(parse_base_url("ftp://x"), None);
         assert_eq!(parse_base_url("http:///v1"), None);

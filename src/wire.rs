@@ -127,6 +127,11 @@ pub fn serialize_pairs<N: AsRef<[u8]>>(pairs: &[(N, &[u8])]) -> Vec<u8> {
     out
 }
 
+/// A property path as the ABI takes it: segments joined by NUL.
+pub fn property_path(path: &[&str]) -> Vec<u8> {
+    path.join("\0").into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,9 +39,14 @@ impl TokenError {
     }
 }
 
-fn checksum_hex(prefix_and_random: &str) -> String {
+/// The checksum as lowercase hex, on the stack (a token is checked on every
+/// request: no allocation).
+fn checksum(prefix_and_random: &str) -> [u8; CHECKSUM_HEX] {
     let sum = Sha256::digest(prefix_and_random.as_bytes());
-    hex::encode(sum.get(..CHECKSUM_HEX / 2).unwrap_or_default())
+    let mut out = [0u8; CHECKSUM_HEX];
+    // Cannot fail: the output is exactly twice the input.
+    let _ = hex::encode_to_slice(sum.get(..CHECKSUM_HEX / 2).unwrap_or_default(), &mut out);
+    out
 }
 
 /// Builds a token from random bytes (the caller draws them from the OS source).
@@ -49,8 +54,8 @@ pub fn from_random(random: &[u8; RANDOM_BYTES]) -> String {
     let mut token = String::with_capacity(TOKEN_LEN);
     token.push_str(PREFIX);
     token.push_str(&hex::encode(random));
-    let sum = checksum_hex(&token);
-    token.push_str(&sum);
+    let sum = checksum(&token);
+    token.push_str(std::str::from_utf8(&sum).unwrap_or_default());
     token
 }
 
@@ -67,7 +72,7 @@ pub fn validate(token: &str) -> Result<(), TokenError> {
         return Err(TokenError::Charset);
     }
     let (body, sum) = token.split_at(TOKEN_LEN - CHECKSUM_HEX);
-    if checksum_hex(body) != sum {
+    if checksum(body) != sum.as_bytes() {
         return Err(TokenError::Checksum);
     }
     Ok(())
@@ -120,11 +125,20 @@ pub fn contains_token(hay: &[u8]) -> bool {
 
 /// [`contains_token`] over a stream of chunks: a token cut by a chunk
 /// boundary is found from the last bytes of one chunk and the first of the
-/// next. Keeps at most one token's length of bytes.
-#[derive(Debug, Default, Clone)]
+/// next. Keeps at most one token's length of bytes, in place (no
+/// allocation: a gate scans every request's body).
+#[derive(Debug, Clone)]
 pub struct TokenScanner {
-    tail: Vec<u8>,
+    /// The last bytes seen (`len` of them), then the next chunk's first.
+    tail: [u8; 2 * (TOKEN_LEN - 1)],
+    len: usize,
     found: bool,
+}
+
+impl Default for TokenScanner {
+    fn default() -> TokenScanner {
+        TokenScanner { tail: [0; 2 * (TOKEN_LEN - 1)], len: 0, found: false }
+    }
 }
 
 impl TokenScanner {
@@ -134,17 +148,27 @@ impl TokenScanner {
         }
         // A token across the boundary lies within TOKEN_LEN - 1 bytes on each side.
         let head = chunk.get(..chunk.len().min(TOKEN_LEN - 1)).unwrap_or_default();
-        self.tail.extend_from_slice(head);
-        if contains_token(&self.tail) || contains_token(chunk) {
+        // `len` <= TOKEN_LEN - 1 between calls, so head fits after it.
+        let end = (self.len + head.len()).min(self.tail.len());
+        if let Some(room) = self.tail.get_mut(self.len..end) {
+            room.copy_from_slice(head);
+        }
+        let tail = self.tail.get(..end).unwrap_or_default();
+        if contains_token(tail) || contains_token(chunk) {
             self.found = true;
             return;
         }
+        // Kept for the next chunk: the last TOKEN_LEN - 1 bytes seen.
         if chunk.len() >= TOKEN_LEN - 1 {
-            self.tail.clear();
-            self.tail.extend_from_slice(chunk.get(chunk.len() - (TOKEN_LEN - 1)..).unwrap_or_default());
+            let last = chunk.get(chunk.len() - (TOKEN_LEN - 1)..).unwrap_or_default();
+            if let Some(to) = self.tail.get_mut(..last.len()) {
+                to.copy_from_slice(last);
+            }
+            self.len = last.len();
         } else {
-            let drop = self.tail.len().saturating_sub(TOKEN_LEN - 1);
-            self.tail.drain(..drop);
+            let start = end.saturating_sub(TOKEN_LEN - 1);
+            self.tail.copy_within(start..end, 0);
+            self.len = end - start;
         }
     }
 

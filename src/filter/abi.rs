@@ -141,11 +141,10 @@ fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Stat
     check(status)
 }
 
-/// Replaces the whole map (see `header_edits`).
-fn set_headers(map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), Status> {
-    let bytes = wire::serialize_pairs(pairs);
+/// Replaces the whole map with a serialized one (see `header_edits`).
+fn set_headers(map: MapType, serialized: &[u8]) -> Result<(), Status> {
     // SAFETY: a live slice; the host copies it.
-    check(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
+    check(unsafe { proxy_set_header_map_pairs(map, serialized.as_ptr(), serialized.len()) })
 }
 
 fn buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Vec<u8>, Status> {
@@ -175,13 +174,8 @@ fn set_effective_context(context_id: u32) -> Result<(), Status> {
     check(unsafe { proxy_set_effective_context(context_id) })
 }
 
-/// A property path as the ABI takes it: segments joined by NUL.
-fn property_path(path: &[&str]) -> Vec<u8> {
-    path.join("\0").into_bytes()
-}
-
 fn property(path: &[&str]) -> Option<Vec<u8>> {
-    let path = property_path(path);
+    let path = wire::property_path(path);
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: as in `headers`.
     let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
@@ -194,7 +188,7 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
 /// Another filter may have declared the name read-only (the host then
 /// answers `BadArgument`): an error to handle, not a panic.
 fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
-    let path = property_path(path);
+    let path = wire::property_path(path);
     // SAFETY: live slices; the host copies them.
     check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
@@ -279,8 +273,8 @@ impl Host for Abi {
         set_header(map_type(map), name, value).map_err(host_error)
     }
 
-    fn set_headers(&self, map: Map, pairs: &[(&[u8], &[u8])]) -> Result<(), HostError> {
-        set_headers(map_type(map), pairs).map_err(host_error)
+    fn set_headers(&self, map: Map, serialized: &[u8]) -> Result<(), HostError> {
+        set_headers(map_type(map), serialized).map_err(host_error)
     }
 
     fn buffer(&self, buffer: Buffer, start: usize, max_size: usize) -> Result<Vec<u8>, HostError> {

@@ -88,7 +88,7 @@ impl Worker {
         };
         gate.dialect = screened.dialect;
         match (screened.surface.judge, screened.boundary) {
-            (Judge::Model(BodyKind::Json), _) => gate.json = Some(BodyReader::default()),
+            (Judge::Model(BodyKind::Json), _) => gate.json = Some(self.spare_reader.take().unwrap_or_default()),
             (Judge::Model(BodyKind::Multipart), Some(b)) => gate.form = Some(MultipartReader::new(b)),
             _ => {}
         }
@@ -208,7 +208,11 @@ impl Worker {
     /// The body ended: the keygate filter gets the headers next.
     fn publish(&mut self, host: &impl Host, gate: &mut GateState) {
         let mut facts = match (gate.json.take(), gate.form.take()) {
-            (Some(json), _) => json.finish(),
+            (Some(mut json), _) => {
+                let facts = json.finish();
+                self.spare_reader = Some(json);
+                facts
+            }
             (None, Some(form)) => BodyFacts::of(form.finish()),
             (None, None) => BodyFacts::of(ModelField::Absent),
         };

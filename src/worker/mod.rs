@@ -136,6 +136,13 @@ pub struct Worker {
     reported_entries: usize,
     /// The time of the callback that runs, read once (`now`).
     clock: std::cell::Cell<Option<u64>>,
+    /// A callback's header changes: one kept for all, so that its buffers
+    /// are reused (`header_edits`).
+    edits: crate::header_edits::Edits,
+    /// A body reader that finished, its buffers kept for the next gate.
+    spare_reader: Option<crate::body::BodyReader>,
+    /// The last usage batch's JSON (the host copies it): its buffer is reused.
+    batch_json: Vec<u8>,
 }
 
 /// A gate's findings kept in memory for the keygate filter of its request:
@@ -177,6 +184,9 @@ impl Worker {
             last_purge_ms: 0,
             reported_entries: 0,
             clock: std::cell::Cell::new(None),
+            edits: Default::default(),
+            spare_reader: None,
+            batch_json: Vec::new(),
         }
     }
 
@@ -517,16 +527,21 @@ impl Worker {
         if batch.records.is_empty() {
             return;
         }
-        let Ok(json) = serde_json::to_vec(&batch) else {
+        // Written into the buffer of the last batch: a batch of hundreds of
+        // records would otherwise grow a new one a dozen times.
+        let mut json = std::mem::take(&mut self.batch_json);
+        json.clear();
+        if serde_json::to_writer(&mut json, &batch).is_err() {
             self.usage.requeue(batch.records);
             return;
-        };
+        }
         // The batch travels with its callout, to be queued again if lost.
         if let Err(Purpose::UsageBatch(records)) =
             self.store_call(host, "POST", "/v1/usage", Some(&json), Purpose::UsageBatch(batch.records))
         {
             self.usage.requeue(records);
         }
+        self.batch_json = json;
     }
 }
 

@@ -415,7 +415,8 @@ impl Worker {
         }
         let Some(req) = self.requests.get(&id) else { return Step::Refused };
         let f = &req.facts;
-        let model = f.model.clone().unwrap_or(ModelField::Absent);
+        let absent = ModelField::Absent;
+        let model = f.model.as_ref().unwrap_or(&absent);
         // The headers were screened: the surface is in the table.
         let Ok(surface) = surface::classify(&f.method, &f.path, f.anthropic_version) else {
             return self.refuse_step(host, id, &Denial::internal("the gateway could not classify the request"));
@@ -435,7 +436,7 @@ impl Worker {
         let ask = Ask {
             facts: RequestFacts {
                 surface,
-                model: &model,
+                model,
                 fallbacks: &f.fallbacks,
                 access_key_in_body: f.access_key_in_body,
                 client_ip,
@@ -503,7 +504,8 @@ impl Worker {
         // Every change in one host call (`header_edits`). Any change of the
         // request's headers makes Envoy pick the route again: with the Rust
         // SDK's ABI (0.2.1) Envoy clears the route cache itself.
-        let mut edits = Edits::new();
+        let edits = &mut self.edits;
+        edits.clear();
         for name in &req.facts.strip {
             edits.remove(name);
         }
@@ -923,7 +925,8 @@ impl Worker {
     pub fn response_headers(&mut self, host: &impl Host, id: u32) -> Flow {
         let config = self.config.clone();
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
-        let mut edits = Edits::new();
+        let edits = &mut self.edits;
+        edits.clear();
         if !req.facts.request_id.is_empty() {
             edits.set(REQUEST_ID_HEADER, req.facts.request_id.as_bytes());
         }
@@ -940,7 +943,7 @@ impl Worker {
         // One snapshot of the answer's headers, and every change written in
         // one call (`header_edits`).
         let snapshot = host.headers(Map::ResponseHeaders);
-        answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, &mut edits);
+        answer_headers(host, &mut self.metrics, &config, &req.facts, fw, &snapshot, edits);
         if edits.write(host, Map::ResponseHeaders, &snapshot).is_err() {
             // One by one then: a scrubbed credential must not pass.
             warn!("keygate: request {}: could not set the answer's headers at once", req.facts.request_id);
@@ -1195,7 +1198,6 @@ fn answer_headers(
     edits: &mut Edits,
 ) {
     // One snapshot: the status, and any header that echoes a credential.
-    let secrets: Vec<String> = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
     let mut status = 0;
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
@@ -1212,7 +1214,7 @@ fn answer_headers(
         if name.starts_with(':') {
             continue;
         }
-        if let Some(clean) = crate::scrub::scrub(value, &secrets) {
+        if let Some(clean) = crate::scrub::scrub_each(value, fw.plan.candidates().map(|(_, _, k)| k.value.as_str())) {
             warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
             metrics.count(Counter::ScrubbedHeaders);
             // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
@@ -1247,7 +1249,7 @@ fn answer_headers(
     // Whether the answer is a JSON document or an event stream is read
     // from its first byte (`observe_body`), which saves a header read.
     fw.answer.read_usage = true;
-    edits.set("x-keygate-attempts", fw.attempts.len().to_string());
+    edits.set_number("x-keygate-attempts", fw.attempts.len() as u64);
     if let Some(last) = fw.attempts.last() {
         edits.set("x-keygate-provider-key", last.key_id.as_bytes());
         // Which model and provider served (with fallbacks, not always
@@ -1278,6 +1280,7 @@ fn answer_headers(
     } else if !(200..300).contains(&status) {
         // Error bodies are where providers echo a rejected credential.
         edits.remove("content-length");
+        let secrets = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
         fw.answer.scrubber = Some(StreamScrubber::new(secrets));
     }
 }
