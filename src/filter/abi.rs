@@ -1,22 +1,34 @@
 //! The [`Host`] over the proxy-wasm ABI.
 //!
-//! Host calls that cannot panic. The SDK's wrappers (`proxy_wasm::hostcalls`)
-//! return a `Result` but panic on any status they do not expect, and its
-//! header readers unwrap UTF-8: one request header byte that is not UTF-8, or
-//! one odd status (a property another plugin declared read-only), would kill
-//! the VM for every request on the worker. Headers, buffers, properties,
-//! shared data, local replies, resume and the effective context call the ABI
-//! directly and return what the host said; the SDK is left the calls whose
-//! statuses it handles (callouts, metrics, time).
-
-use std::time::{Duration, UNIX_EPOCH};
-
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+//! Host calls that cannot panic: every one calls the ABI directly and returns
+//! what the host said. (The Rust SDK's wrappers, `proxy_wasm::hostcalls`,
+//! panic on any status they do not expect, and its header readers unwrap
+//! UTF-8: one request header byte that is not UTF-8, or one odd status (a
+//! property another plugin declared read-only), would kill the VM for every
+//! request on the worker. The filter does not use the SDK.)
 
 use crate::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, SharedError};
 
 use crate::wire;
+
+/// The ABI's header maps.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum MapType {
+    Request = 0,
+    Response = 2,
+    CallResponse = 6,
+}
+
+/// The ABI's buffers.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum BufferType {
+    HttpRequestBody = 0,
+    HttpResponseBody = 1,
+    HttpCallResponseBody = 4,
+    PluginConfiguration = 7,
+}
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -73,6 +85,24 @@ extern "C" {
     ) -> u32;
     fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
+    fn proxy_define_metric(metric_type: u32, name: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
 }
 
 const NOT_FOUND: u32 = 1;
@@ -94,8 +124,8 @@ fn check(status: u32) -> Result<(), Status> {
     }
 }
 
-/// Takes ownership of memory the host allocated in this VM (through the
-/// SDK's `proxy_on_memory_allocate`, which allocates a `Vec<u8>`).
+/// Takes ownership of memory the host allocated in this VM (through
+/// `proxy_on_memory_allocate`, which allocates a `Vec<u8>`).
 ///
 /// SAFETY: `data` is null or points to `size` bytes the host just allocated.
 unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
@@ -225,6 +255,106 @@ fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), Shar
     }
 }
 
+fn now_ms() -> Option<u64> {
+    let mut nanos = 0u64;
+    // SAFETY: the host writes one u64 through a pointer to a live local.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut nanos) }).ok()?;
+    Some(nanos / 1_000_000)
+}
+
+/// A callout; its token, which [`super::callout_dispatched`] records for the
+/// context whose callback made it (the answer goes to that context).
+fn http_call(call: &Call<'_>) -> Result<u32, Status> {
+    let headers: Vec<(&str, &[u8])> = call.headers.iter().map(|&(n, v)| (n, v.as_bytes())).collect();
+    let headers = wire::serialize_pairs(&headers);
+    let trailers = wire::serialize_pairs::<&str>(&[]);
+    let (body, body_size) = call.body.map_or((std::ptr::null(), 0), |b| (b.as_ptr(), b.len()));
+    let mut token = 0u32;
+    // SAFETY: live slices (or null and 0 for no body); the host copies them
+    // and writes the token through a pointer to a live local.
+    check(unsafe {
+        proxy_http_call(
+            call.cluster.as_ptr(),
+            call.cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            body,
+            body_size,
+            trailers.as_ptr(),
+            trailers.len(),
+            call.timeout_ms as u32,
+            &mut token,
+        )
+    })?;
+    super::callout_dispatched(token);
+    Ok(token)
+}
+
+fn define_metric(kind: MetricKind, name: &str) -> Result<u32, Status> {
+    let kind = match kind {
+        MetricKind::Counter => 0,
+        MetricKind::Gauge => 1,
+    };
+    let mut id = 0u32;
+    // SAFETY: a live slice; the host copies it and writes the id through a pointer to a live local.
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) }).map(|()| id)
+}
+
+fn increment_metric(id: u32, delta: i64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_increment_metric(id, delta) })
+}
+
+/// The root's tick period.
+pub fn set_tick_period_ms(period_ms: u64) -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_set_tick_period_milliseconds(period_ms as u32) })
+}
+
+/// The ABI's log levels (`proxy_log`).
+pub const LOG_CRITICAL: u32 = 5;
+
+/// One line in Envoy's log (the `wasm` component).
+pub fn log(level: u32, message: &str) {
+    // SAFETY: a live slice; the host copies it.
+    let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// The `log` crate's lines go to Envoy's log.
+pub struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            log::Level::Trace => 0,
+            log::Level::Debug => 1,
+            log::Level::Info => 2,
+            log::Level::Warn => 3,
+            log::Level::Error => 4,
+        };
+        log(level, &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+/// The host's allocations in this VM (the buffers it hands over, which
+/// `owned` takes back as a `Vec<u8>`).
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut vec: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(size);
+    // SAFETY: `MaybeUninit` needs no initialization; the capacity is `size`.
+    unsafe { vec.set_len(size) };
+    Box::into_raw(vec.into_boxed_slice()) as *mut u8
+}
+
 fn resume_request() -> Result<(), Status> {
     // SAFETY: no pointers.
     check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
@@ -235,9 +365,9 @@ pub struct Abi;
 
 fn map_type(map: Map) -> MapType {
     match map {
-        Map::RequestHeaders => MapType::HttpRequestHeaders,
-        Map::ResponseHeaders => MapType::HttpResponseHeaders,
-        Map::CalloutHeaders => MapType::HttpCallResponseHeaders,
+        Map::RequestHeaders => MapType::Request,
+        Map::ResponseHeaders => MapType::Response,
+        Map::CalloutHeaders => MapType::CallResponse,
     }
 }
 
@@ -254,17 +384,9 @@ fn host_error(s: Status) -> HostError {
     HostError(s.0)
 }
 
-fn sdk_error(s: proxy_wasm::types::Status) -> HostError {
-    HostError(s as u32)
-}
-
 impl Host for Abi {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
+        now_ms().unwrap_or(0)
     }
 
     fn headers(&self, map: Map) -> HeaderMap {
@@ -308,14 +430,7 @@ impl Host for Abi {
     }
 
     fn http_call(&self, call: &Call<'_>) -> Result<u32, HostError> {
-        hostcalls::dispatch_http_call(
-            call.cluster,
-            call.headers.clone(),
-            call.body,
-            vec![],
-            Duration::from_millis(call.timeout_ms),
-        )
-        .map_err(sdk_error)
+        http_call(call).map_err(host_error)
     }
 
     fn send_response(&self, status: u16, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), HostError> {
@@ -331,14 +446,10 @@ impl Host for Abi {
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
-        let kind = match kind {
-            MetricKind::Counter => MetricType::Counter,
-            MetricKind::Gauge => MetricType::Gauge,
-        };
-        hostcalls::define_metric(kind, name).map_err(sdk_error)
+        self::define_metric(kind, name).map_err(host_error)
     }
 
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError> {
-        hostcalls::increment_metric(id, delta).map_err(sdk_error)
+        self::increment_metric(id, delta).map_err(host_error)
     }
 }
