@@ -124,6 +124,10 @@ fn check(status: u32) -> Result<(), Status> {
     }
 }
 
+// The wrappers below that the worker calls from many places are kept out of
+// line (`#[inline(never)]`): one copy each instead of one per call site,
+// for the cost of a call next to a host call's.
+
 /// Takes ownership of memory the host allocated in this VM (through
 /// `proxy_on_memory_allocate`, which allocates a `Vec<u8>`).
 ///
@@ -137,6 +141,7 @@ unsafe fn owned(data: *mut u8, size: usize) -> Vec<u8> {
 }
 
 /// Every header of `map`, values as bytes. Empty when unavailable.
+#[inline(never)]
 fn headers(map: MapType) -> HeaderMap {
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: the host writes an allocation of ours and its size through two live locals.
@@ -150,6 +155,7 @@ fn headers(map: MapType) -> HeaderMap {
 }
 
 /// One header's value (the first, if repeated), as bytes.
+#[inline(never)]
 fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: as in `headers`.
@@ -160,6 +166,7 @@ fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Sets (replaces) a header, or removes it with `None`.
+#[inline(never)]
 fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> Result<(), Status> {
     // SAFETY: pointers and lengths of live slices; the host copies them.
     let status = unsafe {
@@ -178,6 +185,7 @@ fn set_headers(map: MapType, pairs: &[(&[u8], &[u8])]) -> Result<(), Status> {
     check(unsafe { proxy_set_header_map_pairs(map, bytes.as_ptr(), bytes.len()) })
 }
 
+#[inline(never)]
 fn buffer(buffer_type: BufferType, start: usize, max_size: usize) -> Result<Vec<u8>, Status> {
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
     // SAFETY: as in `headers`.
@@ -192,6 +200,7 @@ fn set_buffer(buffer_type: BufferType, start: usize, size: usize, value: &[u8]) 
     check(unsafe { proxy_set_buffer_bytes(buffer_type, start, size, value.as_ptr(), value.len()) })
 }
 
+#[inline(never)]
 fn send_response(status: u32, headers: &[(&str, &[u8])], body: &[u8]) -> Result<(), Status> {
     let map = wire::serialize_pairs(headers);
     // SAFETY: live slices; the host copies them.
@@ -210,6 +219,7 @@ fn property_path(path: &[&str]) -> Vec<u8> {
     path.join("\0").into_bytes()
 }
 
+#[inline(never)]
 fn property(path: &[&str]) -> Option<Vec<u8>> {
     let path = property_path(path);
     let (mut data, mut size) = (std::ptr::null_mut(), 0usize);
@@ -223,12 +233,14 @@ fn property(path: &[&str]) -> Option<Vec<u8>> {
 
 /// Another filter may have declared the name read-only (the host then
 /// answers `BadArgument`): an error to handle, not a panic.
+#[inline(never)]
 fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
     let path = property_path(path);
     // SAFETY: live slices; the host copies them.
     check(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
 
+#[inline(never)]
 fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
     let (mut data, mut size, mut cas) = (std::ptr::null_mut(), 0usize, 0u32);
     // SAFETY: as in `headers`, and a live local for the CAS token.
@@ -244,6 +256,7 @@ fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), Status> {
     }
 }
 
+#[inline(never)]
 fn set_shared_data(key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SharedError> {
     // SAFETY: live slices; the host copies them.
     let status =
