@@ -385,9 +385,14 @@ fn with_context<R>(id: u32, f: impl FnOnce(&mut Ctx) -> R) -> Option<R> {
     })
 }
 
-/// An HTTP callback's answer; a context that is not an HTTP filter's (or
-/// none) continues.
-fn http(id: u32, f: impl FnOnce(&mut Ctx) -> Action) -> u32 {
+/// A request callback's answer. A request whose context is unknown (none
+/// is meant to be) is refused, never passed on.
+fn request(id: u32, f: impl FnOnce(&mut Ctx) -> Action) -> u32 {
+    with_context(id, f).unwrap_or_else(fail_closed) as u32
+}
+
+/// A response callback's answer (an unknown context's response passes).
+fn response(id: u32, f: impl FnOnce(&mut Ctx) -> Action) -> u32 {
     with_context(id, f).unwrap_or(Action::Continue) as u32
 }
 
@@ -453,7 +458,7 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     let end_of_stream = end_of_stream != 0;
-    http(context_id, |ctx| match ctx {
+    request(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_request_headers(num_headers, end_of_stream),
         Ctx::Gate(gate) => gate.on_http_request_headers(num_headers, end_of_stream),
         Ctx::Upstream(upstream) => upstream.on_http_request_headers(num_headers, end_of_stream),
@@ -465,7 +470,7 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, num_headers: usize, 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
     let end_of_stream = end_of_stream != 0;
-    http(context_id, |ctx| match ctx {
+    request(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_request_body(body_size, end_of_stream),
         Ctx::Gate(gate) => gate.on_http_request_body(body_size, end_of_stream),
         Ctx::Upstream(upstream) => upstream.on_http_request_body(body_size, end_of_stream),
@@ -475,7 +480,7 @@ pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_o
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(context_id: u32, num_trailers: usize) -> u32 {
-    http(context_id, |ctx| match ctx {
+    request(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_request_trailers(num_trailers),
         Ctx::Gate(gate) => gate.on_http_request_trailers(num_trailers),
         Ctx::Root(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
@@ -485,7 +490,7 @@ pub extern "C" fn proxy_on_request_trailers(context_id: u32, num_trailers: usize
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(context_id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     let end_of_stream = end_of_stream != 0;
-    http(context_id, |ctx| match ctx {
+    response(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_response_headers(num_headers, end_of_stream),
         Ctx::Upstream(upstream) => upstream.on_http_response_headers(num_headers, end_of_stream),
         Ctx::Root(_) | Ctx::Gate(_) | Ctx::Unconfigured => Action::Continue,
@@ -495,7 +500,7 @@ pub extern "C" fn proxy_on_response_headers(context_id: u32, num_headers: usize,
 #[no_mangle]
 pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
     let end_of_stream = end_of_stream != 0;
-    http(context_id, |ctx| match ctx {
+    response(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_response_body(body_size, end_of_stream),
         Ctx::Root(_) | Ctx::Gate(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
     })
