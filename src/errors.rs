@@ -130,17 +130,24 @@ pub struct Denial {
     pub headers: Vec<(&'static str, String)>,
 }
 
+// The refusals the worker raises from many places are built out of line
+// (`#[cold]`, `#[inline(never)]`): one copy in the module, off the path of a
+// request that is let through.
 impl Denial {
     pub fn new(status: u16, code: Code, message: impl Into<String>) -> Denial {
         Denial { status, code, message: message.into(), retry_after: None, headers: Vec::new() }
     }
 
     /// The gateway could not do its part (never the client's fault).
+    #[cold]
+    #[inline(never)]
     pub fn internal(message: impl Into<String>) -> Denial {
         Denial::new(500, Code::InternalError, message)
     }
 
     /// The key store did not answer usably, and nothing stale may stand in.
+    #[cold]
+    #[inline(never)]
     pub fn store_unavailable() -> Denial {
         let mut d = Denial::new(503, Code::KeyStoreUnavailable, "the key store is unavailable; try again shortly");
         d.retry_after = Some(1);
@@ -149,6 +156,8 @@ impl Denial {
 
     /// No API keygate serves takes request trailers, and a body could not be
     /// rewritten after them.
+    #[cold]
+    #[inline(never)]
     pub fn unexpected_trailers() -> Denial {
         Denial::new(400, Code::UnexpectedTrailers, "request trailers are not accepted")
     }

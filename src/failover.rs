@@ -19,8 +19,15 @@ pub fn order(cool_until: &[u64], now_ms: u64) -> Vec<usize> {
     if !healthy.is_empty() {
         return healthy;
     }
-    let mut all: Vec<usize> = (0..cool_until.len()).collect();
-    all.sort_by_key(|&i| cool_until.get(i).copied().unwrap_or(0));
+    // A stable sort by recovery time. Each key goes in after every key that
+    // recovers no later: an insertion sort (a handful of keys, a rare path),
+    // not the standard library's sort, which is kilobytes of module.
+    let until = |i: usize| cool_until.get(i).copied().unwrap_or(0);
+    let mut all: Vec<usize> = Vec::with_capacity(cool_until.len());
+    for i in 0..cool_until.len() {
+        let at = all.partition_point(|&j| until(j) <= until(i));
+        all.insert(at, i);
+    }
     all
 }
 
@@ -114,6 +121,16 @@ mod tests {
         assert_eq!(order(&[5, 0], 10), vec![0, 1], "cooldown over");
         assert_eq!(order(&[90, 30, 60], 10), vec![1, 2, 0], "all cooling: soonest first");
         assert!(order(&[], 10).is_empty());
+    }
+
+    proptest::proptest! {
+        /// Every key cooling: the standard library's stable sort's order (ties keep configured order).
+        #[test]
+        fn all_cooling_is_a_stable_sort_by_recovery(cool in proptest::collection::vec(11u64..16, 0..40)) {
+            let mut want: Vec<usize> = (0..cool.len()).collect();
+            want.sort_by_key(|&i| cool.get(i).copied());
+            proptest::prop_assert_eq!(order(&cool, 10), want);
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::host::{Buffer, Call, HeaderMap, Host, HostError, Map, MetricKind, Sha
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedCall {
     pub token: u32,
-    /// The context whose callback made it: the SDK hands the answer to it.
+    /// The context whose callback made it: the answer goes to it (`filter`).
     pub context: u32,
     /// The effective context then (Envoy files the callout under its root).
     pub effective: u32,

@@ -63,7 +63,9 @@ fn usage_only(event: &[u8]) -> bool {
         #[serde(default)]
         usage: Option<serde::de::IgnoredAny>,
     }
-    let Ok(chunk) = serde_json::from_str::<Chunk>(&data) else { return false };
+    // From bytes, as every other document the filter reads: one serde_json
+    // reader in the module, not two.
+    let Ok(chunk) = serde_json::from_slice::<Chunk>(data.as_bytes()) else { return false };
     chunk.choices.is_some_and(|c| c.is_empty()) && chunk.usage.is_some()
 }
 

@@ -3,10 +3,8 @@
 //! The logic (`worker`) is written against [`Host`]; `filter::abi` implements
 //! it over the proxy-wasm ABI, and `fake_host::FakeHost` records every call
 //! for native tests. The host's status comes back as a `Result`, and the
-//! caller decides. (`filter::abi` calls the ABI itself for headers, buffers,
-//! local replies and the effective context, where a client's bytes or an odd
-//! status could reach the SDK's wrappers, which panic on what they do not
-//! expect; the rest goes through the SDK.)
+//! caller decides. (`filter::abi` calls the ABI itself; the Rust SDK's
+//! wrappers panic on statuses and bytes they do not expect.)
 
 pub use crate::wire::HeaderMap;
 

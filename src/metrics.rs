@@ -72,12 +72,13 @@ names! {
     }
 }
 
-/// Sums not yet handed to Envoy, and the ids Envoy gave each full name.
+/// Sums not yet handed to Envoy (one slot per name, in the enums' order),
+/// and the ids Envoy gave each full name.
 #[derive(Default)]
 pub struct Metrics {
-    counters: HashMap<Counter, i64>,
-    labeled: HashMap<Labeled, HashMap<String, i64>>,
-    gauges: HashMap<Gauge, i64>,
+    counters: [i64; Counter::ALL.len()],
+    labeled: [HashMap<String, i64>; Labeled::ALL.len()],
+    gauges: [i64; Gauge::ALL.len()],
     ids: HashMap<String, u32>,
 }
 
@@ -87,13 +88,13 @@ impl Metrics {
     }
 
     pub fn add(&mut self, c: Counter, n: u64) {
-        if n > 0 {
-            *self.counters.entry(c).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
+        if let Some(sum) = self.counters.get_mut(c as usize).filter(|_| n > 0) {
+            *sum += i64::try_from(n).unwrap_or(i64::MAX);
         }
     }
 
     pub fn count_labeled(&mut self, l: Labeled, label: &str) {
-        let by_label = self.labeled.entry(l).or_default();
+        let Some(by_label) = self.labeled.get_mut(l as usize) else { return };
         match by_label.get_mut(label) {
             Some(v) => *v += 1,
             None => {
@@ -103,23 +104,23 @@ impl Metrics {
     }
 
     pub fn gauge_add(&mut self, g: Gauge, delta: i64) {
-        if delta != 0 {
-            *self.gauges.entry(g).or_default() += delta;
+        if let Some(sum) = self.gauges.get_mut(g as usize).filter(|_| delta != 0) {
+            *sum += delta;
         }
     }
 
     /// Hands the sums to Envoy.
     pub fn flush(&mut self, host: &impl Host) {
         let Metrics { counters, labeled, gauges, ids } = self;
-        for (c, n) in counters.iter_mut().filter(|(_, n)| **n != 0) {
+        for (c, n) in Counter::ALL.iter().zip(counters.iter_mut()).filter(|(_, n)| **n != 0) {
             emit(host, ids, MetricKind::Counter, format!("keygate.{}", c.name()), n);
         }
-        for (l, by_label) in labeled.iter_mut() {
+        for (l, by_label) in Labeled::ALL.iter().zip(labeled.iter_mut()) {
             for (label, n) in by_label.iter_mut().filter(|(_, n)| **n != 0) {
                 emit(host, ids, MetricKind::Counter, format!("keygate.{}.{label}", l.name()), n);
             }
         }
-        for (g, delta) in gauges.iter_mut().filter(|(_, d)| **d != 0) {
+        for (g, delta) in Gauge::ALL.iter().zip(gauges.iter_mut()).filter(|(_, d)| **d != 0) {
             emit(host, ids, MetricKind::Gauge, format!("keygate.{}", g.name()), delta);
         }
     }
@@ -155,6 +156,13 @@ mod tests {
         assert_eq!(host.metric("keygate.cache.hits"), 2);
         assert_eq!(host.metric("keygate.denied.invalid_access_key"), 1);
         assert_eq!(host.metric("keygate.cache.entries"), 3);
+    }
+
+    #[test]
+    fn each_name_has_its_slot() {
+        assert!(Counter::ALL.iter().enumerate().all(|(i, &c)| c as usize == i));
+        assert!(Labeled::ALL.iter().enumerate().all(|(i, &l)| l as usize == i));
+        assert!(Gauge::ALL.iter().enumerate().all(|(i, &g)| g as usize == i));
     }
 
     #[test]

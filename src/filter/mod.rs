@@ -7,37 +7,72 @@
 //! share its worker, which saves lookups; nothing depends on it: they hand
 //! each other what a request needs through its filter state (`handover`).
 //! The upstream filter needs no worker at all (`attempt`).
+//!
+//! The module exports the ABI's callbacks itself (`proxy_on_*`, as the Rust
+//! SDK's dispatcher would, for the callbacks keygate uses): each context is
+//! one [`Ctx`] in a map keyed by its id, and a callout's answer goes to the
+//! context whose callback made it. Envoy skips the callbacks a module does
+//! not export (its defaults: continue, done).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Duration;
 
 use log::info;
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::attempt;
 use crate::config::{Config, Role};
 use crate::errors::{Denial, Dialect};
 use crate::handover::SealKey;
 use crate::host::{Buffer, Host};
+use crate::id_map::IdMap;
 use crate::worker::{Flow, GateState, Worker, TICK_MS};
 
 mod abi;
 
 use abi::Abi;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, config: None, seal: None, last_log_sync_ms: 0 }) });
-}}
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// The reactor's start: Envoy calls it once, before any other export.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: the linker's constructors, run once as a WASI reactor must.
+    #[cfg(target_os = "wasi")]
+    unsafe {
+        __wasm_call_ctors();
+    }
+    static LOGGER: abi::Logger = abi::Logger;
+    if log::set_logger(&LOGGER).is_ok() {
+        // A panic (none is meant to happen) is logged before the VM aborts.
+        std::panic::set_hook(Box::new(|panic_info| abi::log(abi::LOG_CRITICAL, &panic_info.to_string())));
+    }
+    log::set_max_level(log::LevelFilter::Info);
+}
+
+/// The ABI version the callbacks follow.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
     /// A gate filter is configured in this VM (it may be configured before
     /// the keygate filter creates the worker).
     static GATED: Cell<bool> = const { Cell::new(false) };
+    /// Every context of this VM: roots and the contexts of requests.
+    static CONTEXTS: RefCell<IdMap<Ctx>> = RefCell::new(IdMap::default());
+    /// Each callout in flight: the context whose callback made it.
+    static CALLOUTS: RefCell<IdMap<u32>> = RefCell::new(IdMap::default());
+    /// The context whose callback runs.
+    static ACTIVE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// A callout was made: its answer goes to the context whose callback runs.
+fn callout_dispatched(token: u32) {
+    let active = ACTIVE.with(Cell::get);
+    CALLOUTS.with(|c| c.borrow_mut().insert(token, active));
 }
 
 /// Runs `f` on this VM's worker; `None` if there is none (no keygate filter
@@ -56,6 +91,14 @@ fn on<R>(id: u32, f: impl FnOnce(&mut Worker) -> R) -> Option<R> {
         w.enter(id);
         f(w)
     })
+}
+
+/// What a callback answers Envoy: continue (0) or pause (1).
+#[derive(Clone, Copy)]
+#[repr(u32)]
+enum Action {
+    Continue = 0,
+    Pause = 1,
 }
 
 fn action(flow: Flow) -> Action {
@@ -77,8 +120,7 @@ fn fail_closed() -> Action {
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    // The SDK's `get_log_level` reads the answer into its `LogLevel` enum,
-    // which has no value for spdlog's `off` (6): read it as a number.
+    // A number: spdlog's `off` (6) is none of the ABI's levels.
     fn proxy_get_log_level(return_level: *mut u32) -> u32;
 }
 
@@ -124,7 +166,7 @@ fn gateway_token(config: &Config) -> Option<String> {
     }
 }
 
-impl Context for Root {
+impl Root {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         with_worker(|w| {
             w.enter_root(self.id);
@@ -136,9 +178,7 @@ impl Context for Root {
         with_worker(|w| w.root_done(self.id));
         true
     }
-}
 
-impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         sync_log_level();
         let bytes = match Abi.buffer(Buffer::PluginConfiguration, 0, usize::MAX) {
@@ -174,7 +214,7 @@ impl RootContext for Root {
             }
             Role::Downstream => {
                 let Some(token) = gateway_token(&config) else { return false };
-                if hostcalls::set_tick_period(Duration::from_millis(TICK_MS.min(config.poll_interval_ms))).is_err() {
+                if abi::set_tick_period_ms(TICK_MS.min(config.poll_interval_ms)).is_err() {
                     log::error!("keygate: cannot set the tick period");
                     return false;
                 }
@@ -208,25 +248,20 @@ impl RootContext for Root {
         with_worker(|w| w.tick(&Abi, self.id));
     }
 
-    /// Never `None` (the SDK panics on it): a root without a usable
-    /// configuration gets contexts that refuse.
-    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
-        let Some(config) = self.config.as_ref() else { return Some(Box::new(Unconfigured)) };
-        Some(match config.role {
+    /// A root without a usable configuration gets contexts that refuse.
+    fn create_http_context(&self, id: u32) -> Ctx {
+        let Some(config) = self.config.as_ref() else { return Ctx::Unconfigured };
+        match config.role {
             Role::Upstream => match self.seal.clone() {
-                Some(seal) => Box::new(UpstreamAttempt { seal, config: config.clone(), sent: None }),
-                None => Box::new(Unconfigured),
+                Some(seal) => Ctx::Upstream(UpstreamAttempt { seal, config: config.clone(), sent: None }),
+                None => Ctx::Unconfigured,
             },
-            Role::Gate => Box::new(Gate { state: GateState::new(id, config.max_body_bytes) }),
+            Role::Gate => Ctx::Gate(Box::new(Gate { state: GateState::new(id, config.max_body_bytes) })),
             Role::Downstream => {
                 on(id, |w| w.request_created(id));
-                Box::new(Request { id })
+                Ctx::Request(Request { id })
             }
-        })
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
@@ -235,7 +270,7 @@ struct Request {
     id: u32,
 }
 
-impl Context for Request {
+impl Request {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         on(self.id, |w| w.on_callout(&Abi, token, body_size));
     }
@@ -244,9 +279,7 @@ impl Context for Request {
         on(self.id, |w| w.request_done(&Abi, self.id));
         true
     }
-}
 
-impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         on(self.id, |w| w.request_headers(&Abi, self.id, end_of_stream)).map_or_else(fail_closed, action)
     }
@@ -273,7 +306,7 @@ struct Gate {
     state: GateState,
 }
 
-impl Context for Gate {
+impl Gate {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         on(self.state.id(), |w| w.on_callout(&Abi, token, body_size));
     }
@@ -282,9 +315,7 @@ impl Context for Gate {
         on(self.state.id(), |w| w.gate_done(&mut self.state));
         true
     }
-}
 
-impl HttpContext for Gate {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         on(self.state.id(), |w| w.gate_headers(&Abi, &mut self.state, end_of_stream)).map_or_else(fail_closed, action)
     }
@@ -307,9 +338,7 @@ struct UpstreamAttempt {
     sent: Option<attempt::Sent>,
 }
 
-impl Context for UpstreamAttempt {}
-
-impl HttpContext for UpstreamAttempt {
+impl UpstreamAttempt {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.sent = attempt::attempt_headers(&Abi, &self.seal, &self.config);
         // Refused: a local reply was sent, nothing goes to the provider.
@@ -335,14 +364,168 @@ impl HttpContext for UpstreamAttempt {
     }
 }
 
-/// A context of a root that has no usable configuration (Envoy does not
-/// create one today): its request is refused, never passed on.
-struct Unconfigured;
+/// One context of this VM. `Unconfigured`: a context of a root that has no
+/// usable configuration (Envoy does not create one today): its request is
+/// refused, never passed on.
+enum Ctx {
+    Root(Root),
+    Request(Request),
+    Gate(Box<Gate>),
+    Upstream(UpstreamAttempt),
+    Unconfigured,
+}
 
-impl Context for Unconfigured {}
+/// Runs a callback of context `id` (nothing if there is no such context).
+fn with_context<R>(id: u32, f: impl FnOnce(&mut Ctx) -> R) -> Option<R> {
+    CONTEXTS.with(|contexts| {
+        let mut contexts = contexts.try_borrow_mut().map_err(|_| log::error!("keygate: context re-entered")).ok()?;
+        let ctx = contexts.get_mut(&id)?;
+        ACTIVE.with(|a| a.set(id));
+        Some(f(ctx))
+    })
+}
 
-impl HttpContext for Unconfigured {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        fail_closed()
-    }
+/// A request callback's answer. A request whose context is unknown (none
+/// is meant to be) is refused, never passed on.
+fn request(id: u32, f: impl FnOnce(&mut Ctx) -> Action) -> u32 {
+    with_context(id, f).unwrap_or_else(fail_closed) as u32
+}
+
+/// A response callback's answer (an unknown context's response passes).
+fn response(id: u32, f: impl FnOnce(&mut Ctx) -> Action) -> u32 {
+    with_context(id, f).unwrap_or(Action::Continue) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    let ctx = if root_context_id == 0 {
+        Ctx::Root(Root { id: context_id, config: None, seal: None, last_log_sync_ms: 0 })
+    } else {
+        let created = CONTEXTS.with(|contexts| match contexts.try_borrow().ok()?.get(&root_context_id) {
+            Some(Ctx::Root(root)) => Some(root.create_http_context(context_id)),
+            _ => None,
+        });
+        created.unwrap_or(Ctx::Unconfigured)
+    };
+    CONTEXTS.with(|contexts| {
+        if let Ok(mut contexts) = contexts.try_borrow_mut() {
+            contexts.insert(context_id, ctx);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_context_id: u32, _vm_configuration_size: usize) -> bool {
+    true
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(context_id: u32, plugin_configuration_size: usize) -> bool {
+    with_context(context_id, |ctx| match ctx {
+        Ctx::Root(root) => root.on_configure(plugin_configuration_size),
+        _ => false,
+    })
+    .unwrap_or(false)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(context_id: u32) {
+    with_context(context_id, |ctx| {
+        if let Ctx::Root(root) = ctx {
+            root.on_tick();
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_done(context_id: u32) -> bool {
+    with_context(context_id, |ctx| match ctx {
+        Ctx::Root(root) => root.on_done(),
+        Ctx::Request(request) => request.on_done(),
+        Ctx::Gate(gate) => gate.on_done(),
+        Ctx::Upstream(_) | Ctx::Unconfigured => true,
+    })
+    .unwrap_or(true)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    let gone = CONTEXTS.with(|contexts| contexts.try_borrow_mut().ok().and_then(|mut c| c.remove(&context_id)));
+    // Dropped outside the borrow.
+    drop(gone);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
+    let end_of_stream = end_of_stream != 0;
+    request(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_request_headers(num_headers, end_of_stream),
+        Ctx::Gate(gate) => gate.on_http_request_headers(num_headers, end_of_stream),
+        Ctx::Upstream(upstream) => upstream.on_http_request_headers(num_headers, end_of_stream),
+        Ctx::Unconfigured => fail_closed(),
+        Ctx::Root(_) => Action::Continue,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    let end_of_stream = end_of_stream != 0;
+    request(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_request_body(body_size, end_of_stream),
+        Ctx::Gate(gate) => gate.on_http_request_body(body_size, end_of_stream),
+        Ctx::Upstream(upstream) => upstream.on_http_request_body(body_size, end_of_stream),
+        Ctx::Root(_) | Ctx::Unconfigured => Action::Continue,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(context_id: u32, num_trailers: usize) -> u32 {
+    request(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_request_trailers(num_trailers),
+        Ctx::Gate(gate) => gate.on_http_request_trailers(num_trailers),
+        Ctx::Root(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
+    let end_of_stream = end_of_stream != 0;
+    response(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_response_headers(num_headers, end_of_stream),
+        Ctx::Upstream(upstream) => upstream.on_http_response_headers(num_headers, end_of_stream),
+        Ctx::Root(_) | Ctx::Gate(_) | Ctx::Unconfigured => Action::Continue,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    let end_of_stream = end_of_stream != 0;
+    response(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_response_body(body_size, end_of_stream),
+        Ctx::Root(_) | Ctx::Gate(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
+    })
+}
+
+/// A callout's answer, to the context whose callback made it (with that
+/// context effective, so that what the answer's handling does is its own).
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    _context_id: u32,
+    token: u32,
+    num_headers: usize,
+    body_size: usize,
+    num_trailers: usize,
+) {
+    let Some(context_id) = CALLOUTS.with(|c| c.borrow_mut().remove(&token)) else { return };
+    with_context(context_id, |ctx| {
+        if Abi.set_effective_context(context_id).is_err() {
+            return;
+        }
+        match ctx {
+            Ctx::Root(root) => root.on_http_call_response(token, num_headers, body_size, num_trailers),
+            Ctx::Request(request) => request.on_http_call_response(token, num_headers, body_size, num_trailers),
+            Ctx::Gate(gate) => gate.on_http_call_response(token, num_headers, body_size, num_trailers),
+            Ctx::Upstream(_) | Ctx::Unconfigured => {}
+        }
+    });
 }

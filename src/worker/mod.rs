@@ -444,7 +444,7 @@ impl Worker {
         let call =
             Call { cluster: &self.config.store_cluster, headers, body, timeout_ms: self.config.callout_timeout_ms };
         // Envoy keeps a callout's answer on the context effective when it was
-        // made, the SDK hands it to the context whose callback runs: the two
+        // made, `filter` hands it to the context whose callback runs: the two
         // must be one, or the answer is unreadable where it arrives.
         let back = self.effective;
         let owner = self.running.id();

@@ -502,8 +502,8 @@ impl Worker {
         };
         req.admitted.done = true;
         // Every change in one host call (`header_edits`). Any change of the
-        // request's headers makes Envoy pick the route again: with the Rust
-        // SDK's ABI (0.2.1) Envoy clears the route cache itself.
+        // request's headers makes Envoy pick the route again: with ABI 0.2.1
+        // (the filter's) Envoy clears the route cache itself.
         let edits = &mut self.edits;
         edits.clear();
         for name in &req.facts.strip {

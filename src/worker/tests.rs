@@ -58,7 +58,7 @@ fn chat(host: &FakeHost, w: &mut Worker, id: u32, token: &str) -> Flow {
 /// root context is 0 here).
 fn store_answers(host: &FakeHost, w: &mut Worker, token: u32, status: Option<u16>, body: &str) {
     let call = host.calls.borrow().iter().find(|c| c.token == token).cloned().unwrap();
-    // Envoy keeps the answer on the context effective at the call, the SDK
+    // Envoy keeps the answer on the context effective at the call, `filter`
     // hands it to the one that was running: they must be the same.
     assert_eq!(call.context, call.effective, "callout {} {} made under another context", call.method, call.path);
     let owner = call.context;
@@ -108,7 +108,7 @@ fn a_cached_key_is_forwarded_without_a_store_call() {
     assert_eq!(host.header_of(3, Map::RequestHeaders, "authorization").as_deref(), Some("Bearer sk-secret-pk_a"));
     assert_eq!(host.header_of(3, Map::RequestHeaders, ":authority").as_deref(), Some("api.openai.com"));
     // Envoy picks the route again on this change (it clears the route
-    // cache on any request header change with the SDK's ABI).
+    // cache on any request header change with ABI 0.2.1).
     assert_eq!(host.header_of(3, Map::RequestHeaders, "x-keygate-cluster").as_deref(), Some("keygate_direct_https"));
 }
 
