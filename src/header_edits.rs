@@ -73,15 +73,41 @@ impl Edits {
         self.change(name, None);
     }
 
+    /// Adds `value` as one more copy of `name`, after the copies set before
+    /// (a name not set yet, or removed: as `set`). A header that comes in
+    /// several copies keeps them all.
+    pub fn append(&mut self, name: &str, value: impl AsRef<[u8]>) {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(value.as_ref());
+        let value = at..self.bytes.len();
+        let bytes = &self.bytes;
+        let set = self.changes.iter().find(|(n, v)| v.is_some() && bytes.get(n.clone()) == Some(name.as_bytes()));
+        match set.map(|(n, _)| n.clone()) {
+            Some(name) => self.changes.push((name, Some(value))),
+            None => self.change(name.as_bytes(), Some(value)),
+        }
+    }
+
+    /// The first change of `name` becomes `value`; any other (copies
+    /// appended) goes.
     fn change(&mut self, name: &[u8], value: Option<Range<usize>>) {
         let bytes = &self.bytes;
-        match self.changes.iter_mut().find(|(n, _)| bytes.get(n.clone()) == Some(name)) {
-            Some(entry) => entry.1 = value,
-            None => {
-                let at = self.bytes.len();
-                self.bytes.extend_from_slice(name);
-                self.changes.push((at..self.bytes.len(), value));
+        let mut first = true;
+        self.changes.retain_mut(|(n, v)| {
+            if bytes.get(n.clone()) != Some(name) {
+                return true;
             }
+            if first {
+                first = false;
+                *v = value.clone();
+                return true;
+            }
+            false
+        });
+        if first {
+            let at = self.bytes.len();
+            self.bytes.extend_from_slice(name);
+            self.changes.push((at..self.bytes.len(), value));
         }
     }
 
@@ -138,7 +164,8 @@ impl Edits {
     }
 
     /// Writes each change by itself (for a map not read first); a change
-    /// the host refuses is skipped.
+    /// the host refuses is skipped. A name with several copies keeps only
+    /// its last (the host's call replaces).
     pub fn write_each(&self, host: &impl Host, map: Map) {
         for (name, value) in self.iter() {
             // (A name that is not UTF-8 is only ever removed, with the map.)
@@ -227,6 +254,26 @@ mod tests {
         edits.set("x-a", "2");
         let empty = HeaderMap::default();
         assert_eq!(edits.applied(&empty), [(&b"x-a"[..], &b"2"[..])]);
+    }
+
+    #[test]
+    fn appended_copies_are_all_written_until_the_name_is_set_again() {
+        let before = snapshot(&[(":status", "200"), ("set-cookie", "a=1"), ("x-a", "0")]);
+        let mut edits = Edits::new();
+        edits.append("set-cookie", "b=2");
+        edits.set("x-a", "1");
+        edits.append("set-cookie", "c=3");
+        let host = FakeHost::new();
+        host.enter(1);
+        edits.write(&host, Map::ResponseHeaders, &before).unwrap();
+        let written = host.headers_of(1, Map::ResponseHeaders);
+        let written: Vec<(&str, &str)> = written.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(written, [(":status", "200"), ("set-cookie", "b=2"), ("x-a", "1"), ("set-cookie", "c=3")]);
+        edits.set("set-cookie", "d=4");
+        assert_eq!(edits.applied(&before), [(&b":status"[..], &b"200"[..]), (b"set-cookie", b"d=4"), (b"x-a", b"1")]);
+        edits.remove("set-cookie");
+        edits.append("set-cookie", "e=5");
+        assert_eq!(edits.applied(&before), [(&b":status"[..], &b"200"[..]), (b"set-cookie", b"e=5"), (b"x-a", b"1")]);
     }
 
     #[test]

@@ -1201,6 +1201,9 @@ fn answer_headers(
     let mut status = 0;
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
+    let secrets = || fw.plan.candidates().map(|(_, _, k)| k.value.as_str());
+    // The names of headers that echo a credential (none, but rarely).
+    let mut echoed: Vec<&[u8]> = Vec::new();
     for (raw_name, value) in snapshot.raw_iter() {
         let name = std::str::from_utf8(raw_name).unwrap_or("");
         let text = || String::from_utf8(value.to_vec()).ok();
@@ -1214,14 +1217,29 @@ fn answer_headers(
         if name.starts_with(':') {
             continue;
         }
-        if let Some(clean) = crate::scrub::scrub_each(value, fw.plan.candidates().map(|(_, _, k)| k.value.as_str())) {
+        if crate::scrub::scrub_each(value, secrets()).is_some() {
             warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
             metrics.count(Counter::ScrubbedHeaders);
-            // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
-            match std::str::from_utf8(raw_name) {
-                Ok(name) => edits.set(name, clean),
-                Err(_) => edits.remove_raw(raw_name),
+            if !echoed.contains(&raw_name) {
+                echoed.push(raw_name);
             }
+        }
+    }
+    // Every copy of such a name written again, in order, each scrubbed: a
+    // change of a name replaces all its copies, and the copies that echo
+    // nothing are kept.
+    let mut written: Vec<&[u8]> = Vec::new();
+    for (raw_name, value) in snapshot.raw_iter().filter(|(n, _)| echoed.contains(n)) {
+        let clean = crate::scrub::scrub_each(value, secrets());
+        let value = clean.as_deref().unwrap_or(value);
+        // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
+        match std::str::from_utf8(raw_name) {
+            Ok(name) if written.contains(&raw_name) => edits.append(name, value),
+            Ok(name) => {
+                edits.set(name, value);
+                written.push(raw_name);
+            }
+            Err(_) => edits.remove_raw(raw_name),
         }
     }
     if fw.direct && fw.attempts.is_empty() {

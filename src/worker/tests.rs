@@ -1215,3 +1215,31 @@ fn a_disabled_key_of_a_shared_configuration_is_never_served_as_active() {
     let own = cached(&w, &b).key.clone().unwrap();
     assert_eq!((own.id.as_str(), cached(&w, &b).version), (made_id(2).as_str(), 3));
 }
+
+#[test]
+fn every_copy_of_an_answer_header_that_echoes_a_credential_stays_scrubbed() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(
+        2,
+        Map::ResponseHeaders,
+        &[
+            (":status", "200"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "echo=sk-secret-pk_a"),
+            ("x-other", "kept"),
+            ("set-cookie", "b=2"),
+            ("set-cookie", "again sk-secret-pk_a"),
+        ],
+    );
+    w.response_headers(&host, 2);
+    let answered = host.headers_of(2, Map::ResponseHeaders);
+    let values_of =
+        |name: &str| -> Vec<&str> { answered.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect() };
+    // Only the credential goes: the other copies of the name stay, in order.
+    assert_eq!(values_of("set-cookie"), ["a=1", "echo=[redacted]", "b=2", "again [redacted]"], "{answered:?}");
+    assert_eq!(values_of("x-other"), ["kept"]);
+    assert!(!format!("{answered:?}").contains("sk-secret"));
+}
