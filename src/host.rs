@@ -13,6 +13,7 @@ pub use crate::wire::HeaderMap;
 pub enum Map {
     RequestHeaders,
     ResponseHeaders,
+    ResponseTrailers,
     /// The headers of the callout answer being handled.
     CalloutHeaders,
 }

@@ -17,6 +17,7 @@ use crate::wire;
 enum MapType {
     Request = 0,
     Response = 2,
+    ResponseTrailers = 3,
     CallResponse = 6,
 }
 
@@ -374,6 +375,7 @@ fn map_type(map: Map) -> MapType {
     match map {
         Map::RequestHeaders => MapType::Request,
         Map::ResponseHeaders => MapType::Response,
+        Map::ResponseTrailers => MapType::ResponseTrailers,
         Map::CalloutHeaders => MapType::CallResponse,
     }
 }

@@ -299,6 +299,10 @@ impl Request {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         action(on(self.id, |w| w.response_body(&Abi, self.id, body_size, end_of_stream)).unwrap_or(Flow::Continue))
     }
+
+    fn on_http_response_trailers(&mut self) -> Action {
+        action(on(self.id, |w| w.response_trailers(&Abi, self.id)).unwrap_or(Flow::Continue))
+    }
 }
 
 /// The gate's context of one request (see `worker::gate`).
@@ -502,6 +506,14 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, body_size: usize, end_
     let end_of_stream = end_of_stream != 0;
     response(context_id, |ctx| match ctx {
         Ctx::Request(request) => request.on_http_response_body(body_size, end_of_stream),
+        Ctx::Root(_) | Ctx::Gate(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context_id: u32, _num_trailers: usize) -> u32 {
+    response(context_id, |ctx| match ctx {
+        Ctx::Request(request) => request.on_http_response_trailers(),
         Ctx::Root(_) | Ctx::Gate(_) | Ctx::Upstream(_) | Ctx::Unconfigured => Action::Continue,
     })
 }

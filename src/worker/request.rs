@@ -952,6 +952,25 @@ impl Worker {
         Flow::Continue
     }
 
+    /// The answer's trailers (HTTP/2 answers may have them): scrubbed as its
+    /// headers are, so that an echoed credential cannot pass there either.
+    pub fn response_trailers(&mut self, host: &impl Host, id: u32) -> Flow {
+        let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
+        let Phase::Forwarded(fw) = &req.phase else { return Flow::Continue };
+        let snapshot = host.headers(Map::ResponseTrailers);
+        let edits = &mut self.edits;
+        edits.clear();
+        let secrets = || fw.plan.candidates().map(|(_, _, k)| k.value.as_str());
+        if scrub_echoes(&mut self.metrics, &req.facts.request_id, &snapshot, secrets, edits, "trailer") == 0 {
+            return Flow::Continue;
+        }
+        if edits.write(host, Map::ResponseTrailers, &snapshot).is_err() {
+            warn!("keygate: request {}: could not set the answer's trailers at once", req.facts.request_id);
+            edits.write_each(host, Map::ResponseTrailers);
+        }
+        Flow::Continue
+    }
+
     pub fn response_body(&mut self, host: &impl Host, id: u32, body_size: usize, end_of_stream: bool) -> Flow {
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
@@ -1184,6 +1203,51 @@ fn read_largest(host: &impl Host, namespace: &str, keys: &[&str]) -> Option<u64>
         .max()
 }
 
+/// Finds the fields of `snapshot` (the answer's headers or trailers) that
+/// echo a credential of `secrets` and puts them into `edits` scrubbed: every
+/// copy of such a name written again, in order, each scrubbed (a change of
+/// a name replaces all its copies, and the copies that echo nothing are
+/// kept). Returns how many fields echoed one.
+fn scrub_echoes<'s, S: Iterator<Item = &'s str>>(
+    metrics: &mut Metrics,
+    request_id: &str,
+    snapshot: &HeaderMap,
+    secrets: impl Fn() -> S,
+    edits: &mut Edits,
+    what: &str,
+) -> usize {
+    // The names of fields that echo a credential (none, but rarely).
+    let mut echoed: Vec<&[u8]> = Vec::new();
+    let mut count = 0;
+    for (raw_name, value) in snapshot.raw_iter() {
+        if raw_name.starts_with(b":") || crate::scrub::scrub_each(value, secrets()).is_none() {
+            continue;
+        }
+        let name = String::from_utf8_lossy(raw_name);
+        warn!("keygate: request {request_id}: the provider echoed its credential in the {what} `{name}`: scrubbed");
+        metrics.count(Counter::ScrubbedHeaders);
+        count += 1;
+        if !echoed.contains(&raw_name) {
+            echoed.push(raw_name);
+        }
+    }
+    let mut written: Vec<&[u8]> = Vec::new();
+    for (raw_name, value) in snapshot.raw_iter().filter(|(n, _)| echoed.contains(n)) {
+        let clean = crate::scrub::scrub_each(value, secrets());
+        let value = clean.as_deref().unwrap_or(value);
+        // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
+        match std::str::from_utf8(raw_name) {
+            Ok(name) if written.contains(&raw_name) => edits.append(name, value),
+            Ok(name) => {
+                edits.set(name, value);
+                written.push(raw_name);
+            }
+            Err(_) => edits.remove_raw(raw_name),
+        }
+    }
+    count
+}
+
 /// What the keygate filter does with a forwarded request's answer headers:
 /// reads the status and the attempts, scrubs echoed credentials, names who
 /// served, and decides what the body needs. Its header changes go into
@@ -1202,8 +1266,6 @@ fn answer_headers(
     let mut refused_upstream = false;
     let mut retry_after = (None, None);
     let secrets = || fw.plan.candidates().map(|(_, _, k)| k.value.as_str());
-    // The names of headers that echo a credential (none, but rarely).
-    let mut echoed: Vec<&[u8]> = Vec::new();
     for (raw_name, value) in snapshot.raw_iter() {
         let name = std::str::from_utf8(raw_name).unwrap_or("");
         let text = || String::from_utf8(value.to_vec()).ok();
@@ -1214,34 +1276,8 @@ fn answer_headers(
             "retry-after" => retry_after.1 = text(),
             _ => {}
         }
-        if name.starts_with(':') {
-            continue;
-        }
-        if crate::scrub::scrub_each(value, secrets()).is_some() {
-            warn!("keygate: request {}: the provider echoed its credential in `{name}`: scrubbed", facts.request_id);
-            metrics.count(Counter::ScrubbedHeaders);
-            if !echoed.contains(&raw_name) {
-                echoed.push(raw_name);
-            }
-        }
     }
-    // Every copy of such a name written again, in order, each scrubbed: a
-    // change of a name replaces all its copies, and the copies that echo
-    // nothing are kept.
-    let mut written: Vec<&[u8]> = Vec::new();
-    for (raw_name, value) in snapshot.raw_iter().filter(|(n, _)| echoed.contains(n)) {
-        let clean = crate::scrub::scrub_each(value, secrets());
-        let value = clean.as_deref().unwrap_or(value);
-        // A name that is not UTF-8 (Envoy 1.40 refuses those) goes.
-        match std::str::from_utf8(raw_name) {
-            Ok(name) if written.contains(&raw_name) => edits.append(name, value),
-            Ok(name) => {
-                edits.set(name, value);
-                written.push(raw_name);
-            }
-            Err(_) => edits.remove_raw(raw_name),
-        }
-    }
+    scrub_echoes(metrics, &facts.request_id, snapshot, secrets, edits, "header");
     if fw.direct && fw.attempts.is_empty() {
         let key_id = fw.plan.attempt(0).map(|(_, _, k)| k.id.clone()).unwrap_or_default();
         let retry_hint_ms =

@@ -1243,3 +1243,37 @@ fn every_copy_of_an_answer_header_that_echoes_a_credential_stays_scrubbed() {
     assert_eq!(values_of("x-other"), ["kept"]);
     assert!(!format!("{answered:?}").contains("sk-secret"));
 }
+
+#[test]
+fn answer_trailers_that_echo_a_credential_are_scrubbed() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(&host, 2);
+    let trailers = [("x-debug", "key sk-secret-pk_a"), ("x-debug", "fine"), ("grpc-status", "0")];
+    host.set_headers(2, Map::ResponseTrailers, &trailers);
+    w.response_trailers(&host, 2);
+    let sent = host.headers_of(2, Map::ResponseTrailers);
+    let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert!(pairs.contains(&("x-debug", "key [redacted]")), "{sent:?}");
+    assert!(pairs.contains(&("x-debug", "fine")) && pairs.contains(&("grpc-status", "0")), "{sent:?}");
+    assert!(!format!("{sent:?}").contains("sk-secret"));
+}
+
+#[test]
+fn answer_trailers_without_an_echo_are_left_alone() {
+    let (host, mut w) = (crate::host_calls::Counting::new(FakeHost::new()), worker(""));
+    let fake = host.inner();
+    chat(fake, &mut w, 2, &key(1));
+    store_answers(fake, &mut w, fake.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    fake.enter(2);
+    fake.set_headers(2, Map::ResponseHeaders, &[(":status", "200")]);
+    w.response_headers(fake, 2);
+    fake.set_headers(2, Map::ResponseTrailers, &[("grpc-status", "0")]);
+    host.take();
+    w.response_trailers(&host, 2);
+    // One read of the trailers, no write.
+    assert_eq!(host.take(), [(crate::host_calls::Kind::HeaderPairs, 1)]);
+}
