@@ -532,7 +532,9 @@ async fn a_key_nearing_expiry_is_announced_once_per_key_and_expiry() {
     let hook = hook["id"].as_str().unwrap().to_string();
     let cfg = h.ok("POST", "/access-key-configurations", Some(json!({"name": "c"}))).await["id"].clone();
     let scoped = webhook(&h, json!({"url": rx.url(), "events": ["key_expiry"], "configurationId": cfg})).await;
-    let in_days = |d: i64| rfc3339_secs(now_secs() + d * 86_400);
+    // One clock reading: the payload is compared with the expiry sent, not a recomputed one.
+    let now = now_secs();
+    let in_days = |d: i64| rfc3339_secs(now + d * 86_400);
     let soon = key(&h, json!({"name": "soon", "expiresAt": in_days(1)})).await;
     key(&h, json!({"name": "later", "expiresAt": in_days(5)})).await;
     key(&h, json!({"name": "off", "expiresAt": in_days(1), "disabled": true})).await;
