@@ -51,7 +51,7 @@ class TlsH2Provider:
     """An OpenAI-style provider over TLS and HTTP/2 only. Records what it
     receives; answers a chat completion whose trailers echo the credential
     it got when `echo` is set (else harmless ones only); answers 401 to a
-    credential in `refuse`."""
+    credential in `refuse`, its body echoing it too."""
 
     def __init__(self, cert, key):
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -124,7 +124,8 @@ class TlsH2Provider:
             echo, refused = self.echo, credential in self.refuse
         model = json.loads(req["body"] or b"{}").get("model", "m")
         if refused:
-            status, doc = "401", {"error": {"message": "invalid key", "type": "invalid_request_error"}}
+            status, doc = "401", {"error": {"message": f"Incorrect API key provided: {auth}",
+                                            "type": "invalid_request_error"}}
         else:
             status, doc = "200", {
                 "id": "chatcmpl-tls", "object": "chat.completion", "created": 1, "model": model,
@@ -280,4 +281,20 @@ def test_after_a_failover_the_serving_credential_is_scrubbed_from_the_trailers(t
     assert got["headers"].get("x-keygate-attempts") == "2", got["headers"]
     assert_nowhere(va, got)
     assert_nowhere(vb, got)
+    assert values(got["trailers"], "x-debug") == ["saw Bearer [redacted]", "fine", "again [redacted]"], got["trailers"]
+
+
+def test_a_refused_answer_ended_by_trailers_is_still_replaced(tls_gateway, store, provider, provider_id):
+    """The filter holds a failed answer to replace it (all keys failed), and
+    replaces it when its last body chunk comes: with trailers, no body chunk
+    is the last, so the replacing happens in the trailers' callback, else
+    Envoy passes the provider's body on as it is, credential and all."""
+    key_id, secret = provider_key(store, provider_id)
+    provider.reset(refuse={secret})
+    _, token = access_key(store, provider_id, key_id)
+    got = ask(tls_gateway, token, provider_id)
+    assert got["status"] == 401, got
+    assert [r["headers"]["authorization"] for r in provider.received()] == [f"Bearer {secret}"]
+    assert json.loads(got["body"])["error"]["code"] == "all_provider_keys_failed", got["body"]
+    assert_nowhere(secret, got)
     assert values(got["trailers"], "x-debug") == ["saw Bearer [redacted]", "fine", "again [redacted]"], got["trailers"]
