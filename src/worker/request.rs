@@ -956,7 +956,17 @@ impl Worker {
     /// headers are, so that an echoed credential cannot pass there either.
     pub fn response_trailers(&mut self, host: &impl Host, id: u32) -> Flow {
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
-        let Phase::Forwarded(fw) = &req.phase else { return Flow::Continue };
+        let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
+        if let Some(body) = fw.answer.replace.take() {
+            // The provider's answer held for replacing (`response_body`):
+            // trailers end its stream, so no body chunk said it was the
+            // last, and Envoy passes what it holds on after this call.
+            let held = host.buffer(Buffer::ResponseBody, 0, usize::MAX).map_or(0, |b| b.len());
+            if host.set_buffer(Buffer::ResponseBody, 0, held, body.as_bytes()).is_err() {
+                warn!("keygate: request {}: could not replace the held answer", req.facts.request_id);
+            }
+        }
+        let fw = &*fw;
         let snapshot = host.headers(Map::ResponseTrailers);
         let edits = &mut self.edits;
         edits.clear();

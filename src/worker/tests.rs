@@ -1277,3 +1277,21 @@ fn answer_trailers_without_an_echo_are_left_alone() {
     // One read of the trailers, no write.
     assert_eq!(host.take(), [(crate::host_calls::Kind::HeaderPairs, 1)]);
 }
+
+#[test]
+fn an_answer_held_for_replacing_is_replaced_when_trailers_end_it() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "401"), ("x-envoy-attempt-count", "1")]);
+    w.response_headers(&host, 2);
+    // No body chunk is the last: the stream ends with trailers (HTTP/2).
+    let body = br#"{"error":"bad key sk-secret-pk_a"}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    assert_eq!(w.response_body(&host, 2, body.len(), false), Flow::Pause, "held, to be replaced");
+    host.set_headers(2, Map::ResponseTrailers, &[("x-debug", "fine")]);
+    w.response_trailers(&host, 2);
+    let out = String::from_utf8(host.buffer_of(2, crate::host::Buffer::ResponseBody)).unwrap();
+    assert!(out.contains("all_provider_keys_failed") && !out.contains("sk-secret"), "{out}");
+}

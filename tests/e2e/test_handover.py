@@ -50,7 +50,7 @@ class H2:
             headers.append(("content-length", str(length)))
         self.conn.send_headers(sid, headers)
         self.flush()
-        self.streams[sid] = {"status": None, "headers": {}, "body": b"", "done": False}
+        self.streams[sid] = {"status": None, "headers": {}, "body": b"", "trailers": [], "done": False}
         return sid
 
     def send(self, sid, data, end=False):
@@ -79,6 +79,8 @@ class H2:
                 elif isinstance(event, h2.events.DataReceived):
                     st["body"] += event.data
                     self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    st["trailers"] = list(event.headers)
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and st is not None:
                     st["done"] = True
             self.flush()
