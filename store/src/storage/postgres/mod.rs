@@ -346,9 +346,18 @@ impl PgStore {
 /// Sleeps a little before attempt `attempt + 1`, longer (and jittered) as
 /// attempts add up, so that colliding writers spread out.
 fn backoff(attempt: u32) {
-    let mut b = [0u8; 1];
-    let jitter = crate::ids::fill_random(&mut b).map(|()| u64::from(b[0]) % 4).unwrap_or(0);
-    std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20)) + jitter));
+    let mut b = [0u8; 2];
+    let random = crate::ids::fill_random(&mut b).map(|()| u16::from_le_bytes(b)).unwrap_or(0);
+    std::thread::sleep(Duration::from_micros(backoff_us(attempt, random)));
+}
+
+/// The wait before a write's next attempt: a window that doubles from 2 ms
+/// to 64 ms, and a random point in its upper half. Writers that collided
+/// retry at different times (a fixed step made them collide again, in step,
+/// until one ran out of attempts: six writers on one key's budget did).
+fn backoff_us(attempt: u32, random: u16) -> u64 {
+    let window = 1000u64 << attempt.clamp(1, 6);
+    window / 2 + u64::from(random) * (window / 2) / u64::from(u16::MAX)
 }
 
 fn current_version(tx: &mut Transaction<'_>) -> R<i64> {
@@ -1093,5 +1102,24 @@ impl Store for PgStore {
     fn purge_console_sessions(&self, expired: ExpiredSessions) -> StoreResult<usize> {
         let n = self.write(|tx| sessions::purge(tx, expired))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_waits_in_the_upper_half_of_a_window_that_doubles_to_64_ms() {
+        for attempt in 0..60 {
+            let window = 1000 << attempt.clamp(1, 6);
+            let (low, high) = (backoff_us(attempt, 0), backoff_us(attempt, u16::MAX));
+            assert_eq!((low, high), (window / 2, window), "attempt {attempt}");
+            assert!((low..=high).contains(&backoff_us(attempt, 12345)));
+        }
+        assert_eq!(backoff_us(1, u16::MAX), 2_000);
+        assert_eq!(backoff_us(50, u16::MAX), 64_000);
+        // All attempts together wait at most ~3 s.
+        assert!((1..WRITE_ATTEMPTS).map(|a| backoff_us(a, u16::MAX)).sum::<u64>() < 3_200_000);
     }
 }
