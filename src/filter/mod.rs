@@ -63,7 +63,11 @@ thread_local! {
     static GATED: Cell<bool> = const { Cell::new(false) };
     /// Every context of this VM: roots and the contexts of requests.
     static CONTEXTS: RefCell<IdMap<Ctx>> = RefCell::new(IdMap::default());
-    /// Each callout in flight: the context whose callback made it.
+    /// Each callout in flight: the context whose callback made it. Keyed by
+    /// Envoy's token alone: Envoy numbers callouts per VM (`nextHttpCallId`
+    /// of the VM's `Wasm`), not per root, so the gate's root and the keygate
+    /// filter's, which share a VM, never hand out the same token at once
+    /// (tests/e2e/test_callout_tokens.py keeps both busy at once).
     static CALLOUTS: RefCell<IdMap<u32>> = RefCell::new(IdMap::default());
     /// The context whose callback runs.
     static ACTIVE: Cell<u32> = const { Cell::new(0) };

@@ -13,7 +13,7 @@ class DelayProxy:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.running = True
         threading.Thread(target=self._accept, daemon=True).start()
