@@ -13,8 +13,14 @@ pub enum KeyError {
 }
 
 /// Returns the token from `Authorization: Bearer <t>` or `x-api-key: <t>`,
-/// checked for format and checksum (no store call needed to reject junk).
-pub fn extract<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -> Result<&'a str, KeyError> {
+/// checked for format and checksum (no store call needed to reject junk),
+/// unless it is `checked`: the token this VM's gate checked already for the
+/// same request (a second SHA-256 a hit does not need).
+pub fn extract<'a>(
+    authorization: Option<&'a str>,
+    x_api_key: Option<&'a str>,
+    checked: Option<&str>,
+) -> Result<&'a str, KeyError> {
     let bearer = match authorization {
         None => None,
         Some(value) => Some(bearer_token(value).ok_or(KeyError::NotBearer)?),
@@ -25,7 +31,9 @@ pub fn extract<'a>(authorization: Option<&'a str>, x_api_key: Option<&'a str>) -
         (Some(a), Some(b)) if a != b => return Err(KeyError::Ambiguous),
         (Some(t), _) | (None, Some(t)) => t,
     };
-    token::validate(token).map_err(KeyError::Malformed)?;
+    if checked != Some(token) {
+        token::validate(token).map_err(KeyError::Malformed)?;
+    }
     Ok(token)
 }
 
@@ -47,26 +55,42 @@ mod tests {
     fn bearer_or_x_api_key() {
         let t = good();
         let auth = format!("Bearer {t}");
-        assert_eq!(extract(Some(&auth), None), Ok(t.as_str()));
-        assert_eq!(extract(None, Some(&t)), Ok(t.as_str()));
+        assert_eq!(extract(Some(&auth), None, None), Ok(t.as_str()));
+        assert_eq!(extract(None, Some(&t), None), Ok(t.as_str()));
         let lower = format!("bearer  {t} ");
-        assert_eq!(extract(Some(&lower), None), Ok(t.as_str()));
+        assert_eq!(extract(Some(&lower), None, None), Ok(t.as_str()));
         // The same key in both headers is not ambiguous.
-        assert_eq!(extract(Some(&auth), Some(&t)), Ok(t.as_str()));
+        assert_eq!(extract(Some(&auth), Some(&t), None), Ok(t.as_str()));
+    }
+
+    #[test]
+    fn a_token_the_gate_checked_is_not_checked_again_and_no_other_escapes_the_check() {
+        let t = good();
+        // Its checksum broken: only a token the check skips would pass.
+        let mut bad = t.clone();
+        bad.replace_range(t.len() - 1.., if t.ends_with('0') { "1" } else { "0" });
+        let auth = format!("Bearer {bad}");
+        assert!(matches!(extract(Some(&auth), None, None), Err(KeyError::Malformed(TokenError::Checksum))));
+        assert_eq!(extract(Some(&auth), None, Some(&bad)), Ok(bad.as_str()), "the gate's token: not checked twice");
+        assert!(
+            matches!(extract(Some(&auth), None, Some(&t)), Err(KeyError::Malformed(TokenError::Checksum))),
+            "another token than the gate's is checked"
+        );
+        assert_eq!(extract(Some(&format!("Bearer {t}")), None, Some(&t)), Ok(t.as_str()));
     }
 
     #[test]
     fn missing_ambiguous_and_malformed() {
         let t = good();
         let other = token::from_random(&[1u8; token::RANDOM_BYTES]);
-        assert_eq!(extract(None, None), Err(KeyError::Missing));
-        assert_eq!(extract(Some(&format!("Bearer {t}")), Some(&other)), Err(KeyError::Ambiguous));
-        assert_eq!(extract(Some(&format!("Basic {t}")), None), Err(KeyError::NotBearer));
-        assert_eq!(extract(Some("Bearer"), None), Err(KeyError::NotBearer));
-        assert_eq!(extract(Some("Bearer sk-abc"), None), Err(KeyError::Malformed(TokenError::Prefix)));
+        assert_eq!(extract(None, None, None), Err(KeyError::Missing));
+        assert_eq!(extract(Some(&format!("Bearer {t}")), Some(&other), None), Err(KeyError::Ambiguous));
+        assert_eq!(extract(Some(&format!("Basic {t}")), None, None), Err(KeyError::NotBearer));
+        assert_eq!(extract(Some("Bearer"), None, None), Err(KeyError::NotBearer));
+        assert_eq!(extract(Some("Bearer sk-abc"), None, None), Err(KeyError::Malformed(TokenError::Prefix)));
         let typo = format!("{}0", &t[..t.len() - 1]);
         let typo = if typo == t { format!("{}1", &t[..t.len() - 1]) } else { typo };
-        assert_eq!(extract(None, Some(&typo)), Err(KeyError::Malformed(TokenError::Checksum)));
-        assert_eq!(extract(None, Some("")), Err(KeyError::Malformed(TokenError::Prefix)));
+        assert_eq!(extract(None, Some(&typo), None), Err(KeyError::Malformed(TokenError::Checksum)));
+        assert_eq!(extract(None, Some(""), None), Err(KeyError::Malformed(TokenError::Prefix)));
     }
 }

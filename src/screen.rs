@@ -29,8 +29,14 @@ pub struct Screened<'a> {
 /// A refusal and the dialect to answer it in.
 pub type Refused = (Dialect, Denial);
 
-/// The header checks, in order (see the module's comment).
-pub fn screen<'a>(inb: &'a Inbound<'_>, has_body: bool, max_body: u64) -> Result<Screened<'a>, Refused> {
+/// The header checks, in order (see the module's comment). `checked`: the
+/// token this VM's gate already checked for this request (`keys::extract`).
+pub fn screen<'a>(
+    inb: &'a Inbound<'_>,
+    has_body: bool,
+    max_body: u64,
+    checked: Option<&str>,
+) -> Result<Screened<'a>, Refused> {
     let guess = Dialect::guess(&inb.path, inb.anthropic_version);
     if inb.control_in_header {
         return Err((
@@ -64,8 +70,8 @@ pub fn screen<'a>(inb: &'a Inbound<'_>, has_body: bool, max_body: u64) -> Result
     }
     let surface = surface::classify(&inb.method, &inb.path, inb.anthropic_version).map_err(|r| (guess, refusal(r)))?;
     let dialect = Dialect::of(surface.format);
-    let token =
-        keys::extract(inb.authorization.as_deref(), inb.x_api_key.as_deref()).map_err(|e| (dialect, key_denial(e)))?;
+    let token = keys::extract(inb.authorization.as_deref(), inb.x_api_key.as_deref(), checked)
+        .map_err(|e| (dialect, key_denial(e)))?;
     if has_body && !surface.takes_body() {
         return Err((dialect, Denial::new(400, Code::UnexpectedBody, "this endpoint takes no request body")));
     }
@@ -178,7 +184,7 @@ mod tests {
     }
 
     fn code(inb: &Inbound, has_body: bool) -> &'static str {
-        match screen(inb, has_body, 1000) {
+        match screen(inb, has_body, 1000, None) {
             Ok(_) => "ok",
             Err((_, d)) => d.code.as_str(),
         }
@@ -237,18 +243,18 @@ mod tests {
 
     #[test]
     fn method_refusals_name_the_allowed_methods() {
-        let (_, d) = screen(&inbound("TRACE", "/v1/files/f1", &[]), false, 10).unwrap_err();
+        let (_, d) = screen(&inbound("TRACE", "/v1/files/f1", &[]), false, 10, None).unwrap_err();
         assert_eq!((d.status, d.headers.clone()), (405, vec![("allow", "GET, DELETE".to_string())]));
     }
 
     #[test]
     fn refusals_speak_the_clients_dialect() {
-        let (dialect, _) = screen(&inbound("PUT", "/v1/messages", &[]), false, 10).unwrap_err();
+        let (dialect, _) = screen(&inbound("PUT", "/v1/messages", &[]), false, 10, None).unwrap_err();
         assert_eq!(dialect, Dialect::Anthropic);
         let (dialect, _) =
-            screen(&inbound("GET", "/v1/nope", &[("anthropic-version", "2023-06-01")]), false, 10).unwrap_err();
+            screen(&inbound("GET", "/v1/nope", &[("anthropic-version", "2023-06-01")]), false, 10, None).unwrap_err();
         assert_eq!(dialect, Dialect::Anthropic);
-        let (dialect, _) = screen(&inbound("GET", "/v1/nope", &[]), false, 10).unwrap_err();
+        let (dialect, _) = screen(&inbound("GET", "/v1/nope", &[]), false, 10, None).unwrap_err();
         assert_eq!(dialect, Dialect::OpenAi);
     }
 
@@ -256,8 +262,8 @@ mod tests {
     fn forms_carry_their_boundary() {
         let ct = ("content-type", "multipart/form-data; boundary=xyz");
         let edits = inbound("POST", "/v1/images/edits", &[ct]);
-        assert_eq!(screen(&edits, true, 10).unwrap().boundary, Some("xyz"));
+        assert_eq!(screen(&edits, true, 10, None).unwrap().boundary, Some("xyz"));
         let upload = inbound("POST", "/v1/files", &[ct]);
-        assert_eq!(screen(&upload, true, 10).unwrap().boundary, None, "account uploads are not read for a model");
+        assert_eq!(screen(&upload, true, 10, None).unwrap().boundary, None, "account uploads are not read for a model");
     }
 }

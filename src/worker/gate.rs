@@ -77,7 +77,7 @@ impl Worker {
         let headers = host.headers(Map::RequestHeaders);
         let inbound = Inbound::from_headers(headers.iter());
         gate.request_id = inbound.request_id.to_string();
-        let screened = match screen(&inbound, !end_of_stream, gate.max) {
+        let screened = match screen(&inbound, !end_of_stream, gate.max, None) {
             Ok(s) => s,
             Err((dialect, denial)) => {
                 gate.dialect = dialect;

@@ -250,8 +250,8 @@ impl Worker {
         };
         let gate_ran = inbound.gate.is_some();
         let max_body = self.config.max_body_bytes;
-        let screened = screen(&inbound, has_body, max_body).map(|s| {
-            // The gate hashed the same token already (in this VM).
+        // The gate checked and hashed the same token already (in this VM).
+        let screened = screen(&inbound, has_body, max_body, gate_key.as_ref().map(|(t, _)| t.as_str())).map(|s| {
             let digest = match gate_key {
                 Some((token, digest)) if token == s.token => digest,
                 _ => token::digest(s.token),
