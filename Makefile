@@ -34,7 +34,7 @@ binaryen:
 # measured cost per request: Envoy's V8 compiles it again). The features are
 # the ones rustc's wasm32-wasip1 output uses. Cargo puts the linked module
 # back on every build, so wasm-opt runs each time, from that.
-WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals
+WASM_OPT_FLAGS := -Oz --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals
 wasm: toolchain binaryen
 	cargo build --release --locked --target wasm32-wasip1 -p keygate-filter
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)

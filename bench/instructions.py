@@ -17,7 +17,8 @@ valgrind's slow Envoy would spread over few requests):
   hit-b      KEYGATE_WASM_B, a cached key (an A/B of two builds)
 
 Environment: INSTR_N (requests measured, default 400), INSTR_WARM (default
-600), INSTR_ONLY (comma-separated variants), INSTR_KEEP=1 (keep the dumps,
+600), INSTR_ONLY (comma-separated variants), INSTR_BODY_KIB (the chat body's
+size, default 1), INSTR_KEEP=1 (keep the dumps,
 for callgrind_annotate), KEYGATE_WASM, KEYGATE_WASM_B.
 Prints a table and writes bench/results/instructions.json.
 """
@@ -39,6 +40,7 @@ import bench as B  # noqa: E402
 N = int(os.environ.get("INSTR_N", "400"))
 WARM = int(os.environ.get("INSTR_WARM", "600"))
 ONLY = [v for v in os.environ.get("INSTR_ONLY", "").split(",") if v]
+BODY_KIB = int(os.environ.get("INSTR_BODY_KIB", "1"))
 
 
 def send(port, token, body, n, want):
@@ -84,7 +86,7 @@ def main():
     store = None
     results, idle_per_s = {}, {}
     try:
-        body = B.chat_body()
+        body = B.sized_body(BODY_KIB)
         up = B.start(["taskset", "-c", "1", str(B.UPSTREAM_BIN), "0"], "upstream", stdout=subprocess.PIPE)
         upstream_port = int(up.stdout.readline().decode().strip().rsplit(":", 1)[1])
         store = B.Store().start()

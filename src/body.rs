@@ -1,8 +1,8 @@
 //! What keygate needs from a request body: the top-level `model` and the
 //! output limit, read in one validating pass as the chunks pass by. No tree is
 //! built and nothing is kept but the parser's state, so memory does not grow
-//! with the body; string contents (the bulk of a prompt) are skipped eight
-//! bytes at a time. Envoy's `json_to_metadata` builds a full tree and costs
+//! with the body; string contents (the bulk of a prompt) are skipped sixteen
+//! bytes at a time (`scan`). Envoy's `json_to_metadata` builds a full tree and costs
 //! about 5 µs per KiB (see the README's benchmark).
 //!
 //! The body counts as JSON only if all of it is: bad UTF-8, a stray byte after
@@ -288,11 +288,13 @@ impl BodyReader {
             }
             self.utf8.clear();
         }
-        match std::str::from_utf8(chunk) {
+        // An ASCII run is UTF-8 as it is: only the rest is checked.
+        let rest = chunk.get(crate::scan::ascii_prefix(chunk)..).unwrap_or_default();
+        match std::str::from_utf8(rest) {
             Ok(_) => true,
             // Cut at the end of the chunk: kept for the next one.
             Err(e) if e.error_len().is_none() => {
-                self.utf8.extend_from_slice(chunk.get(e.valid_up_to()..).unwrap_or_default());
+                self.utf8.extend_from_slice(rest.get(e.valid_up_to()..).unwrap_or_default());
                 true
             }
             Err(_) => false,
@@ -501,11 +503,11 @@ impl BodyReader {
                     // Plain runs and two-byte escapes stay in this loop; `\u`,
                     // the closing quote and anything cut by the chunk's end
                     // go through the state machine.
-                    let mut end = skip_plain(c, i);
+                    let mut end = crate::scan::plain_end(c, i);
                     while c.get(end) == Some(&b'\\')
                         && matches!(c.get(end + 1), Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't'))
                     {
-                        end = skip_plain(c, end + 2);
+                        end = crate::scan::plain_end(c, end + 2);
                     }
                     if self.capture != Capture::None {
                         self.cap(c.get(i..end).unwrap_or_default());
@@ -579,36 +581,6 @@ impl BodyReader {
 }
 
 type Scan<T> = Result<T, ()>;
-
-/// The index of the next quote, backslash or control character at or after
-/// `i` (or the end): string contents, eight bytes at a time where it can.
-fn skip_plain(c: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // For ASCII words, a byte < 0x20, == '"' or == '\\' sets its high bit in
-    // `hit`; a word with any byte >= 0x80 goes to the byte loop instead.
-    let hit = |w: u64| {
-        let lt = w.wrapping_sub(ONES * 0x20);
-        let q = (w ^ (ONES * u64::from(b'"'))).wrapping_sub(ONES);
-        let b = (w ^ (ONES * u64::from(b'\\'))).wrapping_sub(ONES);
-        (lt | q | b | w) & HIGH
-    };
-    while let Some(chunk) = c.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if hit(u64::from_le_bytes(word)) != 0 {
-            break;
-        }
-        i += 8;
-    }
-    while let Some(&b) = c.get(i) {
-        if b == b'"' || b == b'\\' || b < 0x20 {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
 
 /// A key (raw, with quotes) as text: escapes are decoded, so that a key written
 /// as `"mod\u0065l"` is `model`, as a provider would read it.

@@ -36,6 +36,7 @@ pub mod multipart;
 pub mod query;
 pub mod ratelimit;
 pub mod records;
+pub mod scan;
 pub mod screen;
 pub mod scrub;
 pub mod surface;
