@@ -289,7 +289,7 @@ impl BodyReader {
             self.utf8.clear();
         }
         // An ASCII run is UTF-8 as it is: only the rest is checked.
-        let rest = chunk.get(crate::scan::ascii_prefix(chunk)..).unwrap_or_default();
+        let rest = chunk.get(crate::scan::ascii_head(chunk)..).unwrap_or_default();
         match std::str::from_utf8(rest) {
             Ok(_) => true,
             // Cut at the end of the chunk: kept for the next one.
