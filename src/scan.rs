@@ -2,15 +2,21 @@
 //! end, and how far a chunk is ASCII. A chat body is mostly string contents,
 //! so these loops are most of what a large body costs the gate.
 //!
-//! The filter is built with wasm's SIMD (`simd128`, `.cargo/config.toml`),
-//! which V8 runs as SSE: sixteen bytes a step. Other builds (the native
-//! tests, the hot-path harness) take eight bytes a step in a `u64`. Both
-//! give the same answers; `tests` checks the portable one against a byte loop,
-//! and `tests/e2e/test_body_scan.py` the SIMD one inside Envoy.
+//! Every wasm build here has wasm's SIMD (`simd128`, `.cargo/config.toml`),
+//! which V8 runs as SSE: sixteen bytes a step. Native builds (the unit tests,
+//! the hot-path harness run natively) take eight bytes a step in a `u64`.
+//! Both give the same answers; `tests` checks the portable one against a
+//! byte loop, and `tests/e2e/test_body_scan.py` the SIMD one inside Envoy
+//! (and that the module holds SIMD at all).
 
 /// The index of the first `"`, `\` or control character (< 0x20) at or after
 /// `i`, or `c.len()`: what ends a run of a string's plain contents. Bytes
 /// >= 0x80 are plain here (their UTF-8 is checked apart: [`ascii_head`]).
+///
+/// The wide loop only skips blocks it knows hold no stop byte; the byte loop
+/// always has the last word. So a wide loop that stopped too early would
+/// cost speed, never a wrong answer; one that skipped a stop byte would be a
+/// wrong answer, which is what the tests look for at every offset.
 #[inline]
 pub fn plain_end(c: &[u8], i: usize) -> usize {
     let i = wide::plain_end(c, i);

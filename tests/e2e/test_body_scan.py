@@ -3,14 +3,20 @@ wasm SIMD (`src/scan.rs`, sixteen bytes a step), which only this tier
 exercises (the native unit tests run the portable loop). Each case puts the
 byte that matters at every offset across three 16-byte blocks of a prompt
 string, so a lane or a block the scan got wrong shows up as a request let
-through that must be refused, or refused that must pass."""
+through that must be refused, or refused that must pass; and a body sent in
+two parts, cut inside a UTF-8 sequence at every offset, checks the sequence
+carried from one chunk to the next."""
 
 import json
+import shutil
+import socket
+import subprocess
+import time
 import uuid
 
 import pytest
 
-from harness import raw_http
+from harness import WASM, raw_http
 from test_hostile import bearer, req
 
 CHAT = "/v1/chat/completions"
@@ -40,7 +46,9 @@ def test_escapes_and_multibyte_text_pass_at_every_offset(gateway, key, mocks, at
     # An escaped quote, a decoy `model` inside the string, a backslash, a
     # three-byte character and a four-byte one, each starting at `at`.
     prompt = "a" * at + '","model":"gpt-4o\\' + "€" + "b" * 17 + "😀" + "c" * 20
-    content = json.dumps(prompt)[1:-1].encode()
+    # Raw UTF-8 (not \u escapes): the multibyte bytes go through the scan.
+    content = json.dumps(prompt, ensure_ascii=False)[1:-1].encode()
+    assert "€".encode() in content
     status, _, text = send(gateway, key, body(content))
     assert status == 200, text[:300]
     (got,) = mocks["openai"].received()
@@ -57,3 +65,48 @@ def test_a_bad_byte_in_a_string_is_refused_at_every_offset(gateway, key, mocks, 
         status, headers, text = send(gateway, key, body(content))
         assert (status, headers.get("x-keygate-error")) == (400, "invalid_json"), (what, at, status, text[:200])
     assert mocks["openai"].received() == [], "nothing may reach a provider"
+
+
+def send_in_two(port, data, cut):
+    """Sends `data` (a whole request) in two writes, the first ending at
+    `cut`, 50 ms apart: Envoy hands the gate two body chunks."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data[:cut])
+        time.sleep(0.05)
+        sock.sendall(data[cut:])
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buf += chunk
+        return int(buf.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("tail,status", [(b"", 200), (b"\x41", 400)], ids=["whole", "broken"])
+def test_a_sequence_cut_between_chunks_is_checked_whole(gateway, key, mocks, tail, status):
+    # A four-byte character (or, `broken`, its first two bytes and an "A")
+    # after `at` ASCII bytes, the body cut after each of its first bytes.
+    offsets = range(0, 40, 3)
+    for at in offsets:
+        char = "😀".encode() if not tail else "😀".encode()[:2] + tail
+        data = req("POST", CHAT, bearer(key), body(b"a" * at + char + b"b" * 40))
+        start = data.index(b"\r\n\r\n") + 4 + len(b'{"messages":[{"role":"user","content":"') + at
+        for cut in (start + 1, start + 2):
+            got = send_in_two(gateway.port, data, cut)
+            assert got == status, (at, cut, got)
+    assert len(mocks["openai"].received()) == (2 * len(offsets) if status == 200 else 0)
+
+
+def test_the_module_holds_simd():
+    """The scans above are the SIMD ones only if the module was built with
+    them (`.cargo/config.toml`): without SIMD enabled it must not validate."""
+    features = ["--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext",
+                "--enable-mutable-globals"]
+    wasm_opt = shutil.which("wasm-opt")
+    assert wasm_opt, "make wasm installs binaryen"
+    ok = subprocess.run([wasm_opt, "--mvp-features", *features, str(WASM), "-o", "/dev/null"], capture_output=True)
+    assert ok.returncode != 0 and b"validat" in ok.stdout + ok.stderr, "the module has no SIMD instructions"
+    ok = subprocess.run([wasm_opt, "--mvp-features", "--enable-simd", *features, str(WASM), "-o", "/dev/null"],
+                        capture_output=True)
+    assert ok.returncode == 0, ok.stderr[-300:]
