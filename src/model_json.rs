@@ -150,6 +150,9 @@ pub(crate) fn skip_ws(doc: &[u8], mut i: usize) -> usize {
 fn skip_string(doc: &[u8], mut i: usize) -> Option<usize> {
     i += 1;
     loop {
+        // Plain contents (an answer's completion is most of it) a block at
+        // a time; a control character is passed over here like any byte.
+        i = crate::scan::plain_end(doc, i);
         match doc.get(i)? {
             b'"' => return Some(i + 1),
             b'\\' => i += 2,
@@ -199,6 +202,30 @@ pub(crate) fn skip_value(doc: &[u8], i: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `skip_string` as it was, a byte at a time: the reference.
+    fn skip_string_bytewise(doc: &[u8], mut i: usize) -> Option<usize> {
+        i += 1;
+        loop {
+            match doc.get(i)? {
+                b'"' => return Some(i + 1),
+                b'\\' => i += 2,
+                _ => i += 1,
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn skip_string_matches_a_byte_loop(
+            doc in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b'"'), proptest::strategy::Just(b'\\'), proptest::strategy::Just(0x01u8),
+                proptest::strategy::Just(0xc3u8), b'a'..=b'z'], 0..70),
+            start in 0usize..72,
+        ) {
+            proptest::prop_assert_eq!(skip_string(&doc, start), skip_string_bytewise(&doc, start));
+        }
+    }
 
     fn rewrite(doc: &str, m: &str) -> Option<String> {
         rewrite_model(doc.as_bytes(), m).map(|b| String::from_utf8(b).unwrap())

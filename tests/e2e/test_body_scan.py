@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from harness import WASM, raw_http
+from harness import WASM, raw_http, wait_until
 from test_hostile import bearer, req
 
 CHAT = "/v1/chat/completions"
@@ -110,3 +110,34 @@ def test_the_module_holds_simd():
     ok = subprocess.run([wasm_opt, "--mvp-features", "--enable-simd", *features, str(WASM), "-o", "/dev/null"],
                         capture_output=True)
     assert ok.returncode == 0, ok.stderr[-300:]
+
+
+def test_an_answers_usage_is_found_past_its_completion_at_every_offset(gateway, store, mocks):
+    """The answer side: keygate finds the top-level `usage` of a provider's
+    answer by skipping the rest (`model_json::skip_string`, the same SIMD
+    scan). Completions with escaped quotes, backslashes and a decoy `usage`
+    inside the text, each at every offset: every record must hold the real
+    counts, not the decoy's or none."""
+    key = store.ok("POST", "/access-keys", {"name": "scan-usage-" + uuid.uuid4().hex[:6]})
+    send(gateway, key["token"], body(b"hi"))
+    (first,) = mocks["openai"].received()
+    credential = first["headers"]["authorization"][len("Bearer "):]
+    real = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+    for at in OFFSETS:
+        text = "x" * at + '\\"quoted\\" \\\\ ","usage":{"prompt_tokens":999,"completion_tokens":999}' + "é" * 9 + "y" * 20
+        answer = {"id": "chatcmpl-scan", "object": "chat.completion", "model": "gpt-4o-mini",
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                  "usage": real}
+        mocks["openai"].script(credential, (200, {}, json.dumps(answer, ensure_ascii=False).encode()))
+    for at in OFFSETS:
+        status, _, text = send(gateway, key["token"], body(b"hi"))
+        assert status == 200, (at, text[:200])
+    records = []
+
+    def flushed():
+        nonlocal records
+        records = store.ok("GET", f"/usage?accessKeyId={key['id']}")["usage"]
+        return len(records) >= len(OFFSETS) + 1
+
+    wait_until(flushed, timeout=10, what="the usage records")
+    assert sorted({(r["inputTokens"], r["outputTokens"]) for r in records}) == [(11, 7)], records[:3]
