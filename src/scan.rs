@@ -1,6 +1,8 @@
-//! The body reader's two byte loops: where a JSON string's plain contents
-//! end, and how far a chunk is ASCII. A chat body is mostly string contents,
-//! so these loops are most of what a large body costs the gate.
+//! The byte loops of keygate's JSON readers: where a JSON string's plain
+//! contents end (the body reader, and `model_json`'s skip over an answer to
+//! its `usage`), and how far a chunk is ASCII (the body reader's UTF-8
+//! check). A chat body is mostly string contents, so these loops are most of
+//! what a large body costs the gate.
 //!
 //! Every wasm build here has wasm's SIMD (`simd128`, `.cargo/config.toml`),
 //! which V8 runs as SSE: sixteen bytes a step. Native builds (the unit tests,
