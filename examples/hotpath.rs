@@ -131,6 +131,7 @@ enum Op {
     SendResponse(u16, Vec<(String, Vec<u8>)>, Vec<u8>),
     SetEffective(u32),
     Resume,
+    Reset,
     DefineMetric(MetricKind, String),
     IncrementMetric(u32, i64),
 }
@@ -263,6 +264,11 @@ impl Host for Recorder<'_> {
         self.host.resume_request()
     }
 
+    fn reset_answer(&self) -> Result<(), HostError> {
+        self.log(Op::Reset);
+        self.host.reset_answer()
+    }
+
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         self.log(Op::DefineMetric(kind, name.to_string()));
         self.host.define_metric(kind, name)
@@ -331,6 +337,9 @@ fn replay(host: &FakeHost, ops: &[Op]) {
             }
             Op::Resume => {
                 black_box(host.resume_request().is_ok());
+            }
+            Op::Reset => {
+                black_box(host.reset_answer().is_ok());
             }
             Op::DefineMetric(kind, name) => {
                 black_box(host.define_metric(*kind, name).ok());

@@ -64,6 +64,11 @@ pub struct FakeHost {
     pub replies: RefCell<Vec<Reply>>,
     /// Contexts resumed, in order.
     pub resumed: RefCell<Vec<u32>>,
+    /// Contexts whose answer was reset, in order.
+    pub reset: RefCell<Vec<u32>>,
+    /// `set_buffer` fails while set (Envoy's cannot, for a buffer it holds:
+    /// this drives the paths that must fail closed if it ever did).
+    pub refuse_buffer_writes: Cell<bool>,
     metric_ids: RefCell<HashMap<String, u32>>,
     pub metrics: RefCell<HashMap<String, i64>>,
 }
@@ -208,6 +213,9 @@ impl Host for FakeHost {
     }
 
     fn set_buffer(&self, buffer: Buffer, start: usize, size: usize, value: &[u8]) -> Result<(), HostError> {
+        if self.refuse_buffer_writes.get() {
+            return Err(HostError(2));
+        }
         let mut all = self.buffers.borrow_mut();
         let bytes = all.entry((self.effective.get(), buffer)).or_default();
         let end = start.saturating_add(size).min(bytes.len());
@@ -284,6 +292,11 @@ impl Host for FakeHost {
 
     fn resume_request(&self) -> Result<(), HostError> {
         self.resumed.borrow_mut().push(self.effective.get());
+        Ok(())
+    }
+
+    fn reset_answer(&self) -> Result<(), HostError> {
+        self.reset.borrow_mut().push(self.effective.get());
         Ok(())
     }
 

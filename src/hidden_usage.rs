@@ -34,6 +34,11 @@ impl HiddenUsage {
         }
         out
     }
+
+    /// Part of an event is held back, waiting for the rest.
+    pub fn holding(&self) -> bool {
+        !self.pending.is_empty()
+    }
 }
 
 /// The length of the first complete event (its blank line included).

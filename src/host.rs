@@ -93,6 +93,11 @@ pub trait Host {
     fn set_effective_context(&self, context_id: u32) -> Result<(), HostError>;
     /// Resumes the effective context's paused request.
     fn resume_request(&self) -> Result<(), HostError>;
+    /// Resets the effective context's stream from its answer's side
+    /// (`proxy_close_stream`): the client gets nothing more of the answer,
+    /// and sees it end in a reset rather than whole. For an answer keygate
+    /// can no longer pass on as it promised (scrubbed, filtered, replaced).
+    fn reset_answer(&self) -> Result<(), HostError>;
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
     fn increment_metric(&self, id: u32, delta: i64) -> Result<(), HostError>;

@@ -30,12 +30,13 @@ pub enum Kind {
     LocalReply,
     EffectiveContext,
     Resume,
+    Reset,
     MetricDefine,
     MetricIncrement,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 18] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Time,
         Kind::HeaderPairs,
         Kind::HeaderGet,
@@ -52,6 +53,7 @@ impl Kind {
         Kind::LocalReply,
         Kind::EffectiveContext,
         Kind::Resume,
+        Kind::Reset,
         Kind::MetricDefine,
         Kind::MetricIncrement,
     ];
@@ -75,6 +77,7 @@ impl Kind {
             Kind::LocalReply => "send_local_response",
             Kind::EffectiveContext => "set_effective_context",
             Kind::Resume => "continue_stream",
+            Kind::Reset => "close_stream",
             Kind::MetricDefine => "define_metric",
             Kind::MetricIncrement => "increment_metric",
         }
@@ -200,6 +203,11 @@ impl<H: Host> Host for Counting<H> {
     fn resume_request(&self) -> Result<(), HostError> {
         self.count(Kind::Resume);
         self.inner.resume_request()
+    }
+
+    fn reset_answer(&self) -> Result<(), HostError> {
+        self.count(Kind::Reset);
+        self.inner.reset_answer()
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {

@@ -49,6 +49,8 @@ names! {
         FailoverExhausted => "failover.exhausted",
         ScrubbedHeaders => "scrubbed.headers",
         ScrubbedBodies => "scrubbed.bodies",
+        /// Answers reset part-way (`request::cut_answer`).
+        AnswersCut => "answers.cut",
         TokensInput => "tokens.input",
         TokensOutput => "tokens.output",
         UsageDropped => "usage.dropped",

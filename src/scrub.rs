@@ -62,6 +62,11 @@ impl StreamScrubber {
         }
         data
     }
+
+    /// A tail is held back, waiting for the next chunk.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
 }
 
 /// The length of the longest suffix of `data` that is a proper prefix of `secret`.

@@ -184,6 +184,10 @@ impl Host for Envoy<'_> {
         uncounted(|| self.0.resume_request())
     }
 
+    fn reset_answer(&self) -> Result<(), HostError> {
+        uncounted(|| self.0.reset_answer())
+    }
+
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         uncounted(|| self.0.define_metric(kind, name))
     }

@@ -86,6 +86,7 @@ extern "C" {
     ) -> u32;
     fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_http_call(
@@ -108,8 +109,9 @@ extern "C" {
 
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
-/// `proxy_continue_stream`'s stream type for the request.
+/// The ABI's stream types (`proxy_continue_stream`, `proxy_close_stream`).
 const HTTP_REQUEST: u32 = 0;
+const HTTP_RESPONSE: u32 = 1;
 
 const OK: u32 = 0;
 
@@ -368,6 +370,13 @@ fn resume_request() -> Result<(), Status> {
     check(unsafe { proxy_continue_stream(HTTP_REQUEST) })
 }
 
+/// Envoy resets the stream once the current callback returns (its
+/// `closeStream` defers `resetStream` until the VM call is over).
+fn reset_answer() -> Result<(), Status> {
+    // SAFETY: no pointers.
+    check(unsafe { proxy_close_stream(HTTP_RESPONSE) })
+}
+
 /// The host this VM runs in.
 pub struct Abi;
 
@@ -452,6 +461,10 @@ impl Host for Abi {
 
     fn resume_request(&self) -> Result<(), HostError> {
         resume_request().map_err(host_error)
+    }
+
+    fn reset_answer(&self) -> Result<(), HostError> {
+        reset_answer().map_err(host_error)
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {

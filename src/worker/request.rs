@@ -107,6 +107,8 @@ struct Answer {
     read_usage: bool,
     scanner: Option<SseScanner>,
     json: Option<Vec<u8>>,
+    /// Reset part-way (`cut_answer`): nothing more of it passes.
+    cut: bool,
 }
 
 /// What the request is, from its headers and (through the gate) its body.
@@ -957,14 +959,40 @@ impl Worker {
     pub fn response_trailers(&mut self, host: &impl Host, id: u32) -> Flow {
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
-        if let Some(body) = fw.answer.replace.take() {
+        let answer = &mut fw.answer;
+        if answer.cut {
+            return Flow::Pause;
+        }
+        if let Some(body) = answer.replace.take() {
             // The provider's answer held for replacing (`response_body`):
             // trailers end its stream, so no body chunk said it was the
             // last, and Envoy passes what it holds on after this call.
-            let held = host.buffer(Buffer::ResponseBody, 0, usize::MAX).map_or(0, |b| b.len());
-            if host.set_buffer(Buffer::ResponseBody, 0, held, body.as_bytes()).is_err() {
-                warn!("keygate: request {}: could not replace the held answer", req.facts.request_id);
+            let held = host.buffer(Buffer::ResponseBody, 0, usize::MAX).map(|b| b.len());
+            let replaced = held.and_then(|held| host.set_buffer(Buffer::ResponseBody, 0, held, body.as_bytes()));
+            if replaced.is_err() {
+                return cut_answer(
+                    host,
+                    &mut self.metrics,
+                    &req.facts.request_id,
+                    answer,
+                    "the held answer could not be replaced",
+                );
             }
+        }
+        // What the body's last chunk would have carried has no chunk left
+        // to go in: a filter cannot add body once trailers come (Envoy
+        // passed every chunk on already).
+        let unwritten = if answer.listing.is_some() {
+            Some("the model list ended in trailers")
+        } else if answer.hidden_usage.as_ref().is_some_and(|h| h.holding())
+            || answer.scrubber.as_ref().is_some_and(|s| s.holding())
+        {
+            Some("trailers came while part of the answer was held back")
+        } else {
+            None
+        };
+        if let Some(why) = unwritten {
+            return cut_answer(host, &mut self.metrics, &req.facts.request_id, answer, why);
         }
         let fw = &*fw;
         let snapshot = host.headers(Map::ResponseTrailers);
@@ -985,12 +1013,18 @@ impl Worker {
         let Some(req) = self.requests.get_mut(&id) else { return Flow::Continue };
         let Phase::Forwarded(fw) = &mut req.phase else { return Flow::Continue };
         let answer = &mut fw.answer;
+        if answer.cut {
+            return Flow::Pause;
+        }
+        let request_id = &req.facts.request_id;
         if answer.listing.is_some() {
             // The whole list, then filtered: collected here chunk by chunk
             // (each passed on empty), so that Envoy's buffer limit (64 KiB a
             // connection) does not bound it; past `MAX_LIST_BYTES` it is
             // shown empty.
-            let chunk = host.buffer(Buffer::ResponseBody, 0, body_size).unwrap_or_default();
+            let Ok(chunk) = host.buffer(Buffer::ResponseBody, 0, body_size) else {
+                return cut_answer(host, &mut self.metrics, request_id, answer, "the model list could not be read");
+            };
             if answer.list.len() <= crate::models::MAX_LIST_BYTES {
                 answer.list.extend_from_slice(&chunk);
             }
@@ -1002,7 +1036,9 @@ impl Worker {
                 }
                 (true, None) => Vec::new(),
             };
-            let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
+            if host.set_buffer(Buffer::ResponseBody, 0, body_size, &out).is_err() {
+                return cut_answer(host, &mut self.metrics, request_id, answer, "the model list could not be written");
+            }
             return Flow::Continue;
         }
         if answer.replace.is_none() {
@@ -1010,29 +1046,33 @@ impl Worker {
             if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() && !(hiding && end_of_stream) {
                 return Flow::Continue;
             }
-            let chunk = host.buffer(Buffer::ResponseBody, 0, body_size).unwrap_or_default();
+            let rewrites = hiding || answer.scrubber.is_some();
+            let chunk = match host.buffer(Buffer::ResponseBody, 0, body_size) {
+                Ok(chunk) => chunk,
+                // Only its usage unread: the answer itself passes whole
+                // (and is counted at its estimate).
+                Err(_) if !rewrites => return Flow::Continue,
+                Err(_) => return cut_answer(host, &mut self.metrics, request_id, answer, "a chunk could not be read"),
+            };
             if !chunk.is_empty() {
                 observe(answer, &chunk);
             }
-            if let Some(hidden) = answer.hidden_usage.as_mut() {
-                let out = hidden.feed(&chunk, end_of_stream);
-                if out != chunk {
-                    let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
+            let out = match (answer.hidden_usage.as_mut(), answer.scrubber.as_mut()) {
+                (Some(hidden), _) => hidden.feed(&chunk, end_of_stream),
+                (None, Some(scrubber)) => {
+                    let out = scrubber.feed(&chunk, end_of_stream);
+                    if end_of_stream && scrubber.scrubbed {
+                        warn!(
+                            "keygate: request {request_id}: the provider echoed its credential in the body: scrubbed"
+                        );
+                        self.metrics.count(Counter::ScrubbedBodies);
+                    }
+                    out
                 }
-                return Flow::Continue;
-            }
-            if let Some(scrubber) = answer.scrubber.as_mut() {
-                let out = scrubber.feed(&chunk, end_of_stream);
-                if out != chunk {
-                    let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, &out);
-                }
-                if end_of_stream && scrubber.scrubbed {
-                    warn!(
-                        "keygate: request {}: the provider echoed its credential in the body: scrubbed",
-                        req.facts.request_id
-                    );
-                    self.metrics.count(Counter::ScrubbedBodies);
-                }
+                (None, None) => return Flow::Continue,
+            };
+            if out != chunk && host.set_buffer(Buffer::ResponseBody, 0, body_size, &out).is_err() {
+                return cut_answer(host, &mut self.metrics, request_id, answer, "a chunk could not be rewritten");
             }
             return Flow::Continue;
         }
@@ -1040,7 +1080,9 @@ impl Worker {
             return Flow::Pause;
         }
         if let Some(body) = answer.replace.take() {
-            let _ = host.set_buffer(Buffer::ResponseBody, 0, body_size, body.as_bytes());
+            if host.set_buffer(Buffer::ResponseBody, 0, body_size, body.as_bytes()).is_err() {
+                return cut_answer(host, &mut self.metrics, request_id, answer, "the answer could not be replaced");
+            }
         }
         Flow::Continue
     }
@@ -1347,4 +1389,20 @@ fn answer_headers(
         let secrets = fw.plan.candidates().map(|(_, _, k)| k.value.clone()).collect();
         fw.answer.scrubber = Some(StreamScrubber::new(secrets));
     }
+}
+
+/// The answer cannot go on as keygate promised (a chunk it must rewrite could
+/// not be read or written; what the last chunk would carry has no chunk to
+/// go in): the stream is reset, so a client never takes a partial,
+/// unfiltered or unscrubbed answer for the whole one. What Envoy holds of it
+/// stays held (`Flow::Pause`) until the reset drops it, and later chunks
+/// are held too.
+fn cut_answer(host: &impl Host, metrics: &mut Metrics, request_id: &str, answer: &mut Answer, why: &str) -> Flow {
+    warn!("keygate: request {request_id}: the answer is reset: {why}");
+    metrics.count(Counter::AnswersCut);
+    answer.cut = true;
+    if host.reset_answer().is_err() {
+        warn!("keygate: request {request_id}: the answer could not be reset: it is held instead");
+    }
+    Flow::Pause
 }

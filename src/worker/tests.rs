@@ -1077,6 +1077,9 @@ impl crate::host::Host for RawNamedAnswer<'_> {
     fn resume_request(&self) -> Result<(), crate::host::HostError> {
         self.inner.resume_request()
     }
+    fn reset_answer(&self) -> Result<(), crate::host::HostError> {
+        self.inner.reset_answer()
+    }
     fn define_metric(&self, kind: crate::host::MetricKind, name: &str) -> Result<u32, crate::host::HostError> {
         self.inner.define_metric(kind, name)
     }
@@ -1294,4 +1297,89 @@ fn an_answer_held_for_replacing_is_replaced_when_trailers_end_it() {
     w.response_trailers(&host, 2);
     let out = String::from_utf8(host.buffer_of(2, crate::host::Buffer::ResponseBody)).unwrap();
     assert!(out.contains("all_provider_keys_failed") && !out.contains("sk-secret"), "{out}");
+}
+
+/// A forwarded request whose provider answered `status` (its headers
+/// passed through the filter): context 2, credential `sk-secret-pk_a`.
+fn answered(host: &FakeHost, w: &mut Worker, status: &str) {
+    chat(host, w, 2, &key(1));
+    store_answers(host, w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", status), ("content-type", "application/json")]);
+    w.response_headers(host, 2);
+}
+
+fn answers_cut(w: &mut Worker, host: &FakeHost) -> i64 {
+    w.tick(host, 1);
+    host.metrics.borrow().get("keygate.answers.cut").copied().unwrap_or(0)
+}
+
+#[test]
+fn a_scrubbed_chunk_that_cannot_be_rewritten_resets_the_answer() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    answered(&host, &mut w, "400");
+    host.refuse_buffer_writes.set(true);
+    let body = br#"{"error":"bad key sk-secret-pk_a"}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    assert_eq!(w.response_body(&host, 2, body.len(), false), Flow::Pause, "held until the reset drops it");
+    assert_eq!(*host.reset.borrow(), [2]);
+    // Whatever comes after is held too, and not reset twice.
+    assert_eq!(w.response_body(&host, 2, body.len(), true), Flow::Pause);
+    host.set_headers(2, Map::ResponseTrailers, &[("x-debug", "fine")]);
+    assert_eq!(w.response_trailers(&host, 2), Flow::Pause);
+    assert_eq!(*host.reset.borrow(), [2]);
+    assert_eq!(answers_cut(&mut w, &host), 1);
+}
+
+#[test]
+fn an_unreadable_chunk_resets_an_answer_only_when_it_must_be_rewritten() {
+    // A 2xx answer read for its usage only: it passes whole, uncounted.
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    answered(&host, &mut w, "200");
+    assert_eq!(w.response_body(&host, 2, 40, true), Flow::Continue, "no buffer: the read fails");
+    assert!(host.reset.borrow().is_empty());
+    // An error answer is scrubbed: it cannot pass unread.
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    answered(&host, &mut w, "400");
+    assert_eq!(w.response_body(&host, 2, 40, false), Flow::Pause);
+    assert_eq!(*host.reset.borrow(), [2]);
+}
+
+#[test]
+fn a_held_back_tail_that_trailers_leave_unwritten_resets_the_answer() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    answered(&host, &mut w, "400");
+    // The chunk ends with what could begin the credential: held back.
+    let body = br#"{"error":"bad key sk-sec"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    assert_eq!(w.response_body(&host, 2, body.len(), false), Flow::Continue);
+    assert!(!String::from_utf8_lossy(&host.buffer_of(2, crate::host::Buffer::ResponseBody)).contains("sk-sec"));
+    host.set_headers(2, Map::ResponseTrailers, &[("grpc-status", "0")]);
+    assert_eq!(w.response_trailers(&host, 2), Flow::Pause);
+    assert_eq!(*host.reset.borrow(), [2]);
+    assert_eq!(answers_cut(&mut w, &host), 1);
+    // Nothing held: trailers end the answer as they come.
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    answered(&host, &mut w, "400");
+    let body = br#"{"error":"bad key"}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    w.response_body(&host, 2, body.len(), false);
+    host.set_headers(2, Map::ResponseTrailers, &[("grpc-status", "0")]);
+    assert_eq!(w.response_trailers(&host, 2), Flow::Continue);
+    assert!(host.reset.borrow().is_empty());
+}
+
+#[test]
+fn a_replacement_that_cannot_be_written_resets_the_answer() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    chat(&host, &mut w, 2, &key(1));
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer("", &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "401"), ("x-envoy-attempt-count", "1")]);
+    w.response_headers(&host, 2);
+    let body = br#"{"error":"bad key sk-secret-pk_a"}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, body);
+    host.refuse_buffer_writes.set(true);
+    assert_eq!(w.response_body(&host, 2, body.len(), true), Flow::Pause);
+    assert_eq!(*host.reset.borrow(), [2]);
 }

@@ -42,15 +42,17 @@ class H2:
     def flush(self):
         self.sock.sendall(self.conn.data_to_send())
 
-    def open(self, token, length=None, extra=()):
+    def open(self, token, length=None, extra=(), method="POST", path=CHAT):
+        """A stream; a `GET` ends with its headers."""
         sid = self.conn.get_next_available_stream_id()
-        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "gateway"), (":path", CHAT),
+        headers = [(":method", method), (":scheme", "http"), (":authority", "gateway"), (":path", path),
                    ("content-type", "application/json"), ("authorization", f"Bearer {token}"), *extra]
         if length is not None:
             headers.append(("content-length", str(length)))
-        self.conn.send_headers(sid, headers)
+        self.conn.send_headers(sid, headers, end_stream=method == "GET")
         self.flush()
-        self.streams[sid] = {"status": None, "headers": {}, "body": b"", "trailers": [], "done": False}
+        self.streams[sid] = {"status": None, "headers": {}, "body": b"", "trailers": [], "done": False,
+                             "reset": False}
         return sid
 
     def send(self, sid, data, end=False):
@@ -83,6 +85,7 @@ class H2:
                     st["trailers"] = list(event.headers)
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and st is not None:
                     st["done"] = True
+                    st["reset"] = isinstance(event, h2.events.StreamReset)
             self.flush()
         return [self.streams[s] for s in sids]
 

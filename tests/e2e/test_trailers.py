@@ -66,15 +66,18 @@ class TlsH2Provider:
         self.alpn = []
         self.echo = True
         self.refuse = set()
+        self.tail = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def stop(self):
         self.sock.close()
 
-    def reset(self, echo=True, refuse=()):
+    def reset(self, echo=True, refuse=(), tail=False):
+        """`tail`: a chat is answered 400, its body ending in the first
+        bytes of the credential it got (what a scrubber holds back)."""
         with self.lock:
             self.requests.clear()
-            self.echo, self.refuse = echo, set(refuse)
+            self.echo, self.refuse, self.tail = echo, set(refuse), tail
 
     def received(self):
         with self.lock:
@@ -121,9 +124,18 @@ class TlsH2Provider:
         credential = auth.removeprefix("Bearer ")
         with self.lock:
             self.requests.append(req)
-            echo, refused = self.echo, credential in self.refuse
+            echo, refused, tail = self.echo, credential in self.refuse, self.tail
         model = json.loads(req["body"] or b"{}").get("model", "m")
-        if refused:
+        if req["headers"].get(":path", "").endswith("/models"):
+            status, doc = "200", {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "tls"}
+                                                             for m in ("m", "other")]}
+        elif tail:
+            data = f'{{"error": {{"message": "unsupported parameter near {credential[:12]}'.encode()
+            conn.send_headers(sid, [(":status", "400"), ("content-type", "application/json")])
+            conn.send_data(sid, data)
+            conn.send_headers(sid, [("x-served-by", "tls-mock")], end_stream=True)
+            return
+        elif refused:
             status, doc = "401", {"error": {"message": f"Incorrect API key provided: {auth}",
                                             "type": "invalid_request_error"}}
         else:
@@ -298,3 +310,50 @@ def test_a_refused_answer_ended_by_trailers_is_still_replaced(tls_gateway, store
     assert json.loads(got["body"])["error"]["code"] == "all_provider_keys_failed", got["body"]
     assert_nowhere(secret, got)
     assert values(got["trailers"], "x-debug") == ["saw Bearer [redacted]", "fine", "again [redacted]"], got["trailers"]
+
+
+def cut_answers(gateway):
+    """`keygate.answers.cut` as the gateway reports it (0 until counted)."""
+    names = {s.get("name", ""): s.get("value") for s in gateway.stats()["stats"]}
+    return names.get("wasmcustom.keygate.answers.cut", 0)
+
+
+def test_a_model_list_ended_by_trailers_is_reset_not_emptied(tls_gateway, store, provider, provider_id):
+    """The filtered list goes out with the body's last chunk; trailers leave
+    no last chunk and a filter cannot add body in their callback. The client
+    gets a reset stream: not an empty 200, and never the provider's own list
+    (it names a model the key may not see)."""
+    provider.reset(echo=False)
+    key_id, _ = provider_key(store, provider_id)
+    _, token = access_key(store, provider_id, key_id)
+    before = cut_answers(tls_gateway)
+    with H2(tls_gateway.port) as c:
+        sid = c.open(token, method="GET", path="/v1/models")
+        (got,) = c.wait(sid)
+    record_response(f"h2:{tls_gateway.port}", got["status"], list(got["headers"].items()) + got["trailers"], got["body"])
+    assert [r["headers"][":path"] for r in provider.received()] == ["/v1/models"]
+    assert got["reset"], got
+    assert got["status"] == 200 and got["trailers"] == [] and got["body"] == b"", got
+    wait_until(lambda: cut_answers(tls_gateway) == before + 1, timeout=2, what="the cut counted")
+
+
+def test_a_held_back_tail_that_trailers_cut_off_resets_the_answer(tls_gateway, store, provider, provider_id):
+    """An error answer is scrubbed as it streams: a chunk's last bytes that
+    could begin the credential wait for the next chunk. Trailers end the
+    stream instead: that tail has nowhere to go, so the client's stream is
+    reset rather than cut short silently, and the tail never passes."""
+    key_id, secret = provider_key(store, provider_id)
+    provider.reset(tail=True)
+    _, token = access_key(store, provider_id, key_id)
+    before = cut_answers(tls_gateway)
+    got = ask(tls_gateway, token, provider_id)
+    assert [r["headers"]["authorization"] for r in provider.received()] == [f"Bearer {secret}"]
+    assert got["reset"], got
+    assert got["status"] == 400 and got["trailers"] == [], got
+    assert secret[:12].encode() not in got["body"], got["body"]
+    assert got["body"].startswith(b'{"error": {"message": "unsupported parameter near'), got["body"]
+    wait_until(lambda: cut_answers(tls_gateway) == before + 1, timeout=2, what="the cut counted")
+    # An answer with nothing held back still ends in its trailers.
+    provider.reset(echo=False)
+    got = ask(tls_gateway, token, provider_id)
+    assert not got["reset"] and got["status"] == 200, got
