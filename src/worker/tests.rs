@@ -1383,3 +1383,27 @@ fn a_replacement_that_cannot_be_written_resets_the_answer() {
     assert_eq!(w.response_body(&host, 2, body.len(), true), Flow::Pause);
     assert_eq!(*host.reset.borrow(), [2]);
 }
+
+#[test]
+fn a_model_list_that_trailers_end_is_reset_not_emptied() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    host.enter(2);
+    let auth = format!("Bearer {}", key(1));
+    host.set_headers(2, Map::RequestHeaders, &[(":method", "GET"), (":path", "/v1/models"), ("authorization", &auth)]);
+    w.request_created(2);
+    assert_eq!(w.request_headers(&host, 2, true), Flow::Pause);
+    let access = r#","access":{"models":["openai/gpt-4o"]}"#;
+    store_answers(&host, &mut w, host.last_call().unwrap().token, Some(200), &answer(access, &["pk_a"]));
+    host.enter(2);
+    host.set_headers(2, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "application/json")]);
+    w.response_headers(&host, 2);
+    let list = br#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"o1-secret-preview"}]}"#;
+    host.set_buffer_of(2, crate::host::Buffer::ResponseBody, list);
+    assert_eq!(w.response_body(&host, 2, list.len(), false), Flow::Continue);
+    assert!(host.buffer_of(2, crate::host::Buffer::ResponseBody).is_empty(), "collected, passed on empty");
+    // Trailers end it: the filtered list has no chunk left to go in.
+    host.set_headers(2, Map::ResponseTrailers, &[("grpc-status", "0")]);
+    assert_eq!(w.response_trailers(&host, 2), Flow::Pause);
+    assert_eq!(*host.reset.borrow(), [2]);
+    assert_eq!(answers_cut(&mut w, &host), 1);
+}

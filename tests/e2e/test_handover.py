@@ -42,14 +42,13 @@ class H2:
     def flush(self):
         self.sock.sendall(self.conn.data_to_send())
 
-    def open(self, token, length=None, extra=(), method="POST", path=CHAT):
-        """A stream; a `GET` ends with its headers."""
+    def open(self, token, length=None, extra=()):
         sid = self.conn.get_next_available_stream_id()
-        headers = [(":method", method), (":scheme", "http"), (":authority", "gateway"), (":path", path),
+        headers = [(":method", "POST"), (":scheme", "http"), (":authority", "gateway"), (":path", CHAT),
                    ("content-type", "application/json"), ("authorization", f"Bearer {token}"), *extra]
         if length is not None:
             headers.append(("content-length", str(length)))
-        self.conn.send_headers(sid, headers, end_stream=method == "GET")
+        self.conn.send_headers(sid, headers)
         self.flush()
         self.streams[sid] = {"status": None, "headers": {}, "body": b"", "trailers": [], "done": False,
                              "reset": False}
