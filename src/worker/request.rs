@@ -224,6 +224,32 @@ impl Worker {
         flow
     }
 
+    /// What this VM's gate handed over for request `id` when it named no
+    /// tag: the gate whose context Envoy made just before this filter's (a
+    /// request's filters get consecutive ids), else the only one, that saw
+    /// the same `x-request-id`. Envoy gives each request its own id; if a
+    /// client that may send its own (a trusted one) sends one twice, and
+    /// neither gate is the one just before, neither is taken: the request
+    /// is refused, not guessed at.
+    /// (Findings wait here only from a gate's last body chunk to this
+    /// filter's headers callback, which Envoy runs right after it.)
+    fn claim_findings(&mut self, id: u32, request_id: &str) -> Option<(u32, super::Found)> {
+        if !usable_request_id(request_id) {
+            return None;
+        }
+        let before = id.wrapping_sub(1);
+        let gate = if self.findings.get(&before).is_some_and(|f| f.request_id == request_id) {
+            before
+        } else {
+            let mut same = self.findings.iter().filter(|(_, f)| f.request_id == request_id).map(|(gate, _)| *gate);
+            match (same.next(), same.next()) {
+                (Some(gate), None) => gate,
+                _ => return None,
+            }
+        };
+        self.findings.remove(&gate).map(|found| (gate, found))
+    }
+
     fn judge_headers(&mut self, host: &impl Host, id: u32, end_of_stream: bool) -> Flow {
         self.enter(id);
         // One snapshot of the headers: each host call that returns data
@@ -236,12 +262,16 @@ impl Worker {
             panic!("keygate: fault injection"); // allow-panic: test builds only
         }
         let has_body = !end_of_stream;
-        // What the gate read of the body: from this VM's memory when the
-        // gate's tag names this VM, else from the request's filter state.
+        // What the gate read of the body: from this VM's memory (the gate
+        // its tag names, else the one that saw this request's id), else
+        // from the request's filter state.
         let vm_tag = self.vm_tag;
-        let (in_vm, gate_key) = match inbound.gate.and_then(|(vm, gate)| {
-            (has_body && vm == vm_tag).then(|| self.findings.remove(&gate).map(|found| (gate, found))).flatten()
-        }) {
+        let found = match inbound.gate.filter(|(vm, _)| *vm == vm_tag) {
+            _ if !has_body => None,
+            Some((_, gate)) => self.findings.remove(&gate).map(|found| (gate, found)),
+            None => self.claim_findings(id, &inbound.request_id),
+        };
+        let (in_vm, gate_key) = match found {
             Some((gate, found)) => (Some(Tapped { vm: vm_tag, gate, facts: found.facts }), found.key),
             None => (None, None),
         };
@@ -1189,7 +1219,7 @@ fn read_trail(host: &impl Host, metrics: &mut Metrics, config: &crate::config::C
 
 /// The store takes request ids of 1 to 512 bytes without control
 /// characters (Envoy generates UUIDs; a client's may be anything).
-fn usable_request_id(id: &str) -> bool {
+pub(super) fn usable_request_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 512 && !id.chars().any(char::is_control)
 }
 

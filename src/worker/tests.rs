@@ -455,6 +455,12 @@ fn a_provider_that_echoes_its_credential_has_it_scrubbed() {
 
 /// The gate of a request with a body, then its body, then the keygate filter.
 fn gated_chat(host: &FakeHost, w: &mut Worker, gate: u32, id: u32, token: &str, body: &str) -> Flow {
+    gate_reads(host, w, gate, token, body, &[]);
+    keygate_after(host, w, gate, id)
+}
+
+/// A gate's headers and its whole body (`extra` headers added).
+fn gate_reads(host: &FakeHost, w: &mut Worker, gate: u32, token: &str, body: &str, extra: &[(&str, &str)]) {
     let mut state = GateState::new(gate, 1 << 20);
     host.enter(gate);
     let auth = format!("Bearer {token}");
@@ -466,10 +472,14 @@ fn gated_chat(host: &FakeHost, w: &mut Worker, gate: u32, id: u32, token: &str, 
         ("content-length", len.as_str()),
         ("authorization", auth.as_str()),
     ];
-    host.set_headers(gate, Map::RequestHeaders, &headers);
+    host.set_headers(gate, Map::RequestHeaders, &[&headers[..], extra].concat());
     assert_eq!(w.gate_headers(host, &mut state, false), Flow::Continue);
     host.set_buffer_of(gate, crate::host::Buffer::RequestBody, body.as_bytes());
     w.gate_body(host, &mut state, body.len(), true);
+}
+
+/// The keygate filter's headers phase of gate `gate`'s request.
+fn keygate_after(host: &FakeHost, w: &mut Worker, gate: u32, id: u32) -> Flow {
     // The buffer filter hands the same headers on to the keygate filter.
     let named = host.headers_of(gate, Map::RequestHeaders);
     let named: Vec<(&str, &str)> = named.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
@@ -1406,4 +1416,88 @@ fn a_model_list_that_trailers_end_is_reset_not_emptied() {
     assert_eq!(w.response_trailers(&host, 2), Flow::Pause);
     assert_eq!(*host.reset.borrow(), [2]);
     assert_eq!(answers_cut(&mut w, &host), 1);
+}
+
+/// As Envoy runs it: every request has its own `x-request-id`, and the gate
+/// hands over by it, with no tag (no header change).
+fn gate_with_id(host: &FakeHost, w: &mut Worker, gate: u32, token: &str, body: &str, request_id: &str) {
+    gate_reads(host, w, gate, token, body, &[("x-request-id", request_id)]);
+    assert_eq!(host.header_of(gate, Map::RequestHeaders, crate::handover::GATE_HEADER), None, "untagged");
+}
+
+fn allow_gpt_4o(host: &FakeHost, w: &mut Worker) {
+    let token = host.calls.borrow().first().unwrap().token;
+    store_answers(host, w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+}
+
+#[test]
+fn an_untagged_request_takes_its_own_gates_findings_by_its_id() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    assert_eq!(*host.resumed.borrow(), [21]);
+    // A gate further back (another wasm filter of this VM between them)
+    // is found by the id too, and its model is the one judged.
+    gate_with_id(&host, &mut w, 30, &k, r#"{"model":"gpt-3.5-turbo"}"#, "r-2");
+    assert_eq!(keygate_after(&host, &mut w, 30, 35), Flow::Pause);
+    assert_eq!(host.replies_to(35).pop().unwrap().code(), "model_not_allowed");
+    assert!(w.findings.is_empty(), "taken");
+}
+
+#[test]
+fn findings_of_another_request_id_are_never_taken() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    // Gate 30 read an allowed model for request r-3; the request right
+    // after it in context ids is r-4 (its own gate ran elsewhere, say).
+    gate_with_id(&host, &mut w, 30, &k, CHAT, "r-3");
+    let auth = format!("Bearer {k}");
+    host.enter(31);
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+        ("x-request-id", "r-4"),
+    ];
+    host.set_headers(31, Map::RequestHeaders, &headers);
+    w.request_created(31);
+    assert_eq!(w.request_headers(&host, 31, false), Flow::Pause);
+    assert_eq!(host.replies_to(31).pop().unwrap().code(), "internal_error", "refused, not guessed");
+    assert_eq!(w.findings.len(), 1, "gate 30's findings are still its own");
+}
+
+#[test]
+fn two_gates_that_saw_one_request_id_are_not_guessed_between() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    // A trusted client sent one id twice: gates 30 and 32 both wait.
+    gate_with_id(&host, &mut w, 30, &k, CHAT, "dup");
+    gate_with_id(&host, &mut w, 32, &k, r#"{"model":"gpt-3.5-turbo"}"#, "dup");
+    // A request whose gate is not the one just before it: refused.
+    assert_eq!(keygate_after(&host, &mut w, 32, 40), Flow::Pause);
+    assert_eq!(host.replies_to(40).pop().unwrap().code(), "internal_error");
+    assert_eq!(w.findings.len(), 2);
+    // The one just before is its own: gate 32's disallowed model is judged.
+    assert_eq!(keygate_after(&host, &mut w, 32, 33), Flow::Pause);
+    assert_eq!(host.replies_to(33).pop().unwrap().code(), "model_not_allowed");
+    assert_eq!(w.findings.len(), 1);
+}
+
+#[test]
+fn a_request_without_a_usable_id_is_handed_over_by_the_gates_tag() {
+    let (host, mut w) = shared_vm();
+    gate_reads(&host, &mut w, 20, &key(1), CHAT, &[]);
+    let tag = host.header_of(20, Map::RequestHeaders, crate::handover::GATE_HEADER);
+    assert_eq!(tag.as_deref(), Some(crate::handover::gate_tag(w.vm_tag, 20).as_str()));
+    assert_eq!(keygate_after(&host, &mut w, 20, 27), Flow::Pause, "looked up");
+    assert!(w.findings.is_empty(), "taken by the tag");
 }

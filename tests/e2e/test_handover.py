@@ -195,3 +195,24 @@ def test_a_gate_named_by_the_client_is_ignored(setup, mocks):
     received = mocks["openai"].received()
     assert [r["json"]["model"] for r in received] == ["gpt-4o-mini"]
     assert not any(k.startswith("x-keygate") for k in received[0]["headers"]), received[0]["headers"]
+
+
+def test_streams_that_share_a_request_id_keep_their_own_bodies(setup, mocks):
+    """The gate hands over by the request's `x-request-id` (no header of its
+    own). Two interleaved streams that carry the same id: each is judged by
+    its own body, the refused one reaches no provider."""
+    gw, token = setup
+    shared = [("x-request-id", f"dup-{uuid.uuid4().hex[:8]}")]
+    with H2(gw.port) as c:
+        ok, bad = body("gpt-4o-mini"), body("gpt-4o")
+        a = c.open(token, len(ok), extra=shared)
+        c.send(a, ok[:40])
+        b = c.open(token, len(bad), extra=shared)
+        c.send(b, bad, end=True)
+        (rb,) = c.wait(b)
+        assert (rb["status"], code(rb)) == (403, "model_not_allowed")
+        c.send(a, ok[40:], end=True)
+        (ra,) = c.wait(a)
+        assert ra["status"] == 200, ra
+    received = mocks["openai"].received()
+    assert [r["json"]["model"] for r in received] == ["gpt-4o-mini"]
