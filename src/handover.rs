@@ -38,7 +38,9 @@ pub const BODY: &str = "keygate_body";
 pub const BODY_STATE: [&str; 2] = ["filter_state", "wasm.keygate_body"];
 /// The request header in which the gate names itself (`gate_tag`): its VM
 /// and context. Set in the gate's headers phase, over any a client sent,
-/// and stripped with every `x-keygate-*` header before the request leaves.
+/// when the keygate filter cannot find the gate by the request's
+/// `x-request-id` (none usable, or the keygate filter in another VM), and
+/// stripped with every `x-keygate-*` header before the request leaves.
 pub const GATE_HEADER: &str = "x-keygate-gate";
 
 /// The gate's name for itself: `<vm tag, 16 hex>.<context id>`.
