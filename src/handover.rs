@@ -38,9 +38,10 @@ pub const BODY: &str = "keygate_body";
 pub const BODY_STATE: [&str; 2] = ["filter_state", "wasm.keygate_body"];
 /// The request header in which the gate names itself (`gate_tag`): its VM
 /// and context. Set in the gate's headers phase, over any a client sent,
-/// when the keygate filter cannot find the gate by the request's
-/// `x-request-id` (none usable, or the keygate filter in another VM), and
-/// stripped with every `x-keygate-*` header before the request leaves.
+/// for a request without a usable `x-request-id` and when the keygate
+/// filter runs in another VM; a client's is then not overwritten, and
+/// names nothing (`claim_findings` checks the request id). Stripped with
+/// every `x-keygate-*` header before the request leaves.
 pub const GATE_HEADER: &str = "x-keygate-gate";
 
 /// The gate's name for itself: `<vm tag, 16 hex>.<context id>`.

@@ -224,29 +224,27 @@ impl Worker {
         flow
     }
 
-    /// What this VM's gate handed over for request `id` when it named no
-    /// tag: the gate whose context Envoy made just before this filter's (a
-    /// request's filters get consecutive ids), else the only one, that saw
-    /// the same `x-request-id`. Envoy gives each request its own id; if a
-    /// client that may send its own (a trusted one) sends one twice, and
-    /// neither gate is the one just before, neither is taken: the request
-    /// is refused, not guessed at.
-    /// (Findings wait here only from a gate's last body chunk to this
-    /// filter's headers callback, which Envoy runs right after it.)
-    fn claim_findings(&mut self, id: u32, request_id: &str) -> Option<(u32, super::Found)> {
-        if !usable_request_id(request_id) {
+    /// What this VM's gate handed over for request `id`: the gate its tag
+    /// names (one the gate set for a request without a usable
+    /// `x-request-id`), else the gate whose context Envoy made just before
+    /// this filter's (a request's filters get consecutive context ids; the
+    /// buffer filter between them is not a wasm filter). Taken only if that
+    /// gate saw this request's `x-request-id`: a tag a client sent, or a
+    /// gate of another request, hands nothing over, and the request is then
+    /// refused, never judged by another's body. Findings wait here only from
+    /// a gate's last body chunk to this filter's headers callback, which
+    /// Envoy runs right after it.
+    fn claim_findings(&mut self, id: u32, tag: Option<u32>, request_id: &str) -> Option<(u32, super::Found)> {
+        let gate = tag.unwrap_or(id.wrapping_sub(1));
+        if self.findings.get(&gate)?.request_id != request_id {
+            if tag.is_none() && self.findings.values().any(|f| f.request_id == request_id) {
+                warn!(
+                    "keygate: request {request_id}: its gate is not the filter just before the keygate filter; \
+                     place no other wasm filter of this VM between them"
+                );
+            }
             return None;
         }
-        let before = id.wrapping_sub(1);
-        let gate = if self.findings.get(&before).is_some_and(|f| f.request_id == request_id) {
-            before
-        } else {
-            let mut same = self.findings.iter().filter(|(_, f)| f.request_id == request_id).map(|(gate, _)| *gate);
-            match (same.next(), same.next()) {
-                (Some(gate), None) => gate,
-                _ => return None,
-            }
-        };
         self.findings.remove(&gate).map(|found| (gate, found))
     }
 
@@ -266,11 +264,8 @@ impl Worker {
         // its tag names, else the one that saw this request's id), else
         // from the request's filter state.
         let vm_tag = self.vm_tag;
-        let found = match inbound.gate.filter(|(vm, _)| *vm == vm_tag) {
-            _ if !has_body => None,
-            Some((_, gate)) => self.findings.remove(&gate).map(|found| (gate, found)),
-            None => self.claim_findings(id, &inbound.request_id),
-        };
+        let tag = inbound.gate.filter(|(vm, _)| *vm == vm_tag).map(|(_, gate)| gate);
+        let found = if has_body { self.claim_findings(id, tag, &inbound.request_id) } else { None };
         let (in_vm, gate_key) = match found {
             Some((gate, found)) => (Some(Tapped { vm: vm_tag, gate, facts: found.facts }), found.key),
             None => (None, None),
@@ -1072,11 +1067,13 @@ impl Worker {
             return Flow::Continue;
         }
         if answer.replace.is_none() {
-            let hiding = answer.hidden_usage.is_some();
-            if (!answer.read_usage || body_size == 0) && answer.scrubber.is_none() && !(hiding && end_of_stream) {
+            // What rewrites the answer sees every chunk (a usage hider that
+            // held bytes back and then saw none would pass the rest ahead
+            // of them); reading usage alone may stop (past `MAX_JSON_BODY`).
+            let rewrites = answer.hidden_usage.is_some() || answer.scrubber.is_some();
+            if !rewrites && (!answer.read_usage || body_size == 0) {
                 return Flow::Continue;
             }
-            let rewrites = hiding || answer.scrubber.is_some();
             let chunk = match host.buffer(Buffer::ResponseBody, 0, body_size) {
                 Ok(chunk) => chunk,
                 // Only its usage unread: the answer itself passes whole

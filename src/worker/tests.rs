@@ -1438,12 +1438,95 @@ fn an_untagged_request_takes_its_own_gates_findings_by_its_id() {
     keygate_after(&host, &mut w, 20, 21);
     allow_gpt_4o(&host, &mut w);
     assert_eq!(*host.resumed.borrow(), [21]);
-    // A gate further back (another wasm filter of this VM between them)
-    // is found by the id too, and its model is the one judged.
+    // The model judged is the one its own gate read.
     gate_with_id(&host, &mut w, 30, &k, r#"{"model":"gpt-3.5-turbo"}"#, "r-2");
-    assert_eq!(keygate_after(&host, &mut w, 30, 35), Flow::Pause);
-    assert_eq!(host.replies_to(35).pop().unwrap().code(), "model_not_allowed");
+    assert_eq!(keygate_after(&host, &mut w, 30, 31), Flow::Pause);
+    assert_eq!(host.replies_to(31).pop().unwrap().code(), "model_not_allowed");
     assert!(w.findings.is_empty(), "taken");
+    // A gate further back (another wasm filter of this VM between them)
+    // is not taken, even with the same id: refused.
+    gate_with_id(&host, &mut w, 40, &k, CHAT, "r-3");
+    assert_eq!(keygate_after(&host, &mut w, 40, 45), Flow::Pause);
+    assert_eq!(host.replies_to(45).pop().unwrap().code(), "internal_error");
+}
+
+/// The keygate filter's headers phase with its own headers (a body named,
+/// a disallowed model in it): its gate, if any, ran elsewhere.
+fn keygate_alone(host: &FakeHost, w: &mut Worker, id: u32, token: &str, extra: &[(&str, &str)]) -> Flow {
+    let auth = format!("Bearer {token}");
+    let headers = [
+        (":method", "POST"),
+        (":path", "/v1/chat/completions"),
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    host.enter(id);
+    host.set_headers(id, Map::RequestHeaders, &[&headers[..], extra].concat());
+    w.request_created(id);
+    w.request_headers(host, id, false)
+}
+
+#[test]
+fn a_request_with_the_id_of_anothers_waiting_findings_does_not_take_them() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    // A's findings (an allowed model) wait; B carries A's id (a client
+    // whose ids Envoy keeps) and is not the filter just after A's gate.
+    gate_with_id(&host, &mut w, 30, &k, CHAT, "dup");
+    assert_eq!(keygate_alone(&host, &mut w, 41, &k, &[("x-request-id", "dup")]), Flow::Pause);
+    assert_eq!(host.replies_to(41).pop().unwrap().code(), "internal_error", "refused, not judged by A's body");
+    assert_eq!(w.findings.len(), 1, "A's findings are still A's");
+}
+
+#[test]
+fn a_gate_tag_a_client_sends_hands_over_nothing_of_another_request() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    // The gate sets no tag for a request with an id, so a client's passes:
+    // naming gate 30 (even with this VM's tag) takes nothing of r-3.
+    gate_with_id(&host, &mut w, 30, &k, CHAT, "r-3");
+    gate_with_id(&host, &mut w, 40, &k, r#"{"model":"gpt-3.5-turbo"}"#, "r-4");
+    let tag = crate::handover::gate_tag(w.vm_tag, 30);
+    let extra = [("x-request-id", "r-4"), (crate::handover::GATE_HEADER, tag.as_str())];
+    assert_eq!(keygate_alone(&host, &mut w, 41, &k, &extra), Flow::Pause);
+    assert_eq!(host.replies_to(41).pop().unwrap().code(), "internal_error");
+    assert_eq!(w.findings.len(), 2, "neither r-3's nor r-4's taken");
+}
+
+#[test]
+fn a_usage_hider_sees_every_chunk_after_usage_reading_stops() {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    gate_with_id(&host, &mut w, 20, &k, body, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
+    allow_gpt_4o(&host, &mut w);
+    host.enter(21);
+    host.set_buffer_of(21, crate::host::Buffer::RequestBody, body.as_bytes());
+    assert_eq!(w.request_body(&host, 21, body.len(), true), Flow::Continue);
+    let sent = String::from_utf8(host.buffer_of(21, crate::host::Buffer::RequestBody)).unwrap();
+    assert!(sent.contains(r#""include_usage":true"#), "{sent}");
+    host.set_headers(21, Map::ResponseHeaders, &[(":status", "200"), ("content-type", "application/json")]);
+    w.response_headers(&host, 21);
+    // A JSON answer to a stream request: no event ends, so the usage hider
+    // holds up to 1 MiB back. The third chunk takes the answer past what
+    // usage is read from (4 MiB) while the hider holds 600 KiB; the fourth
+    // must not pass ahead of them.
+    let kib = |n: usize| vec![b' '; n << 10];
+    let chunks = [[b"{".to_vec(), kib(3584)].concat(), kib(400), kib(200), b"\"x\":1".to_vec(), b"}".to_vec()];
+    let mut passed = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        host.set_buffer_of(21, crate::host::Buffer::ResponseBody, chunk);
+        assert_eq!(w.response_body(&host, 21, chunk.len(), i == chunks.len() - 1), Flow::Continue);
+        passed.extend(host.buffer_of(21, crate::host::Buffer::ResponseBody));
+    }
+    assert!(passed == chunks.concat(), "the answer passes whole and in order");
 }
 
 #[test]

@@ -197,17 +197,20 @@ def test_a_gate_named_by_the_client_is_ignored(setup, mocks):
     assert not any(k.startswith("x-keygate") for k in received[0]["headers"]), received[0]["headers"]
 
 
-def test_streams_that_share_a_request_id_keep_their_own_bodies(setup, mocks):
-    """The gate hands over by the request's `x-request-id` (no header of its
-    own). Two interleaved streams that carry the same id: each is judged by
-    its own body, the refused one reaches no provider."""
+def test_a_clients_request_id_is_not_what_the_handover_goes_by(setup, mocks):
+    """The gate hands over to the filter just after it, checked by the
+    request's `x-request-id`. This listener (`use_remote_address`, no
+    trusted addresses) gives every request an id of Envoy's own: two
+    interleaved streams that send one id get two, and each is judged by
+    its own body. (Two gates with one id, as a gateway that keeps its
+    clients' ids would see, are the unit tests'.)"""
     gw, token = setup
-    shared = [("x-request-id", f"dup-{uuid.uuid4().hex[:8]}")]
+    sent = f"dup-{uuid.uuid4().hex[:8]}"
     with H2(gw.port) as c:
         ok, bad = body("gpt-4o-mini"), body("gpt-4o")
-        a = c.open(token, len(ok), extra=shared)
+        a = c.open(token, len(ok), extra=[("x-request-id", sent)])
         c.send(a, ok[:40])
-        b = c.open(token, len(bad), extra=shared)
+        b = c.open(token, len(bad), extra=[("x-request-id", sent)])
         c.send(b, bad, end=True)
         (rb,) = c.wait(b)
         assert (rb["status"], code(rb)) == (403, "model_not_allowed")
@@ -216,3 +219,5 @@ def test_streams_that_share_a_request_id_keep_their_own_bodies(setup, mocks):
         assert ra["status"] == 200, ra
     received = mocks["openai"].received()
     assert [r["json"]["model"] for r in received] == ["gpt-4o-mini"]
+    seen = received[0]["headers"].get("x-request-id")
+    assert seen and seen != sent, seen
