@@ -236,16 +236,16 @@ impl Worker {
     /// Envoy runs right after it.
     fn claim_findings(&mut self, id: u32, tag: Option<u32>, request_id: &str) -> Option<(u32, super::Found)> {
         let gate = tag.unwrap_or(id.wrapping_sub(1));
-        if self.findings.get(&gate)?.request_id != request_id {
-            if tag.is_none() && self.findings.values().any(|f| f.request_id == request_id) {
-                warn!(
-                    "keygate: request {request_id}: its gate is not the filter just before the keygate filter; \
-                     place no other wasm filter of this VM between them"
-                );
-            }
-            return None;
+        if self.findings.get(&gate).is_some_and(|f| f.request_id == request_id) {
+            return self.findings.remove(&gate).map(|found| (gate, found));
         }
-        self.findings.remove(&gate).map(|found| (gate, found))
+        if tag.is_none() && self.findings.values().any(|f| f.request_id == request_id) {
+            warn!(
+                "keygate: request {request_id}: its gate is not the filter just before the keygate filter; \
+                 place no other wasm filter of this VM between them"
+            );
+        }
+        None
     }
 
     fn judge_headers(&mut self, host: &impl Host, id: u32, end_of_stream: bool) -> Flow {
