@@ -126,7 +126,7 @@ impl Worker {
             // over as the gate just before it, checked by the request's id
             // (`claim_findings`): no tag, so no header change (a host call,
             // and Envoy's route cache cleared and the route found again:
-            // ≈ 9 k instructions a request).
+            // ≈ 10 k instructions a request).
         } else {
             // Names this gate to the keygate filter (`publish`), over
             // whatever a client sent under that name.

@@ -151,8 +151,8 @@ pub struct Worker {
 pub(crate) struct Found {
     facts: crate::body::BodyFacts,
     key: Option<(String, String)>,
-    /// The `x-request-id` its gate saw: an untagged request's keygate
-    /// filter takes only findings of its own id (`claim_findings`).
+    /// The `x-request-id` its gate saw: the keygate filter takes only
+    /// findings of its own request's id (`claim_findings`).
     request_id: String,
 }
 

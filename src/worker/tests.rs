@@ -1425,18 +1425,21 @@ fn gate_with_id(host: &FakeHost, w: &mut Worker, gate: u32, token: &str, body: &
     assert_eq!(host.header_of(gate, Map::RequestHeaders, crate::handover::GATE_HEADER), None, "untagged");
 }
 
-fn allow_gpt_4o(host: &FakeHost, w: &mut Worker) {
+/// A shared VM whose first request (r-1 with `body`, gate 20, keygate
+/// filter 21) is forwarded with key `k`, which may use `openai/gpt-4o` only.
+fn primed(body: &str) -> (FakeHost, Worker, String) {
+    let (host, mut w) = shared_vm();
+    let k = key(1);
+    gate_with_id(&host, &mut w, 20, &k, body, "r-1");
+    keygate_after(&host, &mut w, 20, 21);
     let token = host.calls.borrow().first().unwrap().token;
-    store_answers(host, w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+    store_answers(&host, &mut w, token, Some(200), &answer(r#","access":{"models":["openai/gpt-4o"]}"#, &["pk_a"]));
+    (host, w, k)
 }
 
 #[test]
 fn an_untagged_request_takes_its_own_gates_findings_by_its_id() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
-    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, k) = primed(CHAT);
     assert_eq!(*host.resumed.borrow(), [21]);
     // The model judged is the one its own gate read.
     gate_with_id(&host, &mut w, 30, &k, r#"{"model":"gpt-3.5-turbo"}"#, "r-2");
@@ -1468,11 +1471,7 @@ fn keygate_alone(host: &FakeHost, w: &mut Worker, id: u32, token: &str, extra: &
 
 #[test]
 fn a_request_with_the_id_of_anothers_waiting_findings_does_not_take_them() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
-    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, k) = primed(CHAT);
     // A's findings (an allowed model) wait; B carries A's id (a client
     // whose ids Envoy keeps) and is not the filter just after A's gate.
     gate_with_id(&host, &mut w, 30, &k, CHAT, "dup");
@@ -1483,11 +1482,7 @@ fn a_request_with_the_id_of_anothers_waiting_findings_does_not_take_them() {
 
 #[test]
 fn a_gate_tag_a_client_sends_hands_over_nothing_of_another_request() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
-    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, k) = primed(CHAT);
     // The gate sets no tag for a request with an id, so a client's passes:
     // naming gate 30 (even with this VM's tag) takes nothing of r-3.
     gate_with_id(&host, &mut w, 30, &k, CHAT, "r-3");
@@ -1501,12 +1496,8 @@ fn a_gate_tag_a_client_sends_hands_over_nothing_of_another_request() {
 
 #[test]
 fn a_usage_hider_sees_every_chunk_after_usage_reading_stops() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
     let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
-    gate_with_id(&host, &mut w, 20, &k, body, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, _) = primed(body);
     host.enter(21);
     host.set_buffer_of(21, crate::host::Buffer::RequestBody, body.as_bytes());
     assert_eq!(w.request_body(&host, 21, body.len(), true), Flow::Continue);
@@ -1531,37 +1522,18 @@ fn a_usage_hider_sees_every_chunk_after_usage_reading_stops() {
 
 #[test]
 fn findings_of_another_request_id_are_never_taken() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
-    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, k) = primed(CHAT);
     // Gate 30 read an allowed model for request r-3; the request right
     // after it in context ids is r-4 (its own gate ran elsewhere, say).
     gate_with_id(&host, &mut w, 30, &k, CHAT, "r-3");
-    let auth = format!("Bearer {k}");
-    host.enter(31);
-    let headers = [
-        (":method", "POST"),
-        (":path", "/v1/chat/completions"),
-        ("content-type", "application/json"),
-        ("authorization", auth.as_str()),
-        ("x-request-id", "r-4"),
-    ];
-    host.set_headers(31, Map::RequestHeaders, &headers);
-    w.request_created(31);
-    assert_eq!(w.request_headers(&host, 31, false), Flow::Pause);
+    assert_eq!(keygate_alone(&host, &mut w, 31, &k, &[("x-request-id", "r-4")]), Flow::Pause);
     assert_eq!(host.replies_to(31).pop().unwrap().code(), "internal_error", "refused, not guessed");
     assert_eq!(w.findings.len(), 1, "gate 30's findings are still its own");
 }
 
 #[test]
 fn two_gates_that_saw_one_request_id_are_not_guessed_between() {
-    let (host, mut w) = shared_vm();
-    let k = key(1);
-    gate_with_id(&host, &mut w, 20, &k, CHAT, "r-1");
-    keygate_after(&host, &mut w, 20, 21);
-    allow_gpt_4o(&host, &mut w);
+    let (host, mut w, k) = primed(CHAT);
     // A trusted client sent one id twice: gates 30 and 32 both wait.
     gate_with_id(&host, &mut w, 30, &k, CHAT, "dup");
     gate_with_id(&host, &mut w, 32, &k, r#"{"model":"gpt-3.5-turbo"}"#, "dup");
