@@ -13,6 +13,8 @@ valgrind's slow Envoy would spread over few requests):
   baseline   no filter                      floor-1   one do-nothing wasm filter
   floor      keygate's shape, do-nothing    hit       keygate, a cached key
   floor-2keys / hit-2keys   the same with two provider keys (upstream filter)
+  floor-io   keygate's shape, the filters making a hit's host calls and nothing else
+  floor-io-min  the same with only the calls no filter of that shape can do without
   malformed / unknown       refusals (malformed tokens; an unknown token, cached)
   hit-b      KEYGATE_WASM_B, a cached key (an A/B of two builds)
 
@@ -103,6 +105,8 @@ def main():
             ("floor-1", B.BENCH / "envoy-baseline.yaml", floor, B.one_filter, [("floor-1", hit, 200)]),
             ("floor", kg, floor, B.floor_route("keygate_direct_http"), [("floor", hit, 200)]),
             ("floor-2keys", kg, floor, B.floor_route("keygate_upstream_http"), [("floor-2keys", hit, 200)]),
+            ("floor-io", kg, floor, B.floor_io_route("keygate_direct_http"), [("floor-io", hit, 200)]),
+            ("floor-io-min", kg, floor, B.floor_io_route("keygate_direct_http", least=True), [("floor-io-min", hit, 200)]),
             ("keygate", kg, quiet, None, [("hit", hit, 200), ("hit-2keys", two_keys, 200),
                                          ("malformed", "kg-nope", 401), ("unknown", unknown, 401)]),
         ]
@@ -150,8 +154,9 @@ def main():
         extra = f"  {v - results[ref]:>+10,.0f} vs {ref}" if ref in results else ""
         return f"| {name} | {v:,.0f} |{extra} |"
     lines = ["| variant | instructions per request | above |", "|---|---:|---|"]
-    for name, ref in [("baseline", None), ("floor-1", "baseline"), ("floor", "baseline"), ("hit", "floor"),
-                      ("hit-b", "floor"), ("floor-2keys", "baseline"), ("hit-2keys", "floor-2keys"),
+    for name, ref in [("baseline", None), ("floor-1", "baseline"), ("floor", "baseline"), ("floor-io", "floor"),
+                      ("floor-io-min", "floor"),
+                      ("hit", "floor"), ("hit-b", "floor"), ("floor-2keys", "baseline"), ("hit-2keys", "floor-2keys"),
                       ("malformed", "floor-1"), ("unknown", "floor-1")]:
         r = row(name, ref)
         if r:
