@@ -10,6 +10,11 @@
 //! request, against the same host: the rest is the filter's own work.
 //!
 //! Usage: hotpath [--iters N] [--runs R] [--label NAME] [--json] [--only PATH] [--warmup N]
+//!                [--no-replay]
+//!
+//! `--no-replay` leaves the `host` column at 0: a profiler or an instruction
+//! counter then sees only the requests (count two `--iters` and take the
+//! difference to leave out the start and the warm-up).
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -608,10 +613,20 @@ struct Args {
     /// Requests before the timed runs (default: a quarter of `iters`); 0
     /// with short runs shows a runtime warming up (`runs_ns` in the JSON).
     warmup: Option<u64>,
+    /// Skips the host calls' replay (`--no-replay`).
+    no_replay: bool,
 }
 
 fn args() -> Result<Args, String> {
-    let mut out = Args { iters: 20_000, runs: 7, label: default_label(), json: false, only: None, warmup: None };
+    let mut out = Args {
+        iters: 20_000,
+        runs: 7,
+        label: default_label(),
+        json: false,
+        only: None,
+        warmup: None,
+        no_replay: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -621,6 +636,7 @@ fn args() -> Result<Args, String> {
             "--json" => out.json = true,
             "--only" => out.only = Some(it.next().ok_or("--only PATH")?),
             "--warmup" => out.warmup = Some(it.next().and_then(|v| v.parse().ok()).ok_or("--warmup N")?),
+            "--no-replay" => out.no_replay = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -732,6 +748,10 @@ fn main() -> Result<(), String> {
             .count();
         let mut replays = Vec::new();
         for _ in 0..args.runs {
+            if args.no_replay {
+                replays.push(0.0);
+                continue;
+            }
             let start = cpu_ns();
             for _ in 0..args.iters {
                 replay(&host, &ops);
