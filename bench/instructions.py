@@ -14,7 +14,7 @@ valgrind's slow Envoy would spread over few requests):
   floor      keygate's shape, do-nothing    hit       keygate, a cached key
   floor-2keys / hit-2keys   the same with two provider keys (upstream filter)
   floor-io   keygate's shape, the filters making a hit's host calls and nothing else
-  floor-io-min  the same with only the calls no filter of that shape can do without
+  floor-io-min  the same with one minimal set of those calls
   malformed / unknown       refusals (malformed tokens; an unknown token, cached)
   hit-b      KEYGATE_WASM_B, a cached key (an A/B of two builds)
 

@@ -7,7 +7,7 @@
 //! to raise the bound on purpose. `cargo test host_calls -- --nocapture`
 //! prints the breakdown (the README's table comes from it). The benchmark's
 //! `floor-io` (`bench/floor`) makes a hit's calls, kind by kind, with no
-//! code between them: a change to the hit's calls changes it too.
+//! code between them: a change to the hit's calls has to be made there too.
 
 use std::rc::Rc;
 

@@ -1,36 +1,43 @@
-//! The benchmark's floors, one proxy-wasm module.
+//! The benchmark's floors, one proxy-wasm module on the Rust SDK, which
+//! picks each plugin's role by its `root_id` (read once, at configure time).
 //!
-//! **Do nothing** (any `root_id` but the two below): every request gets an
-//! HTTP context that returns `Continue` from every callback and makes no
-//! host call. What Envoy still pays for it is the proxy-wasm machinery
-//! itself: the filter instances, the VM calls per request phase and body
-//! chunk, the context creation and teardown.
+//! **Do nothing** (any other `root_id`): every request gets an HTTP context
+//! that returns `Continue` from every callback and makes no host call. What
+//! Envoy still pays for it is the proxy-wasm machinery itself: the filter
+//! instances, the VM calls per request phase and body chunk, the context
+//! creation and teardown. (The SDK exports `proxy_on_log`, which keygate
+//! does not: a floor's filter takes one VM call a request that keygate's
+//! does not, a bias in keygate's favour.)
 //!
-//! **Do keygate's I/O and nothing else** (`root_id` `floor_io_gate` in the
-//! gate's place, `floor_io` in the keygate filter's): the host calls a hit
-//! makes (`src/worker/host_call_counts.rs`), with no decision between them:
+//! **Do a hit's I/O and nothing else** (`floor_io_gate` in the gate's
+//! place, `floor_io` in the keygate filter's): the host calls a keygate hit
+//! makes (`src/worker/host_call_counts.rs`: clock 3, header map read 3,
+//! header map written 2, body read 2), in the callbacks keygate makes them,
+//! with no decision between them:
 //! - the gate: the clock and the request's header map, then every body chunk;
-//! - the keygate filter: the clock, the request's header map, the map
-//!   written back in one call with the credential swapped and a routing
-//!   header added; the clock, the answer's header map, written back in one
-//!   call with the five headers a hit adds (the request id as
-//!   `x-floor-io-request-id`); every chunk of the answer's body.
+//! - the keygate filter: the clock and the request's header map, written
+//!   back in one call with what a direct hit changes (the credential,
+//!   `:authority`, `:path`, a routing header, the retry count); the
+//!   answer's header map, written back in one call with the five headers a
+//!   hit adds (the request id as `x-floor-io-request-id`, which the bench
+//!   checks); every chunk of the answer's body; the clock when the request
+//!   is done.
 //!
-//! What keygate costs above this floor is its own code.
+//! What keygate costs above this floor is everything but that I/O: its
+//! code, its tick's share (usage batches, cache refreshes), and whatever
+//! Envoy does differently because of what it writes.
 //!
-//! **Do the least I/O of this design** (`floor_io_min_gate`, `floor_io_min`):
-//! what no filter of keygate's shape can do without to judge a request by
-//! its body, swap its key and count its usage: the gate reads the body's
-//! chunks; the keygate filter reads one header (`authorization`) and
-//! replaces it, one call each, and reads the answer's body. (keygate reads
-//! the whole header map instead, to screen every header and route by key;
-//! reads it in the gate too, to refuse early and start a lookup while the
-//! body uploads; reads and writes the answer's headers, for its status,
-//! failover and scrubbing; and reads the clock.)
+//! **Do one minimal set of I/O** (`floor_io_min_gate`, `floor_io_min`): the
+//! gate reads the body's chunks; the keygate filter reads one header
+//! (`authorization`) and replaces it, one call each, and reads the answer's
+//! body: a filter of this shape judging a request by its body, swapping
+//! its key and counting its usage, and nothing more. It reads no clock (no
+//! cache lifetimes), no answer status, no other header (no screening, no
+//! routing among providers).
 //!
-//! Header maps
-//! are read and written through the raw ABI (the SDK would build a `String`
-//! per header, which keygate does not).
+//! Header maps are read and written through the raw ABI, as keygate's are
+//! (the SDK would build a `String` per header). A failed map call aborts
+//! the VM, so that a floor cannot silently skip its I/O.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -58,11 +65,14 @@ impl RootContext for Root {
     // plugin's root_id: one host call when the plugin is configured, none
     // per request.
     fn on_configure(&mut self, _size: usize) -> bool {
-        self.role = match self.get_property(vec!["plugin_root_id"]).as_deref() {
-            Some(b"floor_io_gate") => Role::Gate { least: false },
-            Some(b"floor_io") => Role::Filter { least: false },
-            Some(b"floor_io_min_gate") => Role::Gate { least: true },
-            Some(b"floor_io_min") => Role::Filter { least: true },
+        // No root id read: refused, so that a floor doing I/O cannot pass
+        // for one doing nothing.
+        let Some(root_id) = self.get_property(vec!["plugin_root_id"]) else { return false };
+        self.role = match root_id.as_slice() {
+            b"floor_io_gate" => Role::Gate { least: false },
+            b"floor_io" => Role::Filter { least: false },
+            b"floor_io_min_gate" => Role::Gate { least: true },
+            b"floor_io_min" => Role::Filter { least: true },
             _ => Role::Nothing,
         };
         true
@@ -123,19 +133,32 @@ struct Filter {
     request_id: Vec<u8>,
 }
 
-impl Context for Filter {}
+impl Context for Filter {
+    fn on_done(&mut self) -> bool {
+        if !self.least {
+            let _ = hostcalls::get_current_time();
+        }
+        true
+    }
+}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         if self.least {
-            if self.get_http_request_header("authorization").is_some() {
-                self.set_http_request_header("authorization", Some(CREDENTIAL));
+            if self.get_http_request_header_bytes("authorization").is_some() {
+                self.set_http_request_header_bytes("authorization", Some(CREDENTIAL.as_bytes()));
             }
             return Action::Continue;
         }
         let _ = hostcalls::get_current_time();
         let Some(raw) = map::read(map::REQUEST_HEADERS) else { return Action::Continue };
-        let mut out = map::Writer::default();
+        // Written back whole with what a direct hit changes (`admission`):
+        // the credential, `:authority` and `:path` (the same values here:
+        // the route's dynamic forward proxy config points at the mock),
+        // the routing header and the retry count.
+        const ADDED: [(&[u8], &[u8]); 2] =
+            [(b"x-keygate-cluster", b"keygate_direct_http"), (b"x-envoy-max-retries", b"0")];
+        let mut out = map::Writer::new(map::count(&raw) + ADDED.len(), raw.len() + 128);
         for (name, value) in map::pairs(&raw) {
             match name {
                 b"authorization" => out.push(name, CREDENTIAL.as_bytes()),
@@ -146,7 +169,9 @@ impl HttpContext for Filter {
                 _ => out.push(name, value),
             }
         }
-        out.push(b"x-keygate-cluster", b"keygate_direct_http");
+        for (name, value) in ADDED {
+            out.push(name, value);
+        }
         map::write(map::REQUEST_HEADERS, &out.finish());
         Action::Continue
     }
@@ -155,20 +180,22 @@ impl HttpContext for Filter {
         if self.least {
             return Action::Continue;
         }
-        let _ = hostcalls::get_current_time();
         // Read whole (keygate scrubs every header) and written back whole
         // with the headers a hit adds (`answer_headers` in
         // src/worker/request.rs; more than one change is one map write).
+        // No clock here: keygate's third read is when the request is done.
         let Some(raw) = map::read(map::RESPONSE_HEADERS) else { return Action::Continue };
-        let mut out = map::Writer::default();
-        for (name, value) in map::pairs(&raw) {
+        let added: [(&[u8], &[u8]); 5] = [
+            (b"x-floor-io-request-id", &self.request_id),
+            (b"x-keygate-attempts", b"1"),
+            (b"x-keygate-provider-key", b"pk_a"),
+            (b"x-keygate-provider", b"openai"),
+            (b"x-keygate-model", b"gpt-4o-mini"),
+        ];
+        let mut out = map::Writer::new(map::count(&raw) + added.len(), raw.len() + 128);
+        for (name, value) in map::pairs(&raw).chain(added) {
             out.push(name, value);
         }
-        out.push(b"x-floor-io-request-id", &self.request_id);
-        out.push(b"x-keygate-attempts", b"1");
-        out.push(b"x-keygate-provider-key", b"pk_a");
-        out.push(b"x-keygate-provider", b"openai");
-        out.push(b"x-keygate-model", b"gpt-4o-mini");
         map::write(map::RESPONSE_HEADERS, &out.finish());
         Action::Continue
     }
@@ -195,7 +222,9 @@ mod map {
     }
 
     /// The map as the host serialized it (into memory it allocated through
-    /// the SDK's `proxy_on_memory_allocate`, a boxed slice).
+    /// the SDK's `proxy_on_memory_allocate`, a boxed slice). A failed call
+    /// aborts the VM: a floor that skipped its I/O would measure nothing,
+    /// and the bench's sanity requests see the failure.
     pub fn read(map: u32) -> Option<Box<[u8]>> {
         let mut data = std::ptr::null_mut();
         let mut size = 0;
@@ -203,7 +232,9 @@ mod map {
         // with `proxy_on_memory_allocate` (a `Box<[u8]>` of that length),
         // which this takes ownership of.
         unsafe {
-            if proxy_get_header_map_pairs(map, &mut data, &mut size) != 0 || data.is_null() {
+            let status = proxy_get_header_map_pairs(map, &mut data, &mut size);
+            assert_eq!(status, 0, "proxy_get_header_map_pairs failed");
+            if data.is_null() {
                 return None;
             }
             Some(Box::from_raw(std::ptr::slice_from_raw_parts_mut(data, size)))
@@ -212,18 +243,23 @@ mod map {
 
     pub fn write(map: u32, serialized: &[u8]) {
         // SAFETY: the host only reads `serialized` during the call.
-        unsafe {
-            proxy_set_header_map_pairs(map, serialized.as_ptr(), serialized.len());
-        }
+        let status = unsafe { proxy_set_header_map_pairs(map, serialized.as_ptr(), serialized.len()) };
+        assert_eq!(status, 0, "proxy_set_header_map_pairs failed");
     }
 
     fn u32_at(raw: &[u8], at: usize) -> usize {
         raw.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
+    /// How many pairs a serialized map says it holds (at most as many as
+    /// its size allows).
+    pub fn count(raw: &[u8]) -> usize {
+        u32_at(raw, 0).min(raw.len() / 8)
+    }
+
     /// The pairs of a serialized map (none past a malformed one).
     pub fn pairs(raw: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let n = u32_at(raw, 0);
+        let n = count(raw);
         let mut at = 4 + 8 * n;
         (0..n).map_while(move |i| {
             let (k, v) = (u32_at(raw, 4 + 8 * i), u32_at(raw, 8 + 8 * i));
@@ -234,32 +270,42 @@ mod map {
         })
     }
 
-    /// A map serialized for `write`: the lengths and the data apart, joined
-    /// at the end.
-    #[derive(Default)]
+    /// A map serialized for `write` into one buffer sized up front: room
+    /// for `pairs` pairs' lengths, then the data appended.
     pub struct Writer {
-        lengths: Vec<u8>,
-        data: Vec<u8>,
-        n: u32,
+        out: Vec<u8>,
+        n: usize,
+        pairs: usize,
     }
 
     impl Writer {
-        pub fn push(&mut self, name: &[u8], value: &[u8]) {
-            self.n += 1;
-            self.lengths.extend_from_slice(&(name.len() as u32).to_le_bytes());
-            self.lengths.extend_from_slice(&(value.len() as u32).to_le_bytes());
-            for part in [name, value] {
-                self.data.extend_from_slice(part);
-                self.data.push(0);
-            }
+        pub fn new(pairs: usize, data: usize) -> Writer {
+            let mut out = Vec::with_capacity(4 + 8 * pairs + data);
+            out.resize(4 + 8 * pairs, 0);
+            Writer { out, n: 0, pairs }
         }
 
-        pub fn finish(self) -> Vec<u8> {
-            let mut out = Vec::with_capacity(4 + self.lengths.len() + self.data.len());
-            out.extend_from_slice(&self.n.to_le_bytes());
-            out.extend_from_slice(&self.lengths);
-            out.extend_from_slice(&self.data);
-            out
+        /// Past the `pairs` it was made for, a pair is dropped.
+        pub fn push(&mut self, name: &[u8], value: &[u8]) {
+            if self.n == self.pairs {
+                return;
+            }
+            let at = 4 + 8 * self.n;
+            self.out[at..at + 4].copy_from_slice(&(name.len() as u32).to_le_bytes());
+            self.out[at + 4..at + 8].copy_from_slice(&(value.len() as u32).to_le_bytes());
+            for part in [name, value] {
+                self.out.extend_from_slice(part);
+                self.out.push(0);
+            }
+            self.n += 1;
+        }
+
+        pub fn finish(mut self) -> Vec<u8> {
+            // Slots never filled (a malformed map had fewer pairs) go.
+            let unused = 8 * (self.pairs - self.n);
+            self.out.drain(4 + 8 * self.n..4 + 8 * self.n + unused);
+            self.out[..4].copy_from_slice(&(self.n as u32).to_le_bytes());
+            self.out
         }
     }
 }
