@@ -1469,14 +1469,19 @@ fn keygate_alone(host: &FakeHost, w: &mut Worker, id: u32, token: &str, extra: &
     w.request_headers(host, id, false)
 }
 
+/// `keygate_alone`, refused (500) rather than judged by another's findings.
+fn refused_alone(host: &FakeHost, w: &mut Worker, id: u32, token: &str, extra: &[(&str, &str)], why: &str) {
+    assert_eq!(keygate_alone(host, w, id, token, extra), Flow::Pause, "{why}");
+    assert_eq!(host.replies_to(id).pop().unwrap().code(), "internal_error", "{why}");
+}
+
 #[test]
 fn a_request_with_the_id_of_anothers_waiting_findings_does_not_take_them() {
     let (host, mut w, k) = primed(CHAT);
     // A's findings (an allowed model) wait; B carries A's id (a client
     // whose ids Envoy keeps) and is not the filter just after A's gate.
     gate_with_id(&host, &mut w, 30, &k, CHAT, "dup");
-    assert_eq!(keygate_alone(&host, &mut w, 41, &k, &[("x-request-id", "dup")]), Flow::Pause);
-    assert_eq!(host.replies_to(41).pop().unwrap().code(), "internal_error", "refused, not judged by A's body");
+    refused_alone(&host, &mut w, 41, &k, &[("x-request-id", "dup")], "refused, not judged by A's body");
     assert_eq!(w.findings.len(), 1, "A's findings are still A's");
 }
 
@@ -1489,8 +1494,7 @@ fn a_gate_tag_a_client_sends_hands_over_nothing_of_another_request() {
     gate_with_id(&host, &mut w, 40, &k, r#"{"model":"gpt-3.5-turbo"}"#, "r-4");
     let tag = crate::handover::gate_tag(w.vm_tag, 30);
     let extra = [("x-request-id", "r-4"), (crate::handover::GATE_HEADER, tag.as_str())];
-    assert_eq!(keygate_alone(&host, &mut w, 41, &k, &extra), Flow::Pause);
-    assert_eq!(host.replies_to(41).pop().unwrap().code(), "internal_error");
+    refused_alone(&host, &mut w, 41, &k, &extra, "a client's tag takes nothing");
     assert_eq!(w.findings.len(), 2, "neither r-3's nor r-4's taken");
 }
 
@@ -1526,8 +1530,7 @@ fn findings_of_another_request_id_are_never_taken() {
     // Gate 30 read an allowed model for request r-3; the request right
     // after it in context ids is r-4 (its own gate ran elsewhere, say).
     gate_with_id(&host, &mut w, 30, &k, CHAT, "r-3");
-    assert_eq!(keygate_alone(&host, &mut w, 31, &k, &[("x-request-id", "r-4")]), Flow::Pause);
-    assert_eq!(host.replies_to(31).pop().unwrap().code(), "internal_error", "refused, not guessed");
+    refused_alone(&host, &mut w, 31, &k, &[("x-request-id", "r-4")], "refused, not guessed");
     assert_eq!(w.findings.len(), 1, "gate 30's findings are still its own");
 }
 
