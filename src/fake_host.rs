@@ -21,6 +21,7 @@ pub struct RecordedCall {
     pub effective: u32,
     pub method: String,
     pub path: String,
+    pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
 }
 
@@ -267,6 +268,7 @@ impl Host for FakeHost {
             effective: self.effective.get(),
             method: header(":method").unwrap_or_default(),
             path: header(":path").unwrap_or_default(),
+            headers: call.headers.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
             body: call.body.map(<[u8]>::to_vec),
         });
         Ok(token)

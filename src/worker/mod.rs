@@ -88,6 +88,14 @@ pub const TICK_MS: u64 = 20;
 const PURGE_INTERVAL_MS: u64 = 1_000;
 /// Most lookups remembered as retried once (see `handle`).
 const MAX_RETRIED: usize = 4_096;
+/// Envoy's router retries a callout from these headers as it would a
+/// request. Only failures where the call never reached a replica (a refused
+/// connection, a refused stream, a reset before the request went out) are
+/// named, so a lease or a reservation is never applied twice; a dead replica
+/// then costs a retry inside Envoy instead of a failed lookup. What did reach
+/// a replica and failed is the filter's to ask again (`handle`).
+const CALLOUT_RETRY: [(&str, &str); 2] =
+    [("x-envoy-retry-on", "connect-failure,refused-stream,reset-before-request"), ("x-envoy-max-retries", "2")];
 
 pub struct Worker {
     pub config: Rc<Config>,
@@ -435,12 +443,15 @@ impl Worker {
         purpose: Purpose,
     ) -> Result<u32, Purpose> {
         let auth = format!("Bearer {}", self.gateway_token);
-        let mut headers = vec![
+        // One allocation, sized for every header a callout may carry.
+        let mut headers = Vec::with_capacity(5 + CALLOUT_RETRY.len());
+        headers.extend_from_slice(&[
             (":method", method),
             (":path", path),
             (":authority", self.config.store_authority.as_str()),
             ("authorization", auth.as_str()),
-        ];
+        ]);
+        headers.extend(CALLOUT_RETRY);
         if body.is_some() {
             headers.push(("content-type", "application/json"));
         }

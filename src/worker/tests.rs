@@ -208,6 +208,26 @@ fn a_store_that_does_not_answer_refuses_with_503_unless_a_stale_approval_stands_
 }
 
 #[test]
+fn every_store_callout_asks_envoy_to_retry_only_what_never_reached_a_replica() {
+    let (host, mut w) = (FakeHost::new(), worker(""));
+    served_and_done(&host, &mut w, 2);
+    host.advance(1_000);
+    tick(&host, &mut w);
+    let calls = host.calls.borrow();
+    assert!(calls.iter().any(|c| c.method == "GET") && calls.iter().any(|c| c.method == "POST"), "{calls:?}");
+    // Safe for a POST too (a lease or a reservation applied once): no
+    // `reset`, `5xx` or `gateway-error`, which can follow a request the
+    // replica received.
+    let never_sent = ["connect-failure", "refused-stream", "reset-before-request"];
+    for c in calls.iter() {
+        let header = |name: &str| c.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let on = header("x-envoy-retry-on").unwrap_or_else(|| panic!("{} {} without a retry policy", c.method, c.path));
+        assert!(on.split(',').all(|r| never_sent.contains(&r)), "{on}");
+        assert_eq!(header("x-envoy-max-retries"), Some("2"), "{} {}", c.method, c.path);
+    }
+}
+
+#[test]
 fn a_lookup_whose_replica_failed_succeeds_on_another() {
     let (host, mut w) = (FakeHost::new(), worker(""));
     chat(&host, &mut w, 2, &key(1));

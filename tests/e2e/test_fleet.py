@@ -76,6 +76,12 @@ def new_key(replica, **fields):
     return doc["id"], doc["token"]
 
 
+def store_counter(envoy, name):
+    """Envoy's counter `name` of the key store's cluster."""
+    stats = {s.get("name"): s.get("value") for s in envoy.stats()["stats"]}
+    return stats[f"cluster.keygate_store.{name}"]
+
+
 def post(envoy, token, body=BODY):
     return http("POST", envoy.url + CHAT, body, {"authorization": f"Bearer {token}", "content-type": "application/json"})
 
@@ -197,10 +203,16 @@ def test_a_replica_killed_under_load_costs_nothing(fleet, mocks, tmp_path):
         b.start()
     failed_cached = [s for s in statuses if s != 200]
     failed_fresh = [(round(at, 2), s) for at, s in fresh if s != 200]
+    retried = sum(store_counter(e, "upstream_rq_retry") for e in fleet.envoys)
+    refused = sum(store_counter(e, "upstream_cx_connect_fail") for e in fleet.envoys)
     print(f"\nreplica killed: {len(statuses)} cached-key requests, {len(failed_cached)} failed; "
-          f"{len(fresh)} new keys, failed: {failed_fresh}")
+          f"{len(fresh)} new keys, failed: {failed_fresh}; store callouts refused a connection {refused}x, "
+          f"retried by Envoy {retried}x")
     assert failed_cached == []
     assert failed_fresh == [], "a lookup that fails on the dead replica is asked again on the other"
+    # The dead replica was picked (its connections refused) and Envoy's
+    # router sent those callouts again: the filter never saw the failure.
+    assert refused > 0 and retried > 0
 
 
 def test_the_database_down_fails_closed_and_comes_back(fleet, mocks):
